@@ -1,0 +1,3 @@
+from tlx.cli.app import main
+
+main()

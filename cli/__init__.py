@@ -1,0 +1,1 @@
+"""The ``tlx`` command line: one small module per command group, joined in ``app.py``."""

@@ -1,0 +1,27 @@
+"""The ``tlx`` entry point. Each command group lives in its own module and registers itself."""
+
+from __future__ import annotations
+
+import typer
+
+from tlx.cli import demo, extract, finetune, heads, info, predict
+
+app = typer.Typer(
+    name="tlx",
+    help="Cached-feature, two-stage transfer learning: extract features once, fit heads in seconds, fine-tune when it pays.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+for module in (extract, heads, finetune, predict, info, demo):
+    module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

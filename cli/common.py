@@ -1,0 +1,92 @@
+"""What every command shares: one-line errors with exit codes, ``--json`` output, progress.
+
+Only typer and rich are imported here; commands import torch & co. inside their bodies.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from tlx.errors import TlxError
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object as the last line of stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or chatter; errors and the result only.")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear line on stderr and exit (2 = bad input, 1 = the job itself failed)."""
+    typer.echo(f"tlx: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn):
+    """Turn :class:`TlxError` into one line on stderr and its exit code, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TlxError as exc:
+            fail(str(exc), getattr(exc, "exit_code", 2))
+        except KeyboardInterrupt:
+            typer.echo("tlx: interrupted", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def info(message: str, quiet: bool = False) -> None:
+    """Chatter goes to stderr so stdout stays clean for ``--json`` and pipes."""
+    if not quiet:
+        typer.echo(message, err=True)
+
+
+class RichReporter:
+    """Progress bar with images/s and ETA on stderr; silent when quiet or not a terminal."""
+
+    def __init__(self, quiet: bool = False, unit: str = "img"):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.quiet = quiet
+        self.unit = unit
+        self._progress = None
+        self._task = None
+
+    def start(self, total: int, description: str) -> None:
+        if not self.enabled or total == 0:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+        rate = TextColumn("{task.fields[rate]}")
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), rate, TimeRemainingColumn(),
+            console=Console(stderr=True), transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, rate="")
+
+    def advance(self, n: int) -> None:
+        if self._progress is None:
+            return
+        self._progress.advance(self._task, n)
+        task = self._progress.tasks[0]
+        if task.speed:
+            self._progress.update(self._task, rate=f"{task.speed:.1f} {self.unit}/s")
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def message(self, text: str) -> None:
+        info(text, self.quiet)

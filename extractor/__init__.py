@@ -1,0 +1,1 @@
+"""Stage one: frozen pretrained backbones, image decoding and the HDF5 feature cache."""

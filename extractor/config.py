@@ -1,0 +1,113 @@
+"""Typed records for what a backbone needs at run time and what identifies a feature space.
+
+Settings resolve in one fixed order: an explicit option, then the backbone's own config,
+then the defaults here. Nothing in this module imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+POOLINGS = ("avg", "max", "avgmax")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to ``resize_size``, center-crop ``input_size``, normalize."""
+
+    input_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def resize_size(self) -> int:
+        # timm's rule (timm/data/transforms_factory.py): scale = floor(size / crop_pct).
+        return int(math.floor(self.input_size / self.crop_pct))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(
+            input_size=int(d["input_size"]),
+            crop_pct=float(d["crop_pct"]),
+            interpolation=str(d["interpolation"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+        )
+
+
+@dataclass(frozen=True)
+class BackboneCfg:
+    """One pretrained config: everything needed to rebuild the same features later."""
+
+    name: str  # registry name, e.g. "efficientnet_lite0" or "torchvision:resnet18"
+    architecture: str
+    feature_dim: int  # channels of the final feature map (before avg+max doubling)
+    preprocessing: Preprocessing
+    weights_id: str  # human-readable origin of the weights
+    weights_sha256: str  # sha256 of the weights file, or of the state dict for random inits
+    license: str = "unknown"
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """Backbone + weights + preprocessing + pooling: features from two different spaces never mix."""
+
+    backbone: str
+    weights_sha256: str
+    weights_id: str
+    preprocessing: Preprocessing
+    pooling: str
+    feature_dim: int  # width of the stored vectors (2x the map's channels for avgmax)
+
+    @classmethod
+    def from_backbone(cls, cfg: BackboneCfg, pooling: str) -> "FeatureSpace":
+        width = cfg.feature_dim * (2 if pooling == "avgmax" else 1)
+        return cls(cfg.name, cfg.weights_sha256, cfg.weights_id, cfg.preprocessing, pooling, width)
+
+    def identity(self) -> dict:
+        """The fields that decide whether two feature vectors are comparable."""
+        return {
+            "backbone": self.backbone,
+            "weights_sha256": self.weights_sha256,
+            "preprocessing": self.preprocessing.to_dict(),
+            "pooling": self.pooling,
+        }
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        return {**self.identity(), "weights_id": self.weights_id, "feature_dim": self.feature_dim, "key": self.key}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpace":
+        return cls(
+            backbone=d["backbone"],
+            weights_sha256=d["weights_sha256"],
+            weights_id=d.get("weights_id", ""),
+            preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+            pooling=d["pooling"],
+            feature_dim=int(d["feature_dim"]),
+        )
+
+    def difference(self, other: "FeatureSpace") -> str:
+        """A short human sentence naming the first field that differs ('' when equal)."""
+        mine, theirs = self.identity(), other.identity()
+        for name in ("backbone", "weights_sha256", "pooling", "preprocessing"):
+            if mine[name] != theirs[name]:
+                return f"{name} is {theirs[name]!r} there but {mine[name]!r} here"
+        return ""

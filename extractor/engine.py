@@ -1,0 +1,115 @@
+"""Running a frozen backbone over image files: DataLoader workers decode and resize while
+the main process runs the forward pass under ``torch.inference_mode``."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tlx.extractor.decode import ImageDecodeError
+from tlx.extractor.pooling import FeatureExtractor
+from tlx.extractor.preprocess import Normalize, ResizeCrop
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        from tlx.errors import TlxError
+
+        raise TlxError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
+    return torch.device(device)
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+class ImageFiles(Dataset):
+    """Index -> (index, uint8 image tensor or None, failure reason or '')."""
+
+    def __init__(self, paths: Sequence[str], resize_crop: ResizeCrop):
+        self.paths = list(paths)
+        self.resize_crop = resize_crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.resize_crop.load(self.paths[i]), ""
+        except ImageDecodeError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # a decoder bug must not stop the other images
+            return i, None, f"cannot decode: {type(exc).__name__}: {exc}"
+
+
+def collate_skipping_failures(batch):
+    ok = [(i, x) for i, x, _ in batch if x is not None]
+    failures = [(i, reason) for i, x, reason in batch if x is None]
+    indices = [i for i, _ in ok]
+    images = torch.stack([x for _, x in ok]) if ok else torch.empty(0, dtype=torch.uint8)
+    return indices, images, failures
+
+
+@dataclass
+class Batch:
+    indices: list[int]  # positions in the input list
+    features: np.ndarray  # float32 (len(indices), D)
+    failures: list[tuple[int, str]]
+
+
+class FeatureRunner:
+    """A frozen feature extractor placed on a device, ready to run over file lists."""
+
+    def __init__(self, backbone, pooling: str, device: str | None = "auto", precision: str = "fp32"):
+        self.device = resolve_device(device)
+        self.pre = backbone.cfg.preprocessing
+        self.model = FeatureExtractor(backbone.body, pooling).eval().requires_grad_(False)
+        self.normalize = Normalize(self.pre)
+        self.model.to(self.device, memory_format=torch.channels_last)
+        self.normalize.to(self.device)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
+        self.precision = precision
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def forward_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """Features of a uint8 batch (N, 3, S, S) already resized and cropped."""
+        x = images.to(self.device, non_blocking=True)
+        x = self.normalize(x).contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            out = self.model(x)
+        return out.float().cpu().numpy()
+
+    def run(self, paths: Sequence[str], batch_size: int = 32, workers: int | None = None, on_batch: Callable[[int], None] | None = None) -> Iterator[Batch]:
+        workers = default_workers() if workers is None else workers
+        loader = DataLoader(
+            ImageFiles(paths, ResizeCrop(self.pre)),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=collate_skipping_failures,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+        )
+        for indices, images, failures in loader:
+            feats = self.forward_uint8(images) if indices else np.empty((0, 0), np.float32)
+            if on_batch:
+                on_batch(len(indices) + len(failures))
+            yield Batch(indices, feats, failures)

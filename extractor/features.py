@@ -1,0 +1,84 @@
+"""``tlx.load_features``: the cached features as numpy arrays, for stage two and for anyone
+who brings their own estimator. Imports h5py and numpy only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from tlx.errors import CacheError
+from tlx.extractor.config import FeatureSpace
+from tlx.extractor.store import FORMAT_VERSION, _decode_strings, default_cache_dir, list_caches
+
+
+@dataclass
+class Features:
+    X: np.ndarray  # float32 (N, D)
+    y: np.ndarray  # int64 (N,), indices into ``classes``
+    classes: list[str]
+    paths: list[str]  # relative to ``dataset_root``
+    split: list[str]  # "train"/"val"/"test", or "" when the data has no split
+    sha256: list[str]
+    space: FeatureSpace
+    path: Path  # the cache file
+    attrs: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def dataset_root(self) -> str:
+        return self.attrs.get("dataset_root", "")
+
+    @property
+    def has_split(self) -> bool:
+        return any(self.split)
+
+    def subset(self, mask) -> "Features":
+        idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask)
+        pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
+        return Features(self.X[idx], self.y[idx], self.classes, pick(self.paths), pick(self.split), pick(self.sha256), self.space, self.path, self.attrs)
+
+
+def resolve_cache(path: str | Path | None) -> Path:
+    """A cache file from a file path, a folder (its newest cache) or None (the default folder)."""
+    where = Path(path) if path is not None else default_cache_dir()
+    if where.is_file():
+        return where
+    caches = list_caches(where)
+    if not caches:
+        raise CacheError(f"no feature cache found at {where}: run `tlx extract DATA` first, or pass --features FILE")
+    return caches[0]
+
+
+def load_features(path: str | Path | None = None, split: str | None = None) -> Features:
+    """Load a feature cache written by ``tlx extract``; ``split`` keeps one split only."""
+    path = resolve_cache(path)
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            if attrs.get("tlx_format") != FORMAT_VERSION:
+                raise CacheError(f"{path} is not a tlx feature cache: run `tlx extract` to make one")
+            feats = Features(
+                X=f["features"][()].astype(np.float32, copy=False),
+                y=f["labels"][()].astype(np.int64, copy=False),
+                classes=_decode_strings(f["classes"]),
+                paths=_decode_strings(f["paths"]),
+                split=_decode_strings(f["split"]),
+                sha256=_decode_strings(f["content_sha256"]),
+                space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
+                path=path,
+                attrs=attrs,
+            )
+    except OSError as exc:
+        raise CacheError(f"{path} is not a readable HDF5 feature cache ({exc}): re-run `tlx extract`") from None
+    if split is not None:
+        if split not in set(feats.split):
+            have = sorted(set(feats.split) - {""}) or ["none"]
+            raise CacheError(f"{path} has no split {split!r} (splits: {', '.join(have)})")
+        feats = feats.subset(np.array([s == split for s in feats.split]))
+    return feats

@@ -1,0 +1,78 @@
+"""Registry of backbones, in the manner of timm's model registry.
+
+Fixed names (``efficientnet_lite0``) are registered by decorating a builder; whole families
+(``torchvision:<model>``, ``timm:<model>``) by decorating a builder that takes the model name.
+Adding a backbone is one decorated function in ``backbones.py``; nothing else to edit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from tlx.errors import TlxError
+
+# name -> builder(weights, pretrained) ; prefix -> builder(arch, weights, pretrained)
+_BACKBONES: dict[str, Callable] = {}
+_FAMILIES: dict[str, Callable] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+class UnknownBackboneError(TlxError):
+    pass
+
+
+def register_backbone(name: str, description: str = ""):
+    def decorate(fn: Callable) -> Callable:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        _BACKBONES[name] = fn
+        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
+        return fn
+
+    return decorate
+
+
+def register_family(prefix: str, description: str = ""):
+    def decorate(fn: Callable) -> Callable:
+        _FAMILIES[prefix] = fn
+        _DESCRIPTIONS[f"{prefix}:<model>"] = description or (fn.__doc__ or "").strip().splitlines()[0]
+        return fn
+
+    return decorate
+
+
+def _ensure_builtins() -> None:
+    from tlx.extractor import backbones  # noqa: F401  (registers on import)
+
+
+def list_backbones() -> dict[str, str]:
+    """Registered names and family patterns, each with a one-line description."""
+    _ensure_builtins()
+    return dict(_DESCRIPTIONS)
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    name: str
+    builder: Callable
+    arch: str | None  # the model name inside a family, None for fixed names
+
+    def build(self, weights=None, pretrained: bool = True):
+        """Build the network; ``pretrained=False`` gives a random init (tests, arch-only loads)."""
+        if self.arch is None:
+            return self.builder(weights=weights, pretrained=pretrained)
+        return self.builder(self.arch, weights=weights, pretrained=pretrained)
+
+
+def get_backbone(name: str) -> BackboneRef:
+    _ensure_builtins()
+    if name in _BACKBONES:
+        return BackboneRef(name, _BACKBONES[name], None)
+    prefix, sep, arch = name.partition(":")
+    if sep and prefix in _FAMILIES and arch:
+        return BackboneRef(name, _FAMILIES[prefix], arch)
+    known = ", ".join(sorted(_BACKBONES)) + ", " + ", ".join(f"{p}:<model>" for p in sorted(_FAMILIES))
+    raise UnknownBackboneError(f"unknown backbone {name!r}: expected one of {known} (see `tlx info --backbones`)")
