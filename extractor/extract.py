@@ -178,6 +178,7 @@ def extract(
                 "backbone": space.backbone,
                 "weights_id": space.weights_id,
                 "weights_sha256": space.weights_sha256,
+                "weights_path": str(Path(weights).resolve()) if weights is not None else "",
                 "preprocessing": json.dumps(space.preprocessing.to_dict()),
                 "pooling": space.pooling,
                 "license": net.cfg.license,
@@ -207,6 +208,17 @@ def extract(
         images_per_second=round(len(todo) / seconds, 2) if todo else 0.0,
         written=not unchanged,
     )
+
+
+def backbone_for_space(space: FeatureSpace, weights=None):
+    """Rebuild the backbone that made ``space`` (for predict, export and fine-tuning) and check
+    that it really is the same: same weights file hash and the same preprocessing."""
+    net = get_backbone(space.backbone).build(weights=weights or None)
+    rebuilt = FeatureSpace.from_backbone(net.cfg, space.pooling)
+    if rebuilt.identity() != space.identity():
+        hint = f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})" if space.weights_id.startswith("file:") else ""
+        raise CacheError(f"cannot rebuild the feature space {space.backbone}: {space.difference(rebuilt)}{hint}")
+    return net
 
 
 def _read_previous(path: Path, space: FeatureSpace, reporter: Reporter):
