@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from tlx.errors import TlxError, WeightsUnavailableError
 from tlx.extractor.config import BackboneCfg, Preprocessing
-from tlx.extractor.registry import register_backbone, register_family
+from tlx.extractor.registry import UnknownBackboneError, register_backbone, register_family
 
 
 class Backbone(nn.Module):
@@ -215,7 +216,7 @@ def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
     try:
         model = timm.create_model(arch, pretrained=False)
     except RuntimeError as exc:
-        raise TlxError(f"unknown timm model {arch!r} ({exc}); list them with python -c 'import timm; print(timm.list_models(pretrained=True))'") from None
+        raise UnknownBackboneError(f"unknown timm model {arch!r} ({exc}); list them with python -c 'import timm; print(timm.list_models(pretrained=True))'") from None
     pcfg = dict(model.pretrained_cfg)
     cfg = BackboneCfg(
         name=f"timm:{arch}",
@@ -246,7 +247,8 @@ def _torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module
     names = [n for n, _ in model.named_children()]
     if "avgpool" in names and "fc" in names:  # ResNet, ResNeXt, Wide ResNet, RegNet, ShuffleNet...
         cut = names.index("avgpool")
-        body = nn.Sequential(dict((n, m) for n, m in model.named_children() if names.index(n) < cut))
+        # nn.Sequential keeps names only from an OrderedDict (a plain dict is taken as one module)
+        body = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if names.index(n) < cut))
         return body, model.fc
     if "features" in names:  # VGG, MobileNet, EfficientNet, DenseNet, MNASNet, SqueezeNet...
         body = nn.Sequential(model.features)
@@ -285,7 +287,7 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
     import torchvision
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise TlxError(f"unknown torchvision model {arch!r}: expected a name from torchvision.models.list_models(), e.g. resnet18")
+        raise UnknownBackboneError(f"unknown torchvision model {arch!r}: expected a name from torchvision.models.list_models(), e.g. resnet18")
     weights_enum = torchvision.models.get_model_weights(arch).DEFAULT
     model = torchvision.models.get_model(arch, weights=None)
     tf = weights_enum.transforms()

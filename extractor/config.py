@@ -27,8 +27,10 @@ class Preprocessing:
 
     @property
     def resize_size(self) -> int:
-        # timm's rule (timm/data/transforms_factory.py): scale = floor(size / crop_pct).
-        return int(math.floor(self.input_size / self.crop_pct))
+        # timm's rule (timm/data/transforms_factory.py): scale = floor(size / crop_pct). The
+        # epsilon keeps crop_pct = crop / resize (torchvision's configs) from landing a float
+        # rounding error below the integer it came from (17 / (17 / 25) = 24.999...).
+        return int(math.floor(self.input_size / self.crop_pct + 1e-6))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -7,10 +7,6 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-# Pillow warns between MAX_IMAGE_PIXELS and twice that, and raises beyond; tlx treats any
-# image past the limit as a decompression bomb and skips it.
-warnings.simplefilter("error", Image.DecompressionBombWarning)
-
 
 class ImageDecodeError(Exception):
     """The file is not a decodable image; the message is the reason recorded in the cache."""
@@ -46,13 +42,18 @@ def load_image(path, min_size: int | None = None) -> Image.Image:
     that large, which makes very large photos several times cheaper to decode.
     """
     try:
-        with Image.open(path) as img:
-            if min_size and img.format == "JPEG":
-                img.draft("RGB", (min_size, min_size))
-            img.seek(0)
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            return to_rgb(upright if upright is not None else img)
+        # Pillow warns between MAX_IMAGE_PIXELS and twice that, and raises beyond; tlx treats
+        # any image past the limit as a decompression bomb and skips it. The filter is set
+        # here, not at import, so importing tlx leaves the process's warning filters alone.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if min_size and img.format == "JPEG":
+                    img.draft("RGB", (min_size, min_size))
+                img.seek(0)
+                img.load()
+                upright = ImageOps.exif_transpose(img)
+                return to_rgb(upright if upright is not None else img)
     except FileNotFoundError:
         raise ImageDecodeError("file not found (a dangling link, or deleted while running)") from None
     except Image.DecompressionBombError as exc:

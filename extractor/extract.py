@@ -105,8 +105,9 @@ def extract(
 
     import torch
 
-    from tlx.extractor.engine import FeatureRunner
+    from tlx.extractor.engine import FeatureRunner, resolve_device
 
+    resolve_device(device)  # --device cuda without a GPU fails here, before anything is written
     net = ref.build(weights=weights)
     space = FeatureSpace.from_backbone(net.cfg, pooling)
     hashes, failed = hash_items(index)
@@ -119,6 +120,7 @@ def extract(
     path = cache_dir / store.cache_file_name(index.name, str(index.root), space)
 
     with store.CacheLock(path, on_wait=reporter.message):
+        store.remove_stale_temporaries(path)  # from a run killed while it wrote the cache
         old = _read_previous(path, space, reporter)
         old_rows = old.row_of_hash() if old else {}
         journal = store.Journal(path, space)
@@ -159,8 +161,7 @@ def extract(
 
         unchanged = (
             old is not None
-            and not todo
-            and n_resumed == 0
+            and all(r.old_row is not None for r in rows)  # nothing new (known failures retried in vain)
             and [r.path for r in rows] == old.paths
             and [r.sha256 for r in rows] == old.hashes
             and [r.label for r in rows] == old.labels.tolist()

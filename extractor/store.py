@@ -258,6 +258,12 @@ def write_cache(
             tmp.unlink()
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete half-written caches left by killed runs; call only while holding the cache lock."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _string_dataset(group, name: str, values: list[str]):
     return group.create_dataset(name, data=np.array(values, dtype=object), dtype=STR, maxshape=(None,), chunks=True if values else None)
 

@@ -1,0 +1,322 @@
+"""``extract()``: the HDF5 cache, incremental re-runs, bad images, kill -9 and concurrent runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import tlx
+from conftest import broken_files, h5_files, make_folder_dataset, subprocess_env, write_image
+from tlx.errors import CacheError
+from tlx.extractor.extract import ExtractionFailed, extract
+
+TINY = dict(backbone="tiny_cnn", workers=0, batch_size=4)
+
+
+def run(data, cache, **kw):
+    return extract(data, cache_dir=cache, **{**TINY, **kw})
+
+
+def features_by_path(path) -> dict[str, np.ndarray]:
+    f = tlx.load_features(path)
+    return dict(zip(f.paths, f.X))
+
+
+def stat_key(path) -> tuple:
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+# --------------------------------------------------------------------------- the cache file
+
+
+def test_first_run_writes_one_valid_cache(folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    res = run(folder_data, cache)
+    assert (res.n_images, res.n_new, res.n_reused, res.n_removed, res.n_failed) == (6, 6, 0, 0, 0)
+    assert res.feature_dim == 32 and res.backbone == "tiny_cnn" and res.written
+    assert h5_files(cache) == [Path(res.path)]
+    assert not Path(res.path + ".journal").exists()
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+
+    feats = tlx.load_features(res.path)
+    assert feats.X.shape == (6, 32) and feats.X.dtype == np.float32 and np.isfinite(feats.X).all()
+    assert feats.y.dtype == np.int64 and feats.y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert feats.classes == ["ants", "bees"]
+    assert feats.paths[0] == "ants/ants_0.png" and feats.split == [""] * 6
+    assert len(np.unique(feats.X.round(5), axis=0)) == 6  # six different images, six different vectors
+
+
+def test_hdf5_layout_follows_the_h5py_advice(folder_data, tmp_path):
+    import torch
+
+    res = run(folder_data, tmp_path / "cache", pooling="avgmax")
+    with h5py.File(res.path, "r") as f:
+        ds = f["features"]
+        assert ds.dtype == np.float32 and ds.shape == (6, 64)
+        assert ds.chunks is not None and ds.chunks[1] == 64 and ds.maxshape == (None, 64)
+        for name in ("paths", "split", "content_sha256", "classes", "failed/paths", "failed/reasons"):
+            assert h5py.check_string_dtype(f[name].dtype) is not None, name
+            assert f[name].maxshape == (None,), name
+        assert f["labels"].dtype == np.int64 and f["labels"].maxshape == (None,)
+        assert [len(h) for h in f["content_sha256"].asstr()[()]] == [64] * 6
+        attrs = dict(f.attrs)
+    assert attrs["backbone"] == "tiny_cnn" and attrs["pooling"] == "avgmax"
+    assert attrs["tlx_version"] == tlx.__version__ and attrs["torch_version"] == str(torch.__version__)
+    assert len(attrs["weights_sha256"]) == 64
+    assert json.loads(attrs["preprocessing"])["input_size"] == 32
+    space = json.loads(attrs["feature_space"])
+    assert space["feature_dim"] == 64 and space["pooling"] == "avgmax"
+    assert attrs["n_images"] == 6 and attrs["feature_dim"] == 64
+    assert attrs["dataset_root"] == str(folder_data.resolve()) and attrs["created"] and attrs["updated"]
+
+
+@pytest.mark.parametrize("width", [32, 512, 1280, 2560, 4096])
+def test_chunks_are_10kib_to_1mib(width):
+    from tlx.extractor.store import _rows_per_chunk
+
+    assert 10 * 1024 <= _rows_per_chunk(width) * width * 4 <= 1024 * 1024
+
+
+def test_load_features_split(tmp_path):
+    data = tmp_path / "hym"
+    make_folder_dataset(data / "train", per_class=2)
+    make_folder_dataset(data / "val", per_class=1, seed0=20)
+    res = run(data, tmp_path / "cache")
+    val = tlx.load_features(res.path, split="val")
+    assert val.X.shape == (2, 32) and val.X.dtype == np.float32
+    assert val.y.dtype == np.int64 and val.y.tolist() == [0, 1]
+    assert val.split == ["val", "val"] and all(p.startswith("val/") for p in val.paths)
+    assert val.classes == ["ants", "bees"]
+    assert len(tlx.load_features(res.path, split="train")) == 4
+    with pytest.raises(CacheError, match="no split 'test'"):
+        tlx.load_features(res.path, split="test")
+
+
+def test_load_features_finds_the_newest_cache_in_a_folder(folder_data, cache_dir):
+    run(folder_data, None)  # TLX_CACHE_DIR
+    newer = run(folder_data, None, pooling="max")
+    os.utime(newer.path, (time.time() + 5, time.time() + 5))
+    assert tlx.load_features().path == Path(newer.path)
+    assert tlx.load_features(cache_dir).space.pooling == "max"
+
+
+def test_load_features_on_a_non_cache(tmp_path):
+    bogus = tmp_path / "x.h5"
+    bogus.write_bytes(b"not hdf5 at all")
+    with pytest.raises(CacheError):
+        tlx.load_features(bogus)
+    with pytest.raises(CacheError, match="no feature cache"):
+        tlx.load_features(tmp_path / "empty-folder")
+
+
+# --------------------------------------------------------------------------- incremental
+
+
+def test_second_run_reuses_everything_and_does_not_rewrite(folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    first = run(folder_data, cache)
+    before = stat_key(first.path)
+    second = run(folder_data, cache)
+    assert (second.n_new, second.n_reused, second.n_removed, second.n_resumed) == (0, 6, 0, 0)
+    assert not second.written and stat_key(second.path) == before
+    assert second.path == first.path
+
+
+def test_add_change_delete(folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    first = run(folder_data, cache)
+    old = features_by_path(first.path)
+
+    write_image(folder_data / "bees" / "new.png", seed=99)
+    added = run(folder_data, cache)
+    assert (added.n_images, added.n_new, added.n_reused) == (7, 1, 6)
+
+    write_image(folder_data / "ants" / "ants_1.png", seed=77)  # same name, other bytes
+    changed = run(folder_data, cache)
+    assert (changed.n_images, changed.n_new, changed.n_reused) == (7, 1, 6)
+    now = features_by_path(changed.path)
+    assert not np.allclose(now["ants/ants_1.png"], old["ants/ants_1.png"])
+    assert np.array_equal(now["ants/ants_0.png"], old["ants/ants_0.png"])
+
+    (folder_data / "bees" / "bees_2.png").unlink()
+    removed = run(folder_data, cache)
+    assert (removed.n_images, removed.n_new, removed.n_reused, removed.n_removed) == (6, 0, 6, 1)
+    assert "bees/bees_2.png" not in features_by_path(removed.path)
+
+    # and the incremental result equals a fresh run from scratch
+    fresh = run(folder_data, tmp_path / "fresh")
+    a, b = tlx.load_features(removed.path), tlx.load_features(fresh.path)
+    assert a.paths == b.paths and a.y.tolist() == b.y.tolist() and a.sha256 == b.sha256
+    np.testing.assert_allclose(a.X, b.X, atol=1e-5)
+
+
+def test_moving_an_image_to_another_class_relabels_it(folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    run(folder_data, cache)
+    (folder_data / "ants" / "ants_0.png").rename(folder_data / "bees" / "ants_0.png")
+    res = run(folder_data, cache)
+    assert (res.n_new, res.n_reused, res.n_removed) == (0, 6, 1)
+    feats = tlx.load_features(res.path)
+    assert feats.y[feats.paths.index("bees/ants_0.png")] == feats.classes.index("bees")
+
+
+def test_other_feature_spaces_get_their_own_file(folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    base = run(folder_data, cache)
+    before = stat_key(base.path)
+    pooled = run(folder_data, cache, pooling="max")
+    assert pooled.path != base.path and pooled.n_new == 6 and pooled.n_reused == 0
+
+    import torch
+
+    from tlx.extractor.registry import get_backbone
+
+    state = tmp_path / "other.pth"
+    net = get_backbone("tiny_cnn").build()
+    torch.save({k: v + 0.01 for k, v in net.body.state_dict().items()}, state)
+    other = run(folder_data, cache, weights=state)
+    assert other.path not in (base.path, pooled.path) and other.n_new == 6
+    assert len(h5_files(cache)) == 3 and stat_key(base.path) == before
+    assert not np.allclose(tlx.load_features(other.path).X, tlx.load_features(base.path).X)
+
+
+def test_a_foreign_space_in_the_cache_file_is_refused(folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    base = run(folder_data, cache)
+    maxed = run(folder_data, tmp_path / "elsewhere", pooling="max")
+    os.replace(maxed.path, base.path)  # someone copies another space's file over this name
+    with pytest.raises(CacheError, match="another feature space"):
+        run(folder_data, cache)
+
+
+def test_half_written_caches_of_killed_runs_are_removed(folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    base = run(folder_data, cache)
+    stale = Path(base.path).with_name(f".{Path(base.path).name}.99999.tmp")
+    stale.write_bytes(b"half an HDF5 file")
+    run(folder_data, cache)
+    assert not stale.exists() and h5_files(cache) == [Path(base.path)]
+
+
+def test_a_corrupt_cache_is_rebuilt(folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    base = run(folder_data, cache)
+    Path(base.path).write_bytes(b"garbage")
+    res = run(folder_data, cache)
+    assert res.n_new == 6 and len(tlx.load_features(res.path)) == 6
+
+
+# --------------------------------------------------------------------------- bad images
+
+
+def test_broken_images_are_skipped_reported_and_recorded(folder_data, tmp_path):
+    expected = broken_files(folder_data / "bees")
+    cache = tmp_path / "cache"
+    res = run(folder_data, cache, workers=1)  # decoding in a worker process, as by default
+    assert res.n_images == 6 and res.n_failed == len(expected) == 5
+    reasons = {f["path"]: f["reason"] for f in res.failed}
+    assert set(reasons) == {f"bees/{n}" for n in expected}
+    for name, words in expected.items():
+        assert words in reasons[f"bees/{name}"]
+    with h5py.File(res.path, "r") as f:
+        recorded = dict(zip(f["failed/paths"].asstr()[()], f["failed/reasons"].asstr()[()]))
+    assert recorded == reasons
+    assert set(tlx.load_features(res.path).paths).isdisjoint(reasons)
+
+    again = run(folder_data, cache)
+    assert (again.n_reused, again.n_failed, again.n_new) == (6, 5, 0)
+    assert not again.written  # known failures alone do not rewrite the cache
+
+
+def test_strict_fails_and_writes_nothing(folder_data, tmp_path):
+    broken_files(folder_data / "ants")
+    with pytest.raises(ExtractionFailed) as err:
+        run(folder_data, tmp_path / "cache", strict=True)
+    assert err.value.exit_code == 1
+    assert h5_files(tmp_path / "cache") == []
+
+
+# --------------------------------------------------------------------------- kill -9 and concurrency
+
+
+def _cli(data, cache, *extra) -> list[str]:
+    return [sys.executable, "-m", "tlx", "extract", str(data), "--backbone", "tiny_cnn", "--workers", "0", "--cache-dir", str(cache), "--json", *extra]
+
+
+def _many_images(root: Path, n: int, size=(192, 160)) -> None:
+    for i in range(n):
+        write_image(root / ("ants" if i % 2 else "bees") / f"img_{i:04d}.jpg", seed=i, size=size, fmt="JPEG", quality=90)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume(tmp_path):
+    data, cache, fresh = tmp_path / "data", tmp_path / "cache", tmp_path / "fresh"
+    _many_images(data, 20)
+    complete = run(data, cache)  # a complete cache of the first 20 images
+    _many_images(data, 240)  # the same 20 again (same bytes) and 220 more
+
+    journal = Path(complete.path + ".journal")
+    proc = subprocess.Popen(_cli(data, cache, "--batch-size", "8"), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(journal.glob("part-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the extract finished before it could be killed: make the dataset bigger"
+
+    # the complete cache from before is untouched and valid
+    assert h5_files(cache) == [Path(complete.path)]
+    assert len(tlx.load_features(complete.path)) == 20
+    shards = sorted(journal.glob("part-*.npz"))
+    assert shards
+
+    resumed = run(data, cache, batch_size=8)
+    assert resumed.n_images == 240 and resumed.n_reused == 20
+    assert resumed.n_resumed >= 8 and resumed.n_resumed % 8 == 0  # whole flushed batches
+    assert resumed.n_resumed + resumed.n_new == 220
+    assert not journal.exists()
+
+    uninterrupted = run(data, fresh, batch_size=8)
+    a, b = tlx.load_features(resumed.path), tlx.load_features(uninterrupted.path)
+    assert a.paths == b.paths and a.y.tolist() == b.y.tolist()
+    np.testing.assert_allclose(a.X, b.X, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_concurrent_extracts(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _many_images(data, 60, size=(96, 80))
+    procs = [subprocess.Popen(_cli(data, cache), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert {r["path"] for r in results} == {str(h5_files(cache)[0])}
+    feats = tlx.load_features(results[0]["path"])
+    assert len(feats) == 60 and np.isfinite(feats.X).all()
+    # one did the work; the other waited for it (its stderr says so) or came after it, and
+    # reused everything instead of extracting again or overwriting
+    assert sorted((r["n_new"], r["n_reused"]) for r in results) == [(0, 60), (60, 0)]
+    reuser = next(i for i, r in enumerate(results) if r["n_reused"] == 60)
+    assert "waiting" not in outs[1 - reuser][1]  # the one that worked never waited
+    assert not list(cache.glob("*.journal")) and not list(cache.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-4), ("fp16", 2e-2)])
+def test_cuda_matches_cpu(folder_data, tmp_path, precision, atol):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    cpu = run(folder_data, tmp_path / "cpu", device="cpu")
+    gpu = run(folder_data, tmp_path / "gpu", device="cuda", precision=precision, workers=1)
+    np.testing.assert_allclose(tlx.load_features(gpu.path).X, tlx.load_features(cpu.path).X, atol=atol)

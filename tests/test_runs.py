@@ -1,0 +1,221 @@
+"""Run folders, metrics, the sweep, and the `fit-head` / `runs` commands end to end on tiny caches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, make_folder_dataset, subprocess_env
+from tlx.errors import RunError
+from tlx.heads import Head, HeadSpec, compute_metrics, list_runs, load_run, new_run_dir, split_indices, write_metrics
+from tlx.heads.fit import run_sweep
+
+RUN_KEYS = {"kind", "clf", "params", "val_accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "log_loss",
+            "fit_seconds", "feature_space", "cache", "classes", "split", "n_train", "n_val", "created", "tlx_version"}
+
+
+def _extract(data: Path, cache: Path) -> Path:
+    from tlx.extractor.extract import extract
+
+    return Path(extract(data, backbone="tiny_cnn", cache_dir=cache, workers=0).path)
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("caches")
+    plain = make_folder_dataset(root / "plain", classes=("ants", "bees", "wasps"), per_class=6)
+    split = root / "split"
+    make_folder_dataset(split / "train", classes=("ants", "bees"), per_class=5)
+    make_folder_dataset(split / "val", classes=("ants", "bees"), per_class=2, seed0=50)
+    single = root / "single"  # the training split has one class only
+    make_folder_dataset(single / "train", classes=("ants",), per_class=4)
+    make_folder_dataset(single / "val", classes=("ants", "bees"), per_class=2, seed0=50)
+    return {name: _extract(data, root / f"cache-{name}") for name, data in (("plain", plain), ("split", split), ("single", single))}
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "runs"
+    monkeypatch.setenv("TLX_RUNS_DIR", str(d))
+    return d
+
+
+# -- fit-head -------------------------------------------------------------------------------------
+def test_fit_head_json_writes_a_complete_run(cli, caches, runs_dir):
+    r = cli("fit-head", "--features", caches["plain"], "--json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    out = r.json()
+    assert {"run", "clf", "val_accuracy", "fit_seconds", "params"} <= set(out) and out["clf"] == "linear"
+    run = Path(out["run"])
+    assert run.parent == runs_dir and run.name.endswith("-linear")
+    assert {"head.json", "head.safetensors", "metrics.json", "confusion.png"} <= {p.name for p in run.iterdir()}
+    info = json.loads((run / "metrics.json").read_text())
+    assert RUN_KEYS <= set(info)
+    assert info["split"] == {"source": "seeded", "val_fraction": 0.2, "seed": 0}
+    assert info["n_train"] + info["n_val"] == 18 and np.sum(info["confusion_matrix"]) == info["n_val"]
+
+    # the saved head reproduces the reported accuracy on the same split
+    import tlx
+
+    loaded = load_run(run)
+    assert loaded.kind == "head" and loaded.classes == ["ants", "bees", "wasps"] and loaded.space.backbone == "tiny_cnn"
+    feats = tlx.load_features(caches["plain"])
+    _, val, _ = split_indices(feats.paths, feats.y, feats.split, 0.2, 0)
+    assert np.mean(loaded.head.predict(feats.X[val]) == feats.y[val]) == pytest.approx(info["val_accuracy"])
+
+
+def test_fit_head_sweep_on_data_split(cli, caches, runs_dir, tmp_path):
+    out_dir = tmp_path / "my-run"
+    r = cli("fit-head", "--features", caches["split"], "--clf", "logreg", "--sweep", "--class-weight", "balanced", "--out", out_dir, "--json")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads((out_dir / "metrics.json").read_text())
+    assert (out_dir / "sweep.png").is_file() and (out_dir / "head.skops").is_file()
+    assert info["split"] == {"source": "data"} and (info["n_train"], info["n_val"]) == (10, 4)
+    sweep = info["sweep"]
+    assert sweep["param"] == "C" and sweep["selection"] == "val" and len(sweep["scores"]) == len(sweep["grid"])
+    assert sweep["best"] == sweep["grid"][int(np.argmax(sweep["scores"]))]
+    assert info["params"]["C"] == sweep["best"] and info["params"]["class_weight"] == "balanced"
+
+
+class _PeakHead(Head):
+    """Fake head whose accuracy is 1 for k in GOOD and 0 otherwise."""
+
+    name = "peak"
+    GOOD = {3, 10}
+
+    def __init__(self, k: int = 1):
+        self.k = k
+
+    def _fit(self, X, y):
+        pass
+
+    def _predict_proba(self, X):
+        proba = np.zeros((len(X), len(self.classes_)))
+        right = X[:, 0].astype(int) if self.k in self.GOOD else 1 - X[:, 0].astype(int)
+        proba[np.arange(len(X)), right] = 1.0
+        return proba
+
+
+@pytest.mark.parametrize("source", ["data", "seeded"])
+def test_sweep_picks_the_best_value_first_on_ties(source):
+    spec = HeadSpec("peak", _PeakHead, "k", (1, 3, 10, 30), "fake")
+    y = np.tile([0, 1], 20)
+    X = np.c_[y, np.zeros_like(y)].astype(np.float32)
+    record = run_sweep(spec, {}, X, y, X[:6], y[:6], {"source": source})
+    assert record["scores"] == [0.0, 1.0, 1.0, 0.0]
+    assert record["best"] == 3  # the first best: the grid runs from strong to weak regularization
+    assert record["selection"] == ("val" if source == "data" else "5-fold on train")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--clf", "nope"], "unknown head 'nope': expected one of linear"),
+        (["--clf", "svm", "--param", "gama=1"], "svm has no parameter 'gama': valid keys are C,"),
+        (["--clf", "svm", "--param", "C=big"], "--param C=big: svm expects a float"),
+        (["--clf", "knn", "--class-weight", "balanced"], "knn has no class weights"),
+        (["--val-fraction", "1.5"], "between 0 and 1"),
+    ],
+)
+def test_fit_head_bad_options_exit_2(cli, caches, runs_dir, args, message):
+    r = cli("fit-head", "--features", caches["plain"], *args)
+    _assert_one_line_error(r, message)
+
+
+def test_fit_head_bad_inputs_exit_2(cli, caches, runs_dir, tmp_path):
+    _assert_one_line_error(cli("fit-head", "--features", caches["single"]), "only class 'ants'")
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not hdf5")
+    _assert_one_line_error(cli("fit-head", "--features", junk), "junk.h5")
+    import h5py
+
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.attrs["format"] = "someone else's"
+    _assert_one_line_error(cli("fit-head", "--features", tmp_path / "other.h5"), "is not a tlx feature cache")
+    _assert_one_line_error(cli("fit-head", "--features", tmp_path / "empty-dir-that-is-missing"), "no feature cache found")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("x")
+    _assert_one_line_error(cli("fit-head", "--features", caches["plain"], "--out", taken), "not an empty folder")
+
+
+def _assert_one_line_error(r, message: str) -> None:
+    assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr, r.exception)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlx: error: "), r.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+# -- runs ----------------------------------------------------------------------------------------
+def test_runs_lists_best_first(cli, caches, runs_dir):
+    for clf in ("ridge", "knn"):
+        assert cli("fit-head", "--features", caches["plain"], "--clf", clf, "--quiet").exit_code == 0
+    (runs_dir / "not-a-run").mkdir()
+    finetune = runs_dir / "ft"
+    finetune.mkdir()
+    write_metrics(finetune, {"kind": "finetune", "clf": "finetune", "params": {"epochs": 3}, "val_accuracy": 2.0, "fit_seconds": 9.0,
+                             "feature_space": {"backbone": "tiny_cnn"}})
+    r = cli("runs", "--json")
+    assert r.exit_code == 0, r.stderr
+    rows = r.json()["runs"]
+    assert [row["clf"] for row in rows][0] == "finetune" and {row["clf"] for row in rows} == {"finetune", "ridge", "knn"}
+    accs = [row["val_accuracy"] for row in rows]
+    assert accs == sorted(accs, reverse=True)
+    table = cli("runs", "--dir", runs_dir)
+    assert table.exit_code == 0 and "ridge" in table.stdout and "tiny_cnn" in table.stdout and "finetune" in table.stdout
+    assert [r["run"] for r in list_runs(runs_dir)] == [row["run"] for row in rows]
+
+
+def test_runs_on_an_empty_folder(cli, tmp_path):
+    r = cli("runs", "--dir", tmp_path / "none")
+    assert r.exit_code == 0 and "no runs" in r.stdout
+
+
+def test_load_run_refuses_folders_that_are_not_runs(tmp_path):
+    with pytest.raises(RunError, match="is not a run folder: no such folder"):
+        load_run(tmp_path / "missing")
+    with pytest.raises(RunError, match="has no metrics.json"):
+        load_run(tmp_path)
+    (tmp_path / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(RunError, match="not a tlx run record"):
+        load_run(tmp_path)
+
+
+def test_new_run_dir_is_unique(runs_dir, tmp_path):
+    a, b = new_run_dir("linear"), new_run_dir("linear")
+    assert a != b and a.is_dir() and b.is_dir() and a.parent == runs_dir
+    assert new_run_dir("x", tmp_path / "fresh") == tmp_path / "fresh"
+
+
+def test_compute_metrics_on_a_known_case():
+    y = np.array([0, 0, 1, 1, 2])
+    proba = np.array([[0.9, 0.1, 0], [0.2, 0.8, 0], [0.1, 0.9, 0], [0.3, 0.6, 0.1], [0, 0, 1.0]])
+    m = compute_metrics(y, proba, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
+    assert m["per_class"]["b"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
+    assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.2, 0.9, 0.6, 1.0])))
+
+
+# -- import hygiene ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_runs_and_sklearn_heads_do_not_import_torch(caches, tmp_path):
+    code = (
+        "import sys; from typer.testing import CliRunner; from tlx.cli.app import app\n"
+        "runner = CliRunner()\n"
+        f"r = runner.invoke(app, ['fit-head', '--clf', 'logreg', '--features', {str(caches['plain'])!r}, '--out', {str(tmp_path / 'run')!r}, '-q'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        f"r = runner.invoke(app, ['runs', '--dir', {str(tmp_path)!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "NO-TORCH"
