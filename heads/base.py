@@ -1,0 +1,120 @@
+"""What every head shares: the scikit-learn estimator contract, input checks and the linear form.
+
+A head is a classifier on an N x D matrix of cached features. ``__init__`` only stores its
+parameters; ``fit`` validates, learns ``classes_`` and ``n_features_in_`` and returns ``self``;
+``predict`` / ``predict_proba`` check that the head is fitted and that the width matches.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from tlx.errors import TlxError
+
+
+class HeadError(TlxError):
+    """Bad input to a head: one class only, wrong feature width, not fitted."""
+
+
+class NotExportableError(TlxError):
+    """The head has no linear form, so it cannot be folded into the backbone."""
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Head(ClassifierMixin, BaseEstimator):
+    """Base class: subclasses set ``name`` (by :func:`register_head`) and implement
+    ``_fit(X, y)`` and ``_predict_proba(X)``; linear heads also ``linear_form()``."""
+
+    name = "head"
+    _tensors: tuple = ()  # array attributes that io.save_head stores in safetensors (array-only heads)
+
+    # -- the contract -------------------------------------------------------------------------
+    def fit(self, X, y, sample_weight=None):
+        X, y = self._validate_fit(X, y)
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = X.shape[1]
+        self._fit(X, y)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        X = self._check_X(X)
+        return self._predict_proba(X)
+
+    def predict(self, X) -> np.ndarray:
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def linear_form(self):
+        """``(W (C x D) float32, b (C,), shift (D,) or None, scale (D,) or None)`` such that
+        ``predict_proba(X) == softmax(((X - shift) / scale) @ W.T + b)``."""
+        from tlx.heads.registry import exportable_heads
+
+        raise NotExportableError(f"{self.name} has no linear form: export needs {_or_list(exportable_heads())}")
+
+    @classmethod
+    def prepare(cls) -> None:
+        """Pay one-time import costs up front, so that ``fit_seconds`` measures the fit alone."""
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _validate_fit(self, X, y) -> tuple[np.ndarray, np.ndarray]:
+        X = _as_matrix(X, "X")
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(X):
+            raise HeadError(f"y must be one label per row of X: got shape {y.shape} for {len(X)} rows")
+        classes = np.unique(y)
+        if len(classes) < 2:
+            found = f"only class {classes[0]!r}" if len(classes) else "no rows"
+            raise HeadError(f"the training set has {found}: a {self.name} head needs at least 2 classes with training images")
+        return X, y
+
+    def _check_X(self, X) -> np.ndarray:
+        if not hasattr(self, "n_features_in_"):
+            raise HeadError(f"this {self.name} head is not fitted yet: call fit(X, y) first")
+        X = _as_matrix(X, "X")
+        if X.shape[1] != self.n_features_in_:
+            raise HeadError(
+                f"features are {X.shape[1]}-wide but this {self.name} head expects {self.n_features_in_}: "
+                "they come from another feature space; use features from the backbone the head was fitted on"
+            )
+        return X
+
+    def _class_weights(self, y: np.ndarray) -> np.ndarray | None:
+        """Per-row weights for ``class_weight='balanced'`` (n / (k * n_c)), else None."""
+        cw = getattr(self, "class_weight", None)
+        if cw is None:
+            return None
+        if cw != "balanced":
+            raise HeadError(f"class_weight must be 'balanced' or None, got {cw!r}")
+        _, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
+        return (len(y) / (len(counts) * counts))[inv]
+
+
+def _as_matrix(X, what: str) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2:
+        raise HeadError(f"{what} must be a 2-D feature matrix (rows x features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise HeadError(f"{what} has no rows")
+    if not np.isfinite(X).all():
+        raise HeadError(f"{what} contains NaN or infinite values: re-run `tlx extract` on the images")
+    return X
+
+
+def _or_list(names: list[str]) -> str:
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " or " + names[-1]

@@ -1,0 +1,301 @@
+"""``tlx export``: one self-contained module per run, for serving without tlx.
+
+The module takes a batch of preprocessed images (float32 (N, 3, S, S), resized, center-cropped
+and normalized as the sidecar JSON says) and returns class probabilities (N, C). For a head run
+it is the run's backbone body + global pooling + the head's standardization + one linear layer
++ softmax, so it gives the same probabilities as ``tlx predict``; for a fine-tuning run it is the
+fine-tuned network. Heads without a linear form (knn, rf, ...) cannot be folded in and are
+refused with :class:`tlx.heads.base.NotExportableError`.
+
+Formats: TorchScript (``torch.jit.trace``) and ONNX (``torch.onnx.export``, the TorchScript-based
+exporter first for a plain graph, the dynamo exporter as a fallback), both with a dynamic batch
+axis. After writing, the file is loaded back and checked against the eager module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlx.errors import TlxError
+
+FORMATS = ("torchscript", "onnx")
+SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
+INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+CHECK_ATOL = 1e-4
+
+
+class ExportError(TlxError):
+    """The exporter failed, or the exported file does not reproduce the model."""
+
+    exit_code = 1
+
+
+@dataclass
+class ExportResult:
+    path: str
+    sidecar: str
+    format: str
+    kind: str
+    classes: list[str]
+    input_shape: list
+    max_abs_diff: float | None  # exported file vs eager module on a check batch (None: not checked)
+    checked_with: str
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_export_path(run, fmt: str) -> Path:
+    return Path(run.path) / f"model{SUFFIX[fmt]}"
+
+
+def sidecar_path(out) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``: next to the file, unmistakably its own."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def _torch_modules():
+    import torch
+    from torch import nn
+
+    class LinearProbe(nn.Module):
+        """Pooled features -> probabilities: ``softmax(((x - shift) / scale) @ W.T + b)``."""
+
+        def __init__(self, W, b, shift=None, scale=None):
+            super().__init__()
+            W = torch.as_tensor(np.asarray(W, dtype=np.float32))
+            self.linear = nn.Linear(W.shape[1], W.shape[0])
+            with torch.no_grad():
+                self.linear.weight.copy_(W)
+                self.linear.bias.copy_(torch.as_tensor(np.asarray(b, dtype=np.float32)))
+            d = W.shape[1]
+            shift = np.zeros(d, np.float32) if shift is None else np.asarray(shift, dtype=np.float32).reshape(d)
+            scale = np.ones(d, np.float32) if scale is None else np.asarray(scale, dtype=np.float32).reshape(d)
+            self.register_buffer("shift", torch.as_tensor(shift).clone())
+            self.register_buffer("scale", torch.as_tensor(scale).clone())
+
+        def forward(self, features):
+            return torch.softmax(self.linear((features - self.shift) / self.scale), dim=1)
+
+    class ImageClassifier(nn.Module):
+        """Normalized images (N, 3, S, S) -> class probabilities (N, C)."""
+
+        def __init__(self, features: nn.Module, probe: nn.Module):
+            super().__init__()
+            self.features = features
+            self.probe = probe
+
+        def forward(self, images):
+            return self.probe(self.features(images))
+
+    return LinearProbe, ImageClassifier
+
+
+def build_module(run):
+    """``(module, classes, preprocessing)`` for a loaded run; ``classes`` name the output columns."""
+    if run.kind == "finetune":
+        from tlx.finetune.model import load_finetuned
+
+        module, pre = load_finetuned(run.path)
+        return module.eval(), list(run.classes), pre
+
+    from tlx.extractor.extract import backbone_for_space
+    from tlx.extractor.pooling import FeatureExtractor
+    from tlx.heads.predict import head_class_indices, weights_path_for
+
+    from tlx.heads.base import NotExportableError
+
+    try:  # before building anything
+        W, b, shift, scale = run.head.linear_form()
+    except NotExportableError as exc:
+        raise NotExportableError(f"{run.path} is not exportable: {exc}") from None
+    classes = [run.classes[i] for i in head_class_indices(run)]
+    LinearProbe, ImageClassifier = _torch_modules()
+    net = backbone_for_space(run.space, weights_path_for(run))
+    module = ImageClassifier(FeatureExtractor(net.body, run.space.pooling), LinearProbe(W, b, shift, scale))
+    return module.eval().requires_grad_(False), classes, run.space.preprocessing
+
+
+def export_run(run, fmt: str, out=None, check: bool = True) -> ExportResult:
+    """Write the run's module as ``fmt`` to ``out`` (default: inside the run folder) plus the
+    sidecar JSON, and check the written file against the eager module."""
+    import torch
+
+    started = time.perf_counter()
+    if fmt not in FORMATS:
+        raise TlxError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    out = Path(out) if out is not None else default_export_path(run, fmt)
+    if out.is_dir():
+        raise TlxError(f"--out {out} is a folder: give a file name, for example {out / ('model' + SUFFIX[fmt])}")
+    module, classes, pre = build_module(run)
+    size = pre.input_size
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, size, size, generator=gen)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            if fmt == "torchscript":
+                _to_torchscript(module, example, tmp)
+            else:
+                _to_onnx(module, example, tmp)
+        diff, how = _check(module, tmp, fmt, check_batch(run, pre)) if check else (None, "not checked")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        for extra in tmp.parent.glob(tmp.name + "*"):  # onnx external-data leftovers, if any
+            extra.unlink(missing_ok=True)
+
+    side = sidecar_path(out)
+    side.write_text(json.dumps(sidecar(run, fmt, out, classes, pre), indent=2) + "\n")
+    return ExportResult(
+        path=str(out), sidecar=str(side), format=fmt, kind=run.kind, classes=classes,
+        input_shape=["N", 3, size, size], max_abs_diff=diff, checked_with=how,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def sidecar(run, fmt: str, out: Path, classes: list[str], pre) -> dict:
+    import torch
+
+    from tlx import __version__
+
+    return {
+        "file": out.name,
+        "format": fmt,
+        "input": {
+            "name": INPUT_NAME, "shape": ["N", 3, pre.input_size, pre.input_size], "dtype": "float32",
+            "layout": "NCHW, RGB",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["N", len(classes)], "dtype": "float32", "meaning": "class probabilities (softmax), columns in the order of 'classes'"},
+        "classes": classes,
+        "preprocessing": {
+            **pre.to_dict(),
+            "resize_size": pre.resize_size,
+            "steps": [
+                "decode to RGB (EXIF orientation applied)",
+                f"resize the shorter side to {pre.resize_size} px ({pre.interpolation})",
+                f"center-crop {pre.input_size} x {pre.input_size}",
+                "scale to [0, 1] (divide by 255)",
+                "subtract mean and divide by std, per channel",
+            ],
+        },
+        "run": str(run.path),
+        "kind": run.kind,
+        "clf": run.info.get("clf"),
+        "val_accuracy": run.info.get("val_accuracy"),
+        "feature_space": run.space.to_dict(),
+        "tlx_version": __version__,
+        "torch_version": str(torch.__version__),
+    }
+
+
+def _to_torchscript(module, example, path: Path) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings and torch.jit deprecation notices
+        try:
+            traced = torch.jit.trace(module, example, check_trace=False)
+        except Exception as exc:
+            raise ExportError(f"TorchScript tracing failed: {type(exc).__name__}: {exc}; try --format onnx") from None
+    traced.save(str(path))
+
+
+def _to_onnx(module, example, path: Path) -> None:
+    import torch
+
+    errors = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # the TorchScript-based exporter: one plain graph with the weights inside
+            torch.onnx.export(
+                module, (example,), str(path), dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=17, do_constant_folding=True,
+            )
+            return
+        except Exception as exc:  # removed or failing in this torch: fall back to dynamo
+            errors.append(f"dynamo=False: {type(exc).__name__}: {exc}")
+        try:
+            batch = torch.export.Dim("batch", min=1)
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},), external_data=False,
+            )
+            program.save(str(path), external_data=False)
+            return
+        except ImportError as exc:
+            errors.append(f"dynamo=True: {exc} (install onnx and onnxscript: pip install 'tlx[export]')")
+        except Exception as exc:
+            errors.append(f"dynamo=True: {type(exc).__name__}: {exc}")
+    raise ExportError("ONNX export failed: " + "; ".join(errors))
+
+
+def check_batch(run, pre, n: int = 3):
+    """``n`` preprocessed images to check an export on: real ones from the run's dataset when
+    its files are still there (on random noise a classifier's softmax saturates to 0/1, which
+    would hide differences), random ones otherwise. ``n`` differs from the traced batch size,
+    so the dynamic batch axis is checked too."""
+    import torch
+
+    from tlx.extractor.preprocess import preprocess_image
+    from tlx.heads.predict import run_cache
+
+    images = []
+    cache = run_cache(run)
+    if cache is not None:
+        from tlx.extractor.store import read_index
+
+        try:
+            index = read_index(cache)
+            root = Path(index.attrs.get("dataset_root", ""))
+            order = sorted(range(len(index.paths)), key=lambda i: (index.splits[i] != "val", i))
+            for i in order[: 4 * n]:
+                try:
+                    images.append(preprocess_image(root / index.paths[i], pre))
+                except Exception:
+                    continue
+                if len(images) == n:
+                    break
+        except TlxError:
+            pass
+    gen = torch.Generator().manual_seed(1)
+    while len(images) < n:
+        images.append(torch.randn(3, pre.input_size, pre.input_size, generator=gen))
+    return torch.stack(images)
+
+
+def _check(module, path: Path, fmt: str, x) -> tuple[float | None, str]:
+    """Largest difference between the written file and the eager module on the batch ``x``."""
+    import torch
+
+    with torch.no_grad():
+        want = module(x).float().numpy()
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit deprecation notice
+            got = torch.jit.load(str(path)).eval()(x).numpy()
+        how = "torch.jit.load"
+    else:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return None, "not checked (onnxruntime is not installed)"
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        how = "onnxruntime"
+    if got.shape != want.shape:
+        raise ExportError(f"the exported {fmt} file gives shape {tuple(got.shape)} for a batch of 3, expected {tuple(want.shape)}")
+    diff = float(np.abs(got - want).max())
+    if not diff <= CHECK_ATOL:
+        raise ExportError(f"the exported {fmt} file differs from the model by {diff:.2e} (> {CHECK_ATOL:g}); the export is not faithful")
+    return diff, how

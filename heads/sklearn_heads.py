@@ -1,0 +1,240 @@
+"""scikit-learn heads by name: logreg, svm, knn, ridge, rf, mlp.
+
+Each wraps one scikit-learn estimator, behind a ``StandardScaler`` where scaling matters
+(``standardize=True``), in a ``Pipeline`` stored as ``model_``. Only that pipeline is saved
+(with skops), so loading a head needs nothing but scikit-learn and numpy types.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from tlx.heads.base import Head, softmax
+from tlx.heads.registry import register_head
+
+
+class SklearnHead(Head):
+    """Base for heads that wrap a scikit-learn estimator; subclasses implement ``_estimator()``."""
+
+    standardize = False
+
+    def _estimator(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _pipeline(self):
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        steps = [("scale", StandardScaler())] if self.standardize else []
+        return Pipeline(steps + [("clf", self._estimator())])
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.exceptions import ConvergenceWarning
+
+        self._check_params(len(y))
+        model = self._pipeline()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(X, y, **self._fit_params(y))
+        self.set_model(model)
+
+    def _check_params(self, n: int) -> None:
+        pass
+
+    def _fit_params(self, y: np.ndarray) -> dict:
+        return {}
+
+    def set_model(self, model) -> None:
+        """Attach a fitted pipeline (after ``fit``, or when loading a saved head)."""
+        expected = [(name, type(step)) for name, step in self._pipeline().steps]
+        found = [(name, type(step)) for name, step in getattr(model, "steps", [])]
+        if found != expected:
+            raise ValueError(f"expected a pipeline of {[t.__name__ for _, t in expected]}, found {[t.__name__ for _, t in found]}")
+        self.model_ = model
+        clf = model[-1]
+        self.classes_ = np.asarray(clf.classes_)
+        self.n_features_in_ = int(model.n_features_in_)
+        if hasattr(clf, "coef_"):
+            self.coef_ = np.atleast_2d(np.asarray(clf.coef_))  # RidgeClassifier: (D,) for two classes
+            self.intercept_ = np.atleast_1d(np.asarray(clf.intercept_))
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict_proba(X)
+
+    def _scaler_form(self):
+        if "scale" not in self.model_.named_steps:
+            return None, None
+        scaler = self.model_.named_steps["scale"]
+        return scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
+
+
+@register_head("logreg", main_param="C", grid=np.logspace(-4, 4, 9).tolist(),
+               description="scikit-learn LogisticRegression (L-BFGS), standardized")
+class LogregHead(SklearnHead):
+    """scikit-learn LogisticRegression (multinomial, L-BFGS) on standardized features."""
+
+    def __init__(self, C: float = 1.0, standardize: bool = True, class_weight=None, max_iter: int = 1000, tol: float = 1e-4):
+        self.C = C
+        self.standardize = standardize
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def _estimator(self):
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol)
+
+    def linear_form(self):
+        self._check_X(np.zeros((1, self.n_features_in_ if hasattr(self, "n_features_in_") else 1), np.float32))
+        W, b = self.coef_.astype(np.float32), self.intercept_.astype(np.float32)
+        if W.shape[0] == 1:  # binary: p1 = sigmoid(z) = softmax([0, z])[1]
+            W, b = np.vstack([np.zeros_like(W), W]), np.concatenate([np.zeros_like(b), b])
+        shift, scale = self._scaler_form()
+        return W, b, shift, scale
+
+
+@register_head("svm", main_param="C", grid=np.logspace(-3, 3, 7).tolist(),
+               description="scikit-learn SVC (rbf or linear kernel, sigmoid-calibrated probabilities), standardized")
+class SvmHead(SklearnHead):
+    """scikit-learn SVC, kernel rbf or linear, with sigmoid (Platt) probabilities.
+
+    scikit-learn 1.9 deprecates ``SVC(probability=True)`` in favour of
+    ``CalibratedClassifierCV(SVC(), ensemble=False)``, which is what this head uses: the SVC is
+    refitted on all rows and its scores calibrated from cross-validated ones."""
+
+    def __init__(self, C: float = 1.0, kernel: str = "rbf", gamma: str = "scale", standardize: bool = True, class_weight=None, seed: int = 0):
+        self.C = C
+        self.kernel = kernel
+        self.gamma = gamma
+        self.standardize = standardize
+        self.class_weight = class_weight
+        self.seed = seed
+
+    def _check_params(self, n: int) -> None:
+        if self.kernel not in ("rbf", "linear"):
+            from tlx.heads.registry import ParamError
+
+            raise ParamError(f"svm kernel must be rbf or linear, got {self.kernel!r}")
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        smallest = int(np.unique(y, return_counts=True)[1].min())
+        if smallest < 2:
+            from tlx.heads.base import HeadError
+
+            raise HeadError("an svm head needs at least 2 training images per class to calibrate its probabilities")
+        self._folds = min(5, smallest)
+        super()._fit(X, y)
+
+    def _estimator(self):
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.model_selection import StratifiedKFold
+        from sklearn.svm import SVC
+
+        gamma = self.gamma
+        try:
+            gamma = float(gamma)
+        except (TypeError, ValueError):
+            pass
+        svc = SVC(C=self.C, kernel=self.kernel, gamma=gamma, class_weight=self.class_weight)
+        folds = StratifiedKFold(getattr(self, "_folds", 5), shuffle=True, random_state=self.seed)
+        return CalibratedClassifierCV(svc, method="sigmoid", cv=folds, ensemble=False)
+
+
+@register_head("knn", main_param="n_neighbors", grid=[32, 16, 8, 4, 2, 1],
+               description="scikit-learn k-nearest neighbours, standardized")
+class KnnHead(SklearnHead):
+    """scikit-learn KNeighborsClassifier on standardized features."""
+
+    def __init__(self, n_neighbors: int = 5, weights: str = "distance", metric: str = "cosine", standardize: bool = True):
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+        self.metric = metric
+        self.standardize = standardize
+
+    def _estimator(self):
+        from sklearn.neighbors import KNeighborsClassifier
+
+        return KNeighborsClassifier(n_neighbors=getattr(self, "_k", self.n_neighbors), weights=self.weights, metric=self.metric)
+
+    def _check_params(self, n: int) -> None:
+        self._k = max(1, min(int(self.n_neighbors), n))  # never more neighbours than training rows
+
+
+@register_head("ridge", main_param="alpha", grid=np.logspace(4, -3, 8).tolist(),
+               description="scikit-learn RidgeClassifier, probabilities = softmax of its scores")
+class RidgeHead(SklearnHead):
+    """scikit-learn RidgeClassifier on standardized features."""
+
+    def __init__(self, alpha: float = 1.0, standardize: bool = True, class_weight=None):
+        self.alpha = alpha
+        self.standardize = standardize
+        self.class_weight = class_weight
+
+    def _estimator(self):
+        from sklearn.linear_model import RidgeClassifier
+
+        return RidgeClassifier(alpha=self.alpha, class_weight=self.class_weight)
+
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        d = self.model_.decision_function(X)
+        # RidgeClassifier regresses onto +-1 targets and has no probabilities. We define them as the
+        # softmax of its decision scores (binary: the scores of the two classes are -d and +d), which
+        # keeps the head a softmax over a linear map, exportable like the others; not calibrated.
+        return np.stack([-d, d], axis=1) if d.ndim == 1 else d
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return softmax(self._logits(X))
+
+    def linear_form(self):
+        self._check_X(np.zeros((1, self.n_features_in_ if hasattr(self, "n_features_in_") else 1), np.float32))
+        W, b = self.coef_.astype(np.float32), self.intercept_.astype(np.float32)
+        if W.shape[0] == 1:
+            W, b = np.vstack([-W, W]), np.concatenate([-b, b])
+        shift, scale = self._scaler_form()
+        return W, b, shift, scale
+
+
+@register_head("rf", main_param="min_samples_leaf", grid=[32, 16, 8, 4, 2, 1],
+               description="scikit-learn RandomForestClassifier")
+class RfHead(SklearnHead):
+    """scikit-learn RandomForestClassifier (no scaling: trees do not need it)."""
+
+    def __init__(self, n_estimators: int = 300, min_samples_leaf: int = 1, max_features: str = "sqrt", class_weight=None, n_jobs: int = -1, seed: int = 0):
+        self.n_estimators = n_estimators
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.class_weight = class_weight
+        self.n_jobs = n_jobs
+        self.seed = seed
+
+    def _estimator(self):
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf, max_features=self.max_features,
+                                      class_weight=self.class_weight, n_jobs=self.n_jobs, random_state=self.seed)
+
+
+@register_head("mlp", main_param="alpha", grid=np.logspace(1, -5, 7).tolist(),
+               description="scikit-learn MLPClassifier (one hidden layer), standardized")
+class MlpHead(SklearnHead):
+    """scikit-learn MLPClassifier (Adam, one hidden layer of 256) on standardized features."""
+
+    def __init__(self, alpha: float = 1e-2, hidden_layer_sizes: tuple = (256,), max_iter: int = 200, standardize: bool = True, class_weight=None, seed: int = 0):
+        self.alpha = alpha
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.max_iter = max_iter
+        self.standardize = standardize
+        self.class_weight = class_weight
+        self.seed = seed
+
+    def _estimator(self):
+        from sklearn.neural_network import MLPClassifier
+
+        return MLPClassifier(hidden_layer_sizes=tuple(self.hidden_layer_sizes), alpha=self.alpha, max_iter=self.max_iter, random_state=self.seed)
+
+    def _fit_params(self, y: np.ndarray) -> dict:
+        weights = self._class_weights(y)  # MLPClassifier has no class_weight; balanced = per-row weights
+        return {} if weights is None else {"clf__sample_weight": weights}
