@@ -1,5 +1,115 @@
-"""(placeholder while being written; replaced by its owner)"""
+"""``tlx predict`` and ``tlx export``: use a run folder on new images, or ship it as one module."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from tlx.cli.common import JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
 
 
-def register(app) -> None:
-    pass
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ExportFormat(str, Enum):
+    torchscript = "torchscript"
+    onnx = "onnx"
+
+
+RunOpt = Annotated[Path, typer.Option("--run", help="A run folder written by `tlx fit-head` or `tlx finetune` (see `tlx runs`).", file_okay=False)]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)
+    app.command("export")(export_command)
+
+
+@handle_errors
+def predict_command(
+    images: Annotated[List[Path], typer.Argument(help="Image files and/or folders (searched recursively; hidden files and non-image extensions are skipped).")],
+    run: RunOpt,
+    out: Annotated[Optional[Path], typer.Option(help="Write the predictions CSV here [default: print the CSV to stdout].", dir_okay=False)] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Also list the K most likely classes per image (columns top2, top2_score, ...).")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")] = None,
+    device: Annotated[Device, typer.Option(help="Where to run the network for images not in the run's cache.")] = Device.auto,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Predict the class of images with a run: reuses the run's cached features for images
+    already in it (same bytes), computes the rest, and writes path,label,score,p_<class>... rows."""
+    from tlx.heads.predict import collect_images, csv_columns, predict_paths, write_csv
+    from tlx.heads.runs import load_run
+
+    loaded = load_run(run)
+    paths = collect_images(images)
+    preds = predict_paths(loaded, paths, batch_size=batch_size, workers=workers, device=device.value, reporter=RichReporter(quiet=quiet))
+    for failure in preds.failed[:20]:
+        info(f"skipped {failure['path']}: {failure['reason']}", quiet)
+    if len(preds.failed) > 20:
+        info(f"... and {len(preds.failed) - 20} more", quiet)
+
+    rows = preds.rows(top_k)
+    columns = csv_columns(preds.classes, top_k)
+    if out is not None:
+        write_csv(rows, columns, out)
+    elif not json_out:
+        write_csv(rows, columns, sys.stdout)
+
+    acc = preds.folder_accuracy()
+    summary = (
+        f"{len(preds.paths)} image(s) predicted with {loaded.path} ({preds.n_reused} from the cache, "
+        f"{preds.n_computed} computed), {len(preds.failed)} skipped; {preds.seconds:.1f} s"
+    )
+    if acc is not None:
+        summary += f"; accuracy against the folder names {acc:.4f}"
+    if out is not None:
+        summary += f" -> {out}"
+    if preds.failed:
+        summary += f"  [warning: {len(preds.failed)} image(s) skipped]"
+    # The CSV owns stdout when it goes there; the summary then goes to stderr.
+    if json_out or out is None:
+        info(summary, quiet)
+    else:
+        typer.echo(summary)
+    if json_out:
+        result = {
+            "run": str(loaded.path), "kind": loaded.kind, "out": str(out) if out is not None else None,
+            "n_images": len(preds.paths), "n_reused": preds.n_reused, "n_computed": preds.n_computed,
+            "n_failed": len(preds.failed), "failed": preds.failed, "folder_accuracy": acc, "seconds": preds.seconds,
+            "classes": preds.classes,
+        }
+        if out is None:
+            result["predictions"] = rows
+        emit_json(result)
+
+
+@handle_errors
+def export_command(
+    run: RunOpt,
+    format: Annotated[ExportFormat, typer.Option("--format", help="torchscript (torch.jit) or onnx.")] = ExportFormat.onnx,
+    out: Annotated[Optional[Path], typer.Option(help="Output file [default: model.pt or model.onnx inside the run folder]; the sidecar JSON goes to FILE.json.", dir_okay=False)] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a run as one module: preprocessed images (N, 3, S, S) in, class probabilities out.
+    A sidecar JSON next to the file lists the classes and the preprocessing."""
+    from tlx.heads.export import export_run
+    from tlx.heads.runs import load_run
+
+    loaded = load_run(run)
+    result = export_run(loaded, format.value, out)
+    diff = f"max |diff| {result.max_abs_diff:.1e} ({result.checked_with})" if result.max_abs_diff is not None else result.checked_with
+    summary = f"{result.path}: {len(result.classes)} classes, input {'x'.join(map(str, result.input_shape))}; checked: {diff}; sidecar {result.sidecar}; {result.seconds:.1f} s"
+    if json_out:
+        info(summary, quiet)
+        emit_json(result.to_dict())
+    else:
+        typer.echo(summary)

@@ -112,7 +112,10 @@ def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = 
         "fit_seconds": fit_seconds,
         "sweep_seconds": sweep_seconds,
         "feature_space": feats.space.to_dict(),
-        "cache": str(path),
+        # Absolute, so predict and finetune find the cache (and its --weights file) from anywhere.
+        "cache": str(Path(path).resolve()),
+        "weights_path": feats.attrs.get("weights_path", ""),
+        "dataset_root": feats.dataset_root,
         "classes": list(feats.classes),
         "split": split_info,
         "n_train": int(len(train)),

@@ -157,7 +157,9 @@ def run_cache(run) -> Path | None:
 
 
 def weights_path_for(run) -> str | None:
-    """The local weights file the run's features were made with (recorded in the cache), if any."""
+    """The local weights file the run's features were made with (recorded in the run and the cache), if any."""
+    if run.info.get("weights_path"):
+        return run.info["weights_path"]
     cache = run_cache(run)
     if cache is None:
         return None

@@ -24,13 +24,22 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     data = make_folder_dataset(root / "data", CLASSES, per_class=8, seed0=7)
     cache = extract(data, backbone="tiny_cnn", cache_dir=root / "cache", workers=0).path
-    return {
-        "root": root,
-        "data": data,
-        "linear": fit_head(cache, clf="linear", out=root / "linear").run,  # standardized features
-        "logreg": fit_head(cache, clf="logreg", out=root / "logreg").run,
-        "knn": fit_head(cache, clf="knn", out=root / "knn").run,
-    }
+
+    class Runs(dict):
+        """Run folders by head name, each fitted on first use."""
+
+        def __missing__(self, clf):
+            self[clf] = fit_head(cache, clf=clf, out=root / clf).run
+            return self[clf]
+
+    runs = Runs(root=root, data=data)
+    return runs
+
+
+def _heads(exportable: bool) -> list[str]:
+    from tlx.heads import get_head, list_heads
+
+    return [name for name in list_heads() if get_head(name).exportable == exportable]
 
 
 def _run_exported(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
@@ -58,7 +67,7 @@ def _preprocessed(paths, sidecar: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-@pytest.mark.parametrize("clf", ["linear", "logreg"])
+@pytest.mark.parametrize("clf", _heads(exportable=True))
 def test_exported_module_gives_the_probabilities_of_predict(cli, runs, tmp_path, fmt, clf):
     out = tmp_path / f"model.{fmt}"
     r = cli("export", "--run", runs[clf], "--format", fmt, "--out", out, "--json")
@@ -111,12 +120,26 @@ def test_a_finetuning_run_exports_its_network(cli, tmp_path):
     np.testing.assert_allclose(_run_exported(tmp_path / "ft.onnx", "onnx", x.numpy()), want, atol=1e-4)
 
 
-def test_a_head_without_linear_form_is_not_exportable(cli, runs, tmp_path):
-    r = cli("export", "--run", runs["knn"], "--format", "onnx", "--out", tmp_path / "knn.onnx")
+def test_the_registry_has_exportable_and_non_exportable_heads():
+    assert {"linear", "logreg"} <= set(_heads(exportable=True)) and {"knn", "rf"} <= set(_heads(exportable=False))
+
+
+@pytest.mark.parametrize("clf", _heads(exportable=False))
+def test_a_head_without_linear_form_is_not_exportable(cli, runs, tmp_path, clf):
+    r = cli("export", "--run", runs[clf], "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert r.exit_code == 2
-    assert "not exportable" in r.stderr and "knn" in r.stderr
+    assert "not exportable" in r.stderr and clf in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    assert not (tmp_path / "knn.onnx").exists() and not (tmp_path / "knn.onnx.json").exists()
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.onnx.json").exists()
+
+
+def test_a_linear_head_with_l2_normalization_is_not_exportable(cli, runs, tmp_path):
+    from tlx.extractor.features import resolve_cache
+    from tlx.heads.fit import fit_head
+
+    run = fit_head(resolve_cache(runs["root"] / "cache"), clf="linear", params=["l2norm=true"], out=tmp_path / "l2").run
+    r = cli("export", "--run", run, "--format", "torchscript", "--out", tmp_path / "m.pt")
+    assert r.exit_code == 2 and "not exportable" in r.stderr and "l2norm" in r.stderr
 
 
 def test_bad_run_and_bad_format_exit_2(cli, runs, tmp_path):

@@ -87,6 +87,23 @@ def test_predicting_the_seeded_validation_images_gives_exactly_the_fit_accuracy(
     assert float(np.mean(np.array(predicted) == feats.y[val])) == run.info["val_accuracy"]
 
 
+def _every_head():
+    from tlx.heads import list_heads
+
+    return list(list_heads())
+
+
+@pytest.mark.parametrize("clf", _every_head())
+def test_every_head_predicts_its_validation_images_with_the_fit_accuracy(split_run, tmp_path, clf):
+    from tlx.heads.fit import fit_head
+
+    fitted = fit_head(split_run["cache"], clf=clf, out=tmp_path / clf)
+    preds = _predict(fitted.run, [split_run["data"] / "val"])
+    assert preds.n_computed == 0
+    assert preds.folder_accuracy() == fitted.val_accuracy
+    assert np.allclose(preds.proba.sum(axis=1), 1.0)
+
+
 def test_cache_reuse_is_by_content_and_equals_recomputing(split_run, tmp_path):
     # Copies under other names are found by their bytes; an edited image is computed.
     new = tmp_path / "incoming"
