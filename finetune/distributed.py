@@ -1,0 +1,70 @@
+"""torchrun detection (nanoGPT style) and the collectives fine-tuning needs.
+
+Under ``torchrun`` the environment has RANK / WORLD_SIZE / LOCAL_RANK; otherwise this is one
+process of a world of one and every collective below is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+    enabled: bool = False  # a process group was initialised
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device_type: str) -> Dist:
+    """Join the torchrun process group (gloo on CPU, nccl on CUDA) when RANK is set."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return Dist()
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
+    if not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return Dist(rank, local_rank, world, True)
+
+
+def cleanup(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(d: Dist, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes, in place (float64/int64 tensors on the collective's device)."""
+    if d.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_objects(d: Dist, obj) -> list:
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(d: Dist, obj):
+    if not d.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()

@@ -1,0 +1,170 @@
+"""The fine-tuned network: backbone body + global pooling + one linear layer, and its freezing rules.
+
+``--unfreeze N`` makes the last N entries of ``Backbone.stages`` trainable (0 = head only,
+``all`` = every parameter of the body). BatchNorm layers of frozen stages always run in eval
+mode (their running statistics stay the pretrained ones); BatchNorm layers of unfrozen stages
+train only with ``--train-bn``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlx.errors import RunError, TlxError
+from tlx.extractor.pooling import GlobalPool
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "finetune.json"
+
+
+class FineTuneNet(nn.Module):
+    """Normalized images (N, 3, S, S) -> class logits (N, C)."""
+
+    def __init__(self, body: nn.Module, pooling: str, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.body = body
+        self.pool = GlobalPool(pooling)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.body(images)).float()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+class ProbaModel(nn.Module):
+    """A fine-tuned network that outputs class probabilities (softmax), for predict and export."""
+
+    def __init__(self, net: FineTuneNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(images).float(), dim=-1)
+
+
+def parse_unfreeze(value: str | int, n_stages: int, backbone: str) -> int | None:
+    """``"all"`` -> None (everything), else an int in 0..n_stages; anything else is a TlxError."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise TlxError(f"--unfreeze must be a number of stages (0..{n_stages}) or 'all', not {value!r}") from None
+    if n < 0:
+        raise TlxError(f"--unfreeze must be at least 0 (0 = train the head only), not {n}")
+    if n > n_stages:
+        raise TlxError(f"--unfreeze {n} but {backbone} has only {n_stages} stages: use 0..{n_stages}, or 'all' for the whole network")
+    return n
+
+
+def trainable_body_params(body: nn.Module, stages: list[list[str]], unfreeze: int | None) -> set[str]:
+    """Names (relative to the body) of the parameters that ``unfreeze`` makes trainable."""
+    if unfreeze is None:
+        return {name for name, _ in body.named_parameters()}
+    names = set()
+    for stage in stages[len(stages) - unfreeze:] if unfreeze else []:
+        names.update(stage)
+    return names
+
+
+def apply_freezing(net: FineTuneNet, stages: list[list[str]], unfreeze: int | None) -> set[str]:
+    """Set ``requires_grad`` on the body by stage (the head always trains); returns the body's trainable names."""
+    trainable = trainable_body_params(net.body, stages, unfreeze)
+    known = {name for name, _ in net.body.named_parameters()}
+    unknown = trainable - known
+    if unknown:
+        raise TlxError(f"internal error: the backbone's stages name parameters it does not have (first: {sorted(unknown)[0]!r})")
+    for name, p in net.body.named_parameters():
+        p.requires_grad_(name in trainable)
+    net.head.requires_grad_(True)
+    return trainable
+
+
+def _batchnorm_modules(body: nn.Module):
+    for name, module in body.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            yield name, module
+
+
+def set_train_mode(net: FineTuneNet, trainable: set[str], train_bn: bool) -> None:
+    """``net.train()`` except: a fully frozen body runs in eval mode; BatchNorm of frozen stages
+    always, and of unfrozen stages unless ``train_bn``, runs in eval mode."""
+    net.train()
+    if not trainable:
+        net.body.eval()
+        return
+    for name, module in _batchnorm_modules(net.body):
+        prefix = f"{name}." if name else ""
+        own = [f"{prefix}{p}" for p, _ in module.named_parameters(recurse=False)]
+        unfrozen = bool(own) and all(p in trainable for p in own)
+        if not (train_bn and unfrozen):
+            module.eval()
+
+
+def fold_linear_head(head: nn.Linear, W, b, shift=None, scale=None) -> None:
+    """Copy a fitted linear head ``softmax(((x - shift) / scale) @ W.T + b)`` into ``head``:
+    W' = W / scale, b' = b - W' @ shift, so ``head(x)`` gives the same logits on raw features."""
+    W = np.asarray(W, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if W.shape != tuple(head.weight.shape) or b.shape != (head.out_features,):
+        raise TlxError(
+            f"the fitted head is {W.shape[0]} classes x {W.shape[1]} features but this model needs "
+            f"{head.out_features} x {head.in_features}: fit the head on the same classes and feature space"
+        )
+    if scale is not None:
+        W = W / np.where(np.asarray(scale, dtype=np.float64) == 0, 1.0, np.asarray(scale, dtype=np.float64))[None, :]
+    if shift is not None:
+        b = b - W @ np.asarray(shift, dtype=np.float64)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(W).to(head.weight.dtype))
+        head.bias.copy_(torch.from_numpy(b).to(head.bias.dtype))
+
+
+def build_net(backbone, pooling: str, num_classes: int) -> FineTuneNet:
+    from tlx.extractor.config import FeatureSpace
+
+    width = FeatureSpace.from_backbone(backbone.cfg, pooling).feature_dim
+    return FineTuneNet(backbone.body, pooling, width, num_classes)
+
+
+def read_finetune_config(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{run_dir} is not a finished fine-tuning run: {CONFIG_FILE} is missing (a killed run? continue it with `tlx finetune --out {run_dir} --resume`)") from None
+    except ValueError as exc:
+        raise RunError(f"{path} is not valid JSON ({exc}): the run folder is damaged; re-run `tlx finetune`") from None
+
+
+def load_finetuned(run_dir: str | Path):
+    """``(module, preprocessing)`` of a fine-tuning run: ``module`` maps a normalized float batch
+    (N, 3, S, S) to class probabilities; ``preprocessing`` is the backbone's evaluation
+    preprocessing (``tlx.extractor.preprocess.ResizeCrop`` + ``Normalize`` give the input).
+    Built from the run folder alone: the backbone is a random init that the saved weights replace."""
+    from safetensors.torch import load_file
+
+    from tlx.extractor.config import Preprocessing
+    from tlx.extractor.registry import get_backbone
+
+    run_dir = Path(run_dir)
+    cfg = read_finetune_config(run_dir)
+    weights = run_dir / MODEL_FILE
+    if not weights.is_file():
+        raise RunError(f"{weights} is missing: the fine-tuning run did not finish; continue it with `tlx finetune --out {run_dir} --resume`")
+    backbone = get_backbone(cfg["backbone"]).build(weights=None, pretrained=False)
+    net = FineTuneNet(backbone.body, cfg["pooling"], int(cfg["feature_dim"]), len(cfg["classes"]))
+    state = load_file(str(weights))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise RunError(f"{weights} does not fit {cfg['backbone']} ({len(missing)} missing, {len(unexpected)} unexpected tensors, first {first!r}): the run folder is damaged or was edited")
+    return ProbaModel(net).eval(), Preprocessing.from_dict(cfg["preprocessing"])

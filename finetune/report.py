@@ -1,0 +1,65 @@
+"""The files a finished fine-tuning run leaves next to ``metrics.json``: the best weights as
+``model.safetensors``, ``finetune.json`` (what is needed to rebuild the network), the
+confusion matrix and the learning curve."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from tlx.finetune.model import CONFIG_FILE, MODEL_FILE
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_model(state: dict[str, torch.Tensor], run_dir: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(run_dir) / MODEL_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt", "tlx": "finetune"})
+    os.replace(tmp, path)
+    return path
+
+
+def write_finetune_config(run_dir: Path, record: dict) -> Path:
+    path = Path(run_dir) / CONFIG_FILE
+    write_json_atomic(path, record)
+    return path
+
+
+def plot_learning_curve(history: list[dict], path: Path, best_epoch: int | None = None) -> Path:
+    """Train and validation loss (left) and validation accuracy (right), one point per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [h["val_accuracy"] for h in history], "o-", color="tab:green", label="validation accuracy")
+    if best_epoch is not None:
+        ax_acc.axvline(best_epoch, color="gray", linestyle=":", label=f"best (epoch {best_epoch})")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if epochs:
+            ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
