@@ -524,6 +524,24 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
         f"{len(split.val_paths)} val images of {index.name}, {d.world} process(es) on {dev}; run folder {run_dir}"
     )
 
+    # -- LP-FT: the fitted head itself is the first candidate ("epoch 0") -------------------------
+    # Fine-tuned weights replace the linear probe only where they beat it on the validation
+    # split, so starting from a fitted head never ends below that head.
+    if state is not None:
+        init_eval = state.get("init_eval") or None
+    elif init is not None:
+        ev0 = evaluate(net, val_loader, val_labels_shard, normalize, precision)
+        red0 = reduce_eval(d, ev0, val_labels_shard, len(split.classes), dev)
+        init_eval = {"val_accuracy": red0["val_accuracy"], "val_loss": red0["val_loss"]}
+        best = {"epoch": -1, "val_accuracy": red0["val_accuracy"]}
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        best_eval = ev0
+        if d.is_main:
+            ckpt.save_atomic({"model": best_state, "epoch": -1, "val_accuracy": red0["val_accuracy"]}, best_path)
+        reporter.message(f"epoch 0 (the fitted head, before any step): val loss {red0['val_loss']:.4f}, val acc {red0['val_accuracy']:.4f}")
+    else:
+        init_eval = None
+
     # -- epochs -------------------------------------------------------------------------------------
     skipped: dict[str, str] = {}
     epoch_seconds = []
@@ -588,6 +606,7 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
                 "stopped": stopped,
                 "cache": str(cache_path) if cache_path else "",
                 "feature_space": space.to_dict(),
+                "init_eval": init_eval or {},
             }, last_path)
             if improved:
                 ckpt.save_atomic({"model": best_state, "epoch": epoch, "val_accuracy": red["val_accuracy"]}, best_path)
@@ -612,7 +631,7 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
         keep = np.argsort(order, kind="stable")
         order, proba = order[keep], proba[keep]
         metrics = _write_run(run_dir, cfg, split, order, proba, space, backbone, n_unfreeze, history, best, best_state,
-                             stopped, cache_path, epoch_seconds, seconds, __version__)
+                             stopped, cache_path, epoch_seconds, seconds, __version__, init_eval)
     barrier(d)
     seconds_per_epoch = float(np.mean([h["seconds"] for h in history])) if history else 0.0
     return FinetuneResult(
@@ -624,7 +643,7 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
 
 
 def _write_run(run_dir: Path, cfg: FinetuneConfig, split, order, proba, space, backbone, n_unfreeze, history, best,
-               best_state, stopped, cache_path, epoch_seconds, seconds, version) -> dict:
+               best_state, stopped, cache_path, epoch_seconds, seconds, version, init_eval=None) -> dict:
     from tlx.extractor.store import now_iso
     from tlx.finetune.report import plot_learning_curve, save_model, write_finetune_config
     from tlx.heads.runs import compute_metrics, plot_confusion, write_metrics
@@ -657,6 +676,8 @@ def _write_run(run_dir: Path, cfg: FinetuneConfig, split, order, proba, space, b
         "early_stopped": bool(stopped),
         "seconds_per_epoch": round(seconds_per_epoch, 3),
         "history": history,
+        # With --init-head: the fitted head's own val accuracy before any step (best_epoch 0 = it won).
+        "init_head_val_accuracy": (init_eval or {}).get("val_accuracy"),
     }
     save_model(best_state, run_dir)
     write_finetune_config(run_dir, {
@@ -677,6 +698,6 @@ def _write_run(run_dir: Path, cfg: FinetuneConfig, split, order, proba, space, b
         "tlx_version": version,
     })
     plot_confusion(np.asarray(m["confusion_matrix"]), split.classes, run_dir / "confusion.png")
-    plot_learning_curve(history, run_dir / "learning_curve.png", best["epoch"] + 1)
+    plot_learning_curve(history, run_dir / "learning_curve.png", best["epoch"] + 1, init_eval)
     write_metrics(run_dir, metrics)
     return metrics

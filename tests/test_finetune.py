@@ -110,6 +110,17 @@ def test_init_head_from_a_fit_head_run_end_to_end(cli, data, tmp_path):
     assert m["params"]["backbone"] == "tiny_cnn" and m["params"]["init_head"]
     assert m["n_val"] == json.loads((tmp_path / "head" / "metrics.json").read_text())["n_val"]  # the same split
     assert m["val_accuracy"] == pytest.approx(head_acc)  # a step of 1e-12 leaves the fitted head as it was
+    assert m["init_head_val_accuracy"] == pytest.approx(head_acc)  # evaluated as "epoch 0" before any step
+
+    # A rate that wrecks the network: the fitted head, as epoch 0, stays the model that is kept.
+    r = cli("finetune", "--init-head", tmp_path / "head", "--epochs", "1", "--unfreeze", "all", "--optimizer", "sgd", "--lr", "30",
+            "--head-lr", "30", "--warmup-epochs", "0", "--no-augment", "--workers", "0", "--batch-size", "8", "--out", tmp_path / "wreck", "--json")
+    assert r.exit_code == 0, r.stderr
+    wrecked = json.loads((tmp_path / "wreck" / "metrics.json").read_text())
+    assert wrecked["val_accuracy"] >= head_acc - 1e-9
+    if wrecked["best_epoch"] == 0:
+        assert wrecked["val_accuracy"] == pytest.approx(head_acc)
+        assert wrecked["history"][0]["val_accuracy"] <= head_acc
 
     # a head of another feature space, and a head without a linear form: exit 2, one line
     other = cli("finetune", "--init-head", tmp_path / "head", "--backbone", "efficientnet_lite0", "--out", tmp_path / "x1")
