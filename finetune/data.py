@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tlx.extractor.config import Preprocessing
 from tlx.extractor.dataset import DatasetIndex
 from tlx.extractor.decode import load_image
-from tlx.extractor.engine import ImageFiles, collate_skipping_failures
+from tlx.extractor.engine import ImageFiles, collate_skipping_failures, lower_priority
 from tlx.extractor.preprocess import ResizeCrop
 
 # Milder than torchvision's default (0.08, 1): a few epochs on a small dataset.
@@ -83,6 +83,7 @@ def train_loader(paths, pre: Preprocessing, batch_size: int, workers: int, augme
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_skipping_failures,
         pin_memory=pin_memory, prefetch_factor=4 if workers else None, persistent_workers=False,
+        worker_init_fn=None if pin_memory else lower_priority,  # on CPU, decoding yields to the training step
         generator=torch.Generator(),  # reseeded each epoch: worker augmentation seeds depend on (seed, epoch, rank) only
     )
     return loader, sampler
@@ -93,6 +94,7 @@ def eval_loader(paths, pre: Preprocessing, batch_size: int, workers: int, pin_me
     return DataLoader(
         ImageFiles(paths, ResizeCrop(pre)), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=collate_skipping_failures, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
+        worker_init_fn=None if pin_memory else lower_priority,
     )
 
 
