@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -16,6 +17,19 @@ from tlx.errors import TlxError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object as the last line of stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or chatter; errors and the result only.")]
+
+
+# Choices shared by several commands (str Enums, so typer lists them in --help).
+class Pool(str, Enum):
+    avg = "avg"
+    max = "max"
+    avgmax = "avgmax"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -8,19 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tlx.cli.common import JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
-
-
-class Pool(str, Enum):
-    avg = "avg"
-    max = "max"
-    avgmax = "avgmax"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+from tlx.cli.common import Pool, Device, JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
 
 
 class Precision(str, Enum):

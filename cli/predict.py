@@ -9,13 +9,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from tlx.cli.common import JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+from tlx.cli.common import Device, JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
 
 
 class ExportFormat(str, Enum):
