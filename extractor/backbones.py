@@ -17,6 +17,7 @@ from torch import nn
 
 from tlx.errors import TlxError, WeightsUnavailableError
 from tlx.extractor.config import BackboneCfg, Preprocessing
+from tlx.extractor.hashing import sha256_file
 from tlx.extractor.registry import UnknownBackboneError, register_backbone, register_family
 
 
@@ -35,14 +36,6 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_state_dict(module: nn.Module) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,6 +11,7 @@ from typing import Callable
 from tlx.errors import CacheError, TlxError
 from tlx.extractor.config import FeatureSpace
 from tlx.extractor.dataset import DatasetIndex, discover
+from tlx.extractor.hashing import sha256_file
 from tlx.extractor.registry import DEFAULT_BACKBONE, get_backbone
 from tlx.extractor import store
 
@@ -55,20 +55,12 @@ class Reporter:
     def message(self, text: str) -> None: ...
 
 
-def hash_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def hash_items(index: DatasetIndex) -> tuple[list[str | None], dict[str, str]]:
     """Content hash of every image; unreadable files become failures instead."""
     hashes, failed = [], {}
     for item in index.items:
         try:
-            hashes.append(hash_file(index.abspath(item)))
+            hashes.append(sha256_file(index.abspath(item)))
         except FileNotFoundError:
             hashes.append(None)
             failed[item.relpath] = "file not found (a dangling link, or deleted while running)"

@@ -12,13 +12,13 @@ head file; a file whose hash changed since it was written is refused as tampered
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from tlx.errors import RunError, TlxError
+from tlx.extractor.hashing import sha256_file
 
 HEAD_JSON = "head.json"
 FORMAT = "tlx-head"
@@ -82,14 +82,6 @@ def _skops_io():
         for name in [m for m in sys.modules if m.startswith("sklearn.externals.array_api_compat.torch")]:
             del sys.modules[name]
     return skops.io
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_head(head, run_dir) -> Path:

@@ -208,12 +208,12 @@ def read_rows(cache: Path, rows: Sequence[int], block: int = 4096) -> np.ndarray
 
 
 def _hash_all(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]]:
-    from tlx.extractor.extract import hash_file
+    from tlx.extractor.hashing import sha256_file
 
     hashes, failed = [], {}
     for i, p in enumerate(paths):
         try:
-            hashes.append(hash_file(p))
+            hashes.append(sha256_file(p))
         except FileNotFoundError:
             hashes.append(None)
             failed[i] = "file not found (a dangling link, or deleted while running)"
