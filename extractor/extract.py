@@ -120,7 +120,6 @@ def extract(
 
         todo = [i for i, h in enumerate(hashes) if h is not None and h not in old_rows and h not in journaled]
         todo_hashes = {hashes[i] for i in todo}
-        n_resumed = sum(1 for h in hashes if h is not None and h not in old_rows and h in journaled)
 
         runner = FeatureRunner(net, pooling, device=device, precision=precision)
         reporter.start(len(todo), f"extracting {index.name} with {space.backbone}")
