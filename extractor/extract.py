@@ -6,7 +6,6 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tlx.errors import CacheError, TlxError
 from tlx.extractor.config import FeatureSpace

@@ -206,7 +206,7 @@ def test_compute_metrics_on_a_known_case():
 
 # -- import hygiene ------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_runs_and_sklearn_heads_do_not_import_torch(caches, tmp_path):
+def test_runs_info_and_sklearn_heads_do_not_import_torch(caches, tmp_path):
     code = (
         "import sys; from typer.testing import CliRunner; from tlx.cli.app import app\n"
         "runner = CliRunner()\n"
@@ -214,6 +214,10 @@ def test_runs_and_sklearn_heads_do_not_import_torch(caches, tmp_path):
         "assert r.exit_code == 0, r.output\n"
         f"r = runner.invoke(app, ['runs', '--dir', {str(tmp_path)!r}])\n"
         "assert r.exit_code == 0, r.output\n"
+        f"r = runner.invoke(app, ['info', {str(caches['plain'])!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "r = runner.invoke(app, ['info', '--backbones'])\n"
+        "assert r.exit_code == 0 and 'efficientnet_lite0' in r.output, r.output\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)

@@ -1,0 +1,224 @@
+"""The torch side of the backbones: the ``Backbone`` module, weight-file loading, and the
+pieces each family needs (timm bodies, torchvision bodies, the tiny test CNN).
+
+``backbones.py`` registers the builders and imports this module inside them, so listing the
+registry (``tlx info --backbones``) does not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tlx.errors import TlxError, WeightsUnavailableError
+from tlx.extractor.config import BackboneCfg, Preprocessing
+
+
+class Backbone(nn.Module):
+    """``body(images)`` gives the final feature map; ``stages`` lists the body's parameter
+    names stage by stage, shallow to deep, so fine-tuning can unfreeze the last N."""
+
+    def __init__(self, cfg: BackboneCfg, body: nn.Module, stages: list[list[str]], imagenet_head: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.body = body
+        self.stages = [list(s) for s in stages if s]
+        # The original 1000-way classifier on average-pooled features, kept only to prove
+        # that pretrained weights are real; tlx never trains it.
+        self.imagenet_head = imagenet_head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+
+def sha256_state_dict(module: nn.Module) -> str:
+    """Identity of in-memory weights (random inits): hash of every tensor, in order."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch file; never runs code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file {path} does not exist: pass --weights with the path of a .pth or .safetensors state dict")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle with code in it, or not a torch file at all
+        raise WeightsUnavailableError(f"{path} is not a plain state dict that loads with weights_only=True ({type(exc).__name__}): save it with torch.save(model.state_dict(), ...) or as .safetensors") from None
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsUnavailableError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model``; classifier keys may be missing or extra, body keys may not."""
+    own = model.state_dict()
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
+    body_missing = [k for k in missing if not k.startswith(("fc.", "classifier.", "head.", "_fc."))]
+    if body_missing:
+        raise WeightsUnavailableError(
+            f"{source} does not fit this architecture: {len(body_missing)} of its tensors are missing or "
+            f"have another shape (first: {body_missing[0]!r}); pass a state dict saved from the same model"
+        )
+    model.load_state_dict(matched, strict=False)
+
+
+def random_init_cfg(cfg: BackboneCfg, model: nn.Module) -> BackboneCfg:
+    return replace(cfg, weights_id="random-init", weights_sha256=sha256_state_dict(model))
+
+
+# --------------------------------------------------------------------------- timm-based
+
+class TimmBody(nn.Module):
+    """A timm model whose forward is ``forward_features`` (the map before global pooling)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(images)
+
+
+def timm_backbone(model: nn.Module, cfg: BackboneCfg) -> Backbone:
+    from timm.models import group_parameters
+
+    head = None
+    if getattr(model, "num_classes", 0):
+        classifier = model.get_classifier()
+        head = classifier if isinstance(classifier, nn.Module) else None
+        model.reset_classifier(0)
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    stages = [["model." + n for n in names] for _, names in sorted(groups.items())]
+    return Backbone(cfg, TimmBody(model), stages, head)
+
+
+def timm_preprocessing(pretrained_cfg: dict) -> Preprocessing:
+    return Preprocessing(
+        input_size=int(pretrained_cfg["input_size"][-1]),
+        crop_pct=float(pretrained_cfg.get("crop_pct", 0.875)),
+        interpolation=str(pretrained_cfg.get("interpolation", "bicubic")),
+        mean=tuple(float(v) for v in pretrained_cfg["mean"]),
+        std=tuple(float(v) for v in pretrained_cfg["std"]),
+    )
+
+
+def lukemelas_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-PyTorch (lukemelas) state dict to timm's names.
+
+    Both list the same 247 tensors (other than ``num_batches_tracked``) in the same order
+    with the same shapes, so the mapping is positional; shapes are checked one by one.
+    """
+    src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    dst = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise WeightsUnavailableError(f"expected {len(dst)} EfficientNet-Lite0 tensors, found {len(src)}")
+    renamed = {}
+    for (sk, sv), (dk, dv) in zip(src, dst):
+        if sv.shape != dv.shape:
+            raise WeightsUnavailableError(f"EfficientNet-Lite0 tensor {sk} has shape {tuple(sv.shape)}, expected {tuple(dv.shape)} for {dk}")
+        renamed[dk] = sv
+    return renamed
+
+
+def hf_weights_file(arch: str, pretrained_cfg) -> str:
+    """Path of a timm model's weights in the Hugging Face cache, downloading when possible."""
+    hub_id = pretrained_cfg.get("hf_hub_id")
+    if not hub_id:
+        raise WeightsUnavailableError(f"timm:{arch} has no downloadable pretrained weights; pass --weights FILE")
+    hub_id = hub_id.split("hf-hub:")[-1]
+    from huggingface_hub import hf_hub_download
+
+    errors = []
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return hf_hub_download(hub_id, filename)
+        except Exception as exc:  # offline, missing file, gated repo ...
+            errors.append(f"{filename}: {type(exc).__name__}")
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    raise WeightsUnavailableError(
+        f"timm:{arch} needs its pretrained weights from the Hugging Face repo {hub_id}, which are not in "
+        f"{HF_HUB_CACHE} and could not be downloaded ({'; '.join(errors)}): download them on a machine with "
+        f"network (huggingface-cli download {hub_id}) and copy the cache, or pass --weights FILE"
+    )
+
+
+# --------------------------------------------------------------------------- torchvision
+
+def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module | None]:
+    """Split a torchvision classifier into (feature-map body, ImageNet classifier)."""
+    names = [n for n, _ in model.named_children()]
+    if "avgpool" in names and "fc" in names:  # ResNet, ResNeXt, Wide ResNet, RegNet, ShuffleNet...
+        cut = names.index("avgpool")
+        # nn.Sequential keeps names only from an OrderedDict (a plain dict is taken as one module)
+        body = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if names.index(n) < cut))
+        return body, model.fc
+    if "features" in names:  # VGG, MobileNet, EfficientNet, DenseNet, MNASNet, SqueezeNet...
+        body = nn.Sequential(model.features)
+        if arch.startswith("densenet"):  # DenseNet applies its final ReLU in forward()
+            body.append(nn.ReLU())
+        classifier = getattr(model, "classifier", None)
+        if isinstance(classifier, nn.Sequential):
+            linears = [m for m in classifier if isinstance(m, nn.Linear)]
+            classifier = linears[-1] if len(linears) == 1 else None
+        return body, classifier if isinstance(classifier, nn.Linear) else None
+    raise TlxError(
+        f"torchvision:{arch} has no convolutional feature map that tlx knows how to take "
+        "(supported: models with .features or avgpool+fc); use its timm version instead, e.g. timm:" + arch
+    )
+
+
+def torchvision_weights_file(arch: str, weights_enum) -> str:
+    from urllib.parse import urlparse
+
+    url = weights_enum.url
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if target.is_file():
+        return str(target)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=False)
+        return str(target)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"torchvision:{arch} needs its pretrained weights {target.name}, not found at {target} and not "
+            f"downloadable ({type(exc).__name__}): download {url} to {target} (or set TORCH_HOME), or pass --weights FILE"
+        ) from None
+
+
+# --------------------------------------------------------------------------- tiny, for tests
+
+class TinyCNN(nn.Module):
+    """Three strided conv stages, 32-wide: a fast stand-in with the real interface."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.stem = block(3, width // 4)
+        self.stage1 = block(width // 4, width // 2)
+        self.stage2 = block(width // 2, width)
+
+    def forward(self, x):
+        return self.stage2(self.stage1(self.stem(x)))
