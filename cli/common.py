@@ -59,6 +59,16 @@ def emit_json(obj) -> None:
     sys.stdout.flush()
 
 
+def report(summary: str, result: dict, json_out: bool, quiet: bool = False) -> None:
+    """A command's outcome: the human summary on stdout, or with ``--json`` on stderr while
+    stdout's last line is the JSON object."""
+    if json_out:
+        info(summary, quiet)
+        emit_json(result)
+    else:
+        typer.echo(summary)
+
+
 def info(message: str, quiet: bool = False) -> None:
     """Chatter goes to stderr so stdout stays clean for ``--json`` and pipes."""
     if not quiet:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tlx.cli.common import Pool, Device, JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
+from tlx.cli.common import Device, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
 
 
 class Precision(str, Enum):
@@ -55,8 +55,4 @@ def extract_command(
     )
     if result.n_failed:
         summary += f"  [warning: {result.n_failed} image(s) skipped]"
-    if json_out:
-        info(summary, quiet)
-        emit_json(result.to_dict())
-    else:
-        typer.echo(summary)
+    report(summary, result.to_dict(), json_out, quiet)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tlx.cli.common import Pool, Device, JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
+from tlx.cli.common import Device, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
 
 
 class Optim(str, Enum):
@@ -79,8 +79,4 @@ def finetune_command(
         f"{result.run}: val accuracy {result.val_accuracy:.4f} (best epoch {result.best_epoch} of {result.epochs_done}"
         f"{', stopped early' if result.early_stopped else ''}); {result.seconds_per_epoch:.1f} s/epoch, {result.seconds:.1f} s"
     )
-    if json_out:
-        info(summary, quiet)
-        emit_json(result.to_dict())
-    else:
-        typer.echo(summary)
+    report(summary, result.to_dict(), json_out, quiet)

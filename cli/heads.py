@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tlx.cli.common import JsonOpt, QuietOpt, emit_json, handle_errors, info
+from tlx.cli.common import JsonOpt, QuietOpt, emit_json, handle_errors, info, report
 
 
 class ClassWeight(str, Enum):
@@ -54,11 +54,7 @@ def fit_head_command(
     if m.get("sweep"):
         s = m["sweep"]
         summary += f"; sweep chose {s['param']}={s['best']:g} ({s['selection']}, {m['sweep_seconds']:.1f} s)"
-    if json_out:
-        info(summary, quiet)
-        emit_json(result.to_dict())
-    else:
-        typer.echo(summary)
+    report(summary, result.to_dict(), json_out, quiet)
 
 
 @handle_errors

@@ -9,7 +9,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from tlx.cli.common import Device, JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
+from tlx.cli.common import Device, JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info, report
 
 
 class ExportFormat(str, Enum):
@@ -102,8 +102,4 @@ def export_command(
     result = export_run(loaded, format.value, out)
     diff = f"max |diff| {result.max_abs_diff:.1e} ({result.checked_with})" if result.max_abs_diff is not None else result.checked_with
     summary = f"{result.path}: {len(result.classes)} classes, input {'x'.join(map(str, result.input_shape))}; checked: {diff}; sidecar {result.sidecar}; {result.seconds:.1f} s"
-    if json_out:
-        info(summary, quiet)
-        emit_json(result.to_dict())
-    else:
-        typer.echo(summary)
+    report(summary, result.to_dict(), json_out, quiet)
