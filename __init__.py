@@ -9,6 +9,13 @@ Importing ``tlx`` is cheap: torch, torchvision and timm are imported where they 
 
 __version__ = "0.1.0"
 
-from tlx.extractor.features import Features, load_features  # noqa: E402  (h5py + numpy only)
-
 __all__ = ["Features", "load_features", "__version__"]
+
+
+def __getattr__(name: str):
+    # Resolved on first use, so that ``import tlx.common`` (or ``tlx --version``) loads no stage.
+    if name in ("Features", "load_features"):
+        from tlx.extractor import features
+
+        return getattr(features, name)
+    raise AttributeError(f"module 'tlx' has no attribute {name!r}")

@@ -63,7 +63,7 @@ def runs_command(
     json_out: JsonOpt = False,
 ) -> None:
     """List the runs (heads and fine-tunings), best validation accuracy first."""
-    from tlx.heads.runs import default_runs_dir, list_runs
+    from tlx.common.runfolder import default_runs_dir, list_runs
 
     root = runs_dir if runs_dir is not None else default_runs_dir()
     records = list_runs(root)

@@ -39,7 +39,7 @@ def predict_command(
 ) -> None:
     """Predict the class of images with a run: reuses the run's cached features for images
     already in it (same bytes), computes the rest, and writes path,label,score,p_<class>... rows."""
-    from tlx.heads.predict import collect_images, csv_columns, predict_paths, write_csv
+    from tlx.inference.predict import collect_images, csv_columns, predict_paths, write_csv
     from tlx.heads.runs import load_run
 
     loaded = load_run(run)
@@ -95,7 +95,7 @@ def export_command(
 ) -> None:
     """Export a run as one module: preprocessed images (N, 3, S, S) in, class probabilities out.
     A sidecar JSON next to the file lists the classes and the preprocessing."""
-    from tlx.heads.export import export_run
+    from tlx.inference.export import export_run
     from tlx.heads.runs import load_run
 
     loaded = load_run(run)

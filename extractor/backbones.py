@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tlx.errors import WeightsUnavailableError
 from tlx.extractor.config import BackboneCfg, Preprocessing
-from tlx.extractor.hashing import sha256_file
+from tlx.common.hashing import sha256_file
 from tlx.extractor.registry import UnknownBackboneError, register_backbone, register_family
 
 if TYPE_CHECKING:

@@ -51,7 +51,7 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk_images(folder: Path) -> list[Path]:
+def walk_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively, sorted), skipping hidden files and folders."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -67,7 +67,7 @@ def _subdirs(folder: Path) -> list[Path]:
 def _class_folder_items(root: Path, folder: Path, split: str) -> list[Item]:
     items = []
     for class_dir in _subdirs(folder):
-        for path in _walk_images(class_dir):
+        for path in walk_images(class_dir):
             items.append(Item(path.relative_to(root).as_posix(), class_dir.name, split))
     return items
 

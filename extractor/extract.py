@@ -7,10 +7,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tlx.common.progress import Reporter
 from tlx.errors import CacheError, TlxError
 from tlx.extractor.config import FeatureSpace
 from tlx.extractor.dataset import DatasetIndex, discover
-from tlx.extractor.hashing import sha256_file
+from tlx.common.hashing import sha256_file
 from tlx.extractor.registry import DEFAULT_BACKBONE, get_backbone
 from tlx.extractor import store
 
@@ -41,17 +42,6 @@ class ExtractResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-class Reporter:
-    """Progress callbacks; the CLI passes a rich progress bar, the API a silent default."""
-
-    def start(self, total: int, description: str) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def message(self, text: str) -> None: ...
 
 
 def hash_items(index: DatasetIndex) -> tuple[list[str | None], dict[str, str]]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from tlx.errors import CacheError
 from tlx.extractor.config import FeatureSpace
-from tlx.extractor.store import FORMAT_VERSION, _decode_strings, default_cache_dir, list_caches
+from tlx.extractor.store import FORMAT_VERSION, decode_strings, default_cache_dir, list_caches
 
 
 @dataclass
@@ -66,10 +66,10 @@ def load_features(path: str | Path | None = None, split: str | None = None) -> F
             feats = Features(
                 X=f["features"][()].astype(np.float32, copy=False),
                 y=f["labels"][()].astype(np.int64, copy=False),
-                classes=_decode_strings(f["classes"]),
-                paths=_decode_strings(f["paths"]),
-                split=_decode_strings(f["split"]),
-                sha256=_decode_strings(f["content_sha256"]),
+                classes=decode_strings(f["classes"]),
+                paths=decode_strings(f["paths"]),
+                split=decode_strings(f["split"]),
+                sha256=decode_strings(f["content_sha256"]),
                 space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
                 path=path,
                 attrs=attrs,

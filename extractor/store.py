@@ -14,7 +14,6 @@ from the journal. Concurrent runs on one cache are serialized by an advisory loc
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tlx.common.atomic import atomic_path, write_atomic
 from tlx.errors import CacheError
 from tlx.extractor.config import FeatureSpace
 
@@ -53,14 +53,6 @@ def _rows_per_chunk(width: int) -> int:
     return int(max(1, min(4096, (256 * 1024) // (4 * max(1, width)))))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -82,7 +74,7 @@ class CacheIndex:
         return {h: i for i, h in enumerate(self.hashes)}
 
 
-def _decode_strings(ds) -> list[str]:
+def decode_strings(ds) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr()[()]] if len(ds) else []
 
 
@@ -100,12 +92,12 @@ def read_index(path: Path) -> CacheIndex:
             return CacheIndex(
                 path=path,
                 space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
-                paths=_decode_strings(f["paths"]),
-                hashes=_decode_strings(f["content_sha256"]),
+                paths=decode_strings(f["paths"]),
+                hashes=decode_strings(f["content_sha256"]),
                 labels=f["labels"][()],
-                splits=_decode_strings(f["split"]),
-                classes=_decode_strings(f["classes"]),
-                failed=dict(zip(_decode_strings(f["failed/paths"]), _decode_strings(f["failed/reasons"]))),
+                splits=decode_strings(f["split"]),
+                classes=decode_strings(f["classes"]),
+                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]))),
                 attrs=attrs,
             )
     except (OSError, KeyError) as exc:
@@ -152,13 +144,8 @@ class Journal:
         if not self.dir.is_dir():
             self.dir.mkdir(parents=True)
             (self.dir / "space.json").write_text(json.dumps(self.space.to_dict()))
-        final = self.dir / f"part-{self._next:08d}.npz"
-        tmp = self.dir / f".part-{self._next:08d}.tmp.npz"
-        with open(tmp, "wb") as f:
-            np.savez(f, hashes=np.array(hashes, dtype="U64"), features=features.astype(np.float32, copy=False))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        arrays = {"hashes": np.array(hashes, dtype="U64"), "features": features.astype(np.float32, copy=False)}
+        write_atomic(self.dir / f"part-{self._next:08d}.npz", lambda fh: np.savez(fh, **arrays), mode="wb")
         self._next += 1
 
     def clear(self) -> None:
@@ -211,10 +198,9 @@ def write_cache(
     block: int = 2048,
 ) -> None:
     """Assemble a complete cache in a temporary file and atomically put it at ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     width = space.feature_dim
     shards = ShardReader()
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", libver="latest") as f, (h5py.File(old_cache, "r") if old_cache else _null()) as old:
             chunk = _rows_per_chunk(width)
             n = len(rows)
@@ -249,13 +235,6 @@ def write_cache(
             f.attrs["feature_space"] = json.dumps(space.to_dict())
             f.attrs["n_images"] = len(rows)
             f.attrs["feature_dim"] = width
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -282,31 +261,30 @@ class _null:
 class CacheLock:
     """Advisory lock on ``<cache>.lock``: a second extract on the same cache waits its turn.
 
-    The kernel releases the lock when its holder dies, even by kill -9, so a stale lock
-    cannot block the next run.
+    ``filelock`` uses the operating system's lock (flock on POSIX, msvcrt on Windows), which is
+    released when its holder dies, even by kill -9, so a stale lock cannot block the next run.
+    It is imported here, not at the top, so that reading a cache needs no locking at all.
     """
 
     def __init__(self, cache_path: Path, on_wait=None):
         self.path = cache_path.with_name(cache_path.name + ".lock")
         self.on_wait = on_wait
-        self._fd = None
+        self._lock = None
 
     def __enter__(self):
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        import filelock
+
+        self._lock = filelock.FileLock(self.path)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "?"
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
             if self.on_wait:
-                self.on_wait(f"another tlx extract (pid {holder}) is writing {self.path.with_suffix('')}; waiting for it to finish")
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+                self.on_wait(f"another tlx extract is writing {self.path.with_suffix('')}; waiting for it to finish")
+            self._lock.acquire()
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
+        self._lock.release()
         return False
 
 

@@ -4,13 +4,13 @@ numbers, strings, lists and dicts, so they load with ``torch.load(..., weights_o
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tlx.common.atomic import write_atomic
 from tlx.errors import RunError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -19,14 +19,7 @@ BEST = "best.pt"
 
 
 def save_atomic(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: torch.save(obj, fh), mode="wb")
 
 
 def load(path: Path) -> dict:

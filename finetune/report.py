@@ -4,35 +4,26 @@ confusion matrix and the learning curve."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
 
+from tlx.common.atomic import atomic_path, write_json_atomic
 from tlx.finetune.model import CONFIG_FILE, MODEL_FILE
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def save_model(state: dict[str, torch.Tensor], run_dir: Path) -> Path:
     from safetensors.torch import save_file
 
     path = Path(run_dir) / MODEL_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt", "tlx": "finetune"})
-    os.replace(tmp, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "tlx": "finetune"})
     return path
 
 
 def write_finetune_config(run_dir: Path, record: dict) -> Path:
-    path = Path(run_dir) / CONFIG_FILE
-    write_json_atomic(path, record)
-    return path
+    return write_json_atomic(Path(run_dir) / CONFIG_FILE, record)
 
 
 def plot_learning_curve(history: list[dict], path: Path, best_epoch: int | None = None, init_eval: dict | None = None) -> Path:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlx.common.progress import Reporter
 from tlx.errors import DatasetError, RunError, TlxError
 from tlx.finetune import checkpoint as ckpt
 from tlx.finetune.distributed import Dist, all_gather_objects, all_reduce_sum, barrier, broadcast_object, cleanup, setup
@@ -30,17 +31,6 @@ OPTIMIZERS = ("adamw", "sgd")
 # Seconds to sleep after each training step: lets tests kill a run in the middle of an epoch.
 STEP_DELAY_ENV = "TLX_FINETUNE_STEP_DELAY"
 
-
-class Reporter:
-    """Progress callbacks; the CLI passes a rich progress bar, the API a silent default."""
-
-    def start(self, total: int, description: str) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def message(self, text: str) -> None: ...
 
 
 # --------------------------------------------------------------------------- configuration
@@ -355,7 +345,7 @@ def _resolve_config(explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig,
             if values.get("seed") is None:
                 values["seed"] = split.get("seed")
         if values.get("weights") is None and run.space.weights_id.startswith("file:"):
-            from tlx.heads.predict import weights_path_for
+            from tlx.heads.runs import weights_path_for
 
             values["weights"] = weights_path_for(run)  # the file the head's features were made with
     cache_path = None
@@ -511,7 +501,7 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
     else:
         run_dir = None
         if d.is_main:
-            from tlx.heads.runs import new_run_dir
+            from tlx.common.runfolder import new_run_dir
 
             tag = "finetune-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in cfg.backbone)
             run_dir = new_run_dir(tag, Path(out) if out is not None else None)
@@ -646,7 +636,7 @@ def _write_run(run_dir: Path, cfg: FinetuneConfig, split, order, proba, space, b
                best_state, stopped, cache_path, epoch_seconds, seconds, version, init_eval=None) -> dict:
     from tlx.extractor.store import now_iso
     from tlx.finetune.report import plot_learning_curve, save_model, write_finetune_config
-    from tlx.heads.runs import compute_metrics, plot_confusion, write_metrics
+    from tlx.common.runfolder import compute_metrics, plot_confusion, write_metrics
 
     y_true = split.val_labels[order]
     m = compute_metrics(y_true, proba, split.classes)

@@ -28,7 +28,7 @@ import numpy as np
 import tlx
 from tlx.errors import DatasetError
 from tlx.heads.registry import DEFAULT_HEAD, HeadSpec, ParamError, get_head, jsonable_params, parse_params
-from tlx.heads.runs import compute_metrics, new_run_dir, plot_confusion, write_metrics
+from tlx.common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
 from tlx.heads.split import split_indices
 
 MAX_FOLDS = 5

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from tlx.errors import RunError, TlxError
-from tlx.extractor.hashing import sha256_file
+from tlx.common.atomic import write_json_atomic
+from tlx.common.hashing import sha256_file
 
 HEAD_JSON = "head.json"
 FORMAT = "tlx-head"
@@ -113,9 +114,7 @@ def save_head(head, run_dir) -> Path:
         "file": file.name,
         "sha256": sha256_file(file),
     }
-    path = run_dir / HEAD_JSON
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    return write_json_atomic(run_dir / HEAD_JSON, record)
 
 
 def load_head(run_dir):

@@ -1,164 +1,18 @@
-"""Run folders: one per fitted head (or fine-tuning), holding the head, ``metrics.json`` and plots.
+"""A run folder loaded for use: its record, classes, feature space and, for a head run, the head.
 
-``metrics.json`` is the run's record and the only file ``tlx runs`` reads. Its keys, shared with
-fine-tuning runs: kind, clf, params, val_accuracy, balanced_accuracy, macro_f1, per_class,
-confusion_matrix, log_loss, fit_seconds, feature_space, cache, classes, split, n_train, n_val,
-created, tlx_version. Nothing here imports torch; scikit-learn and matplotlib are imported where used.
+The folder's files (``metrics.json``, plots) are handled by ``tlx.common.runfolder``; this
+module adds what needs stage two: the feature space and the safely loaded head.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from tlx.common.runfolder import METRICS_FILE, read_metrics
 from tlx.errors import RunError
 from tlx.extractor.config import FeatureSpace
-
-METRICS_FILE = "metrics.json"
-KINDS = ("head", "finetune")
-
-
-def default_runs_dir() -> Path:
-    return Path(os.environ.get("TLX_RUNS_DIR", "runs"))
-
-
-def new_run_dir(tag: str, out: Path | None = None) -> Path:
-    """Create the run folder: ``out`` itself when given (it must be new or empty), otherwise a
-    fresh ``<runs dir>/<YYYYmmdd-HHMMSS>-<tag>`` (``-2``, ``-3``... when that name is taken)."""
-    if out is not None:
-        out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise RunError(f"--out {out} already exists and is not an empty folder: choose a new folder or remove it")
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-    root = default_runs_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
-    for i in range(1, 1000):
-        path = root / (stem if i == 1 else f"{stem}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RunError(f"cannot create a new run folder under {root}: too many runs named {stem}-*")
-
-
-def compute_metrics(y_true, proba, classes) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1/support, the
-    confusion matrix (rows = true class, columns = predicted) and log loss.
-
-    ``y_true`` holds indices into ``classes``; ``proba`` has one column per class."""
-    from sklearn import metrics as skm
-
-    y_true = np.asarray(y_true, dtype=np.int64)
-    proba = np.asarray(proba, dtype=np.float64)
-    labels = np.arange(len(classes))
-    if proba.ndim != 2 or proba.shape != (len(y_true), len(classes)):
-        raise ValueError(f"proba must be {len(y_true)} x {len(classes)}, got {proba.shape}")
-    y_pred = proba.argmax(axis=1)
-    prec, rec, f1, sup = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    present = sup > 0  # balanced accuracy over the classes that occur in y_true
-    recall_present = rec[present]
-    clipped = np.clip(proba, 1e-15, 1.0)
-    clipped /= clipped.sum(axis=1, keepdims=True)
-    return {
-        "accuracy": float(np.mean(y_pred == y_true)),
-        "balanced_accuracy": float(recall_present.mean()) if len(recall_present) else 0.0,
-        "macro_f1": float(f1.mean()),
-        "per_class": {
-            str(name): {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(classes, prec, rec, f1, sup)
-        },
-        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "log_loss": float(-np.mean(np.log(clipped[np.arange(len(y_true)), y_true]))),
-    }
-
-
-def plot_confusion(cm, classes, path) -> Path:
-    """Write the confusion matrix as a PNG (counts in the cells, row = true class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    k = len(classes)
-    size = min(2.0 + 0.5 * k, 20.0)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(k), labels=[str(c) for c in classes], rotation=45, ha="right")
-    ax.set_yticks(range(k), labels=[str(c) for c in classes])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if k <= 30:
-        top = cm.max() if cm.size else 0
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > top / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def write_metrics(run_dir, metrics: dict) -> Path:
-    path = Path(run_dir) / METRICS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (Path, tuple)):
-        return str(obj) if isinstance(obj, Path) else list(obj)
-    return str(obj)
-
-
-def read_metrics(run_dir) -> dict:
-    run_dir = Path(run_dir)
-    path = run_dir / METRICS_FILE
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir} is not a run folder: no such folder (pass a folder that `tlx fit-head` or `tlx runs` printed)")
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run folder: it has no {METRICS_FILE} (pass a folder that `tlx fit-head` or `tlx runs` printed)")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path} is not readable JSON ({exc}): the run is damaged; fit it again") from None
-    if not isinstance(info, dict) or info.get("kind") not in KINDS:
-        raise RunError(f"{path} is not a tlx run record: expected a 'kind' of {' or '.join(KINDS)}")
-    return info
-
-
-def list_runs(root=None) -> list[dict]:
-    """Every run directly under ``root`` (default: the runs dir), best validation accuracy first.
-
-    Reads only the ``metrics.json`` files; folders without a readable one are skipped. Each
-    record is the metrics dict plus ``run`` (the folder)."""
-    root = Path(root) if root is not None else default_runs_dir()
-    if not root.is_dir():
-        return []
-    records = []
-    for metrics in sorted(root.glob(f"*/{METRICS_FILE}")):
-        try:
-            info = read_metrics(metrics.parent)
-        except RunError:
-            continue
-        records.append({**info, "run": str(metrics.parent)})
-    records.sort(key=lambda r: (-(r.get("val_accuracy") if isinstance(r.get("val_accuracy"), (int, float)) else -1.0), r["run"]))
-    return records
 
 
 @dataclass
@@ -186,3 +40,27 @@ def load_run(run_dir) -> Run:
 
         head = load_head(run_dir)
     return Run(path=run_dir, info=info, kind=info["kind"], classes=classes, space=space, head=head)
+
+
+def run_cache(run) -> Path | None:
+    """The run's feature cache, when it still exists."""
+    cache = run.info.get("cache")
+    if not cache:
+        return None
+    path = Path(cache)
+    return path if path.is_file() else None
+
+
+def weights_path_for(run) -> str | None:
+    """The local weights file the run's features were made with (recorded in the run and the cache), if any."""
+    if run.info.get("weights_path"):
+        return run.info["weights_path"]
+    cache = run_cache(run)
+    if cache is None:
+        return None
+    from tlx.extractor.store import read_attrs
+
+    try:
+        return read_attrs(cache).get("weights_path") or None
+    except OSError:
+        return None

@@ -85,7 +85,7 @@ def test_exported_module_gives_the_probabilities_of_predict(cli, runs, tmp_path,
     assert len(files) == 5
     got = _run_exported(out, fmt, _preprocessed(files, sidecar))
 
-    from tlx.heads.predict import predict_paths
+    from tlx.inference.predict import predict_paths
     from tlx.heads.runs import load_run
 
     preds = predict_paths(load_run(runs[clf]), files, workers=0)  # features from the cache

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import REPO, make_folder_dataset, subprocess_env
 from tlx.errors import RunError
-from tlx.heads import Head, HeadSpec, compute_metrics, list_runs, load_run, new_run_dir, split_indices, write_metrics
+from tlx.common.runfolder import compute_metrics, list_runs, new_run_dir, write_metrics
+from tlx.heads import Head, HeadSpec, load_run, split_indices
 from tlx.heads.fit import run_sweep
 
 RUN_KEYS = {"kind", "clf", "params", "val_accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "log_loss",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlx.common.atomic import atomic_path, write_json_atomic
 from tlx.errors import TlxError
 
 FORMATS = ("torchscript", "onnx")
@@ -110,7 +111,8 @@ def build_module(run):
 
     from tlx.extractor.extract import backbone_for_space
     from tlx.extractor.pooling import FeatureExtractor
-    from tlx.heads.predict import head_class_indices, weights_path_for
+    from tlx.heads.runs import weights_path_for
+    from tlx.inference.predict import head_class_indices
 
     from tlx.heads.base import NotExportableError
 
@@ -140,23 +142,18 @@ def export_run(run, fmt: str, out=None, check: bool = True) -> ExportResult:
     size = pre.input_size
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(2, 3, size, size, generator=gen)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with torch.inference_mode(False), torch.no_grad():
-            if fmt == "torchscript":
-                _to_torchscript(module, example, tmp)
-            else:
-                _to_onnx(module, example, tmp)
-        diff, how = _check(module, tmp, fmt, check_batch(run, pre)) if check else (None, "not checked")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        for extra in tmp.parent.glob(tmp.name + "*"):  # onnx external-data leftovers, if any
-            extra.unlink(missing_ok=True)
-
-    side = sidecar_path(out)
-    side.write_text(json.dumps(sidecar(run, fmt, out, classes, pre), indent=2) + "\n")
+    with atomic_path(out) as tmp:
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                if fmt == "torchscript":
+                    _to_torchscript(module, example, tmp)
+                else:
+                    _to_onnx(module, example, tmp)
+            diff, how = _check(module, tmp, fmt, check_batch(run, pre)) if check else (None, "not checked")
+        finally:
+            for extra in tmp.parent.glob(tmp.name + "?*"):  # onnx external-data leftovers, if any
+                extra.unlink(missing_ok=True)
+    side = write_json_atomic(sidecar_path(out), sidecar(run, fmt, out, classes, pre))
     return ExportResult(
         path=str(out), sidecar=str(side), format=fmt, kind=run.kind, classes=classes,
         input_shape=["N", 3, size, size], max_abs_diff=diff, checked_with=how,
@@ -248,7 +245,7 @@ def check_batch(run, pre, n: int = 3):
     import torch
 
     from tlx.extractor.preprocess import preprocess_image
-    from tlx.heads.predict import run_cache
+    from tlx.heads.runs import run_cache
 
     images = []
     cache = run_cache(run)

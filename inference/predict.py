@@ -21,8 +21,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from tlx.common.atomic import write_atomic
+from tlx.heads.runs import run_cache, weights_path_for
 from tlx.errors import CacheError, DatasetError, TlxError
-from tlx.extractor.dataset import IMAGE_EXTENSIONS, _walk_images
+from tlx.extractor.dataset import IMAGE_EXTENSIONS, walk_images
 
 
 @dataclass
@@ -101,16 +103,7 @@ def write_csv(rows: list[dict], columns: list[str], out) -> None:
     if hasattr(out, "write"):
         dump(out)
         return
-    out = Path(out)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            dump(fh)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, dump)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -128,7 +121,7 @@ def collect_images(inputs: Iterable) -> list[Path]:
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            files = _walk_images(p)
+            files = walk_images(p)
         elif p.exists() or p.is_symlink():
             files = [p]
         else:
@@ -145,30 +138,6 @@ def collect_images(inputs: Iterable) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- the run's cache
-
-
-def run_cache(run) -> Path | None:
-    """The run's feature cache, when it still exists."""
-    cache = run.info.get("cache")
-    if not cache:
-        return None
-    path = Path(cache)
-    return path if path.is_file() else None
-
-
-def weights_path_for(run) -> str | None:
-    """The local weights file the run's features were made with (recorded in the run and the cache), if any."""
-    if run.info.get("weights_path"):
-        return run.info["weights_path"]
-    cache = run_cache(run)
-    if cache is None:
-        return None
-    from tlx.extractor.store import read_attrs
-
-    try:
-        return read_attrs(cache).get("weights_path") or None
-    except OSError:
-        return None
 
 
 def _cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarray], str]:
@@ -208,7 +177,7 @@ def read_rows(cache: Path, rows: Sequence[int], block: int = 4096) -> np.ndarray
 
 
 def _hash_all(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]]:
-    from tlx.extractor.hashing import sha256_file
+    from tlx.common.hashing import sha256_file
 
     hashes, failed = [], {}
     for i, p in enumerate(paths):
@@ -241,8 +210,8 @@ def predict_paths(
     """Predict image files with a loaded run (``tlx.heads.runs.load_run``).
 
     Unreadable images are skipped and listed in ``failed``; the others keep their input order.
-    ``reporter`` is an ``extract.Reporter`` (progress over the images that need a network)."""
-    from tlx.extractor.extract import Reporter
+    ``reporter`` is a ``tlx.common.progress.Reporter`` (progress over the images that need a network)."""
+    from tlx.common.progress import Reporter
 
     started = time.perf_counter()
     reporter = reporter or Reporter()

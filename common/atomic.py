@@ -1,0 +1,68 @@
+"""One way to write a file so that a reader, or a crash, never sees half of it.
+
+The content goes to a temporary name in the same folder, is flushed and fsynced, then
+``os.replace`` puts it at the final name (atomic on POSIX and Windows). A kill -9 at any
+moment leaves either the old file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a no-op where folders cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside ``path`` that no other process picks (the pid keeps writers apart)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it becomes ``path``, on failure it is removed.
+
+    The caller writes and closes the file; this fsyncs it before the rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[Any]], None], mode: str = "w") -> Path:
+    """Call ``write(fh)`` on a temporary file opened with ``mode``, then put it at ``path``."""
+    binary = "b" in mode
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
+            write(fh)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    return write_atomic(path, lambda fh: fh.write(text))
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, default: Callable[[Any], Any] | None = None) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=default) + "\n")
