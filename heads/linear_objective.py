@@ -4,7 +4,8 @@ over standardized features, evaluated block by block.
 Standardization is folded into the weights instead of applied to the data:
 ``((X - shift) / scale) @ W.T + b == X @ (W / scale).T + (b - (W / scale) @ shift)``.
 So the training matrix is never copied, whatever its size; each evaluation only holds one
-block's logits. The same code serves a matrix in memory and, later, row blocks read from disk.
+block's logits. The same code serves a matrix in memory and one streamed from disk block by
+block (``CacheRows``), where memory stays bounded by the block size.
 """
 
 from __future__ import annotations
@@ -37,9 +38,14 @@ class SoftmaxProblem:
         self.scale = np.ones(self.d, np.float32)
 
     def blocks(self) -> Iterator[tuple[slice, np.ndarray]]:
-        for start in range(0, self.n, self.block_rows):
-            rows = slice(start, min(start + self.block_rows, self.n))
-            X = self.X[rows]
+        """``(rows, float32 block)``: slices of an array in memory, or the blocks a lazy matrix
+        (``tlx.extractor.rows.CacheRows``) reads from disk."""
+        if hasattr(self.X, "blocks"):
+            source = self.X.blocks(self.block_rows)
+        else:
+            source = ((slice(s, min(s + self.block_rows, self.n)), None) for s in range(0, self.n, self.block_rows))
+        for rows, block in source:
+            X = self.X[rows] if block is None else block
             yield rows, (l2_normalize(X).astype(np.float32) if self.l2norm else X)
 
     def standardize(self) -> None:

@@ -88,3 +88,22 @@ def test_cpu_fit_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO.parent, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_streamed_blocks_give_the_in_memory_objective(tmp_path):
+    import h5py
+
+    from tlx.extractor.rows import CacheRows
+
+    X, y = _blobs(n=500, d=16, c=3)
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f.create_dataset("features", data=X)
+    rows = np.arange(0, 500, 2)
+    memory = SoftmaxProblem(X[rows], y[rows], 3, block_rows=64)
+    streamed = SoftmaxProblem(CacheRows(tmp_path / "m.h5", rows), y[rows], 3, block_rows=64)
+    for problem in (memory, streamed):
+        problem.standardize()
+    np.testing.assert_allclose(streamed.shift, memory.shift)
+    W_mem, b_mem, _ = memory.fit(1e-2, 200, 1e-4)
+    W_str, b_str, _ = streamed.fit(1e-2, 200, 1e-4)
+    np.testing.assert_allclose(W_str, W_mem, atol=1e-6)
