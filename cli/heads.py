@@ -1,4 +1,4 @@
-"""``tlx fit-head`` and ``tlx runs``: stage two.
+"""``tlx fit-head``, ``tlx runs`` and ``tlx heads``: stage two.
 
 Only typer, the standard library and ``tlx.cli.common`` are imported here; scikit-learn,
 matplotlib and (for the linear head only) torch are imported inside the command bodies.

@@ -233,9 +233,9 @@ def test_runs_shows_finetune_params_and_interrupted_runs(cli, tmp_path):
     _fake_run(root / "ft", kind="finetune", clf="finetune", val_accuracy=0.8, n_val=10, best_epoch=2, epochs_done=3,
               params={"data": "/d/birds", "unfreeze": "1", "epochs": 3, "lr": 0.0001, "optimizer": "adamw", "batch_size": 32,
                       "weight_decay": 0.01, "seed": 0, "init_head": ""})
-    del_params = json.loads((root / "ft" / "metrics.json").read_text())
-    del_params.pop("params_set")
-    (root / "ft" / "metrics.json").write_text(json.dumps(del_params))
+    record = json.loads((root / "ft" / "metrics.json").read_text())
+    record.pop("params_set")
+    (root / "ft" / "metrics.json").write_text(json.dumps(record))
     (root / "killed" / "checkpoints").mkdir(parents=True)
     (root / "killed" / "checkpoints" / "last.pt").write_bytes(b"not read")
     rows = cli("runs", "--dir", root, "--json").json()["runs"]
