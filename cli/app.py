@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from tlx.cli import demo, extract, finetune, heads, info, predict
@@ -17,6 +19,21 @@ app = typer.Typer(
 
 for module in (extract, heads, finetune, predict, info, demo):
     module.register(app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from tlx import __version__
+
+        typer.echo(f"tlx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Cached-feature, two-stage transfer learning: extract features once, fit heads in seconds, fine-tune when it pays."""
 
 
 def main() -> None:

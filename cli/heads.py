@@ -1,4 +1,4 @@
-"""``tlx fit-head`` and ``tlx runs``: stage two.
+"""``tlx fit-head``, ``tlx runs`` and ``tlx heads``: stage two.
 
 Only typer, the standard library and ``tlx.cli.common`` are imported here; scikit-learn,
 matplotlib and (for the linear head only) torch are imported inside the command bodies.
@@ -22,6 +22,7 @@ class ClassWeight(str, Enum):
 def register(app: typer.Typer) -> None:
     app.command("fit-head")(fit_head_command)
     app.command("runs")(runs_command)
+    app.command("heads")(heads_command)
 
 
 @handle_errors
@@ -58,35 +59,91 @@ def fit_head_command(
 
 
 @handle_errors
+def heads_command(json_out: JsonOpt = False) -> None:
+    """List the heads for --clf: their parameters for --param with defaults and valid values,
+    the grid --sweep searches, and whether they export and take --class-weight."""
+    from tlx.heads.registry import describe_heads
+
+    rows = describe_heads()
+    if json_out:
+        emit_json(rows)
+        return
+    for i, h in enumerate(rows):
+        flags = [f for f, on in (("default", h["default"]), ("exportable", h["exportable"]), ("--class-weight", h["class_weight"])) if on]
+        typer.echo(("\n" if i else "") + f"{h['name']}: {h['description']}" + (f" [{', '.join(flags)}]" if flags else ""))
+        typer.echo(f"  --sweep searches {h['sweep_param']} over {', '.join(f'{v:g}' for v in h['sweep_grid'])}")
+        width = max(len(f"{p['name']}={_param_text(p['default'])}") for p in h["params"])
+        for p in h["params"]:
+            setting = f"{p['name']}={_param_text(p['default'])}"
+            typer.echo(f"  --param {setting.ljust(width)}  {p['valid']}".rstrip())
+
+
+def _param_text(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
+class RunSort(str, Enum):
+    accuracy = "accuracy"
+    balanced = "balanced"
+    n_val = "n_val"
+    created = "created"
+
+
+@handle_errors
 def runs_command(
     runs_dir: Annotated[Optional[Path], typer.Option("--dir", help="Folder holding run folders [default: $TLX_RUNS_DIR or ./runs].", file_okay=False)] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Only runs on this dataset: its name or folder, or the cache file (or its name).")] = None,
+    sort: Annotated[RunSort, typer.Option(help="accuracy or balanced: best first within each dataset; n_val: most validation images first; created: newest first.")] = RunSort.accuracy,
     json_out: JsonOpt = False,
 ) -> None:
-    """List the runs (heads and fine-tunings), best validation accuracy first."""
+    """List the runs (heads and fine-tunings) with their dataset and validation size, best
+    validation accuracy first within each dataset; unfinished fine-tunings show as interrupted."""
     from tlx.common.runfolder import default_runs_dir, list_runs
 
     root = runs_dir if runs_dir is not None else default_runs_dir()
-    records = list_runs(root)
-    rows = [_row(r) for r in records]
+    rows = [_row(r) for r in list_runs(root, dataset=dataset, sort=sort.value)]
     if json_out:
         emit_json({"dir": str(root), "runs": rows})
         return
     if not rows:
-        typer.echo(f"no runs in {root}: fit one with `tlx fit-head`")
+        where = f" on dataset {dataset!r}" if dataset is not None else ""
+        typer.echo(f"no runs{where} in {root}: fit one with `tlx fit-head`")
         return
-    from rich.console import Console
-    from rich.table import Table
+    header = ["kind", "head", "params", "dataset", "backbone", "n_val", "val acc", "fit s", "run"]
+    cells = [[r["kind"], str(r["clf"]), r["summary"], str(r["dataset"] or "-"), str(r["backbone"] or "-"), _fmt(r["n_val"], "d"),
+              "interrupted" if r["status"] == "interrupted" else _fmt(r["val_accuracy"], ".4f"), _fmt(r["fit_seconds"], ".2f"), r["run"]]
+             for r in rows]
+    print_table(header, cells, title=f"runs in {root}", right={"n_val", "val acc", "fit s"})
+    if any(r["status"] == "interrupted" for r in rows):
+        typer.echo("interrupted: continue one with `tlx finetune --out RUN --resume`")
 
-    table = Table(title=f"runs in {root}")
-    for name, justify in (("kind", "left"), ("head", "left"), ("params", "left"), ("backbone", "left"),
-                          ("val acc", "right"), ("fit s", "right"), ("run", "left")):
-        table.add_column(name, justify=justify, overflow="fold")
-    for r in rows:
-        acc = f"{r['val_accuracy']:.4f}" if isinstance(r["val_accuracy"], (int, float)) else "-"
-        secs = f"{r['fit_seconds']:.2f}" if isinstance(r["fit_seconds"], (int, float)) else "-"
-        params = ", ".join(f"{k}={v}" for k, v in (r["params"] or {}).items())
-        table.add_row(r["kind"], str(r["clf"]), params, str(r["backbone"]), acc, secs, r["run"])
-    Console().print(table)
+
+def print_table(header: list[str], rows: list[list[str]], title: str = "", right: set[str] = frozenset()) -> None:
+    """A rich table on a terminal; piped or redirected, plain columns that are never wrapped
+    or cut, so paths stay whole and copyable."""
+    import sys
+
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title or None)
+        for name in header:
+            table.add_column(name, justify="right" if name in right else "left", overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    for row in [header, *rows]:
+        cells = [str(c).rjust(w) if name in right else str(c).ljust(w) for name, c, w in zip(header, row, widths)]
+        typer.echo("  ".join(cells).rstrip())
+
+
+def _fmt(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def _row(record: dict) -> dict:
@@ -97,9 +154,31 @@ def _row(record: dict) -> dict:
         "run": record["run"],
         "kind": record.get("kind"),
         "clf": record.get("clf"),
+        "status": record.get("status", "done"),
         "params": params,
+        "summary": _summary(record, params),
+        "dataset": record.get("dataset"),
+        "cache": record.get("cache"),
         "backbone": (record.get("feature_space") or {}).get("backbone"),
+        "n_train": record.get("n_train"),
+        "n_val": record.get("n_val"),
         "val_accuracy": record.get("val_accuracy"),
+        "balanced_accuracy": record.get("balanced_accuracy"),
         "fit_seconds": record.get("fit_seconds"),
         "created": record.get("created"),
     }
+
+
+FINETUNE_SUMMARY = ("unfreeze", "epochs", "lr", "optimizer", "batch_size")
+
+
+def _summary(record: dict, params: dict) -> str:
+    """A head's parameters as set; for a fine-tuning, the few options that shape it most."""
+    if record.get("kind") != "finetune":
+        return ", ".join(f"{k}={v}" for k, v in params.items())
+    parts = [f"{k}={params[k]:g}" if isinstance(params[k], float) else f"{k}={params[k]}" for k in FINETUNE_SUMMARY if k in params]
+    if params.get("init_head"):
+        parts.append(f"init_head={Path(str(params['init_head'])).name}")
+    if record.get("best_epoch") is not None:
+        parts.append(f"best epoch {record['best_epoch']}/{record.get('epochs_done', '?')}")
+    return ", ".join(parts)

@@ -39,9 +39,11 @@ def predict_command(
 ) -> None:
     """Predict the class of images with a run: reuses the run's cached features for images
     already in it (same bytes), computes the rest, and writes path,label,score,p_<class>... rows."""
+    from tlx.common.device import check_device
     from tlx.inference.predict import collect_images, csv_columns, predict_paths, write_csv
     from tlx.heads.runs import load_run
 
+    check_device(device.value)  # before the run is loaded or any image read
     loaded = load_run(run)
     paths = collect_images(images)
     preds = predict_paths(loaded, paths, batch_size=batch_size, workers=workers, device=device.value, reporter=RichReporter(quiet=quiet))
@@ -49,6 +51,12 @@ def predict_command(
         info(f"skipped {failure['path']}: {failure['reason']}", quiet)
     if len(preds.failed) > 20:
         info(f"... and {len(preds.failed) - 20} more", quiet)
+    if not preds.paths:
+        from tlx.errors import DatasetError
+
+        first = preds.failed[0]
+        more = f" (and {len(preds.failed) - 1} more)" if len(preds.failed) > 1 else ""
+        raise DatasetError(f"none of the {len(preds.failed)} image(s) could be read, nothing was predicted: {first['path']}: {first['reason']}{more}")
 
     rows = preds.rows(top_k)
     columns = csv_columns(preds.classes, top_k)

@@ -137,20 +137,74 @@ def read_metrics(run_dir) -> dict:
     return info
 
 
-def list_runs(root=None) -> list[dict]:
-    """Every run directly under ``root`` (default: the runs dir), best validation accuracy first.
+SORTS = ("accuracy", "balanced", "n_val", "created")
+# A fine-tuning run writes metrics.json when it finishes; until then its folder holds only the
+# per-epoch checkpoint (tlx.finetune.checkpoint names it: common cannot import finetune).
+LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 
-    Reads only the ``metrics.json`` files; folders without a readable one are skipped. Each
-    record is the metrics dict plus ``run`` (the folder)."""
+
+def list_runs(root=None, dataset: str | None = None, sort: str = "accuracy") -> list[dict]:
+    """Every run directly under ``root`` (default: the runs dir).
+
+    Reads only the ``metrics.json`` files; folders without a readable one are skipped, except
+    fine-tuning runs that did not finish (a checkpoint, no record), listed with status
+    ``interrupted``. Each record is the metrics dict plus ``run`` (the folder), ``dataset`` and
+    ``status`` ("done" or "interrupted"). ``dataset`` keeps the runs on that dataset (its name
+    or root folder, or the cache file or its name). ``sort``: ``accuracy`` or ``balanced``
+    (best first within each dataset, datasets by name: scores on different data do not
+    compare), ``n_val`` (most validation images first) or ``created`` (newest first)."""
+    if sort not in SORTS:
+        raise RunError(f"--sort must be one of {', '.join(SORTS)}, not {sort!r}")
     root = Path(root) if root is not None else default_runs_dir()
     if not root.is_dir():
         return []
     records = []
-    for metrics in sorted(root.glob(f"*/{METRICS_FILE}")):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (folder / METRICS_FILE).is_file():
+            try:
+                info = read_metrics(folder)
+            except RunError:
+                continue
+            records.append({**info, "run": str(folder), "dataset": dataset_of(info), "status": "done"})
+        elif (folder / LAST_CHECKPOINT).is_file():
+            created = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime((folder / LAST_CHECKPOINT).stat().st_mtime))
+            records.append({"kind": "finetune", "clf": "finetune", "params": {}, "run": str(folder), "dataset": None,
+                            "status": "interrupted", "created": created})
+    if dataset is not None:
+        records = [r for r in records if _on_dataset(r, dataset)]
+    if sort == "created":
+        return sorted(records, key=lambda r: (-_timestamp(r.get("created")), r["run"]))
+    if sort == "n_val":
+        return sorted(records, key=lambda r: (-_number(r.get("n_val")), r["run"]))
+    metric = "val_accuracy" if sort == "accuracy" else "balanced_accuracy"
+    return sorted(records, key=lambda r: (r["dataset"] is None, r["dataset"] or "", -_number(r.get(metric)), r["run"]))
+
+
+def dataset_of(record: dict) -> str | None:
+    """The name of the dataset a run was fitted on, from its record."""
+    if record.get("dataset"):
+        return str(record["dataset"])
+    root = record.get("dataset_root") or (record.get("params") or {}).get("data")
+    return Path(str(root)).name if root else None
+
+
+def _on_dataset(record: dict, name: str) -> bool:
+    cache = str(record.get("cache") or "")
+    root = str(record.get("dataset_root") or (record.get("params") or {}).get("data") or "")
+    keys = {record.get("dataset"), cache, Path(cache).name, Path(cache).stem, root}
+    return bool(name) and (name in keys or (root != "" and Path(name).expanduser().resolve() == Path(root)))
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else -1.0
+
+
+def _timestamp(text) -> float:
+    from datetime import datetime
+
+    for parse in (datetime.fromisoformat, lambda t: datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z")):
         try:
-            info = read_metrics(metrics.parent)
-        except RunError:
+            return parse(str(text)).timestamp()
+        except (TypeError, ValueError):
             continue
-        records.append({**info, "run": str(metrics.parent)})
-    records.sort(key=lambda r: (-(r.get("val_accuracy") if isinstance(r.get("val_accuracy"), (int, float)) else -1.0), r["run"]))
-    return records
+    return 0.0

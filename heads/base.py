@@ -38,6 +38,7 @@ class Head(ClassifierMixin, BaseEstimator):
 
     # -- the contract -------------------------------------------------------------------------
     def fit(self, X, y, sample_weight=None):
+        self._validate_params()
         X, y = self._validate_fit(X, y)
         self.classes_ = np.unique(y)
         self.n_features_in_ = X.shape[1]
@@ -59,6 +60,11 @@ class Head(ClassifierMixin, BaseEstimator):
 
         raise NotExportableError(f"{self.name} has no linear form: export needs {_or_list(exportable_heads())}")
 
+    def params_used(self) -> dict:
+        """The parameters as the fitted head used them; a head that adapts one to the data
+        (knn caps ``n_neighbors`` at the number of training rows) reports the value it used."""
+        return self.get_params()
+
     @classmethod
     def prepare(cls) -> None:
         """Pay one-time import costs up front, so that ``fit_seconds`` measures the fit alone."""
@@ -69,6 +75,14 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _validate_params(self) -> None:
+        """Out-of-range parameters raise ParamError naming the parameter (registered heads only)."""
+        from tlx.heads.registry import registered_head, validate_params
+
+        spec = registered_head(self.name)
+        if spec is not None and spec.cls is type(self):
+            validate_params(spec, self.get_params())
 
     def _validate_fit(self, X, y) -> tuple[np.ndarray, np.ndarray]:
         X = _as_matrix(X, "X")

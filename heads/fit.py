@@ -26,8 +26,8 @@ from typing import Any, Callable
 import numpy as np
 
 import tlx
-from tlx.errors import DatasetError
-from tlx.heads.registry import DEFAULT_HEAD, HeadSpec, ParamError, get_head, jsonable_params, parse_params
+from tlx.errors import DatasetError, TlxError
+from tlx.heads.registry import DEFAULT_HEAD, HeadSpec, ParamError, get_head, jsonable_params, parse_params, validate_params
 from tlx.common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
 from tlx.heads.split import split_indices
 
@@ -57,7 +57,14 @@ def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = 
 
     log = log or (lambda _msg: None)
     spec = get_head(clf)
+    if not 0.0 < float(val_fraction) < 1.0:  # refused even when the data's own split makes it unused
+        raise TlxError(f"--val-fraction must be between 0 and 1 (exclusive), got {float(val_fraction):g}")
     chosen = parse_params(spec, params or [])
+    if sweep and spec.main_param in chosen:
+        raise ParamError(
+            f"--param {spec.main_param}={chosen[spec.main_param]} and --sweep both set {spec.main_param}: "
+            f"drop --sweep to fit with that value, or drop the --param to let the sweep choose it"
+        )
     if class_weight is not None:
         if class_weight != "balanced":
             raise ParamError(f"--class-weight must be 'balanced', got {class_weight!r}")
@@ -65,6 +72,7 @@ def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = 
     if "class_weight" in chosen and not spec.supports_class_weight and chosen["class_weight"] is not None:
         able = [n for n in _names() if get_head(n).supports_class_weight]
         raise ParamError(f"{spec.name} has no class weights: --class-weight works with {', '.join(able)}")
+    validate_params(spec, chosen)  # before any data is read
 
     path = resolve_cache(features)
     if features is None or Path(features).is_dir():
@@ -88,6 +96,10 @@ def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = 
     t0 = time.perf_counter()
     head.fit(Xtr, ytr)
     fit_seconds = time.perf_counter() - t0
+    used = jsonable_params(head.params_used())
+    for key, value in jsonable_params(head.get_params()).items():
+        if used.get(key) != value:
+            log(f"note: {spec.name} used {key}={used.get(key)} (asked for {value}) with {len(train)} training images")
     proba = _full_proba(head, Xva, len(feats.classes))
     metrics = compute_metrics(yva, proba, feats.classes)
 
@@ -101,7 +113,7 @@ def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = 
     record = {
         "kind": "head",
         "clf": spec.name,
-        "params": jsonable_params(head.get_params()),
+        "params": used,  # as the head used them (knn caps n_neighbors at the training rows)
         "params_set": jsonable_params(chosen),
         "val_accuracy": metrics["accuracy"],
         "balanced_accuracy": metrics["balanced_accuracy"],
@@ -115,6 +127,7 @@ def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = 
         # Absolute, so predict and finetune find the cache (and its --weights file) from anywhere.
         "cache": str(Path(path).resolve()),
         "weights_path": feats.attrs.get("weights_path", ""),
+        "dataset": feats.attrs.get("dataset_name") or Path(feats.dataset_root).name,
         "dataset_root": feats.dataset_root,
         "classes": list(feats.classes),
         "split": split_info,

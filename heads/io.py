@@ -7,7 +7,9 @@
   any that is not on the explicit allow-list below, so no arbitrary object is ever built.
 
 ``head.json`` holds the head's name, parameters, classes, feature width and the sha256 of the
-head file; a file whose hash changed since it was written is refused as tampered.
+head file, an integrity check: a file damaged or changed since it was written is refused. It
+proves nothing about who wrote the file (whoever can rewrite the head can rewrite the hash
+beside it); the guarantee that matters, no code run from a file, comes from the loaders above.
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ def save_head(head, run_dir) -> Path:
 
 
 def load_head(run_dir):
-    """Load the head saved in ``run_dir``; a foreign, damaged or tampered file raises RunError."""
+    """Load the head saved in ``run_dir``; a foreign or damaged file, or one that fails the
+    integrity check, raises RunError."""
     from tlx.heads.registry import coerce_value, get_head
 
     run_dir = Path(run_dir)
@@ -150,7 +153,7 @@ def load_head(run_dir):
     if not file.is_file():
         raise RunError(f"{file} is missing: the run folder is incomplete; fit the head again")
     if sha256_file(file) != expected_hash:
-        raise RunError(f"{file} was modified after it was written (sha256 does not match {HEAD_JSON}): refusing a tampered head file; fit the head again")
+        raise RunError(f"{file} failed its integrity check (its sha256 does not match {HEAD_JSON}): it was damaged or changed after it was written; fit the head again")
 
     if file.suffix == ".skops":
         model = _load_skops(file)

@@ -9,7 +9,8 @@ simpler model. Nothing here imports torch.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from tlx.errors import TlxError
@@ -34,6 +35,10 @@ class HeadSpec:
     main_param: str  # the regularization parameter that --sweep searches
     grid: tuple  # its values, strongest regularization first
     description: str
+    # Valid values per parameter, in scikit-learn's ``_parameter_constraints`` form
+    # (``Interval``, ``StrOptions``, "boolean", None...), beyond COMMON_CONSTRAINTS and those of
+    # a wrapped scikit-learn estimator, which apply anyway.
+    constraints: dict = field(default_factory=dict)
 
     def build(self, **params):
         return self.cls(**params)
@@ -52,7 +57,10 @@ class HeadSpec:
         return "class_weight" in inspect.signature(self.cls.__init__).parameters
 
 
-def register_head(name: str, main_param: str, grid, description: str = ""):
+def register_head(name: str, main_param: str, grid, description: str = "", constraints: dict | None = None):
+    """Class decorator; ``constraints`` declares the valid values of parameters that no wrapped
+    scikit-learn estimator checks (see :func:`validate_params`)."""
+
     def decorate(cls: type) -> type:
         if name in _HEADS:
             raise ValueError(f"head {name!r} is registered twice")
@@ -60,7 +68,7 @@ def register_head(name: str, main_param: str, grid, description: str = ""):
         if main_param not in inspect.signature(cls.__init__).parameters:
             raise ValueError(f"head {name!r}: main parameter {main_param!r} is not an __init__ parameter")
         doc = description or (cls.__doc__ or "").strip().splitlines()[0]
-        _HEADS[name] = HeadSpec(name, cls, main_param, tuple(grid), doc)
+        _HEADS[name] = HeadSpec(name, cls, main_param, tuple(grid), doc, dict(constraints or {}))
         return cls
 
     return decorate
@@ -82,6 +90,12 @@ def get_head(name: str) -> HeadSpec:
         return _HEADS[name]
     except KeyError:
         raise UnknownHeadError(f"unknown head {name!r}: expected one of {', '.join(_HEADS)}") from None
+
+
+def registered_head(name: str) -> HeadSpec | None:
+    """The spec registered under ``name``, or None (no error: for heads defined elsewhere)."""
+    _ensure_builtins()
+    return _HEADS.get(name)
 
 
 def exportable_heads() -> list[str]:
@@ -113,7 +127,7 @@ def parse_value(key: str, text: str, default: Any, head: str) -> Any:
             return float(text)
         if isinstance(default, tuple):
             return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-        if default is None:  # no type to go by: number if it looks like one
+        if default is None or isinstance(default, str):  # a number if it looks like one (gamma=0.5, max_features=0.3)
             for cast in (int, float):
                 try:
                     return cast(text)
@@ -154,3 +168,81 @@ def parse_params(spec: HeadSpec, items) -> dict[str, Any]:
 
 def jsonable_params(params: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+
+
+# -- valid values ----------------------------------------------------------------------------------
+def common_constraints() -> dict[str, list]:
+    """Constraints of parameters that mean the same in every head that has them."""
+    from numbers import Integral, Real
+
+    from sklearn.utils._param_validation import Interval, StrOptions
+
+    return {
+        "standardize": ["boolean"],
+        "class_weight": [StrOptions({"balanced"}), None],
+        "seed": [Interval(Integral, 0, 2**32 - 1, closed="both")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+    }
+
+
+def param_constraints(spec: HeadSpec, head=None) -> list[tuple[str, list, Any]]:
+    """``(key, constraints, value)`` for every parameter of the head that has constraints: the
+    common ones, the spec's own and, for a head that wraps scikit-learn estimators, theirs,
+    checked on the value the estimator is given (the head may convert it, as svm's gamma)."""
+    head = spec.build() if head is None else head
+    values = head.get_params()
+    checks = [(key, rule, values[key]) for key, rule in {**common_constraints(), **spec.constraints}.items() if key in values]
+    for est in head.estimators() if hasattr(head, "estimators") else []:
+        given = est.get_params(deep=False)
+        for key, rule in getattr(type(est), "_parameter_constraints", {}).items():
+            if key in values and key in given:
+                checks.append((key, rule, given[key]))
+    return checks
+
+
+def validate_params(spec: HeadSpec, params: dict) -> None:
+    """Refuse out-of-range parameter values (``C=-1``, ``max_iter=0``) before any data is read,
+    with a message in tlx's words rather than the estimator's."""
+    from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
+
+    defaults = spec.defaults()
+    for key, rule, value in param_constraints(spec, spec.build(**params)):
+        try:
+            validate_parameter_constraints({key: rule}, {key: value}, caller_name=spec.name)
+        except InvalidParameterError as exc:
+            must = re.search(r"must be (.*)\. Got ", str(exc))
+            wanted = must.group(1) if must else str(exc)
+            shown = params.get(key, value)
+            shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
+            raise ParamError(f"--param {key}={shown}: {spec.name} needs {key} to be {wanted} (default {defaults.get(key)!r})") from None
+
+
+def describe_heads() -> list[dict[str, Any]]:
+    """One row per head for listings (``tlx heads``): name, description, whether it is the
+    default, exportable and takes class weights, the sweep's parameter and grid, and every
+    parameter with its default and valid values."""
+    from sklearn.utils._param_validation import make_constraint
+
+    _ensure_builtins()
+    rows = []
+    for name, spec in _HEADS.items():
+        valid: dict[str, list[str]] = {}
+        for key, rule, _ in param_constraints(spec):
+            texts = ["true or false" if c == "boolean" else str(make_constraint(c))
+                     for c in rule if c is not None and not getattr(make_constraint(c), "hidden", False)]
+            texts += ["None"] if None in rule else []
+            valid.setdefault(key, texts)  # tlx's own rule, listed first, describes it best
+        rows.append({
+            "name": name,
+            "description": spec.description,
+            "default": name == DEFAULT_HEAD,
+            "exportable": spec.exportable,
+            "class_weight": spec.supports_class_weight,
+            "sweep_param": spec.main_param,
+            "sweep_grid": list(spec.grid),
+            "params": [{"name": key, "default": value, "valid": " or ".join(valid.get(key, []))}
+                       for key, value in jsonable_params(spec.defaults()).items()],
+        })
+    return rows

@@ -8,8 +8,10 @@ Each wraps one scikit-learn estimator, behind a ``StandardScaler`` where scaling
 from __future__ import annotations
 
 import warnings
+from numbers import Integral
 
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions  # sklearn.base, imported by heads.base, loads it anyway
 
 from tlx.heads.base import Head, softmax
 from tlx.heads.registry import register_head
@@ -42,6 +44,15 @@ class SklearnHead(Head):
 
     def _check_params(self, n: int) -> None:
         pass
+
+    def estimators(self) -> list:
+        """The scikit-learn estimators this head would fit, outermost first (a wrapper such as
+        CalibratedClassifierCV, then the estimator it wraps); their parameter constraints apply
+        to the head's parameters of the same name (``tlx.heads.registry.validate_params``)."""
+        chain = [self._estimator()]
+        while getattr(chain[-1], "estimator", None) is not None:
+            chain.append(chain[-1].estimator)
+        return chain
 
     def _fit_params(self, y: np.ndarray) -> dict:
         return {}
@@ -97,7 +108,8 @@ class LogregHead(SklearnHead):
 
 
 @register_head("svm", main_param="C", grid=np.logspace(-3, 3, 7).tolist(),
-               description="scikit-learn SVC (rbf or linear kernel, sigmoid-calibrated probabilities), standardized")
+               description="scikit-learn SVC (rbf or linear kernel, sigmoid-calibrated probabilities), standardized",
+               constraints={"kernel": [StrOptions({"rbf", "linear"})]})
 class SvmHead(SklearnHead):
     """scikit-learn SVC, kernel rbf or linear, with sigmoid (Platt) probabilities.
 
@@ -112,12 +124,6 @@ class SvmHead(SklearnHead):
         self.standardize = standardize
         self.class_weight = class_weight
         self.seed = seed
-
-    def _check_params(self, n: int) -> None:
-        if self.kernel not in ("rbf", "linear"):
-            from tlx.heads.registry import ParamError
-
-            raise ParamError(f"svm kernel must be rbf or linear, got {self.kernel!r}")
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         smallest = int(np.unique(y, return_counts=True)[1].min())
@@ -144,7 +150,8 @@ class SvmHead(SklearnHead):
 
 
 @register_head("knn", main_param="n_neighbors", grid=[32, 16, 8, 4, 2, 1],
-               description="scikit-learn k-nearest neighbours, standardized")
+               description="scikit-learn k-nearest neighbours, standardized",
+               constraints={"n_neighbors": [Interval(Integral, 1, None, closed="left")]})
 class KnnHead(SklearnHead):
     """scikit-learn KNeighborsClassifier on standardized features."""
 
@@ -161,6 +168,11 @@ class KnnHead(SklearnHead):
 
     def _check_params(self, n: int) -> None:
         self._k = max(1, min(int(self.n_neighbors), n))  # never more neighbours than training rows
+
+    def params_used(self) -> dict:
+        # n_neighbors is capped at the number of training rows: report the k the model has.
+        k = self.model_[-1].n_neighbors if hasattr(self, "model_") else self.n_neighbors
+        return {**self.get_params(), "n_neighbors": int(k)}
 
 
 @register_head("ridge", main_param="alpha", grid=np.logspace(4, -3, 8).tolist(),

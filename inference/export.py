@@ -109,35 +109,41 @@ def build_module(run):
         module, pre = load_finetuned(run.path)
         return module.eval(), list(run.classes), pre
 
-    from tlx.extractor.extract import backbone_for_space
     from tlx.extractor.pooling import FeatureExtractor
-    from tlx.heads.runs import weights_path_for
-    from tlx.inference.predict import head_class_indices
+    from tlx.inference.predict import head_class_indices, rebuild_backbone
 
-    from tlx.heads.base import NotExportableError
-
-    try:  # before building anything
-        W, b, shift, scale = run.head.linear_form()
-    except NotExportableError as exc:
-        raise NotExportableError(f"{run.path} is not exportable: {exc}") from None
+    W, b, shift, scale = linear_form(run)
     classes = [run.classes[i] for i in head_class_indices(run)]
     LinearProbe, ImageClassifier = _torch_modules()
-    net = backbone_for_space(run.space, weights_path_for(run))
+    net = rebuild_backbone(run)
     module = ImageClassifier(FeatureExtractor(net.body, run.space.pooling), LinearProbe(W, b, shift, scale))
     return module.eval().requires_grad_(False), classes, run.space.preprocessing
+
+
+def linear_form(run):
+    """The head's ``(W, b, shift, scale)``; a head without one raises NotExportableError naming
+    the run. numpy only, so a refusal costs no torch import."""
+    from tlx.heads.base import NotExportableError
+
+    try:
+        return run.head.linear_form()
+    except NotExportableError as exc:
+        raise NotExportableError(f"{run.path} is not exportable: {exc}") from None
 
 
 def export_run(run, fmt: str, out=None, check: bool = True) -> ExportResult:
     """Write the run's module as ``fmt`` to ``out`` (default: inside the run folder) plus the
     sidecar JSON, and check the written file against the eager module."""
-    import torch
-
     started = time.perf_counter()
     if fmt not in FORMATS:
         raise TlxError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     out = Path(out) if out is not None else default_export_path(run, fmt)
     if out.is_dir():
         raise TlxError(f"--out {out} is a folder: give a file name, for example {out / ('model' + SUFFIX[fmt])}")
+    if run.kind == "head":
+        linear_form(run)  # refuse a head without a linear form before torch is imported (seconds)
+    import torch
+
     module, classes, pre = build_module(run)
     size = pre.input_size
     gen = torch.Generator().manual_seed(0)

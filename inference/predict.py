@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from tlx.common.atomic import write_atomic
 from tlx.heads.runs import run_cache, weights_path_for
-from tlx.errors import CacheError, DatasetError, TlxError
+from tlx.errors import CacheError, DatasetError, RunError, TlxError
 from tlx.extractor.dataset import IMAGE_EXTENSIONS, walk_images
 
 
@@ -107,6 +108,15 @@ def write_csv(rows: list[dict], columns: list[str], out) -> None:
 
 
 # --------------------------------------------------------------------------- inputs
+
+
+def expand_folders(inputs: Iterable) -> list[Path]:
+    """Folders replaced by their images (recursively, with the extract rules), files kept as given."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        out.extend(walk_images(p) if p.is_dir() else [p])
+    return out
 
 
 def collect_images(inputs: Iterable) -> list[Path]:
@@ -207,15 +217,17 @@ def predict_paths(
     reporter=None,
     reuse_cache: bool = True,
 ) -> Predictions:
-    """Predict image files with a loaded run (``tlx.heads.runs.load_run``).
+    """Predict image files, and the images in folders, with a loaded run (``tlx.heads.runs.load_run``).
 
     Unreadable images are skipped and listed in ``failed``; the others keep their input order.
     ``reporter`` is a ``tlx.common.progress.Reporter`` (progress over the images that need a network)."""
+    from tlx.common.device import check_device
     from tlx.common.progress import Reporter
 
+    check_device(device)
     started = time.perf_counter()
     reporter = reporter or Reporter()
-    paths = [Path(p) for p in paths]
+    paths = expand_folders(paths)
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
     if run.kind == "finetune":
@@ -250,9 +262,8 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
     todo = sorted(first_of.values())
     if todo:
         from tlx.extractor.engine import FeatureRunner
-        from tlx.extractor.extract import backbone_for_space
 
-        net = backbone_for_space(run.space, weights_path_for(run))
+        net = rebuild_backbone(run)
         runner = FeatureRunner(net, run.space.pooling, device=device)
         reporter.start(len(todo), f"computing features with {run.space.backbone}")
         try:
@@ -275,7 +286,29 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
     if ok:
         X = np.stack([feats[i] for i in ok]).astype(np.float32, copy=False)
         proba_of = dict(zip(ok, full_proba(run, X)))
-    return proba_of, failed, len(cached), len(todo)
+    return proba_of, failed, len(cached), sum(1 for i in todo if i in feats)
+
+
+def rebuild_backbone(run):
+    """The run's backbone, for images not in its cache. The run fixes the weights (the file it
+    records, or the pretrained ones), so no error may suggest a --weights option: predict and
+    export have none."""
+    from tlx.extractor.extract import backbone_for_space
+
+    weights = weights_path_for(run)
+    if weights and not Path(weights).is_file():
+        raise RunError(
+            f"the features of {run.path} were made with the weights file {weights}, which no longer exists: "
+            "put that file back to compute features of images that are not in the run's cache"
+        )
+    try:
+        return backbone_for_space(run.space, weights)
+    except TlxError as exc:
+        # The extractor's messages are written for `tlx extract`, which takes --weights.
+        message = re.sub(r"[,;]? (or )?pass --weights FILE", "", str(exc))
+        message = re.sub(r" \(the features were made with --weights;[^)]*\)",
+                         f" (the features were made with {run.space.weights_id}: put that file back where the run records it)", message)
+        raise type(exc)(message) from None
 
 
 def full_proba(run, X: np.ndarray) -> np.ndarray:

@@ -148,3 +148,20 @@ def test_bad_run_and_bad_format_exit_2(cli, runs, tmp_path):
     assert r.exit_code == 2 and "not a run folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = cli("export", "--run", runs["linear"], "--format", "tflite")
     assert r.exit_code == 2 and "tflite" in r.stderr
+
+
+def test_a_non_exportable_head_is_refused_before_torch_is_imported(runs, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    code = (
+        "import sys; from typer.testing import CliRunner; from tlx.cli.app import app\n"
+        f"r = CliRunner().invoke(app, ['export', '--run', {str(runs['knn'])!r}, '--out', {str(tmp_path / 'm.onnx')!r}])\n"
+        "assert r.exit_code == 2 and 'not exportable' in r.output, r.output\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "NO-TORCH"

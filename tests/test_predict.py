@@ -245,3 +245,68 @@ def test_read_rows_returns_the_rows_asked_for_in_order(tmp_path):
         f["features"] = X
     rows = [999, 3, 3, 500, 127, 128, 0]
     np.testing.assert_array_equal(read_rows(tmp_path / "c.h5", rows, block=128), X[rows])
+
+
+# --------------------------------------------------------------------------- issue 9/13 fixes
+
+
+def test_predict_paths_expands_folders_as_the_cli_does(split_run):
+    from tlx.inference.predict import collect_images, predict_paths
+
+    folder = split_run["data"] / "val" / "bees"
+    preds = predict_paths(_load(split_run["run"]), [folder], workers=0)
+    assert not preds.failed and sorted(preds.paths) == sorted(str(p) for p in collect_images([folder]))
+    assert len(preds.paths) == 5
+
+
+def test_failed_images_are_not_counted_as_computed(split_run, tmp_path):
+    write_image(tmp_path / "in" / "new.png", seed=777)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    preds = _predict(split_run["run"], [tmp_path / "in"])
+    assert len(preds.paths) == 1 and len(preds.failed) == 1
+    assert preds.n_computed == 1 and preds.n_reused == 0
+
+
+def test_cli_exits_non_zero_when_no_image_could_be_read(cli, split_run, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"")
+    (tmp_path / "in" / "b.jpg").write_text("not an image")
+    out = tmp_path / "p.csv"
+    r = cli("predict", tmp_path / "in", "--run", split_run["run"], "--workers", "0", "--out", out, "--quiet")
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "none of the 2 image(s) could be read" in lines[0] and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_cli_checks_the_device_before_any_work(cli, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # Neither the run nor the image exists: the device is what gets refused, first.
+    r = cli("predict", tmp_path / "nope.png", "--run", tmp_path / "no-run", "--device", "cuda")
+    assert r.exit_code == 2 and "--device cuda" in r.stderr and "no-run" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_weights_file_is_reported_without_suggesting_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from tlx.extractor.extract import extract
+    from tlx.extractor.registry import get_backbone
+    from tlx.errors import TlxError
+    from tlx.heads.fit import fit_head
+
+    net = get_backbone("tiny_cnn").build().body
+    weights = tmp_path / "mine.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in net.state_dict().items()}, str(weights))
+    data = make_folder_dataset(tmp_path / "data", ("a", "b"), per_class=3)
+    cache = extract(data, backbone="tiny_cnn", weights=weights, cache_dir=tmp_path / "cache", workers=0).path
+    run = fit_head(cache, clf="logreg", out=tmp_path / "run").run
+    weights.unlink()
+    write_image(tmp_path / "new.png", seed=99)
+    with pytest.raises(TlxError) as info:
+        _predict(run, [tmp_path / "new.png"])
+    assert "mine.safetensors" in str(info.value) and "no longer exists" in str(info.value)
+    assert "--weights" not in str(info.value)
+    assert _predict(run, [data / "a"]).n_reused == 3  # images in the cache need no weights

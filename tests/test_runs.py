@@ -128,6 +128,22 @@ def test_fit_head_bad_options_exit_2(cli, caches, runs_dir, args, message):
     _assert_one_line_error(r, message)
 
 
+@pytest.mark.parametrize("fraction", ["0", "1", "1.5", "-0.2"])
+def test_val_fraction_out_of_range_is_refused_even_when_the_data_has_a_split(cli, caches, runs_dir, fraction):
+    _assert_one_line_error(cli("fit-head", "--features", caches["split"], "--val-fraction", fraction), "--val-fraction must be between 0 and 1")
+
+
+def test_metrics_record_the_n_neighbors_knn_used(caches, runs_dir):
+    from tlx.heads.fit import fit_head
+
+    notes = []
+    result = fit_head(caches["plain"], clf="knn", params=["n_neighbors=50"], log=notes.append)
+    info = json.loads((result.run / "metrics.json").read_text())
+    assert info["params_set"]["n_neighbors"] == 50  # what was asked
+    assert info["params"]["n_neighbors"] == info["n_train"] < 50  # what the head used
+    assert any("used n_neighbors=" in n for n in notes)
+
+
 def test_fit_head_bad_inputs_exit_2(cli, caches, runs_dir, tmp_path):
     _assert_one_line_error(cli("fit-head", "--features", caches["single"]), "only class 'ants'")
     junk = tmp_path / "junk.h5"
@@ -161,7 +177,7 @@ def test_runs_lists_best_first(cli, caches, runs_dir):
     finetune = runs_dir / "ft"
     finetune.mkdir()
     write_metrics(finetune, {"kind": "finetune", "clf": "finetune", "params": {"epochs": 3}, "val_accuracy": 2.0, "fit_seconds": 9.0,
-                             "feature_space": {"backbone": "tiny_cnn"}})
+                             "feature_space": {"backbone": "tiny_cnn"}, "dataset": "plain"})
     r = cli("runs", "--json")
     assert r.exit_code == 0, r.stderr
     rows = r.json()["runs"]
@@ -171,6 +187,73 @@ def test_runs_lists_best_first(cli, caches, runs_dir):
     table = cli("runs", "--dir", runs_dir)
     assert table.exit_code == 0 and "ridge" in table.stdout and "tiny_cnn" in table.stdout and "finetune" in table.stdout
     assert [r["run"] for r in list_runs(runs_dir)] == [row["run"] for row in rows]
+
+
+def _fake_run(folder: Path, **record) -> Path:
+    folder.mkdir(parents=True)
+    write_metrics(folder, {"kind": "head", "clf": "logreg", "params": {}, "params_set": {}, "feature_space": {"backbone": "tiny_cnn"},
+                           "fit_seconds": 0.1, **record})
+    return folder
+
+
+def test_runs_shows_dataset_and_n_val_and_filters_and_sorts(cli, tmp_path):
+    root = tmp_path / "runs"
+    _fake_run(root / "a-tiny", dataset="tiny", cache="/c/tiny-x.h5", val_accuracy=1.0, n_val=4, created="2025-01-01T00:00:00+00:00")
+    _fake_run(root / "b-big", dataset="big", cache="/c/big-x.h5", val_accuracy=0.9, n_val=400, created="2025-01-03T00:00:00+00:00")
+    _fake_run(root / "c-big", dataset="big", cache="/c/big-x.h5", val_accuracy=0.95, n_val=400, created="2025-01-02T00:00:00+00:00")
+    r = cli("runs", "--dir", root, "--json")
+    assert r.exit_code == 0, r.stderr
+    rows = r.json()["runs"]
+    # Ranked within each dataset, never 1.000 on 4 images above 0.95 on 400.
+    assert [(row["dataset"], row["val_accuracy"], row["n_val"]) for row in rows] == [("big", 0.95, 400), ("big", 0.9, 400), ("tiny", 1.0, 4)]
+    only = cli("runs", "--dir", root, "--dataset", "tiny", "--json").json()["runs"]
+    assert [Path(row["run"]).name for row in only] == ["a-tiny"]
+    by_cache = cli("runs", "--dir", root, "--dataset", "big-x.h5", "--json").json()["runs"]
+    assert {Path(row["run"]).name for row in by_cache} == {"b-big", "c-big"}
+    newest = cli("runs", "--dir", root, "--sort", "created", "--json").json()["runs"]
+    assert [Path(row["run"]).name for row in newest] == ["b-big", "c-big", "a-tiny"]
+    table = cli("runs", "--dir", root)
+    header = table.stdout.splitlines()[0].split()
+    assert "dataset" in header and "n_val" in header
+    assert cli("runs", "--dir", root, "--sort", "nope").exit_code == 2
+
+
+def test_runs_piped_output_keeps_long_paths_whole(cli, tmp_path):
+    root = tmp_path / ("a-rather-long-folder-name-" * 4) / "runs"
+    run = _fake_run(root / ("20250101-000000-logreg-" + "x" * 60), dataset="d" * 40, val_accuracy=0.5, n_val=10)
+    r = cli("runs", "--dir", root)  # stdout is not a terminal here, as when piped
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    row = next(line for line in lines if str(run) in line)  # the whole path, on one line
+    assert "d" * 40 in row and "…" not in r.stdout
+
+
+def test_runs_shows_finetune_params_and_interrupted_runs(cli, tmp_path):
+    root = tmp_path / "runs"
+    _fake_run(root / "ft", kind="finetune", clf="finetune", val_accuracy=0.8, n_val=10, best_epoch=2, epochs_done=3,
+              params={"data": "/d/birds", "unfreeze": "1", "epochs": 3, "lr": 0.0001, "optimizer": "adamw", "batch_size": 32,
+                      "weight_decay": 0.01, "seed": 0, "init_head": ""})
+    record = json.loads((root / "ft" / "metrics.json").read_text())
+    record.pop("params_set")
+    (root / "ft" / "metrics.json").write_text(json.dumps(record))
+    (root / "killed" / "checkpoints").mkdir(parents=True)
+    (root / "killed" / "checkpoints" / "last.pt").write_bytes(b"not read")
+    rows = cli("runs", "--dir", root, "--json").json()["runs"]
+    by_name = {Path(row["run"]).name: row for row in rows}
+    assert by_name["ft"]["dataset"] == "birds" and by_name["ft"]["status"] == "done"
+    assert by_name["ft"]["summary"] == "unfreeze=1, epochs=3, lr=0.0001, optimizer=adamw, batch_size=32, best epoch 2/3"
+    assert by_name["killed"]["status"] == "interrupted" and by_name["killed"]["kind"] == "finetune"
+    assert [Path(row["run"]).name for row in rows] == ["ft", "killed"]
+    table = cli("runs", "--dir", root).stdout
+    assert "interrupted" in next(line for line in table.splitlines() if "killed" in line)
+    assert "unfreeze=1, epochs=3" in table and "--resume" in table
+
+
+def test_version(cli):
+    import tlx
+
+    r = cli("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"tlx {tlx.__version__}"
 
 
 def test_runs_on_an_empty_folder(cli, tmp_path):
@@ -219,6 +302,10 @@ def test_runs_info_and_sklearn_heads_do_not_import_torch(caches, tmp_path):
         "assert r.exit_code == 0, r.output\n"
         "r = runner.invoke(app, ['info', '--backbones'])\n"
         "assert r.exit_code == 0 and 'efficientnet_lite0' in r.output, r.output\n"
+        "r = runner.invoke(app, ['heads'])\n"
+        "assert r.exit_code == 0 and 'weight_decay' in r.output, r.output\n"
+        "r = runner.invoke(app, ['--version'])\n"
+        "assert r.exit_code == 0 and 'tlx' in r.output, r.output\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
