@@ -9,7 +9,7 @@ Importing ``tlx`` is cheap: torch, torchvision and timm are imported where they 
 
 __version__ = "0.1.0"
 
-__all__ = ["Features", "load_features", "__version__"]
+__all__ = ["Features", "__version__", "load_features"]
 
 
 def __getattr__(name: str):

@@ -24,9 +24,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HYMENOPTERA, require_data  # noqa: E402
+from _common import HYMENOPTERA, require_data
 
-TARGETS = {"linear": 1.0, "logreg": 1.0, "ridge": 1.0, "knn": 1.0, "svm": 1.5, "rf": 1.5, "mlp": 1.5, "runs": 0.5, "info": 0.5}
+TARGETS = {
+    "linear": 1.0,
+    "logreg": 1.0,
+    "ridge": 1.0,
+    "knn": 1.0,
+    "svm": 1.5,
+    "rf": 1.5,
+    "mlp": 1.5,
+    "runs": 0.5,
+    "info": 0.5,
+}
 
 
 def timed(cmd: list[str], env: dict, cwd: Path) -> float:
@@ -45,7 +55,9 @@ def median_wall(cmd: list[str], env: dict, cwd: Path, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", type=Path, help="a tlx feature cache (default: extract the ants/bees photos into a temporary one)")
+    ap.add_argument(
+        "--cache", type=Path, help="a tlx feature cache (default: extract the ants/bees photos into a temporary one)"
+    )
     ap.add_argument("--data", type=Path, default=HYMENOPTERA)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
@@ -75,7 +87,11 @@ def main() -> None:
         ok = "" if target is None else ("yes" if wall <= target else "NO")
         print(f"{name:34} {wall:7.3f} {wall / base:7.2f} {target or '':>7}  {ok}")
         if key:
-            result["commands"][name] = {"wall_s": round(wall, 3), "ratio_to_bare": round(wall / base, 2), "target_s": target}
+            result["commands"][name] = {
+                "wall_s": round(wall, 3),
+                "ratio_to_bare": round(wall / base, 2),
+                "target_s": target,
+            }
     print(json.dumps(result))
 
 

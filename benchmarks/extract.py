@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HYMENOPTERA, machine, require_data  # noqa: E402
+from _common import HYMENOPTERA, machine, require_data
 
 
 def main() -> None:
@@ -61,7 +61,14 @@ def main() -> None:
     def extract_rate() -> float:
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
-            result = extract(data, backbone=args.backbone, batch_size=args.batch_size, workers=args.workers, device="cpu", cache_dir=cache)
+            result = extract(
+                data,
+                backbone=args.backbone,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                device="cpu",
+                cache_dir=cache,
+            )
             seconds = time.perf_counter() - start
             assert result.n_new == len(paths), result
         return len(paths) / seconds
@@ -76,7 +83,17 @@ def main() -> None:
     print(f"(a) forward on decoded tensors: {a:.1f} img/s   runs: {', '.join(f'{r:.1f}' for r in a_rates)}")
     print(f"(b) tlx extract end to end:     {b:.1f} img/s   runs: {', '.join(f'{r:.1f}' for r in b_rates)}")
     print(f"b/a = {b / a:.3f}   (target >= 0.90)")
-    print(json.dumps({"a_img_s": round(a, 2), "b_img_s": round(b, 2), "ratio": round(b / a, 4), "n_images": len(paths), "backbone": args.backbone}))
+    print(
+        json.dumps(
+            {
+                "a_img_s": round(a, 2),
+                "b_img_s": round(b, 2),
+                "ratio": round(b / a, 4),
+                "n_images": len(paths),
+                "backbone": args.backbone,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

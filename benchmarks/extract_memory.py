@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HYMENOPTERA, require_data  # noqa: E402
+from _common import HYMENOPTERA, require_data
 
 CHILD = r"""
 import json, resource, sys, time
@@ -46,7 +46,9 @@ def make_dataset(src: Path, dst: Path, copies: int) -> None:
 
 
 def measure(data: Path, backbone: str, cache: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(data), backbone, str(cache)], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(data), backbone, str(cache)], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -64,11 +66,19 @@ def main() -> None:
         small = measure(tmp / "x1" / src.name, args.backbone, tmp / "cache1")
         large = measure(tmp / f"x{args.factor}" / src.name, args.backbone, tmp / "cache4")
     for name, r in (("1x", small), (f"{args.factor}x", large)):
-        print(f"{name}: {r['n_images']:5d} images  {r['seconds']:6.1f} s  peak RSS main {r['peak_rss_mib']:7.1f} MiB, workers {r['peak_worker_rss_mib']:7.1f} MiB")
+        print(
+            f"{name}: {r['n_images']:5d} images  {r['seconds']:6.1f} s  peak RSS main {r['peak_rss_mib']:7.1f} MiB, workers {r['peak_worker_rss_mib']:7.1f} MiB"
+        )
     growth = large["peak_rss_mib"] / small["peak_rss_mib"] - 1
     worker_growth = large["peak_worker_rss_mib"] / small["peak_worker_rss_mib"] - 1
-    print(f"peak RSS growth for {args.factor}x the images: main {100 * growth:+.1f}%, workers {100 * worker_growth:+.1f}%   (target < +10%)")
-    print(json.dumps({"small": small, "large": large, "growth": round(growth, 4), "worker_growth": round(worker_growth, 4)}))
+    print(
+        f"peak RSS growth for {args.factor}x the images: main {100 * growth:+.1f}%, workers {100 * worker_growth:+.1f}%   (target < +10%)"
+    )
+    print(
+        json.dumps(
+            {"small": small, "large": large, "growth": round(growth, 4), "worker_growth": round(worker_growth, 4)}
+        )
+    )
 
 
 if __name__ == "__main__":

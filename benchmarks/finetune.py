@@ -42,7 +42,10 @@ def main() -> None:
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     cache = args.out / "cache"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {args.backbone} on {args.data}; {args.epochs} epochs each", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {args.backbone} on {args.data}; {args.epochs} epochs each",
+        flush=True,
+    )
 
     t = time.perf_counter()
     ex = extract(args.data, backbone=args.backbone, cache_dir=cache, workers=args.workers, device=args.device)
@@ -51,8 +54,17 @@ def main() -> None:
     head_acc = float(head.val_accuracy)
     print(f"fit-head --clf linear: val accuracy {head_acc:.4f} ({head.fit_seconds:.2f} s)", flush=True)
 
-    common = dict(backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, device=args.device)
-    rows = [{"config": "cached linear head (fit-head)", "val_accuracy": head_acc, "best_epoch": None, "seconds_per_epoch": None}]
+    common = dict(
+        backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, device=args.device
+    )
+    rows = [
+        {
+            "config": "cached linear head (fit-head)",
+            "val_accuracy": head_acc,
+            "best_epoch": None,
+            "seconds_per_epoch": None,
+        }
+    ]
     for name, extra in (
         ("(a) --unfreeze 0", dict(unfreeze=0)),
         ("(b) --unfreeze 1, random head", dict(unfreeze=1)),
@@ -63,10 +75,20 @@ def main() -> None:
             kwargs.pop("backbone")
         t = time.perf_counter()
         r = finetune(args.data, out=args.out / name.split()[0].strip("()"), **kwargs)
-        rows.append({"config": name, "val_accuracy": r.val_accuracy, "best_epoch": r.best_epoch, "seconds_per_epoch": r.seconds_per_epoch,
-                     "history": [round(h["val_accuracy"], 4) for h in r.metrics["history"]]})
-        print(f"{name}: val accuracy {r.val_accuracy:.4f} (best epoch {r.best_epoch}/{r.epochs_done}), {r.seconds_per_epoch:.1f} s/epoch, "
-              f"per epoch {rows[-1]['history']}, total {time.perf_counter() - t:.0f} s", flush=True)
+        rows.append(
+            {
+                "config": name,
+                "val_accuracy": r.val_accuracy,
+                "best_epoch": r.best_epoch,
+                "seconds_per_epoch": r.seconds_per_epoch,
+                "history": [round(h["val_accuracy"], 4) for h in r.metrics["history"]],
+            }
+        )
+        print(
+            f"{name}: val accuracy {r.val_accuracy:.4f} (best epoch {r.best_epoch}/{r.epochs_done}), {r.seconds_per_epoch:.1f} s/epoch, "
+            f"per epoch {rows[-1]['history']}, total {time.perf_counter() - t:.0f} s",
+            flush=True,
+        )
 
     print()
     print(f"{'config':<34} {'val acc':>8} {'best ep':>8} {'s/epoch':>8}")

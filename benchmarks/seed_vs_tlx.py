@@ -32,9 +32,16 @@ EPOCHS_PER_SETTING, SETTINGS = 25, 10
 # linear heads over a few decades, plus three other kinds of head. The best of the ten is
 # compared with the seed's best epoch, both chosen on the val split.
 TLX_SETTINGS = [
-    ("linear", []), ("linear", ["weight_decay=0.01"]), ("linear", ["weight_decay=0.0001"]),
-    ("logreg", []), ("logreg", ["C=0.1"]), ("logreg", ["C=0.01"]), ("logreg", ["C=0.001"]),
-    ("svm", ["kernel=linear"]), ("ridge", []), ("knn", []),
+    ("linear", []),
+    ("linear", ["weight_decay=0.01"]),
+    ("linear", ["weight_decay=0.0001"]),
+    ("logreg", []),
+    ("logreg", ["C=0.1"]),
+    ("logreg", ["C=0.01"]),
+    ("logreg", ["C=0.001"]),
+    ("svm", ["kernel=linear"]),
+    ("ridge", []),
+    ("knn", []),
 ]
 
 
@@ -51,13 +58,28 @@ def seed_recipe(data: Path, epochs: int, workers: int, batch_size: int = 4) -> d
     pre = backbone.cfg.preprocessing
     interp = getattr(transforms.InterpolationMode, pre.interpolation.upper())
     tfms = {
-        "train": transforms.Compose([transforms.RandomResizedCrop(pre.input_size, interpolation=interp), transforms.RandomHorizontalFlip(),
-                                     transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)]),
-        "val": transforms.Compose([transforms.Resize(pre.resize_size, interpolation=interp), transforms.CenterCrop(pre.input_size),
-                                   transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)]),
+        "train": transforms.Compose(
+            [
+                transforms.RandomResizedCrop(pre.input_size, interpolation=interp),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(pre.mean, pre.std),
+            ]
+        ),
+        "val": transforms.Compose(
+            [
+                transforms.Resize(pre.resize_size, interpolation=interp),
+                transforms.CenterCrop(pre.input_size),
+                transforms.ToTensor(),
+                transforms.Normalize(pre.mean, pre.std),
+            ]
+        ),
     }
     sets = {p: datasets.ImageFolder(data / p, tfms[p]) for p in ("train", "val")}
-    loaders = {p: torch.utils.data.DataLoader(sets[p], batch_size=batch_size, shuffle=(p == "train"), num_workers=workers) for p in sets}
+    loaders = {
+        p: torch.utils.data.DataLoader(sets[p], batch_size=batch_size, shuffle=(p == "train"), num_workers=workers)
+        for p in sets
+    }
     # the tutorial: freeze the base, replace the classifier with a new Linear layer
     base = FeatureExtractor(backbone.body, "avg")
     for p in base.parameters():
@@ -104,14 +126,20 @@ def tlx_way(data: Path, workers: int) -> dict:
         t0 = time.perf_counter()
         result = extract(data, cache_dir=Path(tmp) / "cache", workers=workers)
         t_extract = time.perf_counter() - t0
-        print(f"  (b) tlx extract: {result.n_images} images x {result.feature_dim} in {t_extract:.1f} s (fresh cache)", flush=True)
+        print(
+            f"  (b) tlx extract: {result.n_images} images x {result.feature_dim} in {t_extract:.1f} s (fresh cache)",
+            flush=True,
+        )
         fits = []
         for i, (clf, params) in enumerate(TLX_SETTINGS):
             t1 = time.perf_counter()
             r = fit_head(features=result.path, clf=clf, params=params, out=Path(tmp) / "runs" / f"{i:02d}-{clf}")
             wall = time.perf_counter() - t1
             fits.append((clf, params, r.val_accuracy, wall))
-            print(f"  (b) fit-head --clf {clf} {' '.join('--param ' + p for p in params):<28} val accuracy {r.val_accuracy:.4f}  {wall:.2f} s", flush=True)
+            print(
+                f"  (b) fit-head --clf {clf} {' '.join('--param ' + p for p in params):<28} val accuracy {r.val_accuracy:.4f}  {wall:.2f} s",
+                flush=True,
+            )
         total = time.perf_counter() - t0
     return {"extract_seconds": t_extract, "total_seconds": total, "fits": fits}
 
@@ -119,12 +147,19 @@ def tlx_way(data: Path, workers: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--epochs", type=int, default=1, help="real epochs of the seed recipe to run (the time of the fastest is extrapolated)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="real epochs of the seed recipe to run (the time of the fastest is extrapolated)",
+    )
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     args = ap.parse_args()
     import torch
 
-    print(f"data: {args.data}; machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), CPU only")
+    print(
+        f"data: {args.data}; machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), CPU only"
+    )
     print("(b) tlx: one extract + ten fits")
     b = tlx_way(args.data, args.workers)
     print(f"(a) seed recipe: {args.epochs} real epoch(s) of the fixed-feature-extractor loop")
@@ -134,12 +169,20 @@ def main() -> None:
     best = max(b["fits"], key=lambda f: f[2])
     linear_default = b["fits"][0][2]
     print()
-    print(f"(a) seed recipe: one epoch (train+val) = {a['epoch_seconds']:.1f} s; EXTRAPOLATED x {EPOCHS_PER_SETTING} epochs x {SETTINGS} settings "
-          f"= {seed_total:.0f} s ({seed_total / 3600:.2f} h); val accuracy after the {a['epochs']} epoch(s) actually run: {a['val_accuracy']:.4f}")
-    print(f"(b) tlx: extract {b['extract_seconds']:.1f} s + ten fits {b['total_seconds'] - b['extract_seconds']:.1f} s = {b['total_seconds']:.1f} s measured; "
-          f"best val accuracy {best[2]:.4f} ({best[0]} {' '.join(best[1])})")
-    print(f"speed-up (a) / (b) = {seed_total / b['total_seconds']:.0f}x  (target >= 100x at equal or better best accuracy)")
-    print(f"linear head (default settings) on {os.path.basename(str(args.data))} / efficientnet_lite0 features: val accuracy {linear_default:.4f} (target >= 0.94)")
+    print(
+        f"(a) seed recipe: one epoch (train+val) = {a['epoch_seconds']:.1f} s; EXTRAPOLATED x {EPOCHS_PER_SETTING} epochs x {SETTINGS} settings "
+        f"= {seed_total:.0f} s ({seed_total / 3600:.2f} h); val accuracy after the {a['epochs']} epoch(s) actually run: {a['val_accuracy']:.4f}"
+    )
+    print(
+        f"(b) tlx: extract {b['extract_seconds']:.1f} s + ten fits {b['total_seconds'] - b['extract_seconds']:.1f} s = {b['total_seconds']:.1f} s measured; "
+        f"best val accuracy {best[2]:.4f} ({best[0]} {' '.join(best[1])})"
+    )
+    print(
+        f"speed-up (a) / (b) = {seed_total / b['total_seconds']:.0f}x  (target >= 100x at equal or better best accuracy)"
+    )
+    print(
+        f"linear head (default settings) on {os.path.basename(str(args.data))} / efficientnet_lite0 features: val accuracy {linear_default:.4f} (target >= 0.94)"
+    )
 
 
 if __name__ == "__main__":

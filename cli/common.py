@@ -15,8 +15,12 @@ import typer
 
 from tlx.errors import TlxError
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object as the last line of stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or chatter; errors and the result only.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one machine-readable JSON object as the last line of stdout.")
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar or chatter; errors and the result only.")
+]
 
 
 # Choices shared by several commands (str Enums, so typer lists them in --help).
@@ -89,12 +93,25 @@ class RichReporter:
         if not self.enabled or total == 0:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         rate = TextColumn("{task.fields[rate]}")
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), rate, TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            rate,
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
         )
         self._progress.start()
         self._task = self._progress.add_task(description, total=total, rate="")

@@ -9,9 +9,10 @@ folder (``./tlx-demo`` by default): ``digits/``, ``cache/`` and ``runs/``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 
@@ -75,35 +76,55 @@ def run_demo(
     out = Path(out)
     backbone = backbone or DEFAULT_BACKBONE
     data = write_digits(out / "digits", per_class_train, per_class_val)
-    log(f"wrote {data.n_images} handwritten digits (scikit-learn's load_digits) to {data.root}: {data.n_train} train, {data.n_val} val")
+    log(
+        f"wrote {data.n_images} handwritten digits (scikit-learn's load_digits) to {data.root}: {data.n_train} train, {data.n_val} val"
+    )
 
     t0 = time.perf_counter()
     extracted = extract(data.root, backbone=backbone, cache_dir=out / "cache", workers=workers, reporter=reporter)
     extract_seconds = time.perf_counter() - t0
-    log(f"features: {extracted.path} ({extracted.n_images} x {extracted.feature_dim}, {extracted.n_new} extracted, {extracted.n_reused} reused; {extract_seconds:.1f} s)")
+    log(
+        f"features: {extracted.path} ({extracted.n_images} x {extracted.feature_dim}, {extracted.n_new} extracted, {extracted.n_reused} reused; {extract_seconds:.1f} s)"
+    )
 
     fitted = fit_head(extracted.path, clf="linear", out=_new_run_dir(out / "runs", "linear"), log=log)
     return DemoResult(
-        out=str(out), data=str(data.root), cache=extracted.path, run=str(fitted.run), backbone=extracted.backbone,
-        clf=fitted.clf, n_images=extracted.n_images, n_train=int(fitted.metrics.get("n_train", data.n_train)),
-        n_val=int(fitted.metrics.get("n_val", data.n_val)), n_extracted=extracted.n_new + extracted.n_resumed,
-        val_accuracy=float(fitted.val_accuracy), extract_seconds=round(extract_seconds, 3),
-        fit_seconds=round(float(fitted.fit_seconds), 3), seconds=round(time.perf_counter() - started, 3),
+        out=str(out),
+        data=str(data.root),
+        cache=extracted.path,
+        run=str(fitted.run),
+        backbone=extracted.backbone,
+        clf=fitted.clf,
+        n_images=extracted.n_images,
+        n_train=int(fitted.metrics.get("n_train", data.n_train)),
+        n_val=int(fitted.metrics.get("n_val", data.n_val)),
+        n_extracted=extracted.n_new + extracted.n_resumed,
+        val_accuracy=float(fitted.val_accuracy),
+        extract_seconds=round(extract_seconds, 3),
+        fit_seconds=round(float(fitted.fit_seconds), 3),
+        seconds=round(time.perf_counter() - started, 3),
     )
 
 
 @handle_errors
 def demo_command(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's digits/, cache/ and runs/.", file_okay=False)] = DEFAULT_OUT,
-    backbone: Annotated[Optional[str], typer.Option(hidden=True, help="Another backbone (for tests: tiny_cnn).")] = None,
-    per_class: Annotated[int, typer.Option(hidden=True, min=2, help="Training images per digit; validation gets half as many.")] = PER_CLASS_TRAIN,
-    workers: Annotated[Optional[int], typer.Option(hidden=True, min=0, help="DataLoader decoding processes.")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Folder for the demo's digits/, cache/ and runs/.", file_okay=False)
+    ] = DEFAULT_OUT,
+    backbone: Annotated[str | None, typer.Option(hidden=True, help="Another backbone (for tests: tiny_cnn).")] = None,
+    per_class: Annotated[
+        int, typer.Option(hidden=True, min=2, help="Training images per digit; validation gets half as many.")
+    ] = PER_CLASS_TRAIN,
+    workers: Annotated[int | None, typer.Option(hidden=True, min=0, help="DataLoader decoding processes.")] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the whole job on an embedded dataset, with no download: write scikit-learn's handwritten
     digits as PNG class folders, extract them with the default backbone, fit the linear head."""
-    say = (lambda msg: info(msg, quiet))
+
+    def say(msg):
+        return info(msg, quiet)
+
     result = run_demo(out, backbone, per_class, max(1, per_class // 2), workers, RichReporter(quiet=quiet), say)
     lines = [
         f"demo: {result.n_images} images of handwritten digits ({result.n_train} train, {result.n_val} val), "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,16 +23,42 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def extract_command(
-    data: Annotated[Path, typer.Argument(help="Image folder DATA/<class>/<image>, split folder DATA/<split>/<class>/<image>, or a CSV manifest path,label[,split].")],
-    backbone: Annotated[str, typer.Option(help="Backbone name: efficientnet_lite0 (offline default), torchvision:<model>, timm:<model>; see `tlx info --backbones`.")] = "efficientnet_lite0",
-    weights: Annotated[Optional[Path], typer.Option(help="Local weights file (.pth state dict or .safetensors) instead of the backbone's pretrained ones.", dir_okay=False)] = None,
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Image folder DATA/<class>/<image>, split folder DATA/<split>/<class>/<image>, or a CSV manifest path,label[,split]."
+        ),
+    ],
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="Backbone name: efficientnet_lite0 (offline default), torchvision:<model>, timm:<model>; see `tlx info --backbones`."
+        ),
+    ] = "efficientnet_lite0",
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local weights file (.pth state dict or .safetensors) instead of the backbone's pretrained ones.",
+            dir_okay=False,
+        ),
+    ] = None,
     pool: Annotated[Pool, typer.Option(help="Global pooling of the final feature map.")] = Pool.avg,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")
+    ] = None,
     device: Annotated[Device, typer.Option(help="Where to run the backbone.")] = Device.auto,
-    precision: Annotated[Precision, typer.Option(help="Autocast precision on CUDA (features are stored as float32).")] = Precision.fp32,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Where feature caches live [default: $TLX_CACHE_DIR or ./cache].", file_okay=False)] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 1) on the first image that cannot be read instead of skipping it.")] = False,
+    precision: Annotated[
+        Precision, typer.Option(help="Autocast precision on CUDA (features are stored as float32).")
+    ] = Precision.fp32,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where feature caches live [default: $TLX_CACHE_DIR or ./cache].", file_okay=False),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Fail (exit 1) on the first image that cannot be read instead of skipping it."),
+    ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -41,8 +67,17 @@ def extract_command(
 
     reporter = RichReporter(quiet=quiet)
     result = extract(
-        data, backbone=backbone, weights=weights, pooling=pool.value, batch_size=batch_size, workers=workers,
-        device=device.value, cache_dir=cache_dir, strict=strict, precision=precision.value, reporter=reporter,
+        data,
+        backbone=backbone,
+        weights=weights,
+        pooling=pool.value,
+        batch_size=batch_size,
+        workers=workers,
+        device=device.value,
+        cache_dir=cache_dir,
+        strict=strict,
+        precision=precision.value,
+        reporter=reporter,
     )
     for failure in result.failed[:20]:
         info(f"skipped {failure['path']}: {failure['reason']}", quiet)

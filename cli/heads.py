@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,14 +27,42 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def fit_head_command(
-    features: Annotated[Optional[Path], typer.Option(help="Feature cache file written by `tlx extract`, or a folder of caches [default: the most recent cache in $TLX_CACHE_DIR or ./cache].")] = None,
-    clf: Annotated[str, typer.Option(help="Head: linear (default, torch softmax regression), logreg, svm, knn, ridge, rf, mlp.")] = "linear",
-    param: Annotated[Optional[list[str]], typer.Option(help="Head hyper-parameter KEY=VALUE (repeatable), e.g. --param C=0.1.", metavar="KEY=VALUE")] = None,
-    sweep: Annotated[bool, typer.Option("--sweep", help="Search the head's main regularization parameter over a log grid, then refit with the best value.")] = False,
-    class_weight: Annotated[Optional[ClassWeight], typer.Option(help="Weight classes inversely to their frequency (imbalanced data).")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Validation fraction of the seeded, stratified split (used only when the data has no train/val split).")] = 0.2,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Feature cache file written by `tlx extract`, or a folder of caches [default: the most recent cache in $TLX_CACHE_DIR or ./cache]."
+        ),
+    ] = None,
+    clf: Annotated[
+        str, typer.Option(help="Head: linear (default, torch softmax regression), logreg, svm, knn, ridge, rf, mlp.")
+    ] = "linear",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Head hyper-parameter KEY=VALUE (repeatable), e.g. --param C=0.1.", metavar="KEY=VALUE"),
+    ] = None,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Search the head's main regularization parameter over a log grid, then refit with the best value.",
+        ),
+    ] = False,
+    class_weight: Annotated[
+        ClassWeight | None, typer.Option(help="Weight classes inversely to their frequency (imbalanced data).")
+    ] = None,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Validation fraction of the seeded, stratified split (used only when the data has no train/val split)."
+        ),
+    ] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of that split (and of the sweep's folds).")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder to create [default: $TLX_RUNS_DIR or ./runs, then <time>-<clf>].", file_okay=False)] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run folder to create [default: $TLX_RUNS_DIR or ./runs, then <time>-<clf>].", file_okay=False
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -42,8 +70,15 @@ def fit_head_command(
     from tlx.heads.fit import fit_head
 
     result = fit_head(
-        features=features, clf=clf, params=param or [], sweep=sweep, class_weight=class_weight.value if class_weight else None,
-        val_fraction=val_fraction, seed=seed, out=out, log=lambda msg: info(msg, quiet),
+        features=features,
+        clf=clf,
+        params=param or [],
+        sweep=sweep,
+        class_weight=class_weight.value if class_weight else None,
+        val_fraction=val_fraction,
+        seed=seed,
+        out=out,
+        log=lambda msg: info(msg, quiet),
     )
     m = result.metrics
     set_params = ", ".join(f"{k}={v}" for k, v in m["params_set"].items())
@@ -69,8 +104,18 @@ def heads_command(json_out: JsonOpt = False) -> None:
         emit_json(rows)
         return
     for i, h in enumerate(rows):
-        flags = [f for f, on in (("default", h["default"]), ("exportable", h["exportable"]), ("--class-weight", h["class_weight"])) if on]
-        typer.echo(("\n" if i else "") + f"{h['name']}: {h['description']}" + (f" [{', '.join(flags)}]" if flags else ""))
+        flags = [
+            f
+            for f, on in (
+                ("default", h["default"]),
+                ("exportable", h["exportable"]),
+                ("--class-weight", h["class_weight"]),
+            )
+            if on
+        ]
+        typer.echo(
+            ("\n" if i else "") + f"{h['name']}: {h['description']}" + (f" [{', '.join(flags)}]" if flags else "")
+        )
         typer.echo(f"  --sweep searches {h['sweep_param']} over {', '.join(f'{v:g}' for v in h['sweep_grid'])}")
         width = max(len(f"{p['name']}={_param_text(p['default'])}") for p in h["params"])
         for p in h["params"]:
@@ -93,9 +138,20 @@ class RunSort(str, Enum):
 
 @handle_errors
 def runs_command(
-    runs_dir: Annotated[Optional[Path], typer.Option("--dir", help="Folder holding run folders [default: $TLX_RUNS_DIR or ./runs].", file_okay=False)] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Only runs on this dataset: its name or folder, or the cache file (or its name).")] = None,
-    sort: Annotated[RunSort, typer.Option(help="accuracy or balanced: best first within each dataset; n_val: most validation images first; created: newest first.")] = RunSort.accuracy,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Folder holding run folders [default: $TLX_RUNS_DIR or ./runs].", file_okay=False),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Only runs on this dataset: its name or folder, or the cache file (or its name)."),
+    ] = None,
+    sort: Annotated[
+        RunSort,
+        typer.Option(
+            help="accuracy or balanced: best first within each dataset; n_val: most validation images first; created: newest first."
+        ),
+    ] = RunSort.accuracy,
     json_out: JsonOpt = False,
 ) -> None:
     """List the runs (heads and fine-tunings) with their dataset and validation size, best
@@ -112,9 +168,20 @@ def runs_command(
         typer.echo(f"no runs{where} in {root}: fit one with `tlx fit-head`")
         return
     header = ["kind", "head", "params", "dataset", "backbone", "n_val", "val acc", "fit s", "run"]
-    cells = [[r["kind"], str(r["clf"]), r["summary"], str(r["dataset"] or "-"), str(r["backbone"] or "-"), _fmt(r["n_val"], "d"),
-              "interrupted" if r["status"] == "interrupted" else _fmt(r["val_accuracy"], ".4f"), _fmt(r["fit_seconds"], ".2f"), r["run"]]
-             for r in rows]
+    cells = [
+        [
+            r["kind"],
+            str(r["clf"]),
+            r["summary"],
+            str(r["dataset"] or "-"),
+            str(r["backbone"] or "-"),
+            _fmt(r["n_val"], "d"),
+            "interrupted" if r["status"] == "interrupted" else _fmt(r["val_accuracy"], ".4f"),
+            _fmt(r["fit_seconds"], ".2f"),
+            r["run"],
+        ]
+        for r in rows
+    ]
     print_table(header, cells, title=f"runs in {root}", right={"n_val", "val acc", "fit s"})
     if any(r["status"] == "interrupted" for r in rows):
         typer.echo("interrupted: continue one with `tlx finetune --out RUN --resume`")
@@ -136,9 +203,12 @@ def print_table(header: list[str], rows: list[list[str]], title: str = "", right
             table.add_row(*row)
         Console().print(table)
         return
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
     for row in [header, *rows]:
-        cells = [str(c).rjust(w) if name in right else str(c).ljust(w) for name, c, w in zip(header, row, widths)]
+        cells = [
+            str(c).rjust(w) if name in right else str(c).ljust(w)
+            for name, c, w in zip(header, row, widths, strict=False)
+        ]
         typer.echo("  ".join(cells).rstrip())
 
 
@@ -176,7 +246,11 @@ def _summary(record: dict, params: dict) -> str:
     """A head's parameters as set; for a fine-tuning, the few options that shape it most."""
     if record.get("kind") != "finetune":
         return ", ".join(f"{k}={v}" for k, v in params.items())
-    parts = [f"{k}={params[k]:g}" if isinstance(params[k], float) else f"{k}={params[k]}" for k in FINETUNE_SUMMARY if k in params]
+    parts = [
+        f"{k}={params[k]:g}" if isinstance(params[k], float) else f"{k}={params[k]}"
+        for k in FINETUNE_SUMMARY
+        if k in params
+    ]
     if params.get("init_head"):
         parts.append(f"init_head={Path(str(params['init_head'])).name}")
     if record.get("best_epoch") is not None:

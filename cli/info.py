@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def info_command(
-    cache: Annotated[Optional[Path], typer.Argument(help="A cache file or a folder of caches [default: $TLX_CACHE_DIR or ./cache].")] = None,
+    cache: Annotated[
+        Path | None, typer.Argument(help="A cache file or a folder of caches [default: $TLX_CACHE_DIR or ./cache].")
+    ] = None,
     backbones: Annotated[bool, typer.Option("--backbones", help="List the registered backbones instead.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -45,11 +47,19 @@ def info_command(
             space = json.loads(a["feature_space"])
         except (OSError, KeyError, ValueError):
             continue  # not a tlx cache
-        rows.append({
-            "path": str(path), "dataset": a.get("dataset_name"), "dataset_root": a.get("dataset_root"),
-            "backbone": a.get("backbone"), "pooling": a.get("pooling"), "n_images": int(a.get("n_images", 0)),
-            "feature_dim": int(a.get("feature_dim", 0)), "updated": a.get("updated"), "weights_sha256": space.get("weights_sha256"),
-        })
+        rows.append(
+            {
+                "path": str(path),
+                "dataset": a.get("dataset_name"),
+                "dataset_root": a.get("dataset_root"),
+                "backbone": a.get("backbone"),
+                "pooling": a.get("pooling"),
+                "n_images": int(a.get("n_images", 0)),
+                "feature_dim": int(a.get("feature_dim", 0)),
+                "updated": a.get("updated"),
+                "weights_sha256": space.get("weights_sha256"),
+            }
+        )
     if json_out:
         emit_json(rows)
         return
@@ -61,5 +71,13 @@ def info_command(
 
     table = Table("file", "dataset", "backbone", "pool", "images", "width", "updated")
     for r in rows:
-        table.add_row(Path(r["path"]).name, r["dataset"], r["backbone"], r["pooling"], str(r["n_images"]), str(r["feature_dim"]), r["updated"])
+        table.add_row(
+            Path(r["path"]).name,
+            r["dataset"],
+            r["backbone"],
+            r["pooling"],
+            str(r["n_images"]),
+            str(r["feature_dim"]),
+            r["updated"],
+        )
     Console().print(table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,12 @@ class ExportFormat(str, Enum):
     onnx = "onnx"
 
 
-RunOpt = Annotated[Path, typer.Option("--run", help="A run folder written by `tlx fit-head` or `tlx finetune` (see `tlx runs`).", file_okay=False)]
+RunOpt = Annotated[
+    Path,
+    typer.Option(
+        "--run", help="A run folder written by `tlx fit-head` or `tlx finetune` (see `tlx runs`).", file_okay=False
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -27,26 +32,42 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def predict_command(
-    images: Annotated[List[Path], typer.Argument(help="Image files and/or folders (searched recursively; hidden files and non-image extensions are skipped).")],
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image files and/or folders (searched recursively; hidden files and non-image extensions are skipped)."
+        ),
+    ],
     run: RunOpt,
-    out: Annotated[Optional[Path], typer.Option(help="Write the predictions CSV here [default: print the CSV to stdout].", dir_okay=False)] = None,
-    top_k: Annotated[int, typer.Option(min=1, help="Also list the K most likely classes per image (columns top2, top2_score, ...).")] = 1,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the predictions CSV here [default: print the CSV to stdout].", dir_okay=False),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option(min=1, help="Also list the K most likely classes per image (columns top2, top2_score, ...).")
+    ] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")] = None,
-    device: Annotated[Device, typer.Option(help="Where to run the network for images not in the run's cache.")] = Device.auto,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")
+    ] = None,
+    device: Annotated[
+        Device, typer.Option(help="Where to run the network for images not in the run's cache.")
+    ] = Device.auto,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Predict the class of images with a run: reuses the run's cached features for images
     already in it (same bytes), computes the rest, and writes path,label,score,p_<class>... rows."""
     from tlx.common.device import check_device
-    from tlx.inference.predict import collect_images, csv_columns, predict_paths, write_csv
     from tlx.heads.runs import load_run
+    from tlx.inference.predict import collect_images, csv_columns, predict_paths, write_csv
 
     check_device(device.value)  # before the run is loaded or any image read
     loaded = load_run(run)
     paths = collect_images(images)
-    preds = predict_paths(loaded, paths, batch_size=batch_size, workers=workers, device=device.value, reporter=RichReporter(quiet=quiet))
+    preds = predict_paths(
+        loaded, paths, batch_size=batch_size, workers=workers, device=device.value, reporter=RichReporter(quiet=quiet)
+    )
     for failure in preds.failed[:20]:
         info(f"skipped {failure['path']}: {failure['reason']}", quiet)
     if len(preds.failed) > 20:
@@ -56,7 +77,9 @@ def predict_command(
 
         first = preds.failed[0]
         more = f" (and {len(preds.failed) - 1} more)" if len(preds.failed) > 1 else ""
-        raise DatasetError(f"none of the {len(preds.failed)} image(s) could be read, nothing was predicted: {first['path']}: {first['reason']}{more}")
+        raise DatasetError(
+            f"none of the {len(preds.failed)} image(s) could be read, nothing was predicted: {first['path']}: {first['reason']}{more}"
+        )
 
     rows = preds.rows(top_k)
     columns = csv_columns(preds.classes, top_k)
@@ -83,9 +106,16 @@ def predict_command(
         typer.echo(summary)
     if json_out:
         result = {
-            "run": str(loaded.path), "kind": loaded.kind, "out": str(out) if out is not None else None,
-            "n_images": len(preds.paths), "n_reused": preds.n_reused, "n_computed": preds.n_computed,
-            "n_failed": len(preds.failed), "failed": preds.failed, "folder_accuracy": acc, "seconds": preds.seconds,
+            "run": str(loaded.path),
+            "kind": loaded.kind,
+            "out": str(out) if out is not None else None,
+            "n_images": len(preds.paths),
+            "n_reused": preds.n_reused,
+            "n_computed": preds.n_computed,
+            "n_failed": len(preds.failed),
+            "failed": preds.failed,
+            "folder_accuracy": acc,
+            "seconds": preds.seconds,
             "classes": preds.classes,
         }
         if out is None:
@@ -96,18 +126,30 @@ def predict_command(
 @handle_errors
 def export_command(
     run: RunOpt,
-    format: Annotated[ExportFormat, typer.Option("--format", help="torchscript (torch.jit) or onnx.")] = ExportFormat.onnx,
-    out: Annotated[Optional[Path], typer.Option(help="Output file [default: model.pt or model.onnx inside the run folder]; the sidecar JSON goes to FILE.json.", dir_okay=False)] = None,
+    format: Annotated[
+        ExportFormat, typer.Option("--format", help="torchscript (torch.jit) or onnx.")
+    ] = ExportFormat.onnx,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output file [default: model.pt or model.onnx inside the run folder]; the sidecar JSON goes to FILE.json.",
+            dir_okay=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Export a run as one module: preprocessed images (N, 3, S, S) in, class probabilities out.
     A sidecar JSON next to the file lists the classes and the preprocessing."""
-    from tlx.inference.export import export_run
     from tlx.heads.runs import load_run
+    from tlx.inference.export import export_run
 
     loaded = load_run(run)
     result = export_run(loaded, format.value, out)
-    diff = f"max |diff| {result.max_abs_diff:.1e} ({result.checked_with})" if result.max_abs_diff is not None else result.checked_with
+    diff = (
+        f"max |diff| {result.max_abs_diff:.1e} ({result.checked_with})"
+        if result.max_abs_diff is not None
+        else result.checked_with
+    )
     summary = f"{result.path}: {len(result.classes)} classes, input {'x'.join(map(str, result.input_shape))}; checked: {diff}; sidecar {result.sidecar}; {result.seconds:.1f} s"
     report(summary, result.to_dict(), json_out, quiet)

@@ -48,7 +48,7 @@ def compute_metrics(y_true, proba, classes: Sequence[Any]) -> dict[str, Any]:
         "macro_f1": float(f1.mean()),
         "per_class": {
             str(name): {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=False)
         },
         "confusion_matrix": cm.tolist(),
         "log_loss": float(-np.mean(np.log(clipped[np.arange(len(y_true)), y_true]))),

@@ -47,8 +47,13 @@ def plot_confusion(cm, classes: Sequence[object], path) -> Path:
             x, y = margin + j * cell, 16 + i * cell
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=color)
             if k <= 30:
-                draw.text((x + cell / 2, y + cell / 2), str(cm[i, j]), font=font, anchor="mm",
-                          fill="white" if share > 0.5 else "black")
+                draw.text(
+                    (x + cell / 2, y + cell / 2),
+                    str(cm[i, j]),
+                    font=font,
+                    anchor="mm",
+                    fill="white" if share > 0.5 else "black",
+                )
     for i, name in enumerate(names):  # true classes down the left
         draw.text((margin - 6, 16 + i * cell + cell / 2), name, font=font, anchor="rm", fill="black")
     columns = Image.new("RGB", (label_w, k * cell), "white")  # predicted classes, written sideways

@@ -73,7 +73,7 @@ def compute_metrics(y_true, proba, classes) -> dict[str, Any]:
         "macro_f1": float(f1.mean()),
         "per_class": {
             str(name): {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(classes, prec, rec, f1, sup)
+            for name, p, r, f, s in zip(classes, prec, rec, f1, sup, strict=False)
         },
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "log_loss": float(-np.mean(np.log(clipped[np.arange(len(y_true)), y_true]))),
@@ -125,9 +125,13 @@ def read_metrics(run_dir) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / METRICS_FILE
     if not run_dir.is_dir():
-        raise RunError(f"{run_dir} is not a run folder: no such folder (pass a folder that `tlx fit-head` or `tlx runs` printed)")
+        raise RunError(
+            f"{run_dir} is not a run folder: no such folder (pass a folder that `tlx fit-head` or `tlx runs` printed)"
+        )
     if not path.is_file():
-        raise RunError(f"{run_dir} is not a run folder: it has no {METRICS_FILE} (pass a folder that `tlx fit-head` or `tlx runs` printed)")
+        raise RunError(
+            f"{run_dir} is not a run folder: it has no {METRICS_FILE} (pass a folder that `tlx fit-head` or `tlx runs` printed)"
+        )
     try:
         info = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -168,8 +172,17 @@ def list_runs(root=None, dataset: str | None = None, sort: str = "accuracy") -> 
             records.append({**info, "run": str(folder), "dataset": dataset_of(info), "status": "done"})
         elif (folder / LAST_CHECKPOINT).is_file():
             created = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime((folder / LAST_CHECKPOINT).stat().st_mtime))
-            records.append({"kind": "finetune", "clf": "finetune", "params": {}, "run": str(folder), "dataset": None,
-                            "status": "interrupted", "created": created})
+            records.append(
+                {
+                    "kind": "finetune",
+                    "clf": "finetune",
+                    "params": {},
+                    "run": str(folder),
+                    "dataset": None,
+                    "status": "interrupted",
+                    "created": created,
+                }
+            )
     if dataset is not None:
         records = [r for r in records if _on_dataset(r, dataset)]
     if sort == "created":

@@ -30,7 +30,7 @@ class Preprocessing:
         # timm's rule (timm/data/transforms_factory.py): scale = floor(size / crop_pct). The
         # epsilon keeps crop_pct = crop / resize (torchvision's configs) from landing a float
         # rounding error below the integer it came from (17 / (17 / 25) = 24.999...).
-        return int(math.floor(self.input_size / self.crop_pct + 1e-6))
+        return math.floor(self.input_size / self.crop_pct + 1e-6)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -38,7 +38,7 @@ class Preprocessing:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(
             input_size=int(d["input_size"]),
             crop_pct=float(d["crop_pct"]),
@@ -74,7 +74,7 @@ class FeatureSpace:
     feature_dim: int  # width of the stored vectors (2x the map's channels for avgmax)
 
     @classmethod
-    def from_backbone(cls, cfg: BackboneCfg, pooling: str) -> "FeatureSpace":
+    def from_backbone(cls, cfg: BackboneCfg, pooling: str) -> FeatureSpace:
         width = cfg.feature_dim * (2 if pooling == "avgmax" else 1)
         return cls(cfg.name, cfg.weights_sha256, cfg.weights_id, cfg.preprocessing, pooling, width)
 
@@ -96,7 +96,7 @@ class FeatureSpace:
         return {**self.identity(), "weights_id": self.weights_id, "feature_dim": self.feature_dim, "key": self.key}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FeatureSpace":
+    def from_dict(cls, d: dict) -> FeatureSpace:
         return cls(
             backbone=d["backbone"],
             weights_sha256=d["weights_sha256"],
@@ -106,7 +106,7 @@ class FeatureSpace:
             feature_dim=int(d["feature_dim"]),
         )
 
-    def difference(self, other: "FeatureSpace") -> str:
+    def difference(self, other: FeatureSpace) -> str:
         """A short human sentence naming the first field that differs ('' when equal)."""
         mine, theirs = self.identity(), other.identity()
         for name in ("backbone", "weights_sha256", "pooling", "preprocessing"):

@@ -14,9 +14,18 @@ from pathlib import Path
 
 from tlx.errors import DatasetError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib"}
+)
 # Folder names that mark the split layout DATA/<split>/<class>/<image>, and their canonical name.
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 LAYOUT_HELP = (
     "expected an image folder DATA/<class>/<image>, a split folder DATA/train/<class>/<image> + "
@@ -74,7 +83,9 @@ def _class_folder_items(root: Path, folder: Path, split: str) -> list[Item]:
 
 def _from_folders(root: Path) -> tuple[str, list[Item]]:
     subdirs = _subdirs(root)
-    is_split_layout = bool(subdirs) and all(d.name.lower() in SPLIT_ALIASES for d in subdirs) and all(_subdirs(d) for d in subdirs)
+    is_split_layout = (
+        bool(subdirs) and all(d.name.lower() in SPLIT_ALIASES for d in subdirs) and all(_subdirs(d) for d in subdirs)
+    )
     if is_split_layout:
         items = []
         for split_dir in subdirs:
@@ -93,7 +104,11 @@ def _from_manifest(csv_path: Path) -> list[Item]:
         reader.fieldnames = columns
         items = []
         for line_no, row in enumerate(reader, start=2):
-            path, label, split = (row.get("path") or "").strip(), (row.get("label") or "").strip(), (row.get("split") or "").strip()
+            path, label, split = (
+                (row.get("path") or "").strip(),
+                (row.get("label") or "").strip(),
+                (row.get("split") or "").strip(),
+            )
             if not path or not label:
                 raise DatasetError(f"{csv_path} line {line_no}: empty path or label; every row needs both")
             p = Path(path)
@@ -122,7 +137,9 @@ def discover(data: str | os.PathLike) -> DatasetIndex:
         layout, items = _from_folders(root)
         name = root.name
     if not items:
-        raise DatasetError(f"no images found in {data}: {LAYOUT_HELP} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DatasetError(
+            f"no images found in {data}: {LAYOUT_HELP} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     # One order everywhere (cache rows, splits, fine-tuning): sorted by path.
     items.sort(key=lambda it: it.relpath)
     seen = set()
@@ -132,5 +149,7 @@ def discover(data: str | os.PathLike) -> DatasetIndex:
         seen.add(it.relpath)
     classes = sorted({it.label for it in items})
     if len(classes) < 2:
-        raise DatasetError(f"{data} has a single class {classes[0]!r} ({len(items)} images): a classifier needs at least two class folders or labels")
+        raise DatasetError(
+            f"{data} has a single class {classes[0]!r} ({len(items)} images): a classifier needs at least two class folders or labels"
+        )
     return DatasetIndex(root, name, layout, items, classes)

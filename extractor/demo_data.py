@@ -39,7 +39,9 @@ def digit_image(pixels: np.ndarray, size: int = 64):
     return img.resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
 
 
-def write_digits(out: str | Path, per_class_train: int = 30, per_class_val: int = 15, size: int = 64, seed: int = 0) -> DemoData:
+def write_digits(
+    out: str | Path, per_class_train: int = 30, per_class_val: int = 15, size: int = 64, seed: int = 0
+) -> DemoData:
     """Write a balanced train/val split of the digits under ``out`` (existing files are rewritten
     byte-identically, so re-running the demo reuses the feature cache)."""
     from sklearn.datasets import load_digits

@@ -4,9 +4,9 @@ the main process runs the forward pass under ``torch.inference_mode``."""
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -60,10 +60,8 @@ def lower_priority(_worker_id: int) -> None:
     preempted by a decoder stalls all the others; niced workers run in the gaps instead, and
     the prefetch queue absorbs their delay.
     """
-    try:
+    with suppress(OSError):
         os.nice(19)
-    except OSError:
-        pass
 
 
 def collate_skipping_failures(batch):
@@ -110,7 +108,13 @@ class FeatureRunner:
             out = self.model(x)
         return out.float().cpu().numpy()
 
-    def run(self, paths: Sequence[str], batch_size: int = 32, workers: int | None = None, on_batch: Callable[[int], None] | None = None) -> Iterator[Batch]:
+    def run(
+        self,
+        paths: Sequence[str],
+        batch_size: int = 32,
+        workers: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Iterator[Batch]:
         workers = default_workers() if workers is None else workers
         loader = DataLoader(
             ImageFiles(paths, ResizeCrop(self.pre)),

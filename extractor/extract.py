@@ -7,13 +7,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tlx.common.hashing import sha256_file
 from tlx.common.progress import Reporter
 from tlx.errors import CacheError, TlxError
+from tlx.extractor import store
 from tlx.extractor.config import FeatureSpace
 from tlx.extractor.dataset import DatasetIndex, discover
-from tlx.common.hashing import sha256_file
 from tlx.extractor.registry import DEFAULT_BACKBONE, get_backbone
-from tlx.extractor import store
 
 
 class ExtractionFailed(TlxError):
@@ -41,7 +41,6 @@ class ExtractResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
 
 
 def hash_items(index: DatasetIndex) -> tuple[list[str | None], dict[str, str]]:
@@ -113,7 +112,9 @@ def extract(
         runner = FeatureRunner(net, pooling, device=device, precision=precision)
         reporter.start(len(todo), f"extracting {index.name} with {space.backbone}")
         try:
-            for batch in runner.run([str(index.abspath(index.items[i])) for i in todo], batch_size, workers, on_batch=reporter.advance):
+            for batch in runner.run(
+                [str(index.abspath(index.items[i])) for i in todo], batch_size, workers, on_batch=reporter.advance
+            ):
                 for j, reason in batch.failures:
                     failed[index.items[todo[j]].relpath] = reason
                 if batch.failures and strict:
@@ -127,7 +128,7 @@ def extract(
 
         class_of = {c: k for k, c in enumerate(index.classes)}
         rows = []
-        for item, h in zip(index.items, hashes):
+        for item, h in zip(index.items, hashes, strict=False):
             if h is None or item.relpath in failed:
                 continue
             row = store.Row(item.relpath, class_of[item.label], item.split, h)
@@ -197,7 +198,11 @@ def backbone_for_space(space: FeatureSpace, weights=None):
     net = get_backbone(space.backbone).build(weights=weights or None)
     rebuilt = FeatureSpace.from_backbone(net.cfg, space.pooling)
     if rebuilt.identity() != space.identity():
-        hint = f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})" if space.weights_id.startswith("file:") else ""
+        hint = (
+            f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})"
+            if space.weights_id.startswith("file:")
+            else ""
+        )
         raise CacheError(f"cannot rebuild the feature space {space.backbone}: {space.difference(rebuilt)}{hint}")
     return net
 
@@ -212,5 +217,7 @@ def _read_previous(path: Path, space: FeatureSpace, reporter: Reporter):
         return None
     if old.space.identity() != space.identity():
         # The file name encodes the feature space, so this is a foreign or edited file.
-        raise CacheError(f"{path} holds features of another feature space ({space.difference(old.space)}); move it away and re-run")
+        raise CacheError(
+            f"{path} holds features of another feature space ({space.difference(old.space)}); move it away and re-run"
+        )
     return old

@@ -38,10 +38,20 @@ class Features:
     def has_split(self) -> bool:
         return any(self.split)
 
-    def subset(self, mask) -> "Features":
+    def subset(self, mask) -> Features:
         idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask)
         pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
-        return Features(self.X[idx], self.y[idx], self.classes, pick(self.paths), pick(self.split), pick(self.sha256), self.space, self.path, self.attrs)
+        return Features(
+            self.X[idx],
+            self.y[idx],
+            self.classes,
+            pick(self.paths),
+            pick(self.split),
+            pick(self.sha256),
+            self.space,
+            self.path,
+            self.attrs,
+        )
 
 
 def resolve_cache(path: str | Path | None) -> Path:

@@ -35,7 +35,7 @@ class ResizeCrop:
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = self.resize_size, int(self.resize_size * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        top, left = int(round((new_h - self.crop) / 2.0)), int(round((new_w - self.crop) / 2.0))
+        top, left = round((new_h - self.crop) / 2.0), round((new_w - self.crop) / 2.0)
         # Pillow resizes in two separable passes, horizontal first, rounding to uint8 in
         # between. Doing those passes ourselves lets the vertical one skip the columns the
         # crop drops, with the same pixels as a full resize + crop. (A single

@@ -7,8 +7,8 @@ Adding a backbone is one decorated function in ``backbones.py``; nothing else to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tlx.errors import TlxError
 

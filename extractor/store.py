@@ -88,7 +88,9 @@ def read_index(path: Path) -> CacheIndex:
         with h5py.File(path, "r") as f:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
             if attrs.get("tlx_format") != FORMAT_VERSION:
-                raise CacheError(f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION}); re-run `tlx extract`")
+                raise CacheError(
+                    f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION}); re-run `tlx extract`"
+                )
             return CacheIndex(
                 path=path,
                 space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
@@ -97,11 +99,13 @@ def read_index(path: Path) -> CacheIndex:
                 labels=f["labels"][()],
                 splits=decode_strings(f["split"]),
                 classes=decode_strings(f["classes"]),
-                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]))),
+                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=False)),
                 attrs=attrs,
             )
     except (OSError, KeyError) as exc:
-        raise CacheError(f"{path} is not a readable tlx feature cache ({exc}); delete it and re-run `tlx extract`") from None
+        raise CacheError(
+            f"{path} is not a readable tlx feature cache ({exc}); delete it and re-run `tlx extract`"
+        ) from None
 
 
 # --------------------------------------------------------------------------- journal
@@ -201,10 +205,12 @@ def write_cache(
     width = space.feature_dim
     shards = ShardReader()
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", libver="latest") as f, (h5py.File(old_cache, "r") if old_cache else _null()) as old:
+        with h5py.File(tmp, "w", libver="latest") as f, h5py.File(old_cache, "r") if old_cache else _null() as old:
             chunk = _rows_per_chunk(width)
             n = len(rows)
-            feats = f.create_dataset("features", shape=(n, width), maxshape=(None, width), dtype="f4", chunks=(min(chunk, max(n, 1)), width))
+            feats = f.create_dataset(
+                "features", shape=(n, width), maxshape=(None, width), dtype="f4", chunks=(min(chunk, max(n, 1)), width)
+            )
             # Copy in blocks so memory stays flat however large the dataset is.
             for start in range(0, n, block):
                 part = rows[start : start + block]
@@ -215,7 +221,7 @@ def write_cache(
                     idx = np.array([o for _, o in order])
                     uniq, inverse = np.unique(idx, return_inverse=True)
                     got = old["features"][uniq.tolist()]  # h5py wants increasing indices
-                    for (i, _), j in zip(order, inverse):
+                    for (i, _), j in zip(order, inverse, strict=False):
                         out[i] = got[j]
                 for i, r in enumerate(part):
                     if r.old_row is None:
@@ -224,13 +230,17 @@ def write_cache(
             _string_dataset(f, "paths", [r.path for r in rows])
             _string_dataset(f, "split", [r.split for r in rows])
             _string_dataset(f, "content_sha256", [r.sha256 for r in rows])
-            f.create_dataset("labels", data=np.array([r.label for r in rows], dtype=np.int64), maxshape=(None,), chunks=True)
+            f.create_dataset(
+                "labels", data=np.array([r.label for r in rows], dtype=np.int64), maxshape=(None,), chunks=True
+            )
             _string_dataset(f, "classes", classes)
             g = f.create_group("failed")
             _string_dataset(g, "paths", list(failed))
             _string_dataset(g, "reasons", list(failed.values()))
             for key, value in attrs.items():
-                f.attrs[key] = str(value) if isinstance(value, str) else value  # str subclasses (TorchVersion) confuse h5py
+                f.attrs[key] = (
+                    str(value) if isinstance(value, str) else value
+                )  # str subclasses (TorchVersion) confuse h5py
             f.attrs["tlx_format"] = FORMAT_VERSION
             f.attrs["feature_space"] = json.dumps(space.to_dict())
             f.attrs["n_images"] = len(rows)
@@ -244,7 +254,9 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 def _string_dataset(group, name: str, values: list[str]):
-    return group.create_dataset(name, data=np.array(values, dtype=object), dtype=STR, maxshape=(None,), chunks=True if values else None)
+    return group.create_dataset(
+        name, data=np.array(values, dtype=object), dtype=STR, maxshape=(None,), chunks=True if values else None
+    )
 
 
 class _null:

@@ -28,7 +28,9 @@ def load(path: Path) -> dict:
     except FileNotFoundError:
         raise RunError(f"{path} does not exist") from None
     except Exception as exc:
-        raise RunError(f"{path} is not a tlx checkpoint that loads with weights_only=True ({type(exc).__name__}: {exc}); it is damaged, start a new run") from None
+        raise RunError(
+            f"{path} is not a tlx checkpoint that loads with weights_only=True ({type(exc).__name__}: {exc}); it is damaged, start a new run"
+        ) from None
 
 
 def rng_state() -> dict:
@@ -52,7 +54,15 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
     random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"]

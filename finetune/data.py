@@ -32,11 +32,15 @@ class TrainTransform:
         from torchvision import transforms
 
         self.min_size = 2 * pre.resize_size
-        self.transform = transforms.Compose([
-            transforms.RandomResizedCrop(pre.input_size, scale=CROP_SCALE, interpolation=transforms.InterpolationMode(pre.interpolation)),
-            transforms.RandomHorizontalFlip(),
-            transforms.PILToTensor(),
-        ])
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(
+                    pre.input_size, scale=CROP_SCALE, interpolation=transforms.InterpolationMode(pre.interpolation)
+                ),
+                transforms.RandomHorizontalFlip(),
+                transforms.PILToTensor(),
+            ]
+        )
 
     def load(self, path) -> torch.Tensor:
         return self.transform(load_image(path, min_size=self.min_size))
@@ -65,24 +69,46 @@ def split_dataset(index: DatasetIndex, val_fraction: float, seed: int, exclude: 
     class_of = {c: k for k, c in enumerate(index.classes)}
     labels = np.array([class_of[it.label] for it in items], dtype=np.int64)
     paths = [it.relpath for it in items]
-    train_idx, val_idx, info = split_indices(paths, labels, [it.split for it in items], val_fraction=val_fraction, seed=seed)
+    train_idx, val_idx, info = split_indices(
+        paths, labels, [it.split for it in items], val_fraction=val_fraction, seed=seed
+    )
     train_idx, val_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)
     absolute = [str(index.abspath(it)) for it in items]
     return SplitData(
-        [absolute[i] for i in train_idx], labels[train_idx], [absolute[i] for i in val_idx], labels[val_idx],
-        list(index.classes), dict(info) if isinstance(info, dict) else {"split": info}, excluded,
+        [absolute[i] for i in train_idx],
+        labels[train_idx],
+        [absolute[i] for i in val_idx],
+        labels[val_idx],
+        list(index.classes),
+        dict(info) if isinstance(info, dict) else {"split": info},
+        excluded,
     )
 
 
-def train_loader(paths, pre: Preprocessing, batch_size: int, workers: int, augment: bool, seed: int,
-                 rank: int, world: int, pin_memory: bool) -> tuple[DataLoader, DistributedSampler]:
+def train_loader(
+    paths,
+    pre: Preprocessing,
+    batch_size: int,
+    workers: int,
+    augment: bool,
+    seed: int,
+    rank: int,
+    world: int,
+    pin_memory: bool,
+) -> tuple[DataLoader, DistributedSampler]:
     """Shuffled by a DistributedSampler in every case (``num_replicas=1`` alone), so one process
     and N processes see the same global order; call ``sampler.set_epoch(epoch)`` each epoch."""
     dataset = ImageFiles(paths, TrainTransform(pre) if augment else ResizeCrop(pre))
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_skipping_failures,
-        pin_memory=pin_memory, prefetch_factor=4 if workers else None, persistent_workers=False,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
         worker_init_fn=None if pin_memory else lower_priority,  # on CPU, decoding yields to the training step
         generator=torch.Generator(),  # reseeded each epoch: worker augmentation seeds depend on (seed, epoch, rank) only
     )
@@ -92,8 +118,13 @@ def train_loader(paths, pre: Preprocessing, batch_size: int, workers: int, augme
 def eval_loader(paths, pre: Preprocessing, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
     """In order, no sampler: each process passes its own shard ``paths[rank::world]``."""
     return DataLoader(
-        ImageFiles(paths, ResizeCrop(pre)), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=collate_skipping_failures, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
+        ImageFiles(paths, ResizeCrop(pre)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
         worker_init_fn=None if pin_memory else lower_priority,
     )
 
@@ -111,4 +142,3 @@ def cache_failures(dataset_root: Path, cache_path: Path | None) -> set[str]:
     if str(idx.attrs.get("dataset_root", "")) != str(dataset_root):
         return set()
     return set(idx.failed)
-

@@ -29,7 +29,11 @@ def setup(device_type: str) -> Dist:
     """Join the torchrun process group (gloo on CPU, nccl on CUDA) when RANK is set."""
     if int(os.environ.get("RANK", -1)) == -1:
         return Dist()
-    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
+    rank, local_rank, world = (
+        int(os.environ["RANK"]),
+        int(os.environ.get("LOCAL_RANK", 0)),
+        int(os.environ["WORLD_SIZE"]),
+    )
     if not dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)

@@ -60,7 +60,9 @@ def parse_unfreeze(value: str | int, n_stages: int, backbone: str) -> int | None
     if n < 0:
         raise TlxError(f"--unfreeze must be at least 0 (0 = train the head only), not {n}")
     if n > n_stages:
-        raise TlxError(f"--unfreeze {n} but {backbone} has only {n_stages} stages: use 0..{n_stages}, or 'all' for the whole network")
+        raise TlxError(
+            f"--unfreeze {n} but {backbone} has only {n_stages} stages: use 0..{n_stages}, or 'all' for the whole network"
+        )
     return n
 
 
@@ -69,7 +71,7 @@ def trainable_body_params(body: nn.Module, stages: list[list[str]], unfreeze: in
     if unfreeze is None:
         return {name for name, _ in body.named_parameters()}
     names = set()
-    for stage in stages[len(stages) - unfreeze:] if unfreeze else []:
+    for stage in stages[len(stages) - unfreeze :] if unfreeze else []:
         names.update(stage)
     return names
 
@@ -80,7 +82,9 @@ def apply_freezing(net: FineTuneNet, stages: list[list[str]], unfreeze: int | No
     known = {name for name, _ in net.body.named_parameters()}
     unknown = trainable - known
     if unknown:
-        raise TlxError(f"internal error: the backbone's stages name parameters it does not have (first: {sorted(unknown)[0]!r})")
+        raise TlxError(
+            f"internal error: the backbone's stages name parameters it does not have (first: {sorted(unknown)[0]!r})"
+        )
     for name, p in net.body.named_parameters():
         p.requires_grad_(name in trainable)
     net.head.requires_grad_(True)
@@ -139,7 +143,9 @@ def read_finetune_config(run_dir: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise RunError(f"{run_dir} is not a finished fine-tuning run: {CONFIG_FILE} is missing (a killed run? continue it with `tlx finetune --out {run_dir} --resume`)") from None
+        raise RunError(
+            f"{run_dir} is not a finished fine-tuning run: {CONFIG_FILE} is missing (a killed run? continue it with `tlx finetune --out {run_dir} --resume`)"
+        ) from None
     except ValueError as exc:
         raise RunError(f"{path} is not valid JSON ({exc}): the run folder is damaged; re-run `tlx finetune`") from None
 
@@ -158,7 +164,9 @@ def load_finetuned(run_dir: str | Path):
     cfg = read_finetune_config(run_dir)
     weights = run_dir / MODEL_FILE
     if not weights.is_file():
-        raise RunError(f"{weights} is missing: the fine-tuning run did not finish; continue it with `tlx finetune --out {run_dir} --resume`")
+        raise RunError(
+            f"{weights} is missing: the fine-tuning run did not finish; continue it with `tlx finetune --out {run_dir} --resume`"
+        )
     backbone = get_backbone(cfg["backbone"]).build(weights=None, pretrained=False)
     net = FineTuneNet(backbone.body, cfg["pooling"], int(cfg["feature_dim"]), len(cfg["classes"]))
     state = load_file(str(weights))
@@ -166,5 +174,7 @@ def load_finetuned(run_dir: str | Path):
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         first = (missing or unexpected)[0]
-        raise RunError(f"{weights} does not fit {cfg['backbone']} ({len(missing)} missing, {len(unexpected)} unexpected tensors, first {first!r}): the run folder is damaged or was edited")
+        raise RunError(
+            f"{weights} does not fit {cfg['backbone']} ({len(missing)} missing, {len(unexpected)} unexpected tensors, first {first!r}): the run folder is damaged or was edited"
+        )
     return ProbaModel(net).eval(), Preprocessing.from_dict(cfg["preprocessing"])

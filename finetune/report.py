@@ -26,7 +26,9 @@ def write_finetune_config(run_dir: Path, record: dict) -> Path:
     return write_json_atomic(Path(run_dir) / CONFIG_FILE, record)
 
 
-def plot_learning_curve(history: list[dict], path: Path, best_epoch: int | None = None, init_eval: dict | None = None) -> Path:
+def plot_learning_curve(
+    history: list[dict], path: Path, best_epoch: int | None = None, init_eval: dict | None = None
+) -> Path:
     """Train and validation loss (left) and validation accuracy (right), one point per epoch;
     with ``init_eval`` (LP-FT) the fitted head's own scores appear as epoch 0."""
     import matplotlib
@@ -37,7 +39,11 @@ def plot_learning_curve(history: list[dict], path: Path, best_epoch: int | None 
     epochs = [h["epoch"] for h in history]
     val_epochs, val_loss, val_acc = list(epochs), [h["val_loss"] for h in history], [h["val_accuracy"] for h in history]
     if init_eval:
-        val_epochs, val_loss, val_acc = [0] + val_epochs, [init_eval["val_loss"]] + val_loss, [init_eval["val_accuracy"]] + val_acc
+        val_epochs, val_loss, val_acc = (
+            [0, *val_epochs],
+            [init_eval["val_loss"], *val_loss],
+            [init_eval["val_accuracy"], *val_acc],
+        )
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     ax_loss.plot(val_epochs, val_loss, "o-", label="validation loss")

@@ -32,8 +32,8 @@ OPTIMIZERS = ("adamw", "sgd")
 STEP_DELAY_ENV = "TLX_FINETUNE_STEP_DELAY"
 
 
-
 # --------------------------------------------------------------------------- configuration
+
 
 @dataclass
 class FinetuneConfig:
@@ -93,6 +93,7 @@ def config_difference(saved: dict, explicit: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- optimization
 
+
 def make_optimizer(net: FineTuneNet, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     """Head and body in separate groups (own learning rates); no weight decay on biases and norms."""
     groups = []
@@ -124,6 +125,7 @@ def make_scheduler(optimizer, total_steps: int, warmup_steps: int) -> torch.opti
 
 # --------------------------------------------------------------------------- the loops
 
+
 @dataclass
 class Precision:
     device: torch.device
@@ -138,9 +140,20 @@ def _to_device(images: torch.Tensor, normalize: nn.Module, device: torch.device)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
-def train_one_epoch(model: nn.Module, net: FineTuneNet, loader, labels: np.ndarray, optimizer, scheduler, scaler,
-                    normalize: nn.Module, precision: Precision, trainable: set[str], train_bn: bool,
-                    reporter: Reporter | None = None) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    net: FineTuneNet,
+    loader,
+    labels: np.ndarray,
+    optimizer,
+    scheduler,
+    scaler,
+    normalize: nn.Module,
+    precision: Precision,
+    trainable: set[str],
+    train_bn: bool,
+    reporter: Reporter | None = None,
+) -> dict:
     """One pass over this process's shard of the training set; returns local sums."""
     set_train_mode(net, trainable, train_bn)
     device = precision.device
@@ -175,8 +188,14 @@ def train_one_epoch(model: nn.Module, net: FineTuneNet, loader, labels: np.ndarr
 
 
 @torch.no_grad()
-def evaluate(net: FineTuneNet, loader, labels: np.ndarray, normalize: nn.Module, precision: Precision,
-             reporter: Reporter | None = None) -> dict:
+def evaluate(
+    net: FineTuneNet,
+    loader,
+    labels: np.ndarray,
+    normalize: nn.Module,
+    precision: Precision,
+    reporter: Reporter | None = None,
+) -> dict:
     """Probabilities for this process's shard of the validation set (no padding, no duplicates)."""
     net.eval()
     device = precision.device
@@ -204,13 +223,21 @@ def reduce_eval(d: Dist, local: dict, labels: np.ndarray, num_classes: int, devi
     cm = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(cm, (y, pred), 1)
     comm_device = device if d.enabled and device.type == "cuda" else torch.device("cpu")
-    sums = all_reduce_sum(d, torch.tensor([local["loss_sum"], float(len(y))], dtype=torch.float64, device=comm_device)).cpu()
+    sums = all_reduce_sum(
+        d, torch.tensor([local["loss_sum"], float(len(y))], dtype=torch.float64, device=comm_device)
+    ).cpu()
     cm = all_reduce_sum(d, torch.from_numpy(cm).to(comm_device)).cpu().numpy()
     n = int(sums[1])
-    return {"val_loss": float(sums[0]) / max(1, n), "val_accuracy": float(np.trace(cm)) / max(1, n), "n": n, "confusion_matrix": cm}
+    return {
+        "val_loss": float(sums[0]) / max(1, n),
+        "val_accuracy": float(np.trace(cm)) / max(1, n),
+        "n": n,
+        "confusion_matrix": cm,
+    }
 
 
 # --------------------------------------------------------------------------- the run
+
 
 @dataclass
 class FinetuneResult:
@@ -265,11 +292,15 @@ def _load_init_head(run_dir: str):
 
     run = load_run(run_dir)
     if run.kind != "head":
-        raise RunError(f"--init-head {run_dir} is a {run.kind} run: it needs a run made by `tlx fit-head` (a linear head on cached features)")
+        raise RunError(
+            f"--init-head {run_dir} is a {run.kind} run: it needs a run made by `tlx fit-head` (a linear head on cached features)"
+        )
     W, b, shift, scale = run.head.linear_form()  # NotExportableError (exit 2) for non-linear heads
     classes_ = getattr(run.head, "classes_", None)
     if classes_ is not None and list(np.asarray(classes_).tolist()) != list(range(len(run.classes))):
-        raise RunError(f"--init-head {run_dir}: the head was fitted on {len(classes_)} of the run's {len(run.classes)} classes; fine-tuning needs a head that knows every class")
+        raise RunError(
+            f"--init-head {run_dir}: the head was fitted on {len(classes_)} of the run's {len(run.classes)} classes; fine-tuning needs a head that knows every class"
+        )
     return run, W, b, shift, scale
 
 
@@ -313,11 +344,33 @@ def finetune(
     reporter = reporter if (reporter is not None and d.is_main) else Reporter()
     try:
         return _finetune(
-            d, dev, reporter, started, resume, out, default_workers() if workers is None else workers,
-            {"data": data, "backbone": backbone, "weights": weights, "pool": pool, "unfreeze": unfreeze, "epochs": epochs,
-             "lr": lr, "head_lr": head_lr, "optimizer": optimizer, "weight_decay": weight_decay, "batch_size": batch_size,
-             "init_head": init_head, "augment": augment, "train_bn": train_bn, "early_stop": early_stop,
-             "val_fraction": val_fraction, "seed": seed, "warmup_epochs": warmup_epochs},
+            d,
+            dev,
+            reporter,
+            started,
+            resume,
+            out,
+            default_workers() if workers is None else workers,
+            {
+                "data": data,
+                "backbone": backbone,
+                "weights": weights,
+                "pool": pool,
+                "unfreeze": unfreeze,
+                "epochs": epochs,
+                "lr": lr,
+                "head_lr": head_lr,
+                "optimizer": optimizer,
+                "weight_decay": weight_decay,
+                "batch_size": batch_size,
+                "init_head": init_head,
+                "augment": augment,
+                "train_bn": train_bn,
+                "early_stop": early_stop,
+                "val_fraction": val_fraction,
+                "seed": seed,
+                "warmup_epochs": warmup_epochs,
+            },
         )
     finally:
         cleanup(d)
@@ -334,9 +387,13 @@ def _resolve_config(explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig,
         init = _load_init_head(values["init_head"])
         run = init[0]
         if values.get("backbone") not in (None, run.space.backbone):
-            raise TlxError(f"--backbone {values['backbone']} but the head in {values['init_head']} was fitted on {run.space.backbone} features: drop --backbone, or fit a head on {values['backbone']} features")
+            raise TlxError(
+                f"--backbone {values['backbone']} but the head in {values['init_head']} was fitted on {run.space.backbone} features: drop --backbone, or fit a head on {values['backbone']} features"
+            )
         if values.get("pool") not in (None, run.space.pooling):
-            raise TlxError(f"--pool {values['pool']} but the head in {values['init_head']} was fitted on {run.space.pooling}-pooled features: drop --pool, or fit a head on {values['pool']}-pooled features")
+            raise TlxError(
+                f"--pool {values['pool']} but the head in {values['init_head']} was fitted on {run.space.pooling}-pooled features: drop --pool, or fit a head on {values['pool']}-pooled features"
+            )
         values["backbone"], values["pool"] = run.space.backbone, run.space.pooling
         split = run.info.get("split") or {}
         if isinstance(split, dict) and split.get("source") == "seeded":  # the same split as the head's
@@ -381,7 +438,9 @@ def _check_values(cfg: FinetuneConfig, world: int) -> None:
     if cfg.epochs < 1:
         raise TlxError(f"--epochs must be at least 1, not {cfg.epochs}")
     if cfg.batch_size < 1 or cfg.batch_size % world:
-        raise TlxError(f"--batch-size {cfg.batch_size} must be a positive multiple of the number of processes ({world}): it is the total over all of them")
+        raise TlxError(
+            f"--batch-size {cfg.batch_size} must be a positive multiple of the number of processes ({world}): it is the total over all of them"
+        )
     if cfg.pool not in ("avg", "max", "avgmax"):
         raise TlxError(f"--pool must be avg, max or avgmax, not {cfg.pool!r}")
     for name in ("lr", "head_lr"):
@@ -391,7 +450,9 @@ def _check_values(cfg: FinetuneConfig, world: int) -> None:
         raise TlxError(f"--early-stop must be 0 (off) or a number of epochs, not {cfg.early_stop}")
 
 
-def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, resume: bool, out, workers: int, options: dict) -> FinetuneResult:
+def _finetune(
+    d: Dist, dev: torch.device, reporter: Reporter, started: float, resume: bool, out, workers: int, options: dict
+) -> FinetuneResult:
     from tlx import __version__
     from tlx.extractor.config import FeatureSpace
     from tlx.extractor.dataset import discover
@@ -409,17 +470,23 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
         if run_dir is None:
             raise TlxError("--resume needs --out RUN, the folder of the fine-tuning run to continue")
         if not last_path.is_file():
-            raise RunError(f"--resume: {run_dir} has no checkpoint ({ckpt.CHECKPOINT_DIR}/{ckpt.LAST}): it is not a fine-tuning run or it was killed before its first epoch ended; start it again without --resume")
+            raise RunError(
+                f"--resume: {run_dir} has no checkpoint ({ckpt.CHECKPOINT_DIR}/{ckpt.LAST}): it is not a fine-tuning run or it was killed before its first epoch ended; start it again without --resume"
+            )
         state = ckpt.load(last_path)
         diffs = config_difference(state["config"], explicit)
         if diffs:
-            raise TlxError(f"--resume: the options differ from the checkpoint in {run_dir} ({'; '.join(diffs)}): drop them to continue as it was, or start a new run with another --out")
+            raise TlxError(
+                f"--resume: the options differ from the checkpoint in {run_dir} ({'; '.join(diffs)}): drop them to continue as it was, or start a new run with another --out"
+            )
         cfg = FinetuneConfig(**state["config"])
         init = None  # the checkpoint holds the head; the --init-head run need not exist any more
         cache_path = Path(state["cache"]) if state.get("cache") else None
     else:
         if last_path is not None and last_path.is_file():
-            raise RunError(f"--out {run_dir} already holds a fine-tuning run: pass --resume to continue it, or choose another --out")
+            raise RunError(
+                f"--out {run_dir} already holds a fine-tuning run: pass --resume to continue it, or choose another --out"
+            )
         cfg, init, cache_path = _resolve_config(explicit, reporter)
     _check_values(cfg, d.world)
 
@@ -429,9 +496,13 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
         cache_path = _find_cache_of(index.root)
     split = split_dataset(index, cfg.val_fraction, cfg.seed, exclude=cache_failures(index.root, cache_path))
     if init is not None and list(init[0].classes) != list(split.classes):
-        raise TlxError(f"--init-head {cfg.init_head} was fitted on the classes {init[0].classes} but {cfg.data} has {split.classes}: fit a head on this dataset first")
+        raise TlxError(
+            f"--init-head {cfg.init_head} was fitted on the classes {init[0].classes} but {cfg.data} has {split.classes}: fit a head on this dataset first"
+        )
     if not len(split.train_paths) or not len(split.val_paths):
-        raise DatasetError(f"{cfg.data}: the split leaves {len(split.train_paths)} training and {len(split.val_paths)} validation images; both need at least one")
+        raise DatasetError(
+            f"{cfg.data}: the split leaves {len(split.train_paths)} training and {len(split.val_paths)} validation images; both need at least one"
+        )
 
     # -- model ------------------------------------------------------------------------------------
     random.seed(cfg.seed)
@@ -463,12 +534,14 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     per_process = cfg.batch_size // d.world
-    loader, sampler = train_loader(split.train_paths, pre, per_process, workers, cfg.augment, cfg.seed, d.rank, d.world, cuda)
+    loader, sampler = train_loader(
+        split.train_paths, pre, per_process, workers, cfg.augment, cfg.seed, d.rank, d.world, cuda
+    )
     val_shard = split.val_paths[d.rank :: d.world]
     val_loader = eval_loader(val_shard, pre, per_process, workers, cuda)
     val_labels_shard = split.val_labels[d.rank :: d.world]
     steps_per_epoch = len(loader)
-    warmup = int(round(min(cfg.warmup_epochs, cfg.epochs / 5) * steps_per_epoch))
+    warmup = round(min(cfg.warmup_epochs, cfg.epochs / 5) * steps_per_epoch)
     optimizer = make_optimizer(net, cfg)
     scheduler = make_scheduler(optimizer, cfg.epochs * steps_per_epoch, warmup)
 
@@ -494,9 +567,13 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
         elif best["epoch"] == int(state["epoch"]):  # killed between writing last.pt and best.pt
             best_state = {k: v.clone() for k, v in state["model"].items()}
             if d.is_main:
-                ckpt.save_atomic({"model": best_state, "epoch": best["epoch"], "val_accuracy": best["val_accuracy"]}, best_path)
+                ckpt.save_atomic(
+                    {"model": best_state, "epoch": best["epoch"], "val_accuracy": best["val_accuracy"]}, best_path
+                )
         else:
-            raise RunError(f"{best_path} does not hold the best epoch ({best['epoch'] + 1}) that {last_path} records: the run folder is damaged; start a new run")
+            raise RunError(
+                f"{best_path} does not hold the best epoch ({best['epoch'] + 1}) that {last_path} records: the run folder is damaged; start a new run"
+            )
         reporter.message(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
     else:
         run_dir = None
@@ -528,7 +605,9 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
         best_eval = ev0
         if d.is_main:
             ckpt.save_atomic({"model": best_state, "epoch": -1, "val_accuracy": red0["val_accuracy"]}, best_path)
-        reporter.message(f"epoch 0 (the fitted head, before any step): val loss {red0['val_loss']:.4f}, val acc {red0['val_accuracy']:.4f}")
+        reporter.message(
+            f"epoch 0 (the fitted head, before any step): val loss {red0['val_loss']:.4f}, val acc {red0['val_accuracy']:.4f}"
+        )
     else:
         init_eval = None
 
@@ -544,7 +623,20 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
         loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + d.rank)
         reporter.start(len(sampler), f"epoch {epoch + 1}/{cfg.epochs} train")
         try:
-            tr = train_one_epoch(model, net, loader, split.train_labels, optimizer, scheduler, scaler, normalize, precision, trainable, cfg.train_bn, reporter)
+            tr = train_one_epoch(
+                model,
+                net,
+                loader,
+                split.train_labels,
+                optimizer,
+                scheduler,
+                scaler,
+                normalize,
+                precision,
+                trainable,
+                cfg.train_bn,
+                reporter,
+            )
         finally:
             reporter.stop()
         t_train = time.perf_counter() - t0
@@ -553,7 +645,12 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
             ev = evaluate(net, val_loader, val_labels_shard, normalize, precision, reporter)
         finally:
             reporter.stop()
-        train_sums = all_reduce_sum(d, torch.tensor([tr["loss_sum"], float(tr["n"])], dtype=torch.float64, device=dev if d.enabled and cuda else "cpu")).cpu()
+        train_sums = all_reduce_sum(
+            d,
+            torch.tensor(
+                [tr["loss_sum"], float(tr["n"])], dtype=torch.float64, device=dev if d.enabled and cuda else "cpu"
+            ),
+        ).cpu()
         red = reduce_eval(d, ev, val_labels_shard, len(split.classes), dev)
         for j, reason in tr["failures"]:
             skipped[split.train_paths[j]] = reason
@@ -582,28 +679,32 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
             bad_epochs += 1
         stopped = bool(cfg.early_stop) and bad_epochs >= cfg.early_stop and epoch + 1 < cfg.epochs
         if d.is_main:
-            ckpt.save_atomic({
-                "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "epoch": epoch,
-                "config": cfg.to_dict(),
-                "rng": ckpt.rng_state(),
-                "history": history,
-                "best": best,
-                "bad_epochs": bad_epochs,
-                "stopped": stopped,
-                "cache": str(cache_path) if cache_path else "",
-                "feature_space": space.to_dict(),
-                "init_eval": init_eval or {},
-            }, last_path)
+            ckpt.save_atomic(
+                {
+                    "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "epoch": epoch,
+                    "config": cfg.to_dict(),
+                    "rng": ckpt.rng_state(),
+                    "history": history,
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "stopped": stopped,
+                    "cache": str(cache_path) if cache_path else "",
+                    "feature_space": space.to_dict(),
+                    "init_eval": init_eval or {},
+                },
+                last_path,
+            )
             if improved:
                 ckpt.save_atomic({"model": best_state, "epoch": epoch, "val_accuracy": red["val_accuracy"]}, best_path)
         reporter.message(
             f"epoch {epoch + 1}/{cfg.epochs}: train loss {entry['train_loss']:.4f}, val loss {entry['val_loss']:.4f}, "
             f"val acc {entry['val_accuracy']:.4f}{' (best)' if improved else ''}, {seconds:.1f} s, "
-            f"{entry['train_images_per_second']:.1f} img/s" + (f"; no improvement for {bad_epochs} epochs, stopping early" if stopped else "")
+            f"{entry['train_images_per_second']:.1f} img/s"
+            + (f"; no improvement for {bad_epochs} epochs, stopping early" if stopped else "")
         )
     barrier(d)
 
@@ -620,23 +721,65 @@ def _finetune(d: Dist, dev: torch.device, reporter: Reporter, started: float, re
         proba = np.concatenate([p[1] for p in parts])
         keep = np.argsort(order, kind="stable")
         order, proba = order[keep], proba[keep]
-        metrics = _write_run(run_dir, cfg, split, order, proba, space, backbone, n_unfreeze, history, best, best_state,
-                             stopped, cache_path, epoch_seconds, seconds, __version__, init_eval)
+        metrics = _write_run(
+            run_dir,
+            cfg,
+            split,
+            order,
+            proba,
+            space,
+            backbone,
+            n_unfreeze,
+            history,
+            best,
+            best_state,
+            stopped,
+            cache_path,
+            epoch_seconds,
+            seconds,
+            __version__,
+            init_eval,
+        )
     barrier(d)
     seconds_per_epoch = float(np.mean([h["seconds"] for h in history])) if history else 0.0
     return FinetuneResult(
-        run=str(run_dir), val_accuracy=float(metrics.get("val_accuracy", best["val_accuracy"])), best_epoch=best["epoch"] + 1,
-        epochs_done=len(history), seconds=round(seconds, 3), seconds_per_epoch=round(seconds_per_epoch, 3),
-        early_stopped=stopped, resumed_from=resumed_from, n_train=len(split.train_paths), n_val=len(split.val_paths),
-        n_skipped=len(skipped), metrics=metrics,
+        run=str(run_dir),
+        val_accuracy=float(metrics.get("val_accuracy", best["val_accuracy"])),
+        best_epoch=best["epoch"] + 1,
+        epochs_done=len(history),
+        seconds=round(seconds, 3),
+        seconds_per_epoch=round(seconds_per_epoch, 3),
+        early_stopped=stopped,
+        resumed_from=resumed_from,
+        n_train=len(split.train_paths),
+        n_val=len(split.val_paths),
+        n_skipped=len(skipped),
+        metrics=metrics,
     )
 
 
-def _write_run(run_dir: Path, cfg: FinetuneConfig, split, order, proba, space, backbone, n_unfreeze, history, best,
-               best_state, stopped, cache_path, epoch_seconds, seconds, version, init_eval=None) -> dict:
+def _write_run(
+    run_dir: Path,
+    cfg: FinetuneConfig,
+    split,
+    order,
+    proba,
+    space,
+    backbone,
+    n_unfreeze,
+    history,
+    best,
+    best_state,
+    stopped,
+    cache_path,
+    epoch_seconds,
+    seconds,
+    version,
+    init_eval=None,
+) -> dict:
+    from tlx.common.runfolder import compute_metrics, plot_confusion, write_metrics
     from tlx.extractor.store import now_iso
     from tlx.finetune.report import plot_learning_curve, save_model, write_finetune_config
-    from tlx.common.runfolder import compute_metrics, plot_confusion, write_metrics
 
     y_true = split.val_labels[order]
     m = compute_metrics(y_true, proba, split.classes)
@@ -658,7 +801,7 @@ def _write_run(run_dir: Path, cfg: FinetuneConfig, split, order, proba, space, b
         "split": split.info,
         "n_train": len(split.train_paths),
         "n_val": len(split.val_paths),
-        "n_val_scored": int(len(y_true)),
+        "n_val_scored": len(y_true),
         "created": now_iso(),
         "tlx_version": version,
         "best_epoch": best["epoch"] + 1,
@@ -670,23 +813,26 @@ def _write_run(run_dir: Path, cfg: FinetuneConfig, split, order, proba, space, b
         "init_head_val_accuracy": (init_eval or {}).get("val_accuracy"),
     }
     save_model(best_state, run_dir)
-    write_finetune_config(run_dir, {
-        "kind": "finetune",
-        "backbone": cfg.backbone,
-        "architecture": backbone.cfg.architecture,
-        "weights": cfg.weights,
-        "weights_id": space.weights_id,
-        "weights_sha256": space.weights_sha256,
-        "pooling": cfg.pool,
-        "feature_dim": space.feature_dim,
-        "classes": list(split.classes),
-        "preprocessing": space.preprocessing.to_dict(),
-        "unfreeze": cfg.unfreeze,
-        "n_stages": len(backbone.stages),
-        "init_head": cfg.init_head,
-        "best_epoch": best["epoch"] + 1,
-        "tlx_version": version,
-    })
+    write_finetune_config(
+        run_dir,
+        {
+            "kind": "finetune",
+            "backbone": cfg.backbone,
+            "architecture": backbone.cfg.architecture,
+            "weights": cfg.weights,
+            "weights_id": space.weights_id,
+            "weights_sha256": space.weights_sha256,
+            "pooling": cfg.pool,
+            "feature_dim": space.feature_dim,
+            "classes": list(split.classes),
+            "preprocessing": space.preprocessing.to_dict(),
+            "unfreeze": cfg.unfreeze,
+            "n_stages": len(backbone.stages),
+            "init_head": cfg.init_head,
+            "best_epoch": best["epoch"] + 1,
+            "tlx_version": version,
+        },
+    )
     plot_confusion(np.asarray(m["confusion_matrix"]), split.classes, run_dir / "confusion.png")
     plot_learning_curve(history, run_dir / "learning_curve.png", best["epoch"] + 1, init_eval)
     write_metrics(run_dir, metrics)

@@ -4,11 +4,33 @@ Importing this package does not import torch (only the ``linear`` head's ``fit``
 """
 
 from tlx.heads.base import Head, HeadError, NotExportableError, softmax
-from tlx.heads.registry import DEFAULT_HEAD, HeadSpec, ParamError, UnknownHeadError, get_head, list_heads, parse_params, register_head
+from tlx.heads.registry import (
+    DEFAULT_HEAD,
+    HeadSpec,
+    ParamError,
+    UnknownHeadError,
+    get_head,
+    list_heads,
+    parse_params,
+    register_head,
+)
 from tlx.heads.runs import Run, load_run
 from tlx.heads.split import split_indices
 
 __all__ = [
-    "DEFAULT_HEAD", "Head", "HeadError", "HeadSpec", "NotExportableError", "ParamError", "Run", "UnknownHeadError",
-    "get_head", "list_heads", "load_run", "parse_params", "register_head", "softmax", "split_indices",
+    "DEFAULT_HEAD",
+    "Head",
+    "HeadError",
+    "HeadSpec",
+    "NotExportableError",
+    "ParamError",
+    "Run",
+    "UnknownHeadError",
+    "get_head",
+    "list_heads",
+    "load_run",
+    "parse_params",
+    "register_head",
+    "softmax",
+    "split_indices",
 ]

@@ -92,7 +92,9 @@ class Head(ClassifierMixin, BaseEstimator):
         classes = np.unique(y)
         if len(classes) < 2:
             found = f"only class {classes[0]!r}" if len(classes) else "no rows"
-            raise HeadError(f"the training set has {found}: a {self.name} head needs at least 2 classes with training images")
+            raise HeadError(
+                f"the training set has {found}: a {self.name} head needs at least 2 classes with training images"
+            )
         return X, y
 
     def _check_X(self, X) -> np.ndarray:

@@ -19,44 +19,46 @@ from pathlib import Path
 
 import numpy as np
 
-from tlx.errors import RunError, TlxError
 from tlx.common.atomic import write_json_atomic
 from tlx.common.hashing import sha256_file
+from tlx.errors import RunError, TlxError
 
 HEAD_JSON = "head.json"
 FORMAT = "tlx-head"
 FORMAT_VERSION = 1
 
 # Types that a saved scikit-learn head may contain beyond those skops trusts by default.
-ALLOWED_TYPES = frozenset({
-    "sklearn.pipeline.Pipeline",
-    "sklearn.preprocessing._data.StandardScaler",
-    "sklearn.preprocessing._label.LabelBinarizer",
-    "sklearn.preprocessing._label.LabelEncoder",
-    "sklearn.linear_model._logistic.LogisticRegression",
-    "sklearn.linear_model._ridge.RidgeClassifier",
-    "sklearn.svm._classes.SVC",
-    "sklearn.calibration.CalibratedClassifierCV",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.model_selection._split.StratifiedKFold",
-    "sklearn.neighbors._classification.KNeighborsClassifier",
-    "sklearn.ensemble._forest.RandomForestClassifier",
-    "sklearn.tree._classes.DecisionTreeClassifier",
-    "sklearn.tree._tree.Tree",
-    "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
-    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
-    "numpy.ndarray",
-    "numpy.dtype",
-    "numpy.float32",
-    "numpy.float64",
-    "numpy.int32",
-    "numpy.int64",
-    "numpy.random.mtrand.RandomState",
-    "numpy.random._mt19937.MT19937",
-    "builtins.slice",
-})
+ALLOWED_TYPES = frozenset(
+    {
+        "sklearn.pipeline.Pipeline",
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.preprocessing._label.LabelBinarizer",
+        "sklearn.preprocessing._label.LabelEncoder",
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "sklearn.linear_model._ridge.RidgeClassifier",
+        "sklearn.svm._classes.SVC",
+        "sklearn.calibration.CalibratedClassifierCV",
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.model_selection._split.StratifiedKFold",
+        "sklearn.neighbors._classification.KNeighborsClassifier",
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.tree._tree.Tree",
+        "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.float32",
+        "numpy.float64",
+        "numpy.int32",
+        "numpy.int64",
+        "numpy.random.mtrand.RandomState",
+        "numpy.random._mt19937.MT19937",
+        "builtins.slice",
+    }
+)
 
 
 def _skops_io():
@@ -104,7 +106,11 @@ def save_head(head, run_dir) -> Path:
         from safetensors.numpy import save_file
 
         file = run_dir / "head.safetensors"
-        tensors = {name: np.ascontiguousarray(getattr(head, name)) for name in head._tensors if getattr(head, name, None) is not None}
+        tensors = {
+            name: np.ascontiguousarray(getattr(head, name))
+            for name in head._tensors
+            if getattr(head, name, None) is not None
+        }
         save_file(tensors, str(file), metadata={"format": FORMAT, "head": head.name})
     record = {
         "format": FORMAT,
@@ -136,7 +142,9 @@ def load_head(run_dir):
     if not ok:
         raise RunError(f"{meta_path} is not a tlx head description: the run is damaged or foreign; fit the head again")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise RunError(f"{meta_path} has head format version {meta.get('format_version')!r} but this tlx reads {FORMAT_VERSION}: fit the head again")
+        raise RunError(
+            f"{meta_path} has head format version {meta.get('format_version')!r} but this tlx reads {FORMAT_VERSION}: fit the head again"
+        )
     try:
         spec = get_head(meta["head"])
         defaults = spec.defaults()
@@ -153,7 +161,9 @@ def load_head(run_dir):
     if not file.is_file():
         raise RunError(f"{file} is missing: the run folder is incomplete; fit the head again")
     if sha256_file(file) != expected_hash:
-        raise RunError(f"{file} failed its integrity check (its sha256 does not match {HEAD_JSON}): it was damaged or changed after it was written; fit the head again")
+        raise RunError(
+            f"{file} failed its integrity check (its sha256 does not match {HEAD_JSON}): it was damaged or changed after it was written; fit the head again"
+        )
 
     if file.suffix == ".skops":
         model = _load_skops(file)
@@ -191,12 +201,12 @@ def _load_skops(file: Path):
 
     try:
         untrusted = sio.get_untrusted_types(file=file)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a skops file"
+    except Exception as exc:
         raise RunError(f"{file} is not a readable skops file ({type(exc).__name__}): fit the head again") from None
     refused = sorted(set(untrusted) - ALLOWED_TYPES)
     if refused:
         raise RunError(f"{file} contains types outside the allow-list ({', '.join(refused[:3])}): refusing to load it")
     try:
         return sio.load(file, trusted=list(untrusted))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise RunError(f"{file} could not be loaded ({type(exc).__name__}: {exc}): fit the head again") from None

@@ -11,8 +11,8 @@ The tests compare its minimum with ``scipy.optimize.minimize(method="L-BFGS-B")`
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -28,8 +28,15 @@ class LbfgsResult:
     converged: bool
 
 
-def minimize_lbfgs(fun: Objective, x0: np.ndarray, max_iter: int = 200, gtol: float = 1e-4, ftol: float = 1e-9,
-                   history: int = 10, max_backtracks: int = 30) -> LbfgsResult:
+def minimize_lbfgs(
+    fun: Objective,
+    x0: np.ndarray,
+    max_iter: int = 200,
+    gtol: float = 1e-4,
+    ftol: float = 1e-9,
+    history: int = 10,
+    max_backtracks: int = 30,
+) -> LbfgsResult:
     """Minimize ``fun`` from ``x0``. Stops when the largest gradient entry is at most ``gtol``
     (as torch's ``LBFGS(tolerance_grad)`` and scipy's ``gtol``), when an iteration lowers the
     value by less than ``ftol`` relative to it, or after ``max_iter`` iterations."""
@@ -77,6 +84,6 @@ def _two_loop(g: np.ndarray, pairs: deque) -> np.ndarray:
     if pairs:
         s, y, _ = pairs[-1]
         q *= float(s @ y) / float(y @ y)
-    for (s, y, rho), a in zip(pairs, reversed(alphas)):
+    for (s, y, rho), a in zip(pairs, reversed(alphas), strict=False):
         q += (a - rho * float(y @ q)) * s
     return q

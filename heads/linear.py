@@ -16,19 +16,31 @@ from __future__ import annotations
 import numpy as np
 
 from tlx.heads.base import Head, NotExportableError, softmax
-from tlx.heads.registry import register_head
 from tlx.heads.linear_objective import SoftmaxProblem, fit_torch, l2_normalize
+from tlx.heads.registry import register_head
 
 
-@register_head("linear", main_param="weight_decay", grid=np.logspace(0, -6, 7).tolist(),
-               description="softmax regression, full-batch L-BFGS (default)")
+@register_head(
+    "linear",
+    main_param="weight_decay",
+    grid=np.logspace(0, -6, 7).tolist(),
+    description="softmax regression, full-batch L-BFGS (default)",
+)
 class LinearHead(Head):
     """Softmax regression, full-batch L-BFGS, L2 weight decay."""
 
     _tensors = ("coef_", "intercept_", "shift_", "scale_")
 
-    def __init__(self, weight_decay: float = 1e-3, standardize: bool = True, l2norm: bool = False,
-                 class_weight=None, max_iter: int = 200, tol: float = 1e-4, device: str = "cpu"):
+    def __init__(
+        self,
+        weight_decay: float = 1e-3,
+        standardize: bool = True,
+        l2norm: bool = False,
+        class_weight=None,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        device: str = "cpu",
+    ):
         self.weight_decay = weight_decay
         self.standardize = standardize
         self.l2norm = l2norm
@@ -56,7 +68,9 @@ class LinearHead(Head):
         self.shift_ = problem.shift if self.standardize else None
         self.scale_ = problem.scale if self.standardize else None
         if str(self.device).startswith("cuda"):
-            W, b, self.n_iter_ = fit_torch(problem, float(self.weight_decay), int(self.max_iter), float(self.tol), self.device)
+            W, b, self.n_iter_ = fit_torch(
+                problem, float(self.weight_decay), int(self.max_iter), float(self.tol), self.device
+            )
         else:
             W, b, self.n_iter_ = problem.fit(float(self.weight_decay), int(self.max_iter), float(self.tol))
         self.loss_ = problem.loss(W, b, float(self.weight_decay))

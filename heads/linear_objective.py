@@ -10,7 +10,7 @@ block (``CacheRows``), where memory stays bounded by the block size.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -28,8 +28,15 @@ class SoftmaxProblem:
     (``class_weight='balanced'``). The loss is ``sum(w_i * ce_i) / n + lam / 2 * ||W||^2``
     (``w_i = 1`` without weights, so it is the mean cross-entropy)."""
 
-    def __init__(self, X: np.ndarray, targets: np.ndarray, n_classes: int, weights: np.ndarray | None = None,
-                 l2norm: bool = False, block_rows: int = BLOCK_ROWS):
+    def __init__(
+        self,
+        X: np.ndarray,
+        targets: np.ndarray,
+        n_classes: int,
+        weights: np.ndarray | None = None,
+        l2norm: bool = False,
+        block_rows: int = BLOCK_ROWS,
+    ):
         self.X, self.targets, self.n_classes = X, np.asarray(targets, dtype=np.int64), int(n_classes)
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         self.l2norm, self.block_rows = l2norm, int(block_rows)
@@ -98,7 +105,9 @@ class SoftmaxProblem:
         return result.x[: c * d].reshape(c, d), result.x[c * d :], result.n_iter
 
 
-def fit_torch(problem: SoftmaxProblem, lam: float, max_iter: int, tol: float, device: str) -> tuple[np.ndarray, np.ndarray, int]:
+def fit_torch(
+    problem: SoftmaxProblem, lam: float, max_iter: int, tol: float, device: str
+) -> tuple[np.ndarray, np.ndarray, int]:
     """The same objective minimized by ``torch.optim.LBFGS`` on ``device`` (a GPU): the data is
     standardized once on the device, where it is fast, rather than folded into the weights."""
     import torch
@@ -110,8 +119,15 @@ def fit_torch(problem: SoftmaxProblem, lam: float, max_iter: int, tol: float, de
     w = None if problem.weights is None else torch.from_numpy(problem.weights.astype(np.float32)).to(dev)
     W = torch.zeros(problem.n_classes, problem.d, device=dev, requires_grad=True)
     b = torch.zeros(problem.n_classes, device=dev, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-9,
-                            history_size=10, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [W, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=tol,
+        tolerance_change=1e-9,
+        history_size=10,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad(set_to_none=False)

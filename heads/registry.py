@@ -17,7 +17,7 @@ from tlx.errors import TlxError
 
 DEFAULT_HEAD = "linear"
 
-_HEADS: dict[str, "HeadSpec"] = {}
+_HEADS: dict[str, HeadSpec] = {}
 
 
 class UnknownHeadError(TlxError):
@@ -156,7 +156,9 @@ def parse_params(spec: HeadSpec, items) -> dict[str, Any]:
         for item in items or []:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise ParamError(f"--param {item!r}: expected KEY=VALUE, e.g. --param {spec.main_param}={spec.grid[len(spec.grid) // 2]}")
+                raise ParamError(
+                    f"--param {item!r}: expected KEY=VALUE, e.g. --param {spec.main_param}={spec.grid[len(spec.grid) // 2]}"
+                )
             pairs.append((key.strip(), value.strip()))
     out = {}
     for key, value in pairs:
@@ -193,7 +195,9 @@ def param_constraints(spec: HeadSpec, head=None) -> list[tuple[str, list, Any]]:
     checked on the value the estimator is given (the head may convert it, as svm's gamma)."""
     head = spec.build() if head is None else head
     values = head.get_params()
-    checks = [(key, rule, values[key]) for key, rule in {**common_constraints(), **spec.constraints}.items() if key in values]
+    checks = [
+        (key, rule, values[key]) for key, rule in {**common_constraints(), **spec.constraints}.items() if key in values
+    ]
     for est in head.estimators() if hasattr(head, "estimators") else []:
         given = est.get_params(deep=False)
         for key, rule in getattr(type(est), "_parameter_constraints", {}).items():
@@ -216,7 +220,9 @@ def validate_params(spec: HeadSpec, params: dict) -> None:
             wanted = must.group(1) if must else str(exc)
             shown = params.get(key, value)
             shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
-            raise ParamError(f"--param {key}={shown}: {spec.name} needs {key} to be {wanted} (default {defaults.get(key)!r})") from None
+            raise ParamError(
+                f"--param {key}={shown}: {spec.name} needs {key} to be {wanted} (default {defaults.get(key)!r})"
+            ) from None
 
 
 def describe_heads() -> list[dict[str, Any]]:
@@ -230,19 +236,26 @@ def describe_heads() -> list[dict[str, Any]]:
     for name, spec in _HEADS.items():
         valid: dict[str, list[str]] = {}
         for key, rule, _ in param_constraints(spec):
-            texts = ["true or false" if c == "boolean" else str(make_constraint(c))
-                     for c in rule if c is not None and not getattr(make_constraint(c), "hidden", False)]
+            texts = [
+                "true or false" if c == "boolean" else str(make_constraint(c))
+                for c in rule
+                if c is not None and not getattr(make_constraint(c), "hidden", False)
+            ]
             texts += ["None"] if None in rule else []
             valid.setdefault(key, texts)  # tlx's own rule, listed first, describes it best
-        rows.append({
-            "name": name,
-            "description": spec.description,
-            "default": name == DEFAULT_HEAD,
-            "exportable": spec.exportable,
-            "class_weight": spec.supports_class_weight,
-            "sweep_param": spec.main_param,
-            "sweep_grid": list(spec.grid),
-            "params": [{"name": key, "default": value, "valid": " or ".join(valid.get(key, []))}
-                       for key, value in jsonable_params(spec.defaults()).items()],
-        })
+        rows.append(
+            {
+                "name": name,
+                "description": spec.description,
+                "default": name == DEFAULT_HEAD,
+                "exportable": spec.exportable,
+                "class_weight": spec.supports_class_weight,
+                "sweep_param": spec.main_param,
+                "sweep_grid": list(spec.grid),
+                "params": [
+                    {"name": key, "default": value, "valid": " or ".join(valid.get(key, []))}
+                    for key, value in jsonable_params(spec.defaults()).items()
+                ],
+            }
+        )
     return rows

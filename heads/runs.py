@@ -33,7 +33,9 @@ def load_run(run_dir) -> Run:
         space = FeatureSpace.from_dict(info["feature_space"])
         classes = [str(c) for c in info["classes"]]
     except (KeyError, TypeError, ValueError) as exc:
-        raise RunError(f"{run_dir / METRICS_FILE} lacks a valid {exc} entry: the run is incomplete; fit it again") from None
+        raise RunError(
+            f"{run_dir / METRICS_FILE} lacks a valid {exc} entry: the run is incomplete; fit it again"
+        ) from None
     head = None
     if info["kind"] == "head":
         from tlx.heads.io import load_head

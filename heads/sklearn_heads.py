@@ -7,11 +7,15 @@ Each wraps one scikit-learn estimator, behind a ``StandardScaler`` where scaling
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils._param_validation import Interval, StrOptions  # sklearn.base, imported by heads.base, loads it anyway
+from sklearn.utils._param_validation import (
+    Interval,
+    StrOptions,
+)  # sklearn.base, imported by heads.base, loads it anyway
 
 from tlx.heads.base import Head, softmax
 from tlx.heads.registry import register_head
@@ -30,7 +34,7 @@ class SklearnHead(Head):
         from sklearn.preprocessing import StandardScaler
 
         steps = [("scale", StandardScaler())] if self.standardize else []
-        return Pipeline(steps + [("clf", self._estimator())])
+        return Pipeline([*steps, ("clf", self._estimator())])
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         from sklearn.exceptions import ConvergenceWarning
@@ -62,7 +66,9 @@ class SklearnHead(Head):
         expected = [(name, type(step)) for name, step in self._pipeline().steps]
         found = [(name, type(step)) for name, step in getattr(model, "steps", [])]
         if found != expected:
-            raise ValueError(f"expected a pipeline of {[t.__name__ for _, t in expected]}, found {[t.__name__ for _, t in found]}")
+            raise ValueError(
+                f"expected a pipeline of {[t.__name__ for _, t in expected]}, found {[t.__name__ for _, t in found]}"
+            )
         self.model_ = model
         clf = model[-1]
         self.classes_ = np.asarray(clf.classes_)
@@ -81,12 +87,18 @@ class SklearnHead(Head):
         return scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
 
 
-@register_head("logreg", main_param="C", grid=np.logspace(-4, 4, 9).tolist(),
-               description="scikit-learn LogisticRegression (L-BFGS), standardized")
+@register_head(
+    "logreg",
+    main_param="C",
+    grid=np.logspace(-4, 4, 9).tolist(),
+    description="scikit-learn LogisticRegression (L-BFGS), standardized",
+)
 class LogregHead(SklearnHead):
     """scikit-learn LogisticRegression (multinomial, L-BFGS) on standardized features."""
 
-    def __init__(self, C: float = 1.0, standardize: bool = True, class_weight=None, max_iter: int = 1000, tol: float = 1e-4):
+    def __init__(
+        self, C: float = 1.0, standardize: bool = True, class_weight=None, max_iter: int = 1000, tol: float = 1e-4
+    ):
         self.C = C
         self.standardize = standardize
         self.class_weight = class_weight
@@ -107,9 +119,13 @@ class LogregHead(SklearnHead):
         return W, b, shift, scale
 
 
-@register_head("svm", main_param="C", grid=np.logspace(-3, 3, 7).tolist(),
-               description="scikit-learn SVC (rbf or linear kernel, sigmoid-calibrated probabilities), standardized",
-               constraints={"kernel": [StrOptions({"rbf", "linear"})]})
+@register_head(
+    "svm",
+    main_param="C",
+    grid=np.logspace(-3, 3, 7).tolist(),
+    description="scikit-learn SVC (rbf or linear kernel, sigmoid-calibrated probabilities), standardized",
+    constraints={"kernel": [StrOptions({"rbf", "linear"})]},
+)
 class SvmHead(SklearnHead):
     """scikit-learn SVC, kernel rbf or linear, with sigmoid (Platt) probabilities.
 
@@ -117,7 +133,15 @@ class SvmHead(SklearnHead):
     ``CalibratedClassifierCV(SVC(), ensemble=False)``, which is what this head uses: the SVC is
     refitted on all rows and its scores calibrated from cross-validated ones."""
 
-    def __init__(self, C: float = 1.0, kernel: str = "rbf", gamma: str = "scale", standardize: bool = True, class_weight=None, seed: int = 0):
+    def __init__(
+        self,
+        C: float = 1.0,
+        kernel: str = "rbf",
+        gamma: str = "scale",
+        standardize: bool = True,
+        class_weight=None,
+        seed: int = 0,
+    ):
         self.C = C
         self.kernel = kernel
         self.gamma = gamma
@@ -140,22 +164,26 @@ class SvmHead(SklearnHead):
         from sklearn.svm import SVC
 
         gamma = self.gamma
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             gamma = float(gamma)
-        except (TypeError, ValueError):
-            pass
         svc = SVC(C=self.C, kernel=self.kernel, gamma=gamma, class_weight=self.class_weight)
         folds = StratifiedKFold(getattr(self, "_folds", 5), shuffle=True, random_state=self.seed)
         return CalibratedClassifierCV(svc, method="sigmoid", cv=folds, ensemble=False)
 
 
-@register_head("knn", main_param="n_neighbors", grid=[32, 16, 8, 4, 2, 1],
-               description="scikit-learn k-nearest neighbours, standardized",
-               constraints={"n_neighbors": [Interval(Integral, 1, None, closed="left")]})
+@register_head(
+    "knn",
+    main_param="n_neighbors",
+    grid=[32, 16, 8, 4, 2, 1],
+    description="scikit-learn k-nearest neighbours, standardized",
+    constraints={"n_neighbors": [Interval(Integral, 1, None, closed="left")]},
+)
 class KnnHead(SklearnHead):
     """scikit-learn KNeighborsClassifier on standardized features."""
 
-    def __init__(self, n_neighbors: int = 5, weights: str = "distance", metric: str = "cosine", standardize: bool = True):
+    def __init__(
+        self, n_neighbors: int = 5, weights: str = "distance", metric: str = "cosine", standardize: bool = True
+    ):
         self.n_neighbors = n_neighbors
         self.weights = weights
         self.metric = metric
@@ -164,7 +192,9 @@ class KnnHead(SklearnHead):
     def _estimator(self):
         from sklearn.neighbors import KNeighborsClassifier
 
-        return KNeighborsClassifier(n_neighbors=getattr(self, "_k", self.n_neighbors), weights=self.weights, metric=self.metric)
+        return KNeighborsClassifier(
+            n_neighbors=getattr(self, "_k", self.n_neighbors), weights=self.weights, metric=self.metric
+        )
 
     def _check_params(self, n: int) -> None:
         self._k = max(1, min(int(self.n_neighbors), n))  # never more neighbours than training rows
@@ -175,8 +205,12 @@ class KnnHead(SklearnHead):
         return {**self.get_params(), "n_neighbors": int(k)}
 
 
-@register_head("ridge", main_param="alpha", grid=np.logspace(4, -3, 8).tolist(),
-               description="scikit-learn RidgeClassifier, probabilities = softmax of its scores")
+@register_head(
+    "ridge",
+    main_param="alpha",
+    grid=np.logspace(4, -3, 8).tolist(),
+    description="scikit-learn RidgeClassifier, probabilities = softmax of its scores",
+)
 class RidgeHead(SklearnHead):
     """scikit-learn RidgeClassifier on standardized features."""
 
@@ -209,12 +243,21 @@ class RidgeHead(SklearnHead):
         return W, b, shift, scale
 
 
-@register_head("rf", main_param="min_samples_leaf", grid=[32, 16, 8, 4, 2, 1],
-               description="scikit-learn RandomForestClassifier")
+@register_head(
+    "rf", main_param="min_samples_leaf", grid=[32, 16, 8, 4, 2, 1], description="scikit-learn RandomForestClassifier"
+)
 class RfHead(SklearnHead):
     """scikit-learn RandomForestClassifier (no scaling: trees do not need it)."""
 
-    def __init__(self, n_estimators: int = 300, min_samples_leaf: int = 1, max_features: str = "sqrt", class_weight=None, n_jobs: int = -1, seed: int = 0):
+    def __init__(
+        self,
+        n_estimators: int = 300,
+        min_samples_leaf: int = 1,
+        max_features: str = "sqrt",
+        class_weight=None,
+        n_jobs: int = -1,
+        seed: int = 0,
+    ):
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
         self.max_features = max_features
@@ -225,16 +268,34 @@ class RfHead(SklearnHead):
     def _estimator(self):
         from sklearn.ensemble import RandomForestClassifier
 
-        return RandomForestClassifier(n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf, max_features=self.max_features,
-                                      class_weight=self.class_weight, n_jobs=self.n_jobs, random_state=self.seed)
+        return RandomForestClassifier(
+            n_estimators=self.n_estimators,
+            min_samples_leaf=self.min_samples_leaf,
+            max_features=self.max_features,
+            class_weight=self.class_weight,
+            n_jobs=self.n_jobs,
+            random_state=self.seed,
+        )
 
 
-@register_head("mlp", main_param="alpha", grid=np.logspace(1, -5, 7).tolist(),
-               description="scikit-learn MLPClassifier (one hidden layer), standardized")
+@register_head(
+    "mlp",
+    main_param="alpha",
+    grid=np.logspace(1, -5, 7).tolist(),
+    description="scikit-learn MLPClassifier (one hidden layer), standardized",
+)
 class MlpHead(SklearnHead):
     """scikit-learn MLPClassifier (Adam, one hidden layer of 256) on standardized features."""
 
-    def __init__(self, alpha: float = 1e-2, hidden_layer_sizes: tuple = (256,), max_iter: int = 200, standardize: bool = True, class_weight=None, seed: int = 0):
+    def __init__(
+        self,
+        alpha: float = 1e-2,
+        hidden_layer_sizes: tuple = (256,),
+        max_iter: int = 200,
+        standardize: bool = True,
+        class_weight=None,
+        seed: int = 0,
+    ):
         self.alpha = alpha
         self.hidden_layer_sizes = hidden_layer_sizes
         self.max_iter = max_iter
@@ -245,7 +306,12 @@ class MlpHead(SklearnHead):
     def _estimator(self):
         from sklearn.neural_network import MLPClassifier
 
-        return MLPClassifier(hidden_layer_sizes=tuple(self.hidden_layer_sizes), alpha=self.alpha, max_iter=self.max_iter, random_state=self.seed)
+        return MLPClassifier(
+            hidden_layer_sizes=tuple(self.hidden_layer_sizes),
+            alpha=self.alpha,
+            max_iter=self.max_iter,
+            random_state=self.seed,
+        )
 
     def _fit_params(self, y: np.ndarray) -> dict:
         weights = self._class_weights(y)  # MLPClassifier has no class_weight; balanced = per-row weights

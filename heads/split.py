@@ -15,7 +15,15 @@ import numpy as np
 from tlx.errors import DatasetError
 
 
-def split_indices(paths: list[str], labels: np.ndarray, split: list[str], val_fraction: float = 0.2, seed: int = 0, *, classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def split_indices(
+    paths: list[str],
+    labels: np.ndarray,
+    split: list[str],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    classes: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Return ``(train_idx, val_idx, info)``: sorted row indices and how the split was made.
 
     ``classes`` (optional) names the labels in error messages.
@@ -48,7 +56,7 @@ def split_indices(paths: list[str], labels: np.ndarray, split: list[str], val_fr
                 "add images of that class or remove it from the data"
             )
         members = members[rng.permutation(len(members))]
-        n_val = min(len(members) - 1, max(1, int(round(val_fraction * len(members)))))
+        n_val = min(len(members) - 1, max(1, round(val_fraction * len(members))))
         val_parts.append(members[:n_val])
         train_parts.append(members[n_val:])
     train = np.sort(np.concatenate(train_parts)) if train_parts else np.zeros(0, np.int64)

@@ -16,16 +16,16 @@ import csv
 import os
 import re
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from tlx.common.atomic import write_atomic
-from tlx.heads.runs import run_cache, weights_path_for
 from tlx.errors import CacheError, DatasetError, RunError, TlxError
 from tlx.extractor.dataset import IMAGE_EXTENSIONS, walk_images
+from tlx.heads.runs import run_cache, weights_path_for
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Predictions:
         truth = [Path(p).parent.name for p in self.paths]
         if not all(t in self.classes for t in truth):
             return None
-        return float(np.mean([t == label for t, label in zip(truth, self.labels)]))
+        return float(np.mean([t == label for t, label in zip(truth, self.labels, strict=False)]))
 
 
 def prediction_rows(paths: Sequence[str], proba: np.ndarray, classes: Sequence[str], top_k: int = 1) -> list[dict]:
@@ -70,10 +70,10 @@ def prediction_rows(paths: Sequence[str], proba: np.ndarray, classes: Sequence[s
         raise TlxError(f"--top-k must be at least 1, not {top_k}")
     k = min(top_k, len(classes))
     rows = []
-    for path, p in zip(paths, proba):
+    for path, p in zip(paths, proba, strict=False):
         order = np.argsort(-p, kind="stable")
         row = {"path": path, "label": classes[order[0]], "score": float(p[order[0]])}
-        row.update({f"p_{c}": float(v) for c, v in zip(classes, p)})
+        row.update({f"p_{c}": float(v) for c, v in zip(classes, p, strict=False)})
         for i in range(1, k):
             row[f"top{i + 1}"] = classes[order[i]]
             row[f"top{i + 1}_score"] = float(p[order[i]])
@@ -162,12 +162,15 @@ def _cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarra
     except CacheError as exc:
         return {}, f"{exc}; computing every image"
     if index.space.identity() != run.space.identity():
-        return {}, f"{cache} now holds another feature space ({run.space.difference(index.space)}); computing every image"
+        return (
+            {},
+            f"{cache} now holds another feature space ({run.space.difference(index.space)}); computing every image",
+        )
     row_of = index.row_of_hash()
     wanted = {i: row_of[h] for i, h in enumerate(hashes) if h is not None and h in row_of}
     if not wanted:
         return {}, ""
-    return {i: v for i, v in zip(wanted, read_rows(cache, list(wanted.values())))}, ""
+    return {i: v for i, v in zip(wanted, read_rows(cache, list(wanted.values())), strict=False)}, ""
 
 
 def read_rows(cache: Path, rows: Sequence[int], block: int = 4096) -> np.ndarray:
@@ -234,7 +237,9 @@ def predict_paths(
         proba_of, failed, n_computed = _finetuned_proba(run, paths, batch_size, workers, device, reporter)
         n_reused = 0
     else:
-        proba_of, failed, n_reused, n_computed = _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache)
+        proba_of, failed, n_reused, n_computed = _head_proba(
+            run, paths, batch_size, workers, device, reporter, reuse_cache
+        )
     ok = [i for i in range(len(paths)) if i in proba_of]
     proba = np.stack([proba_of[i] for i in ok]) if ok else np.zeros((0, len(run.classes)))
     return Predictions(
@@ -270,7 +275,7 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
             for batch in runner.run([str(paths[i]) for i in todo], batch_size, workers, on_batch=reporter.advance):
                 for j, reason in batch.failures:
                     failed[todo[j]] = reason
-                for j, vec in zip(batch.indices, batch.features):
+                for j, vec in zip(batch.indices, batch.features, strict=False):
                     feats[todo[j]] = vec
         finally:
             reporter.stop()
@@ -285,7 +290,7 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
     proba_of = {}
     if ok:
         X = np.stack([feats[i] for i in ok]).astype(np.float32, copy=False)
-        proba_of = dict(zip(ok, full_proba(run, X)))
+        proba_of = dict(zip(ok, full_proba(run, X), strict=False))
     return proba_of, failed, len(cached), sum(1 for i in todo if i in feats)
 
 
@@ -306,8 +311,11 @@ def rebuild_backbone(run):
     except TlxError as exc:
         # The extractor's messages are written for `tlx extract`, which takes --weights.
         message = re.sub(r"[,;]? (or )?pass --weights FILE", "", str(exc))
-        message = re.sub(r" \(the features were made with --weights;[^)]*\)",
-                         f" (the features were made with {run.space.weights_id}: put that file back where the run records it)", message)
+        message = re.sub(
+            r" \(the features were made with --weights;[^)]*\)",
+            f" (the features were made with {run.space.weights_id}: put that file back where the run records it)",
+            message,
+        )
         raise type(exc)(message) from None
 
 
@@ -331,7 +339,9 @@ def head_class_indices(run) -> list[int]:
         elif str(c) in run.classes:
             cols.append(run.classes.index(str(c)))
         else:
-            raise TlxError(f"the head in {run.path} knows class {c!r}, which is not among the run's classes {run.classes}: the run is damaged; fit it again")
+            raise TlxError(
+                f"the head in {run.path} knows class {c!r}, which is not among the run's classes {run.classes}: the run is damaged; fit it again"
+            )
     return cols
 
 
@@ -351,8 +361,12 @@ def _finetuned_proba(run, paths, batch_size, workers, device, reporter):
     proba_of: dict[int, np.ndarray] = {}
     workers = default_workers() if workers is None else workers
     loader = DataLoader(
-        ImageFiles([str(p) for p in paths], ResizeCrop(pre)), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=collate_skipping_failures, prefetch_factor=4 if workers else None,
+        ImageFiles([str(p) for p in paths], ResizeCrop(pre)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        prefetch_factor=4 if workers else None,
     )
     reporter.start(len(paths), f"predicting with the fine-tuned {run.space.backbone}")
     try:
@@ -362,7 +376,7 @@ def _finetuned_proba(run, paths, batch_size, workers, device, reporter):
                     failed[j] = reason
                 if indices:
                     p = module(normalize(images.to(dev))).double().cpu().numpy()
-                    proba_of.update(zip(indices, p))
+                    proba_of.update(zip(indices, p, strict=False))
                 reporter.advance(len(indices) + len(failures))
     finally:
         reporter.stop()

@@ -28,7 +28,9 @@ def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (40, 48), fmt
     return path
 
 
-def make_folder_dataset(root: Path, classes=("ants", "bees"), per_class: int = 3, size=(40, 48), ext=".png", seed0: int = 0) -> Path:
+def make_folder_dataset(
+    root: Path, classes=("ants", "bees"), per_class: int = 3, size=(40, 48), ext=".png", seed0: int = 0
+) -> Path:
     seed = seed0
     for c in classes:
         for i in range(per_class):
@@ -44,7 +46,9 @@ def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -83,7 +87,9 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def hymenoptera() -> Path:
     if not (HYMENOPTERA / "train").is_dir():
-        pytest.skip(f"the real ants/bees photos are not at {HYMENOPTERA} (expected ../shared/data/hymenoptera next to the repo)")
+        pytest.skip(
+            f"the real ants/bees photos are not at {HYMENOPTERA} (expected ../shared/data/hymenoptera next to the repo)"
+        )
     return HYMENOPTERA
 
 

@@ -23,13 +23,19 @@ def matrix_file(tmp_path):
 def test_rows_blocks_and_array_equal_numpy_indexing(matrix_file, pick):
     path, X = matrix_file
     rng = np.random.default_rng(1)
-    rows = {"all": None, "dense": np.arange(100, 3100), "sparse": rng.choice(5000, 300, replace=False),
-            "empty": np.zeros(0, np.int64)}[pick]
+    rows = {
+        "all": None,
+        "dense": np.arange(100, 3100),
+        "sparse": rng.choice(5000, 300, replace=False),
+        "empty": np.zeros(0, np.int64),
+    }[pick]
     view = CacheRows(path, rows)
     expected = X if rows is None else X[np.sort(rows)]
     assert view.shape == expected.shape
     np.testing.assert_array_equal(view.to_array(), expected)
-    np.testing.assert_array_equal(np.concatenate([b for _, b in view.blocks(block_rows=97)] or [np.zeros((0, 12))]), expected)
+    np.testing.assert_array_equal(
+        np.concatenate([b for _, b in view.blocks(block_rows=97)] or [np.zeros((0, 12))]), expected
+    )
     np.testing.assert_array_equal(view[5:40], expected[5:40])
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import bomb_png, broken_files, write_image
 from PIL import Image
 
-from conftest import bomb_png, broken_files, write_image
 from tlx.extractor.config import Preprocessing
 from tlx.extractor.decode import ImageDecodeError, load_image
 from tlx.extractor.preprocess import ResizeCrop, preprocess_image
@@ -24,7 +24,9 @@ def rgb_array(path) -> np.ndarray:
 # --------------------------------------------------------------------------- formats
 
 
-@pytest.mark.parametrize("fmt,ext", [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("TIFF", "tif"), ("BMP", "bmp"), ("GIF", "gif")])
+@pytest.mark.parametrize(
+    "fmt,ext", [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("TIFF", "tif"), ("BMP", "bmp"), ("GIF", "gif")]
+)
 def test_formats_decode_to_rgb(tmp_path, fmt, ext):
     path = write_image(tmp_path / f"x.{ext}", seed=1, size=(40, 30), fmt=fmt)
     arr = rgb_array(path)
@@ -164,8 +166,14 @@ def torchvision_eval(img: Image.Image, pre: Preprocessing) -> np.ndarray:
 LITE0 = Preprocessing(224, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-@pytest.mark.parametrize("pre", [LITE0, TINY, Preprocessing(160, 0.95, "bicubic", (0.5,) * 3, (0.5,) * 3)], ids=["224-bicubic", "32-bilinear", "160-bicubic-0.95"])
-@pytest.mark.parametrize("size", [(333, 500), (500, 333), (343, 496), (199, 272), (256, 300), (300, 256), (256, 256), (20, 30), (1024, 700)])
+@pytest.mark.parametrize(
+    "pre",
+    [LITE0, TINY, Preprocessing(160, 0.95, "bicubic", (0.5,) * 3, (0.5,) * 3)],
+    ids=["224-bicubic", "32-bilinear", "160-bicubic-0.95"],
+)
+@pytest.mark.parametrize(
+    "size", [(333, 500), (500, 333), (343, 496), (199, 272), (256, 300), (300, 256), (256, 256), (20, 30), (1024, 700)]
+)
 def test_resize_crop_equals_torchvision(pre, size):
     rng = np.random.default_rng(size[0] * 7 + size[1])
     img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))  # noise: the hardest case
@@ -175,8 +183,15 @@ def test_resize_crop_equals_torchvision(pre, size):
 
 
 def test_resize_crop_equals_torchvision_on_real_photos(hymenoptera):
-    names = ["val/ants/161076144_124db762d6.jpg", "train/ants/Ant_1.jpg", "val/ants/562589509_7e55469b97.jpg", "train/bees/2470492904_837e97800d.jpg"]
-    paths = [hymenoptera / n for n in names if (hymenoptera / n).is_file()] or sorted((hymenoptera / "val" / "ants").iterdir())[:4]
+    names = [
+        "val/ants/161076144_124db762d6.jpg",
+        "train/ants/Ant_1.jpg",
+        "val/ants/562589509_7e55469b97.jpg",
+        "train/bees/2470492904_837e97800d.jpg",
+    ]
+    paths = [hymenoptera / n for n in names if (hymenoptera / n).is_file()] or sorted(
+        (hymenoptera / "val" / "ants").iterdir()
+    )[:4]
     for path in paths:
         img = load_image(path)
         ours = ResizeCrop(LITE0)(img).permute(1, 2, 0).numpy()

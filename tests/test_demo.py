@@ -46,7 +46,9 @@ def test_demo_runs_the_whole_job_and_a_rerun_reuses_the_cache(cli, tmp_path):
     run, cache = Path(result["run"]), Path(result["cache"])
     assert run.parent == out / "runs" and cache.parent == out / "cache" and cache.is_file()
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["kind"] == "head" and metrics["clf"] == "linear" and metrics["val_accuracy"] == result["val_accuracy"]
+    assert (
+        metrics["kind"] == "head" and metrics["clf"] == "linear" and metrics["val_accuracy"] == result["val_accuracy"]
+    )
     assert metrics["split"]["source"] == "data"
 
     again = cli(*args[:-1])  # without --json: a readable summary on stdout

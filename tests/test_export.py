@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_folder_dataset
 
 CLASSES = ("cats", "dogs", "owls")
@@ -85,8 +84,8 @@ def test_exported_module_gives_the_probabilities_of_predict(cli, runs, tmp_path,
     assert len(files) == 5
     got = _run_exported(out, fmt, _preprocessed(files, sidecar))
 
-    from tlx.inference.predict import predict_paths
     from tlx.heads.runs import load_run
+    from tlx.inference.predict import predict_paths
 
     preds = predict_paths(load_run(runs[clf]), files, workers=0)  # features from the cache
     assert preds.n_reused == len(files)
@@ -162,6 +161,14 @@ def test_a_non_exportable_head_is_refused_before_torch_is_imported(runs, tmp_pat
         "assert r.exit_code == 2 and 'not exportable' in r.output, r.output\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "NO-TORCH"

@@ -9,7 +9,16 @@ import pytest
 from sklearn.base import clone
 
 from tlx.errors import RunError, TlxError
-from tlx.heads import HeadError, NotExportableError, ParamError, UnknownHeadError, get_head, list_heads, parse_params, softmax
+from tlx.heads import (
+    HeadError,
+    NotExportableError,
+    ParamError,
+    UnknownHeadError,
+    get_head,
+    list_heads,
+    parse_params,
+    softmax,
+)
 from tlx.heads.io import load_head, save_head
 
 HEADS = list(list_heads())
@@ -78,7 +87,9 @@ def test_linear_form_or_not_exportable(name, n_classes):
     X, y = blobs(n_classes=n_classes)
     head = get_head(name).build(**fast(name)).fit(X, y)
     if not get_head(name).exportable:
-        with pytest.raises(NotExportableError, match=f"{name} has no linear form: export needs linear, logreg or ridge"):
+        with pytest.raises(
+            NotExportableError, match=f"{name} has no linear form: export needs linear, logreg or ridge"
+        ):
             head.linear_form()
         return
     W, b, shift, scale = head.linear_form()
@@ -189,7 +200,11 @@ def test_balanced_class_weight_helps_the_minority(name):
 
 
 def test_parse_params_types_and_errors():
-    assert parse_params(get_head("svm"), ["C=0.5", "kernel=linear", "standardize=false"]) == {"C": 0.5, "kernel": "linear", "standardize": False}
+    assert parse_params(get_head("svm"), ["C=0.5", "kernel=linear", "standardize=false"]) == {
+        "C": 0.5,
+        "kernel": "linear",
+        "standardize": False,
+    }
     assert parse_params(get_head("knn"), ["n_neighbors=3"]) == {"n_neighbors": 3}
     assert parse_params(get_head("mlp"), ["hidden_layer_sizes=128,64"]) == {"hidden_layer_sizes": (128, 64)}
     assert parse_params(get_head("logreg"), ["class_weight=balanced"]) == {"class_weight": "balanced"}

@@ -11,13 +11,27 @@ from tlx.heads import ParamError, get_head, list_heads
 HEADS = list(list_heads())
 
 BAD = [
-    ("linear", "weight_decay=-1"), ("linear", "max_iter=0"), ("linear", "tol=0"),
-    ("logreg", "C=-1"), ("logreg", "max_iter=0"), ("svm", "C=-1"), ("svm", "kernel=poly"), ("svm", "gamma=-2"),
-    ("svm", "seed=-1"), ("knn", "n_neighbors=0"), ("knn", "metric=nope"), ("ridge", "alpha=-5"),
-    ("rf", "n_estimators=0"), ("rf", "min_samples_leaf=0"), ("mlp", "alpha=-5"), ("mlp", "max_iter=0"),
+    ("linear", "weight_decay=-1"),
+    ("linear", "max_iter=0"),
+    ("linear", "tol=0"),
+    ("logreg", "C=-1"),
+    ("logreg", "max_iter=0"),
+    ("svm", "C=-1"),
+    ("svm", "kernel=poly"),
+    ("svm", "gamma=-2"),
+    ("svm", "seed=-1"),
+    ("knn", "n_neighbors=0"),
+    ("knn", "metric=nope"),
+    ("ridge", "alpha=-5"),
+    ("rf", "n_estimators=0"),
+    ("rf", "min_samples_leaf=0"),
+    ("mlp", "alpha=-5"),
+    ("mlp", "max_iter=0"),
     ("logreg", "class_weight=heavy"),
 ]
-BAD = list(dict.fromkeys(BAD + [(name, f"{get_head(name).main_param}=-1") for name in HEADS]))  # and every head's main parameter
+BAD = list(
+    dict.fromkeys(BAD + [(name, f"{get_head(name).main_param}=-1") for name in HEADS])
+)  # and every head's main parameter
 
 
 def _one_line_error(r) -> str:
@@ -47,13 +61,19 @@ def test_fit_refuses_out_of_range_params_through_the_api_too(clf, param):
 def test_valid_values_pass(cli, tmp_path):
     from tlx.heads.registry import parse_params, validate_params
 
-    for clf, params in [("svm", ["gamma=0.5", "kernel=linear"]), ("rf", ["max_features=0.5"]), ("knn", ["n_neighbors=1"])]:
+    for clf, params in [
+        ("svm", ["gamma=0.5", "kernel=linear"]),
+        ("rf", ["max_features=0.5"]),
+        ("knn", ["n_neighbors=1"]),
+    ]:
         validate_params(get_head(clf), parse_params(get_head(clf), params))
     assert parse_params(get_head("rf"), ["max_features=0.5"]) == {"max_features": 0.5}
 
 
 def test_param_and_sweep_on_the_same_key_is_refused(cli, tmp_path):
-    line = _one_line_error(cli("fit-head", "--features", tmp_path / "no-cache.h5", "--clf", "logreg", "--param", "C=0.1", "--sweep"))
+    line = _one_line_error(
+        cli("fit-head", "--features", tmp_path / "no-cache.h5", "--clf", "logreg", "--param", "C=0.1", "--sweep")
+    )
     assert "--param C=0.1 and --sweep both set C" in line
 
 

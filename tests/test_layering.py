@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 LAYERS = ["common", "extractor", "heads", "finetune", "inference", "cli"]

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from tlx.heads.lbfgs import minimize_lbfgs
 from tlx.heads.linear import LinearHead
 from tlx.heads.linear_objective import SoftmaxProblem, fit_torch
@@ -18,7 +18,11 @@ from tlx.heads.linear_objective import SoftmaxProblem, fit_torch
 def _blobs(n=600, d=32, c=4, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, c, n)
-    X = rng.normal(size=(c, d))[y] * 0.5 + rng.normal(size=(n, d)) * rng.uniform(0.1, 5, size=d) + rng.normal(size=d) * 10
+    X = (
+        rng.normal(size=(c, d))[y] * 0.5
+        + rng.normal(size=(n, d)) * rng.uniform(0.1, 5, size=d)
+        + rng.normal(size=d) * 10
+    )
     return X.astype(np.float32), y
 
 
@@ -49,7 +53,9 @@ def test_gradient_matches_finite_differences(weighted):
 def test_lbfgs_finds_the_minimum_of_a_quadratic():
     A = np.diag(np.linspace(1, 100, 20))
     target = np.arange(20, dtype=float)
-    result = minimize_lbfgs(lambda x: (0.5 * (x - target) @ A @ (x - target), A @ (x - target)), np.zeros(20), gtol=1e-8)
+    result = minimize_lbfgs(
+        lambda x: (0.5 * (x - target) @ A @ (x - target), A @ (x - target)), np.zeros(20), gtol=1e-8
+    )
     assert result.converged and np.allclose(result.x, target, atol=1e-6)
 
 
@@ -68,7 +74,9 @@ def test_numpy_fit_reaches_scipys_and_torchs_minimum():
         value, grad_W, grad_b = problem.value_and_grad(theta[: c * d].reshape(c, d), theta[c * d :], 1e-2)
         return value, np.concatenate([grad_W.ravel(), grad_b])
 
-    ref = minimize(fun, np.zeros(c * d + c), jac=True, method="L-BFGS-B", options={"gtol": 1e-8, "ftol": 1e-15, "maxiter": 2000})
+    ref = minimize(
+        fun, np.zeros(c * d + c), jac=True, method="L-BFGS-B", options={"gtol": 1e-8, "ftol": 1e-15, "maxiter": 2000}
+    )
     W_torch, b_torch, _ = fit_torch(problem, 1e-2, 200, 1e-4, "cpu")
     assert head.loss_ == pytest.approx(ref.fun, rel=1e-5)
     assert problem.loss(W_torch, b_torch, 1e-2) == pytest.approx(ref.fun, rel=1e-5)

@@ -26,5 +26,5 @@ def test_metrics_equal_scikit_learns(seed):
     assert got["balanced_accuracy"] == pytest.approx(r[s > 0].mean())
     assert got["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=labels).tolist()
     assert got["log_loss"] == pytest.approx(skm.log_loss(y, proba, labels=labels), rel=1e-9)
-    for name, pi, ri, fi, si in zip("abcd", p, r, f, s):
+    for name, pi, ri, fi, si in zip("abcd", p, r, f, s, strict=False):
         assert got["per_class"][name] == pytest.approx({"precision": pi, "recall": ri, "f1": fi, "support": si})

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
 from tlx.common.plots import plot_confusion
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_folder_dataset, write_image
 
 CLASSES = ("ants", "bees", "wasps")
@@ -65,7 +64,7 @@ def test_predicting_the_val_folder_gives_exactly_the_fit_accuracy(split_run):
     assert len(preds.paths) == 5 * len(CLASSES) and not preds.failed
     assert preds.n_reused == len(preds.paths) and preds.n_computed == 0  # every image is in the cache
     truth = [Path(p).parent.name for p in preds.paths]
-    accuracy = float(np.mean([t == label for t, label in zip(truth, preds.labels)]))
+    accuracy = float(np.mean([t == label for t, label in zip(truth, preds.labels, strict=False)]))
     assert accuracy == split_run["fit"].val_accuracy
     assert preds.folder_accuracy() == accuracy
     assert np.allclose(preds.proba.sum(axis=1), 1.0)
@@ -132,7 +131,8 @@ def test_without_its_cache_the_run_computes_every_image_with_the_same_result(spl
         def start(self, *a): ...
         def advance(self, n): ...
         def stop(self): ...
-        def message(self, text): messages.append(text)
+        def message(self, text):
+            messages.append(text)
 
     without = predict_paths(run, files, workers=0, reporter=Collect())
     assert without.n_reused == 0 and without.n_computed == len(files)
@@ -156,7 +156,7 @@ def test_unreadable_images_are_reported_and_skipped(split_run, tmp_path):
 def test_rows_have_label_score_probabilities_and_top_k(split_run):
     preds = _predict(split_run["run"], [split_run["data"] / "val" / "wasps"])
     rows = preds.rows(top_k=3)
-    for row, p in zip(rows, preds.proba):
+    for row, p in zip(rows, preds.proba, strict=False):
         assert row["label"] == CLASSES[int(np.argmax(p))] and row["score"] == pytest.approx(p.max())
         assert [row[f"p_{c}"] for c in CLASSES] == pytest.approx(p.tolist())
         assert row["score"] >= row["top2_score"] >= row["top3_score"]
@@ -188,7 +188,19 @@ def test_a_finetuning_run_predicts_with_its_own_network(tmp_path):
 
 def test_cli_writes_the_csv_and_one_json_line(cli, split_run, tmp_path):
     out = tmp_path / "preds.csv"
-    r = cli("predict", split_run["data"] / "val", "--run", split_run["run"], "--out", out, "--top-k", "2", "--workers", "0", "--json")
+    r = cli(
+        "predict",
+        split_run["data"] / "val",
+        "--run",
+        split_run["run"],
+        "--out",
+        out,
+        "--top-k",
+        "2",
+        "--workers",
+        "0",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     result = r.json()
     assert result["n_images"] == 15 and result["n_reused"] == 15 and result["n_failed"] == 0
@@ -231,7 +243,12 @@ def test_cli_bad_input_exits_2_with_one_line(cli, split_run, tmp_path, case):
     assert "Traceback" not in r.stderr and r.stdout == ""
     if case != "top-k-0":  # typer's own usage message is several lines
         assert len(r.stderr.strip().splitlines()) == 1
-    expected = {"not-a-run": "not a run folder", "missing-image": "does not exist", "no-images": "no images found", "top-k-0": "top-k"}[case]
+    expected = {
+        "not-a-run": "not a run folder",
+        "missing-image": "does not exist",
+        "no-images": "no images found",
+        "top-k-0": "top-k",
+    }[case]
     assert expected in r.stderr
 
 
@@ -292,9 +309,9 @@ def test_cli_checks_the_device_before_any_work(cli, tmp_path, monkeypatch):
 def test_a_missing_weights_file_is_reported_without_suggesting_weights(tmp_path):
     from safetensors.torch import save_file
 
+    from tlx.errors import TlxError
     from tlx.extractor.extract import extract
     from tlx.extractor.registry import get_backbone
-    from tlx.errors import TlxError
     from tlx.heads.fit import fit_head
 
     net = get_backbone("tiny_cnn").build().body
