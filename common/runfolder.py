@@ -3,7 +3,7 @@
 ``metrics.json`` is the run's record and the only file ``tlx runs`` reads. Its keys, shared with
 fine-tuning runs: kind, clf, params, val_accuracy, balanced_accuracy, macro_f1, per_class,
 confusion_matrix, log_loss, fit_seconds, feature_space, cache, classes, split, n_train, n_val,
-created, tlx_version. Nothing here imports torch; scikit-learn and matplotlib are imported where used.
+created, tlx_version. Nothing here imports torch, scikit-learn or matplotlib.
 """
 
 from __future__ import annotations
@@ -12,12 +12,24 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tlx.common.atomic import write_json_atomic
+from tlx.common.metrics import compute_metrics
+from tlx.common.plots import plot_confusion
 from tlx.errors import RunError
+
+__all__ = [
+    "METRICS_FILE",
+    "compute_metrics",
+    "default_runs_dir",
+    "list_runs",
+    "new_run_dir",
+    "plot_confusion",
+    "read_metrics",
+    "write_metrics",
+]
 
 METRICS_FILE = "metrics.json"
 KINDS = ("head", "finetune")
@@ -47,64 +59,6 @@ def new_run_dir(tag: str, out: Path | None = None) -> Path:
         except FileExistsError:
             continue
     raise RunError(f"cannot create a new run folder under {root}: too many runs named {stem}-*")
-
-
-def compute_metrics(y_true, proba, classes) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1/support, the
-    confusion matrix (rows = true class, columns = predicted) and log loss.
-
-    ``y_true`` holds indices into ``classes``; ``proba`` has one column per class."""
-    from sklearn import metrics as skm
-
-    y_true = np.asarray(y_true, dtype=np.int64)
-    proba = np.asarray(proba, dtype=np.float64)
-    labels = np.arange(len(classes))
-    if proba.ndim != 2 or proba.shape != (len(y_true), len(classes)):
-        raise ValueError(f"proba must be {len(y_true)} x {len(classes)}, got {proba.shape}")
-    y_pred = proba.argmax(axis=1)
-    prec, rec, f1, sup = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    present = sup > 0  # balanced accuracy over the classes that occur in y_true
-    recall_present = rec[present]
-    clipped = np.clip(proba, 1e-15, 1.0)
-    clipped /= clipped.sum(axis=1, keepdims=True)
-    return {
-        "accuracy": float(np.mean(y_pred == y_true)),
-        "balanced_accuracy": float(recall_present.mean()) if len(recall_present) else 0.0,
-        "macro_f1": float(f1.mean()),
-        "per_class": {
-            str(name): {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(classes, prec, rec, f1, sup, strict=False)
-        },
-        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "log_loss": float(-np.mean(np.log(clipped[np.arange(len(y_true)), y_true]))),
-    }
-
-
-def plot_confusion(cm, classes, path) -> Path:
-    """Write the confusion matrix as a PNG (counts in the cells, row = true class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    k = len(classes)
-    size = min(2.0 + 0.5 * k, 20.0)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(k), labels=[str(c) for c in classes], rotation=45, ha="right")
-    ax.set_yticks(range(k), labels=[str(c) for c in classes])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if k <= 30:
-        top = cm.max() if cm.size else 0
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > top / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
 
 
 def write_metrics(run_dir, metrics: dict) -> Path:
