@@ -8,8 +8,10 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from tlx.errors import TlxError
 
@@ -29,12 +31,43 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-class Head(ClassifierMixin, BaseEstimator):
+class Head:
     """Base class: subclasses set ``name`` (by :func:`register_head`) and implement
-    ``_fit(X, y)`` and ``_predict_proba(X)``; linear heads also ``linear_form()``."""
+    ``_fit(X, y)`` and ``_predict_proba(X)``; linear heads also ``linear_form()``.
+
+    It speaks scikit-learn's estimator protocol (``get_params``, ``set_params``, ``score``,
+    ``sklearn.base.clone`` works) without inheriting from ``sklearn.base.BaseEstimator``,
+    because importing scikit-learn costs about a second that the linear head does not need."""
 
     name = "head"
+    _estimator_type = "classifier"
     _tensors: tuple = ()  # array attributes that io.save_head stores in safetensors (array-only heads)
+
+    # -- scikit-learn's parameter protocol -------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return sorted(p.name for p in signature.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Head:
+        valid = self._param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"{self.name} has no parameter {key!r}: valid keys are {', '.join(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = type(self)().get_params()
+        changed = {k: v for k, v in self.get_params().items() if v != defaults.get(k)}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    def score(self, X, y) -> float:
+        """Mean accuracy, as scikit-learn's classifiers define ``score``."""
+        return float(np.mean(self.predict(X) == np.asarray(y)))
 
     # -- the contract -------------------------------------------------------------------------
     def fit(self, X, y, sample_weight=None):
