@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tlx.errors import TlxError
+from tlx.heads.constraints import COMMON, describe, satisfied
 
 DEFAULT_HEAD = "linear"
 
@@ -35,9 +36,8 @@ class HeadSpec:
     main_param: str  # the regularization parameter that --sweep searches
     grid: tuple  # its values, strongest regularization first
     description: str
-    # Valid values per parameter, in scikit-learn's ``_parameter_constraints`` form
-    # (``Interval``, ``StrOptions``, "boolean", None...), beyond COMMON_CONSTRAINTS and those of
-    # a wrapped scikit-learn estimator, which apply anyway.
+    # Valid values per parameter (``tlx.heads.constraints``: Range, OneOf, "boolean", None),
+    # beyond the common ones and those of a wrapped scikit-learn estimator, which apply anyway.
     constraints: dict = field(default_factory=dict)
 
     def build(self, **params):
@@ -173,31 +173,19 @@ def jsonable_params(params: dict) -> dict:
 
 
 # -- valid values ----------------------------------------------------------------------------------
-def common_constraints() -> dict[str, list]:
-    """Constraints of parameters that mean the same in every head that has them."""
-    from numbers import Integral, Real
-
-    from sklearn.utils._param_validation import Interval, StrOptions
-
-    return {
-        "standardize": ["boolean"],
-        "class_weight": [StrOptions({"balanced"}), None],
-        "seed": [Interval(Integral, 0, 2**32 - 1, closed="both")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="neither")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-    }
+def own_constraints(spec: HeadSpec) -> dict[str, list]:
+    """tlx's rules for the head's parameters (``tlx.heads.constraints``): the common ones and the
+    head's own, for the parameters it has."""
+    names = spec.defaults()
+    return {key: rule for key, rule in {**COMMON, **spec.constraints}.items() if key in names}
 
 
-def param_constraints(spec: HeadSpec, head=None) -> list[tuple[str, list, Any]]:
-    """``(key, constraints, value)`` for every parameter of the head that has constraints: the
-    common ones, the spec's own and, for a head that wraps scikit-learn estimators, theirs,
-    checked on the value the estimator is given (the head may convert it, as svm's gamma)."""
-    head = spec.build() if head is None else head
+def estimator_constraints(head) -> list[tuple[str, list, Any]]:
+    """``(key, scikit-learn constraints, value given)`` from the estimators a scikit-learn head
+    wraps, checked on the value the estimator is given (the head may convert it, as svm's gamma).
+    Empty for heads that wrap none, so that they never import scikit-learn here."""
     values = head.get_params()
-    checks = [
-        (key, rule, values[key]) for key, rule in {**common_constraints(), **spec.constraints}.items() if key in values
-    ]
+    checks = []
     for est in head.estimators() if hasattr(head, "estimators") else []:
         given = est.get_params(deep=False)
         for key, rule in getattr(type(est), "_parameter_constraints", {}).items():
@@ -209,40 +197,42 @@ def param_constraints(spec: HeadSpec, head=None) -> list[tuple[str, list, Any]]:
 def validate_params(spec: HeadSpec, params: dict) -> None:
     """Refuse out-of-range parameter values (``C=-1``, ``max_iter=0``) before any data is read,
     with a message in tlx's words rather than the estimator's."""
-    from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
-
     defaults = spec.defaults()
-    for key, rule, value in param_constraints(spec, spec.build(**params)):
-        try:
-            validate_parameter_constraints({key: rule}, {key: value}, caller_name=spec.name)
-        except InvalidParameterError as exc:
-            must = re.search(r"must be (.*)\. Got ", str(exc))
-            wanted = must.group(1) if must else str(exc)
-            shown = params.get(key, value)
-            shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
-            raise ParamError(
-                f"--param {key}={shown}: {spec.name} needs {key} to be {wanted} (default {defaults.get(key)!r})"
-            ) from None
+    head = spec.build(**params)
+    values = head.get_params()
+
+    def refuse(key: str, wanted: str, value: Any) -> None:
+        shown = params.get(key, value)
+        shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
+        raise ParamError(
+            f"--param {key}={shown}: {spec.name} needs {key} to be {wanted} (default {defaults.get(key)!r})"
+        )
+
+    for key, rule in own_constraints(spec).items():
+        if not satisfied(rule, values[key]):
+            refuse(key, describe(rule), values[key])
+    checks = estimator_constraints(head)
+    if checks:
+        from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
+
+        for key, rule, value in checks:
+            try:
+                validate_parameter_constraints({key: rule}, {key: value}, caller_name=spec.name)
+            except InvalidParameterError as exc:
+                must = re.search(r"must be (.*)\. Got ", str(exc))
+                refuse(key, must.group(1) if must else str(exc), value)
 
 
 def describe_heads() -> list[dict[str, Any]]:
     """One row per head for listings (``tlx heads``): name, description, whether it is the
     default, exportable and takes class weights, the sweep's parameter and grid, and every
     parameter with its default and valid values."""
-    from sklearn.utils._param_validation import make_constraint
-
     _ensure_builtins()
     rows = []
     for name, spec in _HEADS.items():
-        valid: dict[str, list[str]] = {}
-        for key, rule, _ in param_constraints(spec):
-            texts = [
-                "true or false" if c == "boolean" else str(make_constraint(c))
-                for c in rule
-                if c is not None and not getattr(make_constraint(c), "hidden", False)
-            ]
-            texts += ["None"] if None in rule else []
-            valid.setdefault(key, texts)  # tlx's own rule, listed first, describes it best
+        valid = {key: describe(rule) for key, rule in own_constraints(spec).items()}
+        for key, rule, _ in estimator_constraints(spec.build()):
+            valid.setdefault(key, _describe_sklearn(rule))  # tlx's own rule, when there is one, reads best
         rows.append(
             {
                 "name": name,
@@ -253,9 +243,17 @@ def describe_heads() -> list[dict[str, Any]]:
                 "sweep_param": spec.main_param,
                 "sweep_grid": list(spec.grid),
                 "params": [
-                    {"name": key, "default": value, "valid": " or ".join(valid.get(key, []))}
+                    {"name": key, "default": value, "valid": valid.get(key, "")}
                     for key, value in jsonable_params(spec.defaults()).items()
                 ],
             }
         )
     return rows
+
+
+def _describe_sklearn(rule: list) -> str:
+    from sklearn.utils._param_validation import make_constraint
+
+    shown = [c for c in rule if c is not None and not getattr(make_constraint(c), "hidden", False)]
+    texts = ["true or false" if c == "boolean" else str(make_constraint(c)) for c in shown]
+    return " or ".join(texts + (["None"] if None in rule else []))

@@ -12,12 +12,9 @@ import warnings
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils._param_validation import (
-    Interval,
-    StrOptions,
-)  # sklearn.base, imported by heads.base, loads it anyway
 
 from tlx.heads.base import Head, softmax
+from tlx.heads.constraints import Range, one_of
 from tlx.heads.registry import register_head
 
 
@@ -124,7 +121,7 @@ class LogregHead(SklearnHead):
     main_param="C",
     grid=np.logspace(-3, 3, 7).tolist(),
     description="scikit-learn SVC (rbf or linear kernel, sigmoid-calibrated probabilities), standardized",
-    constraints={"kernel": [StrOptions({"rbf", "linear"})]},
+    constraints={"kernel": [one_of("rbf", "linear")]},
 )
 class SvmHead(SklearnHead):
     """scikit-learn SVC, kernel rbf or linear, with sigmoid (Platt) probabilities.
@@ -176,7 +173,7 @@ class SvmHead(SklearnHead):
     main_param="n_neighbors",
     grid=[32, 16, 8, 4, 2, 1],
     description="scikit-learn k-nearest neighbours, standardized",
-    constraints={"n_neighbors": [Interval(Integral, 1, None, closed="left")]},
+    constraints={"n_neighbors": [Range(Integral, 1, None, "left")]},
 )
 class KnnHead(SklearnHead):
     """scikit-learn KNeighborsClassifier on standardized features."""
