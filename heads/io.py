@@ -34,8 +34,6 @@ ALLOWED_TYPES = frozenset(
         "sklearn.preprocessing._data.StandardScaler",
         "sklearn.preprocessing._label.LabelBinarizer",
         "sklearn.preprocessing._label.LabelEncoder",
-        "sklearn.linear_model._logistic.LogisticRegression",
-        "sklearn.linear_model._ridge.RidgeClassifier",
         "sklearn.svm._classes.SVC",
         "sklearn.calibration.CalibratedClassifierCV",
         "sklearn.calibration._CalibratedClassifier",
@@ -75,6 +73,10 @@ def _skops_io():
         import skops.io
 
         return skops.io
+    # scikit-learn itself (with scipy.stats, which looks torch up in sys.modules while it loads)
+    # is imported before torch is hidden: only skops' walk must not see torch.
+    import sklearn.base  # noqa: F401
+
     hidden = [name for name in ("torch",) if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # makes `import torch` raise ImportError

@@ -1,4 +1,4 @@
-"""scikit-learn heads by name: logreg, svm, knn, ridge, rf, mlp.
+"""scikit-learn heads by name: svm, knn, rf, mlp (logreg and ridge are in ``linear_models``).
 
 Each wraps one scikit-learn estimator, behind a ``StandardScaler`` where scaling matters
 (``standardize=True``), in a ``Pipeline`` stored as ``model_``. Only that pipeline is saved
@@ -13,7 +13,7 @@ from numbers import Integral
 
 import numpy as np
 
-from tlx.heads.base import Head, softmax
+from tlx.heads.base import Head
 from tlx.heads.constraints import Range, one_of
 from tlx.heads.registry import register_head
 
@@ -76,44 +76,6 @@ class SklearnHead(Head):
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self.model_.predict_proba(X)
-
-    def _scaler_form(self):
-        if "scale" not in self.model_.named_steps:
-            return None, None
-        scaler = self.model_.named_steps["scale"]
-        return scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
-
-
-@register_head(
-    "logreg",
-    main_param="C",
-    grid=np.logspace(-4, 4, 9).tolist(),
-    description="scikit-learn LogisticRegression (L-BFGS), standardized",
-)
-class LogregHead(SklearnHead):
-    """scikit-learn LogisticRegression (multinomial, L-BFGS) on standardized features."""
-
-    def __init__(
-        self, C: float = 1.0, standardize: bool = True, class_weight=None, max_iter: int = 1000, tol: float = 1e-4
-    ):
-        self.C = C
-        self.standardize = standardize
-        self.class_weight = class_weight
-        self.max_iter = max_iter
-        self.tol = tol
-
-    def _estimator(self):
-        from sklearn.linear_model import LogisticRegression
-
-        return LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol)
-
-    def linear_form(self):
-        self._check_X(np.zeros((1, self.n_features_in_ if hasattr(self, "n_features_in_") else 1), np.float32))
-        W, b = self.coef_.astype(np.float32), self.intercept_.astype(np.float32)
-        if W.shape[0] == 1:  # binary: p1 = sigmoid(z) = softmax([0, z])[1]
-            W, b = np.vstack([np.zeros_like(W), W]), np.concatenate([np.zeros_like(b), b])
-        shift, scale = self._scaler_form()
-        return W, b, shift, scale
 
 
 @register_head(
@@ -200,44 +162,6 @@ class KnnHead(SklearnHead):
         # n_neighbors is capped at the number of training rows: report the k the model has.
         k = self.model_[-1].n_neighbors if hasattr(self, "model_") else self.n_neighbors
         return {**self.get_params(), "n_neighbors": int(k)}
-
-
-@register_head(
-    "ridge",
-    main_param="alpha",
-    grid=np.logspace(4, -3, 8).tolist(),
-    description="scikit-learn RidgeClassifier, probabilities = softmax of its scores",
-)
-class RidgeHead(SklearnHead):
-    """scikit-learn RidgeClassifier on standardized features."""
-
-    def __init__(self, alpha: float = 1.0, standardize: bool = True, class_weight=None):
-        self.alpha = alpha
-        self.standardize = standardize
-        self.class_weight = class_weight
-
-    def _estimator(self):
-        from sklearn.linear_model import RidgeClassifier
-
-        return RidgeClassifier(alpha=self.alpha, class_weight=self.class_weight)
-
-    def _logits(self, X: np.ndarray) -> np.ndarray:
-        d = self.model_.decision_function(X)
-        # RidgeClassifier regresses onto +-1 targets and has no probabilities. We define them as the
-        # softmax of its decision scores (binary: the scores of the two classes are -d and +d), which
-        # keeps the head a softmax over a linear map, exportable like the others; not calibrated.
-        return np.stack([-d, d], axis=1) if d.ndim == 1 else d
-
-    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax(self._logits(X))
-
-    def linear_form(self):
-        self._check_X(np.zeros((1, self.n_features_in_ if hasattr(self, "n_features_in_") else 1), np.float32))
-        W, b = self.coef_.astype(np.float32), self.intercept_.astype(np.float32)
-        if W.shape[0] == 1:
-            W, b = np.vstack([-W, W]), np.concatenate([-b, b])
-        shift, scale = self._scaler_form()
-        return W, b, shift, scale
 
 
 @register_head(
