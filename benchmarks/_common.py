@@ -13,7 +13,10 @@ HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera"
 def machine() -> str:
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
 
 def require_data(path: Path) -> Path:

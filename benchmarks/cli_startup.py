@@ -70,7 +70,7 @@ def main() -> None:
         subprocess.run([*tlx, "extract", str(require_data(args.data)), "--quiet"], env=env, cwd=work, check=True)
         cache = next((work / "cache").glob("*.h5"))
 
-    rows = []
+    rows: list[tuple[str, str | None, float]] = []
     base = median_wall([sys.executable, "-c", "import numpy, h5py"], env, work, args.repeats)
     rows.append(("python -c 'import numpy, h5py'", None, base))
     for clf in ("linear", "logreg", "ridge", "knn", "svm", "rf", "mlp"):

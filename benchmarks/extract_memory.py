@@ -59,20 +59,22 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=4)
     args = ap.parse_args()
     src = require_data(args.data)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
         make_dataset(src, tmp / "x1" / src.name, 1)
         make_dataset(src, tmp / f"x{args.factor}" / src.name, args.factor)
         small = measure(tmp / "x1" / src.name, args.backbone, tmp / "cache1")
         large = measure(tmp / f"x{args.factor}" / src.name, args.backbone, tmp / "cache4")
     for name, r in (("1x", small), (f"{args.factor}x", large)):
         print(
-            f"{name}: {r['n_images']:5d} images  {r['seconds']:6.1f} s  peak RSS main {r['peak_rss_mib']:7.1f} MiB, workers {r['peak_worker_rss_mib']:7.1f} MiB"
+            f"{name}: {r['n_images']:5d} images  {r['seconds']:6.1f} s  "
+            f"peak RSS main {r['peak_rss_mib']:7.1f} MiB, workers {r['peak_worker_rss_mib']:7.1f} MiB"
         )
     growth = large["peak_rss_mib"] / small["peak_rss_mib"] - 1
     worker_growth = large["peak_worker_rss_mib"] / small["peak_worker_rss_mib"] - 1
     print(
-        f"peak RSS growth for {args.factor}x the images: main {100 * growth:+.1f}%, workers {100 * worker_growth:+.1f}%   (target < +10%)"
+        f"peak RSS growth for {args.factor}x the images: main {100 * growth:+.1f}%, "
+        f"workers {100 * worker_growth:+.1f}%   (target < +10%)"
     )
     print(
         json.dumps(

@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,8 @@ def main() -> None:
     args.out.mkdir(parents=True)
     cache = args.out / "cache"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {args.backbone} on {args.data}; {args.epochs} epochs each",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"{args.backbone} on {args.data}; {args.epochs} epochs each",
         flush=True,
     )
 
@@ -57,7 +59,7 @@ def main() -> None:
     common = dict(
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, device=args.device
     )
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "config": "cached linear head (fit-head)",
             "val_accuracy": head_acc,
@@ -85,7 +87,8 @@ def main() -> None:
             }
         )
         print(
-            f"{name}: val accuracy {r.val_accuracy:.4f} (best epoch {r.best_epoch}/{r.epochs_done}), {r.seconds_per_epoch:.1f} s/epoch, "
+            f"{name}: val accuracy {r.val_accuracy:.4f} (best epoch {r.best_epoch}/{r.epochs_done}), "
+            f"{r.seconds_per_epoch:.1f} s/epoch, "
             f"per epoch {rows[-1]['history']}, total {time.perf_counter() - t:.0f} s",
             flush=True,
         )

@@ -51,7 +51,8 @@ def main() -> None:
     train, val, _ = split_indices(paths, y, [""] * len(y), val_fraction=0.2, seed=args.seed)
     Xtr, ytr, Xva, yva = X[train], y[train], X[val], y[val]
     print(
-        f"data: {len(train)} train + {len(val)} val rows x {args.dim} features, {args.classes} classes (float32, seed {args.seed})"
+        f"data: {len(train)} train + {len(val)} val rows x {args.dim} features, "
+        f"{args.classes} classes (float32, seed {args.seed})"
     )
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads")
 
@@ -63,7 +64,8 @@ def main() -> None:
     t_lin = time.perf_counter() - t0
     acc_lin = float(np.mean(head.predict(Xva) == yva))
     print(
-        f"tlx linear (weight_decay={head.weight_decay:g})  fit {t_lin:7.2f} s  ({head.n_iter_} L-BFGS iterations)  val accuracy {acc_lin:.4f}"
+        f"tlx linear (weight_decay={head.weight_decay:g})  fit {t_lin:7.2f} s  "
+        f"({head.n_iter_} L-BFGS iterations)  val accuracy {acc_lin:.4f}"
     )
 
     ref = LogisticRegression()
@@ -74,13 +76,15 @@ def main() -> None:
     t_sk = time.perf_counter() - t0
     acc_sk = float(np.mean(ref.predict(Xva) == yva))
     print(
-        f"sklearn LogisticRegression()  fit {t_sk:7.2f} s  ({int(np.max(ref.n_iter_))} L-BFGS iterations)  val accuracy {acc_sk:.4f}"
+        f"sklearn LogisticRegression()  fit {t_sk:7.2f} s  "
+        f"({int(np.max(ref.n_iter_))} L-BFGS iterations)  val accuracy {acc_sk:.4f}"
     )
 
     ratio = t_lin / t_sk
     verdict = "met" if ratio <= 0.5 and acc_lin >= acc_sk else "NOT met"
     print(
-        f"time ratio linear / sklearn = {ratio:.3f}  (speed-up {1 / ratio:.1f}x); accuracy {acc_lin:.4f} vs {acc_sk:.4f}"
+        f"time ratio linear / sklearn = {ratio:.3f}  (speed-up {1 / ratio:.1f}x); "
+        f"accuracy {acc_lin:.4f} vs {acc_sk:.4f}"
     )
     print(f"target (<= 0.5x time at equal or better accuracy): {verdict}")
 

@@ -10,7 +10,10 @@ from tlx.cli import demo, extract, finetune, heads, info, predict
 
 app = typer.Typer(
     name="tlx",
-    help="Cached-feature, two-stage transfer learning: extract features once, fit heads in seconds, fine-tune when it pays.",
+    help=(
+        "Cached-feature, two-stage transfer learning: "
+        "extract features once, fit heads in seconds, fine-tune when it pays."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -35,7 +38,8 @@ def main_options(
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Cached-feature, two-stage transfer learning: extract features once, fit heads in seconds, fine-tune when it pays."""
+    """Cached-feature, two-stage transfer learning: extract features once, fit heads in seconds,
+    fine-tune when it pays."""
 
 
 def main() -> None:

@@ -77,14 +77,16 @@ def run_demo(
     backbone = backbone or DEFAULT_BACKBONE
     data = write_digits(out / "digits", per_class_train, per_class_val)
     log(
-        f"wrote {data.n_images} handwritten digits (scikit-learn's load_digits) to {data.root}: {data.n_train} train, {data.n_val} val"
+        f"wrote {data.n_images} handwritten digits (scikit-learn's load_digits) to {data.root}: "
+        f"{data.n_train} train, {data.n_val} val"
     )
 
     t0 = time.perf_counter()
     extracted = extract(data.root, backbone=backbone, cache_dir=out / "cache", workers=workers, reporter=reporter)
     extract_seconds = time.perf_counter() - t0
     log(
-        f"features: {extracted.path} ({extracted.n_images} x {extracted.feature_dim}, {extracted.n_new} extracted, {extracted.n_reused} reused; {extract_seconds:.1f} s)"
+        f"features: {extracted.path} ({extracted.n_images} x {extracted.feature_dim}, "
+        f"{extracted.n_new} extracted, {extracted.n_reused} reused; {extract_seconds:.1f} s)"
     )
 
     fitted = fit_head(extracted.path, clf="linear", out=_new_run_dir(out / "runs", "linear"), log=log)
@@ -130,7 +132,8 @@ def demo_command(
         f"demo: {result.n_images} images of handwritten digits ({result.n_train} train, {result.n_val} val), "
         f"10 classes, backbone {result.backbone}",
         f"  validation accuracy of the {result.clf} head: {result.val_accuracy:.4f}",
-        f"  {result.seconds:.1f} s in all (extract {result.extract_seconds:.1f} s for {result.n_extracted} new images, fit {result.fit_seconds:.2f} s)",
+        f"  {result.seconds:.1f} s in all (extract {result.extract_seconds:.1f} s for {result.n_extracted} new images, "
+        f"fit {result.fit_seconds:.2f} s)",
         f"  run folder: {result.run}",
         f"  cache file: {result.cache}",
         f"  next: tlx predict {Path(result.data) / 'val' / '7'} --run {result.run}",

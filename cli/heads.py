@@ -6,6 +6,7 @@ matplotlib and (for the linear head only) torch are imported inside the command 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -30,7 +31,8 @@ def fit_head_command(
     features: Annotated[
         Path | None,
         typer.Option(
-            help="Feature cache file written by `tlx extract`, or a folder of caches [default: the most recent cache in $TLX_CACHE_DIR or ./cache]."
+            help="Feature cache file written by `tlx extract`, or a folder of caches "
+            "[default: the most recent cache in $TLX_CACHE_DIR or ./cache]."
         ),
     ] = None,
     clf: Annotated[
@@ -84,7 +86,8 @@ def fit_head_command(
     set_params = ", ".join(f"{k}={v}" for k, v in m["params_set"].items())
     summary = (
         f"{result.run}: {result.clf}{f' ({set_params})' if set_params else ''} val accuracy {result.val_accuracy:.4f} "
-        f"(balanced {m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}) on {m['n_val']} val / {m['n_train']} train images; "
+        f"(balanced {m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}) "
+        f"on {m['n_val']} val / {m['n_train']} train images; "
         f"fit {result.fit_seconds:.2f} s"
     )
     if m.get("sweep"):
@@ -149,7 +152,8 @@ def runs_command(
     sort: Annotated[
         RunSort,
         typer.Option(
-            help="accuracy or balanced: best first within each dataset; n_val: most validation images first; created: newest first."
+            help="accuracy or balanced: best first within each dataset; n_val: most validation images first; "
+            "created: newest first."
         ),
     ] = RunSort.accuracy,
     json_out: JsonOpt = False,
@@ -187,7 +191,9 @@ def runs_command(
         typer.echo("interrupted: continue one with `tlx finetune --out RUN --resume`")
 
 
-def print_table(header: list[str], rows: list[list[str]], title: str = "", right: set[str] = frozenset()) -> None:
+def print_table(
+    header: list[str], rows: list[list[str]], title: str = "", right: Collection[str] = frozenset()
+) -> None:
     """A rich table on a terminal; piped or redirected, plain columns that are never wrapped
     or cut, so paths stay whole and copyable."""
     import sys

@@ -78,7 +78,8 @@ def predict_command(
         first = preds.failed[0]
         more = f" (and {len(preds.failed) - 1} more)" if len(preds.failed) > 1 else ""
         raise DatasetError(
-            f"none of the {len(preds.failed)} image(s) could be read, nothing was predicted: {first['path']}: {first['reason']}{more}"
+            f"none of the {len(preds.failed)} image(s) could be read, nothing was predicted: "
+            f"{first['path']}: {first['reason']}{more}"
         )
 
     rows = preds.rows(top_k)
@@ -132,7 +133,8 @@ def export_command(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Output file [default: model.pt or model.onnx inside the run folder]; the sidecar JSON goes to FILE.json.",
+            help="Output file [default: model.pt or model.onnx inside the run folder]; "
+            "the sidecar JSON goes to FILE.json.",
             dir_okay=False,
         ),
     ] = None,
@@ -151,5 +153,8 @@ def export_command(
         if result.max_abs_diff is not None
         else result.checked_with
     )
-    summary = f"{result.path}: {len(result.classes)} classes, input {'x'.join(map(str, result.input_shape))}; checked: {diff}; sidecar {result.sidecar}; {result.seconds:.1f} s"
+    summary = (
+        f"{result.path}: {len(result.classes)} classes, input {'x'.join(map(str, result.input_shape))}; "
+        f"checked: {diff}; sidecar {result.sidecar}; {result.seconds:.1f} s"
+    )
     report(summary, result.to_dict(), json_out, quiet)

@@ -52,12 +52,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[Any]], None], mode: str = "w") -> Path:
+def _open(path: Path, mode: str) -> IO[Any]:
+    """``open(path, mode)``, as UTF-8 without newline translation when ``mode`` is a text mode."""
+    if "b" in mode:
+        return open(path, mode)
+    return open(path, mode, encoding="utf-8", newline="")
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[Any]], object], mode: str = "w") -> Path:
     """Call ``write(fh)`` on a temporary file opened with ``mode``, then put it at ``path``."""
-    binary = "b" in mode
-    with atomic_path(path) as tmp:
-        with open(tmp, mode, **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
-            write(fh)
+    with atomic_path(path) as tmp, _open(tmp, mode) as fh:
+        write(fh)
     return Path(path)
 
 

@@ -84,7 +84,8 @@ def read_metrics(run_dir) -> dict:
         )
     if not path.is_file():
         raise RunError(
-            f"{run_dir} is not a run folder: it has no {METRICS_FILE} (pass a folder that `tlx fit-head` or `tlx runs` printed)"
+            f"{run_dir} is not a run folder: it has no {METRICS_FILE} "
+            "(pass a folder that `tlx fit-head` or `tlx runs` printed)"
         )
     try:
         info = json.loads(path.read_text())

@@ -79,7 +79,8 @@ def _skops_io():
 
     hidden = [name for name in ("torch",) if name not in sys.modules]
     for name in hidden:
-        sys.modules[name] = None  # makes `import torch` raise ImportError
+        # makes `import torch` raise ImportError (a documented sys.modules sentinel that typeshed omits)
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
         import skops.io
     finally:
@@ -145,7 +146,8 @@ def load_head(run_dir):
         raise RunError(f"{meta_path} is not a tlx head description: the run is damaged or foreign; fit the head again")
     if meta.get("format_version") != FORMAT_VERSION:
         raise RunError(
-            f"{meta_path} has head format version {meta.get('format_version')!r} but this tlx reads {FORMAT_VERSION}: fit the head again"
+            f"{meta_path} has head format version {meta.get('format_version')!r} "
+            f"but this tlx reads {FORMAT_VERSION}: fit the head again"
         )
     try:
         spec = get_head(meta["head"])
@@ -164,7 +166,8 @@ def load_head(run_dir):
         raise RunError(f"{file} is missing: the run folder is incomplete; fit the head again")
     if sha256_file(file) != expected_hash:
         raise RunError(
-            f"{file} failed its integrity check (its sha256 does not match {HEAD_JSON}): it was damaged or changed after it was written; fit the head again"
+            f"{file} failed its integrity check (its sha256 does not match {HEAD_JSON}): "
+            "it was damaged or changed after it was written; fit the head again"
         )
 
     if file.suffix == ".skops":

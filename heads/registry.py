@@ -11,10 +11,15 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tlx.errors import TlxError
 from tlx.heads.constraints import COMMON, describe, satisfied
+
+if TYPE_CHECKING:
+    from tlx.heads.base import Head
+
+H = TypeVar("H", bound="Head")
 
 DEFAULT_HEAD = "linear"
 
@@ -32,7 +37,7 @@ class ParamError(TlxError):
 @dataclass(frozen=True)
 class HeadSpec:
     name: str
-    cls: type
+    cls: type[Head]
     main_param: str  # the regularization parameter that --sweep searches
     grid: tuple  # its values, strongest regularization first
     description: str
@@ -54,18 +59,18 @@ class HeadSpec:
 
     @property
     def supports_class_weight(self) -> bool:
-        return "class_weight" in inspect.signature(self.cls.__init__).parameters
+        return "class_weight" in inspect.signature(self.cls).parameters
 
 
 def register_head(name: str, main_param: str, grid, description: str = "", constraints: dict | None = None):
     """Class decorator; ``constraints`` declares the valid values of parameters that no wrapped
     scikit-learn estimator checks (see :func:`validate_params`)."""
 
-    def decorate(cls: type) -> type:
+    def decorate(cls: type[H]) -> type[H]:
         if name in _HEADS:
             raise ValueError(f"head {name!r} is registered twice")
         cls.name = name
-        if main_param not in inspect.signature(cls.__init__).parameters:
+        if main_param not in inspect.signature(cls).parameters:
             raise ValueError(f"head {name!r}: main parameter {main_param!r} is not an __init__ parameter")
         doc = description or (cls.__doc__ or "").strip().splitlines()[0]
         _HEADS[name] = HeadSpec(name, cls, main_param, tuple(grid), doc, dict(constraints or {}))
@@ -157,7 +162,8 @@ def parse_params(spec: HeadSpec, items) -> dict[str, Any]:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise ParamError(
-                    f"--param {item!r}: expected KEY=VALUE, e.g. --param {spec.main_param}={spec.grid[len(spec.grid) // 2]}"
+                    f"--param {item!r}: expected KEY=VALUE, "
+                    f"e.g. --param {spec.main_param}={spec.grid[len(spec.grid) // 2]}"
                 )
             pairs.append((key.strip(), value.strip()))
     out = {}

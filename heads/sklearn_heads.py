@@ -122,7 +122,7 @@ class SvmHead(SklearnHead):
         from sklearn.model_selection import StratifiedKFold
         from sklearn.svm import SVC
 
-        gamma = self.gamma
+        gamma: str | float = self.gamma
         with contextlib.suppress(TypeError, ValueError):
             gamma = float(gamma)
         svc = SVC(C=self.C, kernel=self.kernel, gamma=gamma, class_weight=self.class_weight)

@@ -257,6 +257,7 @@ def _to_onnx(module, example, path: Path) -> None:
                 dynamic_shapes=({0: batch},),
                 external_data=False,
             )
+            assert program is not None  # dynamo=True always returns an ONNXProgram
             program.save(str(path), external_data=False)
             return
         except ImportError as exc:
@@ -326,6 +327,7 @@ def _check(module, path: Path, fmt: str, x) -> tuple[float | None, str]:
     diff = float(np.abs(got - want).max())
     if not diff <= CHECK_ATOL:
         raise ExportError(
-            f"the exported {fmt} file differs from the model by {diff:.2e} (> {CHECK_ATOL:g}); the export is not faithful"
+            f"the exported {fmt} file differs from the model by {diff:.2e} (> {CHECK_ATOL:g}); "
+            "the export is not faithful"
         )
     return diff, how

@@ -178,21 +178,22 @@ def read_rows(cache: Path, rows: Sequence[int], block: int = 4096) -> np.ndarray
     hold some of them (memory stays flat however large the cache is)."""
     import h5py
 
-    rows = np.asarray(rows, dtype=np.int64)
+    idx = np.asarray(rows, dtype=np.int64)
     with h5py.File(cache, "r") as f:
         ds = f["features"]
-        out = np.empty((len(rows), ds.shape[1]), dtype=np.float32)
-        for start in np.unique(rows // block) * block:
-            mine = np.flatnonzero((rows >= start) & (rows < start + block))
+        out = np.empty((len(idx), ds.shape[1]), dtype=np.float32)
+        for start in np.unique(idx // block) * block:
+            mine = np.flatnonzero((idx >= start) & (idx < start + block))
             part = ds[int(start) : int(start) + block]
-            out[mine] = part[rows[mine] - start]
+            out[mine] = part[idx[mine] - start]
     return out
 
 
 def _hash_all(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]]:
     from tlx.common.hashing import sha256_file
 
-    hashes, failed = [], {}
+    hashes: list[str | None] = []
+    failed: dict[int, str] = {}
     for i, p in enumerate(paths):
         try:
             hashes.append(sha256_file(p))
@@ -340,7 +341,8 @@ def head_class_indices(run) -> list[int]:
             cols.append(run.classes.index(str(c)))
         else:
             raise TlxError(
-                f"the head in {run.path} knows class {c!r}, which is not among the run's classes {run.classes}: the run is damaged; fit it again"
+                f"the head in {run.path} knows class {c!r}, which is not among the run's classes {run.classes}: "
+                "the run is damaged; fit it again"
             )
     return cols
 

@@ -157,7 +157,8 @@ def test_a_non_exportable_head_is_refused_before_torch_is_imported(runs, tmp_pat
 
     code = (
         "import sys; from typer.testing import CliRunner; from tlx.cli.app import app\n"
-        f"r = CliRunner().invoke(app, ['export', '--run', {str(runs['knn'])!r}, '--out', {str(tmp_path / 'm.onnx')!r}])\n"
+        f"r = CliRunner().invoke(app, ['export', '--run', {str(runs['knn'])!r}, "
+        f"'--out', {str(tmp_path / 'm.onnx')!r}])\n"
         "assert r.exit_code == 2 and 'not exportable' in r.output, r.output\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
     )

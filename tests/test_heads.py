@@ -157,7 +157,7 @@ def test_foreign_skops_file_with_unlisted_types_is_refused(tmp_path):
 
 
 def test_garbage_head_files_are_refused(tmp_path):
-    with pytest.raises(RunError, match="no head.json"):
+    with pytest.raises(RunError, match=r"no head\.json"):
         load_head(tmp_path)
     (tmp_path / "head.json").write_text("{not json")
     with pytest.raises(RunError, match="not a tlx head"):

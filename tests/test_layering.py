@@ -28,7 +28,8 @@ def test_a_package_never_imports_the_ones_above_it(level):
         "import importlib, json, sys\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        "print(json.dumps(sorted({m.split('.')[1] for m in sys.modules if m.startswith('tlx.') and m.count('.') >= 1})))\n"
+        "print(json.dumps(sorted({m.split('.')[1] for m in sys.modules "
+        "if m.startswith('tlx.') and m.count('.') >= 1})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO.parent, check=True)
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))

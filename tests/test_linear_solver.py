@@ -112,6 +112,6 @@ def test_streamed_blocks_give_the_in_memory_objective(tmp_path):
     for problem in (memory, streamed):
         problem.standardize()
     np.testing.assert_allclose(streamed.shift, memory.shift)
-    W_mem, b_mem, _ = memory.fit(1e-2, 200, 1e-4)
-    W_str, b_str, _ = streamed.fit(1e-2, 200, 1e-4)
+    W_mem, _, _ = memory.fit(1e-2, 200, 1e-4)
+    W_str, _, _ = streamed.fit(1e-2, 200, 1e-4)
     np.testing.assert_allclose(W_str, W_mem, atol=1e-6)

@@ -120,7 +120,7 @@ class _PeakHead(Head):
     """Fake head whose accuracy is 1 for k in GOOD and 0 otherwise."""
 
     name = "peak"
-    GOOD = {3, 10}
+    GOOD = frozenset({3, 10})
 
     def __init__(self, k: int = 1):
         self.k = k
@@ -172,7 +172,7 @@ def test_val_fraction_out_of_range_is_refused_even_when_the_data_has_a_split(cli
 def test_metrics_record_the_n_neighbors_knn_used(caches, runs_dir):
     from tlx.heads.fit import fit_head
 
-    notes = []
+    notes: list[str] = []
     result = fit_head(caches["plain"], clf="knn", params=["n_neighbors=50"], log=notes.append)
     info = json.loads((result.run / "metrics.json").read_text())
     assert info["params_set"]["n_neighbors"] == 50  # what was asked
@@ -370,7 +370,7 @@ def test_runs_on_an_empty_folder(cli, tmp_path):
 def test_load_run_refuses_folders_that_are_not_runs(tmp_path):
     with pytest.raises(RunError, match="is not a run folder: no such folder"):
         load_run(tmp_path / "missing")
-    with pytest.raises(RunError, match="has no metrics.json"):
+    with pytest.raises(RunError, match=r"has no metrics\.json"):
         load_run(tmp_path)
     (tmp_path / "metrics.json").write_text("[1, 2]")
     with pytest.raises(RunError, match="not a tlx run record"):
@@ -405,7 +405,8 @@ def test_runs_info_and_sklearn_heads_do_not_import_torch(caches, tmp_path):
     code = (
         "import sys; from typer.testing import CliRunner; from tlx.cli.app import app\n"
         "runner = CliRunner()\n"
-        f"r = runner.invoke(app, ['fit-head', '--clf', 'logreg', '--features', {str(caches['plain'])!r}, '--out', {str(tmp_path / 'run')!r}, '-q'])\n"
+        f"r = runner.invoke(app, ['fit-head', '--clf', 'logreg', '--features', {str(caches['plain'])!r}, "
+        f"'--out', {str(tmp_path / 'run')!r}, '-q'])\n"
         "assert r.exit_code == 0, r.output\n"
         f"r = runner.invoke(app, ['runs', '--dir', {str(tmp_path)!r}])\n"
         "assert r.exit_code == 0, r.output\n"
