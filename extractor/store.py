@@ -119,6 +119,31 @@ def read_index(path: Path) -> CacheIndex:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
 
 
+def read_summary(path: Path) -> dict:
+    """What ``tlx info`` shows of a cache, without reading its features or paths; raises
+    :class:`UnreadableCacheError` for a file that is not a complete tlx cache."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            if attrs.get("tlx_format") != FORMAT_VERSION:
+                raise UnreadableCacheError(path, f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION})")
+            n = int(attrs["n_images"])
+            lengths = {name: len(f[name]) for name in ("features", "labels", "paths", "split", "content_sha256")}
+            if set(lengths.values()) != {n}:
+                raise UnreadableCacheError(path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}")
+            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"])))
+            space = json.loads(attrs["feature_space"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
+    return {
+        "path": str(path), "dataset": attrs.get("dataset_name"), "dataset_root": attrs.get("dataset_root"),
+        "backbone": attrs.get("backbone"), "pooling": attrs.get("pooling"), "n_images": n,
+        "feature_dim": int(attrs.get("feature_dim", 0)), "updated": attrs.get("updated"),
+        "weights_sha256": space.get("weights_sha256"), "n_failed": len(failed),
+        "failed": [{"path": p, "reason": r} for p, r in failed.items()],
+    }
+
+
 # --------------------------------------------------------------------------- journal
 
 

@@ -155,3 +155,57 @@ def test_info_backbones(cli):
     res = cli("info", "--backbones", "--json")
     assert res.exit_code == 0
     assert {"efficientnet_lite0", "tiny_cnn", "timm:<model>", "torchvision:<model>"} <= set(res.json())
+
+
+@pytest.mark.parametrize("damage", ["not-hdf5", "truncated", "foreign-hdf5", "text-file"])
+def test_info_on_a_file_that_is_not_a_cache_exits_2(cli, folder_data, tmp_path, damage):
+    import h5py
+
+    made = cli("extract", folder_data, *FAST, "--cache-dir", tmp_path / "cache", "--json").json()
+    path = tmp_path / "bad.h5"
+    if damage == "not-hdf5":
+        path.write_bytes(b"garbage" * 100)
+    elif damage == "truncated":
+        data = open(made["path"], "rb").read()
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "foreign-hdf5":
+        with h5py.File(path, "w") as f:
+            f["x"] = [1, 2, 3]
+    else:
+        path = tmp_path / "README.md"
+        path.write_text("hello")
+    res = cli("info", path)
+    assert_user_error(res, str(path))
+    assert "no feature caches" not in res.stdout
+
+
+def test_info_on_a_folder_skips_damaged_caches_with_a_warning(cli, folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    made = cli("extract", folder_data, *FAST, "--cache-dir", cache, "--json").json()
+    (cache / "zz-damaged.h5").write_bytes(b"garbage")
+    res = cli("info", cache, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert [r["path"] for r in res.json()] == [made["path"]]
+    assert "zz-damaged.h5" in res.stderr and "warning" in res.stderr
+
+
+def test_info_shows_failures_with_reasons(cli, folder_data, tmp_path):
+    expected = broken_files(folder_data / "ants")
+    made = cli("extract", folder_data, *FAST, "--cache-dir", tmp_path / "cache", "--json").json()
+    res = cli("info", made["path"])
+    assert res.exit_code == 0, res.stderr
+    for name, words in expected.items():
+        line = next(line for line in res.stdout.splitlines() if f"ants/{name}:" in line)
+        assert words in line
+    row = cli("info", made["path"], "--json").json()[0]
+    assert row["n_failed"] == 5 and {f["path"] for f in row["failed"]} == {f"ants/{n}" for n in expected}
+
+
+def test_info_piped_is_neither_cut_nor_wrapped(cli, tmp_path):
+    data = make_folder_dataset(tmp_path / "a-dataset-with-a-rather-long-and-weird-name-for-the-table")
+    made = cli("extract", data, *FAST, "--cache-dir", tmp_path / "cache", "--pool", "avgmax", "--json").json()
+    res = cli("info", tmp_path / "cache")  # CliRunner's stdout is not a terminal, like a pipe
+    assert res.exit_code == 0, res.stderr
+    name = made["path"].rsplit("/", 1)[-1]
+    [line] = [line for line in res.stdout.splitlines() if name in line]
+    assert data.name in line and "avgmax" in line and "…" not in res.stdout
