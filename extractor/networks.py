@@ -54,7 +54,13 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError, or OSError from a file too short to have a header
+            raise WeightsUnavailableError(
+                f"--weights {path} is not a valid .safetensors file ({type(exc).__name__}: {exc}): "
+                "pass a file saved with safetensors.torch.save_file, or a .pth state dict"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle with code in it, or not a torch file at all

@@ -209,3 +209,37 @@ def test_info_piped_is_neither_cut_nor_wrapped(cli, tmp_path):
     name = made["path"].rsplit("/", 1)[-1]
     [line] = [line for line in res.stdout.splitlines() if name in line]
     assert data.name in line and "avgmax" in line and "…" not in res.stdout
+
+
+def test_extract_in_the_data_folder_never_reads_its_own_output(cli, folder_data, monkeypatch):
+    monkeypatch.chdir(folder_data)  # `tlx extract .` writes ./cache, `tlx fit-head` writes ./runs
+    monkeypatch.delenv("TLX_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TLX_RUNS_DIR", raising=False)
+    first = cli("extract", ".", *FAST, "--json")
+    assert first.exit_code == 0, first.stderr
+    fitted = cli("fit-head", "--clf", "logreg", "--json")
+    assert fitted.exit_code == 0, fitted.stderr
+    assert list((folder_data / "runs").rglob("*.png")), "the run folder should hold plots (images)"
+    again = cli("extract", ".", "--backbone", "tiny_cnn", "--workers", "0", "--json")
+    assert again.exit_code == 0, again.stderr
+    out = again.json()
+    assert (out["path"], out["n_images"], out["n_new"]) == (first.json()["path"], 6, 0)
+    assert tlx.load_features(out["path"]).classes == ["ants", "bees"]
+    assert "note: ignored cache/" in again.stderr and "note: ignored runs/" in again.stderr
+
+
+def test_device_cuda_is_refused_before_the_data_is_read(cli, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = cli("extract", tmp_path / "no-such-data", *FAST, "--device", "cuda", "--cache-dir", tmp_path / "cache")
+    assert_user_error(res, "--device cuda", "no CUDA GPU")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\xff" * 8 + b"{}"])
+def test_weights_that_are_not_valid_safetensors_exit_2(cli, folder_data, tmp_path, content):
+    weights = tmp_path / "bad.safetensors"
+    weights.write_bytes(content)
+    res = cli("extract", folder_data, *FAST, "--weights", weights, "--cache-dir", tmp_path / "cache")
+    assert_user_error(res, "bad.safetensors", "--weights")
+    assert h5_files(tmp_path / "cache") == []
