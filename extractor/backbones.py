@@ -101,7 +101,9 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> "Back
     import torch
     import torchvision
 
-    from tlx.extractor.networks import Backbone, load_into, load_weights_file, sha256_state_dict, torchvision_body, torchvision_weights_file
+    from tlx.extractor.networks import (
+        Backbone, load_into, load_weights_file, sequential_stages, sha256_state_dict, torchvision_body, torchvision_weights_file,
+    )
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise UnknownBackboneError(f"unknown torchvision model {arch!r}: expected a name from torchvision.models.list_models(), e.g. resnet18")
@@ -129,8 +131,7 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> "Back
     with torch.inference_mode():
         width = body(torch.zeros(1, 3, crop, crop)).shape[1]
     cfg = BackboneCfg(f"torchvision:{arch}", f"torchvision:{arch}", int(width), pre, wid, sha, "bsd-3-clause (torchvision)")
-    stages = [[f"{child}.{p}" for p, _ in module.named_parameters()] for child, module in body.named_children()]
-    return Backbone(cfg, body, stages, classifier)
+    return Backbone(cfg, body, sequential_stages(body), classifier)
 
 
 @register_backbone("tiny_cnn", "a 3-stage random CNN at 32 px for tests and dry runs (not pretrained)")
