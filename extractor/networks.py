@@ -52,11 +52,12 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file {path} does not exist: pass --weights with the path of a .pth or .safetensors state dict")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
-        except Exception as exc:  # SafetensorError, or OSError from a file too short to have a header
+        except (SafetensorError, OSError) as exc:
             raise WeightsUnavailableError(
                 f"--weights {path} is not a valid .safetensors file ({type(exc).__name__}: {exc}): "
                 "pass a file saved with safetensors.torch.save_file, or a .pth state dict"

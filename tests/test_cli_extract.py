@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import tlx
@@ -166,7 +168,7 @@ def test_info_on_a_file_that_is_not_a_cache_exits_2(cli, folder_data, tmp_path, 
     if damage == "not-hdf5":
         path.write_bytes(b"garbage" * 100)
     elif damage == "truncated":
-        data = open(made["path"], "rb").read()
+        data = Path(made["path"]).read_bytes()
         path.write_bytes(data[: len(data) // 2])
     elif damage == "foreign-hdf5":
         with h5py.File(path, "w") as f:
