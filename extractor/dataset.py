@@ -15,9 +15,18 @@ from pathlib import Path
 
 from tlx.errors import DatasetError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib"}
+)
 # Folder names that mark the split layout DATA/<split>/<class>/<image>, and their canonical name.
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 LAYOUT_HELP = (
     "expected an image folder DATA/<class>/<image>, a split folder DATA/train/<class>/<image> + "
@@ -104,7 +113,9 @@ def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
     keep = []
     for d in _subdirs(folder):
         if is_tlx_output(d):
-            notes.append(f"ignored {d.relative_to(root).as_posix()}/: tlx's own output (feature caches or runs), not data")
+            notes.append(
+                f"ignored {d.relative_to(root).as_posix()}/: tlx's own output (feature caches or runs), not data"
+            )
         else:
             keep.append(d)
     return keep
@@ -118,7 +129,9 @@ def _class_folder_items(root: Path, folder: Path, split: str, notes: list[str]) 
     loose = _loose_images(folder)
     if loose and folder != root:
         rel = folder.relative_to(root).as_posix()
-        notes.append(f"ignored {_plural(len(loose), 'image')} directly in {rel}/ ({_some_names(loose)}): not inside a class folder")
+        notes.append(
+            f"ignored {_plural(len(loose), 'image')} directly in {rel}/ ({_some_names(loose)}): not inside a class folder"
+        )
     return items
 
 
@@ -143,18 +156,24 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
     if split_dirs:
         items = _from_split_folders(root, split_dirs, [d for d in subdirs if d not in split_dirs], notes)
         if loose:
-            notes.append(f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): not inside a split folder")
+            notes.append(
+                f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): not inside a split folder"
+            )
         return "split", items, notes
     items = _class_folder_items(root, root, "", notes)
     if loose and not items:
         are = "is" if len(loose) == 1 else "are"
         raise DatasetError(f"{root}: {_plural(len(loose), 'image')} {are} not inside class folders; {LAYOUT_HELP}")
     if loose:
-        notes.append(f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): not inside a class folder")
+        notes.append(
+            f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): not inside a class folder"
+        )
     labels = sorted({it.label for it in items})
     if labels and all(label.lower() in SPLIT_ALIASES for label in labels):
         found = ", ".join(f"{label}/" for label in labels)
-        raise DatasetError(f"{root} has split folders {found} holding images directly, not class folders: {LAYOUT_HELP}")
+        raise DatasetError(
+            f"{root} has split folders {found} holding images directly, not class folders: {LAYOUT_HELP}"
+        )
     return "folder", items, notes
 
 
@@ -164,7 +183,9 @@ def _read_manifest_text(csv_path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line_no = raw[: exc.start].count(b"\n") + 1
-        raise DatasetError(f"{csv_path} line {line_no} is not UTF-8 text (byte {raw[exc.start]:#04x}): save the manifest as UTF-8") from None
+        raise DatasetError(
+            f"{csv_path} line {line_no} is not UTF-8 text (byte {raw[exc.start]:#04x}): save the manifest as UTF-8"
+        ) from None
 
 
 def _manifest_split(csv_path: Path, line_no: int, value: str) -> str:
@@ -188,7 +209,11 @@ def _from_manifest(csv_path: Path) -> list[Item]:
     reader.fieldnames = columns
     items = []
     for line_no, row in enumerate(reader, start=2):
-        path, label, split = (row.get("path") or "").strip(), (row.get("label") or "").strip(), (row.get("split") or "").strip()
+        path, label, split = (
+            (row.get("path") or "").strip(),
+            (row.get("label") or "").strip(),
+            (row.get("split") or "").strip(),
+        )
         if not path or not label:
             raise DatasetError(f"{csv_path} line {line_no}: empty path or label; every row needs both")
         p = Path(path)
@@ -217,7 +242,9 @@ def discover(data: str | os.PathLike) -> DatasetIndex:
         layout, items, notes = _from_folders(root)
         name = root.name
     if not items:
-        raise DatasetError(f"no images found in {data}: {LAYOUT_HELP} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DatasetError(
+            f"no images found in {data}: {LAYOUT_HELP} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     # One order everywhere (cache rows, splits, fine-tuning): sorted by path.
     items.sort(key=lambda it: it.relpath)
     seen = set()
@@ -227,5 +254,7 @@ def discover(data: str | os.PathLike) -> DatasetIndex:
         seen.add(it.relpath)
     classes = sorted({it.label for it in items})
     if len(classes) < 2:
-        raise DatasetError(f"{data} has a single class {classes[0]!r} ({len(items)} images): a classifier needs at least two class folders or labels")
+        raise DatasetError(
+            f"{data} has a single class {classes[0]!r} ({len(items)} images): a classifier needs at least two class folders or labels"
+        )
     return DatasetIndex(root, name, layout, items, classes, notes)

@@ -4,9 +4,9 @@ the main process runs the forward pass under ``torch.inference_mode``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -108,7 +108,13 @@ class FeatureRunner:
             out = self.model(x)
         return out.float().cpu().numpy()
 
-    def run(self, paths: Sequence[str], batch_size: int = 32, workers: int | None = None, on_batch: Callable[[int], None] | None = None) -> Iterator[Batch]:
+    def run(
+        self,
+        paths: Sequence[str],
+        batch_size: int = 32,
+        workers: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Iterator[Batch]:
         workers = default_workers() if workers is None else workers
         loader = DataLoader(
             ImageFiles(paths, ResizeCrop(self.pre)),

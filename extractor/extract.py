@@ -9,13 +9,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tlx.common.device import check_device
+from tlx.common.hashing import sha256_file
 from tlx.common.progress import Reporter
 from tlx.errors import CacheError, TlxError
+from tlx.extractor import store
 from tlx.extractor.config import FeatureSpace
 from tlx.extractor.dataset import DatasetIndex, discover
-from tlx.common.hashing import sha256_file
 from tlx.extractor.registry import DEFAULT_BACKBONE, get_backbone
-from tlx.extractor import store
 
 
 class ExtractionFailed(TlxError):
@@ -124,8 +124,21 @@ def extract(
             os.utime(old.path)  # the newest cache is the one the user extracted last
         n = len(old.paths)
         return ExtractResult(
-            str(old.path), str(index.root), old.space.backbone, old.space.feature_dim, n, 0, n, 0, 0, len(failed),
-            _failure_list(failed), round(time.perf_counter() - started, 3), 0.0, False, list(index.notes),
+            str(old.path),
+            str(index.root),
+            old.space.backbone,
+            old.space.feature_dim,
+            n,
+            0,
+            n,
+            0,
+            0,
+            len(failed),
+            _failure_list(failed),
+            round(time.perf_counter() - started, 3),
+            0.0,
+            False,
+            list(index.notes),
         )
 
     net = ref.build(weights=weights)
@@ -142,7 +155,11 @@ def extract(
         _fail_if_strict(strict, failed, reporter)  # after every image was tried, so all are reported
         rows = _plan_rows(index, hashes, failed, old, journal.load_index())
         # nothing new (known failures retried in vain) and nothing moved, relabelled or removed
-        unchanged = old is not None and all(r.old_row is not None for r in rows) and _same_content(old, rows, index.classes, failed)
+        unchanged = (
+            old is not None
+            and all(r.old_row is not None for r in rows)
+            and _same_content(old, rows, index.classes, failed)
+        )
         if unchanged:
             os.utime(path)  # the newest cache is the one the user extracted last
         else:
@@ -182,10 +199,14 @@ def _fail_if_strict(strict: bool, failed: dict[str, str], reporter: Reporter, sh
         reporter.message(f"cannot read {relpath}: {reason}")
     listed = "; ".join(f"{p}: {r}" for p, r in list(failed.items())[:shown])
     more = f"; and {len(failed) - shown} more" if len(failed) > shown else ""
-    raise ExtractionFailed(f"{len(failed)} image(s) could not be read, the cache was not updated (--strict): {listed}{more}", failed)
+    raise ExtractionFailed(
+        f"{len(failed)} image(s) could not be read, the cache was not updated (--strict): {listed}{more}", failed
+    )
 
 
-def _extract_missing(net, index, hashes, failed, old, journal, pooling, batch_size, workers, device, precision, reporter):
+def _extract_missing(
+    net, index, hashes, failed, old, journal, pooling, batch_size, workers, device, precision, reporter
+):
     """Run the network over the images that neither the cache nor the journal holds; their
     features go to the journal, their failures into ``failed``."""
     from tlx.extractor.engine import FeatureRunner
@@ -276,7 +297,9 @@ def _reuse_without_network(index: DatasetIndex, hashes, failed: dict[str, str], 
             continue
         try:
             attrs = store.read_attrs(path)
-            if attrs.get("dataset_root") != str(index.root) or attrs.get("request") != json.dumps(request, sort_keys=True):
+            if attrs.get("dataset_root") != str(index.root) or attrs.get("request") != json.dumps(
+                request, sort_keys=True
+            ):
                 continue
             old = store.read_index(path)
         except (OSError, CacheError):
@@ -297,7 +320,9 @@ def _same_weights(old: store.CacheIndex, request: dict, weights_file: str) -> bo
     return old.space.weights_id != "random-init"  # a seeded init (tiny_cnn) is the same network each time
 
 
-def _unchanged_failures(old: store.CacheIndex, index: DatasetIndex, hashes, failed: dict[str, str]) -> dict[str, str] | None:
+def _unchanged_failures(
+    old: store.CacheIndex, index: DatasetIndex, hashes, failed: dict[str, str]
+) -> dict[str, str] | None:
     """The failures of this run if the data is what ``old`` holds, else None. Images that failed
     before and are not in the cache are decoded again (no network needed) to confirm it."""
     known = set(old.hashes)
@@ -335,7 +360,11 @@ def backbone_for_space(space: FeatureSpace, weights=None):
     net = get_backbone(space.backbone).build(weights=weights or None)
     rebuilt = FeatureSpace.from_backbone(net.cfg, space.pooling)
     if rebuilt.identity() != space.identity():
-        hint = f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})" if space.weights_id.startswith("file:") else ""
+        hint = (
+            f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})"
+            if space.weights_id.startswith("file:")
+            else ""
+        )
         raise CacheError(f"cannot rebuild the feature space {space.backbone}: {space.difference(rebuilt)}{hint}")
     return net
 
@@ -350,5 +379,7 @@ def _read_previous(path: Path, space: FeatureSpace, reporter: Reporter):
         return None
     if old.space.identity() != space.identity():
         # The file name encodes the feature space, so this is a foreign or edited file.
-        raise CacheError(f"{path} holds features of another feature space ({space.difference(old.space)}); move it away and re-run")
+        raise CacheError(
+            f"{path} holds features of another feature space ({space.difference(old.space)}); move it away and re-run"
+        )
     return old

@@ -39,10 +39,21 @@ class Features:
     def has_split(self) -> bool:
         return any(self.split)
 
-    def subset(self, mask) -> "Features":
+    def subset(self, mask) -> Features:
         idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask)
         pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
-        return Features(self.X[idx], self.y[idx], self.classes, pick(self.paths), pick(self.split), pick(self.sha256), self.space, self.path, self.attrs, self.failed)
+        return Features(
+            self.X[idx],
+            self.y[idx],
+            self.classes,
+            pick(self.paths),
+            pick(self.split),
+            pick(self.sha256),
+            self.space,
+            self.path,
+            self.attrs,
+            self.failed,
+        )
 
 
 def resolve_cache(path: str | Path | None) -> Path:
@@ -74,7 +85,9 @@ def load_features(path: str | Path | None = None, split: str | None = None) -> F
                 space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
                 path=path,
                 attrs=attrs,
-                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]))) if "failed" in f else {},
+                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"])))
+                if "failed" in f
+                else {},
             )
     except (OSError, KeyError, ValueError) as exc:
         raise CacheError(f"{path} is not a readable HDF5 feature cache ({exc}): re-run `tlx extract`") from None

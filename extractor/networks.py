@@ -24,7 +24,9 @@ class Backbone(nn.Module):
     """``body(images)`` gives the final feature map; ``stages`` lists the body's parameter
     names stage by stage, shallow to deep, so fine-tuning can unfreeze the last N."""
 
-    def __init__(self, cfg: BackboneCfg, body: nn.Module, stages: list[list[str]], imagenet_head: nn.Module | None = None):
+    def __init__(
+        self, cfg: BackboneCfg, body: nn.Module, stages: list[list[str]], imagenet_head: nn.Module | None = None
+    ):
         super().__init__()
         self.cfg = cfg
         self.body = body
@@ -50,7 +52,9 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a torch file; never runs code from the file."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsUnavailableError(f"weights file {path} does not exist: pass --weights with the path of a .pth or .safetensors state dict")
+        raise WeightsUnavailableError(
+            f"weights file {path} does not exist: pass --weights with the path of a .pth or .safetensors state dict"
+        )
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -65,7 +69,9 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle with code in it, or not a torch file at all
-        raise WeightsUnavailableError(f"{path} is not a plain state dict that loads with weights_only=True ({type(exc).__name__}): save it with torch.save(model.state_dict(), ...) or as .safetensors") from None
+        raise WeightsUnavailableError(
+            f"{path} is not a plain state dict that loads with weights_only=True ({type(exc).__name__}): save it with torch.save(model.state_dict(), ...) or as .safetensors"
+        ) from None
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -94,6 +100,7 @@ def random_init_cfg(cfg: BackboneCfg, model: nn.Module) -> BackboneCfg:
 
 
 # --------------------------------------------------------------------------- timm-based
+
 
 class TimmBody(nn.Module):
     """A timm model whose forward is ``forward_features`` (the map before global pooling)."""
@@ -142,7 +149,9 @@ def lukemelas_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[
     renamed = {}
     for (sk, sv), (dk, dv) in zip(src, dst):
         if sv.shape != dv.shape:
-            raise WeightsUnavailableError(f"EfficientNet-Lite0 tensor {sk} has shape {tuple(sv.shape)}, expected {tuple(dv.shape)} for {dk}")
+            raise WeightsUnavailableError(
+                f"EfficientNet-Lite0 tensor {sk} has shape {tuple(sv.shape)}, expected {tuple(dv.shape)} for {dk}"
+            )
         renamed[dk] = sv
     return renamed
 
@@ -171,6 +180,7 @@ def hf_weights_file(arch: str, pretrained_cfg) -> str:
 
 
 # --------------------------------------------------------------------------- torchvision
+
 
 def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module | None]:
     """Split a torchvision classifier into (feature-map body, ImageNet classifier)."""
@@ -250,6 +260,7 @@ def torchvision_weights_file(arch: str, weights_enum) -> str:
 
 
 # --------------------------------------------------------------------------- tiny, for tests
+
 
 class TinyCNN(nn.Module):
     """Three strided conv stages, 32-wide: a fast stand-in with the real interface."""

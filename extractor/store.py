@@ -103,7 +103,10 @@ def read_index(path: Path) -> CacheIndex:
         with h5py.File(path, "r") as f:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
             if attrs.get("tlx_format") != FORMAT_VERSION:
-                raise UnreadableCacheError(path, f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION})")
+                raise UnreadableCacheError(
+                    path,
+                    f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION})",
+                )
             return CacheIndex(
                 path=path,
                 space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
@@ -126,20 +129,31 @@ def read_summary(path: Path) -> dict:
         with h5py.File(path, "r") as f:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
             if attrs.get("tlx_format") != FORMAT_VERSION:
-                raise UnreadableCacheError(path, f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION})")
+                raise UnreadableCacheError(
+                    path,
+                    f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION})",
+                )
             n = int(attrs["n_images"])
             lengths = {name: len(f[name]) for name in ("features", "labels", "paths", "split", "content_sha256")}
             if set(lengths.values()) != {n}:
-                raise UnreadableCacheError(path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}")
+                raise UnreadableCacheError(
+                    path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
+                )
             failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"])))
             space = json.loads(attrs["feature_space"])
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
     return {
-        "path": str(path), "dataset": attrs.get("dataset_name"), "dataset_root": attrs.get("dataset_root"),
-        "backbone": attrs.get("backbone"), "pooling": attrs.get("pooling"), "n_images": n,
-        "feature_dim": int(attrs.get("feature_dim", 0)), "updated": attrs.get("updated"),
-        "weights_sha256": space.get("weights_sha256"), "n_failed": len(failed),
+        "path": str(path),
+        "dataset": attrs.get("dataset_name"),
+        "dataset_root": attrs.get("dataset_root"),
+        "backbone": attrs.get("backbone"),
+        "pooling": attrs.get("pooling"),
+        "n_images": n,
+        "feature_dim": int(attrs.get("feature_dim", 0)),
+        "updated": attrs.get("updated"),
+        "weights_sha256": space.get("weights_sha256"),
+        "n_failed": len(failed),
         "failed": [{"path": p, "reason": r} for p, r in failed.items()],
     }
 
@@ -246,10 +260,12 @@ def write_cache(
     width = space.feature_dim
     shards = ShardReader()
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", libver="latest") as f, (h5py.File(old_cache, "r") if old_cache else _null()) as old:
+        with h5py.File(tmp, "w", libver="latest") as f, h5py.File(old_cache, "r") if old_cache else _null() as old:
             chunk = _rows_per_chunk(width)
             n = len(rows)
-            feats = f.create_dataset("features", shape=(n, width), maxshape=(None, width), dtype="f4", chunks=(min(chunk, max(n, 1)), width))
+            feats = f.create_dataset(
+                "features", shape=(n, width), maxshape=(None, width), dtype="f4", chunks=(min(chunk, max(n, 1)), width)
+            )
             # Copy in blocks so memory stays flat however large the dataset is.
             for start in range(0, n, block):
                 part = rows[start : start + block]
@@ -269,13 +285,17 @@ def write_cache(
             _string_dataset(f, "paths", [r.path for r in rows])
             _string_dataset(f, "split", [r.split for r in rows])
             _string_dataset(f, "content_sha256", [r.sha256 for r in rows])
-            f.create_dataset("labels", data=np.array([r.label for r in rows], dtype=np.int64), maxshape=(None,), chunks=True)
+            f.create_dataset(
+                "labels", data=np.array([r.label for r in rows], dtype=np.int64), maxshape=(None,), chunks=True
+            )
             _string_dataset(f, "classes", classes)
             g = f.create_group("failed")
             _string_dataset(g, "paths", list(failed))
             _string_dataset(g, "reasons", list(failed.values()))
             for key, value in attrs.items():
-                f.attrs[key] = str(value) if isinstance(value, str) else value  # str subclasses (TorchVersion) confuse h5py
+                f.attrs[key] = (
+                    str(value) if isinstance(value, str) else value
+                )  # str subclasses (TorchVersion) confuse h5py
             f.attrs["tlx_format"] = FORMAT_VERSION
             f.attrs["feature_space"] = json.dumps(space.to_dict())
             f.attrs["n_images"] = len(rows)
@@ -289,7 +309,9 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 def _string_dataset(group, name: str, values: list[str]):
-    return group.create_dataset(name, data=np.array(values, dtype=object), dtype=STR, maxshape=(None,), chunks=True if values else None)
+    return group.create_dataset(
+        name, data=np.array(values, dtype=object), dtype=STR, maxshape=(None,), chunks=True if values else None
+    )
 
 
 class _null:

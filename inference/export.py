@@ -14,8 +14,6 @@ axis. After writing, the file is loaded back and checked against the eager modul
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -111,10 +109,9 @@ def build_module(run):
 
     from tlx.extractor.extract import backbone_for_space
     from tlx.extractor.pooling import FeatureExtractor
+    from tlx.heads.base import NotExportableError
     from tlx.heads.runs import weights_path_for
     from tlx.inference.predict import head_class_indices
-
-    from tlx.heads.base import NotExportableError
 
     try:  # before building anything
         W, b, shift, scale = run.head.linear_form()
@@ -155,8 +152,14 @@ def export_run(run, fmt: str, out=None, check: bool = True) -> ExportResult:
                 extra.unlink(missing_ok=True)
     side = write_json_atomic(sidecar_path(out), sidecar(run, fmt, out, classes, pre))
     return ExportResult(
-        path=str(out), sidecar=str(side), format=fmt, kind=run.kind, classes=classes,
-        input_shape=["N", 3, size, size], max_abs_diff=diff, checked_with=how,
+        path=str(out),
+        sidecar=str(side),
+        format=fmt,
+        kind=run.kind,
+        classes=classes,
+        input_shape=["N", 3, size, size],
+        max_abs_diff=diff,
+        checked_with=how,
         seconds=round(time.perf_counter() - started, 3),
     )
 
@@ -170,10 +173,17 @@ def sidecar(run, fmt: str, out: Path, classes: list[str], pre) -> dict:
         "file": out.name,
         "format": fmt,
         "input": {
-            "name": INPUT_NAME, "shape": ["N", 3, pre.input_size, pre.input_size], "dtype": "float32",
+            "name": INPUT_NAME,
+            "shape": ["N", 3, pre.input_size, pre.input_size],
+            "dtype": "float32",
             "layout": "NCHW, RGB",
         },
-        "output": {"name": OUTPUT_NAME, "shape": ["N", len(classes)], "dtype": "float32", "meaning": "class probabilities (softmax), columns in the order of 'classes'"},
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["N", len(classes)],
+            "dtype": "float32",
+            "meaning": "class probabilities (softmax), columns in the order of 'classes'",
+        },
         "classes": classes,
         "preprocessing": {
             **pre.to_dict(),
@@ -216,8 +226,15 @@ def _to_onnx(module, example, path: Path) -> None:
         warnings.simplefilter("ignore")
         try:  # the TorchScript-based exporter: one plain graph with the weights inside
             torch.onnx.export(
-                module, (example,), str(path), dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=17, do_constant_folding=True,
+                module,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=17,
+                do_constant_folding=True,
             )
             return
         except Exception as exc:  # removed or failing in this torch: fall back to dynamo
@@ -225,8 +242,13 @@ def _to_onnx(module, example, path: Path) -> None:
         try:
             batch = torch.export.Dim("batch", min=1)
             program = torch.onnx.export(
-                module, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},), external_data=False,
+                module,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                external_data=False,
             )
             program.save(str(path), external_data=False)
             return
@@ -291,8 +313,12 @@ def _check(module, path: Path, fmt: str, x) -> tuple[float | None, str]:
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         how = "onnxruntime"
     if got.shape != want.shape:
-        raise ExportError(f"the exported {fmt} file gives shape {tuple(got.shape)} for a batch of 3, expected {tuple(want.shape)}")
+        raise ExportError(
+            f"the exported {fmt} file gives shape {tuple(got.shape)} for a batch of 3, expected {tuple(want.shape)}"
+        )
     diff = float(np.abs(got - want).max())
     if not diff <= CHECK_ATOL:
-        raise ExportError(f"the exported {fmt} file differs from the model by {diff:.2e} (> {CHECK_ATOL:g}); the export is not faithful")
+        raise ExportError(
+            f"the exported {fmt} file differs from the model by {diff:.2e} (> {CHECK_ATOL:g}); the export is not faithful"
+        )
     return diff, how

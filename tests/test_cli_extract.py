@@ -5,12 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-import tlx
 from conftest import broken_files, h5_files, make_folder_dataset
 
+import tlx
+
 FAST = ["--backbone", "tiny_cnn", "--workers", "0", "--quiet"]
-JSON_KEYS = {"path", "backbone", "feature_dim", "n_images", "n_new", "n_reused", "n_removed", "n_failed", "failed", "seconds"}
+JSON_KEYS = {
+    "path",
+    "backbone",
+    "feature_dim",
+    "n_images",
+    "n_new",
+    "n_reused",
+    "n_removed",
+    "n_failed",
+    "failed",
+    "seconds",
+}
 
 
 def assert_user_error(res, *words, code: int = 2):
@@ -29,7 +40,14 @@ def test_extract_json(cli, folder_data, tmp_path):
     out = res.json()
     assert JSON_KEYS <= set(out)
     assert out["backbone"] == "tiny_cnn" and out["feature_dim"] == 32
-    assert (out["n_images"], out["n_new"], out["n_reused"], out["n_removed"], out["n_failed"], out["failed"]) == (6, 6, 0, 0, 0, [])
+    assert (out["n_images"], out["n_new"], out["n_reused"], out["n_removed"], out["n_failed"], out["failed"]) == (
+        6,
+        6,
+        0,
+        0,
+        0,
+        [],
+    )
     assert isinstance(out["seconds"], float) and out["seconds"] > 0
     assert h5_files(cache) == [tlx.load_features(out["path"]).path]
 
@@ -51,7 +69,9 @@ def test_cache_dir_from_environment(cli, folder_data, cache_dir):
 
 def test_broken_images_warn_and_exit_0(cli, folder_data, tmp_path):
     expected = broken_files(folder_data / "ants")
-    res = cli("extract", folder_data, "--backbone", "tiny_cnn", "--workers", "0", "--cache-dir", tmp_path / "c", "--json")
+    res = cli(
+        "extract", folder_data, "--backbone", "tiny_cnn", "--workers", "0", "--cache-dir", tmp_path / "c", "--json"
+    )
     assert res.exit_code == 0, res.stderr
     out = res.json()
     assert out["n_failed"] == 5 and out["n_images"] == 6
@@ -108,7 +128,9 @@ def test_user_errors_exit_2_and_write_nothing(cli, tmp_path, make_data, extra, w
     assert not cache.exists()
 
 
-@pytest.mark.parametrize("extra", [["--pool", "median"], ["--batch-size", "0"], ["--device", "tpu"], ["--workers", "-1"]])
+@pytest.mark.parametrize(
+    "extra", [["--pool", "median"], ["--batch-size", "0"], ["--device", "tpu"], ["--workers", "-1"]]
+)
 def test_bad_option_values_exit_2(cli, folder_data, tmp_path, extra):
     res = cli("extract", folder_data, *FAST, *extra, "--cache-dir", tmp_path / "cache")
     assert res.exit_code == 2
@@ -136,7 +158,13 @@ def test_info_lists_caches(cli, folder_data, tmp_path):
     rows = listed.json()
     assert len(rows) == 2 and made["path"] in {r["path"] for r in rows}
     row = next(r for r in rows if r["path"] == made["path"])
-    assert (row["dataset"], row["backbone"], row["n_images"], row["feature_dim"], row["pooling"]) == ("data", "tiny_cnn", 6, 32, "avg")
+    assert (row["dataset"], row["backbone"], row["n_images"], row["feature_dim"], row["pooling"]) == (
+        "data",
+        "tiny_cnn",
+        6,
+        32,
+        "avg",
+    )
     assert row["updated"]
 
     table = cli("info", cache)

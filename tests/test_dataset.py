@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_folder_dataset, write_image
+
 from tlx.errors import DatasetError
 from tlx.extractor.dataset import discover
 
@@ -14,7 +14,12 @@ def test_class_folders(tmp_path):
     index = discover(data)
     assert index.layout == "folder" and index.name == "flowers"
     assert index.classes == ["daisy", "roses"]
-    assert [it.relpath for it in index.items] == ["daisy/daisy_0.png", "daisy/daisy_1.png", "roses/roses_0.png", "roses/roses_1.png"]
+    assert [it.relpath for it in index.items] == [
+        "daisy/daisy_0.png",
+        "daisy/daisy_1.png",
+        "roses/roses_0.png",
+        "roses/roses_1.png",
+    ]
     assert [it.label for it in index.items] == ["daisy", "daisy", "roses", "roses"]
     assert index.splits == [] and all(it.split == "" for it in index.items)
 
@@ -57,13 +62,28 @@ def test_hidden_and_non_image_files_are_ignored(tmp_path):
     (data / "LICENSE.md").write_text("top-level file")
     index = discover(data)
     assert index.classes == ["ants", "bees"]
-    assert sorted(it.relpath for it in index.items) == ["ants/ants_0.png", "ants/ants_1.png", "bees/bees_0.png", "bees/bees_1.png"]
+    assert sorted(it.relpath for it in index.items) == [
+        "ants/ants_0.png",
+        "ants/ants_1.png",
+        "bees/bees_0.png",
+        "bees/bees_1.png",
+    ]
 
 
 @pytest.mark.parametrize("ext", [".JPG", ".Jpeg", ".PNG", ".webp", ".TIF", ".tiff", ".Bmp", ".GIF", ".jpe"])
 def test_extensions_in_any_letter_case(tmp_path, ext):
     data = make_folder_dataset(tmp_path / "d", per_class=1)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".gif": "GIF"}[ext.lower()]
+    fmt = {
+        ".jpg": "JPEG",
+        ".jpeg": "JPEG",
+        ".jpe": "JPEG",
+        ".png": "PNG",
+        ".webp": "WEBP",
+        ".tif": "TIFF",
+        ".tiff": "TIFF",
+        ".bmp": "BMP",
+        ".gif": "GIF",
+    }[ext.lower()]
     write_image(data / "ants" / f"odd{ext}", seed=3, fmt=fmt)
     assert f"ants/odd{ext}" in [it.relpath for it in discover(data).items]
 
@@ -139,7 +159,11 @@ def test_a_file_that_is_not_a_manifest(tmp_path):
 
 def test_real_split_layout(hymenoptera):
     index = discover(hymenoptera)
-    counts = {(s, c): sum(1 for it in index.items if it.split == s and it.label == c) for s in ("train", "val") for c in ("ants", "bees")}
+    counts = {
+        (s, c): sum(1 for it in index.items if it.split == s and it.label == c)
+        for s in ("train", "val")
+        for c in ("ants", "bees")
+    }
     assert index.layout == "split" and index.classes == ["ants", "bees"]
     assert counts == {("train", "ants"): 123, ("train", "bees"): 121, ("val", "ants"): 70, ("val", "bees"): 83}
 

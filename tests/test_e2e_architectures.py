@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_folder_dataset
 
 ARCHS = ["torchvision:mobilenet_v3_small", "timm:test_efficientnet"]
@@ -49,8 +48,24 @@ def test_extract_fit_head_finetune_export(cli, tmp_path, monkeypatch, backbone):
     assert head.exit_code == 0, head.stderr
     head_run = head.json()["run"]
 
-    tuned = cli("finetune", data, "--backbone", backbone, "--weights", weights, "--unfreeze", "1", "--epochs", "1",
-                "--batch-size", "4", "--no-augment", "--out", tmp_path / "ft", *FAST)
+    tuned = cli(
+        "finetune",
+        data,
+        "--backbone",
+        backbone,
+        "--weights",
+        weights,
+        "--unfreeze",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-augment",
+        "--out",
+        tmp_path / "ft",
+        *FAST,
+    )
     assert tuned.exit_code == 0, tuned.stderr
     assert (tmp_path / "ft" / "model.safetensors").is_file()
 

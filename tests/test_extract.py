@@ -13,9 +13,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import broken_files, h5_files, make_folder_dataset, subprocess_env, write_image
 
 import tlx
-from conftest import broken_files, h5_files, make_folder_dataset, subprocess_env, write_image
 from tlx.errors import CacheError
 from tlx.extractor.extract import ExtractionFailed, extract
 
@@ -251,12 +251,28 @@ def test_strict_fails_and_writes_nothing(folder_data, tmp_path):
 
 
 def _cli(data, cache, *extra) -> list[str]:
-    return [sys.executable, "-m", "tlx", "extract", str(data), "--backbone", "tiny_cnn", "--workers", "0", "--cache-dir", str(cache), "--json", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "tlx",
+        "extract",
+        str(data),
+        "--backbone",
+        "tiny_cnn",
+        "--workers",
+        "0",
+        "--cache-dir",
+        str(cache),
+        "--json",
+        *extra,
+    ]
 
 
 def _many_images(root: Path, n: int, size=(192, 160)) -> None:
     for i in range(n):
-        write_image(root / ("ants" if i % 2 else "bees") / f"img_{i:04d}.jpg", seed=i, size=size, fmt="JPEG", quality=90)
+        write_image(
+            root / ("ants" if i % 2 else "bees") / f"img_{i:04d}.jpg", seed=i, size=size, fmt="JPEG", quality=90
+        )
 
 
 @pytest.mark.slow
@@ -267,7 +283,13 @@ def test_kill_9_then_resume(tmp_path):
     _many_images(data, 240)  # the same 20 again (same bytes) and 220 more
 
     journal = Path(complete.path + ".journal")
-    proc = subprocess.Popen(_cli(data, cache, "--batch-size", "8"), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cli(data, cache, "--batch-size", "8"),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not list(journal.glob("part-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -297,7 +319,17 @@ def test_kill_9_then_resume(tmp_path):
 def test_two_concurrent_extracts(tmp_path):
     data, cache = tmp_path / "data", tmp_path / "cache"
     _many_images(data, 60, size=(96, 80))
-    procs = [subprocess.Popen(_cli(data, cache), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            _cli(data, cache),
+            cwd=tmp_path,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
