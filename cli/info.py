@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tlx.cli.common import JsonOpt, emit_json, handle_errors
+from tlx.cli.common import JsonOpt, emit_json, handle_errors, info
+
+COLUMNS = ("file", "dataset", "backbone", "pool", "images", "width", "failed", "updated")
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +25,7 @@ def info_command(
     backbones: Annotated[bool, typer.Option("--backbones", help="List the registered backbones instead.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """List feature caches: dataset, backbone, image count, width, date."""
+    """List feature caches: dataset, backbone, image count, width, failures, date."""
     if backbones:
         from tlx.extractor.registry import list_backbones
 
@@ -35,7 +37,7 @@ def info_command(
                 typer.echo(f"{name:<28} {desc}")
         return
     from tlx.errors import CacheError
-    from tlx.extractor.store import default_cache_dir, list_caches, read_attrs
+    from tlx.extractor.store import UnreadableCacheError, default_cache_dir, list_caches, read_summary
 
     where = cache if cache is not None else default_cache_dir()
     if not where.exists():
@@ -43,41 +45,56 @@ def info_command(
     rows = []
     for path in list_caches(where):
         try:
-            a = read_attrs(path)
-            space = json.loads(a["feature_space"])
-        except (OSError, KeyError, ValueError):
-            continue  # not a tlx cache
-        rows.append(
-            {
-                "path": str(path),
-                "dataset": a.get("dataset_name"),
-                "dataset_root": a.get("dataset_root"),
-                "backbone": a.get("backbone"),
-                "pooling": a.get("pooling"),
-                "n_images": int(a.get("n_images", 0)),
-                "feature_dim": int(a.get("feature_dim", 0)),
-                "updated": a.get("updated"),
-                "weights_sha256": space.get("weights_sha256"),
-            }
-        )
+            rows.append(read_summary(path))
+        except UnreadableCacheError as exc:
+            if where.is_file():
+                raise  # the user named this file: it is an error, not a row to skip
+            info(f"warning: skipped {exc.reason}")
     if json_out:
         emit_json(rows)
         return
     if not rows:
         typer.echo(f"no feature caches in {where}")
         return
+    _print_table([_cells(r) for r in rows])
+    if where.is_file():
+        _print_failures(rows[0])
+
+
+def _cells(r: dict) -> list[str]:
+    return [
+        Path(r["path"]).name,
+        str(r["dataset"]),
+        str(r["backbone"]),
+        str(r["pooling"]),
+        str(r["n_images"]),
+        str(r["feature_dim"]),
+        str(r["n_failed"]),
+        str(r["updated"]),
+    ]
+
+
+def _print_table(cells: list[list[str]]) -> None:
+    """A rich table on a terminal; piped, plain aligned rows that are never cut or wrapped."""
+    if not sys.stdout.isatty():
+        widths = [max(len(row[i]) for row in [list(COLUMNS), *cells]) for i in range(len(COLUMNS))]
+        for row in [list(COLUMNS), *cells]:
+            typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("file", "dataset", "backbone", "pool", "images", "width", "updated")
-    for r in rows:
-        table.add_row(
-            Path(r["path"]).name,
-            r["dataset"],
-            r["backbone"],
-            r["pooling"],
-            str(r["n_images"]),
-            str(r["feature_dim"]),
-            r["updated"],
-        )
+    table = Table(*COLUMNS)
+    for column in table.columns:
+        column.overflow = "fold"  # a long file name folds onto a second line instead of losing its end
+    for row in cells:
+        table.add_row(*row)
     Console().print(table)
+
+
+def _print_failures(row: dict) -> None:
+    if not row["failed"]:
+        return
+    typer.echo(f"{row['n_failed']} image(s) could not be read (not in the cache):")
+    for failure in row["failed"]:
+        typer.echo(f"  {failure['path']}: {failure['reason']}")

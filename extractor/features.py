@@ -26,6 +26,7 @@ class Features:
     space: FeatureSpace
     path: Path  # the cache file
     attrs: dict = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # images that could not be read -> why
 
     def __len__(self) -> int:
         return len(self.y)
@@ -51,6 +52,7 @@ class Features:
             self.space,
             self.path,
             self.attrs,
+            self.failed,
         )
 
 
@@ -83,8 +85,11 @@ def load_features(path: str | Path | None = None, split: str | None = None) -> F
                 space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
                 path=path,
                 attrs=attrs,
+                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"])))
+                if "failed" in f
+                else {},
             )
-    except OSError as exc:
+    except (OSError, KeyError, ValueError) as exc:
         raise CacheError(f"{path} is not a readable HDF5 feature cache ({exc}): re-run `tlx extract`") from None
     if split is not None:
         if split not in set(feats.split):

@@ -56,9 +56,16 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"weights file {path} does not exist: pass --weights with the path of a .pth or .safetensors state dict"
         )
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise WeightsUnavailableError(
+                f"--weights {path} is not a valid .safetensors file ({type(exc).__name__}: {exc}): "
+                "pass a file saved with safetensors.torch.save_file, or a .pth state dict"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle with code in it, or not a torch file at all
@@ -183,10 +190,11 @@ def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module 
         # nn.Sequential keeps names only from an OrderedDict (a plain dict is taken as one module)
         body = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if names.index(n) < cut))
         return body, model.fc
-    if "features" in names:  # VGG, MobileNet, EfficientNet, DenseNet, MNASNet, SqueezeNet...
-        body = nn.Sequential(model.features)
+    if "features" in names:  # VGG, AlexNet, MobileNet, EfficientNet, DenseNet, SqueezeNet, ConvNeXt...
+        # The children of `features` become the body's own children, so each can be a stage.
+        body = nn.Sequential(OrderedDict(model.features.named_children()))
         if arch.startswith("densenet"):  # DenseNet applies its final ReLU in forward()
-            body.append(nn.ReLU())
+            body.add_module("relu", nn.ReLU())
         classifier = getattr(model, "classifier", None)
         if isinstance(classifier, nn.Sequential):
             linears = [m for m in classifier if isinstance(m, nn.Linear)]
@@ -196,6 +204,42 @@ def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module 
         f"torchvision:{arch} has no convolutional feature map that tlx knows how to take "
         "(supported: models with .features or avgpool+fc); use its timm version instead, e.g. timm:" + arch
     )
+
+
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def sequential_stages(body: nn.Module) -> list[list[str]]:
+    """Parameter names of a torchvision ``features`` sequence, stage by stage, shallow to deep.
+
+    A block (a child with children of its own: an inverted residual, a dense block, a Fire
+    module, a ConvNeXt stage) is a stage. Single layers are grouped up to the next pooling, so
+    VGG's and AlexNet's conv blocks are stages too; a trailing lone norm (DenseNet's norm5)
+    joins the last block rather than make `--unfreeze 1` train a norm layer alone.
+    """
+    stages: list[list[str]] = []
+    group: list[str] = []
+    norms_only = True
+    for name, child in body.named_children():
+        params = [f"{name}.{p}" for p, _ in child.named_parameters()]
+        if any(True for _ in child.children()):
+            if group:
+                stages.append(group)
+            group, norms_only = [], True
+            stages.append(params)
+            continue
+        group += params
+        norms_only = norms_only and (not params or isinstance(child, _NORMS))
+        if isinstance(child, _POOLS) and group:
+            stages.append(group)
+            group, norms_only = [], True
+    if group:
+        if stages and norms_only:
+            stages[-1] += group
+        else:
+            stages.append(group)
+    return [stage for stage in stages if stage]
 
 
 def torchvision_weights_file(arch: str, weights_enum) -> str:

@@ -41,11 +41,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("_") or "data"
 
 
+def cache_file_prefix(dataset_name: str, backbone: str, pooling: str) -> str:
+    """The part of a cache's file name known before the network is built."""
+    return f"{_slug(dataset_name)}-{_slug(backbone)}-{pooling}-"
+
+
 def cache_file_name(dataset_name: str, dataset_root: str, space: FeatureSpace) -> str:
     import hashlib
 
     ident = hashlib.sha256(f"{space.key}|{dataset_root}".encode()).hexdigest()[:10]
-    return f"{_slug(dataset_name)}-{_slug(space.backbone)}-{space.pooling}-{ident}.h5"
+    return f"{cache_file_prefix(dataset_name, space.backbone, space.pooling)}{ident}.h5"
 
 
 def _rows_per_chunk(width: int) -> int:
@@ -83,13 +88,24 @@ def read_attrs(path: Path) -> dict:
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
 
 
+class UnreadableCacheError(CacheError):
+    """A cache file that cannot be read (truncated, foreign, damaged). ``reason`` says what is
+    wrong without advice, for callers that act on it themselves (extract rebuilds it)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{reason}; delete it and re-run `tlx extract`")
+        self.path = path
+        self.reason = reason
+
+
 def read_index(path: Path) -> CacheIndex:
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
             if attrs.get("tlx_format") != FORMAT_VERSION:
-                raise CacheError(
-                    f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION}); re-run `tlx extract`"
+                raise UnreadableCacheError(
+                    path,
+                    f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION})",
                 )
             return CacheIndex(
                 path=path,
@@ -102,10 +118,44 @@ def read_index(path: Path) -> CacheIndex:
                 failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=False)),
                 attrs=attrs,
             )
-    except (OSError, KeyError) as exc:
-        raise CacheError(
-            f"{path} is not a readable tlx feature cache ({exc}); delete it and re-run `tlx extract`"
-        ) from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
+
+
+def read_summary(path: Path) -> dict:
+    """What ``tlx info`` shows of a cache, without reading its features or paths; raises
+    :class:`UnreadableCacheError` for a file that is not a complete tlx cache."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            if attrs.get("tlx_format") != FORMAT_VERSION:
+                raise UnreadableCacheError(
+                    path,
+                    f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION})",
+                )
+            n = int(attrs["n_images"])
+            lengths = {name: len(f[name]) for name in ("features", "labels", "paths", "split", "content_sha256")}
+            if set(lengths.values()) != {n}:
+                raise UnreadableCacheError(
+                    path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
+                )
+            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"])))
+            space = json.loads(attrs["feature_space"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
+    return {
+        "path": str(path),
+        "dataset": attrs.get("dataset_name"),
+        "dataset_root": attrs.get("dataset_root"),
+        "backbone": attrs.get("backbone"),
+        "pooling": attrs.get("pooling"),
+        "n_images": n,
+        "feature_dim": int(attrs.get("feature_dim", 0)),
+        "updated": attrs.get("updated"),
+        "weights_sha256": space.get("weights_sha256"),
+        "n_failed": len(failed),
+        "failed": [{"path": p, "reason": r} for p, r in failed.items()],
+    }
 
 
 # --------------------------------------------------------------------------- journal
@@ -118,6 +168,11 @@ class Journal:
         self.dir = cache_path.with_name(cache_path.name + ".journal")
         self.space = space
         self._next = 0
+
+    @staticmethod
+    def exists_for(cache_path: Path) -> bool:
+        """Did a run on this cache stop before it finished (its features wait in a journal)?"""
+        return cache_path.with_name(cache_path.name + ".journal").is_dir()
 
     def load_index(self) -> dict[str, tuple[Path, int]]:
         """Content hash -> (shard, row) for every completed shard of this feature space."""

@@ -105,7 +105,7 @@ def build_module(run):
         from tlx.finetune.model import load_finetuned
 
         module, pre = load_finetuned(run.path)
-        return module.eval(), list(run.classes), pre
+        return module.eval().requires_grad_(False), list(run.classes), pre
 
     from tlx.extractor.pooling import FeatureExtractor
     from tlx.inference.predict import head_class_indices, rebuild_backbone

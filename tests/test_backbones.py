@@ -245,3 +245,34 @@ def test_lite0_imagenet_head_on_ants_and_bees(hymenoptera):
     truth = np.array([310] * len(ants) + [309] * len(bees))  # ant, bee
     # a random init that happens to load scores ~0; the real weights get nearly all of them
     assert (top1 == truth).mean() >= 0.75, f"top-1 classes {top1.tolist()}"
+
+
+# --------------------------------------------------------------------------- torchvision `.features` families
+
+# arch -> (stages, the last stage's first parameter): blocks of `features` are stages; VGG's and
+# AlexNet's single layers are grouped between poolings; DenseNet's final norm joins its last block.
+FEATURE_FAMILIES = {
+    "vgg11": (5, "16.weight"),
+    "alexnet": (3, "6.weight"),
+    "mobilenet_v2": (19, "18.0.weight"),
+    "mobilenet_v3_small": (13, "12.0.weight"),
+    "efficientnet_b0": (9, "8.0.weight"),
+    "densenet121": (8, "denseblock4.denselayer1.norm1.weight"),
+    "squeezenet1_0": (9, "12.squeeze.weight"),
+    "convnext_tiny": (8, "7.0.layer_scale"),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(FEATURE_FAMILIES))
+def test_torchvision_features_families_have_their_real_stages(arch):
+    from tlx.finetune.model import trainable_body_params
+
+    n_stages, first_of_last = FEATURE_FAMILIES[arch]
+    torch.manual_seed(0)
+    net = get_backbone(f"torchvision:{arch}").build(pretrained=False)
+    params = [name for name, _ in net.body.named_parameters()]
+    assert len(net.stages) == n_stages
+    assert [n for stage in net.stages for n in stage] == params  # in order, each once
+    assert net.stages[-1][0] == first_of_last
+    top = trainable_body_params(net.body, net.stages, 1)
+    assert top == set(net.stages[-1]) and 0 < len(top) < len(params)  # --unfreeze 1 is not the whole network

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import broken_files, h5_files, make_folder_dataset
 
@@ -183,3 +185,91 @@ def test_info_backbones(cli):
     res = cli("info", "--backbones", "--json")
     assert res.exit_code == 0
     assert {"efficientnet_lite0", "tiny_cnn", "timm:<model>", "torchvision:<model>"} <= set(res.json())
+
+
+@pytest.mark.parametrize("damage", ["not-hdf5", "truncated", "foreign-hdf5", "text-file"])
+def test_info_on_a_file_that_is_not_a_cache_exits_2(cli, folder_data, tmp_path, damage):
+    import h5py
+
+    made = cli("extract", folder_data, *FAST, "--cache-dir", tmp_path / "cache", "--json").json()
+    path = tmp_path / "bad.h5"
+    if damage == "not-hdf5":
+        path.write_bytes(b"garbage" * 100)
+    elif damage == "truncated":
+        data = Path(made["path"]).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "foreign-hdf5":
+        with h5py.File(path, "w") as f:
+            f["x"] = [1, 2, 3]
+    else:
+        path = tmp_path / "README.md"
+        path.write_text("hello")
+    res = cli("info", path)
+    assert_user_error(res, str(path))
+    assert "no feature caches" not in res.stdout
+
+
+def test_info_on_a_folder_skips_damaged_caches_with_a_warning(cli, folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    made = cli("extract", folder_data, *FAST, "--cache-dir", cache, "--json").json()
+    (cache / "zz-damaged.h5").write_bytes(b"garbage")
+    res = cli("info", cache, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert [r["path"] for r in res.json()] == [made["path"]]
+    assert "zz-damaged.h5" in res.stderr and "warning" in res.stderr
+
+
+def test_info_shows_failures_with_reasons(cli, folder_data, tmp_path):
+    expected = broken_files(folder_data / "ants")
+    made = cli("extract", folder_data, *FAST, "--cache-dir", tmp_path / "cache", "--json").json()
+    res = cli("info", made["path"])
+    assert res.exit_code == 0, res.stderr
+    for name, words in expected.items():
+        line = next(line for line in res.stdout.splitlines() if f"ants/{name}:" in line)
+        assert words in line
+    row = cli("info", made["path"], "--json").json()[0]
+    assert row["n_failed"] == 5 and {f["path"] for f in row["failed"]} == {f"ants/{n}" for n in expected}
+
+
+def test_info_piped_is_neither_cut_nor_wrapped(cli, tmp_path):
+    data = make_folder_dataset(tmp_path / "a-dataset-with-a-rather-long-and-weird-name-for-the-table")
+    made = cli("extract", data, *FAST, "--cache-dir", tmp_path / "cache", "--pool", "avgmax", "--json").json()
+    res = cli("info", tmp_path / "cache")  # CliRunner's stdout is not a terminal, like a pipe
+    assert res.exit_code == 0, res.stderr
+    name = made["path"].rsplit("/", 1)[-1]
+    [line] = [line for line in res.stdout.splitlines() if name in line]
+    assert data.name in line and "avgmax" in line and "…" not in res.stdout
+
+
+def test_extract_in_the_data_folder_never_reads_its_own_output(cli, folder_data, monkeypatch):
+    monkeypatch.chdir(folder_data)  # `tlx extract .` writes ./cache, `tlx fit-head` writes ./runs
+    monkeypatch.delenv("TLX_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TLX_RUNS_DIR", raising=False)
+    first = cli("extract", ".", *FAST, "--json")
+    assert first.exit_code == 0, first.stderr
+    fitted = cli("fit-head", "--clf", "logreg", "--json")
+    assert fitted.exit_code == 0, fitted.stderr
+    assert list((folder_data / "runs").rglob("*.png")), "the run folder should hold plots (images)"
+    again = cli("extract", ".", "--backbone", "tiny_cnn", "--workers", "0", "--json")
+    assert again.exit_code == 0, again.stderr
+    out = again.json()
+    assert (out["path"], out["n_images"], out["n_new"]) == (first.json()["path"], 6, 0)
+    assert tlx.load_features(out["path"]).classes == ["ants", "bees"]
+    assert "note: ignored cache/" in again.stderr and "note: ignored runs/" in again.stderr
+
+
+def test_device_cuda_is_refused_before_the_data_is_read(cli, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = cli("extract", tmp_path / "no-such-data", *FAST, "--device", "cuda", "--cache-dir", tmp_path / "cache")
+    assert_user_error(res, "--device cuda", "no CUDA GPU")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\xff" * 8 + b"{}"])
+def test_weights_that_are_not_valid_safetensors_exit_2(cli, folder_data, tmp_path, content):
+    weights = tmp_path / "bad.safetensors"
+    weights.write_bytes(content)
+    res = cli("extract", folder_data, *FAST, "--weights", weights, "--cache-dir", tmp_path / "cache")
+    assert_user_error(res, "bad.safetensors", "--weights")
+    assert h5_files(tmp_path / "cache") == []

@@ -166,3 +166,86 @@ def test_real_split_layout(hymenoptera):
     }
     assert index.layout == "split" and index.classes == ["ants", "bees"]
     assert counts == {("train", "ants"): 123, ("train", "bees"): 121, ("val", "ants"): 70, ("val", "bees"): 83}
+
+
+# --------------------------------------------------------------------------- layout never guessed
+
+
+def _split_data(root):
+    make_folder_dataset(root / "train", per_class=2)
+    make_folder_dataset(root / "val", per_class=1, seed0=10)
+    return root
+
+
+@pytest.mark.parametrize(
+    "extra,ignored",
+    [
+        (lambda d: write_image(d / "test" / "unlabeled1.jpg", seed=20, fmt="JPEG"), "test/"),
+        (lambda d: write_image(d / "notes" / "sketch.png", seed=21), "notes/"),
+        (lambda d: write_image(d / "loose.png", seed=22), "loose"),
+    ],
+    ids=["unlabeled-test-folder", "extra-folder", "top-level-image"],
+)
+def test_split_layout_with_stray_entries_reports_them(tmp_path, extra, ignored):
+    data = _split_data(tmp_path / "hym")
+    extra(data)
+    index = discover(data)
+    assert index.layout == "split"
+    assert index.classes == ["ants", "bees"] and index.splits == ["train", "val"]
+    assert len(index.items) == 6
+    assert any(ignored in note for note in index.notes), index.notes
+
+
+def test_split_folder_with_loose_images_beside_its_class_folders(tmp_path):
+    data = _split_data(tmp_path / "hym")
+    write_image(data / "val" / "stray.png", seed=30)
+    index = discover(data)
+    assert "val/stray.png" not in [it.relpath for it in index.items]
+    assert any("val/" in note and "1 image" in note for note in index.notes), index.notes
+
+
+def test_images_without_class_folders_say_so(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / "flat" / f"{i}.png", seed=i)
+    with pytest.raises(DatasetError, match="3 images are not inside class folders"):
+        discover(tmp_path / "flat")
+
+
+def test_split_folders_holding_images_directly_are_refused(tmp_path):
+    write_image(tmp_path / "d" / "train" / "a.png", seed=1)
+    write_image(tmp_path / "d" / "val" / "b.png", seed=2)
+    with pytest.raises(DatasetError, match=r"split folders train/, val/.*class folders"):
+        discover(tmp_path / "d")
+
+
+@pytest.mark.parametrize("layout", ["folder", "split"])
+def test_tlx_output_inside_the_data_is_not_data(tmp_path, layout):
+    data = _split_data(tmp_path / "d") if layout == "split" else make_folder_dataset(tmp_path / "d")
+    write_image(data / "runs" / "20240101-000000-linear" / "confusion.png", seed=40)
+    (data / "runs" / "20240101-000000-linear" / "metrics.json").write_text("{}")
+    (data / "cache").mkdir()
+    (data / "cache" / "d-tiny_cnn-avg-0123456789.h5").write_bytes(b"")
+    write_image(data / "cache" / "d-tiny_cnn-avg-0123456789.h5.journal" / "x.png", seed=41)
+    write_image(data / "tlx-demo" / "digits" / "train" / "0" / "0.png", seed=42)
+    (data / "tlx-demo" / "cache").mkdir()
+    (data / "tlx-demo" / "cache" / "digits.h5.lock").write_text("")
+    index = discover(data)
+    assert index.layout == layout and index.classes == ["ants", "bees"]
+    assert not [it for it in index.items if it.relpath.split("/")[0] in ("runs", "cache", "tlx-demo")]
+    for name in ("runs/", "cache/", "tlx-demo/"):
+        assert any(name in note for note in index.notes), index.notes
+
+
+def test_manifest_that_is_not_utf8_names_the_line(tmp_path):
+    write_image(tmp_path / "a.png", seed=1)
+    write_image(tmp_path / "b.png", seed=2)
+    (tmp_path / "m.csv").write_bytes(b"path,label\na.png,cat\nb.png,caf\xe9\n")
+    with pytest.raises(DatasetError, match=r"m.csv line 3 is not UTF-8"):
+        discover(tmp_path / "m.csv")
+
+
+def test_manifest_with_an_unknown_split_is_refused(tmp_path):
+    write_image(tmp_path / "a.png", seed=1)
+    write_image(tmp_path / "b.png", seed=2)
+    with pytest.raises(DatasetError, match=r"line 3: unknown split 'trian'.*train, val, test"):
+        discover(_manifest(tmp_path, "path,label,split\na.png,cat,train\nb.png,dog,trian\n"))

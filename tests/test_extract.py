@@ -32,8 +32,9 @@ def features_by_path(path) -> dict[str, np.ndarray]:
 
 
 def stat_key(path) -> tuple:
+    """Same file, same bytes (an unchanged re-run only touches its time: see test_newest_cache_*)."""
     st = os.stat(path)
-    return st.st_ino, st.st_mtime_ns, st.st_size
+    return st.st_ino, st.st_size, Path(path).read_bytes()
 
 
 # --------------------------------------------------------------------------- the cache file
@@ -352,3 +353,149 @@ def test_cuda_matches_cpu(folder_data, tmp_path, precision, atol):
     cpu = run(folder_data, tmp_path / "cpu", device="cpu")
     gpu = run(folder_data, tmp_path / "gpu", device="cuda", precision=precision, workers=1)
     np.testing.assert_allclose(tlx.load_features(gpu.path).X, tlx.load_features(cpu.path).X, atol=atol)
+
+
+# --------------------------------------------------------------------------- no-op re-runs, newest cache
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Counts how often the tiny_cnn builder runs (the registry looks builders up by name)."""
+    from tlx.extractor import registry
+
+    registry.list_backbones()  # make sure the builtins are registered before patching
+    real = registry._BACKBONES["tiny_cnn"]
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(registry._BACKBONES, "tiny_cnn", counting)
+    return calls
+
+
+def test_unchanged_rerun_does_not_build_the_network(folder_data, tmp_path, builds):
+    cache = tmp_path / "cache"
+    expected = broken_files(folder_data / "bees")  # known failures are confirmed without the network
+    first = run(folder_data, cache)
+    assert len(builds) == 1
+    again = run(folder_data, cache)
+    assert len(builds) == 1, "an unchanged re-run built the network"
+    assert (again.path, again.n_reused, again.n_new, again.written) == (first.path, 6, 0, False)
+    assert again.failed == first.failed and again.n_failed == len(expected)
+
+    write_image(folder_data / "ants" / "new.png", seed=50)
+    added = run(folder_data, cache)
+    assert len(builds) == 2 and (added.n_new, added.n_reused) == (1, 6)
+
+
+@pytest.mark.parametrize("change", ["weights", "pool"])
+def test_a_different_request_builds_the_network(folder_data, tmp_path, builds, change):
+    import torch
+
+    cache = tmp_path / "cache"
+    run(folder_data, cache)
+    if change == "weights":
+        path = tmp_path / "w.pth"
+        net = get_backbone_for_test()
+        torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in net.body.state_dict().items()}, path)
+        res = run(folder_data, cache, weights=path)
+    else:
+        res = run(folder_data, cache, pooling="max")
+    assert len(builds) == 3 if change == "weights" else len(builds) == 2
+    assert res.n_new == 6 and res.written
+
+
+def get_backbone_for_test():
+    from tlx.extractor.registry import get_backbone
+
+    return get_backbone("tiny_cnn").build()
+
+
+def test_newest_cache_is_the_one_extracted_last(tmp_path, cache_dir):
+    first = make_folder_dataset(tmp_path / "first")
+    second = make_folder_dataset(tmp_path / "second", seed0=20)
+    a = run(first, None)
+    b = run(second, None)
+    os.utime(a.path, (time.time() - 20, time.time() - 20))  # as if made well before
+    os.utime(b.path, (time.time() - 10, time.time() - 10))
+    again = run(first, None)
+    assert not again.written and again.path == a.path
+    assert tlx.load_features().path == Path(a.path)
+
+
+# --------------------------------------------------------------------------- --strict, --device, damaged caches
+
+
+def test_strict_reports_every_failure(folder_data, tmp_path):
+    expected = broken_files(folder_data / "ants")  # a dangling link (hashing) and undecodable files
+    messages = []
+    reporter = tlx_reporter(messages)
+    with pytest.raises(ExtractionFailed) as err:
+        run(folder_data, tmp_path / "cache", strict=True, reporter=reporter)
+    assert set(err.value.failures) == {f"ants/{n}" for n in expected}
+    for name in expected:
+        assert f"ants/{name}" in str(err.value)
+        assert any(m.startswith(f"cannot read ants/{name}: ") for m in messages), messages
+
+
+def tlx_reporter(messages: list):
+    from tlx.common.progress import Reporter
+
+    class Collect(Reporter):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    return Collect()
+
+
+def test_a_truncated_cache_is_rebuilt_with_a_consistent_warning(folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    base = run(folder_data, cache)
+    data = Path(base.path).read_bytes()
+    Path(base.path).write_bytes(data[: len(data) // 2])
+    messages = []
+    res = run(folder_data, cache, reporter=tlx_reporter(messages))
+    assert res.n_new == 6 and len(tlx.load_features(res.path)) == 6
+    [warning] = [m for m in messages if m.startswith("warning:")]
+    assert "extracting every image again" in warning and "delete it" not in warning
+
+
+def test_device_is_checked_before_any_work(tmp_path, monkeypatch):
+    import torch
+
+    from tlx.common.device import check_device
+    from tlx.errors import TlxError
+    from tlx.extractor.engine import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TlxError, match="--device cuda") as err:
+        extract(tmp_path / "no-such-data", backbone="tiny_cnn", device="cuda", cache_dir=tmp_path / "cache")
+    with pytest.raises(TlxError) as direct:
+        check_device("cuda")
+    with pytest.raises(TlxError) as resolved:
+        resolve_device("cuda")
+    assert str(err.value) == str(direct.value) == str(resolved.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_ignored_entries_are_reported(tmp_path):
+    data = make_folder_dataset(tmp_path / "d" / "train")
+    make_folder_dataset(tmp_path / "d" / "val", per_class=1, seed0=10)
+    write_image(tmp_path / "d" / "test" / "unlabeled1.jpg", seed=60, fmt="JPEG")
+    messages = []
+    res = run(data.parent, tmp_path / "cache", reporter=tlx_reporter(messages))
+    assert tlx.load_features(res.path).classes == ["ants", "bees"]
+    assert any("test/" in note for note in res.ignored)
+    assert any(m.startswith("note: ignored test/") for m in messages), messages
+
+
+def test_load_features_has_the_failures(folder_data, tmp_path):
+    expected = broken_files(folder_data / "bees")
+    res = run(folder_data, tmp_path / "cache")
+    feats = tlx.load_features(res.path)
+    assert set(feats.failed) == {f"bees/{n}" for n in expected}
+    for name, words in expected.items():
+        assert words in feats.failed[f"bees/{name}"]
+    assert feats.subset(np.arange(2)).failed == feats.failed

@@ -25,7 +25,9 @@ def _data(n_classes: int, n=400, d=20, seed=0):
 def test_logreg_equals_scikit_learns(n_classes, class_weight, C):
     X, y = _data(n_classes)
     ours = LogregHead(C=C, class_weight=class_weight, tol=1e-8).fit(X, y)
-    theirs = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight=class_weight, tol=1e-10, max_iter=5000))
+    theirs = make_pipeline(
+        StandardScaler(), LogisticRegression(C=C, class_weight=class_weight, tol=1e-10, max_iter=5000)
+    )
     theirs.fit(X, y)
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-3)
     assert list(ours.classes_) == list(theirs.classes_)
