@@ -98,6 +98,12 @@ class Head:
         (knn caps ``n_neighbors`` at the number of training rows) reports the value it used."""
         return self.get_params()
 
+    def arrays_fit(self, n_classes: int, width: int) -> bool:
+        """Whether the arrays loaded into an array-only head (``_tensors``) have the shapes of a
+        head for ``n_classes`` classes on ``width`` features (a foreign file fails this)."""
+        coef = getattr(self, "coef_", None)
+        return coef is not None and coef.shape == (n_classes, width)
+
     @classmethod
     def prepare(cls) -> None:
         """Pay one-time import costs up front, so that ``fit_seconds`` measures the fit alone."""

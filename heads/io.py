@@ -39,7 +39,6 @@ ALLOWED_TYPES = frozenset(
         "sklearn.calibration._CalibratedClassifier",
         "sklearn.calibration._SigmoidCalibration",
         "sklearn.model_selection._split.StratifiedKFold",
-        "sklearn.neighbors._classification.KNeighborsClassifier",
         "sklearn.ensemble._forest.RandomForestClassifier",
         "sklearn.tree._classes.DecisionTreeClassifier",
         "sklearn.tree._tree.Tree",
@@ -192,7 +191,7 @@ def load_head(run_dir):
             setattr(head, name, tensors.get(name))
         head.classes_ = classes
         head.n_features_in_ = width
-        if getattr(head, "coef_", None) is None or head.coef_.shape != (len(classes), width):
+        if not head.arrays_fit(len(classes), width):
             raise RunError(f"{file} does not hold a {len(classes)} x {width} {spec.name} head: refusing a foreign file")
     else:
         raise RunError(f"{meta_path} names a head file of unknown type {file.name!r}: refusing it")

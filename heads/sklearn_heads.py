@@ -1,4 +1,5 @@
-"""scikit-learn heads by name: svm, knn, rf, mlp (logreg and ridge are in ``linear_models``).
+"""scikit-learn heads by name: svm, rf, mlp (logreg and ridge are in ``linear_models``, knn in
+``neighbors``).
 
 Each wraps one scikit-learn estimator, behind a ``StandardScaler`` where scaling matters
 (``standardize=True``), in a ``Pipeline`` stored as ``model_``. Only that pipeline is saved
@@ -9,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from numbers import Integral
 
 import numpy as np
 
 from tlx.heads.base import Head
-from tlx.heads.constraints import Range, one_of
+from tlx.heads.constraints import one_of
 from tlx.heads.registry import register_head
 
 
@@ -128,40 +128,6 @@ class SvmHead(SklearnHead):
         svc = SVC(C=self.C, kernel=self.kernel, gamma=gamma, class_weight=self.class_weight)
         folds = StratifiedKFold(getattr(self, "_folds", 5), shuffle=True, random_state=self.seed)
         return CalibratedClassifierCV(svc, method="sigmoid", cv=folds, ensemble=False)
-
-
-@register_head(
-    "knn",
-    main_param="n_neighbors",
-    grid=[32, 16, 8, 4, 2, 1],
-    description="scikit-learn k-nearest neighbours, standardized",
-    constraints={"n_neighbors": [Range(Integral, 1, None, "left")]},
-)
-class KnnHead(SklearnHead):
-    """scikit-learn KNeighborsClassifier on standardized features."""
-
-    def __init__(
-        self, n_neighbors: int = 5, weights: str = "distance", metric: str = "cosine", standardize: bool = True
-    ):
-        self.n_neighbors = n_neighbors
-        self.weights = weights
-        self.metric = metric
-        self.standardize = standardize
-
-    def _estimator(self):
-        from sklearn.neighbors import KNeighborsClassifier
-
-        return KNeighborsClassifier(
-            n_neighbors=getattr(self, "_k", self.n_neighbors), weights=self.weights, metric=self.metric
-        )
-
-    def _check_params(self, n: int) -> None:
-        self._k = max(1, min(int(self.n_neighbors), n))  # never more neighbours than training rows
-
-    def params_used(self) -> dict:
-        # n_neighbors is capped at the number of training rows: report the k the model has.
-        k = self.model_[-1].n_neighbors if hasattr(self, "model_") else self.n_neighbors
-        return {**self.get_params(), "n_neighbors": int(k)}
 
 
 @register_head(

@@ -53,3 +53,21 @@ def test_ridge_equals_scikit_learns(n_classes, class_weight, alpha):
     else:
         np.testing.assert_allclose(ours_scores, scores, atol=1e-4)
     assert (ours.predict(X) == theirs.predict(X)).all()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "manhattan"])
+@pytest.mark.parametrize("weights", ["distance", "uniform"])
+@pytest.mark.parametrize("k", [1, 5, 1000])
+def test_knn_equals_scikit_learns(metric, weights, k):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from tlx.heads.neighbors import KnnHead
+
+    X, y = _data(3, n=300, seed=2)
+    Q = X[:40] + np.random.default_rng(3).normal(size=(40, X.shape[1])).astype(np.float32)
+    Q[:3] = X[:3]  # exact training rows: distance 0 decides alone
+    ours = KnnHead(n_neighbors=k, weights=weights, metric=metric).fit(X, y)
+    theirs = make_pipeline(
+        StandardScaler(), KNeighborsClassifier(n_neighbors=min(k, len(X)), weights=weights, metric=metric)
+    ).fit(X, y)
+    np.testing.assert_allclose(ours.predict_proba(Q), theirs.predict_proba(Q), atol=1e-6)
