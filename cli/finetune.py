@@ -60,6 +60,9 @@ def finetune_command(
 ) -> None:
     """Fine-tune the top stages of a pretrained backbone together with a linear head; optionally
     start from a head fitted on the cached features (--init-head, "LP-FT")."""
+    from tlx.common.device import check_device
+
+    check_device(device.value)  # before torch, the data or a network is loaded
     from tlx.finetune.train import finetune
 
     reporter = RichReporter(quiet=quiet)
