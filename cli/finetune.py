@@ -49,7 +49,7 @@ def finetune_command(
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random resized crop + horizontal flip while training [default: on].")] = None,
     train_bn: Annotated[Optional[bool], typer.Option("--train-bn/--freeze-bn", help="Update BatchNorm statistics and parameters of the unfrozen stages [default: --freeze-bn].")] = None,
     early_stop: Annotated[Optional[int], typer.Option(min=0, metavar="PATIENCE", help="Stop after this many epochs without a better validation accuracy (0 = never) [default: 0].")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Validation share when the data has no split of its own [default: --init-head's, else 0.2].")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Validation share when the data has no split of its own [default: 0.2]; with --init-head, fine-tuning validates on exactly the head's validation images.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split, the head and the data order [default: --init-head's split seed, else 0].")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")] = None,
     device: Annotated[Device, typer.Option(help="Where to train (under torchrun: each process's local GPU, or the CPU).")] = Device.auto,

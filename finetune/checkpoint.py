@@ -29,7 +29,10 @@ def load(path: Path) -> dict:
     except FileNotFoundError:
         raise RunError(f"{path} does not exist") from None
     except Exception as exc:
-        raise RunError(f"{path} is not a tlx checkpoint that loads with weights_only=True ({type(exc).__name__}: {exc}); it is damaged, start a new run") from None
+        raise RunError(
+            f"{path} is not a tlx checkpoint that loads with weights_only=True ({type(exc).__name__}: {exc}); "
+            "it is damaged, start a new run"
+        ) from None
 
 
 def rng_state() -> dict:
@@ -132,5 +135,8 @@ def restore(saved: dict, training, run_dir: Path, is_main: bool) -> LoopState:
         if is_main:
             save_best(best_path, state)
     else:
-        raise RunError(f"{best_path} does not hold the best epoch ({state.best_epoch + 1}) that {run_dir / CHECKPOINT_DIR / LAST} records: the run folder is damaged; start a new run")
+        raise RunError(
+            f"{best_path} does not hold the best epoch ({state.best_epoch + 1}) that {run_dir / CHECKPOINT_DIR / LAST} "
+            "records: the run folder is damaged; start a new run"
+        )
     return state

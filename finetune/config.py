@@ -95,7 +95,10 @@ def check_values(cfg: FinetuneConfig, world: int) -> None:
     if cfg.epochs < 1:
         raise TlxError(f"--epochs must be at least 1, not {cfg.epochs}")
     if cfg.batch_size < 1 or cfg.batch_size % world:
-        raise TlxError(f"--batch-size {cfg.batch_size} must be a positive multiple of the number of processes ({world}): it is the total over all of them")
+        raise TlxError(
+            f"--batch-size {cfg.batch_size} must be a positive multiple of the number of processes ({world}): "
+            "it is the total over all of them"
+        )
     if cfg.pool not in ("avg", "max", "avgmax"):
         raise TlxError(f"--pool must be avg, max or avgmax, not {cfg.pool!r}")
     for name in ("lr", "head_lr"):
@@ -143,17 +146,24 @@ def _take_from_head(values: dict, init: InitHead) -> None:
     """Backbone, pooling, weights and split options from the head run; refuse ones that contradict it."""
     run, where = init.run, values["init_head"]
     if values.get("backbone") not in (None, run.space.backbone):
-        raise TlxError(f"--backbone {values['backbone']} but the head in {where} was fitted on {run.space.backbone} features: drop --backbone, or fit a head on {values['backbone']} features")
+        raise TlxError(
+            f"--backbone {values['backbone']} but the head in {where} was fitted on {run.space.backbone} features: "
+            f"drop --backbone, or fit a head on {values['backbone']} features"
+        )
     if values.get("pool") not in (None, run.space.pooling):
-        raise TlxError(f"--pool {values['pool']} but the head in {where} was fitted on {run.space.pooling}-pooled features: drop --pool, or fit a head on {values['pool']}-pooled features")
+        raise TlxError(
+            f"--pool {values['pool']} but the head in {where} was fitted on {run.space.pooling}-pooled features: "
+            f"drop --pool, or fit a head on {values['pool']}-pooled features"
+        )
     values["backbone"], values["pool"] = run.space.backbone, run.space.pooling
     split = init.split
     if split.get("source") == "seeded":
         given = values.get("val_fraction")
         if given is not None and float(given) != float(split.get("val_fraction", given)):
             raise TlxError(
-                f"--val-fraction {given:g} but the head in {where} was validated on a {split['val_fraction']:g} split, and "
-                "--init-head fine-tunes on exactly the head's split: drop --val-fraction, or fit a head with the fraction you want"
+                f"--val-fraction {given:g} but the head in {where} was validated on a {split['val_fraction']:g} split, "
+                "and --init-head fine-tunes on exactly the head's split: drop --val-fraction, "
+                "or fit a head with the fraction you want"
             )
         values["val_fraction"] = split.get("val_fraction")
         if values.get("seed") is None:
@@ -172,7 +182,10 @@ def load_init_head(run_dir: str) -> InitHead:
 
     run = load_run(run_dir)
     if run.kind != "head":
-        raise RunError(f"--init-head {run_dir} is a {run.kind} run: it needs a run made by `tlx fit-head` (a linear head on cached features)")
+        raise RunError(
+            f"--init-head {run_dir} is a {run.kind} run: it needs a run made by `tlx fit-head` "
+            "(a linear head on cached features)"
+        )
     try:
         weight, bias, shift, scale = run.head.linear_form()
     except NotExportableError:
@@ -180,15 +193,22 @@ def load_init_head(run_dir: str) -> InitHead:
             why, fix = "this head L2-normalizes each feature row (l2norm=true)", "refit it with --param l2norm=false"
         else:
             names = exportable_heads()
-            why, fix = f"a {run.head.name} head has none", f"fit a {', '.join(names[:-1])} or {names[-1]} head" if len(names) > 1 else f"fit a {names[0]} head"
-        raise RunError(f"--init-head {run_dir}: fine-tuning starts from the head's linear form, and {why}: {fix} and pass that run") from None
+            kinds = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+            why, fix = f"a {run.head.name} head has none", f"fit a {kinds} head"
+        raise RunError(
+            f"--init-head {run_dir}: fine-tuning starts from the head's linear form, and {why}: {fix} and pass that run"
+        ) from None
     classes_ = getattr(run.head, "classes_", None)
     if classes_ is not None and list(np.asarray(classes_).tolist()) != list(range(len(run.classes))):
-        raise RunError(f"--init-head {run_dir}: the head was fitted on {len(classes_)} of the run's {len(run.classes)} classes; fine-tuning needs a head that knows every class")
+        raise RunError(
+            f"--init-head {run_dir}: the head was fitted on {len(classes_)} of the run's {len(run.classes)} classes; "
+            "fine-tuning needs a head that knows every class"
+        )
     if "val_sha256" not in (run.info.get("split") or {}):
         raise RunError(
-            f"--init-head {run_dir} does not record which images the head was validated on (it was made by an older tlx), "
-            "so fine-tuning cannot keep its training images out of validation: fit the head again with `tlx fit-head`"
+            f"--init-head {run_dir} does not record which images the head was validated on (it was made by an "
+            "older tlx), so fine-tuning cannot keep its training images out of validation: "
+            "fit the head again with `tlx fit-head`"
         )
     return InitHead(run, weight, bias, shift, scale)
 
@@ -200,7 +220,10 @@ def newest_cache() -> Path:
     where = default_cache_dir()
     caches = list_caches(where)
     if not caches:
-        raise CacheError(f"no DATA given and no feature cache in {where} to take the dataset from: pass DATA (an image folder or CSV manifest), or run `tlx extract DATA` first")
+        raise CacheError(
+            f"no DATA given and no feature cache in {where} to take the dataset from: "
+            "pass DATA (an image folder or CSV manifest), or run `tlx extract DATA` first"
+        )
     return caches[0]
 
 
@@ -210,7 +233,10 @@ def dataset_of_cache(cache_path: Path) -> Path:
     try:
         attrs = read_attrs(cache_path)
     except (OSError, KeyError) as exc:
-        raise CacheError(f"{cache_path} is not a readable feature cache ({type(exc).__name__}): pass DATA, or delete it and re-run `tlx extract`") from None
+        raise CacheError(
+            f"{cache_path} is not a readable feature cache ({type(exc).__name__}): "
+            "pass DATA, or delete it and re-run `tlx extract`"
+        ) from None
     root = Path(str(attrs.get("dataset_root", "")))
     if not str(attrs.get("dataset_root", "")):
         raise CacheError(f"{cache_path} does not record its dataset: pass DATA, or re-run `tlx extract`")

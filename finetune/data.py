@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from tlx.errors import DatasetError
+from tlx.errors import DatasetError, TlxError
 from tlx.extractor.config import Preprocessing
 from tlx.extractor.dataset import DatasetIndex
 from tlx.extractor.decode import load_image
@@ -98,30 +98,46 @@ def split_dataset(index: DatasetIndex, val_fraction: float, seed: int, exclude: 
 
     rows = _readable_rows(index, exclude)
     paths = [it.relpath for it in rows.items]
-    train_idx, val_idx, info = split_indices(paths, rows.labels, rows.tags, val_fraction, seed, hashes=rows.hashes, classes=list(index.classes))
+    train_idx, val_idx, info = split_indices(
+        paths, rows.labels, rows.tags, val_fraction, seed, hashes=rows.hashes, classes=list(index.classes)
+    )
     return _split_data(index, rows, train_idx, val_idx, info)
 
 
 def split_by_members(index: DatasetIndex, val_sha256: list[str], info: dict, whose: str, fix: str,
-                     exclude: set[str] = frozenset()) -> SplitData:
+                     exclude: set[str] = frozenset(), cache_path: Path | None = None) -> SplitData:
     """Validate on exactly the images whose content is in ``val_sha256`` (an earlier split's
     val side); train on every other usable image, so nothing trained on before can score.
 
     "test" rows are never used, and when the earlier split was the data's own, neither are
-    "val" rows it did not have. Refuses, naming how many and which, when any is missing."""
+    "val" rows it did not have. Refuses, naming how many and which (by its path in
+    ``cache_path`` when the cache still lists it), when any is missing."""
     rows = _readable_rows(index, exclude)
     wanted = set(val_sha256)
     missing = sorted(wanted - set(rows.hashes))
     if missing:
+        first = _path_in_cache(cache_path, missing[0]) or f"the one with sha256 {missing[0][:16]}..."
         raise DatasetError(
             f"{len(missing)} of the {len(wanted)} validation images of {whose} are no longer in {index.root} "
-            f"(removed, unreadable or changed; the first has sha256 {missing[0][:16]}...): fine-tuning validates on "
-            f"exactly those images so that none of its training images can score; {fix}"
+            f"(removed, unreadable or changed; first: {first}): fine-tuning validates on exactly those images "
+            f"so that none of its training images can score; {fix}"
         )
     unused = {"test", "val"} if info.get("source") == "data" else {"test"}
     val_idx = [i for i, h in enumerate(rows.hashes) if h in wanted]
     train_idx = [i for i, (h, tag) in enumerate(zip(rows.hashes, rows.tags)) if h not in wanted and tag not in unused]
     return _split_data(index, rows, train_idx, val_idx, info)
+
+
+def _path_in_cache(cache_path: Path | None, content_hash: str) -> str | None:
+    from tlx.extractor.store import read_index
+
+    try:
+        cached = read_index(Path(cache_path)) if cache_path is not None else None
+    except TlxError:
+        return None
+    if cached is None or content_hash not in cached.hashes:
+        return None
+    return cached.paths[cached.hashes.index(content_hash)]
 
 
 def train_loader(paths, pre: Preprocessing, batch_size: int, workers: int, augment: bool, seed: int,

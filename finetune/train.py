@@ -20,7 +20,15 @@ from tlx.common.progress import Reporter
 from tlx.errors import DatasetError, RunError, TlxError
 from tlx.finetune import checkpoint as ckpt
 from tlx.finetune.checkpoint import LoopState
-from tlx.finetune.config import FinetuneConfig, InitHead, check_values, config_difference, find_cache_of, normalize_option, resolve_config
+from tlx.finetune.config import (
+    FinetuneConfig,
+    InitHead,
+    check_values,
+    config_difference,
+    find_cache_of,
+    normalize_option,
+    resolve_config,
+)
 from tlx.finetune.data import SplitData
 from tlx.finetune.distributed import Dist, all_gather_objects, barrier, broadcast_object, cleanup, setup
 from tlx.finetune.epoch import Precision, StepCallback, Training, evaluate, reduce_eval, reduce_train, train_one_epoch
@@ -136,10 +144,12 @@ def _run(procs: Dist, device: torch.device, reporter: Reporter, started: float, 
         state = LoopState()
         run.run_dir = _new_run_dir(procs, cfg, out)
     net = run.training.net
+    unfrozen = "all" if run.n_unfreeze is None else run.n_unfreeze
+    n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     reporter.message(
-        f"fine-tuning {cfg.backbone} ({'all' if run.n_unfreeze is None else run.n_unfreeze} of {len(run.backbone.stages)} stages unfrozen, "
-        f"{sum(p.numel() for p in net.parameters() if p.requires_grad):,} trainable parameters) on {len(run.split.train_paths)} train / "
-        f"{len(run.split.val_paths)} val images of {run.dataset_name}, {procs.world} process(es) on {device}; run folder {run.run_dir}"
+        f"fine-tuning {cfg.backbone} ({unfrozen} of {len(run.backbone.stages)} stages unfrozen, "
+        f"{n_trainable:,} trainable parameters) on {len(run.split.train_paths)} train / {len(run.split.val_paths)} "
+        f"val images of {run.dataset_name}, {procs.world} process(es) on {device}; run folder {run.run_dir}"
     )
     if init is not None:
         _score_fitted_head(run, state, reporter)
@@ -153,17 +163,26 @@ def _open(resume: bool, out, explicit: dict, reporter: Reporter) -> tuple[Finetu
     last_path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST if run_dir is not None else None
     if not resume:
         if last_path is not None and last_path.is_file():
-            raise RunError(f"--out {run_dir} already holds a fine-tuning run: pass --resume to continue it, or choose another --out")
+            raise RunError(
+                f"--out {run_dir} already holds a fine-tuning run: "
+                "pass --resume to continue it, or choose another --out"
+            )
         cfg, init, cache_path = resolve_config(explicit, reporter)
         return cfg, init, cache_path, None
     if run_dir is None:
         raise TlxError("--resume needs --out RUN, the folder of the fine-tuning run to continue")
     if not last_path.is_file():
-        raise RunError(f"--resume: {run_dir} has no checkpoint ({ckpt.CHECKPOINT_DIR}/{ckpt.LAST}): it is not a fine-tuning run or it was killed before its first epoch ended; start it again without --resume")
+        raise RunError(
+            f"--resume: {run_dir} has no checkpoint ({ckpt.CHECKPOINT_DIR}/{ckpt.LAST}): it is not a fine-tuning "
+            "run or it was killed before its first epoch ended; start it again without --resume"
+        )
     saved = ckpt.load(last_path)
     diffs = config_difference(saved["config"], explicit)
     if diffs:
-        raise TlxError(f"--resume: the options differ from the checkpoint in {run_dir} ({'; '.join(diffs)}): drop them to continue as it was, or start a new run with another --out")
+        raise TlxError(
+            f"--resume: the options differ from the checkpoint in {run_dir} ({'; '.join(diffs)}): "
+            "drop them to continue as it was, or start a new run with another --out"
+        )
     # The checkpoint holds the head and the split: the --init-head run need not exist any more.
     return FinetuneConfig(**saved["config"]), None, Path(saved["cache"]) if saved.get("cache") else None, saved
 
@@ -183,16 +202,25 @@ def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
     earlier = (saved or {}).get("split") or {}
     if "val_sha256" in earlier:
         split = split_by_members(index, earlier["val_sha256"], earlier, f"the checkpoint in {run_dir}",
-                                 "restore them, or start a new run without --resume", exclude)
+                                 "restore them, or start a new run without --resume", exclude, cache_path)
     elif init is not None:
         if list(init.run.classes) != list(index.classes):
-            raise TlxError(f"--init-head {cfg.init_head} was fitted on the classes {init.run.classes} but {cfg.data} has {index.classes}: fit a head on this dataset first")
-        split = split_by_members(index, init.split["val_sha256"], {**init.split, "init_head": cfg.init_head}, f"the head run {cfg.init_head}",
-                                 "restore them, or fit a new head on the current data (`tlx extract`, then `tlx fit-head`)", exclude)
+            raise TlxError(
+                f"--init-head {cfg.init_head} was fitted on the classes {init.run.classes} but {cfg.data} has "
+                f"{index.classes}: fit a head on this dataset first"
+            )
+        split = split_by_members(
+            index, init.split["val_sha256"], {**init.split, "init_head": cfg.init_head},
+            f"the head run {cfg.init_head}",
+            "restore them, or fit a new head on the current data (`tlx extract`, then `tlx fit-head`)", exclude, init.cache,
+        )
     else:
         split = split_dataset(index, cfg.val_fraction, cfg.seed, exclude)
     if not len(split.train_paths) or not len(split.val_paths):
-        raise DatasetError(f"{cfg.data}: the split leaves {len(split.train_paths)} training and {len(split.val_paths)} validation images; both need at least one")
+        raise DatasetError(
+            f"{cfg.data}: the split leaves {len(split.train_paths)} training and {len(split.val_paths)} "
+            "validation images; both need at least one"
+        )
     return index, split, cache_path
 
 
@@ -263,7 +291,10 @@ def _score_fitted_head(run: Setup, state: LoopState, reporter: Reporter) -> None
     state.improve(-1, scores["val_accuracy"], training.net, local)
     if training.procs.is_main:
         ckpt.save_best(run.run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST, state)
-    reporter.message(f"epoch 0 (the fitted head, before any step): val loss {scores['val_loss']:.4f}, val acc {scores['val_accuracy']:.4f}")
+    reporter.message(
+        f"epoch 0 (the fitted head, before any step): val loss {scores['val_loss']:.4f}, "
+        f"val acc {scores['val_accuracy']:.4f}"
+    )
 
 
 def _run_epochs(run: Setup, state: LoopState, reporter: Reporter, on_step: StepCallback | None) -> dict[str, str]:
@@ -310,7 +341,8 @@ def _run_epochs(run: Setup, state: LoopState, reporter: Reporter, on_step: StepC
                 ckpt.save_best(best_path, state)
         reporter.message(
             f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, val loss {entry['val_loss']:.4f}, "
-            f"val acc {entry['val_accuracy']:.4f}{' (best)' if improved else ''}, {seconds:.1f} s, {entry['train_images_per_second']:.1f} img/s"
+            f"val acc {entry['val_accuracy']:.4f}{' (best)' if improved else ''}, {seconds:.1f} s, "
+            f"{entry['train_images_per_second']:.1f} img/s"
             + (f"; no improvement for {state.bad_epochs} epochs, stopping early" if state.stopped else "")
         )
     barrier(procs)

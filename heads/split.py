@@ -32,7 +32,10 @@ def split_indices(paths: list[str], labels: np.ndarray, split: list[str], val_fr
     labels = np.asarray(labels)
     n = len(labels)
     if len(paths) != n or len(split) != n or len(hashes) != n:
-        raise ValueError(f"paths ({len(paths)}), labels ({n}), split ({len(split)}) and hashes ({len(hashes)}) must have one entry per row")
+        raise ValueError(
+            f"paths ({len(paths)}), labels ({n}), split ({len(split)}) and hashes ({len(hashes)}) "
+            "must have one entry per row"
+        )
     split = list(split)
     if "train" in split and "val" in split:
         tags = np.asarray(split, dtype=object)

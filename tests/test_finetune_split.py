@@ -65,6 +65,7 @@ def test_lp_ft_refuses_when_a_head_validation_image_is_gone(cli, head_run, tmp_p
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and "Traceback" not in line
     assert f"1 of the {len(val)} validation images of the head run" in line and "fit a new head" in line, line
+    assert f"first: {victim}" in line, line  # named by its path in the head's cache
     assert not (tmp_path / "ft").exists()
 
 
