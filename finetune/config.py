@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tlx.common.progress import Reporter
 from tlx.errors import CacheError, RunError, TlxError
+
+if TYPE_CHECKING:
+    from tlx.heads.runs import Run
 
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-3}
@@ -50,7 +54,7 @@ class FinetuneConfig:
 class InitHead:
     """The fitted linear head of a `tlx fit-head` run, in the form fine-tuning folds in."""
 
-    run: object  # tlx.heads.runs.Run
+    run: Run
     weight: np.ndarray
     bias: np.ndarray
     shift: np.ndarray | None

@@ -70,7 +70,7 @@ class _Rows:
         return [it.split for it in self.items]
 
 
-def _readable_rows(index: DatasetIndex, exclude: set[str]) -> _Rows:
+def _readable_rows(index: DatasetIndex, exclude: frozenset[str] | set[str]) -> _Rows:
     """Every image minus those extraction could not read and those that cannot be read now, with content hashes."""
     from tlx.extractor.extract import hash_items
 
@@ -80,7 +80,7 @@ def _readable_rows(index: DatasetIndex, exclude: set[str]) -> _Rows:
     items = [index.items[k] for k in keep]
     labels = np.array([class_of[it.label] for it in items], dtype=np.int64)
     excluded = [it.relpath for it in index.items if it.relpath in exclude or it.relpath in unreadable]
-    return _Rows(items, labels, [hashes[k] for k in keep], excluded)
+    return _Rows(items, labels, [str(hashes[k]) for k in keep], excluded)  # unreadable files have no hash
 
 
 def _split_data(index: DatasetIndex, rows: _Rows, train_idx, val_idx, info: dict) -> SplitData:
@@ -91,7 +91,7 @@ def _split_data(index: DatasetIndex, rows: _Rows, train_idx, val_idx, info: dict
                      rows.labels[val_idx], list(index.classes), info, rows.excluded)
 
 
-def split_dataset(index: DatasetIndex, val_fraction: float, seed: int, exclude: set[str] = frozenset()) -> SplitData:
+def split_dataset(index: DatasetIndex, val_fraction: float, seed: int, exclude: frozenset[str] | set[str] = frozenset()) -> SplitData:
     """Split exactly as stage two does: ``tlx.heads.split.split_indices`` on the content hashes
     of the images a cache of this dataset holds (the readable ones)."""
     from tlx.heads.split import split_indices
@@ -105,7 +105,7 @@ def split_dataset(index: DatasetIndex, val_fraction: float, seed: int, exclude: 
 
 
 def split_by_members(index: DatasetIndex, val_sha256: list[str], info: dict, whose: str, fix: str,
-                     exclude: set[str] = frozenset(), cache_path: Path | None = None) -> SplitData:
+                     exclude: frozenset[str] | set[str] = frozenset(), cache_path: Path | None = None) -> SplitData:
     """Validate on exactly the images whose content is in ``val_sha256`` (an earlier split's
     val side); train on every other usable image, so nothing trained on before can score.
 

@@ -61,7 +61,7 @@ def plot_learning_curve(history: list[dict], path: Path, best_epoch: int | None 
     return Path(path)
 
 
-def write_run(run, state, order: np.ndarray, proba: np.ndarray, version: str) -> dict:
+def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, version: str) -> dict:
     """Everything a finished run leaves: metrics.json, the best weights, finetune.json and the plots.
     ``run`` is the run's :class:`tlx.finetune.train.Setup`, ``state`` its loop state; ``order``
     and ``proba`` the val rows (indices into ``run.split``'s val side) and their probabilities."""
@@ -100,7 +100,6 @@ def write_run(run, state, order: np.ndarray, proba: np.ndarray, version: str) ->
         # With --init-head: the fitted head's own val accuracy before any step (best_epoch 0 = it won).
         "init_head_val_accuracy": (state.init_eval or {}).get("val_accuracy"),
     }
-    run_dir = run.run_dir
     save_model(state.best_weights, run_dir)
     write_finetune_config(run_dir, {
         "kind": "finetune",

@@ -11,10 +11,12 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
 
 from tlx.common.progress import Reporter
 from tlx.errors import DatasetError, RunError, TlxError
@@ -32,6 +34,10 @@ from tlx.finetune.config import (
 from tlx.finetune.data import SplitData
 from tlx.finetune.distributed import Dist, all_gather_objects, barrier, broadcast_object, cleanup, setup
 from tlx.finetune.epoch import Precision, StepCallback, Training, evaluate, reduce_eval, reduce_train, train_one_epoch
+
+if TYPE_CHECKING:
+    from tlx.extractor.config import FeatureSpace
+    from tlx.extractor.networks import Backbone
 
 
 @dataclass
@@ -63,16 +69,15 @@ class Setup:
     split: SplitData
     dataset_name: str
     cache_path: Path | None
-    backbone: object  # tlx.extractor.networks.Backbone
-    space: object  # tlx.extractor.config.FeatureSpace
+    backbone: Backbone
+    space: FeatureSpace
     n_unfreeze: int | None
     training: Training
-    train_loader: object
-    sampler: object
-    val_loader: object
+    train_loader: DataLoader
+    sampler: DistributedSampler
+    val_loader: DataLoader
     val_paths: list[str]  # this process's shard
     val_labels: np.ndarray
-    run_dir: Path | None = None
 
 
 def finetune(
@@ -134,43 +139,44 @@ def _run(procs: Dist, device: torch.device, reporter: Reporter, started: float, 
          explicit: dict, on_step: StepCallback | None) -> FinetuneResult:
     cfg, init, cache_path, saved = _open(resume, out, explicit, reporter)
     check_values(cfg, procs.world)
-    run = _build(cfg, init, saved, cache_path, Path(out) if out is not None else None, procs, device, workers)
+    run = _build(cfg, init, saved, cache_path, out, procs, device, workers)
     resumed_from = None
     if saved is not None:
-        state = ckpt.restore(saved, run.training, run.run_dir, procs.is_main)
+        run_dir = Path(out)
+        state = ckpt.restore(saved, run.training, run_dir, procs.is_main)
         resumed_from = state.next_epoch
-        reporter.message(f"resuming {run.run_dir} at epoch {state.next_epoch + 1}/{cfg.epochs}")
+        reporter.message(f"resuming {run_dir} at epoch {state.next_epoch + 1}/{cfg.epochs}")
     else:
         state = LoopState()
-        run.run_dir = _new_run_dir(procs, cfg, out)
+        run_dir = _new_run_dir(procs, cfg, out)
     net = run.training.net
     unfrozen = "all" if run.n_unfreeze is None else run.n_unfreeze
     n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     reporter.message(
         f"fine-tuning {cfg.backbone} ({unfrozen} of {len(run.backbone.stages)} stages unfrozen, "
         f"{n_trainable:,} trainable parameters) on {len(run.split.train_paths)} train / {len(run.split.val_paths)} "
-        f"val images of {run.dataset_name}, {procs.world} process(es) on {device}; run folder {run.run_dir}"
+        f"val images of {run.dataset_name}, {procs.world} process(es) on {device}; run folder {run_dir}"
     )
     if init is not None:
-        _score_fitted_head(run, state, reporter)
-    skipped = _run_epochs(run, state, reporter, on_step)
-    return _finish(run, state, skipped, started, resumed_from)
+        _score_fitted_head(run, state, run_dir, reporter)
+    skipped = _run_epochs(run, state, run_dir, reporter, on_step)
+    return _finish(run, state, run_dir, skipped, started, resumed_from)
 
 
 def _open(resume: bool, out, explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig, InitHead | None, Path | None, dict | None]:
     """The config of a new run, or of the run in ``out`` with its last checkpoint (``resume``)."""
-    run_dir = Path(out) if out is not None else None
-    last_path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST if run_dir is not None else None
     if not resume:
-        if last_path is not None and last_path.is_file():
+        if out is not None and (Path(out) / ckpt.CHECKPOINT_DIR / ckpt.LAST).is_file():
             raise RunError(
-                f"--out {run_dir} already holds a fine-tuning run: "
+                f"--out {out} already holds a fine-tuning run: "
                 "pass --resume to continue it, or choose another --out"
             )
         cfg, init, cache_path = resolve_config(explicit, reporter)
         return cfg, init, cache_path, None
-    if run_dir is None:
+    if out is None:
         raise TlxError("--resume needs --out RUN, the folder of the fine-tuning run to continue")
+    run_dir = Path(out)
+    last_path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
     if not last_path.is_file():
         raise RunError(
             f"--resume: {run_dir} has no checkpoint ({ckpt.CHECKPOINT_DIR}/{ckpt.LAST}): it is not a fine-tuning "
@@ -187,7 +193,7 @@ def _open(resume: bool, out, explicit: dict, reporter: Reporter) -> tuple[Finetu
     return FinetuneConfig(**saved["config"]), None, Path(saved["cache"]) if saved.get("cache") else None, saved
 
 
-def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache_path: Path | None, run_dir: Path | None):
+def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache_path: Path | None, out):
     """The dataset, its split and the cache that lists its unreadable images.
 
     A resumed run validates on exactly its checkpoint's val images, and an LP-FT run on exactly
@@ -201,7 +207,7 @@ def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
     exclude = cache_failures(index.root, cache_path)
     earlier = (saved or {}).get("split") or {}
     if "val_sha256" in earlier:
-        split = split_by_members(index, earlier["val_sha256"], earlier, f"the checkpoint in {run_dir}",
+        split = split_by_members(index, earlier["val_sha256"], earlier, f"the checkpoint in {out}",
                                  "restore them, or start a new run without --resume", exclude, cache_path)
     elif init is not None:
         if list(init.run.classes) != list(index.classes):
@@ -224,7 +230,7 @@ def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
     return index, split, cache_path
 
 
-def _build(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache_path: Path | None, run_dir: Path | None,
+def _build(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache_path: Path | None, out,
            procs: Dist, device: torch.device, workers: int) -> Setup:
     """Split the data, then build the network, its optimizer and the loaders."""
     from tlx.extractor.config import FeatureSpace
@@ -235,7 +241,7 @@ def _build(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
     from tlx.finetune.model import apply_freezing, build_net, fold_linear_head, parse_unfreeze
     from tlx.finetune.optim import make_optimizer, make_scheduler
 
-    index, split, cache_path = _split(cfg, init, saved, cache_path, run_dir)
+    index, split, cache_path = _split(cfg, init, saved, cache_path, out)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -250,7 +256,9 @@ def _build(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
     if init is not None:
         fold_linear_head(net.head, init.weight, init.bias, init.shift, init.scale)
     pre, cuda = backbone.cfg.preprocessing, device.type == "cuda"
-    net.to(device, memory_format=torch.channels_last) if cuda else net.to(device)
+    net.to(device)
+    if cuda:
+        net.to(memory_format=torch.channels_last)
     model: nn.Module = nn.parallel.DistributedDataParallel(net, device_ids=[procs.local_rank] if cuda else None) if procs.enabled else net
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -266,7 +274,7 @@ def _build(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
                         trainable, cfg.train_bn, pre.input_size, procs)
     return Setup(cfg, split, index.name, cache_path, backbone, FeatureSpace.from_backbone(backbone.cfg, cfg.pool), n_unfreeze,
                  training, loader, sampler, eval_loader(val_paths, pre, per_process, workers, cuda), val_paths,
-                 split.val_labels[procs.rank :: procs.world], run_dir)
+                 split.val_labels[procs.rank :: procs.world])
 
 
 def _new_run_dir(procs: Dist, cfg: FinetuneConfig, out) -> Path:
@@ -280,7 +288,7 @@ def _new_run_dir(procs: Dist, cfg: FinetuneConfig, out) -> Path:
     return Path(broadcast_object(procs, str(run_dir) if run_dir is not None else None))
 
 
-def _score_fitted_head(run: Setup, state: LoopState, reporter: Reporter) -> None:
+def _score_fitted_head(run: Setup, state: LoopState, run_dir: Path, reporter: Reporter) -> None:
     """LP-FT: the fitted head itself is the first candidate ("epoch 0"). Fine-tuned weights
     replace it only where they beat it on the validation split, so starting from a fitted head
     never ends below that head. (A resumed run has this score in its checkpoint.)"""
@@ -290,17 +298,17 @@ def _score_fitted_head(run: Setup, state: LoopState, reporter: Reporter) -> None
     state.init_eval = {"val_accuracy": scores["val_accuracy"], "val_loss": scores["val_loss"]}
     state.improve(-1, scores["val_accuracy"], training.net, local)
     if training.procs.is_main:
-        ckpt.save_best(run.run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST, state)
+        ckpt.save_best(run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST, state)
     reporter.message(
         f"epoch 0 (the fitted head, before any step): val loss {scores['val_loss']:.4f}, "
         f"val acc {scores['val_accuracy']:.4f}"
     )
 
 
-def _run_epochs(run: Setup, state: LoopState, reporter: Reporter, on_step: StepCallback | None) -> dict[str, str]:
+def _run_epochs(run: Setup, state: LoopState, run_dir: Path, reporter: Reporter, on_step: StepCallback | None) -> dict[str, str]:
     """Train and evaluate each remaining epoch, checkpointing after each; returns the images skipped."""
     cfg, training, procs = run.cfg, run.training, run.training.procs
-    last_path, best_path = run.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST, run.run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
+    last_path, best_path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST, run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
     skipped: dict[str, str] = {}
     for epoch in range(state.next_epoch, cfg.epochs):
         if state.stopped:
@@ -354,14 +362,15 @@ def _checkpoint_extra(run: Setup) -> dict:
             "feature_space": run.space.to_dict(), "split": run.split.info}
 
 
-def _finish(run: Setup, state: LoopState, skipped: dict[str, str], started: float, resumed_from: int | None) -> FinetuneResult:
+def _finish(run: Setup, state: LoopState, run_dir: Path, skipped: dict[str, str], started: float,
+            resumed_from: int | None) -> FinetuneResult:
     """Evaluate the best weights once more with every probability, and write the run folder."""
     from tlx import __version__
     from tlx.finetune.report import write_run
 
     training, procs = run.training, run.training.procs
     if state.best_weights is None:
-        raise RunError(f"{run.run_dir}: no epoch finished, nothing to report")
+        raise RunError(f"{run_dir}: no epoch finished, nothing to report")
     training.net.load_state_dict(state.best_weights)
     local = state.best_eval
     if local is None:
@@ -373,12 +382,12 @@ def _finish(run: Setup, state: LoopState, skipped: dict[str, str], started: floa
         order = np.concatenate([p[0] for p in parts])
         proba = np.concatenate([p[1] for p in parts])
         keep = np.argsort(order, kind="stable")
-        metrics = write_run(run, state, order[keep], proba[keep], __version__)
+        metrics = write_run(run, state, run_dir, order[keep], proba[keep], __version__)
     barrier(procs)
     history = state.history
     seconds_per_epoch = float(np.mean([h["seconds"] for h in history])) if history else 0.0
     return FinetuneResult(
-        run=str(run.run_dir), val_accuracy=float(metrics.get("val_accuracy", state.best_accuracy)), best_epoch=state.best_epoch + 1,
+        run=str(run_dir), val_accuracy=float(metrics.get("val_accuracy", state.best_accuracy)), best_epoch=state.best_epoch + 1,
         epochs_done=len(history), seconds=round(time.perf_counter() - started, 3), seconds_per_epoch=round(seconds_per_epoch, 3),
         early_stopped=state.stopped, resumed_from=resumed_from, n_train=len(run.split.train_paths), n_val=len(run.split.val_paths),
         n_skipped=len(skipped), metrics=metrics,

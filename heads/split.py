@@ -56,7 +56,7 @@ def split_indices(paths: list[str], labels: np.ndarray, split: list[str], val_fr
                 "add images of that class or remove it from the data"
             )
         # Ties (the same content twice) are broken by path, so the order is still a function of the set.
-        ranked = members[np.lexsort(([paths[i] for i in members], draws[members]))]
+        ranked = members[np.lexsort((np.array([paths[i] for i in members]), draws[members]))]
         if not in_val[members].any():
             in_val[ranked[0]] = True
         elif in_val[members].all():
