@@ -24,7 +24,11 @@ def make_features(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray
     y = rng.integers(0, classes, size=n)
     centers = rng.normal(0.0, 0.12, size=(classes, dim)).astype(np.float32)
     mix = rng.normal(0.0, 1.0 / np.sqrt(32), size=(32, dim)).astype(np.float32)  # shared low-rank nuisance
-    X = centers[y] + rng.standard_normal((n, 32), dtype=np.float32) @ mix + rng.standard_normal((n, dim), dtype=np.float32)
+    X = (
+        centers[y]
+        + rng.standard_normal((n, 32), dtype=np.float32) @ mix
+        + rng.standard_normal((n, dim), dtype=np.float32)
+    )
     X = np.maximum(X + 0.5, 0.0) * rng.uniform(0.5, 2.0, size=dim).astype(np.float32)  # ReLU-like, uneven scales
     return X.astype(np.float32), y
 
@@ -44,9 +48,13 @@ def main() -> None:
 
     X, y = make_features(args.n, args.dim, args.classes, args.seed)
     paths = [f"{i:06d}" for i in range(len(y))]
-    train, val, _ = split_indices(paths, y, [""] * len(y), val_fraction=0.2, seed=args.seed, hashes=[""] * len(y))  # by row name
+    train, val, _ = split_indices(
+        paths, y, [""] * len(y), val_fraction=0.2, seed=args.seed, hashes=[""] * len(y)
+    )  # by row name
     Xtr, ytr, Xva, yva = X[train], y[train], X[val], y[val]
-    print(f"data: {len(train)} train + {len(val)} val rows x {args.dim} features, {args.classes} classes (float32, seed {args.seed})")
+    print(
+        f"data: {len(train)} train + {len(val)} val rows x {args.dim} features, {args.classes} classes (float32, seed {args.seed})"
+    )
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads")
 
     spec = get_head("linear")
@@ -56,7 +64,9 @@ def main() -> None:
     head.fit(Xtr, ytr)
     t_lin = time.perf_counter() - t0
     acc_lin = float(np.mean(head.predict(Xva) == yva))
-    print(f"tlx linear (weight_decay={head.weight_decay:g})  fit {t_lin:7.2f} s  ({head.n_iter_} L-BFGS iterations)  val accuracy {acc_lin:.4f}")
+    print(
+        f"tlx linear (weight_decay={head.weight_decay:g})  fit {t_lin:7.2f} s  ({head.n_iter_} L-BFGS iterations)  val accuracy {acc_lin:.4f}"
+    )
 
     ref = LogisticRegression()
     t0 = time.perf_counter()
@@ -65,11 +75,15 @@ def main() -> None:
         ref.fit(Xtr, ytr)
     t_sk = time.perf_counter() - t0
     acc_sk = float(np.mean(ref.predict(Xva) == yva))
-    print(f"sklearn LogisticRegression()  fit {t_sk:7.2f} s  ({int(np.max(ref.n_iter_))} L-BFGS iterations)  val accuracy {acc_sk:.4f}")
+    print(
+        f"sklearn LogisticRegression()  fit {t_sk:7.2f} s  ({int(np.max(ref.n_iter_))} L-BFGS iterations)  val accuracy {acc_sk:.4f}"
+    )
 
     ratio = t_lin / t_sk
     verdict = "met" if ratio <= 0.5 and acc_lin >= acc_sk else "NOT met"
-    print(f"time ratio linear / sklearn = {ratio:.3f}  (speed-up {1 / ratio:.1f}x); accuracy {acc_lin:.4f} vs {acc_sk:.4f}")
+    print(
+        f"time ratio linear / sklearn = {ratio:.3f}  (speed-up {1 / ratio:.1f}x); accuracy {acc_lin:.4f} vs {acc_sk:.4f}"
+    )
     print(f"target (<= 0.5x time at equal or better accuracy): {verdict}")
 
 

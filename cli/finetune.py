@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
     app.command("finetune")(finetune_command)
 
 
-def _unfreeze(value: Optional[str]) -> Optional[str]:
+def _unfreeze(value: str | None) -> str | None:
     if value is None or value.strip().lower() == "all":
         return value
     try:
@@ -33,28 +33,121 @@ def _unfreeze(value: Optional[str]) -> Optional[str]:
 
 @handle_errors
 def finetune_command(
-    data: Annotated[Optional[Path], typer.Argument(help="Image folder, split folder or CSV manifest [default: the dataset of the most recent cache, or of --init-head's cache].")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="Backbone name [default: --init-head's, else efficientnet_lite0]; see `tlx info --backbones`.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Local weights file (.pth or .safetensors) to start from instead of the backbone's pretrained ones.", exists=True, dir_okay=False)] = None,
-    pool: Annotated[Optional[Pool], typer.Option(help="Global pooling before the head [default: --init-head's, else avg].")] = None,
-    unfreeze: Annotated[Optional[str], typer.Option(callback=_unfreeze, metavar="N|all", help="Train the last N stages of the backbone (0 = head only, all = the whole network) [default: 1].")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs [default: 10].")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the unfrozen body [default: 1e-4 adamw, 1e-3 sgd].")] = None,
-    head_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the head [default: --lr with --init-head, else 10x --lr].")] = None,
-    optimizer: Annotated[Optional[Optim], typer.Option(help="AdamW, or SGD with Nesterov momentum 0.9 [default: adamw].")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(min=0.0, help="Weight decay of weight matrices and kernels [default: 0.01 adamw, 1e-4 sgd].")] = None,
-    warmup_epochs: Annotated[Optional[float], typer.Option(min=0.0, help="Linear warm-up before the cosine decay, in epochs (at most a fifth of the run) [default: 1].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per step, in total over all processes [default: 32].")] = None,
-    init_head: Annotated[Optional[Path], typer.Option(help="Start from the linear head of this `tlx fit-head` run (LP-FT); backbone and pooling come from it.", exists=True, file_okay=False)] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random resized crop + horizontal flip while training [default: on].")] = None,
-    train_bn: Annotated[Optional[bool], typer.Option("--train-bn/--freeze-bn", help="Update BatchNorm statistics and parameters of the unfrozen stages [default: --freeze-bn].")] = None,
-    early_stop: Annotated[Optional[int], typer.Option(min=0, metavar="PATIENCE", help="Stop after this many epochs without a better validation accuracy (0 = never) [default: 0].")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Validation share when the data has no split of its own [default: 0.2]; with --init-head, fine-tuning validates on exactly the head's validation images.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the split, the head and the data order [default: --init-head's split seed, else 0].")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")] = None,
-    device: Annotated[Device, typer.Option(help="Where to train (under torchrun: each process's local GPU, or the CPU).")] = Device.auto,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder [default: a new runs/<time>-finetune-<backbone>]; with --resume, the run to continue.", file_okay=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint; options given must match it.")] = False,
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Image folder, split folder or CSV manifest [default: the dataset of the most recent cache, or of --init-head's cache]."
+        ),
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="Backbone name [default: --init-head's, else efficientnet_lite0]; see `tlx info --backbones`."
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local weights file (.pth or .safetensors) to start from instead of the backbone's pretrained ones.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    pool: Annotated[
+        Pool | None, typer.Option(help="Global pooling before the head [default: --init-head's, else avg].")
+    ] = None,
+    unfreeze: Annotated[
+        str | None,
+        typer.Option(
+            callback=_unfreeze,
+            metavar="N|all",
+            help="Train the last N stages of the backbone (0 = head only, all = the whole network) [default: 1].",
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs [default: 10].")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate of the unfrozen body [default: 1e-4 adamw, 1e-3 sgd].")
+    ] = None,
+    head_lr: Annotated[
+        float | None,
+        typer.Option(help="Peak learning rate of the head [default: --lr with --init-head, else 10x --lr]."),
+    ] = None,
+    optimizer: Annotated[
+        Optim | None, typer.Option(help="AdamW, or SGD with Nesterov momentum 0.9 [default: adamw].")
+    ] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Weight decay of weight matrices and kernels [default: 0.01 adamw, 1e-4 sgd]."),
+    ] = None,
+    warmup_epochs: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, help="Linear warm-up before the cosine decay, in epochs (at most a fifth of the run) [default: 1]."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Images per step, in total over all processes [default: 32].")
+    ] = None,
+    init_head: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from the linear head of this `tlx fit-head` run (LP-FT); backbone and pooling come from it.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment", help="Random resized crop + horizontal flip while training [default: on]."
+        ),
+    ] = None,
+    train_bn: Annotated[
+        bool | None,
+        typer.Option(
+            "--train-bn/--freeze-bn",
+            help="Update BatchNorm statistics and parameters of the unfrozen stages [default: --freeze-bn].",
+        ),
+    ] = None,
+    early_stop: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="PATIENCE",
+            help="Stop after this many epochs without a better validation accuracy (0 = never) [default: 0].",
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Validation share when the data has no split of its own [default: 0.2]; with --init-head, fine-tuning validates on exactly the head's validation images."
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the split, the head and the data order [default: --init-head's split seed, else 0]."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")
+    ] = None,
+    device: Annotated[
+        Device, typer.Option(help="Where to train (under torchrun: each process's local GPU, or the CPU).")
+    ] = Device.auto,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run folder [default: a new runs/<time>-finetune-<backbone>]; with --resume, the run to continue.",
+            file_okay=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue the run in --out from its last checkpoint; options given must match it."
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -67,10 +160,29 @@ def finetune_command(
 
     reporter = RichReporter(quiet=quiet)
     result = finetune(
-        data, backbone=backbone, weights=weights, pool=pool.value if pool else None, unfreeze=unfreeze, epochs=epochs, lr=lr,
-        head_lr=head_lr, optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay, batch_size=batch_size,
-        init_head=init_head, augment=augment, train_bn=train_bn, early_stop=early_stop, val_fraction=val_fraction, seed=seed,
-        warmup_epochs=warmup_epochs, workers=workers, device=device.value, out=out, resume=resume, reporter=reporter,
+        data,
+        backbone=backbone,
+        weights=weights,
+        pool=pool.value if pool else None,
+        unfreeze=unfreeze,
+        epochs=epochs,
+        lr=lr,
+        head_lr=head_lr,
+        optimizer=optimizer.value if optimizer else None,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        init_head=init_head,
+        augment=augment,
+        train_bn=train_bn,
+        early_stop=early_stop,
+        val_fraction=val_fraction,
+        seed=seed,
+        warmup_epochs=warmup_epochs,
+        workers=workers,
+        device=device.value,
+        out=out,
+        resume=resume,
+        reporter=reporter,
     )
     import os
 

@@ -56,7 +56,15 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
     random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"]
@@ -91,20 +99,23 @@ class LoopState:
 
 def save_last(path: Path, training, epoch: int, state: LoopState, extra: dict) -> None:
     """``extra``: the config, cache, feature space and split, saved as they are."""
-    save_atomic({
-        "model": {k: v.detach().cpu() for k, v in training.net.state_dict().items()},
-        "optimizer": training.optimizer.state_dict(),
-        "scheduler": training.scheduler.state_dict(),
-        "scaler": training.scaler.state_dict() if training.scaler is not None else {},
-        "epoch": epoch,
-        "rng": rng_state(),
-        "history": state.history,
-        "best": {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy},
-        "bad_epochs": state.bad_epochs,
-        "stopped": state.stopped,
-        "init_eval": state.init_eval or {},
-        **extra,
-    }, path)
+    save_atomic(
+        {
+            "model": {k: v.detach().cpu() for k, v in training.net.state_dict().items()},
+            "optimizer": training.optimizer.state_dict(),
+            "scheduler": training.scheduler.state_dict(),
+            "scaler": training.scaler.state_dict() if training.scaler is not None else {},
+            "epoch": epoch,
+            "rng": rng_state(),
+            "history": state.history,
+            "best": {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy},
+            "bad_epochs": state.bad_epochs,
+            "stopped": state.stopped,
+            "init_eval": state.init_eval or {},
+            **extra,
+        },
+        path,
+    )
 
 
 def save_best(path: Path, state: LoopState) -> None:
@@ -122,9 +133,13 @@ def restore(saved: dict, training, run_dir: Path, is_main: bool) -> LoopState:
     set_rng_state(saved["rng"])
     last_epoch = int(saved["epoch"])
     state = LoopState(
-        next_epoch=last_epoch + 1, history=list(saved["history"]), best_epoch=int(saved["best"]["epoch"]),
-        best_accuracy=float(saved["best"]["val_accuracy"]), bad_epochs=int(saved["bad_epochs"]),
-        stopped=bool(saved["stopped"]), init_eval=saved.get("init_eval") or None,
+        next_epoch=last_epoch + 1,
+        history=list(saved["history"]),
+        best_epoch=int(saved["best"]["epoch"]),
+        best_accuracy=float(saved["best"]["val_accuracy"]),
+        bad_epochs=int(saved["bad_epochs"]),
+        stopped=bool(saved["stopped"]),
+        init_eval=saved.get("init_eval") or None,
     )
     best_path = run_dir / CHECKPOINT_DIR / BEST
     saved_best = load(best_path) if best_path.is_file() else None

@@ -33,11 +33,15 @@ class TrainTransform:
         from torchvision import transforms
 
         self.min_size = 2 * pre.resize_size
-        self.transform = transforms.Compose([
-            transforms.RandomResizedCrop(pre.input_size, scale=CROP_SCALE, interpolation=transforms.InterpolationMode(pre.interpolation)),
-            transforms.RandomHorizontalFlip(),
-            transforms.PILToTensor(),
-        ])
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(
+                    pre.input_size, scale=CROP_SCALE, interpolation=transforms.InterpolationMode(pre.interpolation)
+                ),
+                transforms.RandomHorizontalFlip(),
+                transforms.PILToTensor(),
+            ]
+        )
 
     def load(self, path) -> torch.Tensor:
         return self.transform(load_image(path, min_size=self.min_size))
@@ -87,11 +91,20 @@ def _split_data(index: DatasetIndex, rows: _Rows, train_idx, val_idx, info: dict
     train_idx, val_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)
     absolute = [str(index.abspath(it)) for it in rows.items]
     info = {**info, "val_sha256": sorted(rows.hashes[i] for i in val_idx)}
-    return SplitData([absolute[i] for i in train_idx], rows.labels[train_idx], [absolute[i] for i in val_idx],
-                     rows.labels[val_idx], list(index.classes), info, rows.excluded)
+    return SplitData(
+        [absolute[i] for i in train_idx],
+        rows.labels[train_idx],
+        [absolute[i] for i in val_idx],
+        rows.labels[val_idx],
+        list(index.classes),
+        info,
+        rows.excluded,
+    )
 
 
-def split_dataset(index: DatasetIndex, val_fraction: float, seed: int, exclude: frozenset[str] | set[str] = frozenset()) -> SplitData:
+def split_dataset(
+    index: DatasetIndex, val_fraction: float, seed: int, exclude: frozenset[str] | set[str] = frozenset()
+) -> SplitData:
     """Split exactly as stage two does: ``tlx.heads.split.split_indices`` on the content hashes
     of the images a cache of this dataset holds (the readable ones)."""
     from tlx.heads.split import split_indices
@@ -104,8 +117,15 @@ def split_dataset(index: DatasetIndex, val_fraction: float, seed: int, exclude: 
     return _split_data(index, rows, train_idx, val_idx, info)
 
 
-def split_by_members(index: DatasetIndex, val_sha256: list[str], info: dict, whose: str, fix: str,
-                     exclude: frozenset[str] | set[str] = frozenset(), cache_path: Path | None = None) -> SplitData:
+def split_by_members(
+    index: DatasetIndex,
+    val_sha256: list[str],
+    info: dict,
+    whose: str,
+    fix: str,
+    exclude: frozenset[str] | set[str] = frozenset(),
+    cache_path: Path | None = None,
+) -> SplitData:
     """Validate on exactly the images whose content is in ``val_sha256`` (an earlier split's
     val side); train on every other usable image, so nothing trained on before can score.
 
@@ -140,15 +160,30 @@ def _path_in_cache(cache_path: Path | None, content_hash: str) -> str | None:
     return cached.paths[cached.hashes.index(content_hash)]
 
 
-def train_loader(paths, pre: Preprocessing, batch_size: int, workers: int, augment: bool, seed: int,
-                 rank: int, world: int, pin_memory: bool) -> tuple[DataLoader, DistributedSampler]:
+def train_loader(
+    paths,
+    pre: Preprocessing,
+    batch_size: int,
+    workers: int,
+    augment: bool,
+    seed: int,
+    rank: int,
+    world: int,
+    pin_memory: bool,
+) -> tuple[DataLoader, DistributedSampler]:
     """Shuffled by a DistributedSampler in every case (``num_replicas=1`` alone), so one process
     and N processes see the same global order; call ``sampler.set_epoch(epoch)`` each epoch."""
     dataset = ImageFiles(paths, TrainTransform(pre) if augment else ResizeCrop(pre))
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_skipping_failures,
-        pin_memory=pin_memory, prefetch_factor=4 if workers else None, persistent_workers=False,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
         worker_init_fn=None if pin_memory else lower_priority,  # on CPU, decoding yields to the training step
         generator=torch.Generator(),  # reseeded each epoch: worker augmentation seeds depend on (seed, epoch, rank) only
     )
@@ -158,8 +193,13 @@ def train_loader(paths, pre: Preprocessing, batch_size: int, workers: int, augme
 def eval_loader(paths, pre: Preprocessing, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
     """In order, no sampler: each process passes its own shard ``paths[rank::world]``."""
     return DataLoader(
-        ImageFiles(paths, ResizeCrop(pre)), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=collate_skipping_failures, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
+        ImageFiles(paths, ResizeCrop(pre)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
         worker_init_fn=None if pin_memory else lower_priority,
     )
 
@@ -177,4 +217,3 @@ def cache_failures(dataset_root: Path, cache_path: Path | None) -> set[str]:
     if str(idx.attrs.get("dataset_root", "")) != str(dataset_root):
         return set()
     return set(idx.failed)
-

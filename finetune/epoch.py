@@ -60,8 +60,14 @@ def _count_device(procs: Dist, device: torch.device) -> torch.device:
     return device if procs.enabled and device.type == "cuda" else torch.device("cpu")
 
 
-def train_one_epoch(training: Training, loader, labels: np.ndarray, epoch: int, reporter: Reporter | None = None,
-                    on_step: StepCallback | None = None) -> dict:
+def train_one_epoch(
+    training: Training,
+    loader,
+    labels: np.ndarray,
+    epoch: int,
+    reporter: Reporter | None = None,
+    on_step: StepCallback | None = None,
+) -> dict:
     """One pass over this process's shard of the training set; returns local sums.
 
     Unreadable images drop out of their batch. The processes first agree on how many images
@@ -86,7 +92,9 @@ def train_one_epoch(training: Training, loader, labels: np.ndarray, epoch: int, 
     return {"loss_sum": loss_sum, "n": n, "failures": failures}
 
 
-def _train_step(training: Training, indices: list[int], images: torch.Tensor, labels: np.ndarray, step_images: int) -> float:
+def _train_step(
+    training: Training, indices: list[int], images: torch.Tensor, labels: np.ndarray, step_images: int
+) -> float:
     """Forward, backward and optimizer step; returns this process's summed (unscaled) loss.
 
     DDP averages gradients over processes, so each process's summed loss is scaled by
@@ -129,8 +137,14 @@ def _zero_loss(training: Training) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(net: FineTuneNet, loader, labels: np.ndarray, normalize: nn.Module, precision: Precision,
-             reporter: Reporter | None = None) -> dict:
+def evaluate(
+    net: FineTuneNet,
+    loader,
+    labels: np.ndarray,
+    normalize: nn.Module,
+    precision: Precision,
+    reporter: Reporter | None = None,
+) -> dict:
     """Probabilities for this process's shard of the validation set (no padding, no duplicates)."""
     net.eval()
     device = precision.device
@@ -158,16 +172,24 @@ def reduce_eval(procs: Dist, local: dict, labels: np.ndarray, num_classes: int, 
     confusion = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(confusion, (y, pred), 1)
     where = _count_device(procs, device)
-    sums = all_reduce_sum(procs, torch.tensor([local["loss_sum"], float(len(y))], dtype=torch.float64, device=where)).cpu()
+    sums = all_reduce_sum(
+        procs, torch.tensor([local["loss_sum"], float(len(y))], dtype=torch.float64, device=where)
+    ).cpu()
     confusion = all_reduce_sum(procs, torch.from_numpy(confusion).to(where)).cpu().numpy()
     n = int(sums[1])
-    return {"val_loss": float(sums[0]) / max(1, n), "val_accuracy": float(np.trace(confusion)) / max(1, n), "n": n,
-            "confusion_matrix": confusion}
+    return {
+        "val_loss": float(sums[0]) / max(1, n),
+        "val_accuracy": float(np.trace(confusion)) / max(1, n),
+        "n": n,
+        "confusion_matrix": confusion,
+    }
 
 
 def reduce_train(procs: Dist, local: dict, device: torch.device) -> tuple[float, int]:
     """The mean training loss over every process's images, and their number."""
     where = _count_device(procs, device)
-    sums = all_reduce_sum(procs, torch.tensor([local["loss_sum"], float(local["n"])], dtype=torch.float64, device=where)).cpu()
+    sums = all_reduce_sum(
+        procs, torch.tensor([local["loss_sum"], float(local["n"])], dtype=torch.float64, device=where)
+    ).cpu()
     n = int(sums[1])
     return float(sums[0]) / max(1, n), n

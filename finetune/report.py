@@ -27,7 +27,9 @@ def write_finetune_config(run_dir: Path, record: dict) -> Path:
     return write_json_atomic(Path(run_dir) / CONFIG_FILE, record)
 
 
-def plot_learning_curve(history: list[dict], path: Path, best_epoch: int | None = None, init_eval: dict | None = None) -> Path:
+def plot_learning_curve(
+    history: list[dict], path: Path, best_epoch: int | None = None, init_eval: dict | None = None
+) -> Path:
     """Train and validation loss (left) and validation accuracy (right), one point per epoch;
     with ``init_eval`` (LP-FT) the fitted head's own scores appear as epoch 0."""
     import matplotlib
@@ -38,7 +40,11 @@ def plot_learning_curve(history: list[dict], path: Path, best_epoch: int | None 
     epochs = [h["epoch"] for h in history]
     val_epochs, val_loss, val_acc = list(epochs), [h["val_loss"] for h in history], [h["val_accuracy"] for h in history]
     if init_eval:
-        val_epochs, val_loss, val_acc = [0] + val_epochs, [init_eval["val_loss"]] + val_loss, [init_eval["val_accuracy"]] + val_acc
+        val_epochs, val_loss, val_acc = (
+            [0] + val_epochs,
+            [init_eval["val_loss"]] + val_loss,
+            [init_eval["val_accuracy"]] + val_acc,
+        )
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     ax_loss.plot(val_epochs, val_loss, "o-", label="validation loss")
@@ -101,23 +107,26 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
         "init_head_val_accuracy": (state.init_eval or {}).get("val_accuracy"),
     }
     save_model(state.best_weights, run_dir)
-    write_finetune_config(run_dir, {
-        "kind": "finetune",
-        "backbone": cfg.backbone,
-        "architecture": run.backbone.cfg.architecture,
-        "weights": cfg.weights,
-        "weights_id": space.weights_id,
-        "weights_sha256": space.weights_sha256,
-        "pooling": cfg.pool,
-        "feature_dim": space.feature_dim,
-        "classes": list(split.classes),
-        "preprocessing": space.preprocessing.to_dict(),
-        "unfreeze": cfg.unfreeze,
-        "n_stages": len(run.backbone.stages),
-        "init_head": cfg.init_head,
-        "best_epoch": best_epoch,
-        "tlx_version": version,
-    })
+    write_finetune_config(
+        run_dir,
+        {
+            "kind": "finetune",
+            "backbone": cfg.backbone,
+            "architecture": run.backbone.cfg.architecture,
+            "weights": cfg.weights,
+            "weights_id": space.weights_id,
+            "weights_sha256": space.weights_sha256,
+            "pooling": cfg.pool,
+            "feature_dim": space.feature_dim,
+            "classes": list(split.classes),
+            "preprocessing": space.preprocessing.to_dict(),
+            "unfreeze": cfg.unfreeze,
+            "n_stages": len(run.backbone.stages),
+            "init_head": cfg.init_head,
+            "best_epoch": best_epoch,
+            "tlx_version": version,
+        },
+    )
     plot_confusion(np.asarray(scores["confusion_matrix"]), split.classes, run_dir / "confusion.png")
     plot_learning_curve(history, run_dir / "learning_curve.png", best_epoch, state.init_eval)
     write_metrics(run_dir, metrics)

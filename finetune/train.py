@@ -123,20 +123,53 @@ def finetune(
         where = torch.device("cuda", procs.local_rank)
     reporter = reporter if (reporter is not None and procs.is_main) else Reporter()
     options = {
-        "data": data, "backbone": backbone, "weights": weights, "pool": pool, "unfreeze": unfreeze, "epochs": epochs,
-        "lr": lr, "head_lr": head_lr, "optimizer": optimizer, "weight_decay": weight_decay, "batch_size": batch_size,
-        "init_head": init_head, "augment": augment, "train_bn": train_bn, "early_stop": early_stop,
-        "val_fraction": val_fraction, "seed": seed, "warmup_epochs": warmup_epochs,
+        "data": data,
+        "backbone": backbone,
+        "weights": weights,
+        "pool": pool,
+        "unfreeze": unfreeze,
+        "epochs": epochs,
+        "lr": lr,
+        "head_lr": head_lr,
+        "optimizer": optimizer,
+        "weight_decay": weight_decay,
+        "batch_size": batch_size,
+        "init_head": init_head,
+        "augment": augment,
+        "train_bn": train_bn,
+        "early_stop": early_stop,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "warmup_epochs": warmup_epochs,
     }
     explicit = {k: normalize_option(k, v) for k, v in options.items() if v is not None}
     try:
-        return _run(procs, where, reporter, started, resume, out, default_workers() if workers is None else workers, explicit, on_step)
+        return _run(
+            procs,
+            where,
+            reporter,
+            started,
+            resume,
+            out,
+            default_workers() if workers is None else workers,
+            explicit,
+            on_step,
+        )
     finally:
         cleanup(procs)
 
 
-def _run(procs: Dist, device: torch.device, reporter: Reporter, started: float, resume: bool, out, workers: int,
-         explicit: dict, on_step: StepCallback | None) -> FinetuneResult:
+def _run(
+    procs: Dist,
+    device: torch.device,
+    reporter: Reporter,
+    started: float,
+    resume: bool,
+    out,
+    workers: int,
+    explicit: dict,
+    on_step: StepCallback | None,
+) -> FinetuneResult:
     cfg, init, cache_path, saved = _open(resume, out, explicit, reporter)
     check_values(cfg, procs.world)
     run = _build(cfg, init, saved, cache_path, out, procs, device, workers)
@@ -163,13 +196,14 @@ def _run(procs: Dist, device: torch.device, reporter: Reporter, started: float, 
     return _finish(run, state, run_dir, skipped, started, resumed_from)
 
 
-def _open(resume: bool, out, explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig, InitHead | None, Path | None, dict | None]:
+def _open(
+    resume: bool, out, explicit: dict, reporter: Reporter
+) -> tuple[FinetuneConfig, InitHead | None, Path | None, dict | None]:
     """The config of a new run, or of the run in ``out`` with its last checkpoint (``resume``)."""
     if not resume:
         if out is not None and (Path(out) / ckpt.CHECKPOINT_DIR / ckpt.LAST).is_file():
             raise RunError(
-                f"--out {out} already holds a fine-tuning run: "
-                "pass --resume to continue it, or choose another --out"
+                f"--out {out} already holds a fine-tuning run: pass --resume to continue it, or choose another --out"
             )
         cfg, init, cache_path = resolve_config(explicit, reporter)
         return cfg, init, cache_path, None
@@ -207,8 +241,15 @@ def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
     exclude = cache_failures(index.root, cache_path)
     earlier = (saved or {}).get("split") or {}
     if "val_sha256" in earlier:
-        split = split_by_members(index, earlier["val_sha256"], earlier, f"the checkpoint in {out}",
-                                 "restore them, or start a new run without --resume", exclude, cache_path)
+        split = split_by_members(
+            index,
+            earlier["val_sha256"],
+            earlier,
+            f"the checkpoint in {out}",
+            "restore them, or start a new run without --resume",
+            exclude,
+            cache_path,
+        )
     elif init is not None:
         if list(init.run.classes) != list(index.classes):
             raise TlxError(
@@ -216,9 +257,13 @@ def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
                 f"{index.classes}: fit a head on this dataset first"
             )
         split = split_by_members(
-            index, init.split["val_sha256"], {**init.split, "init_head": cfg.init_head},
+            index,
+            init.split["val_sha256"],
+            {**init.split, "init_head": cfg.init_head},
             f"the head run {cfg.init_head}",
-            "restore them, or fit a new head on the current data (`tlx extract`, then `tlx fit-head`)", exclude, init.cache,
+            "restore them, or fit a new head on the current data (`tlx extract`, then `tlx fit-head`)",
+            exclude,
+            init.cache,
         )
     else:
         split = split_dataset(index, cfg.val_fraction, cfg.seed, exclude)
@@ -230,8 +275,16 @@ def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
     return index, split, cache_path
 
 
-def _build(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache_path: Path | None, out,
-           procs: Dist, device: torch.device, workers: int) -> Setup:
+def _build(
+    cfg: FinetuneConfig,
+    init: InitHead | None,
+    saved: dict | None,
+    cache_path: Path | None,
+    out,
+    procs: Dist,
+    device: torch.device,
+    workers: int,
+) -> Setup:
     """Split the data, then build the network, its optimizer and the loaders."""
     from tlx.extractor.config import FeatureSpace
     from tlx.extractor.extract import backbone_for_space
@@ -259,22 +312,51 @@ def _build(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
     net.to(device)
     if cuda:
         net.to(memory_format=torch.channels_last)
-    model: nn.Module = nn.parallel.DistributedDataParallel(net, device_ids=[procs.local_rank] if cuda else None) if procs.enabled else net
+    model: nn.Module = (
+        nn.parallel.DistributedDataParallel(net, device_ids=[procs.local_rank] if cuda else None)
+        if procs.enabled
+        else net
+    )
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     per_process = cfg.batch_size // procs.world
-    loader, sampler = train_loader(split.train_paths, pre, per_process, workers, cfg.augment, cfg.seed, procs.rank, procs.world, cuda)
+    loader, sampler = train_loader(
+        split.train_paths, pre, per_process, workers, cfg.augment, cfg.seed, procs.rank, procs.world, cuda
+    )
     val_paths = split.val_paths[procs.rank :: procs.world]
     steps_per_epoch = len(loader)
     optimizer = make_optimizer(net, cfg)
     warmup = int(round(min(cfg.warmup_epochs, cfg.epochs / 5) * steps_per_epoch))
     scheduler = make_scheduler(optimizer, cfg.epochs * steps_per_epoch, warmup)
-    training = Training(net, model, optimizer, scheduler, scaler, Normalize(pre).to(device), Precision(device, amp_dtype),
-                        trainable, cfg.train_bn, pre.input_size, procs)
-    return Setup(cfg, split, index.name, cache_path, backbone, FeatureSpace.from_backbone(backbone.cfg, cfg.pool), n_unfreeze,
-                 training, loader, sampler, eval_loader(val_paths, pre, per_process, workers, cuda), val_paths,
-                 split.val_labels[procs.rank :: procs.world])
+    training = Training(
+        net,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        Normalize(pre).to(device),
+        Precision(device, amp_dtype),
+        trainable,
+        cfg.train_bn,
+        pre.input_size,
+        procs,
+    )
+    return Setup(
+        cfg,
+        split,
+        index.name,
+        cache_path,
+        backbone,
+        FeatureSpace.from_backbone(backbone.cfg, cfg.pool),
+        n_unfreeze,
+        training,
+        loader,
+        sampler,
+        eval_loader(val_paths, pre, per_process, workers, cuda),
+        val_paths,
+        split.val_labels[procs.rank :: procs.world],
+    )
 
 
 def _new_run_dir(procs: Dist, cfg: FinetuneConfig, out) -> Path:
@@ -305,7 +387,9 @@ def _score_fitted_head(run: Setup, state: LoopState, run_dir: Path, reporter: Re
     )
 
 
-def _run_epochs(run: Setup, state: LoopState, run_dir: Path, reporter: Reporter, on_step: StepCallback | None) -> dict[str, str]:
+def _run_epochs(
+    run: Setup, state: LoopState, run_dir: Path, reporter: Reporter, on_step: StepCallback | None
+) -> dict[str, str]:
     """Train and evaluate each remaining epoch, checkpointing after each; returns the images skipped."""
     cfg, training, procs = run.cfg, run.training, run.training.procs
     last_path, best_path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST, run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
@@ -324,7 +408,9 @@ def _run_epochs(run: Setup, state: LoopState, run_dir: Path, reporter: Reporter,
         train_seconds = time.perf_counter() - started
         reporter.start(len(run.val_paths), f"epoch {epoch + 1}/{cfg.epochs} val")
         try:
-            local = evaluate(training.net, run.val_loader, run.val_labels, training.normalize, training.precision, reporter)
+            local = evaluate(
+                training.net, run.val_loader, run.val_labels, training.normalize, training.precision, reporter
+            )
         finally:
             reporter.stop()
         train_loss, n_train = reduce_train(procs, trained, training.precision.device)
@@ -333,8 +419,12 @@ def _run_epochs(run: Setup, state: LoopState, run_dir: Path, reporter: Reporter,
         skipped.update({run.val_paths[j]: reason for j, reason in local["failures"]})
         seconds = time.perf_counter() - started
         entry = {
-            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": scores["val_loss"], "val_accuracy": scores["val_accuracy"],
-            "lr": float(training.optimizer.param_groups[-1]["lr"]), "seconds": round(seconds, 3),
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": scores["val_loss"],
+            "val_accuracy": scores["val_accuracy"],
+            "lr": float(training.optimizer.param_groups[-1]["lr"]),
+            "seconds": round(seconds, 3),
             "train_images_per_second": round(n_train / max(train_seconds, 1e-9), 2),
         }
         state.history.append(entry)
@@ -358,12 +448,17 @@ def _run_epochs(run: Setup, state: LoopState, run_dir: Path, reporter: Reporter,
 
 
 def _checkpoint_extra(run: Setup) -> dict:
-    return {"config": run.cfg.to_dict(), "cache": str(run.cache_path) if run.cache_path else "",
-            "feature_space": run.space.to_dict(), "split": run.split.info}
+    return {
+        "config": run.cfg.to_dict(),
+        "cache": str(run.cache_path) if run.cache_path else "",
+        "feature_space": run.space.to_dict(),
+        "split": run.split.info,
+    }
 
 
-def _finish(run: Setup, state: LoopState, run_dir: Path, skipped: dict[str, str], started: float,
-            resumed_from: int | None) -> FinetuneResult:
+def _finish(
+    run: Setup, state: LoopState, run_dir: Path, skipped: dict[str, str], started: float, resumed_from: int | None
+) -> FinetuneResult:
     """Evaluate the best weights once more with every probability, and write the run folder."""
     from tlx import __version__
     from tlx.finetune.report import write_run
@@ -387,8 +482,16 @@ def _finish(run: Setup, state: LoopState, run_dir: Path, skipped: dict[str, str]
     history = state.history
     seconds_per_epoch = float(np.mean([h["seconds"] for h in history])) if history else 0.0
     return FinetuneResult(
-        run=str(run_dir), val_accuracy=float(metrics.get("val_accuracy", state.best_accuracy)), best_epoch=state.best_epoch + 1,
-        epochs_done=len(history), seconds=round(time.perf_counter() - started, 3), seconds_per_epoch=round(seconds_per_epoch, 3),
-        early_stopped=state.stopped, resumed_from=resumed_from, n_train=len(run.split.train_paths), n_val=len(run.split.val_paths),
-        n_skipped=len(skipped), metrics=metrics,
+        run=str(run_dir),
+        val_accuracy=float(metrics.get("val_accuracy", state.best_accuracy)),
+        best_epoch=state.best_epoch + 1,
+        epochs_done=len(history),
+        seconds=round(time.perf_counter() - started, 3),
+        seconds_per_epoch=round(seconds_per_epoch, 3),
+        early_stopped=state.stopped,
+        resumed_from=resumed_from,
+        n_train=len(run.split.train_paths),
+        n_val=len(run.split.val_paths),
+        n_skipped=len(skipped),
+        metrics=metrics,
     )

@@ -18,17 +18,18 @@ regularization, which comes first in each grid).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 import tlx
+from tlx.common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
 from tlx.errors import DatasetError
 from tlx.heads.registry import DEFAULT_HEAD, HeadSpec, ParamError, get_head, jsonable_params, parse_params
-from tlx.common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
 from tlx.heads.split import split_indices
 
 MAX_FOLDS = 5
@@ -44,14 +45,32 @@ class FitResult:
     metrics: dict = field(default_factory=dict)  # the whole metrics.json record
 
     def to_dict(self) -> dict:
-        return {"run": str(self.run), "clf": self.clf, "val_accuracy": self.val_accuracy, "fit_seconds": self.fit_seconds,
-                "params": self.params, "balanced_accuracy": self.metrics.get("balanced_accuracy"),
-                "macro_f1": self.metrics.get("macro_f1"), "n_train": self.metrics.get("n_train"), "n_val": self.metrics.get("n_val"),
-                "cache": self.metrics.get("cache"), "sweep": self.metrics.get("sweep")}
+        return {
+            "run": str(self.run),
+            "clf": self.clf,
+            "val_accuracy": self.val_accuracy,
+            "fit_seconds": self.fit_seconds,
+            "params": self.params,
+            "balanced_accuracy": self.metrics.get("balanced_accuracy"),
+            "macro_f1": self.metrics.get("macro_f1"),
+            "n_train": self.metrics.get("n_train"),
+            "n_val": self.metrics.get("n_val"),
+            "cache": self.metrics.get("cache"),
+            "sweep": self.metrics.get("sweep"),
+        }
 
 
-def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = False, class_weight: str | None = None,
-             val_fraction: float = 0.2, seed: int = 0, out=None, log: Callable[[str], None] | None = None) -> FitResult:
+def fit_head(
+    features=None,
+    clf: str = DEFAULT_HEAD,
+    params=None,
+    sweep: bool = False,
+    class_weight: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    out=None,
+    log: Callable[[str], None] | None = None,
+) -> FitResult:
     """Fit head ``clf`` on a feature cache (a file, a folder or None = newest in the cache dir)."""
     from tlx.extractor.features import load_features, resolve_cache
 
@@ -70,7 +89,9 @@ def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = 
     if features is None or Path(features).is_dir():
         log(f"features: {path} (the most recent cache in {path.parent})")
     feats = load_features(path)
-    train, val, split_info = split_indices(feats.paths, feats.y, feats.split, val_fraction, seed, hashes=feats.sha256, classes=feats.classes)
+    train, val, split_info = split_indices(
+        feats.paths, feats.y, feats.split, val_fraction, seed, hashes=feats.sha256, classes=feats.classes
+    )
     # The val members themselves, so that `finetune --init-head` validates on exactly these images.
     split_info["val_sha256"] = sorted(feats.sha256[i] for i in val)
     _check_training_set(feats, train, val)
@@ -141,10 +162,14 @@ def _check_training_set(feats, train: np.ndarray, val: np.ndarray) -> None:
     present = np.unique(feats.y[train])
     if len(present) < 2:
         found = f"only class {feats.classes[present[0]]!r}" if len(present) else "no images"
-        raise DatasetError(f"the training split {where} has {found}: a head needs at least 2 classes with training images")
+        raise DatasetError(
+            f"the training split {where} has {found}: a head needs at least 2 classes with training images"
+        )
     missing = [feats.classes[c] for c in range(len(feats.classes)) if c not in set(present.tolist())]
     if missing:
-        raise DatasetError(f"class {missing[0]!r} has no training images {where}: add some to its train folder or remove the class")
+        raise DatasetError(
+            f"class {missing[0]!r} has no training images {where}: add some to its train folder or remove the class"
+        )
     if len(val) == 0:
         raise DatasetError(f"the validation split {where} is empty: add images to val/, or use data without a split")
 
@@ -159,7 +184,9 @@ def _full_proba(head, X: np.ndarray, n_classes: int) -> np.ndarray:
     return full
 
 
-def run_sweep(spec: HeadSpec, params: dict, Xtr, ytr, Xva, yva, split_info: dict, seed: int = 0, log=None) -> dict[str, Any]:
+def run_sweep(
+    spec: HeadSpec, params: dict, Xtr, ytr, Xva, yva, split_info: dict, seed: int = 0, log=None
+) -> dict[str, Any]:
     """Score every value of the head's grid; returns ``{param, grid, scores, best, selection}``."""
     log = log or (lambda _msg: None)
     grid = list(spec.grid)

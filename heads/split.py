@@ -22,8 +22,16 @@ import numpy as np
 from tlx.errors import DatasetError
 
 
-def split_indices(paths: list[str], labels: np.ndarray, split: list[str], val_fraction: float = 0.2, seed: int = 0, *,
-                  hashes: Sequence[str | None], classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def split_indices(
+    paths: list[str],
+    labels: np.ndarray,
+    split: list[str],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    hashes: Sequence[str | None],
+    classes: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Return ``(train_idx, val_idx, info)``: sorted row indices and how the split was made.
 
     ``hashes`` are the rows' content sha256 (what the seeded split keys on); ``classes``

@@ -15,10 +15,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_folder_dataset, subprocess_env
 
-TINY = ["--backbone", "tiny_cnn", "--workers", "0", "--batch-size", "8", "--lr", "0.01", "--head-lr", "0.05", "--quiet", "--json"]
+TINY = [
+    "--backbone",
+    "tiny_cnn",
+    "--workers",
+    "0",
+    "--batch-size",
+    "8",
+    "--lr",
+    "0.01",
+    "--head-lr",
+    "0.05",
+    "--quiet",
+    "--json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +57,21 @@ def _net(unfreeze):
 
 # --------------------------------------------------------------------------- freezing rules
 
-@pytest.mark.parametrize("unfreeze, expected_stages", [(0, []), (1, ["stage2"]), (2, ["stage1", "stage2"]), (3, ["stem", "stage1", "stage2"]), ("all", ["stem", "stage1", "stage2"])])
+
+@pytest.mark.parametrize(
+    "unfreeze, expected_stages",
+    [
+        (0, []),
+        (1, ["stage2"]),
+        (2, ["stage1", "stage2"]),
+        (3, ["stem", "stage1", "stage2"]),
+        ("all", ["stem", "stage1", "stage2"]),
+    ],
+)
 @pytest.mark.parametrize("train_bn", [False, True])
-def test_unfreeze_decides_which_parameters_get_gradients_and_which_batchnorms_train(unfreeze, expected_stages, train_bn):
+def test_unfreeze_decides_which_parameters_get_gradients_and_which_batchnorms_train(
+    unfreeze, expected_stages, train_bn
+):
     from tlx.finetune.model import set_train_mode
 
     _, net, trainable = _net(unfreeze)
@@ -73,6 +97,7 @@ def test_unfreeze_more_stages_than_the_backbone_has_is_refused():
 
 
 # --------------------------------------------------------------------------- LP-FT
+
 
 def test_folded_linear_head_gives_the_fitted_heads_probabilities_before_any_step(data):
     from tlx.heads.linear import LinearHead
@@ -100,8 +125,27 @@ def test_init_head_from_a_fit_head_run_end_to_end(cli, data, tmp_path):
     assert fit.exit_code == 0, fit.stderr
     head_acc = json.loads((tmp_path / "head" / "metrics.json").read_text())["val_accuracy"]
     # no DATA: the dataset of the head's cache; backbone and pooling come from the head run.
-    r = cli("finetune", "--init-head", tmp_path / "head", "--epochs", "1", "--unfreeze", "0", "--lr", "1e-12", "--head-lr", "1e-12",
-            "--no-augment", "--workers", "0", "--batch-size", "8", "--out", tmp_path / "ft", "--json")
+    r = cli(
+        "finetune",
+        "--init-head",
+        tmp_path / "head",
+        "--epochs",
+        "1",
+        "--unfreeze",
+        "0",
+        "--lr",
+        "1e-12",
+        "--head-lr",
+        "1e-12",
+        "--no-augment",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+        "--out",
+        tmp_path / "ft",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     assert "no DATA given" in r.stderr and str(data) in r.stderr
     m = json.loads((tmp_path / "ft" / "metrics.json").read_text())
@@ -111,8 +155,31 @@ def test_init_head_from_a_fit_head_run_end_to_end(cli, data, tmp_path):
     assert m["init_head_val_accuracy"] == pytest.approx(head_acc)  # evaluated as "epoch 0" before any step
 
     # A rate that wrecks the network: the fitted head, as epoch 0, stays the model that is kept.
-    r = cli("finetune", "--init-head", tmp_path / "head", "--epochs", "1", "--unfreeze", "all", "--optimizer", "sgd", "--lr", "30",
-            "--head-lr", "30", "--warmup-epochs", "0", "--no-augment", "--workers", "0", "--batch-size", "8", "--out", tmp_path / "wreck", "--json")
+    r = cli(
+        "finetune",
+        "--init-head",
+        tmp_path / "head",
+        "--epochs",
+        "1",
+        "--unfreeze",
+        "all",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "30",
+        "--head-lr",
+        "30",
+        "--warmup-epochs",
+        "0",
+        "--no-augment",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+        "--out",
+        tmp_path / "wreck",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     wrecked = json.loads((tmp_path / "wreck" / "metrics.json").read_text())
     assert wrecked["val_accuracy"] >= head_acc - 1e-9
@@ -121,8 +188,14 @@ def test_init_head_from_a_fit_head_run_end_to_end(cli, data, tmp_path):
         assert wrecked["history"][0]["val_accuracy"] <= head_acc
 
     # a head of another feature space, and a head without a linear form: exit 2, one line
-    other = cli("finetune", "--init-head", tmp_path / "head", "--backbone", "efficientnet_lite0", "--out", tmp_path / "x1")
-    assert other.exit_code == 2 and "fitted on tiny_cnn features" in other.stderr and len(other.stderr.strip().splitlines()) == 1
+    other = cli(
+        "finetune", "--init-head", tmp_path / "head", "--backbone", "efficientnet_lite0", "--out", tmp_path / "x1"
+    )
+    assert (
+        other.exit_code == 2
+        and "fitted on tiny_cnn features" in other.stderr
+        and len(other.stderr.strip().splitlines()) == 1
+    )
     assert cli("fit-head", "--clf", "knn", "--out", tmp_path / "knn", "--quiet").exit_code == 0
     knn = cli("finetune", "--init-head", tmp_path / "knn", "--out", tmp_path / "x2")
     assert knn.exit_code == 2 and "linear form" in knn.stderr, knn.stderr
@@ -137,18 +210,48 @@ def test_init_head_from_a_fit_head_run_end_to_end(cli, data, tmp_path):
 
 # --------------------------------------------------------------------------- the run folder
 
+
 def test_run_folder_has_metrics_plots_model_and_checkpoints_that_load_with_weights_only(cli, data, tmp_path):
     r = cli("finetune", data, "--epochs", "2", "--unfreeze", "1", *TINY, "--out", tmp_path / "run")
     assert r.exit_code == 0, r.stderr
     out = r.json()
     assert {"run", "val_accuracy", "best_epoch", "epochs_done", "seconds"} <= set(out)
     run = tmp_path / "run"
-    for name in ("metrics.json", "confusion.png", "learning_curve.png", "model.safetensors", "finetune.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "metrics.json",
+        "confusion.png",
+        "learning_curve.png",
+        "model.safetensors",
+        "finetune.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (run / name).is_file(), name
     m = json.loads((run / "metrics.json").read_text())
-    for key in ("kind", "clf", "params", "val_accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "log_loss",
-                "fit_seconds", "feature_space", "cache", "classes", "split", "n_train", "n_val", "created", "tlx_version",
-                "best_epoch", "epochs_done", "seconds_per_epoch", "history"):
+    for key in (
+        "kind",
+        "clf",
+        "params",
+        "val_accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "per_class",
+        "confusion_matrix",
+        "log_loss",
+        "fit_seconds",
+        "feature_space",
+        "cache",
+        "classes",
+        "split",
+        "n_train",
+        "n_val",
+        "created",
+        "tlx_version",
+        "best_epoch",
+        "epochs_done",
+        "seconds_per_epoch",
+        "history",
+    ):
         assert key in m, key
     assert m["kind"] == "finetune" and m["epochs_done"] == 2 and len(m["history"]) == 2
     assert m["n_train"] + m["n_val"] == 40 and m["n_val"] >= 2 and np.sum(m["confusion_matrix"]) == m["n_val"]
@@ -168,8 +271,8 @@ def test_run_folder_has_metrics_plots_model_and_checkpoints_that_load_with_weigh
     p = module(x).detach()
     assert p.shape == (3, 2) and torch.allclose(p.sum(1), torch.ones(3))
     # the module is the best epoch's network
-    from tlx.finetune.model import FineTuneNet
     from tlx.extractor.registry import get_backbone
+    from tlx.finetune.model import FineTuneNet
 
     net = FineTuneNet(get_backbone("tiny_cnn").build().body, "avg", 32, 2)
     net.load_state_dict(best["model"])
@@ -177,6 +280,7 @@ def test_run_folder_has_metrics_plots_model_and_checkpoints_that_load_with_weigh
 
 
 # --------------------------------------------------------------------------- exit codes
+
 
 def test_bad_input_exits_2_with_one_line(cli, data, tmp_path):
     cases = [
@@ -228,13 +332,21 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_same_epochs_as_an_uninterrup
     script = tmp_path / "killed_run.py"
     script.write_text(KILLED_RUN)
     killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, str(script), str(data), str(killed)], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(data), str(killed)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not (killed / "metrics.json").exists()
     last = killed / "checkpoints" / "last.pt"
     assert torch.load(last, weights_only=True)["epoch"] == 0
 
-    done = subprocess.run([sys.executable, "-m", "tlx", "finetune", "--out", str(killed), "--resume", "--json", "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "tlx", "finetune", "--out", str(killed), "--resume", "--json", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     resumed = json.loads(done.stdout.strip().splitlines()[-1])
     assert resumed["epochs_done"] == 3 and resumed["resumed_from"] == 1
@@ -259,13 +371,19 @@ def _assert_same_weights(run_a: Path, run_b: Path, atol: float = 1e-4) -> None:
 
 # --------------------------------------------------------------------------- two processes (gloo)
 
+
 @pytest.mark.slow
 def test_two_processes_under_torchrun_agree_with_one(cli, data, tmp_path):
     args = ["finetune", str(data), "--epochs", "2", "--unfreeze", "2", "--no-augment", "--freeze-bn", *TINY]
     torchrun = Path(sys.executable).with_name("torchrun")
     env = subprocess_env(tmp_path / "cache")
-    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "tlx", *args, "--out", str(tmp_path / "ddp")],
-                         env=env, capture_output=True, text=True, timeout=180)
+    two = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "tlx", *args, "--out", str(tmp_path / "ddp")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     lines = [ln for ln in two.stdout.strip().splitlines() if ln.startswith("{")]
     assert len(lines) == 1  # only rank 0 reports
@@ -275,6 +393,10 @@ def test_two_processes_under_torchrun_agree_with_one(cli, data, tmp_path):
     assert ddp["val_accuracy"] == one.json()["val_accuracy"] and ddp["epochs_done"] == 2
     a = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     b = json.loads((tmp_path / "single" / "metrics.json").read_text())
-    assert a["confusion_matrix"] == b["confusion_matrix"] and np.sum(a["confusion_matrix"]) == a["n_val"]  # each image once
-    np.testing.assert_allclose([h["train_loss"] for h in a["history"]], [h["train_loss"] for h in b["history"]], rtol=1e-4)
+    assert (
+        a["confusion_matrix"] == b["confusion_matrix"] and np.sum(a["confusion_matrix"]) == a["n_val"]
+    )  # each image once
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in a["history"]], [h["train_loss"] for h in b["history"]], rtol=1e-4
+    )
     _assert_same_weights(tmp_path / "ddp", tmp_path / "single")

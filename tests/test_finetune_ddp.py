@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import broken_files, make_folder_dataset, subprocess_env
 
 # Trains one epoch of tiny_cnn over the batches in a JSON file (one list of batches per
@@ -69,11 +68,23 @@ def _run(script: Path, batches: list, out: Path, processes: int, env: dict) -> d
     if processes == 1:
         command = [sys.executable, str(script)]
     else:
-        command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", str(processes), str(script)]
+        command = [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            str(script),
+        ]
     # Its own session, so that a hang (processes whose all-reduces fell out of step) can be
     # ended together with torchrun's workers.
-    proc = subprocess.Popen([*command, str(spec), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [*command, str(spec), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _, stderr = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:

@@ -4,7 +4,6 @@ only what this command has (DATA, --init-head; not --features, not export)."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_folder_dataset
 
 
@@ -45,6 +44,8 @@ def test_a_class_with_one_image_is_named(cli, tmp_path):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_device_cuda_without_a_gpu_is_refused_before_any_work(cli, folder_data, tmp_path):
-    line = _one_line(cli("finetune", folder_data, "--backbone", "tiny_cnn", "--device", "cuda", "--out", tmp_path / "run"))
+    line = _one_line(
+        cli("finetune", folder_data, "--backbone", "tiny_cnn", "--device", "cuda", "--out", tmp_path / "run")
+    )
     assert "--device cuda" in line and "no CUDA GPU" in line, line
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()

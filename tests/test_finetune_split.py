@@ -7,11 +7,25 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_folder_dataset, write_image
 
-LP_FT = ["--epochs", "1", "--unfreeze", "0", "--lr", "1e-12", "--head-lr", "1e-12", "--no-augment", "--workers", "0",
-         "--batch-size", "8", "--json", "--quiet"]
+LP_FT = [
+    "--epochs",
+    "1",
+    "--unfreeze",
+    "0",
+    "--lr",
+    "1e-12",
+    "--head-lr",
+    "1e-12",
+    "--no-augment",
+    "--workers",
+    "0",
+    "--batch-size",
+    "8",
+    "--json",
+    "--quiet",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -87,4 +101,8 @@ def test_a_plain_run_records_the_same_split_as_fit_head(cli, head_run, tmp_path)
     assert r.exit_code == 0, r.stderr
     m = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert m["split"]["val_sha256"] == head_run["metrics"]["split"]["val_sha256"]
-    assert {k: m["split"][k] for k in ("source", "val_fraction", "seed")} == {"source": "seeded", "val_fraction": 0.2, "seed": 0}
+    assert {k: m["split"][k] for k in ("source", "val_fraction", "seed")} == {
+        "source": "seeded",
+        "val_fraction": 0.2,
+        "seed": 0,
+    }

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_folder_dataset, write_image
 
 CLASSES = ("ants", "bees", "wasps")
@@ -132,7 +131,8 @@ def test_without_its_cache_the_run_computes_every_image_with_the_same_result(spl
         def start(self, *a): ...
         def advance(self, n): ...
         def stop(self): ...
-        def message(self, text): messages.append(text)
+        def message(self, text):
+            messages.append(text)
 
     without = predict_paths(run, files, workers=0, reporter=Collect())
     assert without.n_reused == 0 and without.n_computed == len(files)
@@ -188,7 +188,19 @@ def test_a_finetuning_run_predicts_with_its_own_network(tmp_path):
 
 def test_cli_writes_the_csv_and_one_json_line(cli, split_run, tmp_path):
     out = tmp_path / "preds.csv"
-    r = cli("predict", split_run["data"] / "val", "--run", split_run["run"], "--out", out, "--top-k", "2", "--workers", "0", "--json")
+    r = cli(
+        "predict",
+        split_run["data"] / "val",
+        "--run",
+        split_run["run"],
+        "--out",
+        out,
+        "--top-k",
+        "2",
+        "--workers",
+        "0",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     result = r.json()
     assert result["n_images"] == 15 and result["n_reused"] == 15 and result["n_failed"] == 0
@@ -231,7 +243,12 @@ def test_cli_bad_input_exits_2_with_one_line(cli, split_run, tmp_path, case):
     assert "Traceback" not in r.stderr and r.stdout == ""
     if case != "top-k-0":  # typer's own usage message is several lines
         assert len(r.stderr.strip().splitlines()) == 1
-    expected = {"not-a-run": "not a run folder", "missing-image": "does not exist", "no-images": "no images found", "top-k-0": "top-k"}[case]
+    expected = {
+        "not-a-run": "not a run folder",
+        "missing-image": "does not exist",
+        "no-images": "no images found",
+        "top-k-0": "top-k",
+    }[case]
     assert expected in r.stderr
 
 

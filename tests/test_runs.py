@@ -9,15 +9,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, make_folder_dataset, subprocess_env
-from tlx.errors import RunError
+
 from tlx.common.runfolder import compute_metrics, list_runs, new_run_dir, write_metrics
+from tlx.errors import RunError
 from tlx.heads import Head, HeadSpec, load_run, split_indices
 from tlx.heads.fit import run_sweep
 
-RUN_KEYS = {"kind", "clf", "params", "val_accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "log_loss",
-            "fit_seconds", "feature_space", "cache", "classes", "split", "n_train", "n_val", "created", "tlx_version"}
+RUN_KEYS = {
+    "kind",
+    "clf",
+    "params",
+    "val_accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "per_class",
+    "confusion_matrix",
+    "log_loss",
+    "fit_seconds",
+    "feature_space",
+    "cache",
+    "classes",
+    "split",
+    "n_train",
+    "n_val",
+    "created",
+    "tlx_version",
+}
 
 
 def _extract(data: Path, cache: Path) -> Path:
@@ -36,7 +54,10 @@ def caches(tmp_path_factory) -> dict[str, Path]:
     single = root / "single"  # the training split has one class only
     make_folder_dataset(single / "train", classes=("ants",), per_class=4)
     make_folder_dataset(single / "val", classes=("ants", "bees"), per_class=2, seed0=50)
-    return {name: _extract(data, root / f"cache-{name}") for name, data in (("plain", plain), ("split", split), ("single", single))}
+    return {
+        name: _extract(data, root / f"cache-{name}")
+        for name, data in (("plain", plain), ("split", split), ("single", single))
+    }
 
 
 @pytest.fixture
@@ -57,7 +78,11 @@ def test_fit_head_json_writes_a_complete_run(cli, caches, runs_dir):
     assert {"head.json", "head.safetensors", "metrics.json", "confusion.png"} <= {p.name for p in run.iterdir()}
     info = json.loads((run / "metrics.json").read_text())
     assert RUN_KEYS <= set(info)
-    assert {k: info["split"][k] for k in ("source", "val_fraction", "seed")} == {"source": "seeded", "val_fraction": 0.2, "seed": 0}
+    assert {k: info["split"][k] for k in ("source", "val_fraction", "seed")} == {
+        "source": "seeded",
+        "val_fraction": 0.2,
+        "seed": 0,
+    }
     assert info["n_train"] + info["n_val"] == 18 and np.sum(info["confusion_matrix"]) == info["n_val"]
 
     # the saved head reproduces the reported accuracy on the same split
@@ -73,7 +98,19 @@ def test_fit_head_json_writes_a_complete_run(cli, caches, runs_dir):
 
 def test_fit_head_sweep_on_data_split(cli, caches, runs_dir, tmp_path):
     out_dir = tmp_path / "my-run"
-    r = cli("fit-head", "--features", caches["split"], "--clf", "logreg", "--sweep", "--class-weight", "balanced", "--out", out_dir, "--json")
+    r = cli(
+        "fit-head",
+        "--features",
+        caches["split"],
+        "--clf",
+        "logreg",
+        "--sweep",
+        "--class-weight",
+        "balanced",
+        "--out",
+        out_dir,
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     info = json.loads((out_dir / "metrics.json").read_text())
     assert (out_dir / "sweep.png").is_file() and (out_dir / "head.skops").is_file()
@@ -139,7 +176,9 @@ def test_fit_head_bad_inputs_exit_2(cli, caches, runs_dir, tmp_path):
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f.attrs["format"] = "someone else's"
     _assert_one_line_error(cli("fit-head", "--features", tmp_path / "other.h5"), "is not a tlx feature cache")
-    _assert_one_line_error(cli("fit-head", "--features", tmp_path / "empty-dir-that-is-missing"), "no feature cache found")
+    _assert_one_line_error(
+        cli("fit-head", "--features", tmp_path / "empty-dir-that-is-missing"), "no feature cache found"
+    )
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "x").write_text("x")
@@ -161,16 +200,31 @@ def test_runs_lists_best_first(cli, caches, runs_dir):
     (runs_dir / "not-a-run").mkdir()
     finetune = runs_dir / "ft"
     finetune.mkdir()
-    write_metrics(finetune, {"kind": "finetune", "clf": "finetune", "params": {"epochs": 3}, "val_accuracy": 2.0, "fit_seconds": 9.0,
-                             "feature_space": {"backbone": "tiny_cnn"}})
+    write_metrics(
+        finetune,
+        {
+            "kind": "finetune",
+            "clf": "finetune",
+            "params": {"epochs": 3},
+            "val_accuracy": 2.0,
+            "fit_seconds": 9.0,
+            "feature_space": {"backbone": "tiny_cnn"},
+        },
+    )
     r = cli("runs", "--json")
     assert r.exit_code == 0, r.stderr
     rows = r.json()["runs"]
-    assert [row["clf"] for row in rows][0] == "finetune" and {row["clf"] for row in rows} == {"finetune", "ridge", "knn"}
+    assert [row["clf"] for row in rows][0] == "finetune" and {row["clf"] for row in rows} == {
+        "finetune",
+        "ridge",
+        "knn",
+    }
     accs = [row["val_accuracy"] for row in rows]
     assert accs == sorted(accs, reverse=True)
     table = cli("runs", "--dir", runs_dir)
-    assert table.exit_code == 0 and "ridge" in table.stdout and "tiny_cnn" in table.stdout and "finetune" in table.stdout
+    assert (
+        table.exit_code == 0 and "ridge" in table.stdout and "tiny_cnn" in table.stdout and "finetune" in table.stdout
+    )
     assert [r["run"] for r in list_runs(runs_dir)] == [row["run"] for row in rows]
 
 
@@ -202,7 +256,12 @@ def test_compute_metrics_on_a_known_case():
     assert m["accuracy"] == pytest.approx(0.8)
     assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 1) / 3)
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
-    assert m["per_class"]["b"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
+    assert m["per_class"]["b"] == {
+        "precision": pytest.approx(2 / 3),
+        "recall": 1.0,
+        "f1": pytest.approx(0.8),
+        "support": 2,
+    }
     assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.2, 0.9, 0.6, 1.0])))
 
 
@@ -222,6 +281,8 @@ def test_runs_info_and_sklearn_heads_do_not_import_torch(caches, tmp_path):
         "assert r.exit_code == 0 and 'efficientnet_lite0' in r.output, r.output\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "NO-TORCH"

@@ -40,7 +40,9 @@ def test_data_split_is_used_when_present():
 
 def test_seeded_split_is_per_class_and_disjoint():
     paths, labels = problem((200, 60, 4, 2))
-    train, val, info = split_indices(paths, labels, [""] * len(labels), val_fraction=0.25, seed=0, hashes=fake_hashes(paths))
+    train, val, info = split_indices(
+        paths, labels, [""] * len(labels), val_fraction=0.25, seed=0, hashes=fake_hashes(paths)
+    )
     assert info == {"source": "seeded", "val_fraction": 0.25, "seed": 0}
     assert not set(train) & set(val) and len(train) + len(val) == len(labels)
     # about the fraction in each large class, and at least 1 in each part of every class
@@ -54,7 +56,9 @@ def test_seeded_split_is_deterministic_and_order_free():
     assert seeded(paths, labels, 0.3, seed=7) == val
     # shuffle the rows: the same images land in val
     perm = np.random.default_rng(1).permutation(len(labels))
-    assert seeded([paths[i] for i in perm], labels[perm], 0.3, seed=7, hashes=[fake_hashes(paths)[i] for i in perm]) == val
+    assert (
+        seeded([paths[i] for i in perm], labels[perm], 0.3, seed=7, hashes=[fake_hashes(paths)[i] for i in perm]) == val
+    )
     # another seed gives another split
     assert seeded(paths, labels, 0.3, seed=8) != val
 
@@ -72,7 +76,9 @@ def test_adding_ten_percent_new_images_moves_no_existing_image(seed):
     assert after & old == before  # no old image changed side
     # removing images moves none of the others either
     kept = [i for i in range(len(paths)) if i % 7]
-    assert seeded([paths[i] for i in kept], labels[kept], 0.2, seed) == before & set(fake_hashes([paths[i] for i in kept]))
+    assert seeded([paths[i] for i in kept], labels[kept], 0.2, seed) == before & set(
+        fake_hashes([paths[i] for i in kept])
+    )
 
 
 def test_a_larger_val_fraction_only_moves_images_from_train_to_val():
