@@ -48,7 +48,9 @@ def main() -> None:
 
     X, y = make_features(args.n, args.dim, args.classes, args.seed)
     paths = [f"{i:06d}" for i in range(len(y))]
-    train, val, _ = split_indices(paths, y, [""] * len(y), val_fraction=0.2, seed=args.seed)
+    train, val, _ = split_indices(
+        paths, y, [""] * len(y), val_fraction=0.2, seed=args.seed, hashes=[""] * len(y)
+    )  # by row name
     Xtr, ytr, Xva, yva = X[train], y[train], X[val], y[val]
     print(
         f"data: {len(train)} train + {len(val)} val rows x {args.dim} features, "

@@ -119,7 +119,10 @@ def finetune_command(
     ] = None,
     val_fraction: Annotated[
         float | None,
-        typer.Option(help="Validation share when the data has no split of its own [default: --init-head's, else 0.2]."),
+        typer.Option(
+            help="Validation share when the data has no split of its own [default: 0.2]; "
+            "with --init-head, fine-tuning validates on exactly the head's validation images."
+        ),
     ] = None,
     seed: Annotated[
         int | None,
@@ -151,6 +154,9 @@ def finetune_command(
 ) -> None:
     """Fine-tune the top stages of a pretrained backbone together with a linear head; optionally
     start from a head fitted on the cached features (--init-head, "LP-FT")."""
+    from tlx.common.device import check_device
+
+    check_device(device.value)  # before torch, the data or a network is loaded
     from tlx.finetune.train import finetune
 
     reporter = RichReporter(quiet=quiet)

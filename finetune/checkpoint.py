@@ -5,6 +5,7 @@ numbers, strings, lists and dicts, so they load with ``torch.load(..., weights_o
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ def load(path: Path) -> dict:
         raise RunError(f"{path} does not exist") from None
     except Exception as exc:
         raise RunError(
-            f"{path} is not a tlx checkpoint that loads with weights_only=True ({type(exc).__name__}: {exc}); it is damaged, start a new run"
+            f"{path} is not a tlx checkpoint that loads with weights_only=True ({type(exc).__name__}: {exc}); "
+            "it is damaged, start a new run"
         ) from None
 
 
@@ -68,3 +70,88 @@ def set_rng_state(state: dict) -> None:
         states = state["cuda"]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
+
+
+# --------------------------------------------------------------------------- the loop's state
+
+
+@dataclass
+class LoopState:
+    """Where the epoch loop stands. ``last.pt`` holds it with the network, optimizer, scheduler,
+    RNG states and config; ``best.pt`` holds the best weights. Epochs are 0-based here; a best
+    epoch of -1 is the fitted head of an LP-FT run, scored before any step."""
+
+    next_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_accuracy: float = -1.0
+    bad_epochs: int = 0
+    stopped: bool = False
+    init_eval: dict | None = None  # LP-FT: the fitted head's val loss and accuracy
+    best_weights: dict | None = None  # on the CPU
+    best_eval: dict | None = None  # this process's evaluation of the best weights (not saved)
+
+    def improve(self, epoch: int, accuracy: float, net: torch.nn.Module, evaluation: dict | None) -> None:
+        self.best_epoch, self.best_accuracy = epoch, accuracy
+        self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        self.best_eval = evaluation
+
+
+def save_last(path: Path, training, epoch: int, state: LoopState, extra: dict) -> None:
+    """``extra``: the config, cache, feature space and split, saved as they are."""
+    save_atomic(
+        {
+            "model": {k: v.detach().cpu() for k, v in training.net.state_dict().items()},
+            "optimizer": training.optimizer.state_dict(),
+            "scheduler": training.scheduler.state_dict(),
+            "scaler": training.scaler.state_dict() if training.scaler is not None else {},
+            "epoch": epoch,
+            "rng": rng_state(),
+            "history": state.history,
+            "best": {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy},
+            "bad_epochs": state.bad_epochs,
+            "stopped": state.stopped,
+            "init_eval": state.init_eval or {},
+            **extra,
+        },
+        path,
+    )
+
+
+def save_best(path: Path, state: LoopState) -> None:
+    save_atomic({"model": state.best_weights, "epoch": state.best_epoch, "val_accuracy": state.best_accuracy}, path)
+
+
+def restore(saved: dict, training, run_dir: Path, is_main: bool) -> LoopState:
+    """Load ``last.pt``'s contents into the network, optimizer, scheduler and RNGs; returns the
+    loop's state with the best weights from ``best.pt``."""
+    training.net.load_state_dict(saved["model"])
+    training.optimizer.load_state_dict(saved["optimizer"])
+    training.scheduler.load_state_dict(saved["scheduler"])
+    if training.scaler is not None and saved.get("scaler"):
+        training.scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"])
+    last_epoch = int(saved["epoch"])
+    state = LoopState(
+        next_epoch=last_epoch + 1,
+        history=list(saved["history"]),
+        best_epoch=int(saved["best"]["epoch"]),
+        best_accuracy=float(saved["best"]["val_accuracy"]),
+        bad_epochs=int(saved["bad_epochs"]),
+        stopped=bool(saved["stopped"]),
+        init_eval=saved.get("init_eval") or None,
+    )
+    best_path = run_dir / CHECKPOINT_DIR / BEST
+    saved_best = load(best_path) if best_path.is_file() else None
+    if saved_best is not None and int(saved_best["epoch"]) == state.best_epoch:
+        state.best_weights = saved_best["model"]
+    elif state.best_epoch == last_epoch:  # killed between writing last.pt and best.pt
+        state.best_weights = {k: v.clone() for k, v in saved["model"].items()}
+        if is_main:
+            save_best(best_path, state)
+    else:
+        raise RunError(
+            f"{best_path} does not hold the best epoch ({state.best_epoch + 1}) that {run_dir / CHECKPOINT_DIR / LAST} "
+            "records: the run folder is damaged; start a new run"
+        )
+    return state

@@ -1,5 +1,5 @@
-"""Images for fine-tuning: the dataset, the same train/val split as stage two, the transforms
-and the loaders.
+"""Images for fine-tuning: the dataset, the train/val split (stage two's, or with --init-head
+and --resume exactly the earlier run's), the transforms and the loaders.
 
 Workers decode and crop to uint8 tensors (as in stage one); normalization runs on the device.
 Training augmentation is a random resized crop plus a horizontal flip; evaluation uses the
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from tlx.errors import DatasetError, TlxError
 from tlx.extractor.config import Preprocessing
 from tlx.extractor.dataset import DatasetIndex
 from tlx.extractor.decode import load_image
@@ -55,34 +56,108 @@ class SplitData:
     val_paths: list[str]
     val_labels: np.ndarray
     classes: list[str]
-    info: dict = field(default_factory=dict)
-    excluded: list[str] = field(default_factory=list)  # failed in the cache: not part of the split
+    info: dict = field(default_factory=dict)  # how the split was made, with its members' val_sha256
+    excluded: list[str] = field(default_factory=list)  # unreadable: part of neither side
 
 
-def split_dataset(index: DatasetIndex, val_fraction: float, seed: int, exclude: set[str] = frozenset()) -> SplitData:
-    """Split exactly as stage two does: ``tlx.heads.split.split_indices`` on the rows a cache
-    of this dataset holds (sorted by path, minus the images extraction could not read)."""
-    from tlx.heads.split import split_indices
+@dataclass
+class _Rows:
+    """The readable images of a dataset with what the split keys on."""
 
-    items = [it for it in index.items if it.relpath not in exclude]
-    excluded = [it.relpath for it in index.items if it.relpath in exclude]
+    items: list
+    labels: np.ndarray
+    hashes: list[str]
+    excluded: list[str]
+
+    @property
+    def tags(self) -> list[str]:
+        return [it.split for it in self.items]
+
+
+def _readable_rows(index: DatasetIndex, exclude: frozenset[str] | set[str]) -> _Rows:
+    """Every image minus those extraction could not read and those that cannot be read now, with content hashes."""
+    from tlx.extractor.extract import hash_items
+
+    hashes, unreadable = hash_items(index)
+    keep = [k for k, it in enumerate(index.items) if it.relpath not in exclude and it.relpath not in unreadable]
     class_of = {c: k for k, c in enumerate(index.classes)}
+    items = [index.items[k] for k in keep]
     labels = np.array([class_of[it.label] for it in items], dtype=np.int64)
-    paths = [it.relpath for it in items]
-    train_idx, val_idx, info = split_indices(
-        paths, labels, [it.split for it in items], val_fraction=val_fraction, seed=seed
-    )
+    excluded = [it.relpath for it in index.items if it.relpath in exclude or it.relpath in unreadable]
+    return _Rows(items, labels, [str(hashes[k]) for k in keep], excluded)  # unreadable files have no hash
+
+
+def _split_data(index: DatasetIndex, rows: _Rows, train_idx, val_idx, info: dict) -> SplitData:
     train_idx, val_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)
-    absolute = [str(index.abspath(it)) for it in items]
+    absolute = [str(index.abspath(it)) for it in rows.items]
+    info = {**info, "val_sha256": sorted(rows.hashes[i] for i in val_idx)}
     return SplitData(
         [absolute[i] for i in train_idx],
-        labels[train_idx],
+        rows.labels[train_idx],
         [absolute[i] for i in val_idx],
-        labels[val_idx],
+        rows.labels[val_idx],
         list(index.classes),
-        dict(info) if isinstance(info, dict) else {"split": info},
-        excluded,
+        info,
+        rows.excluded,
     )
+
+
+def split_dataset(
+    index: DatasetIndex, val_fraction: float, seed: int, exclude: frozenset[str] | set[str] = frozenset()
+) -> SplitData:
+    """Split exactly as stage two does: ``tlx.heads.split.split_indices`` on the content hashes
+    of the images a cache of this dataset holds (the readable ones)."""
+    from tlx.heads.split import split_indices
+
+    rows = _readable_rows(index, exclude)
+    paths = [it.relpath for it in rows.items]
+    train_idx, val_idx, info = split_indices(
+        paths, rows.labels, rows.tags, val_fraction, seed, hashes=rows.hashes, classes=list(index.classes)
+    )
+    return _split_data(index, rows, train_idx, val_idx, info)
+
+
+def split_by_members(
+    index: DatasetIndex,
+    val_sha256: list[str],
+    info: dict,
+    whose: str,
+    fix: str,
+    exclude: frozenset[str] | set[str] = frozenset(),
+    cache_path: Path | None = None,
+) -> SplitData:
+    """Validate on exactly the images whose content is in ``val_sha256`` (an earlier split's
+    val side); train on every other usable image, so nothing trained on before can score.
+
+    "test" rows are never used, and when the earlier split was the data's own, neither are
+    "val" rows it did not have. Refuses, naming how many and which (by its path in
+    ``cache_path`` when the cache still lists it), when any is missing."""
+    rows = _readable_rows(index, exclude)
+    wanted = set(val_sha256)
+    missing = sorted(wanted - set(rows.hashes))
+    if missing:
+        first = _path_in_cache(cache_path, missing[0]) or f"the one with sha256 {missing[0][:16]}..."
+        raise DatasetError(
+            f"{len(missing)} of the {len(wanted)} validation images of {whose} are no longer in {index.root} "
+            f"(removed, unreadable or changed; first: {first}): fine-tuning validates on exactly those images "
+            f"so that none of its training images can score; {fix}"
+        )
+    unused = {"test", "val"} if info.get("source") == "data" else {"test"}
+    val_idx = [i for i, h in enumerate(rows.hashes) if h in wanted]
+    train_idx = [i for i, (h, tag) in enumerate(zip(rows.hashes, rows.tags)) if h not in wanted and tag not in unused]
+    return _split_data(index, rows, train_idx, val_idx, info)
+
+
+def _path_in_cache(cache_path: Path | None, content_hash: str) -> str | None:
+    from tlx.extractor.store import read_index
+
+    try:
+        cached = read_index(Path(cache_path)) if cache_path is not None else None
+    except TlxError:
+        return None
+    if cached is None or content_hash not in cached.hashes:
+        return None
+    return cached.paths[cached.hashes.index(content_hash)]
 
 
 def train_loader(

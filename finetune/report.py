@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tlx.common.atomic import atomic_path, write_json_atomic
@@ -40,9 +41,9 @@ def plot_learning_curve(
     val_epochs, val_loss, val_acc = list(epochs), [h["val_loss"] for h in history], [h["val_accuracy"] for h in history]
     if init_eval:
         val_epochs, val_loss, val_acc = (
-            [0, *val_epochs],
-            [init_eval["val_loss"], *val_loss],
-            [init_eval["val_accuracy"], *val_acc],
+            [0] + val_epochs,
+            [init_eval["val_loss"]] + val_loss,
+            [init_eval["val_accuracy"]] + val_acc,
         )
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
@@ -64,3 +65,69 @@ def plot_learning_curve(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, version: str) -> dict:
+    """Everything a finished run leaves: metrics.json, the best weights, finetune.json and the plots.
+    ``run`` is the run's :class:`tlx.finetune.train.Setup`, ``state`` its loop state; ``order``
+    and ``proba`` the val rows (indices into ``run.split``'s val side) and their probabilities."""
+    from tlx.common.runfolder import compute_metrics, plot_confusion, write_metrics
+    from tlx.extractor.store import now_iso
+
+    cfg, split, space, history = run.cfg, run.split, run.space, state.history
+    y_true = split.val_labels[order]
+    scores = compute_metrics(y_true, proba, split.classes)
+    best_epoch = state.best_epoch + 1
+    metrics = {
+        "kind": "finetune",
+        "clf": "finetune",
+        "params": cfg.to_dict(),
+        "val_accuracy": scores["accuracy"],
+        "balanced_accuracy": scores["balanced_accuracy"],
+        "macro_f1": scores["macro_f1"],
+        "per_class": scores["per_class"],
+        "confusion_matrix": scores["confusion_matrix"],
+        "log_loss": scores["log_loss"],
+        "fit_seconds": round(float(sum(h["seconds"] for h in history)), 3),
+        "feature_space": space.to_dict(),
+        "cache": str(run.cache_path) if run.cache_path else "",
+        "classes": list(split.classes),
+        "split": split.info,
+        "n_train": len(split.train_paths),
+        "n_val": len(split.val_paths),
+        "n_val_scored": len(y_true),
+        "created": now_iso(),
+        "tlx_version": version,
+        "best_epoch": best_epoch,
+        "epochs_done": len(history),
+        "early_stopped": bool(state.stopped),
+        "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3),
+        "history": history,
+        # With --init-head: the fitted head's own val accuracy before any step (best_epoch 0 = it won).
+        "init_head_val_accuracy": (state.init_eval or {}).get("val_accuracy"),
+    }
+    save_model(state.best_weights, run_dir)
+    write_finetune_config(
+        run_dir,
+        {
+            "kind": "finetune",
+            "backbone": cfg.backbone,
+            "architecture": run.backbone.cfg.architecture,
+            "weights": cfg.weights,
+            "weights_id": space.weights_id,
+            "weights_sha256": space.weights_sha256,
+            "pooling": cfg.pool,
+            "feature_dim": space.feature_dim,
+            "classes": list(split.classes),
+            "preprocessing": space.preprocessing.to_dict(),
+            "unfreeze": cfg.unfreeze,
+            "n_stages": len(run.backbone.stages),
+            "init_head": cfg.init_head,
+            "best_epoch": best_epoch,
+            "tlx_version": version,
+        },
+    )
+    plot_confusion(np.asarray(scores["confusion_matrix"]), split.classes, run_dir / "confusion.png")
+    plot_learning_curve(history, run_dir / "learning_curve.png", best_epoch, state.init_eval)
+    write_metrics(run_dir, metrics)
+    return metrics

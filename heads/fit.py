@@ -105,7 +105,11 @@ def fit_head(
     if features is None or Path(features).is_dir():
         log(f"features: {path} (the most recent cache in {path.parent})")
     feats = load_features(path)
-    train, val, split_info = split_indices(feats.paths, feats.y, feats.split, val_fraction, seed, classes=feats.classes)
+    train, val, split_info = split_indices(
+        feats.paths, feats.y, feats.split, val_fraction, seed, hashes=feats.sha256, classes=feats.classes
+    )
+    # The val members themselves, so that `finetune --init-head` validates on exactly these images.
+    split_info["val_sha256"] = sorted(feats.sha256[i] for i in val)
     _check_training_set(feats, train, val)
     Xtr, ytr, Xva, yva = feats.X[train], feats.y[train], feats.X[val], feats.y[val]
 

@@ -2,13 +2,20 @@
 
 * The data's own split when it has one (some rows "train" and some "val"): train = the
   "train" rows, val = the "val" rows; other rows ("test", unlabelled) are left out.
-* Otherwise a seeded, stratified split of the remaining rows ("test" rows are never used):
-  within each class, ``round(val_fraction * n)`` images (at least 1, at most n - 1) go to
-  validation. It depends only on the set of (path, label) pairs, the fraction and the seed,
-  not on the order of the rows, so fine-tuning and predict can reproduce it from the run.
+* Otherwise a seeded split of the remaining rows ("test" rows are never used). Each image
+  draws a number in [0, 1) from sha256(seed, its content hash) and goes to validation when
+  that number is below ``val_fraction``. An image's side therefore depends on its own content
+  and the seed only: adding, removing or renaming other images never moves it, and a larger
+  fraction only moves images from train to val. Per class, the share in val is close to the
+  fraction, not exact; a class whose draws leave one side empty gets its lowest-drawn image
+  moved to val, or its highest-drawn one to train, so each side has at least one per class.
+  Rows without a content hash draw from their path instead.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -22,43 +29,51 @@ def split_indices(
     val_fraction: float = 0.2,
     seed: int = 0,
     *,
+    hashes: Sequence[str | None],
     classes: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Return ``(train_idx, val_idx, info)``: sorted row indices and how the split was made.
 
-    ``classes`` (optional) names the labels in error messages.
+    ``hashes`` are the rows' content sha256 (what the seeded split keys on); ``classes``
+    (optional) names the labels in error messages.
     """
     labels = np.asarray(labels)
     n = len(labels)
-    if len(paths) != n or len(split) != n:
-        raise ValueError(f"paths ({len(paths)}), labels ({n}) and split ({len(split)}) must have one entry per row")
+    if len(paths) != n or len(split) != n or len(hashes) != n:
+        raise ValueError(
+            f"paths ({len(paths)}), labels ({n}), split ({len(split)}) and hashes ({len(hashes)}) "
+            "must have one entry per row"
+        )
     split = list(split)
     if "train" in split and "val" in split:
         tags = np.asarray(split, dtype=object)
-        train = np.flatnonzero(tags == "train")
-        val = np.flatnonzero(tags == "val")
-        return train, val, {"source": "data"}
+        return np.flatnonzero(tags == "train"), np.flatnonzero(tags == "val"), {"source": "data"}
 
     val_fraction = float(val_fraction)
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction:g}")
     usable = np.array([s != "test" for s in split], dtype=bool)
-    # Sort by path so that the split does not depend on the order of the rows.
-    order = np.array(sorted(np.flatnonzero(usable), key=lambda i: paths[i]), dtype=np.int64)
-    rng = np.random.default_rng(int(seed))
-    train_parts, val_parts = [], []
-    for label in np.unique(labels[order]):
-        members = order[labels[order] == label]
+    draws = np.array([_draw(seed, hashes[i] or "", paths[i]) for i in range(n)], dtype=np.float64)
+    in_val = usable & (draws < val_fraction)
+    for label in np.unique(labels[usable]):
+        members = np.flatnonzero(usable & (labels == label))
         if len(members) < 2:
-            name = classes[int(label)] if classes is not None else label
+            name = classes[int(label)] if classes is not None else int(label)
             raise DatasetError(
                 f"class {name!r} has {len(members)} image: a train/validation split needs at least 2 per class; "
                 "add images of that class or remove it from the data"
             )
-        members = members[rng.permutation(len(members))]
-        n_val = min(len(members) - 1, max(1, round(val_fraction * len(members))))
-        val_parts.append(members[:n_val])
-        train_parts.append(members[n_val:])
-    train = np.sort(np.concatenate(train_parts)) if train_parts else np.zeros(0, np.int64)
-    val = np.sort(np.concatenate(val_parts)) if val_parts else np.zeros(0, np.int64)
+        # Ties (the same content twice) are broken by path, so the order is still a function of the set.
+        ranked = members[np.lexsort((np.array([paths[i] for i in members]), draws[members]))]
+        if not in_val[members].any():
+            in_val[ranked[0]] = True
+        elif in_val[members].all():
+            in_val[ranked[-1]] = False
+    train, val = np.flatnonzero(usable & ~in_val), np.flatnonzero(in_val)
     return train, val, {"source": "seeded", "val_fraction": val_fraction, "seed": int(seed)}
+
+
+def _draw(seed: int, content_hash: str, path: str) -> float:
+    """A number in [0, 1) that depends on the seed and the image alone."""
+    key = f"{int(seed)}:{content_hash}" if content_hash else f"{int(seed)}:path:{path}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64

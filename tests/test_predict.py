@@ -78,7 +78,7 @@ def test_predicting_the_seeded_validation_images_gives_exactly_the_fit_accuracy(
     feats = load_features(seeded_run["cache"])
     s = run.info["split"]
     assert s["source"] == "seeded"
-    _, val, _ = split_indices(feats.paths, feats.y, feats.split, s["val_fraction"], s["seed"])
+    _, val, _ = split_indices(feats.paths, feats.y, feats.split, s["val_fraction"], s["seed"], hashes=feats.sha256)
     files = [seeded_run["data"] / feats.paths[i] for i in val]
     preds = _predict(seeded_run["run"], files)
     assert preds.paths == [str(f) for f in files]  # input order is kept

@@ -78,7 +78,11 @@ def test_fit_head_json_writes_a_complete_run(cli, caches, runs_dir):
     assert {"head.json", "head.safetensors", "metrics.json", "confusion.png"} <= {p.name for p in run.iterdir()}
     info = json.loads((run / "metrics.json").read_text())
     assert set(info) >= RUN_KEYS
-    assert info["split"] == {"source": "seeded", "val_fraction": 0.2, "seed": 0}
+    assert {k: info["split"][k] for k in ("source", "val_fraction", "seed")} == {
+        "source": "seeded",
+        "val_fraction": 0.2,
+        "seed": 0,
+    }
     assert info["n_train"] + info["n_val"] == 18 and np.sum(info["confusion_matrix"]) == info["n_val"]
 
     # the saved head reproduces the reported accuracy on the same split
@@ -87,7 +91,8 @@ def test_fit_head_json_writes_a_complete_run(cli, caches, runs_dir):
     loaded = load_run(run)
     assert loaded.kind == "head" and loaded.classes == ["ants", "bees", "wasps"] and loaded.space.backbone == "tiny_cnn"
     feats = tlx.load_features(caches["plain"])
-    _, val, _ = split_indices(feats.paths, feats.y, feats.split, 0.2, 0)
+    _, val, _ = split_indices(feats.paths, feats.y, feats.split, 0.2, 0, hashes=feats.sha256)
+    assert info["split"]["val_sha256"] == sorted(feats.sha256[i] for i in val)
     assert np.mean(loaded.head.predict(feats.X[val]) == feats.y[val]) == pytest.approx(info["val_accuracy"])
 
 
@@ -109,7 +114,7 @@ def test_fit_head_sweep_on_data_split(cli, caches, runs_dir, tmp_path):
     assert r.exit_code == 0, r.stderr
     info = json.loads((out_dir / "metrics.json").read_text())
     assert (out_dir / "sweep.png").is_file() and (out_dir / "head.safetensors").is_file()
-    assert info["split"] == {"source": "data"} and (info["n_train"], info["n_val"]) == (10, 4)
+    assert info["split"]["source"] == "data" and (info["n_train"], info["n_val"]) == (10, 4)
     sweep = info["sweep"]
     assert sweep["param"] == "C" and sweep["selection"] == "val" and len(sweep["scores"]) == len(sweep["grid"])
     assert sweep["best"] == sweep["grid"][int(np.argmax(sweep["scores"]))]

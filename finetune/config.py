@@ -1,0 +1,265 @@
+"""What a fine-tuning run computes, and how the options not given are filled in.
+
+Options resolve in one fixed order: the value given, then (with ``--init-head``) the head
+run's backbone, pooling and split, then the defaults of :class:`FinetuneConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tlx.common.progress import Reporter
+from tlx.errors import CacheError, RunError, TlxError
+
+if TYPE_CHECKING:
+    from tlx.heads.runs import Run
+
+OPTIMIZERS = ("adamw", "sgd")
+DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 1e-4}
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that decides what a run computes; a resumed run must have the same."""
+
+    data: str
+    backbone: str
+    weights: str = ""
+    pool: str = "avg"
+    unfreeze: str = "1"  # a number of stages, or "all"
+    epochs: int = 10
+    lr: float = 1e-4  # body
+    head_lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    batch_size: int = 32  # in total, over all processes
+    init_head: str = ""
+    augment: bool = True
+    train_bn: bool = False
+    early_stop: int = 0  # patience in epochs, 0 = off
+    val_fraction: float = 0.2
+    seed: int = 0
+    warmup_epochs: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class InitHead:
+    """The fitted linear head of a `tlx fit-head` run, in the form fine-tuning folds in."""
+
+    run: Run
+    weight: np.ndarray
+    bias: np.ndarray
+    shift: np.ndarray | None
+    scale: np.ndarray | None
+
+    @property
+    def split(self) -> dict:
+        return dict(self.run.info.get("split") or {})
+
+    @property
+    def cache(self) -> Path | None:
+        path = self.run.info.get("cache")
+        return Path(path) if path and Path(path).is_file() else None
+
+
+def normalize_option(key: str, value):
+    if value is None:
+        return None
+    if key in ("data", "weights", "init_head"):
+        return str(Path(value).expanduser().resolve()) if str(value) else ""
+    if key == "unfreeze":
+        return str(value).strip().lower()
+    if key in ("lr", "head_lr", "weight_decay", "val_fraction", "warmup_epochs"):
+        return float(value)
+    if key in ("epochs", "batch_size", "early_stop", "seed"):
+        return int(value)
+    if key in ("augment", "train_bn"):
+        return bool(value)
+    return str(value)
+
+
+def config_difference(saved: dict, explicit: dict) -> list[str]:
+    """'key: saved -> asked' for every explicitly given option that differs from the checkpoint's."""
+    diffs = []
+    for key, value in explicit.items():
+        if key in saved and normalize_option(key, saved[key]) != value:
+            diffs.append(f"{key}: {saved[key]!r} in the checkpoint, {value!r} now")
+    return diffs
+
+
+def check_values(cfg: FinetuneConfig, world: int) -> None:
+    if cfg.epochs < 1:
+        raise TlxError(f"--epochs must be at least 1, not {cfg.epochs}")
+    if cfg.batch_size < 1 or cfg.batch_size % world:
+        raise TlxError(
+            f"--batch-size {cfg.batch_size} must be a positive multiple of the number of processes ({world}): "
+            "it is the total over all of them"
+        )
+    if cfg.pool not in ("avg", "max", "avgmax"):
+        raise TlxError(f"--pool must be avg, max or avgmax, not {cfg.pool!r}")
+    for name in ("lr", "head_lr"):
+        if not getattr(cfg, name) > 0:
+            raise TlxError(f"--{name.replace('_', '-')} must be positive, not {getattr(cfg, name)}")
+    if cfg.early_stop < 0:
+        raise TlxError(f"--early-stop must be 0 (off) or a number of epochs, not {cfg.early_stop}")
+
+
+def resolve_config(explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig, InitHead | None, Path | None]:
+    """Fill the options not given: init-head run, most recent cache, defaults."""
+    from tlx.extractor.registry import DEFAULT_BACKBONE
+
+    values = dict(explicit)
+    init = load_init_head(values["init_head"]) if values.get("init_head") else None
+    if init is not None:
+        _take_from_head(values, init)
+    cache_path = init.cache if init is not None else None
+    if values.get("data") is None:
+        if cache_path is not None:
+            source = f"the cache of {values['init_head']}"
+        else:
+            cache_path = newest_cache()
+            source = "the most recent cache"
+        values["data"] = str(dataset_of_cache(cache_path))
+        reporter.message(f"no DATA given: using {values['data']}, the dataset of {source} ({cache_path})")
+    values = {k: normalize_option(k, v) for k, v in values.items()}
+    opt = values.get("optimizer") or "adamw"
+    if opt not in OPTIMIZERS:
+        raise TlxError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {opt!r}")
+    values["optimizer"] = opt
+    if values.get("lr") is None:
+        values["lr"] = DEFAULT_LR[opt]
+    if values.get("head_lr") is None:
+        # A fitted head is already good: move it as gently as the body. A random one needs 10x.
+        values["head_lr"] = values["lr"] if values.get("init_head") else 10.0 * values["lr"]
+    if values.get("weight_decay") is None:
+        values["weight_decay"] = DEFAULT_WEIGHT_DECAY[opt]
+    values["backbone"] = values.get("backbone") or DEFAULT_BACKBONE
+    cfg = FinetuneConfig(**{k: v for k, v in values.items() if v is not None})
+    return cfg, init, cache_path
+
+
+def _take_from_head(values: dict, init: InitHead) -> None:
+    """Backbone, pooling, weights and split options from the head run; refuse ones that contradict it."""
+    run, where = init.run, values["init_head"]
+    if values.get("backbone") not in (None, run.space.backbone):
+        raise TlxError(
+            f"--backbone {values['backbone']} but the head in {where} was fitted on {run.space.backbone} features: "
+            f"drop --backbone, or fit a head on {values['backbone']} features"
+        )
+    if values.get("pool") not in (None, run.space.pooling):
+        raise TlxError(
+            f"--pool {values['pool']} but the head in {where} was fitted on {run.space.pooling}-pooled features: "
+            f"drop --pool, or fit a head on {values['pool']}-pooled features"
+        )
+    values["backbone"], values["pool"] = run.space.backbone, run.space.pooling
+    split = init.split
+    if split.get("source") == "seeded":
+        given = values.get("val_fraction")
+        if given is not None and float(given) != float(split.get("val_fraction", given)):
+            raise TlxError(
+                f"--val-fraction {given:g} but the head in {where} was validated on a {split['val_fraction']:g} split, "
+                "and --init-head fine-tunes on exactly the head's split: drop --val-fraction, "
+                "or fit a head with the fraction you want"
+            )
+        values["val_fraction"] = split.get("val_fraction")
+        if values.get("seed") is None:
+            values["seed"] = split.get("seed")
+    if values.get("weights") is None and run.space.weights_id.startswith("file:"):
+        from tlx.heads.runs import weights_path_for
+
+        values["weights"] = weights_path_for(run)  # the file the head's features were made with
+
+
+def load_init_head(run_dir: str) -> InitHead:
+    """The fitted linear head of a `tlx fit-head` run, checked to be usable for fine-tuning."""
+    from tlx.heads.base import NotExportableError
+    from tlx.heads.registry import exportable_heads
+    from tlx.heads.runs import load_run
+
+    run = load_run(run_dir)
+    if run.kind != "head":
+        raise RunError(
+            f"--init-head {run_dir} is a {run.kind} run: it needs a run made by `tlx fit-head` "
+            "(a linear head on cached features)"
+        )
+    try:
+        weight, bias, shift, scale = run.head.linear_form()
+    except NotExportableError:
+        if getattr(run.head, "l2norm", False):
+            why, fix = "this head L2-normalizes each feature row (l2norm=true)", "refit it with --param l2norm=false"
+        else:
+            names = exportable_heads()
+            kinds = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+            why, fix = f"a {run.head.name} head has none", f"fit a {kinds} head"
+        raise RunError(
+            f"--init-head {run_dir}: fine-tuning starts from the head's linear form, and {why}: {fix} and pass that run"
+        ) from None
+    classes_ = getattr(run.head, "classes_", None)
+    if classes_ is not None and list(np.asarray(classes_).tolist()) != list(range(len(run.classes))):
+        raise RunError(
+            f"--init-head {run_dir}: the head was fitted on {len(classes_)} of the run's {len(run.classes)} classes; "
+            "fine-tuning needs a head that knows every class"
+        )
+    if "val_sha256" not in (run.info.get("split") or {}):
+        raise RunError(
+            f"--init-head {run_dir} does not record which images the head was validated on (it was made by an "
+            "older tlx), so fine-tuning cannot keep its training images out of validation: "
+            "fit the head again with `tlx fit-head`"
+        )
+    return InitHead(run, weight, bias, shift, scale)
+
+
+def newest_cache() -> Path:
+    """The most recent cache in the default cache folder: where a run without DATA finds its dataset."""
+    from tlx.extractor.store import default_cache_dir, list_caches
+
+    where = default_cache_dir()
+    caches = list_caches(where)
+    if not caches:
+        raise CacheError(
+            f"no DATA given and no feature cache in {where} to take the dataset from: "
+            "pass DATA (an image folder or CSV manifest), or run `tlx extract DATA` first"
+        )
+    return caches[0]
+
+
+def dataset_of_cache(cache_path: Path) -> Path:
+    from tlx.extractor.store import read_attrs
+
+    try:
+        attrs = read_attrs(cache_path)
+    except (OSError, KeyError) as exc:
+        raise CacheError(
+            f"{cache_path} is not a readable feature cache ({type(exc).__name__}): "
+            "pass DATA, or delete it and re-run `tlx extract`"
+        ) from None
+    root = Path(str(attrs.get("dataset_root", "")))
+    if not str(attrs.get("dataset_root", "")):
+        raise CacheError(f"{cache_path} does not record its dataset: pass DATA, or re-run `tlx extract`")
+    if attrs.get("dataset_layout") == "csv":
+        return root / f"{attrs.get('dataset_name', '')}.csv"
+    return root
+
+
+def find_cache_of(dataset_root: Path) -> Path | None:
+    """The newest readable cache in the default cache folder made from ``dataset_root``."""
+    from tlx.extractor.store import default_cache_dir, list_caches, read_attrs
+
+    where = default_cache_dir()
+    if not where.is_dir():
+        return None
+    for path in list_caches(where):
+        try:
+            if str(read_attrs(path).get("dataset_root", "")) == str(dataset_root):
+                return path
+        except (OSError, KeyError):
+            continue  # a damaged cache is not ours to report: fine-tuning reads images, not features
+    return None

@@ -1,0 +1,195 @@
+"""One epoch of training and one pass of evaluation, as plain functions.
+
+Every process (one, or each under torchrun) calls them on its own shard; sums are combined
+with all-reduces, so each image counts exactly once whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlx.common.progress import Reporter
+from tlx.finetune.distributed import Dist, all_reduce_sum
+from tlx.finetune.model import FineTuneNet, set_train_mode
+
+# Called after each training step with (epoch, step), both 0-based; tests use it to pause a run.
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass
+class Precision:
+    device: torch.device
+    dtype: torch.dtype | None = None  # autocast dtype on CUDA, None = fp32
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+
+@dataclass
+class Training:
+    """What a training step needs besides the batch: the network (``model`` is ``net``, or
+    ``net`` wrapped in DistributedDataParallel), its optimizer, and how to feed it."""
+
+    net: FineTuneNet
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    normalize: nn.Module
+    precision: Precision
+    trainable: set[str]
+    train_bn: bool
+    input_size: int
+    procs: Dist
+
+
+def to_device(images: torch.Tensor, normalize: nn.Module, device: torch.device) -> torch.Tensor:
+    x = normalize(images.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _count_device(procs: Dist, device: torch.device) -> torch.device:
+    """Where the collectives' small tensors live: the GPU for nccl, else the CPU."""
+    return device if procs.enabled and device.type == "cuda" else torch.device("cpu")
+
+
+def train_one_epoch(
+    training: Training,
+    loader,
+    labels: np.ndarray,
+    epoch: int,
+    reporter: Reporter | None = None,
+    on_step: StepCallback | None = None,
+) -> dict:
+    """One pass over this process's shard of the training set; returns local sums.
+
+    Unreadable images drop out of their batch. The processes first agree on how many images
+    the whole step has: none anywhere, and every process skips the step (no weight decay, no
+    optimizer or scheduler state change); some, and each process takes part, so DDP's gradient
+    all-reduces stay in step even on a process whose own images all failed."""
+    set_train_mode(training.net, training.trainable, training.train_bn)
+    procs, device = training.procs, training.precision.device
+    loss_sum, n, failures = 0.0, 0, []
+    for step, (indices, images, failed) in enumerate(loader):
+        failures += failed
+        counts = torch.tensor([len(indices)], dtype=torch.int64, device=_count_device(procs, device))
+        step_images = int(all_reduce_sum(procs, counts).item())
+        if step_images:
+            loss_sum += _train_step(training, indices, images, labels, step_images)
+            training.scheduler.step()
+        n += len(indices)
+        if reporter is not None:
+            reporter.advance(len(indices) + len(failed))
+        if on_step is not None:
+            on_step(epoch, step)
+    return {"loss_sum": loss_sum, "n": n, "failures": failures}
+
+
+def _train_step(
+    training: Training, indices: list[int], images: torch.Tensor, labels: np.ndarray, step_images: int
+) -> float:
+    """Forward, backward and optimizer step; returns this process's summed (unscaled) loss.
+
+    DDP averages gradients over processes, so each process's summed loss is scaled by
+    ``world / step_images``: the result is the gradient of the mean loss over the whole step,
+    whatever number of images each process had."""
+    device = training.precision.device
+    if indices:
+        y = torch.as_tensor(labels[indices], device=device)
+        with training.precision.autocast():
+            logits = training.model(to_device(images, training.normalize, device))
+        summed = F.cross_entropy(logits.float(), y, reduction="sum")
+        loss = summed * (training.procs.world / step_images)
+    else:
+        summed = loss = _zero_loss(training)
+    optimizer, scaler = training.optimizer, training.scaler
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return float(summed.detach())
+
+
+def _zero_loss(training: Training) -> torch.Tensor:
+    """A zero loss that still runs through the wrapped model, so DDP's hooks fire and this
+    process sends its (zero) gradients to the all-reduce like the others. One blank image, with
+    the network in eval mode so that no BatchNorm statistic moves."""
+    device = training.precision.device
+    blank = torch.zeros(1, 3, training.input_size, training.input_size, device=device)
+    training.net.eval()
+    try:
+        with training.precision.autocast():
+            logits = training.model(blank)
+    finally:
+        set_train_mode(training.net, training.trainable, training.train_bn)
+    return logits.float().sum() * 0.0
+
+
+@torch.no_grad()
+def evaluate(
+    net: FineTuneNet,
+    loader,
+    labels: np.ndarray,
+    normalize: nn.Module,
+    precision: Precision,
+    reporter: Reporter | None = None,
+) -> dict:
+    """Probabilities for this process's shard of the validation set (no padding, no duplicates)."""
+    net.eval()
+    device = precision.device
+    rows, probs, failures, loss_sum = [], [], [], 0.0
+    for indices, images, failed in loader:
+        failures += failed
+        if indices:
+            y = torch.as_tensor(labels[indices], device=device)
+            with precision.autocast():
+                logits = net(to_device(images, normalize, device))
+            logits = logits.float()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+            rows += list(indices)
+        if reporter is not None:
+            reporter.advance(len(indices) + len(failed))
+    proba = np.concatenate(probs) if probs else np.zeros((0, net.head.out_features), np.float32)
+    return {"indices": np.asarray(rows, dtype=np.int64), "proba": proba, "loss_sum": loss_sum, "failures": failures}
+
+
+def reduce_eval(procs: Dist, local: dict, labels: np.ndarray, num_classes: int, device: torch.device) -> dict:
+    """Sum loss, hits and the confusion matrix over processes (all_reduce): exact, each image once."""
+    y = labels[local["indices"]]
+    pred = local["proba"].argmax(axis=1) if len(y) else np.zeros(0, np.int64)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (y, pred), 1)
+    where = _count_device(procs, device)
+    sums = all_reduce_sum(
+        procs, torch.tensor([local["loss_sum"], float(len(y))], dtype=torch.float64, device=where)
+    ).cpu()
+    confusion = all_reduce_sum(procs, torch.from_numpy(confusion).to(where)).cpu().numpy()
+    n = int(sums[1])
+    return {
+        "val_loss": float(sums[0]) / max(1, n),
+        "val_accuracy": float(np.trace(confusion)) / max(1, n),
+        "n": n,
+        "confusion_matrix": confusion,
+    }
+
+
+def reduce_train(procs: Dist, local: dict, device: torch.device) -> tuple[float, int]:
+    """The mean training loss over every process's images, and their number."""
+    where = _count_device(procs, device)
+    sums = all_reduce_sum(
+        procs, torch.tensor([local["loss_sum"], float(local["n"])], dtype=torch.float64, device=where)
+    ).cpu()
+    n = int(sums[1])
+    return float(sums[0]) / max(1, n), n
