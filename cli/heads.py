@@ -1,7 +1,7 @@
 """``tlx fit-head``, ``tlx runs`` and ``tlx heads``: stage two.
 
-Only typer, the standard library and ``tlx.cli.common`` are imported here; scikit-learn,
-matplotlib and (for the linear head only) torch are imported inside the command bodies.
+Only typer, the standard library and ``tlx.cli.common`` are imported here; the heads, and
+scikit-learn for the heads that wrap it, are imported inside the command bodies.
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ def fit_head_command(
         ),
     ] = None,
     clf: Annotated[
-        str, typer.Option(help="Head: linear (default, torch softmax regression), logreg, svm, knn, ridge, rf, mlp.")
+        str,
+        typer.Option(
+            help="Head: linear (default, softmax regression), logreg, ridge, knn, svm, rf, mlp; several separated "
+            "by commas, or all: each is fitted on one load of the cache, into its own run folder, and ranked."
+        ),
     ] = "linear",
     param: Annotated[
         list[str] | None,
@@ -65,13 +69,20 @@ def fit_head_command(
             help="Run folder to create [default: $TLX_RUNS_DIR or ./runs, then <time>-<clf>].", file_okay=False
         ),
     ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory the training rows may take, e.g. 2GB; above it linear, logreg and ridge stream the cache "
+            "from disk block by block [default: half the available memory]."
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Fit a classifier head on cached features and write a run folder (head, metrics, plots)."""
-    from tlx.heads.fit import fit_head
+    """Fit classifier heads on cached features and write a run folder for each (head, metrics, plots)."""
+    from tlx.heads.fit import fit_heads
 
-    result = fit_head(
+    results = fit_heads(
         features=features,
         clf=clf,
         params=param or [],
@@ -80,8 +91,13 @@ def fit_head_command(
         val_fraction=val_fraction,
         seed=seed,
         out=out,
+        max_memory=max_memory,
         log=lambda msg: info(msg, quiet),
     )
+    if len(results) > 1:
+        report(leaderboard(results), [r.to_dict() for r in results], json_out, quiet)
+        return
+    result = results[0]
     m = result.metrics
     set_params = ", ".join(f"{k}={v}" for k, v in m["params_set"].items())
     summary = (
@@ -94,6 +110,27 @@ def fit_head_command(
         s = m["sweep"]
         summary += f"; sweep chose {s['param']}={s['best']:g} ({s['selection']}, {m['sweep_seconds']:.1f} s)"
     report(summary, result.to_dict(), json_out, quiet)
+
+
+def leaderboard(results) -> str:
+    """The fitted heads ranked by val accuracy, in 80 columns: head, the parameters it was
+    fitted with (the sweep's choice included), val and balanced accuracy, fit seconds."""
+    ranked = sorted(results, key=lambda r: (-r.val_accuracy, -(r.metrics.get("balanced_accuracy") or 0.0)))
+    lines = [f"{'head':<7} {'params':<34} {'val acc':>7} {'bal acc':>7} {'fit s':>8}"]
+    for r in ranked:
+        chosen = dict(r.metrics.get("params_set") or {})
+        if r.metrics.get("sweep"):
+            chosen[r.metrics["sweep"]["param"]] = r.metrics["sweep"]["best"]
+        params = (
+            ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()) or "defaults"
+        )
+        params = params if len(params) <= 34 else params[:33] + "~"
+        bal = r.metrics.get("balanced_accuracy") or 0.0
+        lines.append(f"{r.clf:<7} {params:<34} {r.val_accuracy:7.4f} {bal:7.4f} {r.fit_seconds:8.2f}")
+    first = ranked[0].metrics
+    lines.append(f"{len(results)} heads on {first['n_val']} val / {first['n_train']} train images; run folders:")
+    lines += [f"  {r.clf}: {r.run}" for r in ranked]
+    return "\n".join(lines)
 
 
 @handle_errors

@@ -1,9 +1,15 @@
 """``tlx.load_features``: the cached features as numpy arrays, for stage two and for anyone
-who brings their own estimator. Imports h5py and numpy only."""
+who brings their own estimator. Imports h5py and numpy only.
+
+``load_features(path, split="val")`` reads only that split's feature rows, and
+``load_features(path, lazy=True)`` reads none: ``X`` is then a ``CacheRows`` that reads rows
+on demand, and ``iter_chunks`` streams ``(X, y)`` blocks for code that learns out of core.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,12 +18,13 @@ import numpy as np
 
 from tlx.errors import CacheError
 from tlx.extractor.config import FeatureSpace
+from tlx.extractor.rows import CacheRows
 from tlx.extractor.store import FORMAT_VERSION, decode_strings, default_cache_dir, list_caches
 
 
 @dataclass
 class Features:
-    X: np.ndarray  # float32 (N, D)
+    X: np.ndarray | CacheRows  # float32 (N, D); a CacheRows when loaded with lazy=True
     y: np.ndarray  # int64 (N,), indices into ``classes``
     classes: list[str]
     paths: list[str]  # relative to ``dataset_root``
@@ -39,21 +46,37 @@ class Features:
     def has_split(self) -> bool:
         return any(self.split)
 
+    @property
+    def lazy(self) -> bool:
+        return isinstance(self.X, CacheRows)
+
     def subset(self, mask) -> Features:
-        idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask)
-        pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
+        idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, dtype=np.int64)
+        if self.lazy:
+            idx = np.sort(idx)  # a CacheRows holds its rows in file order
+        X = self.X.subset(idx) if isinstance(self.X, CacheRows) else self.X[idx]
         return Features(
-            self.X[idx],
+            X,
             self.y[idx],
             self.classes,
-            pick(self.paths),
-            pick(self.split),
-            pick(self.sha256),
+            [self.paths[i] for i in idx],
+            [self.split[i] for i in idx],
+            [self.sha256[i] for i in idx],
             self.space,
             self.path,
             self.attrs,
             self.failed,
         )
+
+    def iter_chunks(self, rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(X, y)`` blocks of at most ``rows`` rows, in order: memory stays bounded by one
+        block when the features were loaded with ``lazy=True``."""
+        if isinstance(self.X, CacheRows):
+            for positions, block in self.X.blocks(rows):
+                yield block, self.y[positions]
+        else:
+            for start in range(0, len(self.y), rows):
+                yield self.X[start : start + rows], self.y[start : start + rows]
 
 
 def resolve_cache(path: str | Path | None) -> Path:
@@ -67,16 +90,20 @@ def resolve_cache(path: str | Path | None) -> Path:
     return caches[0]
 
 
-def load_features(path: str | Path | None = None, split: str | None = None) -> Features:
-    """Load a feature cache written by ``tlx extract``; ``split`` keeps one split only."""
+def load_features(path: str | Path | None = None, split: str | None = None, lazy: bool = False) -> Features:
+    """Load a feature cache written by ``tlx extract``; ``split`` keeps one split only (and
+    reads only its rows); ``lazy`` leaves the features on disk (``X`` is a ``CacheRows``)."""
     path = resolve_cache(path)
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
             if attrs.get("tlx_format") != FORMAT_VERSION:
                 raise CacheError(f"{path} is not a tlx feature cache: run `tlx extract` to make one")
+            failed = {}
+            if "failed" in f:
+                failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
             feats = Features(
-                X=f["features"][()].astype(np.float32, copy=False),
+                X=CacheRows(path),
                 y=f["labels"][()].astype(np.int64, copy=False),
                 classes=decode_strings(f["classes"]),
                 paths=decode_strings(f["paths"]),
@@ -85,9 +112,7 @@ def load_features(path: str | Path | None = None, split: str | None = None) -> F
                 space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
                 path=path,
                 attrs=attrs,
-                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"])))
-                if "failed" in f
-                else {},
+                failed=failed,
             )
     except (OSError, KeyError, ValueError) as exc:
         raise CacheError(f"{path} is not a readable HDF5 feature cache ({exc}): re-run `tlx extract`") from None
@@ -96,4 +121,6 @@ def load_features(path: str | Path | None = None, split: str | None = None) -> F
             have = sorted(set(feats.split) - {""}) or ["none"]
             raise CacheError(f"{path} has no split {split!r} (splits: {', '.join(have)})")
         feats = feats.subset(np.array([s == split for s in feats.split]))
+    if not lazy and isinstance(feats.X, CacheRows):
+        feats.X = feats.X.to_array()
     return feats

@@ -38,6 +38,13 @@ class CacheRows:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def subset(self, positions) -> CacheRows:
+        """The rows at ``positions`` of this view (a new view; nothing is read)."""
+        view = object.__new__(CacheRows)
+        view.path, view.dataset, view.width = self.path, self.dataset, self.width
+        view.rows = np.sort(self.rows[np.asarray(positions, dtype=np.int64)])
+        return view
+
     def block_rows(self, block_bytes: int = BLOCK_BYTES) -> int:
         return max(1, block_bytes // (4 * max(self.width, 1)))
 

@@ -158,14 +158,21 @@ class Head:
         return (len(y) / (len(counts) * counts))[inv]
 
 
-def _as_matrix(X, what: str) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2:
+def _as_matrix(X, what: str):
+    """A float32 2-D matrix without NaN or infinity. A matrix that reads itself from disk block
+    by block (``CacheRows``) stays lazy; the finiteness check goes block by block either way, so
+    it never allocates a mask the size of the data."""
+    lazy = hasattr(X, "blocks")
+    if not lazy:
+        X = np.asarray(X, dtype=np.float32)
+    if len(X.shape) != 2:
         raise HeadError(f"{what} must be a 2-D feature matrix (rows x features), got shape {X.shape}")
     if X.shape[0] == 0:
         raise HeadError(f"{what} has no rows")
-    if not np.isfinite(X).all():
-        raise HeadError(f"{what} contains NaN or infinite values: re-run `tlx extract` on the images")
+    blocks = X.blocks() if lazy else ((None, X[i : i + 65536]) for i in range(0, len(X), 65536))
+    for _, block in blocks:
+        if not np.isfinite(block).all():
+            raise HeadError(f"{what} contains NaN or infinite values: re-run `tlx extract` on the images")
     return X
 
 

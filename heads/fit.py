@@ -1,4 +1,5 @@
-"""``fit_head``: load a cache, split it, optionally sweep, fit one head and write its run folder.
+"""``fit_heads``: load a cache once, split it, then for each head asked for optionally sweep, fit
+it and write its run folder (``fit_head`` does one).
 
 Sweep protocol (``sweep=True``), after the CLIP linear probe: the head's main regularization
 parameter runs over its registered log grid, each value scored by accuracy, then the head is
@@ -13,6 +14,9 @@ regularization, which comes first in each grid).
   untouched until the final evaluation, so its accuracy is an honest held-out estimate.
   If a class has a single training image, k-fold is impossible and the validation part
   is used, as with a data split; ``metrics.json`` records which (``sweep.selection``).
+
+Along the grid the heads that allow it (``linear``, ``logreg``) start each fit from the
+previous value's solution (warm start), which the strongest-first order makes short.
 """
 
 from __future__ import annotations
@@ -28,17 +32,19 @@ import numpy as np
 
 import tlx
 from tlx.common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
-from tlx.errors import DatasetError, TlxError
+from tlx.errors import TlxError
+from tlx.heads.data import TrainingData, load_training_data, parse_memory
 from tlx.heads.registry import (
     DEFAULT_HEAD,
     HeadSpec,
     ParamError,
+    UnknownHeadError,
     get_head,
     jsonable_params,
+    list_heads,
     parse_params,
     validate_params,
 )
-from tlx.heads.split import split_indices
 
 MAX_FOLDS = 5
 
@@ -68,25 +74,26 @@ class FitResult:
         }
 
 
-def fit_head(
-    features=None,
-    clf: str = DEFAULT_HEAD,
-    params=None,
-    sweep: bool = False,
-    class_weight: str | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    out=None,
-    log: Callable[[str], None] | None = None,
-) -> FitResult:
-    """Fit head ``clf`` on a feature cache (a file, a folder or None = newest in the cache dir)."""
-    from tlx.extractor.features import load_features, resolve_cache
+def parse_heads(clf: str | list[str]) -> list[str]:
+    """``"linear"``, ``"linear,logreg,svm"`` or ``"all"`` -> head names, in the order given."""
+    names = clf if isinstance(clf, list) else [c.strip() for c in str(clf).split(",") if c.strip()]
+    if names == ["all"]:
+        return list(list_heads())
+    if not names:
+        raise UnknownHeadError(f"--clf is empty: name a head ({', '.join(list_heads())}), several, or all")
+    for name in names:
+        get_head(name)  # raises, listing the known heads
+    return list(dict.fromkeys(names))
 
-    log = log or (lambda _msg: None)
-    spec = get_head(clf)
-    if not 0.0 < float(val_fraction) < 1.0:  # refused even when the data's own split makes it unused
-        raise TlxError(f"--val-fraction must be between 0 and 1 (exclusive), got {float(val_fraction):g}")
-    chosen = parse_params(spec, params or [])
+
+def _params_for(spec: HeadSpec, items, sweep: bool, class_weight: str | None, several: bool) -> dict:
+    """The typed parameters for one head; with several heads, a --param applies to the heads
+    that have that key."""
+    items = list(items or [])
+    if several:
+        defaults = spec.defaults()
+        items = [i for i in items if i.partition("=")[0].strip() in defaults]
+    chosen = parse_params(spec, items)
     if sweep and spec.main_param in chosen:
         raise ParamError(
             f"--param {spec.main_param}={chosen[spec.main_param]} and --sweep both set {spec.main_param}: "
@@ -95,53 +102,101 @@ def fit_head(
     if class_weight is not None:
         if class_weight != "balanced":
             raise ParamError(f"--class-weight must be 'balanced', got {class_weight!r}")
+        if not spec.supports_class_weight:
+            able = [n for n in list_heads() if get_head(n).supports_class_weight]
+            if several:
+                return chosen  # the option is for the heads that have it
+            raise ParamError(f"{spec.name} has no class weights: --class-weight works with {', '.join(able)}")
         chosen["class_weight"] = class_weight
-    if "class_weight" in chosen and not spec.supports_class_weight and chosen["class_weight"] is not None:
-        able = [n for n in _names() if get_head(n).supports_class_weight]
-        raise ParamError(f"{spec.name} has no class weights: --class-weight works with {', '.join(able)}")
     validate_params(spec, chosen)  # before any data is read
+    return chosen
 
-    path = resolve_cache(features)
-    if features is None or Path(features).is_dir():
-        log(f"features: {path} (the most recent cache in {path.parent})")
-    feats = load_features(path)
-    train, val, split_info = split_indices(
-        feats.paths, feats.y, feats.split, val_fraction, seed, hashes=feats.sha256, classes=feats.classes
-    )
-    # The val members themselves, so that `finetune --init-head` validates on exactly these images.
-    split_info["val_sha256"] = sorted(feats.sha256[i] for i in val)
-    _check_training_set(feats, train, val)
-    Xtr, ytr, Xva, yva = feats.X[train], feats.y[train], feats.X[val], feats.y[val]
 
-    sweep_record = None
-    sweep_seconds = 0.0
+def fit_heads(
+    features=None,
+    clf: str | list[str] = DEFAULT_HEAD,
+    params=None,
+    sweep: bool = False,
+    class_weight: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    out=None,
+    max_memory: str | int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[FitResult]:
+    """Fit each head of ``clf`` (a name, a comma-separated list, or "all") on one load of a
+    feature cache (a file, a folder or None = newest in the cache dir), each into its own run
+    folder: ``out`` itself for one head, ``out/<head>`` for several."""
+    log = log or (lambda _msg: None)
+    names = parse_heads(clf)
+    several = len(names) > 1
+    if not 0.0 < float(val_fraction) < 1.0:  # refused even when the data's own split makes it unused
+        raise TlxError(f"--val-fraction must be between 0 and 1 (exclusive), got {float(val_fraction):g}")
+    unknown = [i for i in params or [] if not any(i.partition("=")[0].strip() in get_head(n).defaults() for n in names)]
+    if several and unknown:
+        raise ParamError(f"--param {unknown[0]!r}: none of {', '.join(names)} has that parameter")
+    chosen = {name: _params_for(get_head(name), params, sweep, class_weight, several) for name in names}
+    data = load_training_data(features, val_fraction, seed, parse_memory(max_memory), log)
+    if data.streamed:
+        held = [n for n in names if not getattr(get_head(n).cls, "streams", False)]
+        if held:
+            raise TlxError(
+                f"{', '.join(held)} need the training rows in memory ({data.Xtr.nbytes / 2**30:.2f} GiB, "
+                "over --max-memory): raise --max-memory, or use linear, logreg or ridge, which stream"
+            )
+    results = []
+    for name in names:
+        run_out = None if out is None else (Path(out) / name if several else Path(out))
+        results.append(_fit_one(get_head(name), chosen[name], data, sweep, seed, run_out, log))
+    return results
+
+
+def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = False, **options) -> FitResult:
+    """Fit one head; see :func:`fit_heads` for the options."""
+    if "," in clf or clf == "all":
+        raise TlxError(f"fit_head fits one head, not {clf!r}: use fit_heads for several")
+    return fit_heads(features, clf, params, sweep, **options)[0]
+
+
+def _fit_one(spec: HeadSpec, chosen: dict, data: TrainingData, sweep: bool, seed: int, out, log) -> FitResult:
+    chosen = dict(chosen)
+    sweep_record, sweep_seconds = None, 0.0
     if sweep:
         spec.cls.prepare()
         t0 = time.perf_counter()
-        sweep_record = run_sweep(spec, chosen, Xtr, ytr, Xva, yva, split_info, seed, log)
+        sweep_record = run_sweep(spec, chosen, data.Xtr, data.ytr, data.Xva, data.yva, data.split_info, seed, log)
         sweep_seconds = time.perf_counter() - t0
         chosen[spec.main_param] = sweep_record["best"]
-
     head = spec.build(**chosen)
     spec.cls.prepare()
     t0 = time.perf_counter()
-    head.fit(Xtr, ytr)
+    head.fit(data.Xtr, data.ytr)
     fit_seconds = time.perf_counter() - t0
     used = jsonable_params(head.params_used())
     for key, value in jsonable_params(head.get_params()).items():
         if used.get(key) != value:
-            log(f"note: {spec.name} used {key}={used.get(key)} (asked for {value}) with {len(train)} training images")
-    proba = _full_proba(head, Xva, len(feats.classes))
-    metrics = compute_metrics(yva, proba, feats.classes)
+            log(
+                f"note: {spec.name} used {key}={used.get(key)} (asked for {value}) "
+                f"with {len(data.train)} training images"
+            )
+    classes = data.meta.classes
+    metrics = compute_metrics(data.yva, _full_proba(head, data.Xva, len(classes)), classes)
 
     run_dir = new_run_dir(spec.name, out)
     from tlx.heads.io import save_head
 
     save_head(head, run_dir)
-    plot_confusion(metrics["confusion_matrix"], feats.classes, run_dir / "confusion.png")
+    plot_confusion(metrics["confusion_matrix"], classes, run_dir / "confusion.png")
     if sweep_record is not None:
         plot_sweep(sweep_record, run_dir / "sweep.png", spec.name)
-    record = {
+    record = _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_record, data)
+    write_metrics(run_dir, record)
+    return FitResult(run_dir, spec.name, metrics["accuracy"], fit_seconds, record["params"], record)
+
+
+def _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_record, data: TrainingData) -> dict:
+    meta = data.meta
+    return {
         "kind": "head",
         "clf": spec.name,
         "params": used,  # as the head used them (knn caps n_neighbors at the training rows)
@@ -154,45 +209,21 @@ def fit_head(
         "log_loss": metrics["log_loss"],
         "fit_seconds": fit_seconds,
         "sweep_seconds": sweep_seconds,
-        "feature_space": feats.space.to_dict(),
+        "streamed": data.streamed,
+        "feature_space": meta.space.to_dict(),
         # Absolute, so predict and finetune find the cache (and its --weights file) from anywhere.
-        "cache": str(Path(path).resolve()),
-        "weights_path": feats.attrs.get("weights_path", ""),
-        "dataset": feats.attrs.get("dataset_name") or Path(feats.dataset_root).name,
-        "dataset_root": feats.dataset_root,
-        "classes": list(feats.classes),
-        "split": split_info,
-        "n_train": len(train),
-        "n_val": len(val),
+        "cache": str(Path(meta.path).resolve()),
+        "weights_path": meta.attrs.get("weights_path", ""),
+        "dataset": meta.attrs.get("dataset_name") or Path(meta.dataset_root).name,
+        "dataset_root": meta.dataset_root,
+        "classes": list(meta.classes),
+        "split": data.split_info,
+        "n_train": len(data.train),
+        "n_val": len(data.val),
         "sweep": sweep_record,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tlx_version": tlx.__version__,
     }
-    write_metrics(run_dir, record)
-    return FitResult(run_dir, spec.name, metrics["accuracy"], fit_seconds, record["params"], record)
-
-
-def _names() -> list[str]:
-    from tlx.heads.registry import list_heads
-
-    return list(list_heads())
-
-
-def _check_training_set(feats, train: np.ndarray, val: np.ndarray) -> None:
-    where = f"in {feats.path}"
-    present = np.unique(feats.y[train])
-    if len(present) < 2:
-        found = f"only class {feats.classes[present[0]]!r}" if len(present) else "no images"
-        raise DatasetError(
-            f"the training split {where} has {found}: a head needs at least 2 classes with training images"
-        )
-    missing = [feats.classes[c] for c in range(len(feats.classes)) if c not in set(present.tolist())]
-    if missing:
-        raise DatasetError(
-            f"class {missing[0]!r} has no training images {where}: add some to its train folder or remove the class"
-        )
-    if len(val) == 0:
-        raise DatasetError(f"the validation split {where} is empty: add images to val/, or use data without a split")
 
 
 def _full_proba(head, X: np.ndarray, n_classes: int) -> np.ndarray:
@@ -213,22 +244,29 @@ def run_sweep(
     grid = list(spec.grid)
     smallest = int(np.unique(ytr, return_counts=True)[1].min())
     use_folds = split_info.get("source") != "data" and smallest >= 2
+    folds: list = []
     if use_folds:
         from sklearn.model_selection import StratifiedKFold
 
         k = min(MAX_FOLDS, smallest)
-        folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(Xtr, ytr))
+        folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros((len(ytr), 1)), ytr))
         selection = f"{k}-fold on train"
     else:
         selection = "val"
+    warm = {"warm_start": True} if "warm_start" in spec.defaults() else {}
+    chains = [spec.build(**params, **warm) for _ in (folds if use_folds else [None])]  # one per fold
     scores = []
     for value in grid:
-        p = {**params, spec.main_param: value}
+        for head in chains:
+            head.set_params(**{spec.main_param: value})
         if use_folds:
-            accs = [np.mean(spec.build(**p).fit(Xtr[a], ytr[a]).predict(Xtr[b]) == ytr[b]) for a, b in folds]
+            accs = [
+                np.mean(h.fit(Xtr[a], ytr[a]).predict(Xtr[b]) == ytr[b])
+                for h, (a, b) in zip(chains, folds, strict=True)
+            ]
             score = float(np.mean(accs))
         else:
-            score = float(np.mean(spec.build(**p).fit(Xtr, ytr).predict(Xva) == yva))
+            score = float(np.mean(chains[0].fit(Xtr, ytr).predict(Xva) == yva))
         scores.append(score)
         log(f"  {spec.main_param}={value:g}: accuracy {score:.4f} ({selection})")
     best = grid[int(np.argmax(scores))]  # first maximum = strongest regularization among the best

@@ -1,12 +1,13 @@
-"""The default head: softmax (multinomial logistic) regression fitted in torch.
+"""The default head: softmax (multinomial logistic) regression.
 
 Full-batch L-BFGS on the whole cached matrix, minimizing
 ``mean cross-entropy + weight_decay / 2 * ||W||^2`` over standardized features (the bias is not
 decayed). Two classes still get a two-way softmax (a C x D weight), so the head drops into the
 backbone as an ``nn.Linear(D, C)``.
 
-On the CPU the objective and its gradient are computed in numpy (``heads/linear_objective.py``) and
-minimized by ``heads/lbfgs.py``, so fitting imports neither torch nor scipy. With
+On the CPU the objective and its gradient are computed in numpy (``heads/linear_objective.py``)
+and minimized by ``heads/lbfgs.py``, so fitting imports neither torch nor scipy; the training
+matrix may be an array or a ``CacheRows`` streamed from disk block by block. With
 ``device=cuda`` the same objective is minimized by ``torch.optim.LBFGS`` on the GPU. The fitted
 head predicts with numpy either way.
 """
@@ -19,6 +20,58 @@ from tlx.heads.base import Head, NotExportableError, softmax
 from tlx.heads.linear_objective import SoftmaxProblem, fit_torch, l2_normalize
 from tlx.heads.registry import register_head
 
+PREDICT_BLOCK = 65536  # rows per block when predicting: no standardized copy of X is made
+
+
+class SoftmaxHead(Head):
+    """What the softmax-over-a-linear-map heads share (``linear``, ``logreg``, ``ridge``):
+    standardization kept as ``shift_`` / ``scale_``, prediction block by block with the
+    standardization folded into the weights, the linear form, and streaming: they accept a
+    ``CacheRows`` training matrix that does not fit in memory."""
+
+    _tensors = ("coef_", "intercept_", "shift_", "scale_")
+    streams = True
+    standardize = True
+    l2norm = False
+
+    def _problem(self, X, y: np.ndarray, weights: np.ndarray | None) -> SoftmaxProblem:
+        """The objective on this data, standardized when asked; sets ``shift_`` and ``scale_``."""
+        problem = SoftmaxProblem(X, np.searchsorted(self.classes_, y), len(self.classes_), weights, l2norm=self.l2norm)
+        if self.standardize:
+            problem.standardize()
+        self.shift_ = problem.shift if self.standardize else None
+        self.scale_ = problem.scale if self.standardize else None
+        return problem
+
+    def _start(self) -> np.ndarray | None:
+        """The warm start: the previous fit's weights in standardized space (``warm_start=True``)."""
+        if not getattr(self, "warm_start", False) or getattr(self, "coef_", None) is None:
+            return None
+        return np.concatenate([self.coef_.astype(np.float64).ravel(), self.intercept_.astype(np.float64)])
+
+    def _raw_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """Weights on the raw (unstandardized) features: the standardization folded in."""
+        if self.shift_ is None:
+            return self.coef_, self.intercept_
+        W = self.coef_ / self.scale_
+        return W.astype(np.float32), (self.intercept_ - W @ self.shift_).astype(np.float32)
+
+    def decision_function(self, X) -> np.ndarray:
+        X = self._check_X(X)
+        W, b = self._raw_weights()
+        out = np.empty((len(X), W.shape[0]), dtype=np.float64)
+        for start in range(0, len(X), PREDICT_BLOCK):
+            block = X[start : start + PREDICT_BLOCK]
+            out[start : start + len(block)] = (l2_normalize(block) if self.l2norm else block) @ W.T + b
+        return out
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return softmax(self.decision_function(X))
+
+    def linear_form(self):
+        self._check_X(np.zeros((1, getattr(self, "n_features_in_", 1)), np.float32))
+        return self.coef_.astype(np.float32), self.intercept_.astype(np.float32), self.shift_, self.scale_
+
 
 @register_head(
     "linear",
@@ -26,10 +79,8 @@ from tlx.heads.registry import register_head
     grid=np.logspace(0, -6, 7).tolist(),
     description="softmax regression, full-batch L-BFGS (default)",
 )
-class LinearHead(Head):
+class LinearHead(SoftmaxHead):
     """Softmax regression, full-batch L-BFGS, L2 weight decay."""
-
-    _tensors = ("coef_", "intercept_", "shift_", "scale_")
 
     def __init__(
         self,
@@ -40,6 +91,7 @@ class LinearHead(Head):
         max_iter: int = 200,
         tol: float = 1e-4,
         device: str = "cpu",
+        warm_start: bool = False,
     ):
         self.weight_decay = weight_decay
         self.standardize = standardize
@@ -48,46 +100,23 @@ class LinearHead(Head):
         self.max_iter = max_iter
         self.tol = tol
         self.device = device
+        self.warm_start = warm_start
 
-    def _transform(self, X: np.ndarray) -> np.ndarray:
-        if self.l2norm:
-            X = l2_normalize(X)
-        if self.shift_ is not None:
-            X = (X - self.shift_) / self.scale_
-        return X
-
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        if self.weight_decay < 0 or self.max_iter < 1 or self.tol <= 0:
-            raise ValueError("weight_decay must be >= 0, max_iter >= 1 and tol > 0")
-        index = {c: i for i, c in enumerate(self.classes_.tolist())}
-        targets = np.fromiter((index[v] for v in y.tolist()), dtype=np.int64, count=len(y))
-        weights = self._class_weights(y)
-        problem = SoftmaxProblem(X, targets, len(self.classes_), weights, l2norm=self.l2norm)
-        if self.standardize:
-            problem.standardize()
-        self.shift_ = problem.shift if self.standardize else None
-        self.scale_ = problem.scale if self.standardize else None
+    def _fit(self, X, y: np.ndarray) -> None:
+        start = self._start()
+        problem = self._problem(X, y, self._class_weights(y))
+        lam, max_iter, tol = float(self.weight_decay), int(self.max_iter), float(self.tol)
         if str(self.device).startswith("cuda"):
-            W, b, self.n_iter_ = fit_torch(
-                problem, float(self.weight_decay), int(self.max_iter), float(self.tol), self.device
-            )
+            W, b, self.n_iter_ = fit_torch(problem, lam, max_iter, tol, self.device)
         else:
-            W, b, self.n_iter_ = problem.fit(float(self.weight_decay), int(self.max_iter), float(self.tol))
-        self.loss_ = problem.loss(W, b, float(self.weight_decay))
+            W, b, self.n_iter_ = problem.fit(lam, max_iter, tol, x0=start)
+        self.loss_ = problem.loss(W, b, lam)
         self.coef_, self.intercept_ = W.astype(np.float32), b.astype(np.float32)
 
-    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax(self._transform(X) @ self.coef_.T + self.intercept_)
-
-    def decision_function(self, X) -> np.ndarray:
-        return self._transform(self._check_X(X)) @ self.coef_.T + self.intercept_
-
     def linear_form(self):
-        if not hasattr(self, "coef_"):
-            self._check_X(np.zeros((1, 1), np.float32))  # raises "not fitted"
         if self.l2norm:
             raise NotExportableError(
                 "this linear head L2-normalizes each feature row (l2norm=true), which has no linear form: "
                 "refit with --param l2norm=false to export it"
             )
-        return self.coef_.astype(np.float32), self.intercept_.astype(np.float32), self.shift_, self.scale_
+        return super().linear_form()

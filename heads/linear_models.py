@@ -16,41 +16,9 @@ from numbers import Real
 
 import numpy as np
 
-from tlx.heads.base import Head, softmax
 from tlx.heads.constraints import Range
-from tlx.heads.linear_objective import SoftmaxProblem
+from tlx.heads.linear import SoftmaxHead
 from tlx.heads.registry import register_head
-
-
-class _StandardizedLinear(Head):
-    """A softmax over ``((X - shift_) / scale_) @ coef_.T + intercept_`` (C x D weights)."""
-
-    _tensors = ("coef_", "intercept_", "shift_", "scale_")
-    standardize = True
-
-    def _standardizer(self, X: np.ndarray, y_index: np.ndarray, weights) -> SoftmaxProblem:
-        problem = SoftmaxProblem(X, y_index, len(self.classes_), weights)
-        if self.standardize:
-            problem.standardize()
-        self.shift_ = problem.shift if self.standardize else None
-        self.scale_ = problem.scale if self.standardize else None
-        return problem
-
-    def _targets(self, y: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.classes_, y)
-
-    def _transform(self, X: np.ndarray) -> np.ndarray:
-        return X if self.shift_ is None else (X - self.shift_) / self.scale_
-
-    def decision_function(self, X) -> np.ndarray:
-        return self._transform(self._check_X(X)) @ self.coef_.T + self.intercept_
-
-    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax(self._transform(X) @ self.coef_.T + self.intercept_)
-
-    def linear_form(self):
-        self._check_X(np.zeros((1, getattr(self, "n_features_in_", 1)), np.float32))
-        return self.coef_.astype(np.float32), self.intercept_.astype(np.float32), self.shift_, self.scale_
 
 
 @register_head(
@@ -60,28 +28,36 @@ class _StandardizedLinear(Head):
     description="LogisticRegression (scikit-learn's model, L-BFGS in numpy), standardized",
     constraints={"C": [Range(Real, 0, None, "neither")]},
 )
-class LogregHead(_StandardizedLinear):
+class LogregHead(SoftmaxHead):
     """scikit-learn's LogisticRegression with its L2 penalty, on standardized features: minimizes
     ``C * sum(w_i * log_loss_i) + ||W||^2 / 2``, multinomial for three or more classes and
     binomial for two, by L-BFGS in numpy."""
 
     def __init__(
-        self, C: float = 1.0, standardize: bool = True, class_weight=None, max_iter: int = 1000, tol: float = 1e-4
+        self,
+        C: float = 1.0,
+        standardize: bool = True,
+        class_weight=None,
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        warm_start: bool = False,
     ):
         self.C = C
         self.standardize = standardize
         self.class_weight = class_weight
         self.max_iter = max_iter
         self.tol = tol
+        self.warm_start = warm_start
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        problem = self._standardizer(X, self._targets(y), self._class_weights(y))
+    def _fit(self, X, y: np.ndarray) -> None:
+        start = self._start()
+        problem = self._problem(X, y, self._class_weights(y))
         n = len(y)
         # SoftmaxProblem minimizes mean(w * ce) + lam / 2 * ||W||^2, scikit-learn's objective
         # divided by C * n. With two classes scikit-learn fits one vector w = W1 - W0; at the
         # optimum W0 = -W1 = -w / 2, so ||W||^2 = ||w||^2 / 2 and lam doubles.
         lam = (2.0 if len(self.classes_) == 2 else 1.0) / (float(self.C) * n)
-        W, b, self.n_iter_ = problem.fit(lam, int(self.max_iter), float(self.tol) / n)
+        W, b, self.n_iter_ = problem.fit(lam, int(self.max_iter), float(self.tol) / n, x0=start)
         self.coef_, self.intercept_ = W.astype(np.float32), b.astype(np.float32)
 
 
@@ -92,7 +68,7 @@ class LogregHead(_StandardizedLinear):
     description="RidgeClassifier (scikit-learn's model, closed form in numpy); probabilities = softmax of its scores",
     constraints={"alpha": [Range(Real, 0, None, "left")]},
 )
-class RidgeHead(_StandardizedLinear):
+class RidgeHead(SoftmaxHead):
     """scikit-learn's RidgeClassifier on standardized features: least squares onto +-1 targets
     (one column per class, one column for two classes) with an L2 penalty ``alpha``, solved in
     closed form. It has no probabilities; tlx defines them as the softmax of its scores (two
@@ -104,11 +80,11 @@ class RidgeHead(_StandardizedLinear):
         self.standardize = standardize
         self.class_weight = class_weight
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        index = self._targets(y)
+    def _fit(self, X, y: np.ndarray) -> None:
+        index = np.searchsorted(self.classes_, y)
         weights = self._class_weights(y)
         w = np.ones(len(y)) if weights is None else weights
-        self._standardizer(X, index, weights)
+        self._problem(X, y, weights)
         k = len(self.classes_)
         Y = -np.ones((len(y), k))
         Y[np.arange(len(y)), index] = 1.0
@@ -117,7 +93,9 @@ class RidgeHead(_StandardizedLinear):
         gram, cross = np.zeros((d, d)), np.zeros((d, Y.shape[1]))
         total, x_sum, y_sum = w.sum(), np.zeros(d), w @ Y
         for rows in range(0, len(y), 65536):  # block sums keep float64 copies to one block
-            block = self._transform(X[rows : rows + 65536]).astype(np.float64)
+            block = X[rows : rows + 65536].astype(np.float64)
+            if self.shift_ is not None:
+                block = (block - self.shift_) / self.scale_
             wb = w[rows : rows + 65536]
             gram += block.T @ (block * wb[:, None])
             cross += block.T @ (Y[rows : rows + 65536] * wb[:, None])

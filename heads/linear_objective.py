@@ -93,15 +93,19 @@ class SoftmaxProblem:
     def loss(self, W: np.ndarray, b: np.ndarray, lam: float) -> float:
         return self.value_and_grad(W.astype(np.float64), b.astype(np.float64), lam)[0]
 
-    def fit(self, lam: float, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray, int]:
-        """Minimize from zero weights with numpy L-BFGS; returns ``(W, b, iterations)``."""
+    def fit(
+        self, lam: float, max_iter: int, tol: float, x0: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Minimize with numpy L-BFGS from ``x0`` (flattened W then b; zeros when None or of
+        another shape); returns ``(W, b, iterations)``."""
         c, d = self.n_classes, self.d
 
         def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
             value, grad_W, grad_b = self.value_and_grad(theta[: c * d].reshape(c, d), theta[c * d :], lam)
             return value, np.concatenate([grad_W.ravel(), grad_b])
 
-        result = minimize_lbfgs(fun, np.zeros(c * d + c), max_iter=max_iter, gtol=tol)
+        start = x0 if x0 is not None and x0.shape == (c * d + c,) else np.zeros(c * d + c)
+        result = minimize_lbfgs(fun, start, max_iter=max_iter, gtol=tol)
         return result.x[: c * d].reshape(c, d), result.x[c * d :], result.n_iter
 
 

@@ -137,7 +137,7 @@ def test_foreign_skops_file_with_unlisted_types_is_refused(tmp_path):
     from tlx.heads.io import sha256_file
 
     X, y = blobs()
-    save_head(get_head("knn").build().fit(X, y), tmp_path)
+    save_head(get_head("svm").build().fit(X, y), tmp_path)
     # A valid skops file whose types are not on the allow-list, with head.json's hash updated
     # too (as a careful attacker would): the allow-list still refuses it.
     import os

@@ -1,0 +1,112 @@
+"""The rows a head trains and validates on, read once for every head of a ``fit-head`` call.
+
+Only the rows of each part are read, each into one preallocated array, so the training
+matrix exists once in memory. When the training rows are larger than ``max_memory`` they stay
+on disk (a ``CacheRows``) and only heads that stream (``linear``, ``logreg``, ``ridge``) can be
+fitted; they then hold one block at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlx.errors import DatasetError, TlxError
+from tlx.extractor.features import Features, load_features, resolve_cache
+from tlx.extractor.rows import CacheRows
+from tlx.heads.split import split_indices
+
+UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """``"2GB"``, ``"512MB"``, ``"1.5g"`` or a number of bytes -> bytes; None stays None."""
+    if text is None or isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in UNITS or float(match.group(1)) <= 0:
+        raise TlxError(f"--max-memory {text!r}: expected a size such as 2GB, 512MB or 1.5G")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+def default_max_memory() -> int:
+    """Half of the memory available now (``MemAvailable``), or 4 GiB where that is unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+@dataclass
+class TrainingData:
+    meta: Features  # the cache's labels, paths, split and feature space; X stays on disk
+    train: np.ndarray  # row numbers in the cache
+    val: np.ndarray
+    split_info: dict
+    Xtr: np.ndarray | CacheRows  # a CacheRows when streamed
+    ytr: np.ndarray
+    Xva: np.ndarray
+    yva: np.ndarray
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.Xtr, CacheRows)
+
+    @property
+    def path(self) -> Path:
+        return self.meta.path
+
+
+def load_training_data(
+    features, val_fraction: float, seed: int, max_memory: int | None = None, log=lambda _msg: None
+) -> TrainingData:
+    path = resolve_cache(features)
+    if features is None or Path(features).is_dir():
+        log(f"features: {path} (the most recent cache in {path.parent})")
+    meta = load_features(path, lazy=True)
+    train, val, split_info = split_indices(
+        meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
+    )
+    # The val members themselves, so that `finetune --init-head` validates on exactly these images.
+    split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
+    check_training_set(meta, train, val)
+    assert isinstance(meta.X, CacheRows)
+    Xtr, Xva = meta.X.subset(train), meta.X.subset(val).to_array()
+    limit = default_max_memory() if max_memory is None else max_memory
+    if Xtr.nbytes <= limit:
+        Xtr = Xtr.to_array()
+    else:
+        log(
+            f"the {len(train)} training rows take {Xtr.nbytes / 2**30:.2f} GiB, more than --max-memory "
+            f"{limit / 2**30:.2f} GiB: streaming them from {path} block by block"
+        )
+    return TrainingData(meta, train, val, split_info, Xtr, meta.y[train], Xva, meta.y[val])
+
+
+def check_training_set(meta: Features, train: np.ndarray, val: np.ndarray) -> None:
+    where = f"in {meta.path}"
+    present = np.unique(meta.y[train])
+    if len(present) < 2:
+        found = f"only class {meta.classes[present[0]]!r}" if len(present) else "no images"
+        raise DatasetError(
+            f"the training split {where} has {found}: a head needs at least 2 classes with training images"
+        )
+    missing = [meta.classes[c] for c in range(len(meta.classes)) if c not in set(present.tolist())]
+    if missing:
+        raise DatasetError(
+            f"class {missing[0]!r} has no training images {where}: add some to its train folder or remove the class"
+        )
+    if len(val) == 0:
+        raise DatasetError(f"the validation split {where} is empty: add images to val/, or use data without a split")
