@@ -54,6 +54,7 @@ def test_rows_outside_the_matrix_are_refused(matrix_file):
 @pytest.fixture(scope="module")
 def split_cache(tmp_path_factory):
     from conftest import make_folder_dataset
+
     from tlx.extractor.extract import extract
 
     root = tmp_path_factory.mktemp("rows")

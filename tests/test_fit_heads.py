@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_folder_dataset
+
 from tlx.heads.fit import fit_head, fit_heads
 
 
