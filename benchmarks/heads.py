@@ -1,11 +1,16 @@
-"""Benchmark: the torch `linear` head against scikit-learn's `LogisticRegression()` on the same
-synthetic 50,000 x 1280, 10-class feature matrix (seeded), in one run on one machine.
+"""Benchmark: the `linear` head against scikit-learn on the same synthetic 50,000 x 1280,
+10-class feature matrix (seeded), in one run on one machine.
 
     python benchmarks/heads.py [--n 50000] [--dim 1280] [--classes 10] [--seed 0]
 
-Prints each model's fit time and validation accuracy and the time ratio (target: linear
-<= 0.5x scikit-learn's time at equal or better accuracy). Both are timed warm: imports and
-torch's one-time optimizer set-up happen before the timers start.
+Prints each model's fit time and validation accuracy, against three baselines:
+  * ``LogisticRegression()`` on the raw features (scikit-learn's default use);
+  * ``StandardScaler`` + ``LogisticRegression()``: the fair baseline, the same model on the same
+    standardized features as the linear head;
+  * ``SGDClassifier(loss="log_loss").partial_fit`` over 10,000-row chunks after
+    ``StandardScaler.partial_fit``: the out-of-core baseline for a cache that does not fit.
+Target: linear <= 0.5x the fair baseline's time at equal or better accuracy. All are timed warm:
+imports happen before the timers start.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    import torch
     from sklearn.linear_model import LogisticRegression
 
     from tlx.heads import get_head, split_indices
@@ -56,10 +60,9 @@ def main() -> None:
         f"data: {len(train)} train + {len(val)} val rows x {args.dim} features, "
         f"{args.classes} classes (float32, seed {args.seed})"
     )
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads")
+    print(f"machine: {os.cpu_count()} CPUs, numpy {np.__version__}")
 
     spec = get_head("linear")
-    spec.cls.prepare()
     head = spec.build()
     t0 = time.perf_counter()
     head.fit(Xtr, ytr)
@@ -70,22 +73,38 @@ def main() -> None:
         f"({head.n_iter_} L-BFGS iterations)  val accuracy {acc_lin:.4f}"
     )
 
-    ref = LogisticRegression()
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():  # it stops at its default max_iter=100 with a ConvergenceWarning
-        warnings.simplefilter("ignore")
-        ref.fit(Xtr, ytr)
-    t_sk = time.perf_counter() - t0
-    acc_sk = float(np.mean(ref.predict(Xva) == yva))
-    print(
-        f"sklearn LogisticRegression()  fit {t_sk:7.2f} s  "
-        f"({int(np.max(ref.n_iter_))} L-BFGS iterations)  val accuracy {acc_sk:.4f}"
-    )
+    baselines = {}
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
+    for name, model in (
+        ("LogisticRegression() on raw features", LogisticRegression()),
+        ("StandardScaler + LogisticRegression() (fair)", make_pipeline(StandardScaler(), LogisticRegression())),
+    ):
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():  # it may stop at its default max_iter=100 with a ConvergenceWarning
+            warnings.simplefilter("ignore")
+            model.fit(Xtr, ytr)
+        baselines[name] = (time.perf_counter() - t0, float(np.mean(model.predict(Xva) == yva)))
+    t0 = time.perf_counter()
+    scaler, sgd = StandardScaler(), SGDClassifier(loss="log_loss", random_state=args.seed)
+    for start in range(0, len(Xtr), 10_000):
+        scaler.partial_fit(Xtr[start : start + 10_000])
+    for start in range(0, len(Xtr), 10_000):
+        sgd.partial_fit(scaler.transform(Xtr[start : start + 10_000]), ytr[start : start + 10_000], np.unique(ytr))
+    baselines["StandardScaler + SGDClassifier.partial_fit, 1 epoch (streamed)"] = (
+        time.perf_counter() - t0,
+        float(np.mean(sgd.predict(scaler.transform(Xva)) == yva)),
+    )
+    for name, (seconds, acc) in baselines.items():
+        print(f"sklearn {name:<62} fit {seconds:7.2f} s  val accuracy {acc:.4f}")
+
+    t_sk, acc_sk = baselines["StandardScaler + LogisticRegression() (fair)"]
     ratio = t_lin / t_sk
     verdict = "met" if ratio <= 0.5 and acc_lin >= acc_sk else "NOT met"
     print(
-        f"time ratio linear / sklearn = {ratio:.3f}  (speed-up {1 / ratio:.1f}x); "
+        f"time ratio linear / fair baseline = {ratio:.3f}  (speed-up {1 / ratio:.1f}x); "
         f"accuracy {acc_lin:.4f} vs {acc_sk:.4f}"
     )
     print(f"target (<= 0.5x time at equal or better accuracy): {verdict}")
