@@ -9,10 +9,11 @@ import functools
 import json
 import sys
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from tlx.common.progress import Reporter
 from tlx.errors import TlxError
 
 JsonOpt = Annotated[
@@ -53,7 +54,7 @@ def handle_errors(fn):
             fail(str(exc), getattr(exc, "exit_code", 2))
         except KeyboardInterrupt:
             typer.echo("tlx: interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -63,7 +64,7 @@ def emit_json(obj) -> None:
     sys.stdout.flush()
 
 
-def report(summary: str, result: dict, json_out: bool, quiet: bool = False) -> None:
+def report(summary: str, result: dict | list, json_out: bool, quiet: bool = False) -> None:
     """A command's outcome: the human summary on stdout, or with ``--json`` on stderr while
     stdout's last line is the JSON object."""
     if json_out:
@@ -79,15 +80,15 @@ def info(message: str, quiet: bool = False) -> None:
         typer.echo(message, err=True)
 
 
-class RichReporter:
+class RichReporter(Reporter):
     """Progress bar with images/s and ETA on stderr; silent when quiet or not a terminal."""
 
     def __init__(self, quiet: bool = False, unit: str = "img"):
         self.enabled = not quiet and sys.stderr.isatty()
         self.quiet = quiet
         self.unit = unit
-        self._progress = None
-        self._task = None
+        self._progress: Any = None  # a rich Progress, imported when a bar is first shown
+        self._task: Any = None
 
     def start(self, total: int, description: str) -> None:
         if not self.enabled or total == 0:

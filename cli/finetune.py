@@ -36,7 +36,8 @@ def finetune_command(
     data: Annotated[
         Path | None,
         typer.Argument(
-            help="Image folder, split folder or CSV manifest [default: the dataset of the most recent cache, or of --init-head's cache]."
+            help="Image folder, split folder or CSV manifest "
+            "[default: the dataset of the most recent cache, or of --init-head's cache]."
         ),
     ] = None,
     backbone: Annotated[
@@ -193,6 +194,7 @@ def finetune_command(
         info(f"warning: {result.n_skipped} unreadable image(s) skipped", quiet)
     summary = (
         f"{result.run}: val accuracy {result.val_accuracy:.4f} (best epoch {result.best_epoch} of {result.epochs_done}"
-        f"{', stopped early' if result.early_stopped else ''}); {result.seconds_per_epoch:.1f} s/epoch, {result.seconds:.1f} s"
+        f"{', stopped early' if result.early_stopped else ''}); "
+        f"{result.seconds_per_epoch:.1f} s/epoch, {result.seconds:.1f} s"
     )
     report(summary, result.to_dict(), json_out, quiet)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ def load(path: Path) -> dict:
 
 def rng_state() -> dict:
     """Every RNG a training step may draw from, as tensors and ints only."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state(legacy=True))  # (name, keys, pos, has_gauss, gauss)
     py_state = random.getstate()
     state = {
         "torch": torch.get_rng_state(),

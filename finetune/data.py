@@ -144,7 +144,8 @@ def split_by_members(
         )
     unused = {"test", "val"} if info.get("source") == "data" else {"test"}
     val_idx = [i for i, h in enumerate(rows.hashes) if h in wanted]
-    train_idx = [i for i, (h, tag) in enumerate(zip(rows.hashes, rows.tags)) if h not in wanted and tag not in unused]
+    pairs = enumerate(zip(rows.hashes, rows.tags, strict=True))
+    train_idx = [i for i, (h, tag) in pairs if h not in wanted and tag not in unused]
     return _split_data(index, rows, train_idx, val_idx, info)
 
 
@@ -174,7 +175,9 @@ def train_loader(
     """Shuffled by a DistributedSampler in every case (``num_replicas=1`` alone), so one process
     and N processes see the same global order; call ``sampler.set_epoch(epoch)`` each epoch."""
     dataset = ImageFiles(paths, TrainTransform(pre) if augment else ResizeCrop(pre))
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    sampler: DistributedSampler = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False
+    )
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -185,7 +188,8 @@ def train_loader(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
         worker_init_fn=None if pin_memory else lower_priority,  # on CPU, decoding yields to the training step
-        generator=torch.Generator(),  # reseeded each epoch: worker augmentation seeds depend on (seed, epoch, rank) only
+        # Reseeded each epoch: the workers' augmentation seeds depend on (seed, epoch, rank) only.
+        generator=torch.Generator(),
     )
     return loader, sampler
 

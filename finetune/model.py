@@ -61,7 +61,8 @@ def parse_unfreeze(value: str | int, n_stages: int, backbone: str) -> int | None
         raise TlxError(f"--unfreeze must be at least 0 (0 = train the head only), not {n}")
     if n > n_stages:
         raise TlxError(
-            f"--unfreeze {n} but {backbone} has only {n_stages} stages: use 0..{n_stages}, or 'all' for the whole network"
+            f"--unfreeze {n} but {backbone} has only {n_stages} stages: "
+            f"use 0..{n_stages}, or 'all' for the whole network"
         )
     return n
 
@@ -144,7 +145,8 @@ def read_finetune_config(run_dir: str | Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise RunError(
-            f"{run_dir} is not a finished fine-tuning run: {CONFIG_FILE} is missing (a killed run? continue it with `tlx finetune --out {run_dir} --resume`)"
+            f"{run_dir} is not a finished fine-tuning run: {CONFIG_FILE} is missing "
+            f"(a killed run? continue it with `tlx finetune --out {run_dir} --resume`)"
         ) from None
     except ValueError as exc:
         raise RunError(f"{path} is not valid JSON ({exc}): the run folder is damaged; re-run `tlx finetune`") from None
@@ -165,7 +167,8 @@ def load_finetuned(run_dir: str | Path):
     weights = run_dir / MODEL_FILE
     if not weights.is_file():
         raise RunError(
-            f"{weights} is missing: the fine-tuning run did not finish; continue it with `tlx finetune --out {run_dir} --resume`"
+            f"{weights} is missing: the fine-tuning run did not finish; "
+            f"continue it with `tlx finetune --out {run_dir} --resume`"
         )
     backbone = get_backbone(cfg["backbone"]).build(weights=None, pretrained=False)
     net = FineTuneNet(backbone.body, cfg["pooling"], int(cfg["feature_dim"]), len(cfg["classes"]))
@@ -175,6 +178,7 @@ def load_finetuned(run_dir: str | Path):
     if missing or unexpected:
         first = (missing or unexpected)[0]
         raise RunError(
-            f"{weights} does not fit {cfg['backbone']} ({len(missing)} missing, {len(unexpected)} unexpected tensors, first {first!r}): the run folder is damaged or was edited"
+            f"{weights} does not fit {cfg['backbone']} ({len(missing)} missing, {len(unexpected)} unexpected "
+            f"tensors, first {first!r}): the run folder is damaged or was edited"
         )
     return ProbaModel(net).eval(), Preprocessing.from_dict(cfg["preprocessing"])

@@ -41,9 +41,9 @@ def plot_learning_curve(
     val_epochs, val_loss, val_acc = list(epochs), [h["val_loss"] for h in history], [h["val_accuracy"] for h in history]
     if init_eval:
         val_epochs, val_loss, val_acc = (
-            [0] + val_epochs,
-            [init_eval["val_loss"]] + val_loss,
-            [init_eval["val_accuracy"]] + val_acc,
+            [0, *val_epochs],
+            [init_eval["val_loss"], *val_loss],
+            [init_eval["val_accuracy"], *val_acc],
         )
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")

@@ -327,7 +327,7 @@ def _build(
     val_paths = split.val_paths[procs.rank :: procs.world]
     steps_per_epoch = len(loader)
     optimizer = make_optimizer(net, cfg)
-    warmup = int(round(min(cfg.warmup_epochs, cfg.epochs / 5) * steps_per_epoch))
+    warmup = round(min(cfg.warmup_epochs, cfg.epochs / 5) * steps_per_epoch)
     scheduler = make_scheduler(optimizer, cfg.epochs * steps_per_epoch, warmup)
     training = Training(
         net,

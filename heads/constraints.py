@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, cast
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,14 @@ class Range:
     def accepts(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, self.kind):
             return False
-        if isinstance(value, float) and math.isnan(value):
+        number = float(cast(float, value))
+        if math.isnan(number):
             return False
+        low, high = self.low, self.high
         left_in, right_in = self.closed in ("left", "both"), self.closed in ("right", "both")
-        if self.low is not None and (value < self.low or (value == self.low and not left_in)):
+        if low is not None and (number < low or (number == low and not left_in)):
             return False
-        return not (self.high is not None and (value > self.high or (value == self.high and not right_in)))
+        return not (high is not None and (number > high or (number == high and not right_in)))
 
     def __str__(self) -> str:
         name = "an int" if self.kind is Integral else "a float"

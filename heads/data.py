@@ -83,13 +83,15 @@ def load_training_data(
     split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
     check_training_set(meta, train, val)
     assert isinstance(meta.X, CacheRows)
-    Xtr, Xva = meta.X.subset(train), meta.X.subset(val).to_array()
+    rows = meta.X.subset(train)
+    Xva = meta.X.subset(val).to_array()
     limit = default_max_memory() if max_memory is None else max_memory
-    if Xtr.nbytes <= limit:
-        Xtr = Xtr.to_array()
+    Xtr: np.ndarray | CacheRows = rows
+    if rows.nbytes <= limit:
+        Xtr = rows.to_array()
     else:
         log(
-            f"the {len(train)} training rows take {Xtr.nbytes / 2**30:.2f} GiB, more than --max-memory "
+            f"the {len(train)} training rows take {rows.nbytes / 2**30:.2f} GiB, more than --max-memory "
             f"{limit / 2**30:.2f} GiB: streaming them from {path} block by block"
         )
     return TrainingData(meta, train, val, split_info, Xtr, meta.y[train], Xva, meta.y[val])

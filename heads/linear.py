@@ -30,6 +30,10 @@ class SoftmaxHead(Head):
     ``CacheRows`` training matrix that does not fit in memory."""
 
     _tensors = ("coef_", "intercept_", "shift_", "scale_")
+    coef_: np.ndarray  # C x D, on standardized features
+    intercept_: np.ndarray
+    shift_: np.ndarray | None
+    scale_: np.ndarray | None
     streams = True
     standardize = True
     l2norm = False

@@ -59,8 +59,9 @@ class KnnHead(Head):
 
     def arrays_fit(self, n_classes: int, width: int) -> bool:
         X, y = getattr(self, "train_X_", None), getattr(self, "train_y_", None)
-        ok = X is not None and y is not None and X.ndim == 2 and X.shape[1] == width and len(y) == len(X) > 0
-        return bool(ok and y.min() >= 0 and y.max() < n_classes)
+        if X is None or y is None or X.ndim != 2 or X.shape[1] != width or not len(y) == len(X) > 0:
+            return False
+        return bool(y.min() >= 0 and y.max() < n_classes)
 
     def params_used(self) -> dict:
         # n_neighbors is capped at the number of training rows: report the k the model uses.

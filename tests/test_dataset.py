@@ -153,7 +153,7 @@ def test_single_class(tmp_path):
 
 def test_a_file_that_is_not_a_manifest(tmp_path):
     path = write_image(tmp_path / "a.png", seed=1)
-    with pytest.raises(DatasetError, match="not a .csv manifest"):
+    with pytest.raises(DatasetError, match=r"not a \.csv manifest"):
         discover(path)
 
 

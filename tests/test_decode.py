@@ -146,7 +146,10 @@ def test_importing_tlx_leaves_warning_filters_alone():
     import subprocess
     import sys
 
-    code = "import warnings, tlx.extractor.decode, PIL.Image as I; print(any(f[2] is I.DecompressionBombWarning for f in warnings.filters))"
+    code = (
+        "import warnings, tlx.extractor.decode, PIL.Image as I; "
+        "print(any(f[2] is I.DecompressionBombWarning for f in warnings.filters))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -52,7 +52,9 @@ optimizer = make_optimizer(net, cfg)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 training = Training(net, model, optimizer, scheduler, None, Normalize(pre), Precision(torch.device("cpu")), trainable,
                     False, pre.input_size, procs)
-loader = DataLoader(ImageFiles(paths, ResizeCrop(pre)), batch_sampler=index_batches, collate_fn=collate_skipping_failures)
+loader = DataLoader(
+    ImageFiles(paths, ResizeCrop(pre)), batch_sampler=index_batches, collate_fn=collate_skipping_failures
+)
 local = train_one_epoch(training, loader, labels, epoch=0)
 mean_loss, n = reduce_train(procs, local, torch.device("cpu"))
 if procs.is_main:

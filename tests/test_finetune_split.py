@@ -45,7 +45,8 @@ def head_run(cli, tmp_path) -> dict:
     assert fit.exit_code == 0, fit.stderr
     metrics = json.loads((tmp_path / "head" / "metrics.json").read_text())
     feats = tlx.load_features(metrics["cache"])
-    return {"data": data, "run": tmp_path / "head", "metrics": metrics, "hash_of": dict(zip(feats.paths, feats.sha256))}
+    hash_of = dict(zip(feats.paths, feats.sha256, strict=True))
+    return {"data": data, "run": tmp_path / "head", "metrics": metrics, "hash_of": hash_of}
 
 
 def test_lp_ft_on_changed_data_never_validates_on_a_head_training_image(cli, head_run, tmp_path):

@@ -112,7 +112,7 @@ def test_train_only_split_falls_back_to_seeded_and_skips_test_rows():
 
 def test_class_with_one_image_is_refused_by_name():
     paths, labels = problem((5, 1))
-    with pytest.raises(TlxError, match="class 'bees' has 1 image: .* at least 2 per class"):
+    with pytest.raises(TlxError, match=r"class 'bees' has 1 image: .* at least 2 per class"):
         split_indices(paths, labels, [""] * 6, hashes=fake_hashes(paths), classes=["ants", "bees"])
     with pytest.raises(TlxError, match="class 1 has 1 image") as raised:  # no names: the index, not np.int64(1)
         split_indices(paths, labels, [""] * 6, hashes=fake_hashes(paths))
