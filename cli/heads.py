@@ -137,6 +137,10 @@ def leaderboard(results) -> str:
 def heads_command(json_out: JsonOpt = False) -> None:
     """List the heads for --clf: their parameters for --param with defaults and valid values,
     the grid --sweep searches, and whether they export and take --class-weight."""
+    print_heads(json_out)
+
+
+def print_heads(json_out: bool) -> None:
     from tlx.heads.registry import describe_heads
 
     rows = describe_heads()

@@ -23,9 +23,17 @@ def info_command(
         Path | None, typer.Argument(help="A cache file or a folder of caches [default: $TLX_CACHE_DIR or ./cache].")
     ] = None,
     backbones: Annotated[bool, typer.Option("--backbones", help="List the registered backbones instead.")] = False,
+    heads: Annotated[
+        bool, typer.Option("--heads", help="List the heads with their parameters instead (as `tlx heads`).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """List feature caches: dataset, backbone, image count, width, failures, date."""
+    if heads:
+        from tlx.cli.heads import print_heads
+
+        print_heads(json_out)
+        return
     if backbones:
         from tlx.extractor.registry import list_backbones
 

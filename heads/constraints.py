@@ -72,6 +72,7 @@ COMMON: dict[str, list] = {
     "class_weight": [one_of("balanced"), None],
     "seed": [Range(Integral, 0, 2**32 - 1)],
     "max_iter": [Range(Integral, 1, None, "left")],
+    "warm_start": [BOOLEAN],
     "tol": [Range(Real, 0, None, "neither")],
     "weight_decay": [Range(Real, 0, None, "left")],
 }

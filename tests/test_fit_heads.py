@@ -79,3 +79,9 @@ def test_heads_that_need_memory_are_refused_when_the_rows_do_not_fit(cli, cache,
 def test_max_memory_must_be_a_size(cli, cache):
     r = cli("fit-head", "--features", cache, "--max-memory", "lots")
     assert r.exit_code == 2 and "expected a size such as 2GB" in r.stderr
+
+
+def test_info_heads_lists_what_tlx_heads_lists(cli):
+    assert cli("info", "--heads").stdout == cli("heads").stdout
+    rows = json.loads(cli("info", "--heads", "--json").stdout.strip().splitlines()[-1])
+    assert {"linear", "logreg", "ridge", "knn", "svm", "rf", "mlp"} == {row["name"] for row in rows}
