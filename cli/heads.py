@@ -112,6 +112,31 @@ def fit_head_command(
     report(summary, result.to_dict(), json_out, quiet)
 
 
+def show_run(run: Path, json_out: bool) -> None:
+    """One run: what it is, its scores, the most confused class pairs (``most_confused``, or
+    computed from the confusion matrix for runs written before it was recorded), its files."""
+    from tlx.common.mistakes import most_confused
+    from tlx.common.runfolder import read_metrics
+
+    info_ = read_metrics(run)
+    pairs = info_.get("most_confused")
+    if pairs is None:
+        pairs = most_confused(info_.get("confusion_matrix") or [], info_.get("classes") or [])
+    files = sorted(p.name for p in Path(run).iterdir() if p.is_file())
+    if json_out:
+        emit_json({"run": str(run), "most_confused": pairs, "files": files, **info_})
+        return
+    typer.echo(
+        f"{run}: {info_['kind']} {info_.get('clf')} on {info_.get('dataset') or '-'}, val accuracy "
+        f"{_fmt(info_.get('val_accuracy'), '.4f')} (balanced {_fmt(info_.get('balanced_accuracy'), '.4f')}) "
+        f"on {info_.get('n_val')} val / {info_.get('n_train')} train images"
+    )
+    typer.echo("most confused (true -> predicted: count):" if pairs else "no confusions on the validation images")
+    for p in pairs:
+        typer.echo(f"  {p['true']} -> {p['predicted']}: {p['count']}")
+    typer.echo(f"files: {', '.join(files)}")
+
+
 def leaderboard(results) -> str:
     """The fitted heads ranked by val accuracy, in 80 columns: head, the parameters it was
     fitted with (the sweep's choice included), val and balanced accuracy, fit seconds."""
@@ -197,11 +222,19 @@ def runs_command(
             "created: newest first."
         ),
     ] = RunSort.accuracy,
+    show: Annotated[
+        Path | None,
+        typer.Option(help="Show one run instead: its scores, the class pairs it confuses most, its files."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List the runs (heads and fine-tunings) with their dataset and validation size, best
     validation accuracy first within each dataset; unfinished fine-tunings show as interrupted."""
     from tlx.common.runfolder import default_runs_dir, list_runs
+
+    if show is not None:
+        show_run(show, json_out)
+        return
 
     root = runs_dir if runs_dir is not None else default_runs_dir()
     rows = [_row(r) for r in list_runs(root, dataset=dataset, sort=sort.value)]

@@ -71,6 +71,7 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
     """Everything a finished run leaves: metrics.json, the best weights, finetune.json and the plots.
     ``run`` is the run's :class:`tlx.finetune.train.Setup`, ``state`` its loop state; ``order``
     and ``proba`` the val rows (indices into ``run.split``'s val side) and their probabilities."""
+    from tlx.common.mistakes import most_confused, plot_top_losses
     from tlx.common.runfolder import compute_metrics, plot_confusion, write_metrics
     from tlx.extractor.store import now_iso
 
@@ -87,6 +88,7 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
         "macro_f1": scores["macro_f1"],
         "per_class": scores["per_class"],
         "confusion_matrix": scores["confusion_matrix"],
+        "most_confused": most_confused(scores["confusion_matrix"], split.classes),
         "log_loss": scores["log_loss"],
         "fit_seconds": round(float(sum(h["seconds"] for h in history)), 3),
         "feature_space": space.to_dict(),
@@ -129,5 +131,7 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
     )
     plot_confusion(np.asarray(scores["confusion_matrix"]), split.classes, run_dir / "confusion.png")
     plot_learning_curve(history, run_dir / "learning_curve.png", best_epoch, state.init_eval)
+    val_paths = [split.val_paths[i] for i in order]
+    plot_top_losses(val_paths, y_true, proba, split.classes, run_dir / "top_losses.png")
     write_metrics(run_dir, metrics)
     return metrics

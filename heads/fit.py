@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 import tlx
+from tlx.common.mistakes import most_confused, plot_top_losses
 from tlx.common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
 from tlx.errors import TlxError
 from tlx.heads.data import TrainingData, load_training_data, parse_memory
@@ -180,13 +181,20 @@ def _fit_one(spec: HeadSpec, chosen: dict, data: TrainingData, sweep: bool, seed
                 f"with {len(data.train)} training images"
             )
     classes = data.meta.classes
-    metrics = compute_metrics(data.yva, _full_proba(head, data.Xva, len(classes)), classes)
+    proba = _full_proba(head, data.Xva, len(classes))
+    metrics = compute_metrics(data.yva, proba, classes)
 
     run_dir = new_run_dir(spec.name, out)
     from tlx.heads.io import save_head
 
     save_head(head, run_dir)
     plot_confusion(metrics["confusion_matrix"], classes, run_dir / "confusion.png")
+    metrics["most_confused"] = most_confused(metrics["confusion_matrix"], classes)
+    root = Path(data.meta.dataset_root)
+    val_paths = [str(root / data.meta.paths[i]) for i in data.val]
+    shown = plot_top_losses(val_paths, data.yva, proba, classes, run_dir / "top_losses.png")
+    if shown["missing"]:
+        log(f"note: {len(shown['missing'])} of the top-loss images have moved or gone since extraction")
     if sweep_record is not None:
         plot_sweep(sweep_record, run_dir / "sweep.png", spec.name)
     record = _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_record, data)
@@ -206,6 +214,7 @@ def _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_recor
         "macro_f1": metrics["macro_f1"],
         "per_class": metrics["per_class"],
         "confusion_matrix": metrics["confusion_matrix"],
+        "most_confused": metrics["most_confused"],
         "log_loss": metrics["log_loss"],
         "fit_seconds": fit_seconds,
         "sweep_seconds": sweep_seconds,

@@ -1,0 +1,72 @@
+"""Looking at the mistakes: the most confused class pairs and the images a model got most
+confidently wrong, drawn as a grid (fastai's ``plot_top_losses``) with Pillow.
+
+An image that has moved or gone since the run is drawn as a labelled placeholder and counted,
+so a run on data that was reorganized still gets its picture and says what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+TILE = 160  # thumbnail side in pixels
+CAPTION = 34  # caption height under each thumbnail
+
+
+def most_confused(cm, classes: Sequence[object], top: int = 10) -> list[dict]:
+    """The off-diagonal cells of the confusion matrix, largest first: ``[{true, predicted, count}]``."""
+    cm = np.asarray(cm)
+    pairs = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
+    pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [{"true": str(classes[i]), "predicted": str(classes[j]), "count": n} for n, i, j in pairs[:top]]
+
+
+def top_losses(y_true: np.ndarray, proba: np.ndarray, k: int = 16) -> np.ndarray:
+    """Indices of the wrongly predicted rows with the highest loss (the lowest probability of the
+    true class, so the most confident mistakes), at most ``k``."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    wrong = np.flatnonzero(proba.argmax(axis=1) != y_true)
+    loss = -np.log(np.clip(proba[wrong, y_true[wrong]], 1e-15, 1.0))
+    return wrong[np.argsort(-loss, kind="stable")][:k]
+
+
+def plot_top_losses(paths: Sequence[str | Path], y_true, proba, classes: Sequence[object], path, k: int = 16) -> dict:
+    """Write ``path`` (a PNG grid of the top losses: true and predicted class and the predicted
+    probability under each image). Returns ``{"shown": n, "missing": [paths not found]}``."""
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+    rows = top_losses(y_true, proba, k)
+    columns = max(1, min(4, len(rows)))
+    lines = max(1, -(-len(rows) // columns))
+    sheet = Image.new("RGB", (columns * TILE, lines * (TILE + CAPTION) + 20), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    title = "most confident mistakes: true / predicted (p)" if len(rows) else "no mistakes on the validation images"
+    draw.text((4, 3), title, font=font, fill="black")
+    missing: list[str] = []
+    for slot, row in enumerate(rows):
+        x, y = (slot % columns) * TILE, 20 + (slot // columns) * (TILE + CAPTION)
+        try:
+            with Image.open(paths[row]) as image:
+                thumb = ImageOps.exif_transpose(image).convert("RGB")
+                thumb.thumbnail((TILE - 6, TILE - 6))
+            sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
+        except OSError:
+            missing.append(str(paths[row]))
+            draw.rectangle([x + 3, y + 3, x + TILE - 4, y + TILE - 4], outline="gray")
+            draw.text((x + TILE / 2, y + TILE / 2), "image moved or gone", font=font, anchor="mm", fill="gray")
+        predicted = int(np.argmax(proba[row]))
+        caption = f"{classes[int(y_true[row])]} / {classes[predicted]}"
+        draw.text((x + 4, y + TILE + 2), caption[:26], font=font, fill="black")
+        draw.text(
+            (x + 4, y + TILE + 16),
+            f"p={float(proba[row][predicted]):.2f}  {Path(paths[row]).name[:14]}",
+            font=font,
+            fill="firebrick",
+        )
+    sheet.save(path, format="PNG")
+    return {"shown": len(rows), "missing": missing}
