@@ -63,9 +63,23 @@ def is_image_file(name: str) -> bool:
 
 
 def walk_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted), skipping hidden files and folders."""
+    """Image files under ``folder`` (recursively, sorted), skipping hidden files and folders.
+
+    Links to folders are followed, but each real folder is entered once (keyed by device and
+    inode): a link back to a parent would otherwise make the walk endless, and two links to one
+    folder would list its images twice."""
     found = []
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []  # already walked under another name: neither its files nor its folders again
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
     return found
@@ -73,7 +87,7 @@ def walk_images(folder: Path) -> list[Path]:
 
 # Files that mark a folder as tlx's own output: feature caches with their locks and journals
 # (extractor/store.py), and run folders (common/runfolder.py, heads/io.py, finetune/).
-_OUTPUT_SUFFIXES = (".h5", ".h5.lock", ".h5.journal")
+_OUTPUT_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts")
 _RUN_FILES = frozenset({"metrics.json", "head.json", "finetune.json", "last.pt", "best.pt"})
 
 

@@ -12,7 +12,14 @@ import numpy as np
 
 from tlx.errors import CacheError
 from tlx.extractor.config import FeatureSpace
-from tlx.extractor.store import FORMAT_VERSION, decode_strings, default_cache_dir, list_caches
+from tlx.extractor.store import (
+    READABLE_FORMATS,
+    UnreadableCacheError,
+    check_parts,
+    decode_strings,
+    default_cache_dir,
+    list_caches,
+)
 
 
 @dataclass
@@ -73,8 +80,9 @@ def load_features(path: str | Path | None = None, split: str | None = None) -> F
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if attrs.get("tlx_format") != FORMAT_VERSION:
+            if attrs.get("tlx_format") not in READABLE_FORMATS:
                 raise CacheError(f"{path} is not a tlx feature cache: run `tlx extract` to make one")
+            check_parts(f, path)
             feats = Features(
                 X=f["features"][()].astype(np.float32, copy=False),
                 y=f["labels"][()].astype(np.int64, copy=False),
@@ -85,12 +93,17 @@ def load_features(path: str | Path | None = None, split: str | None = None) -> F
                 space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
                 path=path,
                 attrs=attrs,
-                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"])))
+                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
                 if "failed" in f
                 else {},
             )
+    except UnreadableCacheError:
+        raise
     except (OSError, KeyError, ValueError) as exc:
         raise CacheError(f"{path} is not a readable HDF5 feature cache ({exc}): re-run `tlx extract`") from None
+    if np.isnan(feats.X).any():
+        # A part deleted between the check above and the read (a compaction) reads as NaN.
+        raise CacheError(f"{path} changed while it was read (a part went missing): load it again")
     if split is not None:
         if split not in set(feats.split):
             have = sorted(set(feats.split) - {""}) or ["none"]
