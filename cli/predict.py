@@ -65,9 +65,14 @@ def predict_command(
     check_device(device.value)  # before the run is loaded or any image read
     loaded = load_run(run)
     paths = collect_images(images)
+    from tlx.extractor.distributed import env_rank
+
+    quiet = quiet or env_rank() != 0  # under torchrun, rank 0 alone reports and writes the CSV
     preds = predict_paths(
         loaded, paths, batch_size=batch_size, workers=workers, device=device.value, reporter=RichReporter(quiet=quiet)
     )
+    if preds.rank != 0:
+        return
     for failure in preds.failed[:20]:
         info(f"skipped {failure['path']}: {failure['reason']}", quiet)
     if len(preds.failed) > 20:
