@@ -25,6 +25,20 @@ RunOpt = Annotated[
 ]
 
 
+# torchrun's own parser takes `--run` as an abbreviation of its --run-path, so under torchrun
+# predict needs a spelling that abbreviates none of torchrun's options.
+PredictRunOpt = Annotated[
+    Path,
+    typer.Option(
+        "--run",
+        "--run-folder",
+        help="A run folder written by `tlx fit-head` or `tlx finetune` (see `tlx runs`); "
+        "under torchrun spell it --run-folder.",
+        file_okay=False,
+    ),
+]
+
+
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict_command)
     app.command("export")(export_command)
@@ -38,7 +52,7 @@ def predict_command(
             help="Image files and/or folders (searched recursively; hidden files and non-image extensions are skipped)."
         ),
     ],
-    run: RunOpt,
+    run: PredictRunOpt,
     out: Annotated[
         Path | None,
         typer.Option(help="Write the predictions CSV here [default: print the CSV to stdout].", dir_okay=False),
