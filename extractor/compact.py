@@ -57,7 +57,7 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
         name = f"part-compact-{time.strftime('%Y%m%d%H%M%S')}-{time.time_ns() % 1_000_000:06d}.h5"
         _copy_rows(path, folder / name, index, block_rows)
         rows = [
-            store.Row(p, int(label), split, h, tuple(st), name, i)  # type: ignore[arg-type]
+            store.Row(p, int(label), split, h, tuple(st), name, i)
             for i, (p, label, split, h, st) in enumerate(
                 zip(index.paths, index.labels.tolist(), index.splits, index.hashes, index.stats.tolist(), strict=True)
             )

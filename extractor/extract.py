@@ -291,14 +291,14 @@ def _check_space(net, opts: Options, space: FeatureSpace) -> None:
 
 def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome:
     """Read, hash, decode and run this rank's share of ``plan.files``; new vectors go to parts."""
+    mine = distributed.shard(len(plan.files), ranks)
+    out = ShardOutcome(ranks.rank, [], [])
+    if not len(mine):
+        return out  # nothing to read: torch is not even imported
     from tlx.extractor.engine import FeatureRunner
     from tlx.extractor.preprocess import ResizeCrop
     from tlx.extractor.reading import HashedImageFiles, collate_hashed
 
-    mine = distributed.shard(len(plan.files), ranks)
-    out = ShardOutcome(ranks.rank, [], [])
-    if not len(mine):
-        return out
     t0 = time.perf_counter()
     space = FeatureSpace.from_dict(plan.space)
     if net is None:

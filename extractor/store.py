@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -382,7 +383,7 @@ class Failures:
     def add(self, relpath: str, reason: str, stat=None, sha256: str = "") -> None:
         self.reasons[relpath] = reason
         if stat is not None:
-            self.stats[relpath] = tuple(stat)  # type: ignore[assignment]
+            self.stats[relpath] = tuple(stat)
         if sha256:
             self.hashes[relpath] = sha256
 
@@ -521,7 +522,7 @@ class CacheLock:
     def __init__(self, cache_path: Path, on_wait: Callable[[str], None] | None = None):
         self.path = cache_path.with_name(cache_path.name + ".lock")
         self.on_wait = on_wait
-        self._lock = None
+        self._lock: Any = None
 
     def __enter__(self):
         import filelock

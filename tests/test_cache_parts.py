@@ -228,7 +228,7 @@ def test_a_missing_part_is_a_clear_error_not_zeros(data, tmp_path, cli):
     res = run(data, tmp_path / "cache")
     for part in Path(res.path + ".parts").glob("*.h5"):
         part.unlink()
-    with pytest.raises(CacheError, match="part file .* is missing"):
+    with pytest.raises(CacheError, match=r"part file .* is missing"):
         tlx.load_features(res.path)
     out = cli("info", res.path)
     assert out.exit_code == 2 and "is missing" in out.stderr

@@ -86,7 +86,7 @@ def test_a_killed_rank_stops_the_other_then_a_rerun_resumes(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for r in (0, 1)
     ]
     deadline = time.monotonic() + 120
