@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli import demo, extract, finetune, heads, info, predict
+from tlx.cli import cache, demo, extract, finetune, heads, info, predict
 
 app = typer.Typer(
     name="tlx",
@@ -20,7 +20,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-for module in (extract, heads, finetune, predict, info, demo):
+for module in (extract, heads, finetune, predict, info, cache, demo):
     module.register(app)
 
 

@@ -26,13 +26,15 @@ def extract_command(
     data: Annotated[
         Path,
         typer.Argument(
-            help="Image folder DATA/<class>/<image>, split folder DATA/<split>/<class>/<image>, or a CSV manifest path,label[,split]."
+            help="Image folder DATA/<class>/<image>, split folder DATA/<split>/<class>/<image>, "
+            "or a CSV manifest path,label[,split]."
         ),
     ],
     backbone: Annotated[
         str,
         typer.Option(
-            help="Backbone name: efficientnet_lite0 (offline default), torchvision:<model>, timm:<model>; see `tlx info --backbones`."
+            help="Backbone name: efficientnet_lite0 (offline default), torchvision:<model>, timm:<model>; "
+            "see `tlx info --backbones`."
         ),
     ] = "efficientnet_lite0",
     weights: Annotated[
@@ -49,7 +51,11 @@ def extract_command(
     ] = None,
     device: Annotated[Device, typer.Option(help="Where to run the backbone.")] = Device.auto,
     precision: Annotated[
-        Precision, typer.Option(help="Autocast precision on CUDA (features are stored as float32).")
+        Precision,
+        typer.Option(
+            help="Autocast precision of the forward pass (stored as float32; part of the feature space: "
+            "fp16/bf16 features get their own cache)."
+        ),
     ] = Precision.fp32,
     cache_dir: Annotated[
         Path | None,
@@ -59,12 +65,22 @@ def extract_command(
         bool,
         typer.Option("--strict", help="Fail (exit 1) on the first image that cannot be read instead of skipping it."),
     ] = False,
+    rehash: Annotated[
+        bool,
+        typer.Option("--rehash", help="Read and hash every image again instead of trusting unchanged file stats."),
+    ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run a frozen pretrained backbone once over DATA and cache the pooled features in HDF5."""
+    """Run a frozen pretrained backbone once over DATA and cache the pooled features in HDF5.
+
+    Under `torchrun --nproc_per_node N -m tlx extract DATA ...` the images are split among the
+    N processes (and machines, with the cache folder on a shared file system); rank 0 prints."""
+    from tlx.extractor.distributed import env_rank
     from tlx.extractor.extract import extract
 
+    main_rank = env_rank() == 0
+    quiet = quiet or not main_rank  # one summary and one progress bar per job, not per rank
     reporter = RichReporter(quiet=quiet)
     result = extract(
         data,
@@ -78,7 +94,10 @@ def extract_command(
         strict=strict,
         precision=precision.value,
         reporter=reporter,
+        rehash=rehash,
     )
+    if not main_rank:
+        return
     for failure in result.failed[:20]:
         info(f"skipped {failure['path']}: {failure['reason']}", quiet)
     if len(result.failed) > 20:
@@ -88,6 +107,8 @@ def extract_command(
         f"{result.n_new} new, {result.n_reused} reused, {result.n_resumed} resumed, {result.n_removed} removed, "
         f"{result.n_failed} failed; {result.seconds:.1f} s"
     )
+    if result.world_size > 1:
+        summary += f" on {result.world_size} processes"
     if result.n_failed:
         summary += f"  [warning: {result.n_failed} image(s) skipped]"
     report(summary, result.to_dict(), json_out, quiet)

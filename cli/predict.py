@@ -25,6 +25,20 @@ RunOpt = Annotated[
 ]
 
 
+# torchrun's own parser takes `--run` as an abbreviation of its --run-path, so under torchrun
+# predict needs a spelling that abbreviates none of torchrun's options.
+PredictRunOpt = Annotated[
+    Path,
+    typer.Option(
+        "--run",
+        "--run-folder",
+        help="A run folder written by `tlx fit-head` or `tlx finetune` (see `tlx runs`); "
+        "under torchrun spell it --run-folder.",
+        file_okay=False,
+    ),
+]
+
+
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict_command)
     app.command("export")(export_command)
@@ -38,7 +52,7 @@ def predict_command(
             help="Image files and/or folders (searched recursively; hidden files and non-image extensions are skipped)."
         ),
     ],
-    run: RunOpt,
+    run: PredictRunOpt,
     out: Annotated[
         Path | None,
         typer.Option(help="Write the predictions CSV here [default: print the CSV to stdout].", dir_okay=False),
@@ -65,9 +79,14 @@ def predict_command(
     check_device(device.value)  # before the run is loaded or any image read
     loaded = load_run(run)
     paths = collect_images(images)
+    from tlx.extractor.distributed import env_rank
+
+    quiet = quiet or env_rank() != 0  # under torchrun, rank 0 alone reports and writes the CSV
     preds = predict_paths(
         loaded, paths, batch_size=batch_size, workers=workers, device=device.value, reporter=RichReporter(quiet=quiet)
     )
+    if preds.rank != 0:
+        return
     for failure in preds.failed[:20]:
         info(f"skipped {failure['path']}: {failure['reason']}", quiet)
     if len(preds.failed) > 20:

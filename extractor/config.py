@@ -72,11 +72,14 @@ class FeatureSpace:
     preprocessing: Preprocessing
     pooling: str
     feature_dim: int  # width of the stored vectors (2x the map's channels for avgmax)
+    # The forward pass's autocast precision: fp16/bf16 vectors differ from fp32 ones by far more
+    # than rounding, so they are another feature space (records without it were made in fp32).
+    precision: str = "fp32"
 
     @classmethod
-    def from_backbone(cls, cfg: BackboneCfg, pooling: str) -> FeatureSpace:
+    def from_backbone(cls, cfg: BackboneCfg, pooling: str, precision: str = "fp32") -> FeatureSpace:
         width = cfg.feature_dim * (2 if pooling == "avgmax" else 1)
-        return cls(cfg.name, cfg.weights_sha256, cfg.weights_id, cfg.preprocessing, pooling, width)
+        return cls(cfg.name, cfg.weights_sha256, cfg.weights_id, cfg.preprocessing, pooling, width, precision)
 
     def identity(self) -> dict:
         """The fields that decide whether two feature vectors are comparable."""
@@ -85,6 +88,7 @@ class FeatureSpace:
             "weights_sha256": self.weights_sha256,
             "preprocessing": self.preprocessing.to_dict(),
             "pooling": self.pooling,
+            "precision": self.precision,
         }
 
     @property
@@ -104,12 +108,13 @@ class FeatureSpace:
             preprocessing=Preprocessing.from_dict(d["preprocessing"]),
             pooling=d["pooling"],
             feature_dim=int(d["feature_dim"]),
+            precision=str(d.get("precision", "fp32")),
         )
 
     def difference(self, other: FeatureSpace) -> str:
         """A short human sentence naming the first field that differs ('' when equal)."""
         mine, theirs = self.identity(), other.identity()
-        for name in ("backbone", "weights_sha256", "pooling", "preprocessing"):
+        for name in ("backbone", "weights_sha256", "pooling", "precision", "preprocessing"):
             if mine[name] != theirs[name]:
                 return f"{name} is {theirs[name]!r} there but {mine[name]!r} here"
         return ""

@@ -63,9 +63,23 @@ def is_image_file(name: str) -> bool:
 
 
 def walk_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted), skipping hidden files and folders."""
-    found = []
+    """Image files under ``folder`` (recursively, sorted), skipping hidden files and folders.
+
+    Links to folders are followed, but each real folder is entered once (keyed by device and
+    inode): a link back to a parent would otherwise make the walk endless, and two links to one
+    folder would list its images twice."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []  # already walked under another name: neither its files nor its folders again
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
     return found
@@ -73,7 +87,7 @@ def walk_images(folder: Path) -> list[Path]:
 
 # Files that mark a folder as tlx's own output: feature caches with their locks and journals
 # (extractor/store.py), and run folders (common/runfolder.py, heads/io.py, finetune/).
-_OUTPUT_SUFFIXES = (".h5", ".h5.lock", ".h5.journal")
+_OUTPUT_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts")
 _RUN_FILES = frozenset({"metrics.json", "head.json", "finetune.json", "last.pt", "best.pt"})
 
 
@@ -130,7 +144,8 @@ def _class_folder_items(root: Path, folder: Path, split: str, notes: list[str]) 
     if loose and folder != root:
         rel = folder.relative_to(root).as_posix()
         notes.append(
-            f"ignored {_plural(len(loose), 'image')} directly in {rel}/ ({_some_names(loose)}): not inside a class folder"
+            f"ignored {_plural(len(loose), 'image')} directly in {rel}/ ({_some_names(loose)}): "
+            "not inside a class folder"
         )
     return items
 
@@ -157,7 +172,8 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
         items = _from_split_folders(root, split_dirs, [d for d in subdirs if d not in split_dirs], notes)
         if loose:
             notes.append(
-                f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): not inside a split folder"
+                f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): "
+                "not inside a split folder"
             )
         return "split", items, notes
     items = _class_folder_items(root, root, "", notes)
@@ -166,7 +182,8 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
         raise DatasetError(f"{root}: {_plural(len(loose), 'image')} {are} not inside class folders; {LAYOUT_HELP}")
     if loose:
         notes.append(
-            f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): not inside a class folder"
+            f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): "
+            "not inside a class folder"
         )
     labels = sorted({it.label for it in items})
     if labels and all(label.lower() in SPLIT_ALIASES for label in labels):
@@ -196,7 +213,8 @@ def _manifest_split(csv_path: Path, line_no: int, value: str) -> str:
     except KeyError:
         aliases = ", ".join(a for a in SPLIT_ALIASES if SPLIT_ALIASES[a] != a)
         raise DatasetError(
-            f"{csv_path} line {line_no}: unknown split {value!r}: expected train, val, test ({aliases} also accepted) or empty"
+            f"{csv_path} line {line_no}: unknown split {value!r}: "
+            f"expected train, val, test ({aliases} also accepted) or empty"
         ) from None
 
 
@@ -235,7 +253,8 @@ def discover(data: str | os.PathLike) -> DatasetIndex:
     if data.is_file():
         if data.suffix.lower() != ".csv":
             raise DatasetError(f"{data} is a file but not a .csv manifest: {LAYOUT_HELP}")
-        root, layout, items, notes = data.parent.resolve(), "csv", _from_manifest(data), []
+        notes: list[str] = []
+        root, layout, items = data.parent.resolve(), "csv", _from_manifest(data)
         name = data.stem
     else:
         root = data.resolve()
@@ -255,6 +274,7 @@ def discover(data: str | os.PathLike) -> DatasetIndex:
     classes = sorted({it.label for it in items})
     if len(classes) < 2:
         raise DatasetError(
-            f"{data} has a single class {classes[0]!r} ({len(items)} images): a classifier needs at least two class folders or labels"
+            f"{data} has a single class {classes[0]!r} ({len(items)} images): "
+            "a classifier needs at least two class folders or labels"
         )
     return DatasetIndex(root, name, layout, items, classes, notes)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -75,6 +75,7 @@ class Batch:
     indices: list[int]  # positions in the input list
     features: np.ndarray  # float32 (len(indices), D)
     failures: list[tuple[int, str]]
+    meta: dict = field(default_factory=dict)  # position -> what a custom dataset adds (extract: hash, stat)
 
 
 class FeatureRunner:
@@ -112,21 +113,26 @@ class FeatureRunner:
         batch_size: int = 32,
         workers: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        files: Dataset | None = None,
+        collate: Callable = collate_skipping_failures,
     ) -> Iterator[Batch]:
+        """Batches of features of ``paths`` in order. ``files``/``collate`` replace the plain
+        dataset (extract passes one that hashes the bytes it decodes; its collate adds a 4th
+        field, returned as ``Batch.meta``)."""
         workers = default_workers() if workers is None else workers
         loader = DataLoader(
-            ImageFiles(paths, ResizeCrop(self.pre)),
+            files if files is not None else ImageFiles(paths, ResizeCrop(self.pre)),
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,
-            collate_fn=collate_skipping_failures,
+            collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if workers else None,
             persistent_workers=False,
             worker_init_fn=lower_priority if self.device.type == "cpu" else None,
         )
-        for indices, images, failures in loader:
+        for indices, images, failures, *extra in loader:
             feats = self.forward_uint8(images) if indices else np.empty((0, 0), np.float32)
             if on_batch:
                 on_batch(len(indices) + len(failures))
-            yield Batch(indices, feats, failures)
+            yield Batch(indices, feats, failures, extra[0] if extra else {})

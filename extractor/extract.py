@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,9 +13,10 @@ from tlx.common.device import check_device
 from tlx.common.hashing import sha256_file
 from tlx.common.progress import Reporter
 from tlx.errors import CacheError, TlxError
-from tlx.extractor import store
+from tlx.extractor import distributed, store
 from tlx.extractor.config import FeatureSpace
 from tlx.extractor.dataset import DatasetIndex, discover
+from tlx.extractor.incremental import classify, plan_rows, same_index, sources_for
 from tlx.extractor.registry import DEFAULT_BACKBONE, get_backbone
 
 
@@ -45,24 +47,12 @@ class ExtractResult:
     images_per_second: float = 0.0
     written: bool = True
     ignored: list[str] = field(default_factory=list)  # entries of the data folder that are not data, and why
+    world_size: int = 1  # processes of a torchrun job
+    ranks: list[dict] = field(default_factory=list)  # per rank: n_read, n_new, n_known, n_failed, seconds
+    n_opened: int = 0  # image files opened (0 when nothing changed: the stat index answered)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def hash_items(index: DatasetIndex) -> tuple[list[str | None], dict[str, str]]:
-    """Content hash of every image; unreadable files become failures instead."""
-    hashes, failed = [], {}
-    for item in index.items:
-        try:
-            hashes.append(sha256_file(index.abspath(item)))
-        except FileNotFoundError:
-            hashes.append(None)
-            failed[item.relpath] = "file not found (a dangling link, or deleted while running)"
-        except OSError as exc:
-            hashes.append(None)
-            failed[item.relpath] = f"cannot read: {exc.strerror or exc}"
-    return hashes, failed
 
 
 def library_versions() -> dict[str, str]:
@@ -81,6 +71,54 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+@dataclass
+class Options:
+    """One extract request, as every rank received it on its command line."""
+
+    backbone: str
+    weights: object
+    pooling: str
+    batch_size: int
+    workers: int | None
+    device: str | None
+    precision: str
+    flush_rows: int
+    flush_seconds: float
+
+
+@dataclass
+class Plan:
+    """What rank 0 decided, sent to every rank: the images to read and how to recognise known bytes."""
+
+    space: dict
+    path: str
+    run_id: str
+    files: list[str]
+    known: list[str]
+    known_failed: dict[str, str]
+
+
+@dataclass
+class ShardOutcome:
+    rank: int
+    results: list[tuple[int, str, tuple | None, str]]  # (position in plan.files, sha256, stat, failure reason)
+    parts: list[tuple[str, list[str]]]  # parts written, with their hashes
+    n_new: int = 0  # images run through the network
+    seconds: float = 0.0
+
+    def counts(self) -> dict:
+        failed = sum(1 for _, _, _, reason in self.results if reason)
+        return {
+            "rank": self.rank,
+            "n_read": len(self.results),
+            "n_new": self.n_new,
+            "n_known": len(self.results) - self.n_new - failed,
+            "n_failed": failed,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.n_new / self.seconds, 2) if self.seconds and self.n_new else 0.0,
+        }
+
+
 def extract(
     data,
     backbone: str = DEFAULT_BACKBONE,
@@ -93,98 +131,210 @@ def extract(
     strict: bool = False,
     precision: str = "fp32",
     reporter: Reporter | None = None,
+    rehash: bool = False,
+    flush_rows: int | None = None,
+    flush_seconds: float | None = None,
 ) -> ExtractResult:
-    """Extract (or update) the features of ``data`` and return a summary of what was done."""
+    """Extract (or update) the features of ``data`` and return a summary of what was done.
+
+    Under ``torchrun`` every rank calls this with the same arguments: rank 0 plans and commits,
+    every rank reads and runs its contiguous share of the images that need the network."""
     started = time.perf_counter()
     reporter = reporter or Reporter()
     check_device(device)  # --device cuda without a GPU fails here, before any work
     if pooling not in ("avg", "max", "avgmax"):
         raise TlxError(f"--pool must be avg, max or avgmax, not {pooling!r}")
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise TlxError(f"--precision must be fp32, fp16 or bf16, not {precision!r}")
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
+    opts = Options(
+        backbone,
+        weights,
+        pooling,
+        batch_size,
+        workers,
+        device,
+        precision,
+        flush_rows if flush_rows is not None else int(os.environ.get("TLX_FLUSH_ROWS", "4096")),
+        flush_seconds if flush_seconds is not None else float(os.environ.get("TLX_FLUSH_SECONDS", "5")),
+    )
+    ranks = distributed.setup(device)
+    try:
+        if not ranks.is_main:
+            return _follow(ranks, opts, reporter)
+        try:
+            result = _lead(ranks, data, opts, cache_dir, strict, rehash, reporter, started)
+        except BaseException as exc:
+            # every rank waits for a word from rank 0: tell them to stop, then fail here
+            _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}", getattr(exc, "exit_code", 1)))
+            raise
+        _tell_followers(ranks, ("done", result.to_dict()))
+        return result
+    finally:
+        distributed.teardown(ranks)
+
+
+def _tell_followers(ranks: distributed.Ranks, message: tuple) -> None:
+    if ranks.enabled and not getattr(ranks, "told", False):
+        ranks.told = True  # type: ignore[attr-defined]
+        with suppress(distributed.RankLost):
+            distributed.broadcast(ranks, message, "sending the result")
+
+
+def _request(opts: Options) -> dict:
+    return {
+        "backbone": opts.backbone,
+        "pooling": opts.pooling,
+        "precision": opts.precision,
+        "weights_path": str(Path(opts.weights).resolve()) if opts.weights is not None else "",  # type: ignore[arg-type]
+        "versions": library_versions(),
+    }
+
+
+def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, reporter, started) -> ExtractResult:
+    """Rank 0 (or the only process): plan under the cache lock, read a share, commit the index."""
+    started_ns = time.time_ns()
     index = discover(data)  # bad data fails here, before anything is built or written
     for note in index.notes:
         reporter.message(f"note: {note}")
-    ref = get_backbone(backbone)
+    ref = get_backbone(opts.backbone)
     cache_dir = Path(cache_dir) if cache_dir is not None else store.default_cache_dir()
-    request = {
-        "backbone": backbone,
-        "pooling": pooling,
-        "weights_path": str(Path(weights).resolve()) if weights is not None else "",
-        "versions": library_versions(),
-    }
-    hashes, failed = hash_items(index)
-
-    reused = _reuse_without_network(index, hashes, failed, request, cache_dir)
-    if reused is not None:  # nothing changed: the network is not even built
-        old, failed = reused
-        _fail_if_strict(strict, failed, reporter)
-        with store.CacheLock(old.path, on_wait=reporter.message):
-            store.remove_stale_temporaries(old.path)  # from a run killed while it wrote the cache
-            os.utime(old.path)  # the newest cache is the one the user extracted last
-        n = len(old.paths)
-        return ExtractResult(
-            str(old.path),
-            str(index.root),
-            old.space.backbone,
-            old.space.feature_dim,
-            n,
-            0,
-            n,
-            0,
-            0,
-            len(failed),
-            _failure_list(failed),
-            round(time.perf_counter() - started, 3),
-            0.0,
-            False,
-            list(index.notes),
-        )
-
-    net = ref.build(weights=weights)
-    space = FeatureSpace.from_backbone(net.cfg, pooling)
+    request = _request(opts)
+    found = _find_by_request(index, request, cache_dir)
+    net = None
+    if found is not None:  # the same request made this cache: its feature space is known unbuilt
+        path, space = found
+    else:
+        net = ref.build(weights=opts.weights)
+        space = FeatureSpace.from_backbone(net.cfg, opts.pooling, opts.precision)
+        path = cache_dir / store.cache_file_name(index.name, str(index.root), space)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / store.cache_file_name(index.name, str(index.root), space)
     with store.CacheLock(path, on_wait=reporter.message):
-        store.remove_stale_temporaries(path)  # from a run killed while it wrote the cache
-        old = _read_previous(path, space, reporter)
-        journal = store.Journal(path, space)
-        todo, todo_hashes = _extract_missing(
-            net, index, hashes, failed, old, journal, pooling, batch_size, workers, device, precision, reporter
-        )
-        _fail_if_strict(strict, failed, reporter)  # after every image was tried, so all are reported
-        rows = _plan_rows(index, hashes, failed, old, journal.load_index())
-        # nothing new (known failures retried in vain) and nothing moved, relabelled or removed
-        unchanged = (
-            old is not None
-            and all(r.old_row is not None for r in rows)
-            and _same_content(old, rows, index.classes, failed)
-        )
+        store.remove_stale_temporaries(path)  # from a run killed while it wrote the index
+        prev = _read_previous(path, space, reporter)
+        src = sources_for(path, prev, space)
+        work = classify(index, prev, src.known_hashes(), rehash)
+        if work.to_read and net is None:
+            net = ref.build(weights=opts.weights)
+            _check_space(net, opts, space)
+        files = [str(index.abspath(index.items[k])) for k in work.to_read]
+        known_failed = {h: work.failed.reasons[p] for p, h in work.failed.hashes.items()}
+        if prev is not None and prev.failures is not None:
+            known_failed.update({h: prev.failures.reasons[p] for p, h in prev.failures.hashes.items()})
+        plan = Plan(space.to_dict(), str(path), _run_id(), files, sorted(src.known_hashes()), known_failed)
+        distributed.broadcast(ranks, ("plan", plan), "sending the plan")
+        outcomes = distributed.gather(ranks, _read_shard(ranks, plan, opts, net, reporter), "collecting the shares")
+        for o in outcomes:
+            _merge_outcome(o, work, index)
+            src.add_new(o.parts)
+        _fail_if_strict(strict, work.failed.reasons, reporter)  # after every image was tried: all are reported
+        rows, counts = plan_rows(index, work.known, work.failed, src)
+        unchanged = same_index(prev, rows, index.classes, work.failed)
         if unchanged:
             os.utime(path)  # the newest cache is the one the user extracted last
         else:
-            attrs = _cache_attrs(index, space, net.cfg.license, old, request, net.cfg.extra.get("weights_file", ""))
-            store.write_cache(path, rows, index.classes, failed, space, attrs, old.path if old else None)
-        journal.clear()
-
+            attrs = _cache_attrs(index, space, net, prev, request, started_ns)
+            store.write_index(path, rows, index.classes, work.failed, space, attrs, src.sizes)
+        store.remove_unused_parts(path, {r.part for r in rows})
     seconds = time.perf_counter() - started
+    n_run = sum(o.n_new for o in outcomes)
     return ExtractResult(
         path=str(path),
         dataset=str(index.root),
         backbone=space.backbone,
         feature_dim=space.feature_dim,
         n_images=len(rows),
-        n_new=sum(1 for r in rows if r.shard is not None and r.sha256 in todo_hashes),
-        n_reused=sum(1 for r in rows if r.old_row is not None),
-        n_resumed=sum(1 for r in rows if r.shard is not None and r.sha256 not in todo_hashes),
-        n_removed=len(set(old.paths) - {r.path for r in rows}) if old else 0,
-        n_failed=len(failed),
-        failed=_failure_list(failed),
+        n_new=counts["new"],
+        n_reused=counts["reused"],
+        n_resumed=counts["resumed"],
+        n_removed=len(set(prev.paths) - {r.path for r in rows}) if prev else 0,
+        n_failed=len(work.failed.reasons),
+        failed=_failure_list(work.failed.reasons),
         seconds=round(seconds, 3),
-        images_per_second=round(len(todo) / seconds, 2) if todo else 0.0,
+        images_per_second=round(n_run / seconds, 2) if n_run else 0.0,
         written=not unchanged,
         ignored=list(index.notes),
+        world_size=ranks.world,
+        ranks=[o.counts() for o in outcomes],
+        n_opened=work.n_rehashed + len(files),
     )
+
+
+def _follow(ranks, opts: Options, reporter) -> ExtractResult:
+    """A rank other than 0: wait for the plan, read its share, hand it over, wait for the result."""
+    kind, *body = distributed.broadcast(ranks, None, "waiting for rank 0's plan")
+    if kind == "error":
+        raise distributed.RankLost(f"rank {ranks.rank}: {body[0]}")
+    plan: Plan = body[0]
+    distributed.gather(ranks, _read_shard(ranks, plan, opts, None, reporter), "collecting the shares")
+    kind, *body = distributed.broadcast(ranks, None, "waiting for rank 0's commit")
+    if kind == "error":
+        raise distributed.RankLost(f"rank {ranks.rank}: {body[0]}")
+    return ExtractResult(**body[0])
+
+
+def _run_id() -> str:
+    import secrets
+
+    return f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def _check_space(net, opts: Options, space: FeatureSpace) -> None:
+    built = FeatureSpace.from_backbone(net.cfg, opts.pooling, opts.precision)
+    if built.identity() != space.identity():
+        raise CacheError(
+            f"the network built for this run is not the one that made {space.backbone}'s cache "
+            f"({space.difference(built)}); pass the same --backbone/--weights/--pool/--precision on every rank"
+        )
+
+
+def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome:
+    """Read, hash, decode and run this rank's share of ``plan.files``; new vectors go to parts."""
+    mine = distributed.shard(len(plan.files), ranks)
+    out = ShardOutcome(ranks.rank, [], [])
+    if not len(mine):
+        return out  # nothing to read: torch is not even imported
+    from tlx.extractor.engine import FeatureRunner
+    from tlx.extractor.preprocess import ResizeCrop
+    from tlx.extractor.reading import HashedImageFiles, collate_hashed
+
+    t0 = time.perf_counter()
+    space = FeatureSpace.from_dict(plan.space)
+    if net is None:
+        net = get_backbone(opts.backbone).build(weights=opts.weights)
+        _check_space(net, opts, space)
+    runner = FeatureRunner(net, opts.pooling, device=opts.device, precision=opts.precision)
+    prefix = f"part-{plan.run_id}-r{ranks.rank:03d}"
+    writer = store.PartWriter(store.parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
+    paths = plan.files[mine.start : mine.stop]
+    files = HashedImageFiles(paths, ResizeCrop(space.preprocessing), frozenset(plan.known), plan.known_failed)
+    where = f" (rank {ranks.rank}/{ranks.world})" if ranks.enabled else ""
+    reporter.start(len(paths), f"extracting with {space.backbone}{where}")
+    try:
+        for batch in runner.run(paths, opts.batch_size, opts.workers, files=files, collate=collate_hashed):
+            if batch.indices:
+                writer.add([batch.meta[j][0] for j in batch.indices], batch.features)
+            reasons = dict(batch.failures)
+            for j, (digest, st) in batch.meta.items():
+                out.results.append((mine.start + j, digest, st, reasons.get(j, "")))
+            out.n_new += len(batch.indices)
+            reporter.advance(len(batch.meta))
+        out.parts = writer.close()
+    finally:
+        reporter.stop()
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _merge_outcome(o: ShardOutcome, work, index: DatasetIndex) -> None:
+    """Fold one rank's reads into the run's picture: hashes and stats of the files read, or failures."""
+    for pos, digest, st, reason in o.results:
+        k = work.to_read[pos]
+        if reason:
+            work.failed.add(index.items[k].relpath, reason, st, digest)
+        else:
+            work.known[k] = (digest, st)
 
 
 def _failure_list(failed: dict[str, str]) -> list[dict]:
@@ -204,65 +354,18 @@ def _fail_if_strict(strict: bool, failed: dict[str, str], reporter: Reporter, sh
     )
 
 
-def _extract_missing(
-    net, index, hashes, failed, old, journal, pooling, batch_size, workers, device, precision, reporter
-):
-    """Run the network over the images that neither the cache nor the journal holds; their
-    features go to the journal, their failures into ``failed``."""
-    from tlx.extractor.engine import FeatureRunner
+def _cache_attrs(index: DatasetIndex, space: FeatureSpace, net, prev, request: dict, started_ns: int) -> dict:
+    """The index's attributes. Without a network (only renames, removals or touched files), what
+    describes the network is carried over from the previous index."""
+    before = prev.attrs if prev is not None else {}
+    if net is not None:
+        import torch
 
-    old_rows = old.row_of_hash() if old else {}
-    journaled = journal.load_index()
-    todo = [i for i, h in enumerate(hashes) if h is not None and h not in old_rows and h not in journaled]
-    runner = FeatureRunner(net, pooling, device=device, precision=precision)
-    reporter.start(len(todo), f"extracting {index.name} with {net.cfg.name}")
-    try:
-        paths = [str(index.abspath(index.items[i])) for i in todo]
-        for batch in runner.run(paths, batch_size, workers, on_batch=reporter.advance):
-            for j, reason in batch.failures:
-                failed[index.items[todo[j]].relpath] = reason
-            if batch.indices:
-                journal.append([hashes[todo[j]] for j in batch.indices], batch.features)
-    finally:
-        reporter.stop()
-    return todo, {hashes[i] for i in todo}
-
-
-def _plan_rows(index: DatasetIndex, hashes, failed: dict[str, str], old, journaled: dict) -> list[store.Row]:
-    """Where each image's vector comes from in the new cache: the old cache or the journal."""
-    old_rows = old.row_of_hash() if old else {}
-    class_of = {c: k for k, c in enumerate(index.classes)}
-    rows = []
-    for item, h in zip(index.items, hashes):
-        if h is None or item.relpath in failed:
-            continue
-        row = store.Row(item.relpath, class_of[item.label], item.split, h)
-        if h in old_rows:
-            row.old_row = old_rows[h]
-        elif h in journaled:
-            row.shard = journaled[h]
-        else:  # cannot happen: every hash was either reused or extracted
-            raise CacheError(f"internal error: no features for {item.relpath}")
-        rows.append(row)
-    return rows
-
-
-def _same_content(old: store.CacheIndex, rows: list[store.Row], classes: list[str], failed: dict[str, str]) -> bool:
-    """Would ``rows`` make a cache that holds exactly what ``old`` holds?"""
-    return (
-        [r.path for r in rows] == old.paths
-        and [r.sha256 for r in rows] == old.hashes
-        and [r.label for r in rows] == old.labels.tolist()
-        and [r.split for r in rows] == old.splits
-        and classes == old.classes
-        and failed == old.failed
-    )
-
-
-def _cache_attrs(index: DatasetIndex, space: FeatureSpace, license: str, old, request: dict, weights_file: str) -> dict:
-    import torch
-
-    created = old.attrs.get("created", store.now_iso()) if old else store.now_iso()
+        license, weights_file = net.cfg.license, net.cfg.extra.get("weights_file", "")
+        torch_version = str(torch.__version__)
+    else:
+        license, weights_file = before.get("license", "unknown"), before.get("weights_file", "")
+        torch_version = before.get("torch_version", "")
     return {
         "dataset_name": index.name,
         "dataset_root": str(index.root),
@@ -274,91 +377,56 @@ def _cache_attrs(index: DatasetIndex, space: FeatureSpace, license: str, old, re
         "weights_file": weights_file,  # where pretrained weights were read, to know them again unbuilt
         "preprocessing": json.dumps(space.preprocessing.to_dict()),
         "pooling": space.pooling,
+        "precision": space.precision,
         "license": license,
         "tlx_version": request["versions"]["tlx"],
-        "torch_version": str(torch.__version__),
+        "torch_version": torch_version,
         "request": json.dumps(request, sort_keys=True),
-        "created": created,
+        "created": before.get("created", store.now_iso()),
         "updated": store.now_iso(),
+        "stat_time_ns": started_ns,  # stats taken after this are not trusted blindly (racy files)
     }
 
 
-# --------------------------------------------------------------------------- the no-op re-run
-
-
-def _reuse_without_network(index: DatasetIndex, hashes, failed: dict[str, str], request: dict, cache_dir: Path):
-    """``(old cache, failures)`` when an earlier run with the same request already holds exactly
-    this data, so building the network (seconds, a GB) would be for nothing; else None."""
+def _find_by_request(index: DatasetIndex, request: dict, cache_dir: Path):
+    """``(cache, feature space)`` of a cache that this same request made for this dataset, so
+    the space (and the cache's name) are known without building the network (seconds, a GB)."""
     if not cache_dir.is_dir():
         return None
     prefix = store.cache_file_prefix(index.name, request["backbone"], request["pooling"])
+    wanted = json.dumps(request, sort_keys=True)
     for path in store.list_caches(cache_dir):
-        if not path.name.startswith(prefix) or store.Journal.exists_for(path):
+        if not path.name.startswith(prefix):
             continue
         try:
             attrs = store.read_attrs(path)
-            if attrs.get("dataset_root") != str(index.root) or attrs.get("request") != json.dumps(
-                request, sort_keys=True
-            ):
-                continue
-            old = store.read_index(path)
-        except (OSError, CacheError):
+        except OSError:
             continue
-        if not _same_weights(old, request, attrs.get("weights_file", "")):
+        if (
+            attrs.get("tlx_format") != store.FORMAT_VERSION
+            or attrs.get("dataset_root") != str(index.root)
+            or attrs.get("request") != wanted
+        ):
             continue
-        now_failed = _unchanged_failures(old, index, hashes, failed)
-        if now_failed is not None:
-            return old, now_failed
+        space = FeatureSpace.from_dict(json.loads(attrs["feature_space"]))
+        if _same_weights(space, request, attrs.get("weights_file", "")):
+            return path, space
     return None
 
 
-def _same_weights(old: store.CacheIndex, request: dict, weights_file: str) -> bool:
-    """Are the weights that made ``old`` still the ones this request would load?"""
+def _same_weights(space: FeatureSpace, request: dict, weights_file: str) -> bool:
+    """Are the weights that made ``space`` still the ones this request would load?"""
     source = request["weights_path"] or weights_file
     if source:
-        return Path(source).is_file() and sha256_file(source) == old.space.weights_sha256
-    return old.space.weights_id != "random-init"  # a seeded init (tiny_cnn) is the same network each time
-
-
-def _unchanged_failures(
-    old: store.CacheIndex, index: DatasetIndex, hashes, failed: dict[str, str]
-) -> dict[str, str] | None:
-    """The failures of this run if the data is what ``old`` holds, else None. Images that failed
-    before and are not in the cache are decoded again (no network needed) to confirm it."""
-    known = set(old.hashes)
-    failed = dict(failed)
-    rows, retry = [], []
-    class_of = {c: k for k, c in enumerate(index.classes)}
-    for item, h in zip(index.items, hashes):
-        if h is None:
-            continue  # unreadable, already among the failures
-        if h in known:
-            rows.append(store.Row(item.relpath, class_of[item.label], item.split, h))
-        elif item.relpath in old.failed:
-            failed[item.relpath] = old.failed[item.relpath]  # if it still fails the same way; checked below
-            retry.append(item)
-        else:
-            return None  # a new or changed image: it needs the network
-    if not _same_content(old, rows, index.classes, failed):
-        return None
-    if retry and any(_decode_failure(index.abspath(it), old.space) != old.failed[it.relpath] for it in retry):
-        return None
-    return failed
-
-
-def _decode_failure(path: Path, space: FeatureSpace) -> str:
-    """Why ``path`` cannot be decoded, in the words extraction uses ('' when it can)."""
-    from tlx.extractor.engine import ImageFiles
-    from tlx.extractor.preprocess import ResizeCrop
-
-    return ImageFiles([str(path)], ResizeCrop(space.preprocessing))[0][2]
+        return Path(source).is_file() and sha256_file(source) == space.weights_sha256
+    return space.weights_id != "random-init"  # a seeded init (tiny_cnn) is the same network each time
 
 
 def backbone_for_space(space: FeatureSpace, weights=None):
     """Rebuild the backbone that made ``space`` (for predict, export and fine-tuning) and check
     that it really is the same: same weights file hash and the same preprocessing."""
     net = get_backbone(space.backbone).build(weights=weights or None)
-    rebuilt = FeatureSpace.from_backbone(net.cfg, space.pooling)
+    rebuilt = FeatureSpace.from_backbone(net.cfg, space.pooling, space.precision)
     if rebuilt.identity() != space.identity():
         hint = (
             f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})"
@@ -372,14 +440,19 @@ def backbone_for_space(space: FeatureSpace, weights=None):
 def _read_previous(path: Path, space: FeatureSpace, reporter: Reporter):
     if not path.exists():
         return None
+    with suppress(OSError, KeyError, ValueError):
+        theirs = FeatureSpace.from_dict(json.loads(store.read_attrs(path)["feature_space"]))
+        if theirs.identity() != space.identity():
+            # The file name encodes the feature space, so this is a foreign or edited file.
+            raise CacheError(
+                f"{path} holds features of another feature space ({space.difference(theirs)}); move it away and re-run"
+            )
     try:
         old = store.read_index(path)
     except store.UnreadableCacheError as exc:
-        reporter.message(f"warning: {exc.reason}; extracting every image again")
+        reporter.message(f"warning: {exc.reason}; taking back what its parts hold and extracting the rest")
         return None
-    if old.space.identity() != space.identity():
-        # The file name encodes the feature space, so this is a foreign or edited file.
-        raise CacheError(
-            f"{path} holds features of another feature space ({space.difference(old.space)}); move it away and re-run"
-        )
+    if old.format < store.FORMAT_VERSION:
+        reporter.message(f"note: {path} is in the single-file format of an older tlx; rewriting it as parts")
+        return None
     return old

@@ -19,7 +19,14 @@ import numpy as np
 from tlx.errors import CacheError
 from tlx.extractor.config import FeatureSpace
 from tlx.extractor.rows import CacheRows
-from tlx.extractor.store import FORMAT_VERSION, decode_strings, default_cache_dir, list_caches
+from tlx.extractor.store import (
+    READABLE_FORMATS,
+    UnreadableCacheError,
+    check_parts,
+    decode_strings,
+    default_cache_dir,
+    list_caches,
+)
 
 
 @dataclass
@@ -97,8 +104,9 @@ def load_features(path: str | Path | None = None, split: str | None = None, lazy
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if attrs.get("tlx_format") != FORMAT_VERSION:
+            if attrs.get("tlx_format") not in READABLE_FORMATS:
                 raise CacheError(f"{path} is not a tlx feature cache: run `tlx extract` to make one")
+            check_parts(f, path)
             failed = {}
             if "failed" in f:
                 failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
@@ -114,6 +122,8 @@ def load_features(path: str | Path | None = None, split: str | None = None, lazy
                 attrs=attrs,
                 failed=failed,
             )
+    except UnreadableCacheError:
+        raise
     except (OSError, KeyError, ValueError) as exc:
         raise CacheError(f"{path} is not a readable HDF5 feature cache ({exc}): re-run `tlx extract`") from None
     if split is not None:
@@ -123,4 +133,7 @@ def load_features(path: str | Path | None = None, split: str | None = None, lazy
         feats = feats.subset(np.array([s == split for s in feats.split]))
     if not lazy and isinstance(feats.X, CacheRows):
         feats.X = feats.X.to_array()
+        if np.isnan(feats.X).any():
+            # A part deleted between the check above and the read (a compaction) reads as NaN.
+            raise CacheError(f"{path} changed while it was read (a part went missing): load it again")
     return feats

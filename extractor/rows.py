@@ -14,6 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tlx.extractor.store import check_parts
+
 BLOCK_BYTES = 64 << 20  # about 64 MiB of float32 per block read
 
 
@@ -21,6 +23,7 @@ class CacheRows:
     def __init__(self, path: str | Path, rows=None, dataset: str = "features"):
         self.path, self.dataset = Path(path), dataset
         with h5py.File(self.path, "r") as f:
+            check_parts(f, self.path)
             n_all, self.width = f[dataset].shape
         self.rows = np.arange(n_all, dtype=np.int64) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
         if len(self.rows) and (self.rows[0] < 0 or self.rows[-1] >= n_all):

@@ -1,15 +1,22 @@
-"""The HDF5 feature cache: one file per dataset and feature space.
+"""The HDF5 feature cache: immutable part files of vectors, stitched by a small index file.
 
-Crash safety comes from never modifying a complete cache in place:
+Layout of one cache, ``<dataset>-<backbone>-<pool>-<id>.h5``:
 
-* features computed during a run go to a *journal* next to the cache, one small ``.npz``
-  shard per batch, each written to a temporary name and atomically renamed, so a kill -9
-  loses at most the batch in flight;
-* when the run ends, the new cache is written to a temporary file, fsynced, and renamed
-  over the old one (``os.replace`` is atomic), then the journal is removed.
+* ``<cache>.h5.parts/*.h5`` hold the vectors: each part has ``features`` (n x D float32) and
+  ``content_sha256`` (n), is written once under a temporary name, fsynced and renamed, and is
+  never modified afterwards. Every rank of a distributed run and every incremental run writes
+  parts of its own.
+* ``<cache>.h5`` is the index: paths, labels, splits, content hashes, the stat of each file
+  (size, mtime_ns, inode: git's index), failures, attributes, and ``features``, an HDF5 virtual
+  dataset whose rows map onto ranges of the parts, so ``h5py.File(cache)["features"]`` reads as
+  one N x D array, in the order of the paths.
 
-A killed run therefore leaves the previous complete cache valid, and the next run resumes
-from the journal. Concurrent runs on one cache are serialized by an advisory lock file.
+The index is the commit point: it is written whole to a temporary file and atomically renamed.
+A part that no index references is work of an unfinished run; the next run (holding the lock)
+takes its vectors back, so a killed run loses at most its last unflushed rows. Adding k images
+writes k vectors plus the index's metadata; removing images writes only the index. Parts that
+no row uses any more are deleted after the commit; ``tlx cache compact`` rewrites all rows into
+one part when many small parts or many dead rows have piled up.
 """
 
 from __future__ import annotations
@@ -18,19 +25,22 @@ import json
 import os
 import re
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
-from tlx.common.atomic import atomic_path, write_atomic
+from tlx.common.atomic import atomic_path
 from tlx.errors import CacheError
 from tlx.extractor.config import FeatureSpace
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # format 1: one self-contained file (tlx before the part layout), read-only
 STR = h5py.string_dtype()
+HASH = h5py.string_dtype("ascii", 64)  # a hex sha256: fixed width, so it compresses and costs no heap
 
 
 def default_cache_dir() -> Path:
@@ -53,9 +63,58 @@ def cache_file_name(dataset_name: str, dataset_root: str, space: FeatureSpace) -
     return f"{cache_file_prefix(dataset_name, space.backbone, space.pooling)}{ident}.h5"
 
 
+def parts_dir(cache_path: Path) -> Path:
+    return cache_path.with_name(cache_path.name + ".parts")
+
+
 def _rows_per_chunk(width: int) -> int:
     # h5py's advice: chunks between ~10 KiB and 1 MiB; aim for 256 KiB of float32 rows.
     return int(max(1, min(4096, (256 * 1024) // (4 * max(1, width)))))
+
+
+def _attrs_of(f) -> dict:
+    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+
+def decode_strings(ds) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr()[()]] if len(ds) else []
+
+
+def read_attrs(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return _attrs_of(f)
+
+
+class UnreadableCacheError(CacheError):
+    """A cache file that cannot be read (truncated, foreign, damaged). ``reason`` says what is
+    wrong without advice, for callers that act on it themselves (extract rebuilds it)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{reason}; delete it and re-run `tlx extract`")
+        self.path = path
+        self.reason = reason
+
+
+def check_format(path: Path, attrs: dict) -> int:
+    fmt = attrs.get("tlx_format")
+    if fmt not in READABLE_FORMATS:
+        raise UnreadableCacheError(
+            path, f"{path} is not a tlx feature cache (format {fmt!r}, expected {FORMAT_VERSION})"
+        )
+    return int(fmt)
+
+
+def check_parts(f, path: Path) -> None:
+    """Every part file the index names must be there: HDF5 would read a missing one as fill
+    values (NaN here) without a word."""
+    if "parts" not in f:
+        return
+    folder = parts_dir(path)
+    for name in decode_strings(f["parts/names"]):
+        if not (folder / name).is_file():
+            raise UnreadableCacheError(
+                path, f"{path} is damaged: its part file {folder.name}/{name} is missing (deleted or not copied)"
+            )
 
 
 # --------------------------------------------------------------------------- reading
@@ -74,40 +133,36 @@ class CacheIndex:
     classes: list[str]
     failed: dict[str, str]
     attrs: dict
+    format: int = FORMAT_VERSION
+    # the stat index (format 2): size, mtime_ns and inode of each row's file, and of each failure
+    stats: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    failures: Failures | None = None  # the failures with their stats and hashes (format 2)
+    stat_time_ns: int = 0  # when the run that took those stats started (racy-git check)
+    # where each row's vector lives: part_names[source_part[i]], row source_row[i]
+    part_names: list[str] = field(default_factory=list)
+    part_rows: list[int] = field(default_factory=list)
+    source_part: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    source_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def row_of_hash(self) -> dict[str, int]:
         return {h: i for i, h in enumerate(self.hashes)}
 
-
-def decode_strings(ds) -> list[str]:
-    return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr()[()]] if len(ds) else []
-
-
-def read_attrs(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-
-
-class UnreadableCacheError(CacheError):
-    """A cache file that cannot be read (truncated, foreign, damaged). ``reason`` says what is
-    wrong without advice, for callers that act on it themselves (extract rebuilds it)."""
-
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"{reason}; delete it and re-run `tlx extract`")
-        self.path = path
-        self.reason = reason
+    def source_of_hash(self) -> dict[str, tuple[str, int]]:
+        """Content hash -> (part file name, row) of every vector this index uses."""
+        names = self.part_names
+        return {
+            h: (names[p], int(r))
+            for h, p, r in zip(self.hashes, self.source_part.tolist(), self.source_row.tolist(), strict=True)
+        }
 
 
 def read_index(path: Path) -> CacheIndex:
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if attrs.get("tlx_format") != FORMAT_VERSION:
-                raise UnreadableCacheError(
-                    path,
-                    f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION})",
-                )
-            return CacheIndex(
+            attrs = _attrs_of(f)
+            fmt = check_format(path, attrs)
+            check_parts(f, path)
+            index = CacheIndex(
                 path=path,
                 space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
                 paths=decode_strings(f["paths"]),
@@ -117,9 +172,28 @@ def read_index(path: Path) -> CacheIndex:
                 classes=decode_strings(f["classes"]),
                 failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=False)),
                 attrs=attrs,
+                format=fmt,
             )
+            if fmt >= 2:
+                _read_stat_index(f, index)
+            return index
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
+
+
+def _read_stat_index(f, index: CacheIndex) -> None:
+    index.stats = np.stack([f["stat/size"][()], f["stat/mtime_ns"][()], f["stat/ino"][()]], axis=1).astype(np.int64)
+    fs = np.stack([f["failed/size"][()], f["failed/mtime_ns"][()], f["failed/ino"][()]], axis=1).astype(np.int64)
+    fh = decode_strings(f["failed/sha256"])
+    failures = Failures()
+    for (p, reason), st, h in zip(index.failed.items(), fs.tolist(), fh, strict=True):
+        failures.add(p, reason, tuple(st) if st[0] >= 0 else None, h)
+    index.failures = failures
+    index.stat_time_ns = int(index.attrs.get("stat_time_ns", 0))
+    index.part_names = decode_strings(f["parts/names"])
+    index.part_rows = f["parts/rows"][()].tolist()
+    index.source_part = f["source/part"][()]
+    index.source_row = f["source/row"][()]
 
 
 def read_summary(path: Path) -> dict:
@@ -127,20 +201,18 @@ def read_summary(path: Path) -> dict:
     :class:`UnreadableCacheError` for a file that is not a complete tlx cache."""
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if attrs.get("tlx_format") != FORMAT_VERSION:
-                raise UnreadableCacheError(
-                    path,
-                    f"{path} is not a tlx feature cache (format {attrs.get('tlx_format')!r}, expected {FORMAT_VERSION})",
-                )
+            attrs = _attrs_of(f)
+            check_format(path, attrs)
+            check_parts(f, path)
             n = int(attrs["n_images"])
             lengths = {name: len(f[name]) for name in ("features", "labels", "paths", "split", "content_sha256")}
             if set(lengths.values()) != {n}:
                 raise UnreadableCacheError(
                     path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
                 )
-            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"])))
+            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
             space = json.loads(attrs["feature_space"])
+            n_parts = len(f["parts/names"]) if "parts" in f else 0
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
     return {
@@ -149,177 +221,291 @@ def read_summary(path: Path) -> dict:
         "dataset_root": attrs.get("dataset_root"),
         "backbone": attrs.get("backbone"),
         "pooling": attrs.get("pooling"),
+        "precision": space.get("precision", "fp32"),
         "n_images": n,
         "feature_dim": int(attrs.get("feature_dim", 0)),
         "updated": attrs.get("updated"),
         "weights_sha256": space.get("weights_sha256"),
+        "format": int(attrs["tlx_format"]),
+        "n_parts": n_parts,
         "n_failed": len(failed),
         "failed": [{"path": p, "reason": r} for p, r in failed.items()],
     }
 
 
-# --------------------------------------------------------------------------- journal
+# --------------------------------------------------------------------------- parts
 
 
-class Journal:
-    """Shards of features computed by an unfinished run, keyed by image content hash."""
-
-    def __init__(self, cache_path: Path, space: FeatureSpace):
-        self.dir = cache_path.with_name(cache_path.name + ".journal")
-        self.space = space
-        self._next = 0
-
-    @staticmethod
-    def exists_for(cache_path: Path) -> bool:
-        """Did a run on this cache stop before it finished (its features wait in a journal)?"""
-        return cache_path.with_name(cache_path.name + ".journal").is_dir()
-
-    def load_index(self) -> dict[str, tuple[Path, int]]:
-        """Content hash -> (shard, row) for every completed shard of this feature space."""
-        if not self.dir.is_dir():
-            return {}
-        marker = self.dir / "space.json"
-        try:
-            if json.loads(marker.read_text()) != self.space.to_dict():
-                self.clear()  # another feature space: never mix its vectors in
-                return {}
-        except (OSError, ValueError):
-            self.clear()
-            return {}
-        index = {}
-        shards = sorted(self.dir.glob("part-*.npz"))
-        for shard in shards:
-            try:
-                with np.load(shard, allow_pickle=False) as z:
-                    for row, h in enumerate(z["hashes"].tolist()):
-                        index[h] = (shard, row)
-            except (OSError, ValueError, KeyError):
-                shard.unlink(missing_ok=True)  # cannot happen after an atomic rename, but be safe
-        if shards:
-            self._next = int(shards[-1].stem.split("-")[1]) + 1
-        return index
-
-    def append(self, hashes: list[str], features: np.ndarray) -> None:
-        if not self.dir.is_dir():
-            self.dir.mkdir(parents=True)
-            (self.dir / "space.json").write_text(json.dumps(self.space.to_dict()))
-        arrays = {"hashes": np.array(hashes, dtype="U64"), "features": features.astype(np.float32, copy=False)}
-        write_atomic(self.dir / f"part-{self._next:08d}.npz", lambda fh: np.savez(fh, **arrays), mode="wb")
-        self._next += 1
-
-    def clear(self) -> None:
-        if self.dir.is_dir():
-            for p in self.dir.iterdir():
-                p.unlink(missing_ok=True)
-            self.dir.rmdir()
+def write_part(folder: Path, name: str, hashes: Sequence[str], features: np.ndarray, space: FeatureSpace) -> Path:
+    """One immutable part file, fsynced and renamed into place (the journal's unit of durability)."""
+    width = space.feature_dim
+    n = len(hashes)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / name) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+        _part_datasets(f, n, width, space)
+        if n:
+            f["features"][:] = features.astype(np.float32, copy=False)
+            f["content_sha256"][:] = np.array(hashes, dtype="S64")
+    return folder / name
 
 
-class ShardReader:
-    """Reads journal rows with a small LRU of open shards, so memory stays flat."""
-
-    def __init__(self, max_open: int = 8):
-        self._open: OrderedDict[Path, np.ndarray] = OrderedDict()
-        self.max_open = max_open
-
-    def row(self, shard: Path, row: int) -> np.ndarray:
-        if shard not in self._open:
-            with np.load(shard, allow_pickle=False) as z:
-                self._open[shard] = z["features"]
-            if len(self._open) > self.max_open:
-                self._open.popitem(last=False)
-        self._open.move_to_end(shard)
-        return self._open[shard][row]
+def _part_datasets(f, n: int, width: int, space: FeatureSpace) -> None:
+    chunk = (min(_rows_per_chunk(width), max(n, 1)), width)
+    f.create_dataset("features", shape=(n, width), maxshape=(None, width), dtype="f4", chunks=chunk)
+    f.create_dataset("content_sha256", shape=(n,), dtype=HASH, maxshape=(None,), chunks=(max(1, min(n, 8192)),))
+    f.attrs["tlx_part"] = FORMAT_VERSION
+    f.attrs["feature_space"] = json.dumps(space.to_dict())
 
 
-# --------------------------------------------------------------------------- writing
+def merge_parts(folder: Path, sources: Sequence[str], name: str, space: FeatureSpace) -> list[str]:
+    """Concatenate part files into one new part (block by block), then delete the sources.
+    Returns the merged part's hashes. A kill in between leaves the sources or both: either way
+    every vector is still in some complete part."""
+    hashes: list[str] = []
+    sizes = []
+    for s in sources:
+        with h5py.File(folder / s, "r") as f:
+            hashes += decode_strings(f["content_sha256"])
+            sizes.append(len(f["content_sha256"]))
+    with atomic_path(folder / name) as tmp, h5py.File(tmp, "w", libver="latest") as out:
+        _part_datasets(out, len(hashes), space.feature_dim, space)
+        at = 0
+        for s, n in zip(sources, sizes, strict=True):
+            with h5py.File(folder / s, "r") as f:
+                out["features"][at : at + n] = f["features"][()]
+            at += n
+        if hashes:
+            out["content_sha256"][:] = np.array(hashes, dtype="S64")
+    for s in sources:
+        (folder / s).unlink(missing_ok=True)
+    return hashes
+
+
+def read_part_hashes(path: Path, space: FeatureSpace) -> list[str] | None:
+    """The hashes of a complete part of ``space``; None for a part of another space or a damaged file."""
+    try:
+        with h5py.File(path, "r") as f:
+            if json.loads(f.attrs["feature_space"]) != space.to_dict():
+                return None
+            return decode_strings(f["content_sha256"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class PartWriter:
+    """Buffers one process's new vectors and flushes them as a part every ``flush_rows`` rows or
+    ``flush_seconds`` seconds, whichever comes first: a crash loses at most that much work, and
+    a run writes a few parts, not one file (and one fsync) per batch. ``close`` merges the
+    flushed segments into one part, so a run leaves one part per process."""
+
+    def __init__(self, folder: Path, prefix: str, space: FeatureSpace, flush_rows: int = 4096, flush_seconds=5.0):
+        self.folder, self.prefix, self.space = folder, prefix, space
+        self.flush_rows, self.flush_seconds = max(1, flush_rows), flush_seconds
+        self._hashes: list[str] = []
+        self._feats: list[np.ndarray] = []
+        self._last = time.monotonic()
+        self.segments: list[str] = []
+        self.n_rows = 0
+
+    def add(self, hashes: Sequence[str], features: np.ndarray) -> None:
+        self._hashes += list(hashes)
+        self._feats.append(np.asarray(features, dtype=np.float32))
+        self.n_rows += len(hashes)
+        if len(self._hashes) >= self.flush_rows or time.monotonic() - self._last >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._hashes:
+            name = f"{self.prefix}-{len(self.segments):06d}.h5"
+            write_part(self.folder, name, self._hashes, np.concatenate(self._feats), self.space)
+            self.segments.append(name)
+            self._hashes, self._feats = [], []
+        self._last = time.monotonic()
+
+    def close(self) -> list[tuple[str, list[str]]]:
+        """Flush and merge; returns ``[(part name, its hashes)]`` (empty when nothing was added)."""
+        self.flush()
+        if not self.segments:
+            return []
+        if len(self.segments) == 1:
+            return [(self.segments[0], read_part_hashes(self.folder / self.segments[0], self.space) or [])]
+        name = f"{self.prefix}.h5"
+        return [(name, merge_parts(self.folder, self.segments, name, self.space))]
+
+
+def orphan_parts(path: Path, index: CacheIndex | None, space: FeatureSpace) -> dict[str, tuple[str, int]]:
+    """Vectors of parts no index references (a run that stopped before its commit): hash ->
+    (part, row). Parts of another feature space and damaged ones are deleted. Call under the lock."""
+    folder = parts_dir(path)
+    if not folder.is_dir():
+        return {}
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)  # half-written parts of killed runs
+    used = set(index.part_names) if index is not None else set()
+    found: dict[str, tuple[str, int]] = {}
+    for part in sorted(folder.glob("*.h5")):
+        if part.name in used:
+            continue
+        hashes = read_part_hashes(part, space)
+        if hashes is None:
+            part.unlink(missing_ok=True)  # never mix another space's vectors in
+            continue
+        for row, h in enumerate(hashes):
+            found.setdefault(h, (part.name, row))
+    return found
+
+
+# --------------------------------------------------------------------------- the index
 
 
 @dataclass
 class Row:
-    """Where one image's vector comes from when a new cache is assembled."""
+    """One image of the new cache, and where its vector lives."""
 
     path: str
     label: int
     split: str
     sha256: str
-    old_row: int | None = None  # row in the previous complete cache
-    shard: tuple[Path, int] | None = None  # or (shard, row) in the journal
+    stat: tuple[int, int, int]  # size, mtime_ns, inode of the file the hash was computed from
+    part: str  # part file name
+    part_row: int
 
 
-def write_cache(
+@dataclass
+class Failures:
+    """Images that could not be read, with the stat and content hash they failed with: the same
+    bytes fail the same way, so an unchanged failure is not decoded again."""
+
+    reasons: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # absent: no stat, look again
+    hashes: dict[str, str] = field(default_factory=dict)  # absent: the file could not be read at all
+
+    def add(self, relpath: str, reason: str, stat=None, sha256: str = "") -> None:
+        self.reasons[relpath] = reason
+        if stat is not None:
+            self.stats[relpath] = tuple(stat)
+        if sha256:
+            self.hashes[relpath] = sha256
+
+    def same_as(self, other: Failures) -> bool:
+        return (self.reasons, self.stats, self.hashes) == (other.reasons, other.stats, other.hashes)
+
+
+def write_index(
     path: Path,
     rows: list[Row],
     classes: list[str],
-    failed: dict[str, str],
+    failed: Failures,
     space: FeatureSpace,
     attrs: dict,
-    old_cache: Path | None,
-    block: int = 2048,
+    part_sizes: dict[str, int],
 ) -> None:
-    """Assemble a complete cache in a temporary file and atomically put it at ``path``."""
+    """Write the index for ``rows`` to a temporary file and atomically put it at ``path``."""
     width = space.feature_dim
-    shards = ShardReader()
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", libver="latest") as f, h5py.File(old_cache, "r") if old_cache else _null() as old:
-            chunk = _rows_per_chunk(width)
-            n = len(rows)
-            feats = f.create_dataset(
-                "features", shape=(n, width), maxshape=(None, width), dtype="f4", chunks=(min(chunk, max(n, 1)), width)
-            )
-            # Copy in blocks so memory stays flat however large the dataset is.
-            for start in range(0, n, block):
-                part = rows[start : start + block]
-                out = np.empty((len(part), width), dtype=np.float32)
-                old_rows = [(i, r.old_row) for i, r in enumerate(part) if r.old_row is not None]
-                if old_rows:
-                    order = sorted(old_rows, key=lambda t: t[1])
-                    idx = np.array([o for _, o in order])
-                    uniq, inverse = np.unique(idx, return_inverse=True)
-                    got = old["features"][uniq.tolist()]  # h5py wants increasing indices
-                    for (i, _), j in zip(order, inverse, strict=False):
-                        out[i] = got[j]
-                for i, r in enumerate(part):
-                    if r.old_row is None:
-                        out[i] = shards.row(*r.shard)
-                feats[start : start + len(part)] = out
-            _string_dataset(f, "paths", [r.path for r in rows])
-            _string_dataset(f, "split", [r.split for r in rows])
-            _string_dataset(f, "content_sha256", [r.sha256 for r in rows])
-            f.create_dataset(
-                "labels", data=np.array([r.label for r in rows], dtype=np.int64), maxshape=(None,), chunks=True
-            )
-            _string_dataset(f, "classes", classes)
-            g = f.create_group("failed")
-            _string_dataset(g, "paths", list(failed))
-            _string_dataset(g, "reasons", list(failed.values()))
-            for key, value in attrs.items():
-                f.attrs[key] = (
-                    str(value) if isinstance(value, str) else value
-                )  # str subclasses (TorchVersion) confuse h5py
-            f.attrs["tlx_format"] = FORMAT_VERSION
-            f.attrs["feature_space"] = json.dumps(space.to_dict())
-            f.attrs["n_images"] = len(rows)
-            f.attrs["feature_dim"] = width
+    used = sorted({r.part for r in rows})
+    part_no = {name: k for k, name in enumerate(used)}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+        _virtual_features(f, path, rows, used, part_sizes, width)
+        _strings(f, "paths", [r.path for r in rows])
+        _strings(f, "split", [r.split for r in rows])
+        _array(f, "content_sha256", np.array([r.sha256 for r in rows], dtype="S64"), HASH)
+        _array(f, "labels", np.array([r.label for r in rows], dtype=np.int64))
+        _strings(f, "classes", classes)
+        stats = np.array([r.stat for r in rows], dtype=np.int64).reshape(-1, 3)
+        for k, name in enumerate(("size", "mtime_ns", "ino")):
+            _array(f, f"stat/{name}", stats[:, k])
+        _array(f, "source/part", np.array([part_no[r.part] for r in rows], dtype=np.int32))
+        _array(f, "source/row", np.array([r.part_row for r in rows], dtype=np.int64))
+        _strings(f, "parts/names", used)
+        _array(f, "parts/rows", np.array([part_sizes[n] for n in used], dtype=np.int64))
+        g = f.create_group("failed")
+        _strings(g, "paths", list(failed.reasons))
+        _strings(g, "reasons", list(failed.reasons.values()))
+        fstats = np.array([failed.stats.get(p, (-1, -1, -1)) for p in failed.reasons], dtype=np.int64).reshape(-1, 3)
+        for k, name in enumerate(("size", "mtime_ns", "ino")):
+            _array(g, name, fstats[:, k])
+        _array(g, "sha256", np.array([failed.hashes.get(p, "") for p in failed.reasons], dtype="S64"), HASH)
+        for key, value in attrs.items():
+            f.attrs[key] = str(value) if isinstance(value, str) else value  # str subclasses confuse h5py
+        f.attrs["tlx_format"] = FORMAT_VERSION
+        f.attrs["feature_space"] = json.dumps(space.to_dict())
+        f.attrs["n_images"] = len(rows)
+        f.attrs["feature_dim"] = width
 
 
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete half-written caches left by killed runs; call only while holding the cache lock."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
+def _virtual_features(f, path: Path, rows: list[Row], used: list[str], sizes: dict[str, int], width: int) -> None:
+    """``features`` as a virtual dataset: one mapping per run of rows that are consecutive in
+    one part (one per part after a fresh run or a compaction). Source names are relative to the
+    index's folder, so a cache folder can be moved or copied whole. A missing part reads as NaN."""
+    if not rows:
+        f.create_dataset("features", shape=(0, width), maxshape=(None, width), dtype="f4", chunks=(1, width))
+        return
+    layout = h5py.VirtualLayout(shape=(len(rows), width), dtype="f4")
+    folder = parts_dir(path).name
+    sources = {n: h5py.VirtualSource(f"{folder}/{n}", "features", shape=(sizes[n], width)) for n in used}
+    for start, stop, part, first in _runs(rows):
+        layout[start:stop] = sources[part][first : first + (stop - start)]
+    f.create_virtual_dataset("features", layout, fillvalue=np.nan)
 
 
-def _string_dataset(group, name: str, values: list[str]):
+def _runs(rows: list[Row]) -> Iterator[tuple[int, int, str, int]]:
+    """``(start, stop, part, first part row)`` of each maximal run of consecutive rows."""
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i].part != rows[start].part or rows[i].part_row != rows[i - 1].part_row + 1:
+            yield start, i, rows[start].part, rows[start].part_row
+            start = i
+
+
+def _strings(group, name: str, values: list[str]):
     return group.create_dataset(
         name, data=np.array(values, dtype=object), dtype=STR, maxshape=(None,), chunks=True if values else None
     )
 
 
-class _null:
-    def __enter__(self):
-        return None
+def _array(group, name: str, data: np.ndarray, dtype=None):
+    """A 1-D metadata array, gzip-compressed (hashes and stats shrink several times over)."""
+    if not len(data):
+        return group.create_dataset(name, shape=(0,), dtype=dtype or data.dtype, maxshape=(None,))
+    return group.create_dataset(
+        name,
+        data=data,
+        dtype=dtype or data.dtype,
+        maxshape=(None,),
+        chunks=(min(len(data), 65536),),
+        compression="gzip",
+        compression_opts=1,
+        shuffle=dtype is None,
+    )
 
-    def __exit__(self, *exc):
-        return False
+
+def part_sizes(path: Path, names: Sequence[str]) -> dict[str, int]:
+    sizes = {}
+    for n in names:
+        with h5py.File(parts_dir(path) / n, "r") as f:
+            sizes[n] = len(f["content_sha256"])
+    return sizes
+
+
+def remove_unused_parts(path: Path, keep: set[str]) -> int:
+    """After a commit: delete the parts no row of the index uses. Returns how many were deleted."""
+    folder = parts_dir(path)
+    if not folder.is_dir():
+        return 0
+    gone = 0
+    for part in folder.glob("*.h5"):
+        if part.name not in keep:
+            part.unlink(missing_ok=True)
+            gone += 1
+    if not any(folder.iterdir()):
+        folder.rmdir()
+    return gone
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete half-written indexes left by killed runs; call only while holding the cache lock."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- locking
@@ -333,10 +519,10 @@ class CacheLock:
     It is imported here, not at the top, so that reading a cache needs no locking at all.
     """
 
-    def __init__(self, cache_path: Path, on_wait=None):
+    def __init__(self, cache_path: Path, on_wait: Callable[[str], None] | None = None):
         self.path = cache_path.with_name(cache_path.name + ".lock")
         self.on_wait = on_wait
-        self._lock = None
+        self._lock: Any = None
 
     def __enter__(self):
         import filelock
@@ -361,7 +547,7 @@ def list_caches(where: Path) -> list[Path]:
         return [where]
     if not where.is_dir():
         return []
-    files = [p for p in where.glob("*.h5") if not p.name.startswith(".")]
+    files = [p for p in where.glob("*.h5") if not p.name.startswith(".") and p.is_file()]
     return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
 
 

@@ -39,6 +39,7 @@ class Predictions:
     n_reused: int = 0  # features taken from the run's cache
     n_computed: int = 0  # images run through a network
     seconds: float = 0.0
+    rank: int = 0  # under torchrun, only rank 0's Predictions hold the rows of every rank
 
     @property
     def labels(self) -> list[str]:
@@ -234,13 +235,31 @@ def predict_paths(
     paths = expand_folders(paths)
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
-    if run.kind == "finetune":
-        proba_of, failed, n_computed = _finetuned_proba(run, paths, batch_size, workers, device, reporter)
-        n_reused = 0
-    else:
-        proba_of, failed, n_reused, n_computed = _head_proba(
-            run, paths, batch_size, workers, device, reporter, reuse_cache
+    from tlx.extractor import distributed
+
+    ranks = distributed.setup(device)  # under torchrun: each rank predicts a contiguous share
+    try:
+        mine = distributed.shard(len(paths), ranks)
+        share = [paths[i] for i in mine]
+        if run.kind == "finetune":
+            proba_of, failed, n_computed = _finetuned_proba(run, share, batch_size, workers, device, reporter)
+            n_reused = 0
+        else:
+            proba_of, failed, n_reused, n_computed = _head_proba(
+                run, share, batch_size, workers, device, reporter, reuse_cache
+            )
+        shares = distributed.gather(
+            ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
         )
+    finally:
+        distributed.teardown(ranks)
+    if not ranks.is_main:
+        return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))), rank=ranks.rank)
+    proba_of, failed, n_reused, n_computed = {}, {}, 0, 0
+    for start, p_of, f_of, reused, computed in shares:  # back to positions in ``paths``
+        proba_of.update({start + i: v for i, v in p_of.items()})
+        failed.update({start + i: r for i, r in f_of.items()})
+        n_reused, n_computed = n_reused + reused, n_computed + computed
     ok = [i for i in range(len(paths)) if i in proba_of]
     proba = np.stack([proba_of[i] for i in ok]) if ok else np.zeros((0, len(run.classes)))
     return Predictions(
@@ -270,7 +289,8 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
         from tlx.extractor.engine import FeatureRunner
 
         net = rebuild_backbone(run)
-        runner = FeatureRunner(net, run.space.pooling, device=device)
+        # the run's own precision: an fp16 feature space is computed in fp16 here too
+        runner = FeatureRunner(net, run.space.pooling, device=device, precision=run.space.precision)
         reporter.start(len(todo), f"computing features with {run.space.backbone}")
         try:
             for batch in runner.run([str(paths[i]) for i in todo], batch_size, workers, on_batch=reporter.advance):

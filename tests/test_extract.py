@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,9 +63,12 @@ def test_hdf5_layout_follows_the_h5py_advice(folder_data, tmp_path):
 
     res = run(folder_data, tmp_path / "cache", pooling="avgmax")
     with h5py.File(res.path, "r") as f:
-        ds = f["features"]
-        assert ds.dtype == np.float32 and ds.shape == (6, 64)
-        assert ds.chunks is not None and ds.chunks[1] == 64 and ds.maxshape == (None, 64)
+        ds = f["features"]  # the index stitches the parts into one array
+        assert ds.dtype == np.float32 and ds.shape == (6, 64) and ds.is_virtual
+        [part] = [Path(res.path + ".parts") / n for n in f["parts/names"].asstr()[()]]
+        with h5py.File(part, "r") as p:  # the vectors themselves: chunked, resizable
+            assert p["features"].chunks[1] == 64 and p["features"].maxshape == (None, 64)
+            np.testing.assert_array_equal(p["features"][()], ds[()])
         for name in ("paths", "split", "content_sha256", "classes", "failed/paths", "failed/reasons"):
             assert h5py.check_string_dtype(f[name].dtype) is not None, name
             assert f[name].maxshape == (None,), name
@@ -214,7 +218,11 @@ def test_a_corrupt_cache_is_rebuilt(folder_data, tmp_path):
     base = run(folder_data, cache)
     Path(base.path).write_bytes(b"garbage")
     res = run(folder_data, cache)
-    assert res.n_new == 6 and len(tlx.load_features(res.path)) == 6
+    # the index is lost, but the parts it pointed to are complete: their vectors are taken back
+    assert (res.n_new, res.n_resumed) == (0, 6) and len(tlx.load_features(res.path)) == 6
+    shutil.rmtree(res.path + ".parts")  # and with the parts gone too, everything is extracted again
+    again = run(folder_data, cache)
+    assert again.n_new == 6 and len(tlx.load_features(again.path)) == 6
 
 
 # --------------------------------------------------------------------------- bad images
@@ -282,16 +290,14 @@ def test_kill_9_then_resume(tmp_path):
     complete = run(data, cache)  # a complete cache of the first 20 images
     _many_images(data, 240)  # the same 20 again (same bytes) and 220 more
 
-    journal = Path(complete.path + ".journal")
+    parts = Path(complete.path + ".parts")
+    before = set(parts.iterdir())
+    env = {**subprocess_env(), "TLX_FLUSH_ROWS": "8", "TLX_FLUSH_SECONDS": "1000"}  # a part every 8 vectors
     proc = subprocess.Popen(
-        _cli(data, cache, "--batch-size", "8"),
-        cwd=tmp_path,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        _cli(data, cache, "--batch-size", "8"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 120
-    while not list(journal.glob("part-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+    while not (set(parts.glob("*.h5")) - before) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -300,14 +306,13 @@ def test_kill_9_then_resume(tmp_path):
     # the complete cache from before is untouched and valid
     assert h5_files(cache) == [Path(complete.path)]
     assert len(tlx.load_features(complete.path)) == 20
-    shards = sorted(journal.glob("part-*.npz"))
-    assert shards
+    assert set(parts.glob("*.h5")) - before  # flushed parts that no index references yet
 
     resumed = run(data, cache, batch_size=8)
     assert resumed.n_images == 240 and resumed.n_reused == 20
-    assert resumed.n_resumed >= 8 and resumed.n_resumed % 8 == 0  # whole flushed batches
+    assert resumed.n_resumed >= 8 and resumed.n_resumed % 8 == 0  # whole flushed parts
     assert resumed.n_resumed + resumed.n_new == 220
-    assert not journal.exists()
+    assert not list(parts.glob(".*.tmp"))
 
     uninterrupted = run(data, fresh, batch_size=8)
     a, b = tlx.load_features(resumed.path), tlx.load_features(uninterrupted.path)
@@ -457,9 +462,9 @@ def test_a_truncated_cache_is_rebuilt_with_a_consistent_warning(folder_data, tmp
     Path(base.path).write_bytes(data[: len(data) // 2])
     messages = []
     res = run(folder_data, cache, reporter=tlx_reporter(messages))
-    assert res.n_new == 6 and len(tlx.load_features(res.path)) == 6
+    assert res.n_resumed == 6 and len(tlx.load_features(res.path)) == 6
     [warning] = [m for m in messages if m.startswith("warning:")]
-    assert "extracting every image again" in warning and "delete it" not in warning
+    assert "extracting the rest" in warning and "delete it" not in warning
 
 
 def test_device_is_checked_before_any_work(tmp_path, monkeypatch):

@@ -1,0 +1,92 @@
+"""``tlx cache compact``: rewrite a cache's live rows into one part, in row order.
+
+Incremental runs leave one part per run and rank, removals leave dead rows in their parts, and
+scattered additions split the virtual dataset into many mappings. Compaction copies the rows the
+index uses into a single new part (block by block: memory stays flat), commits an index that
+maps onto it in one piece, and deletes every other part. It holds the cache lock like an
+extract, so it never races one; a kill leaves the old index and its parts valid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from tlx.common.atomic import atomic_path
+from tlx.errors import CacheError
+from tlx.extractor import store
+
+
+@dataclass
+class CompactResult:
+    path: str
+    n_images: int
+    parts_before: int
+    parts_after: int
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_bytes(path: Path) -> int:
+    """Bytes on disk of an index and its parts."""
+    folder = store.parts_dir(path)
+    parts = sum(p.stat().st_size for p in folder.glob("*.h5")) if folder.is_dir() else 0
+    return path.stat().st_size + parts
+
+
+def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactResult:
+    started = time.perf_counter()
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"{path} is not a cache file: pass one of the .h5 files `tlx info` lists")
+    with store.CacheLock(path, on_wait=on_wait):
+        index = store.read_index(path)
+        if index.format < 2 or index.failures is None:
+            raise CacheError(f"{path} is in the single-file format of an older tlx: re-run `tlx extract` to convert it")
+        folder = store.parts_dir(path)
+        before_parts = len(list(folder.glob("*.h5"))) if folder.is_dir() else 0
+        before_bytes = cache_bytes(path)
+        name = f"part-compact-{time.strftime('%Y%m%d%H%M%S')}-{time.time_ns() % 1_000_000:06d}.h5"
+        _copy_rows(path, folder / name, index, block_rows)
+        rows = [
+            store.Row(p, int(label), split, h, tuple(st), name, i)
+            for i, (p, label, split, h, st) in enumerate(
+                zip(index.paths, index.labels.tolist(), index.splits, index.hashes, index.stats.tolist(), strict=True)
+            )
+        ]
+        attrs = {k: v for k, v in index.attrs.items() if k not in ("tlx_format", "feature_space", "n_images")}
+        attrs["updated"] = store.now_iso()
+        store.write_index(path, rows, index.classes, index.failures, index.space, attrs, {name: len(rows)})
+        store.remove_unused_parts(path, {name} if rows else set())
+    return CompactResult(
+        str(path),
+        len(rows),
+        before_parts,
+        1 if rows else 0,
+        before_bytes,
+        cache_bytes(path),
+        round(time.perf_counter() - started, 3),
+    )
+
+
+def _copy_rows(path: Path, target: Path, index: store.CacheIndex, block_rows: int) -> None:
+    n, width = len(index.paths), index.space.feature_dim
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp, h5py.File(tmp, "w", libver="latest") as out, h5py.File(path, "r") as f:
+        store._part_datasets(out, n, width, index.space)
+        src = f["features"]
+        for start in range(0, n, block_rows):
+            block = src[start : start + block_rows]
+            if np.isnan(block).any():
+                raise CacheError(f"{path} lost a part while it was compacted; nothing was changed")
+            out["features"][start : start + len(block)] = block
+        if n:
+            out["content_sha256"][:] = np.array(index.hashes, dtype="S64")

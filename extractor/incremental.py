@@ -1,0 +1,161 @@
+"""Planning an incremental run against the previous cache, and assembling the next index.
+
+Before anything is read, each image of the dataset falls in one of three groups:
+
+* **known**: its stat matches the stat index (and is not racy), so its hash, and the vector
+  under that hash, are taken as they are; the file is not opened;
+* **failed**: it cannot be stat'ed, or it failed before and its stat is unchanged;
+* **to read**: new, changed, or racy. Changed files whose path was in the cache are first
+  re-hashed here (no decoding); those whose bytes turn out to be known need no network.
+
+After the run, every row's vector is looked up by content hash in the previous index, in parts
+left by an unfinished run (resumed), or in the parts this run wrote (new).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tlx.errors import CacheError
+from tlx.extractor import store
+from tlx.extractor.dataset import DatasetIndex
+from tlx.extractor.statindex import Stat, is_racy, read_and_hash, stat_files
+
+RECHECK_HERE_MAX = 10_000  # more changed-stat files than this are re-hashed by the ranks' workers instead
+
+
+@dataclass
+class Work:
+    known: dict[int, tuple[str, Stat]] = field(default_factory=dict)  # item -> (sha256, stat)
+    failed: store.Failures = field(default_factory=store.Failures)
+    to_read: list[int] = field(default_factory=list)  # items whose bytes must be read by a worker
+    n_rehashed: int = 0  # files opened here to re-hash them
+
+
+def classify(index: DatasetIndex, prev: store.CacheIndex | None, known_hashes, rehash: bool) -> Work:
+    """Sort the dataset's images into known / failed / to read, opening no file whose stat is
+    unchanged. ``known_hashes``: the content hashes whose vectors exist (cache and resumable parts)."""
+    work = Work()
+    stats = stat_files([index.abspath(it) for it in index.items])
+    usable = prev is not None and prev.format >= 2 and not rehash
+    row_of = {p: i for i, p in enumerate(prev.paths)} if usable and prev else {}
+    failures = prev.failures if usable and prev and prev.failures else store.Failures()
+    stat_time = prev.stat_time_ns if prev else 0
+    recheck: list[int] = []
+    for k, (item, st) in enumerate(zip(index.items, stats, strict=True)):
+        if isinstance(st, str):
+            work.failed.add(item.relpath, st)
+            continue
+        i = row_of.get(item.relpath)
+        fresh = not is_racy(st, stat_time)
+        if i is not None and prev is not None and tuple(prev.stats[i]) == st and fresh:
+            work.known[k] = (prev.hashes[i], st)
+        elif item.relpath in failures.reasons and failures.stats.get(item.relpath) == st and fresh:
+            rel = item.relpath
+            work.failed.add(rel, failures.reasons[rel], st, failures.hashes.get(rel, ""))
+        elif i is not None or item.relpath in failures.reasons or (rehash and prev is not None):
+            recheck.append(k)  # was there before: most likely the same bytes (touched, copied back)
+        else:
+            work.to_read.append(k)
+    if len(recheck) > RECHECK_HERE_MAX:
+        work.to_read = sorted(work.to_read + recheck)  # the workers re-hash and skip known bytes
+    else:
+        _recheck(index, recheck, work, known_hashes, failures)
+    return work
+
+
+def _recheck(index: DatasetIndex, positions: list[int], work: Work, known_hashes, failures: store.Failures) -> None:
+    """Re-hash files whose stat changed: known bytes are reused (no decode, no network), bytes
+    that failed before fail the same way; anything else is read again by a worker."""
+
+    def one(k: int):
+        try:
+            _, digest, st = read_and_hash(index.abspath(index.items[k]))
+            return k, digest, st
+        except OSError:
+            return k, "", None  # the worker reads it again and records why it fails
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, positions))
+    failed_hash_reason = {failures.hashes[p]: r for p, r in failures.reasons.items() if p in failures.hashes}
+    back = []
+    for k, digest, st in results:
+        work.n_rehashed += 1
+        if digest and digest in known_hashes:
+            work.known[k] = (digest, st)
+        elif digest and digest in failed_hash_reason:
+            work.failed.add(index.items[k].relpath, failed_hash_reason[digest], st, digest)
+        else:
+            back.append(k)
+    work.to_read = sorted(work.to_read + back)
+
+
+@dataclass
+class Sources:
+    """Where the vector of each content hash lives, and the row count of every part."""
+
+    prev: dict[str, tuple[str, int]] = field(default_factory=dict)
+    resumed: dict[str, tuple[str, int]] = field(default_factory=dict)
+    new: dict[str, tuple[str, int]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def known_hashes(self) -> set[str]:
+        return set(self.prev) | set(self.resumed)
+
+    def add_new(self, parts: list[tuple[str, list[str]]]) -> None:
+        for name, hashes in parts:
+            self.sizes[name] = len(hashes)
+            for row, h in enumerate(hashes):
+                self.new.setdefault(h, (name, row))
+
+    def find(self, h: str) -> tuple[tuple[str, int], str]:
+        for kind, table in (("reused", self.prev), ("resumed", self.resumed), ("new", self.new)):
+            if h in table:
+                return table[h], kind
+        raise CacheError(f"internal error: no vector for content {h[:12]}")
+
+
+def sources_for(path: Path, prev: store.CacheIndex | None, space) -> Sources:
+    """The previous index's vectors, and those of parts left by runs that did not finish."""
+    src = Sources()
+    if prev is not None and prev.format >= 2:
+        src.prev = prev.source_of_hash()
+        src.sizes.update(zip(prev.part_names, prev.part_rows, strict=True))
+    orphans = store.orphan_parts(path, prev if prev is not None and prev.format >= 2 else None, space)
+    src.resumed = {h: s for h, s in orphans.items() if h not in src.prev}
+    src.sizes.update(store.part_sizes(path, sorted({part for part, _ in src.resumed.values()})))
+    return src
+
+
+def plan_rows(index: DatasetIndex, found: dict[int, tuple[str, Stat]], failed: store.Failures, src: Sources):
+    """The new cache's rows in dataset order, and how many vectors came from each source."""
+    class_of = {c: k for k, c in enumerate(index.classes)}
+    rows, counts = [], {"reused": 0, "resumed": 0, "new": 0}
+    for k, item in enumerate(index.items):
+        if item.relpath in failed.reasons or k not in found:
+            continue
+        digest, st = found[k]
+        (part, part_row), kind = src.find(digest)
+        counts[kind] += 1
+        rows.append(store.Row(item.relpath, class_of[item.label], item.split, digest, st, part, part_row))
+    return rows, counts
+
+
+def same_index(prev: store.CacheIndex | None, rows: list[store.Row], classes: list[str], failed) -> bool:
+    """Would ``rows`` make exactly the index ``prev`` is (stats and sources included)?"""
+    if prev is None or prev.format < 2 or prev.failures is None:
+        return False
+    names = prev.part_names
+    return (
+        [r.path for r in rows] == prev.paths
+        and [r.sha256 for r in rows] == prev.hashes
+        and [r.label for r in rows] == prev.labels.tolist()
+        and [r.split for r in rows] == prev.splits
+        and [r.stat for r in rows] == [tuple(s) for s in prev.stats.tolist()]
+        and [(r.part, r.part_row) for r in rows]
+        == [(names[p], r) for p, r in zip(prev.source_part.tolist(), prev.source_row.tolist(), strict=True)]
+        and classes == prev.classes
+        and failed.same_as(prev.failures)
+    )
