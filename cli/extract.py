@@ -17,6 +17,11 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class StoreDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
 def register(app: typer.Typer) -> None:
     app.command("extract")(extract_command)
 
@@ -53,10 +58,17 @@ def extract_command(
     precision: Annotated[
         Precision,
         typer.Option(
-            help="Autocast precision of the forward pass (stored as float32; part of the feature space: "
+            help="Autocast precision of the forward pass (part of the feature space: "
             "fp16/bf16 features get their own cache)."
         ),
     ] = Precision.fp32,
+    store_dtype: Annotated[
+        StoreDtype,
+        typer.Option(
+            help="How the vectors are stored: float16 halves the cache (float32 vectors rounded to half, "
+            "widened again when read; a cache file of its own)."
+        ),
+    ] = StoreDtype.float32,
     cache_dir: Annotated[
         Path | None,
         typer.Option(help="Where feature caches live [default: $TLX_CACHE_DIR or ./cache].", file_okay=False),
@@ -93,6 +105,7 @@ def extract_command(
         cache_dir=cache_dir,
         strict=strict,
         precision=precision.value,
+        store_dtype=store_dtype.value,
         reporter=reporter,
         rehash=rehash,
     )

@@ -75,11 +75,18 @@ class FeatureSpace:
     # The forward pass's autocast precision: fp16/bf16 vectors differ from fp32 ones by far more
     # than rounding, so they are another feature space (records without it were made in fp32).
     precision: str = "fp32"
+    # How the vectors are stored: float16 halves the cache; its vectors are the float32 ones
+    # rounded to half, so they are another (exactly reproducible) space with its own cache file.
+    store_dtype: str = "float32"
 
     @classmethod
-    def from_backbone(cls, cfg: BackboneCfg, pooling: str, precision: str = "fp32") -> FeatureSpace:
+    def from_backbone(
+        cls, cfg: BackboneCfg, pooling: str, precision: str = "fp32", store_dtype: str = "float32"
+    ) -> FeatureSpace:
         width = cfg.feature_dim * (2 if pooling == "avgmax" else 1)
-        return cls(cfg.name, cfg.weights_sha256, cfg.weights_id, cfg.preprocessing, pooling, width, precision)
+        return cls(
+            cfg.name, cfg.weights_sha256, cfg.weights_id, cfg.preprocessing, pooling, width, precision, store_dtype
+        )
 
     def identity(self) -> dict:
         """The fields that decide whether two feature vectors are comparable."""
@@ -89,6 +96,7 @@ class FeatureSpace:
             "preprocessing": self.preprocessing.to_dict(),
             "pooling": self.pooling,
             "precision": self.precision,
+            "store_dtype": self.store_dtype,
         }
 
     @property
@@ -109,12 +117,13 @@ class FeatureSpace:
             pooling=d["pooling"],
             feature_dim=int(d["feature_dim"]),
             precision=str(d.get("precision", "fp32")),
+            store_dtype=str(d.get("store_dtype", "float32")),
         )
 
     def difference(self, other: FeatureSpace) -> str:
         """A short human sentence naming the first field that differs ('' when equal)."""
         mine, theirs = self.identity(), other.identity()
-        for name in ("backbone", "weights_sha256", "pooling", "precision", "preprocessing"):
+        for name in ("backbone", "weights_sha256", "pooling", "precision", "store_dtype", "preprocessing"):
             if mine[name] != theirs[name]:
                 return f"{name} is {theirs[name]!r} there but {mine[name]!r} here"
         return ""

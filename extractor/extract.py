@@ -82,6 +82,7 @@ class Options:
     workers: int | None
     device: str | None
     precision: str
+    store_dtype: str
     flush_rows: int
     flush_seconds: float
 
@@ -130,6 +131,7 @@ def extract(
     cache_dir=None,
     strict: bool = False,
     precision: str = "fp32",
+    store_dtype: str = "float32",
     reporter: Reporter | None = None,
     rehash: bool = False,
     flush_rows: int | None = None,
@@ -146,6 +148,8 @@ def extract(
         raise TlxError(f"--pool must be avg, max or avgmax, not {pooling!r}")
     if precision not in ("fp32", "fp16", "bf16"):
         raise TlxError(f"--precision must be fp32, fp16 or bf16, not {precision!r}")
+    if store_dtype not in ("float32", "float16"):
+        raise TlxError(f"--store-dtype must be float32 or float16, not {store_dtype!r}")
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
     opts = Options(
@@ -156,6 +160,7 @@ def extract(
         workers,
         device,
         precision,
+        store_dtype,
         flush_rows if flush_rows is not None else int(os.environ.get("TLX_FLUSH_ROWS", "4096")),
         flush_seconds if flush_seconds is not None else float(os.environ.get("TLX_FLUSH_SECONDS", "5")),
     )
@@ -187,6 +192,7 @@ def _request(opts: Options) -> dict:
         "backbone": opts.backbone,
         "pooling": opts.pooling,
         "precision": opts.precision,
+        "store_dtype": opts.store_dtype,
         "weights_path": str(Path(opts.weights).resolve()) if opts.weights is not None else "",  # type: ignore[arg-type]
         "versions": library_versions(),
     }
@@ -207,7 +213,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         path, space = found
     else:
         net = ref.build(weights=opts.weights)
-        space = FeatureSpace.from_backbone(net.cfg, opts.pooling, opts.precision)
+        space = FeatureSpace.from_backbone(net.cfg, opts.pooling, opts.precision, opts.store_dtype)
         path = cache_dir / store.cache_file_name(index.name, str(index.root), space)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with store.CacheLock(path, on_wait=reporter.message):
@@ -281,7 +287,7 @@ def _run_id() -> str:
 
 
 def _check_space(net, opts: Options, space: FeatureSpace) -> None:
-    built = FeatureSpace.from_backbone(net.cfg, opts.pooling, opts.precision)
+    built = FeatureSpace.from_backbone(net.cfg, opts.pooling, opts.precision, opts.store_dtype)
     if built.identity() != space.identity():
         raise CacheError(
             f"the network built for this run is not the one that made {space.backbone}'s cache "
@@ -426,7 +432,7 @@ def backbone_for_space(space: FeatureSpace, weights=None):
     """Rebuild the backbone that made ``space`` (for predict, export and fine-tuning) and check
     that it really is the same: same weights file hash and the same preprocessing."""
     net = get_backbone(space.backbone).build(weights=weights or None)
-    rebuilt = FeatureSpace.from_backbone(net.cfg, space.pooling, space.precision)
+    rebuilt = FeatureSpace.from_backbone(net.cfg, space.pooling, space.precision, space.store_dtype)
     if rebuilt.identity() != space.identity():
         hint = (
             f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})"

@@ -244,14 +244,14 @@ def write_part(folder: Path, name: str, hashes: Sequence[str], features: np.ndar
     with atomic_path(folder / name) as tmp, h5py.File(tmp, "w", libver="latest") as f:
         _part_datasets(f, n, width, space)
         if n:
-            f["features"][:] = features.astype(np.float32, copy=False)
+            f["features"][:] = features.astype(space.store_dtype, copy=False)
             f["content_sha256"][:] = np.array(hashes, dtype="S64")
     return folder / name
 
 
 def _part_datasets(f, n: int, width: int, space: FeatureSpace) -> None:
     chunk = (min(_rows_per_chunk(width), max(n, 1)), width)
-    f.create_dataset("features", shape=(n, width), maxshape=(None, width), dtype="f4", chunks=chunk)
+    f.create_dataset("features", shape=(n, width), maxshape=(None, width), dtype=space.store_dtype, chunks=chunk)
     f.create_dataset("content_sha256", shape=(n,), dtype=HASH, maxshape=(None,), chunks=(max(1, min(n, 8192)),))
     f.attrs["tlx_part"] = FORMAT_VERSION
     f.attrs["feature_space"] = json.dumps(space.to_dict())
@@ -405,7 +405,7 @@ def write_index(
     used = sorted({r.part for r in rows})
     part_no = {name: k for k, name in enumerate(used)}
     with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
-        _virtual_features(f, path, rows, used, part_sizes, width)
+        _virtual_features(f, path, rows, used, part_sizes, width, space.store_dtype)
         _strings(f, "paths", [r.path for r in rows])
         _strings(f, "split", [r.split for r in rows])
         _array(f, "content_sha256", np.array([r.sha256 for r in rows], dtype="S64"), HASH)
@@ -433,14 +433,16 @@ def write_index(
         f.attrs["feature_dim"] = width
 
 
-def _virtual_features(f, path: Path, rows: list[Row], used: list[str], sizes: dict[str, int], width: int) -> None:
+def _virtual_features(
+    f, path: Path, rows: list[Row], used: list[str], sizes: dict[str, int], width: int, dtype: str = "float32"
+) -> None:
     """``features`` as a virtual dataset: one mapping per run of rows that are consecutive in
     one part (one per part after a fresh run or a compaction). Source names are relative to the
     index's folder, so a cache folder can be moved or copied whole. A missing part reads as NaN."""
     if not rows:
-        f.create_dataset("features", shape=(0, width), maxshape=(None, width), dtype="f4", chunks=(1, width))
+        f.create_dataset("features", shape=(0, width), maxshape=(None, width), dtype=dtype, chunks=(1, width))
         return
-    layout = h5py.VirtualLayout(shape=(len(rows), width), dtype="f4")
+    layout = h5py.VirtualLayout(shape=(len(rows), width), dtype=dtype)
     folder = parts_dir(path).name
     sources = {n: h5py.VirtualSource(f"{folder}/{n}", "features", shape=(sizes[n], width)) for n in used}
     for start, stop, part, first in _runs(rows):

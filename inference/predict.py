@@ -296,7 +296,9 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
             for batch in runner.run([str(paths[i]) for i in todo], batch_size, workers, on_batch=reporter.advance):
                 for j, reason in batch.failures:
                     failed[todo[j]] = reason
-                for j, vec in zip(batch.indices, batch.features, strict=False):
+                # as the cache stores them: a float16 cache holds float32 vectors rounded to half
+                stored = batch.features.astype(run.space.store_dtype).astype(np.float32)
+                for j, vec in zip(batch.indices, stored, strict=True):
                     feats[todo[j]] = vec
         finally:
             reporter.stop()
