@@ -74,51 +74,43 @@ def predict_command(
     already in it (same bytes), computes the rest, and writes path,label,score,p_<class>... rows."""
     from tlx.common.device import check_device
     from tlx.heads.runs import load_run
-    from tlx.inference.predict import collect_images, csv_columns, predict_paths, write_csv
+    from tlx.inference.predict import collect_images, csv_columns, predict_chunks, write_csv_stream
 
     check_device(device.value)  # before the run is loaded or any image read
     loaded = load_run(run)
     paths = collect_images(images)
     from tlx.extractor.distributed import env_rank
 
-    quiet = quiet or env_rank() != 0  # under torchrun, rank 0 alone reports and writes the CSV
-    preds = predict_paths(
+    main_rank = env_rank() == 0
+    quiet = quiet or not main_rank  # under torchrun, rank 0 alone reports and writes the CSV
+    rounds = predict_chunks(
         loaded, paths, batch_size=batch_size, workers=workers, device=device.value, reporter=RichReporter(quiet=quiet)
     )
-    if preds.rank != 0:
+    sink = out if out is not None else (None if json_out else sys.stdout)
+    if not main_rank:
+        for _ in rounds:  # the other ranks compute their shares; rank 0 writes
+            pass
         return
+    rows: list[dict] = []  # with --json and no --out, the JSON carries the predictions
+    if json_out and out is None:
+        rounds = (_keep_rows(r, rows, top_k) for r in rounds)
+    preds = write_csv_stream(rounds, csv_columns(loaded.classes, top_k), sink, top_k)
     for failure in preds.failed[:20]:
         info(f"skipped {failure['path']}: {failure['reason']}", quiet)
-    if len(preds.failed) > 20:
-        info(f"... and {len(preds.failed) - 20} more", quiet)
-    if not preds.paths:
-        from tlx.errors import DatasetError
+    if preds.n_failed > 20:
+        info(f"... and {preds.n_failed - 20} more", quiet)
 
-        first = preds.failed[0]
-        more = f" (and {len(preds.failed) - 1} more)" if len(preds.failed) > 1 else ""
-        raise DatasetError(
-            f"none of the {len(preds.failed)} image(s) could be read, nothing was predicted: "
-            f"{first['path']}: {first['reason']}{more}"
-        )
-
-    rows = preds.rows(top_k)
-    columns = csv_columns(preds.classes, top_k)
-    if out is not None:
-        write_csv(rows, columns, out)
-    elif not json_out:
-        write_csv(rows, columns, sys.stdout)
-
-    acc = preds.folder_accuracy()
+    acc = preds.folder_accuracy
     summary = (
-        f"{len(preds.paths)} image(s) predicted with {loaded.path} ({preds.n_reused} from the cache, "
-        f"{preds.n_computed} computed), {len(preds.failed)} skipped; {preds.seconds:.1f} s"
+        f"{preds.n_images} image(s) predicted with {loaded.path} ({preds.n_reused} from the cache, "
+        f"{preds.n_computed} computed), {preds.n_failed} skipped; {preds.seconds:.1f} s"
     )
     if acc is not None:
         summary += f"; accuracy against the folder names {acc:.4f}"
     if out is not None:
         summary += f" -> {out}"
-    if preds.failed:
-        summary += f"  [warning: {len(preds.failed)} image(s) skipped]"
+    if preds.n_failed:
+        summary += f"  [warning: {preds.n_failed} image(s) skipped]"
     # The CSV owns stdout when it goes there; the summary then goes to stderr.
     if json_out or out is None:
         info(summary, quiet)
@@ -129,18 +121,23 @@ def predict_command(
             "run": str(loaded.path),
             "kind": loaded.kind,
             "out": str(out) if out is not None else None,
-            "n_images": len(preds.paths),
+            "n_images": preds.n_images,
             "n_reused": preds.n_reused,
             "n_computed": preds.n_computed,
-            "n_failed": len(preds.failed),
+            "n_failed": preds.n_failed,
             "failed": preds.failed,
             "folder_accuracy": acc,
             "seconds": preds.seconds,
-            "classes": preds.classes,
+            "classes": list(loaded.classes),
         }
         if out is None:
             result["predictions"] = rows
         emit_json(result)
+
+
+def _keep_rows(preds, rows: list, top_k: int):
+    rows += preds.rows(top_k)
+    return preds
 
 
 @handle_errors

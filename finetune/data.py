@@ -76,8 +76,6 @@ class _Rows:
 
 def _readable_rows(index: DatasetIndex, exclude: frozenset[str] | set[str]) -> _Rows:
     """Every image minus those extraction could not read and those that cannot be read now, with content hashes."""
-    from tlx.extractor.extract import hash_items
-
     hashes, unreadable = hash_items(index)
     keep = [k for k, it in enumerate(index.items) if it.relpath not in exclude and it.relpath not in unreadable]
     class_of = {c: k for k, c in enumerate(index.classes)}
@@ -85,6 +83,24 @@ def _readable_rows(index: DatasetIndex, exclude: frozenset[str] | set[str]) -> _
     labels = np.array([class_of[it.label] for it in items], dtype=np.int64)
     excluded = [it.relpath for it in index.items if it.relpath in exclude or it.relpath in unreadable]
     return _Rows(items, labels, [str(hashes[k]) for k in keep], excluded)  # unreadable files have no hash
+
+
+def hash_items(index: DatasetIndex) -> tuple[list[str | None], dict[str, str]]:
+    """Content hash of every image (what the split keys on); unreadable files become failures."""
+    from tlx.common.hashing import sha256_file
+
+    hashes: list[str | None] = []
+    failed: dict[str, str] = {}
+    for item in index.items:
+        try:
+            hashes.append(sha256_file(index.abspath(item)))
+        except FileNotFoundError:
+            hashes.append(None)
+            failed[item.relpath] = "file not found (a dangling link, or deleted while running)"
+        except OSError as exc:
+            hashes.append(None)
+            failed[item.relpath] = f"cannot read: {exc.strerror or exc}"
+    return hashes, failed
 
 
 def _split_data(index: DatasetIndex, rows: _Rows, train_idx, val_idx, info: dict) -> SplitData:

@@ -16,7 +16,7 @@ import csv
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,65 @@ def write_csv(rows: list[dict], columns: list[str], out) -> None:
         dump(out)
         return
     write_atomic(out, dump)
+
+
+@dataclass
+class StreamTotals:
+    """What ``write_csv_stream`` wrote: counts, the first failures, accuracy against folders."""
+
+    n_images: int = 0
+    n_reused: int = 0
+    n_computed: int = 0
+    seconds: float = 0.0
+    n_failed: int = 0
+    failed: list[dict] = field(default_factory=list)  # the first 1000
+    hits: int = 0
+    folders_are_classes: bool = True
+
+    @property
+    def folder_accuracy(self) -> float | None:
+        return self.hits / self.n_images if self.n_images and self.folders_are_classes else None
+
+    def add(self, preds: Predictions) -> None:
+        self.n_images += len(preds.paths)
+        self.n_reused += preds.n_reused
+        self.n_computed += preds.n_computed
+        self.seconds += preds.seconds
+        self.n_failed += len(preds.failed)
+        self.failed += preds.failed[: max(0, 1000 - len(self.failed))]
+        truth = [Path(p).parent.name for p in preds.paths]
+        self.folders_are_classes = self.folders_are_classes and all(t in preds.classes for t in truth)
+        self.hits += sum(t == label for t, label in zip(truth, preds.labels, strict=True))
+
+
+def write_csv_stream(rounds: Iterable[Predictions], columns: list[str], out, top_k: int = 1) -> StreamTotals:
+    """Write each round's rows as it comes (memory holds one round), to a path (a temporary file
+    renamed into place at the end: an interrupted run leaves no half CSV), an open text stream,
+    or nowhere (``out=None``, for ``--json`` alone). Raises DatasetError, writing nothing, when no
+    image at all could be read."""
+    totals = StreamTotals()
+
+    def dump(fh) -> None:
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n") if fh is not None else None
+        if writer is not None:
+            writer.writeheader()
+        for preds in rounds:
+            totals.add(preds)
+            for row in preds.rows(top_k) if writer is not None else []:
+                writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+        if totals.n_images == 0 and totals.n_failed:
+            first = totals.failed[0]
+            more = f" (and {totals.n_failed - 1} more)" if totals.n_failed > 1 else ""
+            raise DatasetError(
+                f"none of the {totals.n_failed} image(s) could be read, nothing was predicted: "
+                f"{first['path']}: {first['reason']}{more}"
+            )
+
+    if out is None or hasattr(out, "write"):
+        dump(out)
+    else:
+        write_atomic(out, dump)
+    return totals
 
 
 # --------------------------------------------------------------------------- inputs
@@ -213,6 +272,9 @@ def _hash_all(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]]:
 # --------------------------------------------------------------------------- predicting
 
 
+CHUNK = 8192  # images per round: memory holds one round's rows, however many images there are
+
+
 def predict_paths(
     run,
     paths: Sequence,
@@ -225,12 +287,41 @@ def predict_paths(
     """Predict image files, and the images in folders, with a loaded run (``tlx.heads.runs.load_run``).
 
     Unreadable images are skipped and listed in ``failed``; the others keep their input order.
-    ``reporter`` is a ``tlx.common.progress.Reporter`` (progress over the images that need a network)."""
+    ``reporter`` is a ``tlx.common.progress.Reporter`` (progress over the images that need a network).
+    For very many images, :func:`predict_chunks` yields the same in rounds of bounded size."""
+    chunks = list(predict_chunks(run, paths, batch_size, workers, device, reporter, reuse_cache))
+    if not chunks:
+        return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))))
+    return Predictions(
+        classes=list(run.classes),
+        paths=[p for c in chunks for p in c.paths],
+        proba=np.concatenate([c.proba for c in chunks]),
+        failed=[f for c in chunks for f in c.failed],
+        n_reused=sum(c.n_reused for c in chunks),
+        n_computed=sum(c.n_computed for c in chunks),
+        seconds=round(sum(c.seconds for c in chunks), 3),
+        rank=chunks[0].rank,
+    )
+
+
+def predict_chunks(
+    run,
+    paths: Sequence,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str | None = "auto",
+    reporter=None,
+    reuse_cache: bool = True,
+    chunk: int = CHUNK,
+) -> Iterator[Predictions]:
+    """:func:`predict_paths` in rounds of ``chunk`` images, in input order: a caller that writes
+    each round out (``tlx predict`` does) holds one round's rows at a time. The network is built
+    once for all rounds. Under torchrun each round is shared among the ranks and gathered on
+    rank 0; the other ranks yield empty rounds."""
     from tlx.common.device import check_device
     from tlx.common.progress import Reporter
 
     check_device(device)
-    started = time.perf_counter()
     reporter = reporter or Reporter()
     paths = expand_folders(paths)
     if batch_size < 1:
@@ -239,20 +330,30 @@ def predict_paths(
 
     ranks = distributed.setup(device)  # under torchrun: each rank predicts a contiguous share
     try:
-        mine = distributed.shard(len(paths), ranks)
-        share = [paths[i] for i in mine]
-        if run.kind == "finetune":
-            proba_of, failed, n_computed = _finetuned_proba(run, share, batch_size, workers, device, reporter)
-            n_reused = 0
-        else:
-            proba_of, failed, n_reused, n_computed = _head_proba(
-                run, share, batch_size, workers, device, reporter, reuse_cache
+        for start in range(0, len(paths), chunk):
+            yield _predict_round(
+                run, paths[start : start + chunk], ranks, batch_size, workers, device, reporter, reuse_cache
             )
-        shares = distributed.gather(
-            ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
-        )
     finally:
         distributed.teardown(ranks)
+
+
+def _predict_round(run, paths, ranks, batch_size, workers, device, reporter, reuse_cache) -> Predictions:
+    from tlx.extractor import distributed
+
+    started = time.perf_counter()
+    mine = distributed.shard(len(paths), ranks)
+    share = [paths[i] for i in mine]
+    if run.kind == "finetune":
+        proba_of, failed, n_computed = _finetuned_proba(run, share, batch_size, workers, device, reporter)
+        n_reused = 0
+    else:
+        proba_of, failed, n_reused, n_computed = _head_proba(
+            run, share, batch_size, workers, device, reporter, reuse_cache
+        )
+    shares = distributed.gather(
+        ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
+    )
     if not ranks.is_main:
         return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))), rank=ranks.rank)
     proba_of, failed, n_reused, n_computed = {}, {}, 0, 0
@@ -273,6 +374,14 @@ def predict_paths(
     )
 
 
+def _memo(run, name: str, build):
+    """Build something once per loaded run (the backbone, the fine-tuned module) across rounds."""
+    cache = run.__dict__.setdefault("_built", {})
+    if name not in cache:
+        cache[name] = build()
+    return cache[name]
+
+
 def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
     hashes, failed = _hash_all(paths)
     cached, note = _cached_features(run, hashes) if reuse_cache else ({}, "")
@@ -288,7 +397,7 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
     if todo:
         from tlx.extractor.engine import FeatureRunner
 
-        net = rebuild_backbone(run)
+        net = _memo(run, "backbone", lambda: rebuild_backbone(run))
         # the run's own precision: an fp16 feature space is computed in fp16 here too
         runner = FeatureRunner(net, run.space.pooling, device=device, precision=run.space.precision)
         reporter.start(len(todo), f"computing features with {run.space.backbone}")
@@ -377,7 +486,7 @@ def _finetuned_proba(run, paths, batch_size, workers, device, reporter):
     from tlx.extractor.preprocess import Normalize, ResizeCrop
     from tlx.finetune.model import load_finetuned
 
-    module, pre = load_finetuned(run.path)
+    module, pre = _memo(run, "finetuned", lambda: load_finetuned(run.path))
     dev = resolve_device(device)
     module = module.eval().to(dev)
     normalize = Normalize(pre).to(dev)
