@@ -33,11 +33,14 @@ def write_synthetic_cache(
     dtype: str = "float32",
     val_fraction: float = 0.2,
     noise: float = 4.0,
+    spread: float = 0.3,
     block: int = 50_000,
 ) -> Path:
-    """``rows`` x ``width`` features of ``classes`` classes, a train/val split of its own."""
+    """``rows`` x ``width`` features of ``classes`` classes, a train/val split of its own. The
+    class centres are ``spread`` apart per dimension against a noise of ``noise``, so that a
+    linear head is far from perfect (about 0.3 val accuracy at 24,000 rows x 1280, 100 classes)."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, width)).astype(np.float32)
+    centres = spread * rng.normal(size=(classes, width)).astype(np.float32)
     space = synthetic_space(width)
     chunk = max(1, (256 * 1024) // (np.dtype(dtype).itemsize * width))
     with h5py.File(path, "w", libver="latest") as f:

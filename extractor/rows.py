@@ -79,11 +79,16 @@ class CacheRows:
         points), and the wanted rows are picked from each window."""
         out = np.empty((len(rows), ds.shape[1]), dtype=np.float32)
         window = max(2 * len(rows), 1024)
+        buffer = np.empty((min(window, ds.shape[0]), ds.shape[1]), dtype=ds.dtype)
         done = 0
         while done < len(rows):
             first = int(rows[done])
             end = int(np.searchsorted(rows, first + window, side="left"))
-            chunk = ds[first : int(rows[end - 1]) + 1]
-            out[done:end] = chunk[rows[done:end] - first]
+            span = int(rows[end - 1]) + 1 - first
+            ds.read_direct(buffer, np.s_[first : first + span], np.s_[0:span])  # no temporary array
+            if buffer.dtype == np.float32:
+                np.take(buffer, rows[done:end] - first, axis=0, out=out[done:end], mode="clip")
+            else:  # float16 caches: widened here, one block at a time
+                out[done:end] = buffer[rows[done:end] - first]
             done = end
         return out

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import tlx
-from tlx.common.mistakes import most_confused, plot_top_losses
+from tlx.common.mistakes import most_confused, plot_top_losses, top_losses
 from tlx.common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
 from tlx.errors import TlxError
 from tlx.heads.data import TrainingData, load_training_data, parse_memory
@@ -191,8 +191,9 @@ def _fit_one(spec: HeadSpec, chosen: dict, data: TrainingData, sweep: bool, seed
     plot_confusion(metrics["confusion_matrix"], classes, run_dir / "confusion.png")
     metrics["most_confused"] = most_confused(metrics["confusion_matrix"], classes)
     root = Path(data.meta.dataset_root)
-    val_paths = [str(root / data.meta.paths[i]) for i in data.val]
-    shown = plot_top_losses(val_paths, data.yva, proba, classes, run_dir / "top_losses.png")
+    worst = top_losses(data.yva, proba)  # paths only for the images shown: a val set can be large
+    worst_paths = [str(root / data.meta.paths[data.val[i]]) for i in worst]
+    shown = plot_top_losses(worst_paths, data.yva[worst], proba[worst], classes, run_dir / "top_losses.png")
     if shown["missing"]:
         log(f"note: {len(shown['missing'])} of the top-loss images have moved or gone since extraction")
     if sweep_record is not None:

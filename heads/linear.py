@@ -114,7 +114,8 @@ class LinearHead(SoftmaxHead):
             W, b, self.n_iter_ = fit_torch(problem, lam, max_iter, tol, self.device)
         else:
             W, b, self.n_iter_ = problem.fit(lam, max_iter, tol, x0=start)
-        self.loss_ = problem.loss(W, b, lam)
+        # The solver's last value, or (torch) one more pass over the data.
+        self.loss_ = getattr(problem, "last_loss", None) or problem.loss(W, b, lam)
         self.coef_, self.intercept_ = W.astype(np.float32), b.astype(np.float32)
 
     def linear_form(self):

@@ -97,7 +97,7 @@ class SoftmaxProblem:
         self, lam: float, max_iter: int, tol: float, x0: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Minimize with numpy L-BFGS from ``x0`` (flattened W then b; zeros when None or of
-        another shape); returns ``(W, b, iterations)``."""
+        another shape); returns ``(W, b, iterations)`` and keeps the final loss in ``last_loss``."""
         c, d = self.n_classes, self.d
 
         def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -106,6 +106,7 @@ class SoftmaxProblem:
 
         start = x0 if x0 is not None and x0.shape == (c * d + c,) else np.zeros(c * d + c)
         result = minimize_lbfgs(fun, start, max_iter=max_iter, gtol=tol)
+        self.last_loss = float(result.fun)
         return result.x[: c * d].reshape(c, d), result.x[c * d :], result.n_iter
 
 
