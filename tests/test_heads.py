@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from tlx.errors import RunError, TlxError
+from tlx.errors import RunError
 from tlx.heads import (
     HeadError,
     NotExportableError,
@@ -214,4 +214,3 @@ def test_parse_params_types_and_errors():
         parse_params(get_head("knn"), ["n_neighbors=3.5"])
     with pytest.raises(ParamError, match="KEY=VALUE"):
         parse_params(get_head("knn"), ["n_neighbors"])
-    assert issubclass(ParamError, TlxError)
