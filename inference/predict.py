@@ -150,7 +150,9 @@ def write_csv_stream(rounds: Iterable[Predictions], columns: list[str], out, top
             writer.writeheader()
         for preds in rounds:
             totals.add(preds)
-            for row in preds.rows(top_k) if writer is not None else []:
+            if writer is None:
+                continue
+            for row in preds.rows(top_k):
                 writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
         if totals.n_images == 0 and totals.n_failed:
             first = totals.failed[0]
