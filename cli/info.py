@@ -75,7 +75,7 @@ def _cells(r: dict) -> list[str]:
         Path(r["path"]).name,
         str(r["dataset"]),
         str(r["backbone"]),
-        str(r["pooling"]),
+        str(r["pooling"]) + (f"-s{r['stages']}" if r.get("stages") else ""),
         str(r["n_images"]),
         str(r["feature_dim"]),
         str(r["n_failed"]),

@@ -290,7 +290,9 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
 
         net = rebuild_backbone(run)
         # the run's own precision: an fp16 feature space is computed in fp16 here too
-        runner = FeatureRunner(net, run.space.pooling, device=device, precision=run.space.precision)
+        runner = FeatureRunner(
+            net, run.space.pooling, device=device, precision=run.space.precision, stages=run.space.stages
+        )
         reporter.start(len(todo), f"computing features with {run.space.backbone}")
         try:
             for batch in runner.run([str(paths[i]) for i in todo], batch_size, workers, on_batch=reporter.advance):
