@@ -101,7 +101,7 @@ class FeatureSpace:
 
     def identity(self) -> dict:
         """The fields that decide whether two feature vectors are comparable."""
-        ident = {
+        ident: dict = {
             "backbone": self.backbone,
             "weights_sha256": self.weights_sha256,
             "preprocessing": self.preprocessing.to_dict(),

@@ -191,7 +191,7 @@ def _tell_followers(ranks: distributed.Ranks, message: tuple) -> None:
 
 
 def _request(opts: Options) -> dict:
-    request = {
+    request: dict = {
         "backbone": opts.backbone,
         "pooling": opts.pooling,
         "precision": opts.precision,

@@ -124,6 +124,13 @@ def linear_form(run):
     the run. numpy only, so a refusal costs no torch import."""
     from tlx.heads.base import NotExportableError
 
+    fused = run.info.get("fused") if run.kind == "head" else None
+    if fused:
+        names = " + ".join(b["feature_space"]["backbone"] for b in fused["blocks"])
+        raise NotExportableError(
+            f"{run.path} is fitted on fused features ({names}): an exported model runs one backbone; "
+            "use `tlx predict --run` for this run, or export a run fitted on one of its caches"
+        )
     try:
         return run.head.linear_form()
     except NotExportableError as exc:

@@ -275,6 +275,54 @@ def predict_paths(
 
 def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
     hashes, failed = _hash_all(paths)
+    blocks = fused_blocks(run)
+    if blocks is None:
+        feats, n_reused, n_computed, _ = _block_features(
+            run, paths, hashes, failed, batch_size, workers, device, reporter, reuse_cache
+        )
+    else:  # a fused run: each block from its own cache or backbone, side by side, standardized
+        from tlx.heads.fusion import load_standardization
+
+        parts = [
+            _block_features(b, paths, hashes, failed, batch_size, workers, device, reporter, reuse_cache)
+            for b in blocks
+        ]
+        mean, scale = load_standardization(run.path)
+        ok_all = [i for i in parts[0][0] if all(i in p[0] for p in parts) and i not in failed]
+        feats = {i: (np.concatenate([p[0][i] for p in parts]) - mean) / scale for i in ok_all}
+        n_reused = sum(1 for i in ok_all if all(i in p[3] for p in parts))
+        n_computed = len(ok_all) - n_reused
+    ok = sorted(feats)
+    proba_of = {}
+    if ok:
+        X = np.stack([feats[i] for i in ok]).astype(np.float32, copy=False)
+        proba_of = dict(zip(ok, full_proba(run, X), strict=False))
+    return proba_of, failed, n_reused, n_computed
+
+
+def fused_blocks(run) -> list | None:
+    """For a fused run, one run-like record per block (its space, cache and weights); else None."""
+    fused = run.info.get("fused")
+    if not fused:
+        return None
+    from dataclasses import replace
+
+    from tlx.extractor.config import FeatureSpace
+
+    return [
+        replace(
+            run,
+            info={"cache": b["cache"], "weights_path": b.get("weights_path", "")},
+            space=FeatureSpace.from_dict(b["feature_space"]),
+        )
+        for b in fused["blocks"]
+    ]
+
+
+def _block_features(run, paths, hashes, failed, batch_size, workers, device, reporter, reuse_cache):
+    """``({input index: vector}, n_reused, n_computed, reused indices)`` of one feature space:
+    from the run's cache when it holds the content, else through the backbone. ``failed`` gains
+    the images that could not be read."""
     cached, note = _cached_features(run, hashes) if reuse_cache else ({}, "")
     if note:
         reporter.message(f"note: {note}")
@@ -309,12 +357,7 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
                     feats[i] = feats[src]
                 else:
                     failed[i] = failed[src]
-    ok = sorted(feats)
-    proba_of = {}
-    if ok:
-        X = np.stack([feats[i] for i in ok]).astype(np.float32, copy=False)
-        proba_of = dict(zip(ok, full_proba(run, X), strict=False))
-    return proba_of, failed, len(cached), sum(1 for i in todo if i in feats)
+    return feats, len(cached), sum(1 for i in todo if i in feats), set(cached)
 
 
 def rebuild_backbone(run):
