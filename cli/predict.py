@@ -67,6 +67,14 @@ def predict_command(
     device: Annotated[
         Device, typer.Option(help="Where to run the network for images not in the run's cache.")
     ] = Device.auto,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Test-time augmentation: average the probabilities of each image's center view and its "
+            "mirror image (the mirror always goes through the backbone). Head runs only.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -83,7 +91,13 @@ def predict_command(
 
     quiet = quiet or env_rank() != 0  # under torchrun, rank 0 alone reports and writes the CSV
     preds = predict_paths(
-        loaded, paths, batch_size=batch_size, workers=workers, device=device.value, reporter=RichReporter(quiet=quiet)
+        loaded,
+        paths,
+        batch_size=batch_size,
+        workers=workers,
+        device=device.value,
+        reporter=RichReporter(quiet=quiet),
+        tta=tta,
     )
     if preds.rank != 0:
         return
@@ -132,6 +146,7 @@ def predict_command(
             "n_images": len(preds.paths),
             "n_reused": preds.n_reused,
             "n_computed": preds.n_computed,
+            "tta": tta,
             "n_failed": len(preds.failed),
             "failed": preds.failed,
             "folder_accuracy": acc,

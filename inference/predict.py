@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -221,8 +221,10 @@ def predict_paths(
     device: str | None = "auto",
     reporter=None,
     reuse_cache: bool = True,
+    tta: bool = False,
 ) -> Predictions:
     """Predict image files, and the images in folders, with a loaded run (``tlx.heads.runs.load_run``).
+    ``tta``: average the probabilities of each image's center view and its mirror image (head runs).
 
     Unreadable images are skipped and listed in ``failed``; the others keep their input order.
     ``reporter`` is a ``tlx.common.progress.Reporter`` (progress over the images that need a network)."""
@@ -235,6 +237,10 @@ def predict_paths(
     paths = expand_folders(paths)
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
+    if tta and run.kind == "finetune":
+        raise TlxError(
+            f"--tta averages cached-feature views and works with head runs; {run.path} is a fine-tuning run: drop --tta"
+        )
     from tlx.extractor import distributed
 
     ranks = distributed.setup(device)  # under torchrun: each rank predicts a contiguous share
@@ -246,7 +252,7 @@ def predict_paths(
             n_reused = 0
         else:
             proba_of, failed, n_reused, n_computed = _head_proba(
-                run, share, batch_size, workers, device, reporter, reuse_cache
+                run, share, batch_size, workers, device, reporter, reuse_cache, tta
             )
         shares = distributed.gather(
             ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
@@ -273,31 +279,52 @@ def predict_paths(
     )
 
 
-def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
-    hashes, failed = _hash_all(paths)
-    blocks = fused_blocks(run)
-    if blocks is None:
-        feats, n_reused, n_computed, _ = _block_features(
-            run, paths, hashes, failed, batch_size, workers, device, reporter, reuse_cache
-        )
-    else:  # a fused run: each block from its own cache or backbone, side by side, standardized
-        from tlx.heads.fusion import load_standardization
+@dataclass
+class _How:
+    """How features are computed: the loader's settings, whether to reuse the cache, and
+    whether the images are mirrored (the flip half of --tta)."""
 
-        parts = [
-            _block_features(b, paths, hashes, failed, batch_size, workers, device, reporter, reuse_cache)
-            for b in blocks
-        ]
-        mean, scale = load_standardization(run.path)
-        ok_all = [i for i in parts[0][0] if all(i in p[0] for p in parts) and i not in failed]
-        feats = {i: (np.concatenate([p[0][i] for p in parts]) - mean) / scale for i in ok_all}
-        n_reused = sum(1 for i in ok_all if all(i in p[3] for p in parts))
-        n_computed = len(ok_all) - n_reused
-    ok = sorted(feats)
+    batch_size: int
+    workers: int | None
+    device: str | None
+    reporter: object
+    reuse_cache: bool
+    flip: bool = False
+
+
+def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache, tta: bool = False):
+    """With ``tta``, the probabilities of the center view and of its mirror image are averaged;
+    the mirror is never in a cache, so it always goes through the backbone."""
+    hashes, failed = _hash_all(paths)
+    how = _How(batch_size, workers, device, reporter, reuse_cache)
+    feats, n_reused, n_computed = _head_features(run, paths, hashes, failed, how)
+    flipped = _head_features(run, paths, hashes, failed, replace(how, reuse_cache=False, flip=True))[0] if tta else {}
+    ok = sorted(i for i in feats if i not in failed and (not tta or i in flipped))
     proba_of = {}
     if ok:
         X = np.stack([feats[i] for i in ok]).astype(np.float32, copy=False)
-        proba_of = dict(zip(ok, full_proba(run, X), strict=False))
+        proba = full_proba(run, X)
+        if tta:
+            proba = (proba + full_proba(run, np.stack([flipped[i] for i in ok]).astype(np.float32))) / 2
+        proba_of = dict(zip(ok, proba, strict=False))
     return proba_of, failed, n_reused, n_computed
+
+
+def _head_features(run, paths, hashes, failed, how: _How):
+    """``({input index: vector}, n_reused, n_computed)`` in the run's (possibly fused) space."""
+    blocks = fused_blocks(run)
+    if blocks is None:
+        feats, n_reused, n_computed, _ = _block_features(run, paths, hashes, failed, how)
+        return feats, n_reused, n_computed
+    # a fused run: each block from its own cache or backbone, side by side, standardized
+    from tlx.heads.fusion import load_standardization
+
+    parts = [_block_features(b, paths, hashes, failed, how) for b in blocks]
+    mean, scale = load_standardization(run.path)
+    ok_all = [i for i in parts[0][0] if all(i in p[0] for p in parts) and i not in failed]
+    feats = {i: (np.concatenate([p[0][i] for p in parts]) - mean) / scale for i in ok_all}
+    n_reused = sum(1 for i in ok_all if all(i in p[3] for p in parts))
+    return feats, n_reused, len(ok_all) - n_reused
 
 
 def fused_blocks(run) -> list | None:
@@ -305,8 +332,6 @@ def fused_blocks(run) -> list | None:
     fused = run.info.get("fused")
     if not fused:
         return None
-    from dataclasses import replace
-
     from tlx.extractor.config import FeatureSpace
 
     return [
@@ -319,11 +344,12 @@ def fused_blocks(run) -> list | None:
     ]
 
 
-def _block_features(run, paths, hashes, failed, batch_size, workers, device, reporter, reuse_cache):
+def _block_features(run, paths, hashes, failed, how: _How):
     """``({input index: vector}, n_reused, n_computed, reused indices)`` of one feature space:
     from the run's cache when it holds the content, else through the backbone. ``failed`` gains
     the images that could not be read."""
-    cached, note = _cached_features(run, hashes) if reuse_cache else ({}, "")
+    batch_size, workers, device, reporter = how.batch_size, how.workers, how.device, how.reporter
+    cached, note = _cached_features(run, hashes) if how.reuse_cache else ({}, "")
     if note:
         reporter.message(f"note: {note}")
     feats: dict[int, np.ndarray] = dict(cached)
@@ -341,9 +367,17 @@ def _block_features(run, paths, hashes, failed, batch_size, workers, device, rep
         runner = FeatureRunner(
             net, run.space.pooling, device=device, precision=run.space.precision, stages=run.space.stages
         )
-        reporter.start(len(todo), f"computing features with {run.space.backbone}")
+        files = None
+        if how.flip:  # the mirror view of --tta
+            from tlx.extractor.engine import ImageFiles
+            from tlx.extractor.preprocess import ResizeCrop
+
+            files = ImageFiles([str(paths[i]) for i in todo], ResizeCrop(run.space.preprocessing, flip=True))
+        what = "mirrored images" if how.flip else "features"
+        reporter.start(len(todo), f"computing {what} with {run.space.backbone}")
         try:
-            for batch in runner.run([str(paths[i]) for i in todo], batch_size, workers, on_batch=reporter.advance):
+            todo_paths = [str(paths[i]) for i in todo]
+            for batch in runner.run(todo_paths, batch_size, workers, on_batch=reporter.advance, files=files):
                 for j, reason in batch.failures:
                     failed[todo[j]] = reason
                 for j, vec in zip(batch.indices, batch.features, strict=False):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 from conftest import make_folder_dataset, write_image
@@ -103,3 +104,34 @@ def test_fusing_caches_of_other_images_or_labels_is_refused(cli, tmp_path):
     shutil.copytree(one / "val", swapped / "val")
     c = cli("extract", swapped, *FAST, "--pool", "max", "--cache-dir", tmp_path / "c", "--json").json()["path"]
     assert_user_error(cli("fit-head", "--features", a, "--features", c), "is class", "same labelled data")
+
+
+def test_predict_tta_averages_the_center_view_and_its_mirror(cli, tmp_path):
+    from PIL import Image
+
+    data = _split_data(tmp_path)
+    a, b = _two_caches(cli, data, tmp_path / "cache")
+    run = tmp_path / "run"
+    assert cli("fit-head", "--features", a, "--out", run, "-q").exit_code == 0
+    # mirrored copies of the val images: their center view is the originals' mirror view
+    mirrored = tmp_path / "mirrored"
+    for p in sorted((data / "val").rglob("*.png")):
+        target = mirrored / p.relative_to(data / "val")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(p).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target)
+
+    from tlx.heads.runs import load_run
+    from tlx.inference.predict import predict_paths
+
+    def proba(folder, tta=False):
+        preds = predict_paths(load_run(run), [folder], workers=0, device="cpu", tta=tta)
+        return {Path(p).name: row for p, row in zip(preds.paths, preds.proba, strict=True)}
+
+    plain, flipped, tta = proba(data / "val"), proba(mirrored), proba(data / "val", tta=True)
+    for name, p in plain.items():
+        np.testing.assert_allclose(tta[name], (p + flipped[name]) / 2, atol=1e-5)
+    assert any(not np.allclose(plain[n], tta[n]) for n in plain)  # the mirror changed something
+    for fused_run in [tmp_path / "fused"]:
+        assert cli("fit-head", "--features", a, "--features", b, "--out", fused_run, "-q").exit_code == 0
+        out = cli("predict", data / "val", "--run", fused_run, "--tta", "--workers", "0", "-q", "--json")
+        assert out.exit_code == 0, out.stderr
