@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -287,7 +288,7 @@ class _How:
     batch_size: int
     workers: int | None
     device: str | None
-    reporter: object
+    reporter: Any  # a tlx.common.progress.Reporter
     reuse_cache: bool
     flip: bool = False
 
