@@ -50,6 +50,14 @@ def extract_command(
         ),
     ] = None,
     pool: Annotated[Pool, typer.Option(help="Global pooling of the final feature map.")] = Pool.avg,
+    stages: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also pool the body's last K inner stages (same forward pass) and append them to the final "
+            "features; part of the feature space. 0: the final features alone.",
+        ),
+    ] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     workers: Annotated[
         int | None, typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")
@@ -99,6 +107,7 @@ def extract_command(
         backbone=backbone,
         weights=weights,
         pooling=pool.value,
+        stages=stages,
         batch_size=batch_size,
         workers=workers,
         device=device.value,

@@ -29,10 +29,11 @@ def register(app: typer.Typer) -> None:
 @handle_errors
 def fit_head_command(
     features: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
             help="Feature cache file written by `tlx extract`, or a folder of caches "
-            "[default: the most recent cache in $TLX_CACHE_DIR or ./cache]."
+            "[default: the most recent cache in $TLX_CACHE_DIR or ./cache]. Repeat it to fit on the "
+            "concatenation of several caches of the same images (matched by content, each block standardized).",
         ),
     ] = None,
     clf: Annotated[
@@ -83,7 +84,7 @@ def fit_head_command(
     from tlx.heads.fit import fit_heads
 
     results = fit_heads(
-        features=features,
+        features=(features[0] if len(features) == 1 else list(features)) if features else None,
         clf=clf,
         params=param or [],
         sweep=sweep,

@@ -35,14 +35,15 @@ def info_command(
         print_heads(json_out)
         return
     if backbones:
-        from tlx.extractor.registry import list_backbones
+        from tlx.extractor.registry import list_backbones, weights_status
 
-        names = list_backbones()
+        names, status = list_backbones(), weights_status()
         if json_out:
-            emit_json(names)
+            emit_json({n: {"description": d, "weights": status.get(n, "")} for n, d in names.items()})
         else:
             for name, desc in names.items():
                 typer.echo(f"{name:<28} {desc}")
+                typer.echo(f"{'':<28}   weights: {status.get(name) or 'unknown'}")
         return
     from tlx.errors import CacheError
     from tlx.extractor.store import UnreadableCacheError, default_cache_dir, list_caches, read_summary
@@ -74,7 +75,7 @@ def _cells(r: dict) -> list[str]:
         Path(r["path"]).name,
         str(r["dataset"]),
         str(r["backbone"]),
-        str(r["pooling"]),
+        str(r["pooling"]) + (f"-s{r['stages']}" if r.get("stages") else ""),
         str(r["n_images"]),
         str(r["feature_dim"]),
         str(r["n_failed"]),

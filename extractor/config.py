@@ -12,6 +12,12 @@ import math
 from dataclasses import asdict, dataclass, field
 
 POOLINGS = ("avg", "max", "avgmax")
+
+
+def pool_label(pooling: str, stages: int = 0) -> str:
+    return f"{pooling}-s{stages}" if stages else pooling
+
+
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
 
 
@@ -75,29 +81,47 @@ class FeatureSpace:
     # The forward pass's autocast precision: fp16/bf16 vectors differ from fp32 ones by far more
     # than rounding, so they are another feature space (records without it were made in fp32).
     precision: str = "fp32"
+    # Multi-stage pooling: the pooled outputs of the body's last ``stages`` inner stages follow the
+    # final features in each vector (0: the final features alone, as every older cache).
+    stages: int = 0
     # How the vectors are stored: float16 halves the cache; its vectors are the float32 ones
     # rounded to half, so they are another (exactly reproducible) space with its own cache file.
     store_dtype: str = "float32"
 
     @classmethod
     def from_backbone(
-        cls, cfg: BackboneCfg, pooling: str, precision: str = "fp32", store_dtype: str = "float32"
+        cls,
+        cfg: BackboneCfg,
+        pooling: str,
+        precision: str = "fp32",
+        stage_widths: tuple[int, ...] = (),
+        store_dtype: str = "float32",
     ) -> FeatureSpace:
-        width = cfg.feature_dim * (2 if pooling == "avgmax" else 1)
-        return cls(
-            cfg.name, cfg.weights_sha256, cfg.weights_id, cfg.preprocessing, pooling, width, precision, store_dtype
-        )
+        """``stage_widths``: the channels of each pooled inner stage (``pooling.stage_widths``)."""
+        width = (cfg.feature_dim + sum(stage_widths)) * (2 if pooling == "avgmax" else 1)
+        pre, stages = cfg.preprocessing, len(stage_widths)
+        return cls(cfg.name, cfg.weights_sha256, cfg.weights_id, pre, pooling, width, precision, stages, store_dtype)
+
+    @property
+    def pool_label(self) -> str:
+        """The pooling as cache names show it: ``avg``, or ``avg-s3`` with three inner stages."""
+        return pool_label(self.pooling, self.stages)
 
     def identity(self) -> dict:
         """The fields that decide whether two feature vectors are comparable."""
-        return {
+        ident: dict = {
             "backbone": self.backbone,
             "weights_sha256": self.weights_sha256,
             "preprocessing": self.preprocessing.to_dict(),
             "pooling": self.pooling,
             "precision": self.precision,
-            "store_dtype": self.store_dtype,
         }
+        # Only when used, so that the spaces (and cache names) of older caches keep their key.
+        if self.stages:
+            ident["stages"] = self.stages
+        if self.store_dtype != "float32":
+            ident["store_dtype"] = self.store_dtype
+        return ident
 
     @property
     def key(self) -> str:
@@ -117,13 +141,15 @@ class FeatureSpace:
             pooling=d["pooling"],
             feature_dim=int(d["feature_dim"]),
             precision=str(d.get("precision", "fp32")),
+            stages=int(d.get("stages", 0)),
             store_dtype=str(d.get("store_dtype", "float32")),
         )
 
     def difference(self, other: FeatureSpace) -> str:
         """A short human sentence naming the first field that differs ('' when equal)."""
         mine, theirs = self.identity(), other.identity()
-        for name in ("backbone", "weights_sha256", "pooling", "precision", "store_dtype", "preprocessing"):
-            if mine[name] != theirs[name]:
-                return f"{name} is {theirs[name]!r} there but {mine[name]!r} here"
+        for name in ("backbone", "weights_sha256", "pooling", "stages", "precision", "store_dtype", "preprocessing"):
+            default = "float32" if name == "store_dtype" else 0
+            if mine.get(name, default) != theirs.get(name, default):
+                return f"{name} is {theirs.get(name, default)!r} there but {mine.get(name, default)!r} here"
         return ""

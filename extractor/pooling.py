@@ -1,9 +1,13 @@
-"""Global pooling of a backbone's final feature map into one vector per image."""
+"""Global pooling of a backbone's feature maps into one vector per image: the final map, and
+optionally the last K inner stages of the body (multi-stage pooling), all from one forward pass."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from tlx.errors import TlxError
+from tlx.extractor.config import FeatureSpace
 
 
 class GlobalPool(nn.Module):
@@ -28,12 +32,99 @@ class GlobalPool(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """Backbone body followed by global pooling: images in, pooled pre-logits features out."""
+    """Backbone body followed by global pooling: images in, pooled pre-logits features out.
 
-    def __init__(self, body: nn.Module, pooling: str = "avg"):
+    ``taps`` name submodules of the body (``stage_taps``) whose outputs are pooled too and
+    concatenated after the final features, in the order given. Forward hooks catch them during
+    the body's own forward pass, so the stages cost no second pass and no change to the body.
+    """
+
+    def __init__(self, body: nn.Module, pooling: str = "avg", taps: list[str] | tuple[str, ...] = ()):
         super().__init__()
         self.body = body
         self.pool = GlobalPool(pooling)
+        self.taps = list(taps)
+        self._caught: dict[str, torch.Tensor] = {}
+        self._hooks = [body.get_submodule(name).register_forward_hook(self._catcher(name)) for name in self.taps]
+
+    def _catcher(self, name: str):
+        def hook(_module, _inputs, output):
+            self._caught[name] = output
+
+        return hook
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.body(images)).float()
+        final = self.pool(self.body(images))
+        if not self.taps:
+            return final.float()
+        pooled = [final] + [self.pool(self._caught.pop(name)) for name in self.taps]
+        return torch.cat([p.float() for p in pooled], dim=1)
+
+    def remove_taps(self) -> None:
+        """Detach the hooks from the body (which may be shared with another extractor)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self.taps = [], []
+
+
+def _stage_module(stage: list[str]) -> str:
+    """The deepest module holding every parameter of a stage ('' when only the root does)."""
+    owners = [name.rsplit(".", 1)[0].split(".") if "." in name else [] for name in stage]
+    common: list[str] = []
+    for parts in zip(*owners, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
+def stage_taps(backbone, stages: int) -> list[str]:
+    """The modules whose outputs are the body's last ``stages`` inner stages (the registry's
+    stage list without its final stage, which makes the final features), shallow to deep."""
+    if stages == 0:
+        return []
+    inner = [_stage_module(s) for s in backbone.stages[:-1]]
+    usable = 0
+    for name in reversed(inner):  # the contiguous run of stages that are modules of their own
+        if not name:
+            break
+        usable += 1
+    if not 0 < stages <= usable:
+        raise TlxError(
+            f"--stages {stages}: {backbone.cfg.name} has {usable} inner stage(s) that can be pooled besides its "
+            f"final features; pass --stages between 1 and {usable}, or 0 for the final features alone"
+        )
+    return inner[len(inner) - stages :]
+
+
+@torch.inference_mode()
+def stage_widths(backbone, taps: list[str]) -> tuple[int, ...]:
+    """Channels of each tapped stage, from one forward pass of a blank image."""
+    if not taps:
+        return ()
+    size = backbone.cfg.preprocessing.input_size
+    extractor = FeatureExtractor(backbone.body, "avg", [])
+    shapes: dict[str, int] = {}
+    hooks = [
+        backbone.body.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: shapes.__setitem__(name, extractor.pool(out).shape[1])
+        )
+        for name in taps
+    ]
+    was_training = backbone.body.training
+    try:
+        extractor.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        backbone.body.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return tuple(int(shapes[name]) for name in taps)
+
+
+def space_for(
+    backbone, pooling: str, precision: str = "fp32", stages: int = 0, store_dtype: str = "float32"
+) -> FeatureSpace:
+    """The feature space a backbone makes with this pooling, precision, number of stages and
+    storage type."""
+    widths = stage_widths(backbone, stage_taps(backbone, stages)) if stages else ()
+    return FeatureSpace.from_backbone(backbone.cfg, pooling, precision, widths, store_dtype)

@@ -25,10 +25,11 @@ class ResizeCrop:
     timm's and torchvision's evaluation transforms do.
     """
 
-    def __init__(self, pre: Preprocessing):
+    def __init__(self, pre: Preprocessing, flip: bool = False):
         self.resize_size = pre.resize_size
         self.crop = pre.input_size
         self.resample = _RESAMPLE[pre.interpolation]
+        self.flip = flip  # mirror the crop left-right (test-time augmentation)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         w, h = img.size
@@ -48,6 +49,8 @@ class ResizeCrop:
         if new_h != h:
             img = img.resize((self.crop, new_h), self.resample)
         img = img.crop((0, top, self.crop, top + self.crop))
+        if self.flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def load(self, path) -> torch.Tensor:

@@ -16,6 +16,7 @@ from tlx.errors import TlxError
 _BACKBONES: dict[str, Callable] = {}
 _FAMILIES: dict[str, Callable] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_WEIGHTS_STATUS: dict[str, Callable[[], str]] = {}  # name -> "installed ..." / "not installed: ..."
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -24,21 +25,28 @@ class UnknownBackboneError(TlxError):
     pass
 
 
-def register_backbone(name: str, description: str = ""):
+def register_backbone(name: str, description: str = "", weights_status: Callable[[], str] | None = None):
+    """``weights_status`` says, without building anything, whether the pretrained weights are
+    there (``tlx info --backbones``)."""
+
     def decorate(fn: Callable) -> Callable:
         if name in _BACKBONES:
             raise ValueError(f"backbone {name!r} is registered twice")
         _BACKBONES[name] = fn
         _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
+        if weights_status is not None:
+            _WEIGHTS_STATUS[name] = weights_status
         return fn
 
     return decorate
 
 
-def register_family(prefix: str, description: str = ""):
+def register_family(prefix: str, description: str = "", weights_status: Callable[[], str] | None = None):
     def decorate(fn: Callable) -> Callable:
         _FAMILIES[prefix] = fn
         _DESCRIPTIONS[f"{prefix}:<model>"] = description or (fn.__doc__ or "").strip().splitlines()[0]
+        if weights_status is not None:
+            _WEIGHTS_STATUS[f"{prefix}:<model>"] = weights_status
         return fn
 
     return decorate
@@ -52,6 +60,15 @@ def list_backbones() -> dict[str, str]:
     """Registered names and family patterns, each with a one-line description."""
     _ensure_builtins()
     return dict(_DESCRIPTIONS)
+
+
+def weights_status() -> dict[str, str]:
+    """Name -> where its weights stand (installed, to download, random), for every registered entry."""
+    _ensure_builtins()
+    status = {name: "" for name in _DESCRIPTIONS}
+    for name, check in _WEIGHTS_STATUS.items():
+        status[name] = check()
+    return status
 
 
 @dataclass(frozen=True)

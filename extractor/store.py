@@ -52,7 +52,8 @@ def _slug(text: str) -> str:
 
 
 def cache_file_prefix(dataset_name: str, backbone: str, pooling: str) -> str:
-    """The part of a cache's file name known before the network is built."""
+    """The part of a cache's file name known before the network is built (``pooling`` is the
+    space's ``pool_label``: ``avg``, or ``avg-s3`` with three stages)."""
     return f"{_slug(dataset_name)}-{_slug(backbone)}-{pooling}-"
 
 
@@ -60,7 +61,7 @@ def cache_file_name(dataset_name: str, dataset_root: str, space: FeatureSpace) -
     import hashlib
 
     ident = hashlib.sha256(f"{space.key}|{dataset_root}".encode()).hexdigest()[:10]
-    return f"{cache_file_prefix(dataset_name, space.backbone, space.pooling)}{ident}.h5"
+    return f"{cache_file_prefix(dataset_name, space.backbone, space.pool_label)}{ident}.h5"
 
 
 def parts_dir(cache_path: Path) -> Path:
@@ -221,6 +222,7 @@ def read_summary(path: Path) -> dict:
         "dataset_root": attrs.get("dataset_root"),
         "backbone": attrs.get("backbone"),
         "pooling": attrs.get("pooling"),
+        "stages": int(space.get("stages", 0)),
         "precision": space.get("precision", "fp32"),
         "n_images": n,
         "feature_dim": int(attrs.get("feature_dim", 0)),

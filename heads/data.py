@@ -18,6 +18,7 @@ import numpy as np
 from tlx.errors import DatasetError, TlxError
 from tlx.extractor.features import Features, load_features, resolve_cache
 from tlx.extractor.rows import CacheRows
+from tlx.heads.fusion import Fusion, load_fused
 from tlx.heads.split import split_indices
 
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
@@ -59,6 +60,7 @@ class TrainingData:
     ytr: np.ndarray
     Xva: np.ndarray
     yva: np.ndarray
+    fusion: Fusion | None = None  # several caches side by side (``tlx.heads.fusion``)
 
     @property
     def streamed(self) -> bool:
@@ -72,6 +74,12 @@ class TrainingData:
 def load_training_data(
     features, val_fraction: float, seed: int, max_memory: int | None = None, log=lambda _msg: None
 ) -> TrainingData:
+    """``features``: a cache, a folder (its newest cache), None (the default folder), or a list of
+    caches; two or more are fused (``tlx.heads.fusion``)."""
+    if isinstance(features, (list, tuple)):
+        if len(features) > 1:
+            return _load_fused(list(features), val_fraction, seed, max_memory, log)
+        features = features[0] if features else None
     path = resolve_cache(features)
     if features is None or Path(features).is_dir():
         log(f"features: {path} (the most recent cache in {path.parent})")
@@ -95,6 +103,25 @@ def load_training_data(
             f"{limit / 2**30:.2f} GiB: streaming them from {path} block by block"
         )
     return TrainingData(meta, train, val, split_info, Xtr, meta.y[train], Xva, meta.y[val])
+
+
+def _load_fused(features: list, val_fraction: float, seed: int, max_memory: int | None, log) -> TrainingData:
+    meta, fusion = load_fused(features, log)
+    assert isinstance(meta.X, np.ndarray)
+    train, val, split_info = split_indices(
+        meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
+    )
+    split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
+    check_training_set(meta, train, val)
+    limit = default_max_memory() if max_memory is None else max_memory
+    if meta.X.nbytes > limit:
+        raise TlxError(
+            f"the fused features take {meta.X.nbytes / 2**30:.2f} GiB, more than --max-memory "
+            f"{limit / 2**30:.2f} GiB, and fused caches are not streamed: raise --max-memory or fit on one cache"
+        )
+    fusion.standardize(meta.X, train)  # with the training rows only: val stays unseen
+    X = meta.X
+    return TrainingData(meta, train, val, split_info, X[train], meta.y[train], X[val], meta.y[val], fusion)
 
 
 def check_training_set(meta: Features, train: np.ndarray, val: np.ndarray) -> None:

@@ -188,6 +188,8 @@ def _fit_one(spec: HeadSpec, chosen: dict, data: TrainingData, sweep: bool, seed
     from tlx.heads.io import save_head
 
     save_head(head, run_dir)
+    if data.fusion is not None:
+        data.fusion.save(run_dir)
     plot_confusion(metrics["confusion_matrix"], classes, run_dir / "confusion.png")
     metrics["most_confused"] = most_confused(metrics["confusion_matrix"], classes)
     root = Path(data.meta.dataset_root)
@@ -220,7 +222,8 @@ def _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_recor
         "fit_seconds": fit_seconds,
         "sweep_seconds": sweep_seconds,
         "streamed": data.streamed,
-        "feature_space": meta.space.to_dict(),
+        "feature_space": meta.space.to_dict(),  # of the first cache when fused (see "fused")
+        "fused": data.fusion.record() if data.fusion is not None else None,
         # Absolute, so predict and finetune find the cache (and its --weights file) from anywhere.
         "cache": str(Path(meta.path).resolve()),
         "weights_path": meta.attrs.get("weights_path", ""),

@@ -107,14 +107,15 @@ def build_module(run):
         module, pre = load_finetuned(run.path)
         return module.eval().requires_grad_(False), list(run.classes), pre
 
-    from tlx.extractor.pooling import FeatureExtractor
+    from tlx.extractor.pooling import FeatureExtractor, stage_taps
     from tlx.inference.predict import head_class_indices, rebuild_backbone
 
     W, b, shift, scale = linear_form(run)
     classes = [run.classes[i] for i in head_class_indices(run)]
     LinearProbe, ImageClassifier = _torch_modules()
     net = rebuild_backbone(run)
-    module = ImageClassifier(FeatureExtractor(net.body, run.space.pooling), LinearProbe(W, b, shift, scale))
+    extractor = FeatureExtractor(net.body, run.space.pooling, stage_taps(net, run.space.stages))
+    module = ImageClassifier(extractor, LinearProbe(W, b, shift, scale))
     return module.eval().requires_grad_(False), classes, run.space.preprocessing
 
 
@@ -123,6 +124,13 @@ def linear_form(run):
     the run. numpy only, so a refusal costs no torch import."""
     from tlx.heads.base import NotExportableError
 
+    fused = run.info.get("fused") if run.kind == "head" else None
+    if fused:
+        names = " + ".join(b["feature_space"]["backbone"] for b in fused["blocks"])
+        raise NotExportableError(
+            f"{run.path} is fitted on fused features ({names}): an exported model runs one backbone; "
+            "use `tlx predict --run` for this run, or export a run fitted on one of its caches"
+        )
     try:
         return run.head.linear_form()
     except NotExportableError as exc:

@@ -17,8 +17,9 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -285,13 +286,15 @@ def predict_paths(
     device: str | None = "auto",
     reporter=None,
     reuse_cache: bool = True,
+    tta: bool = False,
 ) -> Predictions:
     """Predict image files, and the images in folders, with a loaded run (``tlx.heads.runs.load_run``).
+    ``tta``: average the probabilities of each image's center view and its mirror image (head runs).
 
     Unreadable images are skipped and listed in ``failed``; the others keep their input order.
     ``reporter`` is a ``tlx.common.progress.Reporter`` (progress over the images that need a network).
     For very many images, :func:`predict_chunks` yields the same in rounds of bounded size."""
-    chunks = list(predict_chunks(run, paths, batch_size, workers, device, reporter, reuse_cache))
+    chunks = list(predict_chunks(run, paths, batch_size, workers, device, reporter, reuse_cache, tta))
     if not chunks:
         return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))))
     return Predictions(
@@ -314,6 +317,7 @@ def predict_chunks(
     device: str | None = "auto",
     reporter=None,
     reuse_cache: bool = True,
+    tta: bool = False,
     chunk: int = CHUNK,
 ) -> Iterator[Predictions]:
     """:func:`predict_paths` in rounds of ``chunk`` images, in input order: a caller that writes
@@ -328,19 +332,22 @@ def predict_chunks(
     paths = expand_folders(paths)
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
+    if tta and run.kind == "finetune":
+        raise TlxError(
+            f"--tta averages cached-feature views and works with head runs; {run.path} is a fine-tuning run: drop --tta"
+        )
     from tlx.extractor import distributed
 
     ranks = distributed.setup(device)  # under torchrun: each rank predicts a contiguous share
     try:
         for start in range(0, len(paths), chunk):
-            yield _predict_round(
-                run, paths[start : start + chunk], ranks, batch_size, workers, device, reporter, reuse_cache
-            )
+            round_paths = paths[start : start + chunk]
+            yield _predict_round(run, round_paths, ranks, batch_size, workers, device, reporter, reuse_cache, tta)
     finally:
         distributed.teardown(ranks)
 
 
-def _predict_round(run, paths, ranks, batch_size, workers, device, reporter, reuse_cache) -> Predictions:
+def _predict_round(run, paths, ranks, batch_size, workers, device, reporter, reuse_cache, tta) -> Predictions:
     from tlx.extractor import distributed
 
     started = time.perf_counter()
@@ -351,7 +358,7 @@ def _predict_round(run, paths, ranks, batch_size, workers, device, reporter, reu
         n_reused = 0
     else:
         proba_of, failed, n_reused, n_computed = _head_proba(
-            run, share, batch_size, workers, device, reporter, reuse_cache
+            run, share, batch_size, workers, device, reporter, reuse_cache, tta
         )
     shares = distributed.gather(
         ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
@@ -377,16 +384,98 @@ def _predict_round(run, paths, ranks, batch_size, workers, device, reporter, reu
 
 
 def _memo(run, name: str, build):
-    """Build something once per loaded run (the backbone, the fine-tuned module) across rounds."""
+    """Build something once per loaded run (the fine-tuned module) across rounds."""
     cache = run.__dict__.setdefault("_built", {})
     if name not in cache:
         cache[name] = build()
     return cache[name]
 
 
-def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
+_BACKBONES: dict[tuple, object] = {}  # (feature space key, weights path) -> network, across rounds
+
+
+def _backbone_for(run):
+    """The backbone of one feature space (of a run, or of one block of a fused run), built once
+    per process: ``tlx predict`` computes new images in rounds and must not rebuild it each time."""
+    key = (run.space.key, str(weights_path_for(run)))
+    if key not in _BACKBONES:
+        if len(_BACKBONES) >= 4:  # a long-lived process predicting with many runs
+            _BACKBONES.pop(next(iter(_BACKBONES)))
+        _BACKBONES[key] = rebuild_backbone(run)
+    return _BACKBONES[key]
+
+
+@dataclass
+class _How:
+    """How features are computed: the loader's settings, whether to reuse the cache, and
+    whether the images are mirrored (the flip half of --tta)."""
+
+    batch_size: int
+    workers: int | None
+    device: str | None
+    reporter: Any  # a tlx.common.progress.Reporter
+    reuse_cache: bool
+    flip: bool = False
+
+
+def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache, tta: bool = False):
+    """With ``tta``, the probabilities of the center view and of its mirror image are averaged;
+    the mirror is never in a cache, so it always goes through the backbone."""
     hashes, failed = _hash_all(paths)
-    cached, note = _cached_features(run, hashes) if reuse_cache else ({}, "")
+    how = _How(batch_size, workers, device, reporter, reuse_cache)
+    feats, n_reused, n_computed = _head_features(run, paths, hashes, failed, how)
+    flipped = _head_features(run, paths, hashes, failed, replace(how, reuse_cache=False, flip=True))[0] if tta else {}
+    ok = sorted(i for i in feats if i not in failed and (not tta or i in flipped))
+    proba_of = {}
+    if ok:
+        X = np.stack([feats[i] for i in ok]).astype(np.float32, copy=False)
+        proba = full_proba(run, X)
+        if tta:
+            proba = (proba + full_proba(run, np.stack([flipped[i] for i in ok]).astype(np.float32))) / 2
+        proba_of = dict(zip(ok, proba, strict=False))
+    return proba_of, failed, n_reused, n_computed
+
+
+def _head_features(run, paths, hashes, failed, how: _How):
+    """``({input index: vector}, n_reused, n_computed)`` in the run's (possibly fused) space."""
+    blocks = fused_blocks(run)
+    if blocks is None:
+        feats, n_reused, n_computed, _ = _block_features(run, paths, hashes, failed, how)
+        return feats, n_reused, n_computed
+    # a fused run: each block from its own cache or backbone, side by side, standardized
+    from tlx.heads.fusion import load_standardization
+
+    parts = [_block_features(b, paths, hashes, failed, how) for b in blocks]
+    mean, scale = load_standardization(run.path)
+    ok_all = [i for i in parts[0][0] if all(i in p[0] for p in parts) and i not in failed]
+    feats = {i: (np.concatenate([p[0][i] for p in parts]) - mean) / scale for i in ok_all}
+    n_reused = sum(1 for i in ok_all if all(i in p[3] for p in parts))
+    return feats, n_reused, len(ok_all) - n_reused
+
+
+def fused_blocks(run) -> list | None:
+    """For a fused run, one run-like record per block (its space, cache and weights); else None."""
+    fused = run.info.get("fused")
+    if not fused:
+        return None
+    from tlx.extractor.config import FeatureSpace
+
+    return [
+        replace(
+            run,
+            info={"cache": b["cache"], "weights_path": b.get("weights_path", "")},
+            space=FeatureSpace.from_dict(b["feature_space"]),
+        )
+        for b in fused["blocks"]
+    ]
+
+
+def _block_features(run, paths, hashes, failed, how: _How):
+    """``({input index: vector}, n_reused, n_computed, reused indices)`` of one feature space:
+    from the run's cache when it holds the content, else through the backbone. ``failed`` gains
+    the images that could not be read."""
+    batch_size, workers, device, reporter = how.batch_size, how.workers, how.device, how.reporter
+    cached, note = _cached_features(run, hashes) if how.reuse_cache else ({}, "")
     if note:
         reporter.message(f"note: {note}")
     feats: dict[int, np.ndarray] = dict(cached)
@@ -399,12 +488,22 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
     if todo:
         from tlx.extractor.engine import FeatureRunner
 
-        net = _memo(run, "backbone", lambda: rebuild_backbone(run))
+        net = _backbone_for(run)
         # the run's own precision: an fp16 feature space is computed in fp16 here too
-        runner = FeatureRunner(net, run.space.pooling, device=device, precision=run.space.precision)
-        reporter.start(len(todo), f"computing features with {run.space.backbone}")
+        runner = FeatureRunner(
+            net, run.space.pooling, device=device, precision=run.space.precision, stages=run.space.stages
+        )
+        files = None
+        if how.flip:  # the mirror view of --tta
+            from tlx.extractor.engine import ImageFiles
+            from tlx.extractor.preprocess import ResizeCrop
+
+            files = ImageFiles([str(paths[i]) for i in todo], ResizeCrop(run.space.preprocessing, flip=True))
+        what = "mirrored images" if how.flip else "features"
+        reporter.start(len(todo), f"computing {what} with {run.space.backbone}")
         try:
-            for batch in runner.run([str(paths[i]) for i in todo], batch_size, workers, on_batch=reporter.advance):
+            todo_paths = [str(paths[i]) for i in todo]
+            for batch in runner.run(todo_paths, batch_size, workers, on_batch=reporter.advance, files=files):
                 for j, reason in batch.failures:
                     failed[todo[j]] = reason
                 # as the cache stores them: a float16 cache holds float32 vectors rounded to half
@@ -420,12 +519,7 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
                     feats[i] = feats[src]
                 else:
                     failed[i] = failed[src]
-    ok = sorted(feats)
-    proba_of = {}
-    if ok:
-        X = np.stack([feats[i] for i in ok]).astype(np.float32, copy=False)
-        proba_of = dict(zip(ok, full_proba(run, X), strict=False))
-    return proba_of, failed, len(cached), sum(1 for i in todo if i in feats)
+    return feats, len(cached), sum(1 for i in todo if i in feats), set(cached)
 
 
 def rebuild_backbone(run):
