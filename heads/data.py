@@ -58,7 +58,7 @@ class TrainingData:
     split_info: dict
     Xtr: np.ndarray | CacheRows  # a CacheRows when streamed
     ytr: np.ndarray
-    Xva: np.ndarray
+    Xva: np.ndarray | CacheRows  # a CacheRows when streamed
     yva: np.ndarray
     fusion: Fusion | None = None  # several caches side by side (``tlx.heads.fusion``)
 
@@ -91,15 +91,16 @@ def load_training_data(
     split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
     check_training_set(meta, train, val)
     assert isinstance(meta.X, CacheRows)
-    rows = meta.X.subset(train)
-    Xva = meta.X.subset(val).to_array()
+    rows, val_rows = meta.X.subset(train), meta.X.subset(val)
     limit = default_max_memory() if max_memory is None else max_memory
     Xtr: np.ndarray | CacheRows = rows
-    if rows.nbytes <= limit:
-        Xtr = rows.to_array()
-    else:
+    Xva: np.ndarray | CacheRows = val_rows
+    if rows.nbytes + val_rows.nbytes <= limit:
+        Xtr, Xva = rows.to_array(), val_rows.to_array()
+    else:  # both stay on disk: the heads that stream read them one block at a time
         log(
-            f"the {len(train)} training rows take {rows.nbytes / 2**30:.2f} GiB, more than --max-memory "
+            f"the {len(train)} training and {len(val)} validation rows take "
+            f"{(rows.nbytes + val_rows.nbytes) / 2**30:.2f} GiB, more than --max-memory "
             f"{limit / 2**30:.2f} GiB: streaming them from {path} block by block"
         )
     return TrainingData(meta, train, val, split_info, Xtr, meta.y[train], Xva, meta.y[val])

@@ -256,7 +256,8 @@ def run_sweep(
     log = log or (lambda _msg: None)
     grid = list(spec.grid)
     smallest = int(np.unique(ytr, return_counts=True)[1].min())
-    use_folds = split_info.get("source") != "data" and smallest >= 2
+    # k-fold needs row subsets in memory; a streamed training matrix is scored on val instead.
+    use_folds = split_info.get("source") != "data" and smallest >= 2 and not hasattr(Xtr, "blocks")
     folds: list = []
     if use_folds:
         from sklearn.model_selection import StratifiedKFold

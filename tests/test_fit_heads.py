@@ -85,3 +85,8 @@ def test_info_heads_lists_what_tlx_heads_lists(cli):
     assert cli("info", "--heads").stdout == cli("heads").stdout
     rows = json.loads(cli("info", "--heads", "--json").stdout.strip().splitlines()[-1])
     assert {"linear", "logreg", "ridge", "knn", "svm", "rf", "mlp"} == {row["name"] for row in rows}
+
+
+def test_a_streamed_sweep_scores_on_val(cache, tmp_path):
+    streamed = fit_head(cache, "linear", sweep=True, out=tmp_path / "s", max_memory=1024)
+    assert streamed.metrics["streamed"] and streamed.metrics["sweep"]["selection"] == "val"
