@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import Device, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
+from tlx.cli.common import Device, Engine, EngineOpt, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
 
 
 class Precision(str, Enum):
@@ -51,6 +51,7 @@ def extract_command(
     precision: Annotated[
         Precision, typer.Option(help="Autocast precision on CUDA (features are stored as float32).")
     ] = Precision.fp32,
+    engine: EngineOpt = Engine.auto,
     cache_dir: Annotated[
         Path | None,
         typer.Option(help="Where feature caches live [default: $TLX_CACHE_DIR or ./cache].", file_okay=False),
@@ -78,6 +79,7 @@ def extract_command(
         strict=strict,
         precision=precision.value,
         reporter=reporter,
+        engine=engine.value,
     )
     for failure in result.failed[:20]:
         info(f"skipped {failure['path']}: {failure['reason']}", quiet)

@@ -9,7 +9,18 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import Device, JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info, report
+from tlx.cli.common import (
+    Device,
+    Engine,
+    EngineOpt,
+    JsonOpt,
+    QuietOpt,
+    RichReporter,
+    emit_json,
+    handle_errors,
+    info,
+    report,
+)
 
 
 class ExportFormat(str, Enum):
@@ -53,20 +64,29 @@ def predict_command(
     device: Annotated[
         Device, typer.Option(help="Where to run the network for images not in the run's cache.")
     ] = Device.auto,
+    engine: EngineOpt = Engine.auto,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Predict the class of images with a run: reuses the run's cached features for images
     already in it (same bytes), computes the rest, and writes path,label,score,p_<class>... rows."""
     from tlx.common.device import check_device
+    from tlx.extractor.engines import check_engine
     from tlx.heads.runs import load_run
     from tlx.inference.predict import collect_images, csv_columns, predict_paths, write_csv
 
     check_device(device.value)  # before the run is loaded or any image read
+    check_engine(engine.value, device.value)
     loaded = load_run(run)
     paths = collect_images(images)
     preds = predict_paths(
-        loaded, paths, batch_size=batch_size, workers=workers, device=device.value, reporter=RichReporter(quiet=quiet)
+        loaded,
+        paths,
+        batch_size=batch_size,
+        workers=workers,
+        device=device.value,
+        reporter=RichReporter(quiet=quiet),
+        engine=engine.value,
     )
     for failure in preds.failed[:20]:
         info(f"skipped {failure['path']}: {failure['reason']}", quiet)
@@ -118,6 +138,7 @@ def predict_command(
             "folder_accuracy": acc,
             "seconds": preds.seconds,
             "classes": preds.classes,
+            "engine": preds.engine,
         }
         if out is None:
             result["predictions"] = rows

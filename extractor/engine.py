@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,7 +80,18 @@ class Batch:
 class FeatureRunner:
     """A frozen feature extractor placed on a device, ready to run over file lists."""
 
-    def __init__(self, backbone, pooling: str, device: str | None = "auto", precision: str = "fp32"):
+    def __init__(
+        self,
+        backbone,
+        pooling: str,
+        device: str | None = "auto",
+        precision: str = "fp32",
+        engine: str = "eager",
+        artefact_dir=None,
+        note: Callable[[str], None] | None = None,
+    ):
+        from tlx.extractor.engines import Artefacts, EngineSpec, ForwardPass
+
         self.device = resolve_device(device)
         self.pre = backbone.cfg.preprocessing
         self.model = FeatureExtractor(backbone.body, pooling).eval().requires_grad_(False)
@@ -90,21 +101,18 @@ class FeatureRunner:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
         self.precision = precision
-
-    def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
+        cfg = backbone.cfg
+        spec = EngineSpec(cfg.name, cfg.weights_sha256, pooling, self.pre.input_size, self.device.type, precision)
+        # The engine (eager, compiled, ONNX Runtime, OpenVINO) runs the model; it is chosen and
+        # checked against eager on the first batch.
+        self.forward = ForwardPass(self.model, spec, engine, Artefacts(artefact_dir), note=note)
 
     @torch.inference_mode()
     def forward_uint8(self, images: torch.Tensor) -> np.ndarray:
         """Features of a uint8 batch (N, 3, S, S) already resized and cropped."""
         x = images.to(self.device, non_blocking=True)
         x = self.normalize(x).contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            out = self.model(x)
-        return out.float().cpu().numpy()
+        return self.forward(x).float().cpu().numpy()
 
     def run(
         self,
@@ -114,6 +122,7 @@ class FeatureRunner:
         on_batch: Callable[[int], None] | None = None,
     ) -> Iterator[Batch]:
         workers = default_workers() if workers is None else workers
+        self.forward.plan(len(paths), batch_size)
         loader = DataLoader(
             ImageFiles(paths, ResizeCrop(self.pre)),
             batch_size=batch_size,

@@ -15,6 +15,7 @@ from tlx.errors import CacheError, TlxError
 from tlx.extractor import store
 from tlx.extractor.config import FeatureSpace
 from tlx.extractor.dataset import DatasetIndex, discover
+from tlx.extractor.engines import check_engine
 from tlx.extractor.registry import DEFAULT_BACKBONE, get_backbone
 
 
@@ -45,6 +46,7 @@ class ExtractResult:
     images_per_second: float = 0.0
     written: bool = True
     ignored: list[str] = field(default_factory=list)  # entries of the data folder that are not data, and why
+    engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +95,7 @@ def extract(
     strict: bool = False,
     precision: str = "fp32",
     reporter: Reporter | None = None,
+    engine: str = "auto",
 ) -> ExtractResult:
     """Extract (or update) the features of ``data`` and return a summary of what was done."""
     started = time.perf_counter()
@@ -102,6 +105,7 @@ def extract(
         raise TlxError(f"--pool must be avg, max or avgmax, not {pooling!r}")
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
+    check_engine(engine, device, precision)
     index = discover(data)  # bad data fails here, before anything is built or written
     for note in index.notes:
         reporter.message(f"note: {note}")
@@ -149,8 +153,8 @@ def extract(
         store.remove_stale_temporaries(path)  # from a run killed while it wrote the cache
         old = _read_previous(path, space, reporter)
         journal = store.Journal(path, space)
-        todo, todo_hashes = _extract_missing(
-            net, index, hashes, failed, old, journal, pooling, batch_size, workers, device, precision, reporter
+        todo, todo_hashes, engine_report = _extract_missing(
+            net, index, hashes, failed, old, journal, pooling, batch_size, workers, device, precision, reporter, engine
         )
         _fail_if_strict(strict, failed, reporter)  # after every image was tried, so all are reported
         rows = _plan_rows(index, hashes, failed, old, journal.load_index())
@@ -184,6 +188,7 @@ def extract(
         images_per_second=round(len(todo) / seconds, 2) if todo else 0.0,
         written=not unchanged,
         ignored=list(index.notes),
+        engine=engine_report,
     )
 
 
@@ -205,7 +210,7 @@ def _fail_if_strict(strict: bool, failed: dict[str, str], reporter: Reporter, sh
 
 
 def _extract_missing(
-    net, index, hashes, failed, old, journal, pooling, batch_size, workers, device, precision, reporter
+    net, index, hashes, failed, old, journal, pooling, batch_size, workers, device, precision, reporter, engine
 ):
     """Run the network over the images that neither the cache nor the journal holds; their
     features go to the journal, their failures into ``failed``."""
@@ -214,7 +219,7 @@ def _extract_missing(
     old_rows = old.row_of_hash() if old else {}
     journaled = journal.load_index()
     todo = [i for i, h in enumerate(hashes) if h is not None and h not in old_rows and h not in journaled]
-    runner = FeatureRunner(net, pooling, device=device, precision=precision)
+    runner = FeatureRunner(net, pooling, device=device, precision=precision, engine=engine, note=reporter.message)
     reporter.start(len(todo), f"extracting {index.name} with {net.cfg.name}")
     try:
         paths = [str(index.abspath(index.items[i])) for i in todo]
@@ -225,7 +230,10 @@ def _extract_missing(
                 journal.append([hashes[todo[j]] for j in batch.indices], batch.features)
     finally:
         reporter.stop()
-    return todo, {hashes[i] for i in todo}
+    report = runner.forward.report
+    if report is not None:
+        reporter.message(report.describe())
+    return todo, {hashes[i] for i in todo}, asdict(report) if report is not None else {}
 
 
 def _plan_rows(index: DatasetIndex, hashes, failed: dict[str, str], old, journaled: dict) -> list[store.Row]:

@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class Predictions:
     n_reused: int = 0  # features taken from the run's cache
     n_computed: int = 0  # images run through a network
     seconds: float = 0.0
+    engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
 
     @property
     def labels(self) -> list[str]:
@@ -220,6 +221,7 @@ def predict_paths(
     device: str | None = "auto",
     reporter=None,
     reuse_cache: bool = True,
+    engine: str = "auto",
 ) -> Predictions:
     """Predict image files, and the images in folders, with a loaded run (``tlx.heads.runs.load_run``).
 
@@ -227,19 +229,22 @@ def predict_paths(
     ``reporter`` is a ``tlx.common.progress.Reporter`` (progress over the images that need a network)."""
     from tlx.common.device import check_device
     from tlx.common.progress import Reporter
+    from tlx.extractor.engines import check_engine
 
     check_device(device)
+    check_engine(engine, device)
     started = time.perf_counter()
     reporter = reporter or Reporter()
     paths = expand_folders(paths)
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
-    if run.kind == "finetune":
+    used: dict = {}
+    if run.kind == "finetune":  # its network is trained and has the head inside: always eager
         proba_of, failed, n_computed = _finetuned_proba(run, paths, batch_size, workers, device, reporter)
         n_reused = 0
     else:
         proba_of, failed, n_reused, n_computed = _head_proba(
-            run, paths, batch_size, workers, device, reporter, reuse_cache
+            run, paths, batch_size, workers, device, reporter, reuse_cache, engine, used
         )
     ok = [i for i in range(len(paths)) if i in proba_of]
     proba = np.stack([proba_of[i] for i in ok]) if ok else np.zeros((0, len(run.classes)))
@@ -251,10 +256,11 @@ def predict_paths(
         n_reused=n_reused,
         n_computed=n_computed,
         seconds=round(time.perf_counter() - started, 3),
+        engine=used,
     )
 
 
-def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
+def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache, engine="auto", used=None):
     hashes, failed = _hash_all(paths)
     cached, note = _cached_features(run, hashes) if reuse_cache else ({}, "")
     if note:
@@ -270,7 +276,7 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
         from tlx.extractor.engine import FeatureRunner
 
         net = rebuild_backbone(run)
-        runner = FeatureRunner(net, run.space.pooling, device=device)
+        runner = FeatureRunner(net, run.space.pooling, device=device, engine=engine, note=reporter.message)
         reporter.start(len(todo), f"computing features with {run.space.backbone}")
         try:
             for batch in runner.run([str(paths[i]) for i in todo], batch_size, workers, on_batch=reporter.advance):
@@ -280,6 +286,8 @@ def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache):
                     feats[todo[j]] = vec
         finally:
             reporter.stop()
+        if runner.forward.report is not None and used is not None:
+            used.update(asdict(runner.forward.report))
         for i, h in enumerate(hashes):  # duplicates of a computed (or failed) content
             if h is not None and i not in feats and i not in failed:
                 src = first_of[h]
