@@ -86,7 +86,7 @@ class Artefacts:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.backbone)
         return self.root / f"{engine}-{safe}-{spec.pooling}-{spec.input_size}-{key}{suffix}"
 
-    def write(self, target: Path, write: Callable[[Path], None]) -> None:
+    def write(self, target: Path, write: Callable[[Path], object]) -> None:
         """``write(tmp)`` then rename into place, so a killed run never leaves half a file."""
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
