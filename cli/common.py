@@ -31,6 +31,25 @@ class Pool(str, Enum):
     avgmax = "avgmax"
 
 
+class Engine(str, Enum):
+    auto = "auto"
+    eager = "eager"
+    compile = "compile"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        help="What runs the frozen forward pass: eager PyTorch, torch.compile, or ONNX Runtime / OpenVINO "
+        "(pip install 'tlx[fast]'); auto picks the fastest installed one that gives the same features as eager "
+        "(checked on the first batch). Compiled artefacts are cached in $TLX_ENGINE_CACHE_DIR "
+        "[default: ~/.cache/tlx/engines]."
+    ),
+]
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"

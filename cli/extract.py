@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import Device, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
+from tlx.cli.common import Device, Engine, EngineOpt, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
 
 
 class Precision(str, Enum):
@@ -77,6 +77,7 @@ def extract_command(
             "widened again when read; a cache file of its own)."
         ),
     ] = StoreDtype.float32,
+    engine: EngineOpt = Engine.auto,
     cache_dir: Annotated[
         Path | None,
         typer.Option(help="Where feature caches live [default: $TLX_CACHE_DIR or ./cache].", file_okay=False),
@@ -117,6 +118,7 @@ def extract_command(
         store_dtype=store_dtype.value,
         reporter=reporter,
         rehash=rehash,
+        engine=engine.value,
     )
     if not main_rank:
         return

@@ -9,7 +9,18 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import Device, JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info, report
+from tlx.cli.common import (
+    Device,
+    Engine,
+    EngineOpt,
+    JsonOpt,
+    QuietOpt,
+    RichReporter,
+    emit_json,
+    handle_errors,
+    info,
+    report,
+)
 
 
 class ExportFormat(str, Enum):
@@ -75,16 +86,19 @@ def predict_command(
             "mirror image (the mirror always goes through the backbone). Head runs only.",
         ),
     ] = False,
+    engine: EngineOpt = Engine.auto,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Predict the class of images with a run: reuses the run's cached features for images
     already in it (same bytes), computes the rest, and writes path,label,score,p_<class>... rows."""
     from tlx.common.device import check_device
+    from tlx.extractor.engines import check_engine
     from tlx.heads.runs import load_run
     from tlx.inference.predict import collect_images, csv_columns, predict_chunks, write_csv_stream
 
     check_device(device.value)  # before the run is loaded or any image read
+    check_engine(engine.value, device.value)
     loaded = load_run(run)
     paths = collect_images(images)
     from tlx.extractor.distributed import env_rank
@@ -99,6 +113,7 @@ def predict_command(
         device=device.value,
         reporter=RichReporter(quiet=quiet),
         tta=tta,
+        engine=engine.value,
     )
     sink = out if out is not None else (None if json_out else sys.stdout)
     if not main_rank:
@@ -144,6 +159,7 @@ def predict_command(
             "folder_accuracy": acc,
             "seconds": preds.seconds,
             "classes": list(loaded.classes),
+            "engine": preds.engine,
         }
         if out is None:
             result["predictions"] = rows

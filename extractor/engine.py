@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlx.common.device import check_device
+from tlx.extractor.config import pool_label
 from tlx.extractor.decode import ImageDecodeError
 from tlx.extractor.pooling import FeatureExtractor, stage_taps
 from tlx.extractor.preprocess import Normalize, ResizeCrop
@@ -81,7 +82,19 @@ class Batch:
 class FeatureRunner:
     """A frozen feature extractor placed on a device, ready to run over file lists."""
 
-    def __init__(self, backbone, pooling: str, device: str | None = "auto", precision: str = "fp32", stages: int = 0):
+    def __init__(
+        self,
+        backbone,
+        pooling: str,
+        device: str | None = "auto",
+        precision: str = "fp32",
+        stages: int = 0,
+        engine: str = "eager",
+        artefact_dir=None,
+        note: Callable[[str], None] | None = None,
+    ):
+        from tlx.extractor.engines import Artefacts, EngineSpec, ForwardPass
+
         self.device = resolve_device(device)
         self.pre = backbone.cfg.preprocessing
         taps = stage_taps(backbone, stages)  # multi-stage pooling: the same forward pass, hooked
@@ -92,21 +105,20 @@ class FeatureRunner:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
         self.precision = precision
-
-    def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
+        cfg = backbone.cfg
+        # The stages tap the same network: a compiled graph with taps is another artefact.
+        label = pool_label(pooling, stages)
+        spec = EngineSpec(cfg.name, cfg.weights_sha256, label, self.pre.input_size, self.device.type, precision)
+        # The engine (eager, compiled, ONNX Runtime, OpenVINO) runs the model; it is chosen and
+        # checked against eager on the first batch.
+        self.forward = ForwardPass(self.model, spec, engine, Artefacts(artefact_dir), note=note)
 
     @torch.inference_mode()
     def forward_uint8(self, images: torch.Tensor) -> np.ndarray:
         """Features of a uint8 batch (N, 3, S, S) already resized and cropped."""
         x = images.to(self.device, non_blocking=True)
         x = self.normalize(x).contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            out = self.model(x)
-        return out.float().cpu().numpy()
+        return self.forward(x).float().cpu().numpy()
 
     def run(
         self,
@@ -121,6 +133,7 @@ class FeatureRunner:
         dataset (extract passes one that hashes the bytes it decodes; its collate adds a 4th
         field, returned as ``Batch.meta``)."""
         workers = default_workers() if workers is None else workers
+        self.forward.plan(len(paths), batch_size)
         loader = DataLoader(
             files if files is not None else ImageFiles(paths, ResizeCrop(self.pre)),
             batch_size=batch_size,

@@ -16,6 +16,7 @@ from tlx.errors import CacheError, TlxError
 from tlx.extractor import distributed, store
 from tlx.extractor.config import FeatureSpace, pool_label
 from tlx.extractor.dataset import DatasetIndex, discover
+from tlx.extractor.engines import check_engine
 from tlx.extractor.incremental import classify, plan_rows, same_index, sources_for
 from tlx.extractor.registry import DEFAULT_BACKBONE, get_backbone
 
@@ -50,6 +51,7 @@ class ExtractResult:
     world_size: int = 1  # processes of a torchrun job
     ranks: list[dict] = field(default_factory=list)  # per rank: n_read, n_new, n_known, n_failed, seconds
     n_opened: int = 0  # image files opened (0 when nothing changed: the stat index answered)
+    engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +91,7 @@ class Options:
     flush_rows: int
     flush_seconds: float
     stages: int = 0
+    engine: str = "auto"
 
 
 @dataclass
@@ -110,6 +113,7 @@ class ShardOutcome:
     parts: list[tuple[str, list[str]]]  # parts written, with their hashes
     n_new: int = 0  # images run through the network
     seconds: float = 0.0
+    engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
 
     def counts(self) -> dict:
         failed = sum(1 for _, _, _, reason in self.results if reason)
@@ -141,6 +145,7 @@ def extract(
     flush_rows: int | None = None,
     flush_seconds: float | None = None,
     stages: int = 0,
+    engine: str = "auto",
 ) -> ExtractResult:
     """Extract (or update) the features of ``data`` and return a summary of what was done.
 
@@ -149,6 +154,7 @@ def extract(
     started = time.perf_counter()
     reporter = reporter or Reporter()
     check_device(device)  # --device cuda without a GPU fails here, before any work
+    check_engine(engine, device, precision)
     if pooling not in ("avg", "max", "avgmax"):
         raise TlxError(f"--pool must be avg, max or avgmax, not {pooling!r}")
     if precision not in ("fp32", "fp16", "bf16"):
@@ -171,6 +177,7 @@ def extract(
         flush_rows if flush_rows is not None else int(os.environ.get("TLX_FLUSH_ROWS", "4096")),
         flush_seconds if flush_seconds is not None else float(os.environ.get("TLX_FLUSH_SECONDS", "5")),
         stages,
+        engine,
     )
     ranks = distributed.setup(device)
     try:
@@ -282,6 +289,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         world_size=ranks.world,
         ranks=[o.counts() for o in outcomes],
         n_opened=work.n_rehashed + len(files),
+        engine=outcomes[0].engine if outcomes else {},
     )
 
 
@@ -328,7 +336,15 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     if net is None:
         net = get_backbone(opts.backbone).build(weights=opts.weights)
         _check_space(net, opts, space)
-    runner = FeatureRunner(net, opts.pooling, device=opts.device, precision=opts.precision, stages=space.stages)
+    runner = FeatureRunner(
+        net,
+        opts.pooling,
+        device=opts.device,
+        precision=opts.precision,
+        stages=space.stages,
+        engine=opts.engine,
+        note=reporter.message,
+    )
     prefix = f"part-{plan.run_id}-r{ranks.rank:03d}"
     writer = store.PartWriter(store.parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
     paths = plan.files[mine.start : mine.stop]
@@ -348,6 +364,10 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     finally:
         reporter.stop()
     out.seconds = time.perf_counter() - t0
+    report = runner.forward.report
+    if report is not None:
+        reporter.message(report.describe())
+        out.engine = asdict(report)
     return out
 
 

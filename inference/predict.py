@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Predictions:
     n_computed: int = 0  # images run through a network
     seconds: float = 0.0
     rank: int = 0  # under torchrun, only rank 0's Predictions hold the rows of every rank
+    engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
 
     @property
     def labels(self) -> list[str]:
@@ -121,6 +122,7 @@ class StreamTotals:
     failed: list[dict] = field(default_factory=list)  # the first 1000
     hits: int = 0
     folders_are_classes: bool = True
+    engine: dict = field(default_factory=dict)  # the forward engine that ran, as the first round reports it
 
     @property
     def folder_accuracy(self) -> float | None:
@@ -132,6 +134,7 @@ class StreamTotals:
         self.n_computed += preds.n_computed
         self.seconds += preds.seconds
         self.n_failed += len(preds.failed)
+        self.engine = self.engine or dict(preds.engine)
         self.failed += preds.failed[: max(0, 1000 - len(self.failed))]
         truth = [Path(p).parent.name for p in preds.paths]
         self.folders_are_classes = self.folders_are_classes and all(t in preds.classes for t in truth)
@@ -287,6 +290,7 @@ def predict_paths(
     reporter=None,
     reuse_cache: bool = True,
     tta: bool = False,
+    engine: str = "auto",
 ) -> Predictions:
     """Predict image files, and the images in folders, with a loaded run (``tlx.heads.runs.load_run``).
     ``tta``: average the probabilities of each image's center view and its mirror image (head runs).
@@ -294,7 +298,7 @@ def predict_paths(
     Unreadable images are skipped and listed in ``failed``; the others keep their input order.
     ``reporter`` is a ``tlx.common.progress.Reporter`` (progress over the images that need a network).
     For very many images, :func:`predict_chunks` yields the same in rounds of bounded size."""
-    chunks = list(predict_chunks(run, paths, batch_size, workers, device, reporter, reuse_cache, tta))
+    chunks = list(predict_chunks(run, paths, batch_size, workers, device, reporter, reuse_cache, tta, engine))
     if not chunks:
         return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))))
     return Predictions(
@@ -306,6 +310,7 @@ def predict_paths(
         n_computed=sum(c.n_computed for c in chunks),
         seconds=round(sum(c.seconds for c in chunks), 3),
         rank=chunks[0].rank,
+        engine=next((c.engine for c in chunks if c.engine), {}),
     )
 
 
@@ -318,6 +323,7 @@ def predict_chunks(
     reporter=None,
     reuse_cache: bool = True,
     tta: bool = False,
+    engine: str = "auto",
     chunk: int = CHUNK,
 ) -> Iterator[Predictions]:
     """:func:`predict_paths` in rounds of ``chunk`` images, in input order: a caller that writes
@@ -326,8 +332,11 @@ def predict_chunks(
     rank 0; the other ranks yield empty rounds."""
     from tlx.common.device import check_device
     from tlx.common.progress import Reporter
+    from tlx.extractor.engines import check_engine
+
 
     check_device(device)
+    check_engine(engine, device)
     reporter = reporter or Reporter()
     paths = expand_folders(paths)
     if batch_size < 1:
@@ -342,24 +351,25 @@ def predict_chunks(
     try:
         for start in range(0, len(paths), chunk):
             round_paths = paths[start : start + chunk]
-            yield _predict_round(run, round_paths, ranks, batch_size, workers, device, reporter, reuse_cache, tta)
+            how = _How(batch_size, workers, device, reporter, reuse_cache, engine=engine)
+            yield _predict_round(run, round_paths, ranks, how, tta)
     finally:
         distributed.teardown(ranks)
 
 
-def _predict_round(run, paths, ranks, batch_size, workers, device, reporter, reuse_cache, tta) -> Predictions:
+def _predict_round(run, paths, ranks, how: _How, tta: bool) -> Predictions:
     from tlx.extractor import distributed
 
     started = time.perf_counter()
     mine = distributed.shard(len(paths), ranks)
     share = [paths[i] for i in mine]
-    if run.kind == "finetune":
-        proba_of, failed, n_computed = _finetuned_proba(run, share, batch_size, workers, device, reporter)
+    if run.kind == "finetune":  # its network is trained and has the head inside: always eager
+        proba_of, failed, n_computed = _finetuned_proba(
+            run, share, how.batch_size, how.workers, how.device, how.reporter
+        )
         n_reused = 0
     else:
-        proba_of, failed, n_reused, n_computed = _head_proba(
-            run, share, batch_size, workers, device, reporter, reuse_cache, tta
-        )
+        proba_of, failed, n_reused, n_computed = _head_proba(run, share, how, tta)
     shares = distributed.gather(
         ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
     )
@@ -380,6 +390,7 @@ def _predict_round(run, paths, ranks, batch_size, workers, device, reporter, reu
         n_reused=n_reused,
         n_computed=n_computed,
         seconds=round(time.perf_counter() - started, 3),
+        engine=dict(how.used),
     )
 
 
@@ -416,13 +427,14 @@ class _How:
     reporter: Any  # a tlx.common.progress.Reporter
     reuse_cache: bool
     flip: bool = False
+    engine: str = "auto"  # --engine for the frozen forward pass
+    used: dict = field(default_factory=dict)  # the engine that ran and its equality check
 
 
-def _head_proba(run, paths, batch_size, workers, device, reporter, reuse_cache, tta: bool = False):
+def _head_proba(run, paths, how: _How, tta: bool = False):
     """With ``tta``, the probabilities of the center view and of its mirror image are averaged;
     the mirror is never in a cache, so it always goes through the backbone."""
     hashes, failed = _hash_all(paths)
-    how = _How(batch_size, workers, device, reporter, reuse_cache)
     feats, n_reused, n_computed = _head_features(run, paths, hashes, failed, how)
     flipped = _head_features(run, paths, hashes, failed, replace(how, reuse_cache=False, flip=True))[0] if tta else {}
     ok = sorted(i for i in feats if i not in failed and (not tta or i in flipped))
@@ -491,7 +503,13 @@ def _block_features(run, paths, hashes, failed, how: _How):
         net = _backbone_for(run)
         # the run's own precision: an fp16 feature space is computed in fp16 here too
         runner = FeatureRunner(
-            net, run.space.pooling, device=device, precision=run.space.precision, stages=run.space.stages
+            net,
+            run.space.pooling,
+            device=device,
+            precision=run.space.precision,
+            stages=run.space.stages,
+            engine=how.engine,
+            note=reporter.message,
         )
         files = None
         if how.flip:  # the mirror view of --tta
@@ -512,6 +530,8 @@ def _block_features(run, paths, hashes, failed, how: _How):
                     feats[todo[j]] = vec
         finally:
             reporter.stop()
+        if runner.forward.report is not None:
+            how.used.update(asdict(runner.forward.report))
         for i, h in enumerate(hashes):  # duplicates of a computed (or failed) content
             if h is not None and i not in feats and i not in failed:
                 src = first_of[h]
