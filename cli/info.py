@@ -88,7 +88,7 @@ def _print_table(cells: list[list[str]]) -> None:
     if not sys.stdout.isatty():
         widths = [max(len(row[i]) for row in [list(COLUMNS), *cells]) for i in range(len(COLUMNS))]
         for row in [list(COLUMNS), *cells]:
-            typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         return
     from rich.console import Console
     from rich.table import Table

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tlx.common.hashing import sha256_file
 from tlx.errors import WeightsUnavailableError
-from tlx.extractor.config import BackboneCfg, Preprocessing
+from tlx.extractor.config import BackboneCfg, Preprocessing, rgb
 from tlx.extractor.registry import UnknownBackboneError, register_backbone, register_family
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Ba
         timm_preprocessing,
     )
 
-    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    model: Any = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     pcfg = model.pretrained_cfg
     cfg = BackboneCfg(
         name=f"efficientnet_lite{variant}",
@@ -159,10 +159,11 @@ def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
     )
 
     try:
-        model = timm.create_model(arch, pretrained=False)
+        model: Any = timm.create_model(arch, pretrained=False)
     except RuntimeError as exc:
         raise UnknownBackboneError(
-            f"unknown timm model {arch!r} ({exc}); list them with python -c 'import timm; print(timm.list_models(pretrained=True))'"
+            f"unknown timm model {arch!r} ({exc}); "
+            "list them with python -c 'import timm; print(timm.list_models(pretrained=True))'"
         ) from None
     pcfg = dict(model.pretrained_cfg)
     cfg = BackboneCfg(
@@ -223,8 +224,8 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
         input_size=crop,
         crop_pct=crop / resize,
         interpolation=tf.interpolation.value,
-        mean=tuple(float(v) for v in tf.mean),
-        std=tuple(float(v) for v in tf.std),
+        mean=rgb(tf.mean),
+        std=rgb(tf.std),
     )
     if weights is not None:
         load_into(model, load_weights_file(weights), str(weights))

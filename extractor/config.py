@@ -21,6 +21,12 @@ def pool_label(pooling: str, stages: int = 0) -> str:
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
 
 
+def rgb(values) -> tuple[float, float, float]:
+    """Three floats, one per colour channel (a mean or a standard deviation)."""
+    red, green, blue = (float(v) for v in values)
+    return red, green, blue
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Resize the shorter side to ``resize_size``, center-crop ``input_size``, normalize."""
@@ -49,8 +55,8 @@ class Preprocessing:
             input_size=int(d["input_size"]),
             crop_pct=float(d["crop_pct"]),
             interpolation=str(d["interpolation"]),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
+            mean=rgb(d["mean"]),
+            std=rgb(d["std"]),
         )
 
 

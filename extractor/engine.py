@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,9 @@ def default_workers() -> int:
 class ImageFiles(Dataset):
     """Index -> (index, uint8 image tensor or None, failure reason or '')."""
 
-    def __init__(self, paths: Sequence[str], resize_crop: ResizeCrop):
+    def __init__(self, paths: Sequence[str], resize_crop: ResizeCrop | Any):
+        """``resize_crop``: anything with ``load(path) -> uint8 tensor`` (a ResizeCrop, or
+        fine-tuning's augmenting TrainTransform)."""
         self.paths = list(paths)
         self.resize_crop = resize_crop
 
@@ -100,7 +103,8 @@ class FeatureRunner:
         taps = stage_taps(backbone, stages)  # multi-stage pooling: the same forward pass, hooked
         self.model = FeatureExtractor(backbone.body, pooling, taps).eval().requires_grad_(False)
         self.normalize = Normalize(self.pre)
-        self.model.to(self.device, memory_format=torch.channels_last)
+        # torch's stubs leave out Module.to's memory_format keyword, which it accepts
+        self.model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.normalize.to(self.device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")

@@ -12,12 +12,13 @@ import os
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from tlx.errors import TlxError, WeightsUnavailableError
-from tlx.extractor.config import BackboneCfg, Preprocessing
+from tlx.extractor.config import BackboneCfg, Preprocessing, rgb
 
 
 class Backbone(nn.Module):
@@ -70,7 +71,8 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle with code in it, or not a torch file at all
         raise WeightsUnavailableError(
-            f"{path} is not a plain state dict that loads with weights_only=True ({type(exc).__name__}): save it with torch.save(model.state_dict(), ...) or as .safetensors"
+            f"{path} is not a plain state dict that loads with weights_only=True ({type(exc).__name__}): "
+            "save it with torch.save(model.state_dict(), ...) or as .safetensors"
         ) from None
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -107,13 +109,13 @@ class TimmBody(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a timm model: forward_features is timm's API, not nn.Module's
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images)
 
 
-def timm_backbone(model: nn.Module, cfg: BackboneCfg) -> Backbone:
+def timm_backbone(model: Any, cfg: BackboneCfg) -> Backbone:
     from timm.models import group_parameters
 
     head = None
@@ -131,8 +133,8 @@ def timm_preprocessing(pretrained_cfg: dict) -> Preprocessing:
         input_size=int(pretrained_cfg["input_size"][-1]),
         crop_pct=float(pretrained_cfg.get("crop_pct", 0.875)),
         interpolation=str(pretrained_cfg.get("interpolation", "bicubic")),
-        mean=tuple(float(v) for v in pretrained_cfg["mean"]),
-        std=tuple(float(v) for v in pretrained_cfg["std"]),
+        mean=rgb(pretrained_cfg["mean"]),
+        std=rgb(pretrained_cfg["std"]),
     )
 
 
@@ -189,10 +191,14 @@ def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module 
         cut = names.index("avgpool")
         # nn.Sequential keeps names only from an OrderedDict (a plain dict is taken as one module)
         body = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if names.index(n) < cut))
-        return body, model.fc
+        fc = model.fc
+        assert isinstance(fc, nn.Module)
+        return body, fc
     if "features" in names:  # VGG, AlexNet, MobileNet, EfficientNet, DenseNet, SqueezeNet, ConvNeXt...
         # The children of `features` become the body's own children, so each can be a stage.
-        body = nn.Sequential(OrderedDict(model.features.named_children()))
+        features = model.features
+        assert isinstance(features, nn.Module)
+        body = nn.Sequential(OrderedDict(features.named_children()))
         if arch.startswith("densenet"):  # DenseNet applies its final ReLU in forward()
             body.add_module("relu", nn.ReLU())
         classifier = getattr(model, "classifier", None)
@@ -255,7 +261,8 @@ def torchvision_weights_file(arch: str, weights_enum) -> str:
     except Exception as exc:
         raise WeightsUnavailableError(
             f"torchvision:{arch} needs its pretrained weights {target.name}, not found at {target} and not "
-            f"downloadable ({type(exc).__name__}): download {url} to {target} (or set TORCH_HOME), or pass --weights FILE"
+            f"downloadable ({type(exc).__name__}): "
+            f"download {url} to {target} (or set TORCH_HOME), or pass --weights FILE"
         ) from None
 
 

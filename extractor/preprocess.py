@@ -62,6 +62,9 @@ class ResizeCrop:
 class Normalize(torch.nn.Module):
     """uint8 (N, 3, H, W) -> float, scaled to [0, 1] and normalized with the backbone's mean/std."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, pre: Preprocessing):
         super().__init__()
         self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0, persistent=False)

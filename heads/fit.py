@@ -34,6 +34,7 @@ import tlx
 from tlx.common.mistakes import most_confused, plot_top_losses, top_losses
 from tlx.common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
 from tlx.errors import TlxError
+from tlx.extractor.rows import CacheRows
 from tlx.heads.data import TrainingData, load_training_data, parse_memory
 from tlx.heads.registry import (
     DEFAULT_HEAD,
@@ -239,7 +240,7 @@ def _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_recor
     }
 
 
-def _full_proba(head, X: np.ndarray, n_classes: int) -> np.ndarray:
+def _full_proba(head, X: np.ndarray | CacheRows, n_classes: int) -> np.ndarray:
     """Probabilities with one column per class of the cache (head.classes_ are label indices)."""
     proba = head.predict_proba(X)
     if proba.shape[1] == n_classes and np.array_equal(head.classes_, np.arange(n_classes)):

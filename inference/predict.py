@@ -334,7 +334,6 @@ def predict_chunks(
     from tlx.common.progress import Reporter
     from tlx.extractor.engines import check_engine
 
-
     check_device(device)
     check_engine(engine, device)
     reporter = reporter or Reporter()
