@@ -110,8 +110,11 @@ def main() -> None:
             warm[e].append(extract_once(data, args.backbone, e, art, root / f"inductor-{e}-{r}-warm", args.batch_size))
         auto_art = root / f"art-auto-{r}"
         for e in engines:  # every engine's artefacts in one folder, as after real use
-            shutil.copytree(root / f"art-{e}-{r}", auto_art, dirs_exist_ok=True)
+            if (root / f"art-{e}-{r}").is_dir():  # eager keeps nothing
+                shutil.copytree(root / f"art-{e}-{r}", auto_art, dirs_exist_ok=True)
         warm["auto"].append(extract_once(data, args.backbone, "auto", auto_art, root / "ind-auto", args.batch_size))
+        done = {e: (round(cold[e][-1]["img_s"], 1), round(warm[e][-1]["img_s"], 1)) for e in engines}
+        print(f"round {r + 1}: extract img/s (first, second run) {done}", file=sys.stderr, flush=True)
     report(args, data, paths, engines, skipped, fwd, cold, warm)
 
 

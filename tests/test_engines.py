@@ -12,7 +12,7 @@ from conftest import make_folder_dataset
 from tlx.extractor import engines as E
 
 HAS = {name: not E.get_engine(name).unusable("cpu", "fp32") for name in E.ENGINES}
-FAST = [name for name in ("onnxruntime", "openvino") if HAS[name]]
+FAST = [name for name in E.AUTO_ORDER["cpu"] if name != "eager" and HAS[name]]  # auto's order
 
 
 def needs(name: str):
@@ -123,7 +123,7 @@ def test_auto_needs_enough_images_to_earn_the_export_back(tiny, artefact_dir):
     assert again.forward.plan(warm - 1, 8) == ["eager"]
 
 
-@pytest.mark.parametrize("engine", FAST or ["onnxruntime"])
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_the_artefact_is_reused_on_a_second_run(tiny, engine, artefact_dir, monkeypatch):
     if why := E.get_engine(engine).unusable("cpu", "fp32"):
         pytest.skip(f"engine {engine}: {why}")
