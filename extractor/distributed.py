@@ -10,6 +10,7 @@ with a clear error instead of waiting forever. torch is imported only when a gro
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,11 +80,16 @@ def setup(device: str | None) -> Ranks:
     return Ranks(rank, local_rank, world, True, True, timeout)
 
 
-def teardown(r: Ranks) -> None:
+def teardown(r: Ranks, finished: bool = False) -> None:
+    """Tear the process group down; after a normal finish the ranks first meet at a barrier, as
+    gloo can abort when one rank destroys the group while another still uses it."""
     if r.owned:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if finished:
+                with suppress(Exception):  # a lost rank is reported elsewhere; never hang or mask it here
+                    dist.barrier()
             dist.destroy_process_group()
 
 

@@ -41,8 +41,14 @@ def setup(device_type: str) -> Dist:
     return Dist(rank, local_rank, world, True)
 
 
-def cleanup(d: Dist) -> None:
+def cleanup(d: Dist, finished: bool = True) -> None:
+    """Tear the process group down. After a normal finish the processes first meet at a barrier:
+    gloo can abort ("terminate called without an active exception") when one process destroys
+    the group while another still uses it (rank 0 writing the run folder, say). After an error
+    they do not wait for each other, which could hang."""
     if d.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -143,8 +143,9 @@ def finetune(
         "warmup_epochs": warmup_epochs,
     }
     explicit = {k: normalize_option(k, v) for k, v in options.items() if v is not None}
+    finished = False
     try:
-        return _run(
+        result = _run(
             procs,
             where,
             reporter,
@@ -155,8 +156,10 @@ def finetune(
             explicit,
             on_step,
         )
+        finished = True
+        return result
     finally:
-        cleanup(procs)
+        cleanup(procs, finished)
 
 
 def _run(

@@ -347,13 +347,15 @@ def predict_chunks(
     from tlx.extractor import distributed
 
     ranks = distributed.setup(device)  # under torchrun: each rank predicts a contiguous share
+    finished = False
     try:
         for start in range(0, len(paths), chunk):
             round_paths = paths[start : start + chunk]
             how = _How(batch_size, workers, device, reporter, reuse_cache, engine=engine)
             yield _predict_round(run, round_paths, ranks, how, tta)
+        finished = True
     finally:
-        distributed.teardown(ranks)
+        distributed.teardown(ranks, finished)
 
 
 def _predict_round(run, paths, ranks, how: _How, tta: bool) -> Predictions:
