@@ -92,13 +92,14 @@ class RidgeHead(SoftmaxHead):
         d = X.shape[1]
         gram, cross = np.zeros((d, d)), np.zeros((d, Y.shape[1]))
         total, x_sum, y_sum = w.sum(), np.zeros(d), w @ Y
-        for rows in range(0, len(y), 65536):  # block sums keep float64 copies to one block
-            block = X[rows : rows + 65536].astype(np.float64)
+        step = min(65536, X.block_rows()) if hasattr(X, "block_rows") else 65536
+        for rows in range(0, len(y), step):  # block sums keep float64 copies to one block
+            block = X[rows : rows + step].astype(np.float64)
             if self.shift_ is not None:
                 block = (block - self.shift_) / self.scale_
-            wb = w[rows : rows + 65536]
+            wb = w[rows : rows + step]
             gram += block.T @ (block * wb[:, None])
-            cross += block.T @ (Y[rows : rows + 65536] * wb[:, None])
+            cross += block.T @ (Y[rows : rows + step] * wb[:, None])
             x_sum += wb @ block
         x_mean, y_mean = x_sum / total, y_sum / total
         gram -= total * np.outer(x_mean, x_mean)  # centring, as fit_intercept does

@@ -40,6 +40,8 @@ class SoftmaxProblem:
         self.X, self.targets, self.n_classes = X, np.asarray(targets, dtype=np.int64), int(n_classes)
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         self.l2norm, self.block_rows = l2norm, int(block_rows)
+        if hasattr(X, "block_rows"):  # streamed from disk: blocks of the reader's size (64 MiB)
+            self.block_rows = min(self.block_rows, X.block_rows())
         self.n, self.d = X.shape
         self.shift = np.zeros(self.d, np.float32)
         self.scale = np.ones(self.d, np.float32)
