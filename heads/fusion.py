@@ -11,7 +11,7 @@ and applies the same standardization.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,17 +129,6 @@ def load_fused(features: list, log=lambda _msg: None) -> tuple[Features, Fusion]
             }
         )
     X = np.concatenate(columns, axis=1)
-    fused = Features(
-        X,
-        ref.y[keep],
-        ref.classes,
-        [ref.paths[i] for i in keep],
-        [ref.split[i] for i in keep],
-        [ref.sha256[i] for i in keep],
-        ref.space,
-        ref.path,
-        ref.attrs,
-        ref.failed,
-    )
+    fused = replace(ref.subset(keep), X=X)  # ref is lazy: the subset reads no feature
     log(f"features: {' + '.join(p.name for p in paths)}, fused: {len(keep)} images x {X.shape[1]}")
     return fused, Fusion(blocks, missing)

@@ -15,6 +15,28 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera"
 
+# The keys every run record (metrics.json) has, head and fine-tuning runs alike.
+RUN_KEYS = {
+    "kind",
+    "clf",
+    "params",
+    "val_accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "per_class",
+    "confusion_matrix",
+    "log_loss",
+    "fit_seconds",
+    "feature_space",
+    "cache",
+    "classes",
+    "split",
+    "n_train",
+    "n_val",
+    "created",
+    "tlx_version",
+}
+
 
 def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (40, 48), fmt: str | None = None, **save) -> Path:
     """A small RGB image with structure (a gradient plus noise), so features differ per seed."""

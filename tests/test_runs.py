@@ -9,33 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, make_folder_dataset, subprocess_env
+from conftest import REPO, RUN_KEYS, make_folder_dataset, subprocess_env
 
 from tlx.common.runfolder import compute_metrics, list_runs, new_run_dir, write_metrics
 from tlx.errors import RunError
 from tlx.heads import Head, HeadSpec, load_run, split_indices
 from tlx.heads.fit import run_sweep
-
-RUN_KEYS = {
-    "kind",
-    "clf",
-    "params",
-    "val_accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "per_class",
-    "confusion_matrix",
-    "log_loss",
-    "fit_seconds",
-    "feature_space",
-    "cache",
-    "classes",
-    "split",
-    "n_train",
-    "n_val",
-    "created",
-    "tlx_version",
-}
 
 
 def _extract(data: Path, cache: Path) -> Path:
