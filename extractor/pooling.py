@@ -67,6 +67,22 @@ class FeatureExtractor(nn.Module):
         self._hooks, self.taps = [], []
 
 
+class Autocast(nn.Module):
+    """A feature extractor run under autocast at ``precision`` (fp32: as it is), so that a graph
+    exported from it keeps the mixed precision that eager applies with ``--precision``."""
+
+    def __init__(self, model: nn.Module, device: str, precision: str):
+        super().__init__()
+        self.model, self.device, self.precision = model, device, precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision == "fp32":
+            return self.model(x)
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        with torch.autocast(self.device, dtype=dtype):
+            return self.model(x).float()
+
+
 def _stage_module(stage: list[str]) -> str:
     """The deepest module holding every parameter of a stage ('' when only the root does)."""
     owners = [name.rsplit(".", 1)[0].split(".") if "." in name else [] for name in stage]

@@ -48,7 +48,7 @@ def runner(net, engine: str, artefact_dir=None, **kw):
     return r
 
 
-@pytest.mark.parametrize("engine", [pytest.param("compile", marks=pytest.mark.slow), "onnxruntime", "openvino"])
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_engine_gives_the_eager_features(tiny, engine, artefact_dir):
     if why := E.get_engine(engine).unusable("cpu", "fp32"):
         pytest.skip(f"engine {engine}: {why}")
@@ -61,6 +61,31 @@ def test_engine_gives_the_eager_features(tiny, engine, artefact_dir):
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= E.TOLERANCE
     assert not np.array_equal(got[0], got[1])  # real, distinct vectors
+
+
+@pytest.mark.slow
+def test_compile_gives_the_eager_features_and_is_compiled_once(tiny, artefact_dir, monkeypatch):
+    """AOTInductor: any batch size from one package (no recompile, no padding), and a second
+    run loads the package instead of compiling again."""
+    import torch
+
+    x = images(11, tiny.cfg.preprocessing.input_size)
+    want = runner(tiny, "eager").forward_uint8(x)
+    first = runner(tiny, "compile", artefact_dir)
+    got = np.concatenate([first.forward_uint8(x[:8]), first.forward_uint8(x[8:])])  # then a smaller batch
+    assert first.forward.report.engine == "compile" and not first.forward.report.from_cache
+    assert np.abs(got - want).max() <= E.TOLERANCE
+    assert not np.array_equal(got[0], got[1])
+    assert [p.suffix for p in artefact_dir.iterdir()] == [".pt2"]  # no temporary left behind
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled again although the package is cached")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compile)
+    second = runner(tiny, "compile", artefact_dir)
+    again = np.concatenate([second.forward_uint8(x[:3]), second.forward_uint8(x[3:])])
+    assert second.forward.report.from_cache
+    assert np.abs(again - got).max() <= 1e-6
 
 
 class Perturbed(E.Engine):
@@ -102,7 +127,7 @@ def test_auto_falls_back_when_the_optional_packages_are_missing(tiny, monkeypatc
         "cpu", "fp32"
     )
     r = runner(tiny, "auto")
-    assert r.forward.candidates == ["eager"]
+    assert r.forward.plan(100, 8) == ["eager"]  # compile is there, but 100 images would not earn it back
     r.forward_uint8(images(2, tiny.cfg.preprocessing.input_size))
     assert r.forward.report.engine == "eager"
     with pytest.raises(E.EngineError, match="--engine openvino cannot run here: openvino is not installed"):
