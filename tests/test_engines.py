@@ -48,7 +48,7 @@ def runner(net, engine: str, artefact_dir=None, **kw):
     return r
 
 
-@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.own_process)])
 def test_engine_gives_the_eager_features(tiny, engine, artefact_dir):
     if why := E.get_engine(engine).unusable("cpu", "fp32"):
         pytest.skip(f"engine {engine}: {why}")
@@ -148,7 +148,7 @@ def test_auto_needs_enough_images_to_earn_the_export_back(tiny, artefact_dir):
     assert again.forward.plan(warm - 1, 8) == ["eager"]
 
 
-@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.own_process)])
 def test_the_artefact_is_reused_on_a_second_run(tiny, engine, artefact_dir, monkeypatch):
     if why := E.get_engine(engine).unusable("cpu", "fp32"):
         pytest.skip(f"engine {engine}: {why}")
@@ -235,7 +235,7 @@ def test_predict_takes_an_engine(cli, folder_data, cache_dir, tmp_path):
 
 
 @pytest.mark.real_weights
-@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.own_process)])
 def test_real_lite0_features_match_eager(hymenoptera, engine, artefact_dir):
     if why := E.get_engine(engine).unusable("cpu", "fp32"):
         pytest.skip(f"engine {engine}: {why}")
