@@ -77,11 +77,28 @@ def fit_head_command(
             "from disk block by block [default: half the available memory]."
         ),
     ] = None,
+    views: Annotated[
+        str | None,
+        typer.Option(
+            help="Also train on views 1..N of each training image (a cache made with `tlx extract --views K`), "
+            "or all of them; validation uses the center rows of val images only. [default: 0, no views]",
+            metavar="N|all",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Fit classifier heads on cached features and write a run folder for each (head, metrics, plots)."""
-    from tlx.heads.fit import fit_heads
+    from tlx.heads.fit import DEFAULT_VIEWS, fit_heads
+
+    if views is None:
+        n_views = DEFAULT_VIEWS
+    elif views == "all":
+        n_views = None
+    elif views.isdigit():
+        n_views = int(views)
+    else:
+        raise typer.BadParameter(f"expected a number of views (0, 1, 2...) or all, not {views!r}", param_hint="--views")
 
     results = fit_heads(
         features=(features[0] if len(features) == 1 else list(features)) if features else None,
@@ -94,6 +111,7 @@ def fit_head_command(
         out=out,
         max_memory=max_memory,
         log=lambda msg: info(msg, quiet),
+        views=n_views,
     )
     if len(results) > 1:
         report(leaderboard(results), [r.to_dict() for r in results], json_out, quiet)
@@ -107,6 +125,8 @@ def fit_head_command(
         f"on {m['n_val']} val / {m['n_train']} train images; "
         f"fit {result.fit_seconds:.2f} s"
     )
+    if m.get("views"):
+        summary += f"; + {m['views']['n_rows']} view rows ({m['views']['per_image']} {m['views']['recipe']} per image)"
     if m.get("sweep"):
         s = m["sweep"]
         summary += f"; sweep chose {s['param']}={s['best']:g} ({s['selection']}, {m['sweep_seconds']:.1f} s)"
