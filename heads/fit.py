@@ -78,6 +78,7 @@ class FitResult:
             "macro_f1": self.metrics.get("macro_f1"),
             "n_train": self.metrics.get("n_train"),
             "n_val": self.metrics.get("n_val"),
+            "n_train_views": self.metrics.get("n_train_views", 0),
             "cache": self.metrics.get("cache"),
             "sweep": self.metrics.get("sweep"),
         }
