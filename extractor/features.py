@@ -134,9 +134,8 @@ def load_views(path: str | Path, rows, max_views: int | None = None, lazy: bool 
     position = np.full(max(int(rows.max(initial=-1)), int(image.max(initial=-1))) + 1, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
     keep = np.flatnonzero((position[image] >= 0) & (view <= (stored if max_views is None else max_views)))
-    X: np.ndarray | CacheRows = CacheRows(path, keep, dataset="views/features")
-    if not lazy:
-        X = X.to_array()
+    on_disk = CacheRows(path, keep, dataset="views/features")
+    X: np.ndarray | CacheRows = on_disk if lazy else on_disk.to_array()
     return ViewFeatures(X, position[image[keep]], view[keep].astype(np.int16), recipe)
 
 

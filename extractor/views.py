@@ -147,7 +147,8 @@ class ViewMaker:
                 out.append(base.flip(-1))
                 continue
             seed = view_seed(self.recipe_id, sha256, v)
-            box, flip = crop_box(*img.size, seed, self.recipe.min_scale, self.recipe.ratio)
+            width, height = img.size
+            box, flip = crop_box(width, height, seed, self.recipe.min_scale, self.recipe.ratio)
             size = self.resize_crop.crop
             view = img.resize((size, size), self.resize_crop.resample, box=box)
             if flip:

@@ -216,7 +216,7 @@ def test_a_missing_view_part_is_reported(data, tmp_path):
     res = run(data, tmp_path / "cache", views=2)
     for part in Path(res.path + ".views").glob("*.h5"):
         part.unlink()
-    with pytest.raises(CacheError, match="view part .* is missing"):
+    with pytest.raises(CacheError, match=r"view part .* is missing"):
         tlx.load_features(res.path)
 
 
@@ -305,14 +305,11 @@ def test_fit_head_view_errors(data, tmp_path):
 
 def test_cli_views_options(cli, data, tmp_path):
     cache = tmp_path / "cache"
-    bad = cli("extract", str(data), "--backbone", "tiny_cnn", "--workers", "0", "--cache-dir", str(cache), "--views", "-1")
-    assert bad.exit_code == 2
-    flip = cli(
-        "extract", str(data), "--backbone", "tiny_cnn", "--workers", "0", "--cache-dir", str(cache),
-        "--views", "3", "--view-recipe", "flip",
-    )  # fmt: skip
+    base = ["extract", str(data), "--backbone", "tiny_cnn", "--workers", "0", "--cache-dir", str(cache)]
+    assert cli(*base, "--views", "-1").exit_code == 2
+    flip = cli(*base, "--views", "3", "--view-recipe", "flip")
     assert flip.exit_code == 2 and "flip has one view" in flip.stderr
-    ok = cli("extract", str(data), "--backbone", "tiny_cnn", "--workers", "0", "--cache-dir", str(cache), "--views", "2")
+    ok = cli(*base, "--views", "2")
     assert ok.exit_code == 0 and "2 crop:0.5 views per image: 16 new" in ok.stdout
     fit = cli("fit-head", "--features", str(cache), "--views", "all", "--out", str(tmp_path / "run"), "--json")
     assert fit.exit_code == 0, fit.stderr
