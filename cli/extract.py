@@ -88,7 +88,7 @@ def extract_command(
     view_recipe: Annotated[
         str | None,
         typer.Option(
-            help="How views are made: crop (RandomResizedCrop scale 0.5-1 + flip), crop:S (scale S-1), "
+            help="How views are made: crop (RandomResizedCrop scale 0.7-1 + flip), crop:S (scale S-1), "
             "flip (the mirror image; one view). [default: the cache's recipe, else crop]",
         ),
     ] = None,

@@ -85,8 +85,8 @@ def test_view_pixels_depend_on_content_hash_view_and_recipe_only():
 
 def test_recipes_have_distinct_recorded_ids():
     ids = {parse_recipe(t).id for t in ("crop", "crop:0.5", "crop:0.7", "flip")}
-    assert len(ids) == 3  # crop is crop:0.5
-    assert parse_recipe("crop").name == "crop:0.5"
+    assert len(ids) == 3  # crop is crop:0.7
+    assert parse_recipe("crop").name == "crop:0.7"
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_views_leave_the_main_features_and_space_unchanged(data, tmp_path):
     assert a.paths == b.paths and a.space == b.space and np.array_equal(a.X, b.X)
     assert (a.n_views, b.n_views) == (0, 3)
     with h5py.File(viewed.path, "r") as f:
-        assert f.attrs["views"] == 3 and json.loads(f.attrs["view_recipe"])["name"] == "crop:0.5"
+        assert f.attrs["views"] == 3 and json.loads(f.attrs["view_recipe"])["name"] == "crop:0.7"
         assert f["views/features"].shape == (8 * 3, a.X.shape[1])
     got = b.views()
     assert got.image.tolist() == [i for i in range(8) for _ in range(3)] and got.view.tolist() == [1, 2, 3] * 8
@@ -260,7 +260,7 @@ def test_fit_head_trains_on_train_views_and_never_on_val_views(split_data, tmp_p
     assert not _rows_in(X, val.views().X).any() and not _rows_in(X, val.X).any()
     m = json.loads((result.run / "metrics.json").read_text())
     assert (m["n_train"], m["n_val"], m["n_train_views"]) == (10, 6, 30)
-    assert m["views"] == {"per_image": 3, "recipe": "crop:0.5", "n_rows": 30}
+    assert m["views"] == {"per_image": 3, "recipe": "crop:0.7", "n_rows": 30}
     plain = fit_head(res.path, "linear", ["max_iter=20"], out=tmp_path / "plain")  # default: no views
     assert plain.metrics["n_train_views"] == 0 and spy.seen[-1].shape[0] == 10
 
@@ -310,11 +310,11 @@ def test_cli_views_options(cli, data, tmp_path):
     flip = cli(*base, "--views", "3", "--view-recipe", "flip")
     assert flip.exit_code == 2 and "flip has one view" in flip.stderr
     ok = cli(*base, "--views", "2")
-    assert ok.exit_code == 0 and "2 crop:0.5 views per image: 16 new" in ok.stdout
+    assert ok.exit_code == 0 and "2 crop:0.7 views per image: 16 new" in ok.stdout
     fit = cli("fit-head", "--features", str(cache), "--views", "all", "--out", str(tmp_path / "run"), "--json")
     assert fit.exit_code == 0, fit.stderr
     out = fit.json()
     assert out["n_train_views"] == 2 * out["n_train"] > 0
-    assert f"+ {2 * out['n_train']} view rows (2 crop:0.5 per image)" in fit.stderr
+    assert f"+ {2 * out['n_train']} view rows (2 crop:0.7 per image)" in fit.stderr
     wrong = cli("fit-head", "--features", str(cache), "--views", "some", "--out", str(tmp_path / "r2"))
     assert wrong.exit_code == 2
