@@ -89,16 +89,7 @@ def fit_head_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Fit classifier heads on cached features and write a run folder for each (head, metrics, plots)."""
-    from tlx.heads.fit import DEFAULT_VIEWS, fit_heads
-
-    if views is None:
-        n_views = DEFAULT_VIEWS
-    elif views == "all":
-        n_views = None
-    elif views.isdigit():
-        n_views = int(views)
-    else:
-        raise typer.BadParameter(f"expected a number of views (0, 1, 2...) or all, not {views!r}", param_hint="--views")
+    from tlx.heads.fit import fit_heads
 
     results = fit_heads(
         features=(features[0] if len(features) == 1 else list(features)) if features else None,
@@ -111,7 +102,7 @@ def fit_head_command(
         out=out,
         max_memory=max_memory,
         log=lambda msg: info(msg, quiet),
-        views=n_views,
+        views=_parse_views(views),
     )
     if len(results) > 1:
         report(leaderboard(results), [r.to_dict() for r in results], json_out, quiet)
@@ -131,6 +122,19 @@ def fit_head_command(
         s = m["sweep"]
         summary += f"; sweep chose {s['param']}={s['best']:g} ({s['selection']}, {m['sweep_seconds']:.1f} s)"
     report(summary, result.to_dict(), json_out, quiet)
+
+
+def _parse_views(views: str | None) -> int | None:
+    """``--views``: a count, ``all`` (None: every view the cache holds), or the default."""
+    from tlx.heads.fit import DEFAULT_VIEWS
+
+    if views is None:
+        return DEFAULT_VIEWS
+    if views == "all":
+        return None
+    if views.isdigit():
+        return int(views)
+    raise typer.BadParameter(f"expected a number of views (0, 1, 2...) or all, not {views!r}", param_hint="--views")
 
 
 def show_run(run: Path, json_out: bool) -> None:
