@@ -10,8 +10,12 @@ standardizing fused blocks, fitting; the sweep's grid included for logreg).
 Configurations: lite0 center (today's recipe); lite0 with 3 inner stages; lite1 and lite2
 center; lite0 + lite2 fused; lite0 with stages + lite2 fused; then the best of them with
 `tlx predict --tta` over the val folders (center view and its mirror averaged; the mirror goes
-through the backbone(s), timed as "extract"). Augmented views in the cache (issue 10, item 4)
-are not built yet, so their rows are not measured. Prints a table and one JSON line.
+through the backbone(s), timed as "extract"); last, lite0 and lite2 with augmented views in
+the cache: `tlx extract --views K --view-recipe R` on top of the center cache (extract seconds =
+center + views), then both heads fitted with `--views K` (validation on val centers only).
+`benchmarks/views.py` compares the recipes. Prints a table and one JSON line.
+
+    python benchmarks/accuracy.py [--views 4] [--view-recipe crop]
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ CONFIGS = {
     "lite0 + lite2 fused": [("efficientnet_lite0", 0), ("efficientnet_lite2", 0)],
     "lite0 3 stages + lite2 fused": [("efficientnet_lite0", 3), ("efficientnet_lite2", 0)],
 }
-NOT_BUILT = ["lite0 with views", "lite2 with views"]
+VIEW_ROWS = {"lite0 with views": "efficientnet_lite0", "lite2 with views": "efficientnet_lite2"}
 
 
 def extract_all(data: Path, cache: Path, workers: int) -> dict:
@@ -65,18 +69,50 @@ def tta_accuracy(run: Path, data: Path) -> tuple[float, float]:
     return acc, time.perf_counter() - t0
 
 
-def fit(features, clf: str, sweep: bool, out: Path) -> tuple[float, float]:
+def fit(features, clf: str, sweep: bool, out: Path, views: int = 0) -> tuple[float, float]:
     from tlx.heads.fit import fit_heads
 
     t0 = time.perf_counter()
-    result = fit_heads(features, clf=clf, sweep=sweep, out=out)[0]
+    result = fit_heads(features, clf=clf, sweep=sweep, out=out, views=views)[0]
     return result.val_accuracy, time.perf_counter() - t0
+
+
+def view_rows(data: Path, caches: dict, tmp: Path, args) -> list[dict]:
+    """Add views to the center caches (only the views are computed), then fit with them."""
+    from tlx.extractor.extract import extract
+
+    rows = []
+    for name, backbone in VIEW_ROWS.items():
+        center = caches[(backbone, 0)]
+        t0 = time.perf_counter()
+        res = extract(
+            data, backbone=backbone, cache_dir=Path(center["path"]).parent, workers=args.workers, device="cpu",
+            views=args.views, view_recipe=args.view_recipe,
+        )  # fmt: skip
+        seconds = center["seconds"] + time.perf_counter() - t0
+        print(f"added {res.views} {res.view_recipe} views to {backbone}: {res.n_views_new} new, total {seconds:.1f} s")
+        lin, lin_s = fit(res.path, "linear", False, tmp / f"runs/{name}-linear", args.views)
+        lr, lr_s = fit(res.path, "logreg", True, tmp / f"runs/{name}-logreg", args.views)
+        rows.append(
+            {
+                "config": f"{name} ({args.views} {res.view_recipe})",
+                "width": center["dim"],
+                "linear": round(lin, 4),
+                "logreg_sweep": round(lr, 4),
+                "extract_s": round(seconds, 1),
+                "fit_linear_s": round(lin_s, 2),
+                "fit_logreg_sweep_s": round(lr_s, 2),
+            }
+        )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=HYMENOPTERA)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--views", type=int, default=4, help="views per image for the 'with views' rows")
+    parser.add_argument("--view-recipe", default="crop", help="their recipe (see benchmarks/views.py)")
     args = parser.parse_args()
     data = require_data(args.data)
     rows = []
@@ -113,18 +149,17 @@ def main() -> None:
                 "fit_logreg_sweep_s": best["fit_logreg_sweep_s"],
             }
         )
+        rows += view_rows(data, caches, Path(tmp), args)
     header = (
-        f"{'configuration':<30} {'width':>6} {'linear':>7} {'logreg --sweep':>15} {'extract s':>10} "
+        f"{'configuration':<34} {'width':>6} {'linear':>7} {'logreg --sweep':>15} {'extract s':>10} "
         f"{'fit s (lin / sweep)':>20}"
     )
     print(f"\nants/bees val accuracy ({machine()})\n{header}")
     for r in rows:
         print(
-            f"{r['config']:<30} {r['width']:>6} {r['linear']:>7.3f} {r['logreg_sweep']:>15.3f} "
+            f"{r['config']:<34} {r['width']:>6} {r['linear']:>7.3f} {r['logreg_sweep']:>15.3f} "
             f"{r['extract_s']:>10.1f} {r['fit_linear_s']:>9.2f} / {r['fit_logreg_sweep_s']:<8.2f}"
         )
-    for name in NOT_BUILT:
-        print(f"{name:<30} not measured: augmented views in the cache are not built yet")
     print(json.dumps({"benchmark": "accuracy", "machine": machine(), "rows": rows, "best": best["config"]}))
 
 

@@ -77,6 +77,21 @@ def extract_command(
             "widened again when read; a cache file of its own)."
         ),
     ] = StoreDtype.float32,
+    views: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Also store K augmented views of every image (deterministic, decoded once with the center crop); "
+            "`fit-head --views` trains on them. [default: keep the cache's views; 0 drops them]",
+        ),
+    ] = None,
+    view_recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="How views are made: crop (RandomResizedCrop scale 0.7-1 + flip), crop:S (scale S-1), "
+            "flip (the mirror image; one view). [default: the cache's recipe, else crop]",
+        ),
+    ] = None,
     engine: EngineOpt = Engine.auto,
     cache_dir: Annotated[
         Path | None,
@@ -119,6 +134,8 @@ def extract_command(
         reporter=reporter,
         rehash=rehash,
         engine=engine.value,
+        views=views,
+        view_recipe=view_recipe,
     )
     if not main_rank:
         return
@@ -131,6 +148,11 @@ def extract_command(
         f"{result.n_new} new, {result.n_reused} reused, {result.n_resumed} resumed, {result.n_removed} removed, "
         f"{result.n_failed} failed; {result.seconds:.1f} s"
     )
+    if result.views:
+        summary += (
+            f"; {result.views} {result.view_recipe} views per image: "
+            f"{result.n_views_new} new, {result.n_views_reused} reused"
+        )
     if result.world_size > 1:
         summary += f" on {result.world_size} processes"
     if result.n_failed:

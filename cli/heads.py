@@ -77,6 +77,14 @@ def fit_head_command(
             "from disk block by block [default: half the available memory]."
         ),
     ] = None,
+    views: Annotated[
+        str | None,
+        typer.Option(
+            help="Also train on views 1..N of each training image (a cache made with `tlx extract --views K`), "
+            "or all of them; validation uses the center rows of val images only. [default: 0, no views]",
+            metavar="N|all",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -94,6 +102,7 @@ def fit_head_command(
         out=out,
         max_memory=max_memory,
         log=lambda msg: info(msg, quiet),
+        views=_parse_views(views),
     )
     if len(results) > 1:
         report(leaderboard(results), [r.to_dict() for r in results], json_out, quiet)
@@ -107,10 +116,25 @@ def fit_head_command(
         f"on {m['n_val']} val / {m['n_train']} train images; "
         f"fit {result.fit_seconds:.2f} s"
     )
+    if m.get("views"):
+        summary += f"; + {m['views']['n_rows']} view rows ({m['views']['per_image']} {m['views']['recipe']} per image)"
     if m.get("sweep"):
         s = m["sweep"]
         summary += f"; sweep chose {s['param']}={s['best']:g} ({s['selection']}, {m['sweep_seconds']:.1f} s)"
     report(summary, result.to_dict(), json_out, quiet)
+
+
+def _parse_views(views: str | None) -> int | None:
+    """``--views``: a count, ``all`` (None: every view the cache holds), or the default."""
+    from tlx.heads.fit import DEFAULT_VIEWS
+
+    if views is None:
+        return DEFAULT_VIEWS
+    if views == "all":
+        return None
+    if views.isdigit():
+        return int(views)
+    raise typer.BadParameter(f"expected a number of views (0, 1, 2...) or all, not {views!r}", param_hint="--views")
 
 
 def show_run(run: Path, json_out: bool) -> None:

@@ -76,7 +76,7 @@ def _cells(r: dict) -> list[str]:
         str(r["dataset"]),
         str(r["backbone"]),
         str(r["pooling"]) + (f"-s{r['stages']}" if r.get("stages") else ""),
-        str(r["n_images"]),
+        str(r["n_images"]) + (f" x{1 + r['views']} ({r['view_recipe']} views)" if r.get("views") else ""),
         str(r["feature_dim"]),
         str(r["n_failed"]),
         str(r["updated"]),

@@ -4,7 +4,8 @@ Incremental runs leave one part per run and rank, removals leave dead rows in th
 scattered additions split the virtual dataset into many mappings. Compaction copies the rows the
 index uses into a single new part (block by block: memory stays flat), commits an index that
 maps onto it in one piece, and deletes every other part. It holds the cache lock like an
-extract, so it never races one; a kill leaves the old index and its parts valid.
+extract, so it never races one; a kill leaves the old index and its parts valid. Augmented
+views (``extract --views``) are kept as they are: the new index lists the same view parts.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
         ]
         attrs = {k: v for k, v in index.attrs.items() if k not in ("tlx_format", "feature_space", "n_images")}
         attrs["updated"] = store.now_iso()
-        store.write_index(path, rows, index.classes, index.failures, index.space, attrs, {name: len(rows)})
+        attrs = {k: v for k, v in attrs.items() if k not in ("views", "view_recipe")}  # write_index sets them
+        store.write_index(path, rows, index.classes, index.failures, index.space, attrs, {name: len(rows)}, index.views)
         store.remove_unused_parts(path, {name} if rows else set())
     return CompactResult(
         str(path),

@@ -80,6 +80,8 @@ class Batch:
     features: np.ndarray  # float32 (len(indices), D)
     failures: list[tuple[int, str]]
     meta: dict = field(default_factory=dict)  # position -> what a custom dataset adds (extract: hash, stat)
+    views: list[tuple[int, int]] = field(default_factory=list)  # (position, view index) of each view row
+    view_features: np.ndarray | None = None  # float32 (len(views), D)
 
 
 class FeatureRunner:
@@ -150,7 +152,21 @@ class FeatureRunner:
             worker_init_fn=lower_priority if self.device.type == "cpu" else None,
         )
         for indices, images, failures, *extra in loader:
+            # A 5th field carries augmented views (extract --views): they share the forward pass
+            # with the center crops, in slices of at most batch_size (the shape engines planned).
+            keys, view_images = extra[1] if len(extra) > 1 else ([], None)
+            if keys:
+                everything = torch.cat([images.reshape(-1, *view_images.shape[1:]), view_images])
+                feats = self.forward_chunks(everything, batch_size)
+                yield Batch(indices, feats[: len(indices)], failures, extra[0], keys, feats[len(indices) :])
+                if on_batch:
+                    on_batch(len(indices) + len(failures))
+                continue
             feats = self.forward_uint8(images) if indices else np.empty((0, 0), np.float32)
             if on_batch:
                 on_batch(len(indices) + len(failures))
             yield Batch(indices, feats, failures, extra[0] if extra else {})
+
+    def forward_chunks(self, images: torch.Tensor, batch_size: int) -> np.ndarray:
+        chunks = [self.forward_uint8(images[s : s + batch_size]) for s in range(0, len(images), batch_size)]
+        return np.concatenate(chunks)

@@ -13,7 +13,7 @@ from tlx.common.device import check_device
 from tlx.common.hashing import sha256_file
 from tlx.common.progress import Reporter
 from tlx.errors import CacheError, TlxError
-from tlx.extractor import distributed, store
+from tlx.extractor import distributed, store, viewstore
 from tlx.extractor.config import FeatureSpace, pool_label
 from tlx.extractor.dataset import DatasetIndex, discover
 from tlx.extractor.engines import check_engine
@@ -52,6 +52,10 @@ class ExtractResult:
     ranks: list[dict] = field(default_factory=list)  # per rank: n_read, n_new, n_known, n_failed, seconds
     n_opened: int = 0  # image files opened (0 when nothing changed: the stat index answered)
     engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
+    views: int = 0  # augmented views per image in the cache (--views)
+    view_recipe: str = ""  # their recipe's name
+    n_views_new: int = 0  # view vectors computed by this run
+    n_views_reused: int = 0  # view vectors taken from the cache or from a killed run's parts
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,6 +96,8 @@ class Options:
     flush_seconds: float
     stages: int = 0
     engine: str = "auto"
+    views: int | None = None  # None: keep what the cache has
+    view_recipe: str | None = None  # None: the cache's recipe, or the default one
 
 
 @dataclass
@@ -104,6 +110,7 @@ class Plan:
     files: list[str]
     known: list[str]
     known_failed: dict[str, str]
+    views: dict = field(default_factory=dict)  # count, recipe (dict) and have (sha256 -> view bit mask)
 
 
 @dataclass
@@ -114,6 +121,8 @@ class ShardOutcome:
     n_new: int = 0  # images run through the network
     seconds: float = 0.0
     engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
+    view_parts: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)  # view parts written
+    n_views_new: int = 0
 
     def counts(self) -> dict:
         failed = sum(1 for _, _, _, reason in self.results if reason)
@@ -146,8 +155,13 @@ def extract(
     flush_seconds: float | None = None,
     stages: int = 0,
     engine: str = "auto",
+    views: int | None = None,
+    view_recipe: str | None = None,
 ) -> ExtractResult:
     """Extract (or update) the features of ``data`` and return a summary of what was done.
+
+    ``views``: also store that many augmented views of every image (``tlx.extractor.views``);
+    None keeps the views the cache has (none for a new cache), 0 drops them.
 
     Under ``torchrun`` every rank calls this with the same arguments: rank 0 plans and commits,
     every rank reads and runs its contiguous share of the images that need the network."""
@@ -165,6 +179,10 @@ def extract(
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
     if stages < 0:
         raise TlxError(f"--stages must be 0 (the final features alone) or more, not {stages}")
+    if views is not None or view_recipe is not None:
+        from tlx.extractor.views import check_count, parse_recipe
+
+        check_count(views or 0, parse_recipe(view_recipe))
     opts = Options(
         backbone,
         weights,
@@ -178,6 +196,8 @@ def extract(
         flush_seconds if flush_seconds is not None else float(os.environ.get("TLX_FLUSH_SECONDS", "5")),
         stages,
         engine,
+        views,
+        view_recipe,
     )
     ranks = distributed.setup(device)
     try:
@@ -246,28 +266,81 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         prev = _read_previous(path, space, reporter)
         src = sources_for(path, prev, space)
         work = classify(index, prev, src.known_hashes(), rehash)
-        if work.to_read and net is None:
+        count, recipe = _views_wanted(opts, prev, reporter)
+        vsrc = viewstore.view_sources(path, prev, space, recipe) if count else viewstore.ViewSources()
+        have = vsrc.have()
+        # Images whose vector is cached but that lack views are read again, for their views only.
+        reading = work.to_read + _lacking_views(work, count, have)
+        if reading and net is None:
             net = ref.build(weights=opts.weights)
             _check_space(net, opts, space)
-        files = [str(index.abspath(index.items[k])) for k in work.to_read]
+        files = [str(index.abspath(index.items[k])) for k in reading]
         known_failed = {h: work.failed.reasons[p] for p, h in work.failed.hashes.items()}
         if prev is not None and prev.failures is not None:
             known_failed.update({h: prev.failures.reasons[p] for p, h in prev.failures.hashes.items()})
         plan = Plan(space.to_dict(), str(path), _run_id(), files, sorted(src.known_hashes()), known_failed)
+        if count:
+            plan.views = {"count": count, "recipe": recipe, "have": have}
         distributed.broadcast(ranks, ("plan", plan), "sending the plan")
         outcomes = distributed.gather(ranks, _read_shard(ranks, plan, opts, net, reporter), "collecting the shares")
         for o in outcomes:
-            _merge_outcome(o, work, index)
+            _merge_outcome(o, work, index, reading)
             src.add_new(o.parts)
+            vsrc.add_new(o.view_parts)
         _fail_if_strict(strict, work.failed.reasons, reporter)  # after every image was tried: all are reported
         rows, counts = plan_rows(index, work.known, work.failed, src)
-        unchanged = same_index(prev, rows, index.classes, work.failed)
+        table, vcounts = viewstore.plan_views(rows, count, recipe, vsrc)
+        prev_views = prev.views if prev is not None else None
+        same_views = table.same_as(prev_views) if table is not None else prev_views is None
+        unchanged = same_index(prev, rows, index.classes, work.failed) and same_views
         if unchanged:
             os.utime(path)  # the newest cache is the one the user extracted last
         else:
             attrs = _cache_attrs(index, space, net, prev, request, started_ns)
-            store.write_index(path, rows, index.classes, work.failed, space, attrs, src.sizes)
+            store.write_index(path, rows, index.classes, work.failed, space, attrs, src.sizes, table)
         store.remove_unused_parts(path, {r.part for r in rows})
+        viewstore.remove_unused_view_parts(path, set(table.part) if table is not None else set())
+    done = (rows, counts, table, vcounts)
+    return _result(path, index, space, prev, done, work, outcomes, ranks, started, not unchanged, files)
+
+
+def _views_wanted(opts: Options, prev, reporter) -> tuple[int, dict]:
+    """K and the recipe (as recorded) of the views this run leaves in the cache. Without
+    --views the cache keeps its views (and new images get theirs); a new recipe replaces the
+    cache's views: view vectors are keyed by recipe, so the old ones are not reused."""
+    from tlx.extractor.views import check_count, parse_recipe
+
+    before = prev.views if prev is not None else None
+    count = opts.views if opts.views is not None else (before.count if before is not None else 0)
+    if opts.view_recipe is not None:
+        recipe = parse_recipe(opts.view_recipe)
+    else:
+        recipe = parse_recipe(before.recipe["name"] if before is not None else None)
+    check_count(count, recipe)
+    if count and before is not None and before.recipe != recipe.to_dict():
+        reporter.message(
+            f"note: the cache's {before.count} {before.recipe['name']} views are replaced "
+            f"by {count} {recipe.name} views"
+        )
+    return count, recipe.to_dict()
+
+
+def _lacking_views(work, count: int, have: dict[str, int]) -> list[int]:
+    """Known images (one per content) whose views 1..count are not all stored."""
+    if not count:
+        return []
+    full = sum(1 << v for v in range(1, count + 1))
+    seen, lacking = set(), []
+    for k, (digest, _) in sorted(work.known.items()):
+        if have.get(digest, 0) & full != full and digest not in seen:
+            seen.add(digest)
+            lacking.append(k)
+    return lacking
+
+
+def _result(path, index, space, prev, done, work, outcomes, ranks, started, written, files) -> ExtractResult:
+    """``done``: the committed rows, where their vectors came from, the view table and its sources."""
+    rows, counts, table, vcounts = done
     seconds = time.perf_counter() - started
     n_run = sum(o.n_new for o in outcomes)
     return ExtractResult(
@@ -284,12 +357,16 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         failed=_failure_list(work.failed.reasons),
         seconds=round(seconds, 3),
         images_per_second=round(n_run / seconds, 2) if n_run else 0.0,
-        written=not unchanged,
+        written=written,
         ignored=list(index.notes),
         world_size=ranks.world,
         ranks=[o.counts() for o in outcomes],
         n_opened=work.n_rehashed + len(files),
         engine=outcomes[0].engine if outcomes else {},
+        views=table.count if table is not None else 0,
+        view_recipe=table.recipe["name"] if table is not None else "",
+        n_views_new=vcounts["new"],
+        n_views_reused=vcounts["reused"] + vcounts["resumed"],
     )
 
 
@@ -348,19 +425,25 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     prefix = f"part-{plan.run_id}-r{ranks.rank:03d}"
     writer = store.PartWriter(store.parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
     paths = plan.files[mine.start : mine.stop]
-    files = HashedImageFiles(paths, ResizeCrop(space.preprocessing), frozenset(plan.known), plan.known_failed)
+    resize_crop = ResizeCrop(space.preprocessing)
+    request, views = _view_request(plan, resize_crop, ranks, opts)
+    files = HashedImageFiles(paths, resize_crop, frozenset(plan.known), plan.known_failed, request)
     where = f" (rank {ranks.rank}/{ranks.world})" if ranks.enabled else ""
     reporter.start(len(paths), f"extracting with {space.backbone}{where}")
     try:
         for batch in runner.run(paths, opts.batch_size, opts.workers, files=files, collate=collate_hashed):
             if batch.indices:
                 writer.add([batch.meta[j][0] for j in batch.indices], batch.features)
+            if batch.views and views is not None:
+                views.add([(batch.meta[j][0], v) for j, v in batch.views], batch.view_features)
+                out.n_views_new += len(batch.views)
             reasons = dict(batch.failures)
             for j, (digest, st) in batch.meta.items():
                 out.results.append((mine.start + j, digest, st, reasons.get(j, "")))
             out.n_new += len(batch.indices)
             reporter.advance(len(batch.meta))
         out.parts = writer.close()
+        out.view_parts = views.close() if views is not None else []
     finally:
         reporter.stop()
     out.seconds = time.perf_counter() - t0
@@ -371,10 +454,25 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     return out
 
 
-def _merge_outcome(o: ShardOutcome, work, index: DatasetIndex) -> None:
+def _view_request(plan: Plan, resize_crop, ranks, opts: Options):
+    """The views this rank's workers make, and the writer of their vectors (None, None: no views)."""
+    if not plan.views:
+        return None, None
+    from tlx.extractor.reading import ViewRequest
+    from tlx.extractor.views import ViewMaker, ViewRecipe
+
+    space = FeatureSpace.from_dict(plan.space)
+    recipe = plan.views["recipe"]
+    request = ViewRequest(ViewMaker(ViewRecipe.from_dict(recipe), resize_crop), plan.views["count"], plan.views["have"])
+    folder = viewstore.views_dir(Path(plan.path))
+    prefix = f"views-{plan.run_id}-r{ranks.rank:03d}"
+    return request, viewstore.ViewWriter(folder, prefix, space, recipe, opts.flush_rows, opts.flush_seconds)
+
+
+def _merge_outcome(o: ShardOutcome, work, index: DatasetIndex, reading: list[int]) -> None:
     """Fold one rank's reads into the run's picture: hashes and stats of the files read, or failures."""
     for pos, digest, st, reason in o.results:
-        k = work.to_read[pos]
+        k = reading[pos]
         if reason:
             work.failed.add(index.items[k].relpath, reason, st, digest)
         else:

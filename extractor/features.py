@@ -4,6 +4,8 @@ who brings their own estimator. Imports h5py and numpy only.
 ``load_features(path, split="val")`` reads only that split's feature rows, and
 ``load_features(path, lazy=True)`` reads none: ``X`` is then a ``CacheRows`` that reads rows
 on demand, and ``iter_chunks`` streams ``(X, y)`` blocks for code that learns out of core.
+A cache extracted with ``--views K`` also holds K augmented views of every image:
+``feats.views()`` returns those of the loaded rows (``feats.subset(...).views()`` of a subset).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Features:
     path: Path  # the cache file
     attrs: dict = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # images that could not be read -> why
+    rows: np.ndarray | None = None  # the cache's row number of each row here (None: all, in order)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -73,7 +76,20 @@ class Features:
             self.path,
             self.attrs,
             self.failed,
+            self.cache_rows()[idx],
         )
+
+    def cache_rows(self) -> np.ndarray:
+        return np.arange(len(self.y), dtype=np.int64) if self.rows is None else self.rows
+
+    @property
+    def n_views(self) -> int:
+        """Augmented views per image stored in the cache (``tlx extract --views K``); 0 when none."""
+        return int(self.attrs.get("views", 0))
+
+    def views(self, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
+        """The stored views 1..``max_views`` (default: all) of the rows loaded here."""
+        return load_views(self.path, self.cache_rows(), max_views, lazy)
 
     def iter_chunks(self, rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(X, y)`` blocks of at most ``rows`` rows, in order: memory stays bounded by one
@@ -84,6 +100,43 @@ class Features:
         else:
             for start in range(0, len(self.y), rows):
                 yield self.X[start : start + rows], self.y[start : start + rows]
+
+
+@dataclass
+class ViewFeatures:
+    """Augmented view vectors: row j is view ``view[j]`` of row ``image[j]`` of the Features it
+    came from (positions there, not cache rows). Labels are the images' labels."""
+
+    X: np.ndarray | CacheRows
+    image: np.ndarray  # int64
+    view: np.ndarray  # int16, 1..K
+    recipe: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+
+def load_views(path: str | Path, rows, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
+    """Views 1..``max_views`` of the cache rows ``rows``, in the cache's order (by image row, then view)."""
+    path, rows = Path(path), np.asarray(rows, dtype=np.int64)
+    with h5py.File(path, "r") as f:
+        if "views" not in f:
+            raise CacheError(f"{path} has no augmented views: run `tlx extract DATA --views K` to add them")
+        g = f["views"]
+        stored = int(g.attrs["count"])
+        if max_views is not None and not 0 <= max_views <= stored:
+            raise CacheError(
+                f"{path} holds {stored} views per image, not {max_views}: ask for at most {stored}, "
+                f"or run `tlx extract DATA --views {max_views}` first"
+            )
+        image, view = g["image"][()], g["view"][()]
+        recipe = json.loads(g.attrs["recipe"])
+    position = np.full(max(int(rows.max(initial=-1)), int(image.max(initial=-1))) + 1, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    keep = np.flatnonzero((position[image] >= 0) & (view <= (stored if max_views is None else max_views)))
+    on_disk = CacheRows(path, keep, dataset="views/features")
+    X: np.ndarray | CacheRows = on_disk if lazy else on_disk.to_array()
+    return ViewFeatures(X, position[image[keep]], view[keep].astype(np.int16), recipe)
 
 
 def resolve_cache(path: str | Path | None) -> Path:

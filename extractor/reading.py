@@ -17,14 +17,29 @@ from tlx.extractor.statindex import NOT_FOUND, Stat, read_and_hash
 
 # What a worker returns beside the image: (sha256 or "", stat or None)
 Meta = tuple[str, Stat | None]
+NO_VIEWS: tuple[list[int], None] = ([], None)
+
+
+class ViewRequest:
+    """The views a run must make: views 1..``count`` of every image it decodes, except those
+    ``have`` already holds (sha256 -> bit mask, bit v for view v). ``make`` is a ``ViewMaker``."""
+
+    def __init__(self, make, count: int, have: Mapping[str, int]):
+        self.make, self.count, self.have = make, count, dict(have)
+
+    def missing(self, digest: str) -> list[int]:
+        mask = self.have.get(digest, 0)
+        return [v for v in range(1, self.count + 1) if not (mask >> v) & 1]
 
 
 class HashedImageFiles(Dataset):
-    """Index -> (index, uint8 image or None, failure reason or '', (sha256, stat)).
+    """Index -> (index, uint8 image or None, failure reason or '', (sha256, stat), (view indices, views)).
 
     A file whose bytes hash to a vector the cache already has (``known``: a renamed, copied or
-    touched file) is not decoded: it comes back with no image and no reason. A file whose bytes
-    already failed (``known_failed``) comes back with that reason, without decoding."""
+    touched file) is not decoded: it comes back with no image and no reason, unless ``views``
+    asks for views of it that do not exist yet: it is then decoded for those views alone. A
+    file whose bytes already failed (``known_failed``) comes back with that reason, without
+    decoding. An image is decoded once for its center crop and all its views."""
 
     def __init__(
         self,
@@ -32,11 +47,13 @@ class HashedImageFiles(Dataset):
         resize_crop: ResizeCrop,
         known: frozenset[str] = frozenset(),
         known_failed: Mapping[str, str] | None = None,
+        views: ViewRequest | None = None,
     ):
         self.paths = list(paths)
         self.resize_crop = resize_crop
         self.known = known
         self.known_failed = dict(known_failed or {})
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -45,28 +62,37 @@ class HashedImageFiles(Dataset):
         try:
             data, digest, st = read_and_hash(self.paths[i])
         except FileNotFoundError:
-            return i, None, NOT_FOUND, ("", None)
+            return i, None, NOT_FOUND, ("", None), NO_VIEWS
         except IsADirectoryError:
-            return i, None, "is a folder", ("", None)
+            return i, None, "is a folder", ("", None), NO_VIEWS
         except OSError as exc:
-            return i, None, f"cannot read: {exc.strerror or exc}", ("", None)
-        if digest in self.known:
-            return i, None, "", (digest, st)
+            return i, None, f"cannot read: {exc.strerror or exc}", ("", None), NO_VIEWS
         if digest in self.known_failed:
-            return i, None, self.known_failed[digest], (digest, st)
+            return i, None, self.known_failed[digest], (digest, st), NO_VIEWS
+        wanted = self.views.missing(digest) if self.views is not None else []
+        known = digest in self.known
+        if known and not wanted:
+            return i, None, "", (digest, st), NO_VIEWS
         try:
             size = 2 * self.resize_crop.resize_size  # as ResizeCrop.load: JPEG draft at twice the target
-            return i, self.resize_crop(load_image(io.BytesIO(data), min_size=size)), "", (digest, st)
+            img = load_image(io.BytesIO(data), min_size=size)
+            center = self.resize_crop(img)
+            views = self.views.make(img, digest, wanted, center) if self.views is not None and wanted else None
+            return i, None if known else center, "", (digest, st), (wanted, views)
         except ImageDecodeError as exc:
-            return i, None, str(exc), (digest, st)
+            return i, None, str(exc), (digest, st), NO_VIEWS
         except Exception as exc:  # a decoder bug must not stop the other images
-            return i, None, f"cannot decode: {type(exc).__name__}: {exc}", (digest, st)
+            return i, None, f"cannot decode: {type(exc).__name__}: {exc}", (digest, st), NO_VIEWS
 
 
 def collate_hashed(batch):
-    """Like ``collate_skipping_failures``, plus ``{index: (sha256, stat)}`` of every item; known
-    items are in neither the images nor the failures."""
-    ok = [(i, x) for i, x, _, _ in batch if x is not None]
-    failures = [(i, reason) for i, x, reason, _ in batch if x is None and reason]
+    """Like ``collate_skipping_failures``, plus ``{index: (sha256, stat)}`` of every item and the
+    views: ``([(index, view), ...], uint8 (m, 3, S, S))``. Known items are in neither the images
+    nor the failures; a known item decoded for its views has views but no image."""
+    ok = [(i, x) for i, x, _, _, _ in batch if x is not None]
+    failures = [(i, reason) for i, x, reason, _, _ in batch if x is None and reason]
     images = torch.stack([x for _, x in ok]) if ok else torch.empty(0, dtype=torch.uint8)
-    return [i for i, _ in ok], images, failures, {i: meta for i, _, _, meta in batch}
+    keys = [(i, v) for i, _, _, _, (wanted, _) in batch for v in wanted]
+    made = [views for _, _, _, _, (_, views) in batch if views is not None]
+    view_images = torch.cat(made) if made else torch.empty(0, dtype=torch.uint8)
+    return [i for i, _ in ok], images, failures, {i: meta for i, _, _, meta, _ in batch}, (keys, view_images)

@@ -108,6 +108,10 @@ def check_format(path: Path, attrs: dict) -> int:
 def check_parts(f, path: Path) -> None:
     """Every part file the index names must be there: HDF5 would read a missing one as fill
     values (NaN here) without a word."""
+    if "views" in f:
+        from tlx.extractor.viewstore import check_view_parts
+
+        check_view_parts(f, path)
     if "parts" not in f:
         return
     folder = parts_dir(path)
@@ -144,6 +148,7 @@ class CacheIndex:
     part_rows: list[int] = field(default_factory=list)
     source_part: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     source_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    views: Any = None  # a viewstore.ViewTable when the cache has augmented views
 
     def row_of_hash(self) -> dict[str, int]:
         return {h: i for i, h in enumerate(self.hashes)}
@@ -176,7 +181,10 @@ def read_index(path: Path) -> CacheIndex:
                 format=fmt,
             )
             if fmt >= 2:
+                from tlx.extractor.viewstore import read_group
+
                 _read_stat_index(f, index)
+                index.views = read_group(f)
             return index
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
@@ -214,6 +222,7 @@ def read_summary(path: Path) -> dict:
             failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
             space = json.loads(attrs["feature_space"])
             n_parts = len(f["parts/names"]) if "parts" in f else 0
+            n_views = int(f["views"].attrs["count"]) if "views" in f else 0
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
     return {
@@ -230,6 +239,8 @@ def read_summary(path: Path) -> dict:
         "weights_sha256": space.get("weights_sha256"),
         "format": int(attrs["tlx_format"]),
         "n_parts": n_parts,
+        "views": n_views,
+        "view_recipe": json.loads(attrs["view_recipe"])["name"] if n_views else None,
         "n_failed": len(failed),
         "failed": [{"path": p, "reason": r} for p, r in failed.items()],
     }
@@ -401,13 +412,15 @@ def write_index(
     space: FeatureSpace,
     attrs: dict,
     part_sizes: dict[str, int],
+    views=None,
 ) -> None:
-    """Write the index for ``rows`` to a temporary file and atomically put it at ``path``."""
+    """Write the index for ``rows`` to a temporary file and atomically put it at ``path``;
+    ``views``: the rows' augmented views (a ``viewstore.ViewTable``), or None."""
     width = space.feature_dim
     used = sorted({r.part for r in rows})
     part_no = {name: k for k, name in enumerate(used)}
     with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
-        _virtual_features(f, path, rows, used, part_sizes, width, space.store_dtype)
+        _virtual_features(f, path, rows, part_sizes, width, space.store_dtype)
         _strings(f, "paths", [r.path for r in rows])
         _strings(f, "split", [r.split for r in rows])
         _array(f, "content_sha256", np.array([r.sha256 for r in rows], dtype="S64"), HASH)
@@ -433,31 +446,41 @@ def write_index(
         f.attrs["feature_space"] = json.dumps(space.to_dict())
         f.attrs["n_images"] = len(rows)
         f.attrs["feature_dim"] = width
+        if views is not None:
+            from tlx.extractor.viewstore import write_group
+
+            write_group(f, path, views, space)
+            f.attrs["views"] = views.count
+            f.attrs["view_recipe"] = json.dumps(views.recipe, sort_keys=True)
 
 
-def _virtual_features(
-    f, path: Path, rows: list[Row], used: list[str], sizes: dict[str, int], width: int, dtype: str = "float32"
-) -> None:
-    """``features`` as a virtual dataset: one mapping per run of rows that are consecutive in
-    one part (one per part after a fresh run or a compaction). Source names are relative to the
-    index's folder, so a cache folder can be moved or copied whole. A missing part reads as NaN."""
-    if not rows:
-        f.create_dataset("features", shape=(0, width), maxshape=(None, width), dtype=dtype, chunks=(1, width))
+def _virtual_features(f, path: Path, rows: list[Row], sizes: dict[str, int], width: int, dtype: str) -> None:
+    """``features`` as a virtual dataset over the feature parts (see :func:`virtual_rows`)."""
+    parts, part_rows = [r.part for r in rows], [r.part_row for r in rows]
+    virtual_rows(f, "features", parts_dir(path).name, parts, part_rows, sizes, width, dtype)
+
+
+def virtual_rows(group, name: str, folder: str, parts, part_rows, sizes: dict[str, int], width: int, dtype) -> None:
+    """A virtual dataset whose row i is row ``part_rows[i]`` of part ``parts[i]`` in ``folder``:
+    one mapping per run of rows that are consecutive in one part (one per part after a fresh
+    run or a compaction). Source names are relative to the index's folder, so a cache folder can
+    be moved or copied whole. A missing part reads as NaN."""
+    if not len(parts):
+        group.create_dataset(name, shape=(0, width), maxshape=(None, width), dtype=dtype, chunks=(1, width))
         return
-    layout = h5py.VirtualLayout(shape=(len(rows), width), dtype=dtype)
-    folder = parts_dir(path).name
-    sources = {n: h5py.VirtualSource(f"{folder}/{n}", "features", shape=(sizes[n], width)) for n in used}
-    for start, stop, part, first in _runs(rows):
+    layout = h5py.VirtualLayout(shape=(len(parts), width), dtype=dtype)
+    sources = {n: h5py.VirtualSource(f"{folder}/{n}", "features", shape=(sizes[n], width)) for n in set(parts)}
+    for start, stop, part, first in _runs(parts, part_rows):
         layout[start:stop] = sources[part][first : first + (stop - start)]
-    f.create_virtual_dataset("features", layout, fillvalue=np.nan)
+    group.create_virtual_dataset(name, layout, fillvalue=np.nan)
 
 
-def _runs(rows: list[Row]) -> Iterator[tuple[int, int, str, int]]:
+def _runs(parts, part_rows) -> Iterator[tuple[int, int, str, int]]:
     """``(start, stop, part, first part row)`` of each maximal run of consecutive rows."""
-    start = 0
-    for i in range(1, len(rows) + 1):
-        if i == len(rows) or rows[i].part != rows[start].part or rows[i].part_row != rows[i - 1].part_row + 1:
-            yield start, i, rows[start].part, rows[start].part_row
+    start, n = 0, len(parts)
+    for i in range(1, n + 1):
+        if i == n or parts[i] != parts[start] or part_rows[i] != part_rows[i - 1] + 1:
+            yield start, i, parts[start], int(part_rows[start])
             start = i
 
 

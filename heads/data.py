@@ -4,6 +4,12 @@ Only the rows of each part are read, each into one preallocated array, so the tr
 matrix exists once in memory. When the training rows are larger than ``max_memory`` they stay
 on disk (a ``CacheRows``) and only heads that stream (``linear``, ``logreg``, ``ridge``) can be
 fitted; they then hold one block at a time.
+
+With augmented views (``tlx extract --views K``, ``fit-head --views N``) the split is drawn on
+images exactly as without them; the training matrix is the center rows of the training images
+followed by their views 1..N, and validation uses the center rows of the validation images
+only: no view of a validation image is ever read. ``train_group`` maps each training row to its
+image, so cross-validation keeps an image and its views on the same side of every fold.
 """
 
 from __future__ import annotations
@@ -61,6 +67,10 @@ class TrainingData:
     Xva: np.ndarray | CacheRows  # a CacheRows when streamed
     yva: np.ndarray
     fusion: Fusion | None = None  # several caches side by side (``tlx.heads.fusion``)
+    # With views: the image (position in ``train``) of each row of Xtr; the first len(train) rows
+    # are the center rows, in order. None: no views, one row per image.
+    train_group: np.ndarray | None = None
+    views: dict | None = None  # per_image, recipe, n_rows: what metrics.json records
 
     @property
     def streamed(self) -> bool:
@@ -72,12 +82,20 @@ class TrainingData:
 
 
 def load_training_data(
-    features, val_fraction: float, seed: int, max_memory: int | None = None, log=lambda _msg: None
+    features,
+    val_fraction: float,
+    seed: int,
+    max_memory: int | None = None,
+    log=lambda _msg: None,
+    views: int | None = 0,
 ) -> TrainingData:
     """``features``: a cache, a folder (its newest cache), None (the default folder), or a list of
-    caches; two or more are fused (``tlx.heads.fusion``)."""
+    caches; two or more are fused (``tlx.heads.fusion``). ``views``: train on views 1..N of the
+    training images too (None: all the cache has; 0: none)."""
     if isinstance(features, (list, tuple)):
         if len(features) > 1:
+            if views:
+                raise TlxError("--views works with one cache, not fused ones: drop --views or fit on one --features")
             return _load_fused(list(features), val_fraction, seed, max_memory, log)
         features = features[0] if features else None
     path = resolve_cache(features)
@@ -95,7 +113,8 @@ def load_training_data(
     limit = default_max_memory() if max_memory is None else max_memory
     Xtr: np.ndarray | CacheRows = rows
     Xva: np.ndarray | CacheRows = val_rows
-    if rows.nbytes + val_rows.nbytes <= limit:
+    wanted = meta.n_views if views is None else views
+    if rows.nbytes * (1 + wanted) + val_rows.nbytes <= limit:
         Xtr, Xva = rows.to_array(), val_rows.to_array()
     else:  # both stay on disk: the heads that stream read them one block at a time
         log(
@@ -103,7 +122,30 @@ def load_training_data(
             f"{(rows.nbytes + val_rows.nbytes) / 2**30:.2f} GiB, more than --max-memory "
             f"{limit / 2**30:.2f} GiB: streaming them from {path} block by block"
         )
-    return TrainingData(meta, train, val, split_info, Xtr, meta.y[train], Xva, meta.y[val])
+    data = TrainingData(meta, train, val, split_info, Xtr, meta.y[train], Xva, meta.y[val])
+    if wanted:
+        _add_views(data, wanted)
+    return data
+
+
+def _add_views(data: TrainingData, n: int) -> None:
+    """Append views 1..n of the training images (and only those) to the training rows."""
+    from tlx.extractor.features import load_views
+
+    meta = data.meta
+    if data.streamed:
+        raise TlxError(
+            f"--views {n}: the training rows are streamed from disk (over --max-memory), and views are not: "
+            "raise --max-memory, or pass --views 0"
+        )
+    if not meta.n_views:
+        raise TlxError(f"--views {n}: {meta.path} has no augmented views; run `tlx extract DATA --views {n}` first")
+    got = load_views(meta.path, data.train, n)  # the training rows only: val views are never read
+    assert isinstance(got.X, np.ndarray) and isinstance(data.Xtr, np.ndarray)
+    data.Xtr = np.concatenate([data.Xtr, got.X])
+    data.ytr = np.concatenate([data.ytr, data.ytr[got.image]])
+    data.train_group = np.concatenate([np.arange(len(data.train)), got.image])
+    data.views = {"per_image": n, "recipe": got.recipe.get("name", ""), "n_rows": len(got)}
 
 
 def _load_fused(features: list, val_fraction: float, seed: int, max_memory: int | None, log) -> TrainingData:

@@ -15,6 +15,10 @@ regularization, which comes first in each grid).
   If a class has a single training image, k-fold is impossible and the validation part
   is used, as with a data split; ``metrics.json`` records which (``sweep.selection``).
 
+With augmented views (``views``), each fold is drawn on the training *images* (the same folds
+as without views); a fold's fit uses the center rows and views of its training images, and it
+is scored on the center rows of its held-out images, so no view of a held-out image is fitted.
+
 Along the grid the heads that allow it (``linear``, ``logreg``) start each fit from the
 previous value's solution (warm start), which the strongest-first order makes short.
 """
@@ -49,6 +53,9 @@ from tlx.heads.registry import (
 )
 
 MAX_FOLDS = 5
+# fit-head --views default: 0 (center rows only). Measured on ants/bees (README, benchmarks/
+# accuracy.py), the views did not buy accuracy, so they are used only when asked for.
+DEFAULT_VIEWS: int | None = 0
 
 
 @dataclass
@@ -71,6 +78,7 @@ class FitResult:
             "macro_f1": self.metrics.get("macro_f1"),
             "n_train": self.metrics.get("n_train"),
             "n_val": self.metrics.get("n_val"),
+            "n_train_views": self.metrics.get("n_train_views", 0),
             "cache": self.metrics.get("cache"),
             "sweep": self.metrics.get("sweep"),
         }
@@ -125,10 +133,12 @@ def fit_heads(
     out=None,
     max_memory: str | int | None = None,
     log: Callable[[str], None] | None = None,
+    views: int | None = DEFAULT_VIEWS,
 ) -> list[FitResult]:
     """Fit each head of ``clf`` (a name, a comma-separated list, or "all") on one load of a
     feature cache (a file, a folder or None = newest in the cache dir), each into its own run
-    folder: ``out`` itself for one head, ``out/<head>`` for several."""
+    folder: ``out`` itself for one head, ``out/<head>`` for several. ``views``: also train on
+    views 1..N of the training images (None: all the cache holds; 0: none)."""
     log = log or (lambda _msg: None)
     names = parse_heads(clf)
     several = len(names) > 1
@@ -138,7 +148,9 @@ def fit_heads(
     if several and unknown:
         raise ParamError(f"--param {unknown[0]!r}: none of {', '.join(names)} has that parameter")
     chosen = {name: _params_for(get_head(name), params, sweep, class_weight, several) for name in names}
-    data = load_training_data(features, val_fraction, seed, parse_memory(max_memory), log)
+    if views is not None and views < 0:
+        raise TlxError(f"--views must be 0 (center rows only) or more, not {views}")
+    data = load_training_data(features, val_fraction, seed, parse_memory(max_memory), log, views)
     if data.streamed:
         held = [n for n in names if not getattr(get_head(n).cls, "streams", False)]
         if held:
@@ -166,7 +178,9 @@ def _fit_one(spec: HeadSpec, chosen: dict, data: TrainingData, sweep: bool, seed
     if sweep:
         spec.cls.prepare()
         t0 = time.perf_counter()
-        sweep_record = run_sweep(spec, chosen, data.Xtr, data.ytr, data.Xva, data.yva, data.split_info, seed, log)
+        sweep_record = run_sweep(
+            spec, chosen, data.Xtr, data.ytr, data.Xva, data.yva, data.split_info, seed, log, data.train_group
+        )
         sweep_seconds = time.perf_counter() - t0
         chosen[spec.main_param] = sweep_record["best"]
     head = spec.build(**chosen)
@@ -234,6 +248,9 @@ def _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_recor
         "split": data.split_info,
         "n_train": len(data.train),
         "n_val": len(data.val),
+        # augmented views trained on (views of training images only): per image, recipe, rows
+        "views": data.views,
+        "n_train_views": data.views["n_rows"] if data.views else 0,
         "sweep": sweep_record,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tlx_version": tlx.__version__,
@@ -251,12 +268,16 @@ def _full_proba(head, X: np.ndarray | CacheRows, n_classes: int) -> np.ndarray:
 
 
 def run_sweep(
-    spec: HeadSpec, params: dict, Xtr, ytr, Xva, yva, split_info: dict, seed: int = 0, log=None
+    spec: HeadSpec, params: dict, Xtr, ytr, Xva, yva, split_info: dict, seed: int = 0, log=None, groups=None
 ) -> dict[str, Any]:
-    """Score every value of the head's grid; returns ``{param, grid, scores, best, selection}``."""
+    """Score every value of the head's grid; returns ``{param, grid, scores, best, selection}``.
+
+    ``groups``: the image of each training row when views follow the center rows (see
+    ``TrainingData.train_group``); folds are drawn on the images and scored on center rows."""
     log = log or (lambda _msg: None)
     grid = list(spec.grid)
-    smallest = int(np.unique(ytr, return_counts=True)[1].min())
+    n_images = len(ytr) if groups is None else int(np.max(groups)) + 1
+    smallest = int(np.unique(ytr[:n_images], return_counts=True)[1].min())
     # k-fold needs row subsets in memory; a streamed training matrix is scored on val instead.
     use_folds = split_info.get("source") != "data" and smallest >= 2 and not hasattr(Xtr, "blocks")
     folds: list = []
@@ -264,7 +285,10 @@ def run_sweep(
         from sklearn.model_selection import StratifiedKFold
 
         k = min(MAX_FOLDS, smallest)
-        folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros((len(ytr), 1)), ytr))
+        centers = ytr[:n_images]
+        folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros((n_images, 1)), centers))
+        if groups is not None:  # a fold fits its images' center rows and views; it scores center rows
+            folds = [(np.flatnonzero(np.isin(groups, a)), b) for a, b in folds]
         selection = f"{k}-fold on train"
     else:
         selection = "val"

@@ -112,3 +112,20 @@ def test_a_killed_rank_stops_the_other_then_a_rerun_resumes(tmp_path):
     a, b = tlx.load_features(resumed.path), tlx.load_features(fresh.path)
     assert a.paths == b.paths and a.sha256 == b.sha256
     np.testing.assert_allclose(a.X, b.X, atol=1e-5)
+
+
+def test_two_gloo_ranks_make_the_same_views_as_one_process(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_class=5, size=(64, 56))
+    single = extract(data, backbone="tiny_cnn", workers=0, batch_size=4, cache_dir=tmp_path / "one", views=2)
+    proc = subprocess.run(
+        [*TORCHRUN, str(free_port()), *tlx_args(data, tmp_path / "two", "--views", "2")],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("{")))
+    assert (result["views"], result["n_views_new"]) == (2, 20)
+    assert len(list(Path(result["path"] + ".views").glob("*.h5"))) == 2  # each rank wrote its own view part
+    a, b = tlx.load_features(single.path), tlx.load_features(result["path"])
+    va, vb = a.views(), b.views()
+    assert va.image.tolist() == vb.image.tolist() and va.view.tolist() == vb.view.tolist()
+    assert np.abs(va.X - vb.X).max() <= 1e-5
