@@ -110,7 +110,7 @@ def save_head(head, run_dir) -> Path:
         file = run_dir / "head.safetensors"
         tensors = {
             name: np.ascontiguousarray(getattr(head, name))
-            for name in head._tensors
+            for name in head.tensor_names()
             if getattr(head, name, None) is not None
         }
         save_file(tensors, str(file), metadata={"format": FORMAT, "head": head.name})
@@ -187,7 +187,7 @@ def load_head(run_dir):
             tensors = load_file(str(file))
         except (SafetensorError, OSError, ValueError) as exc:
             raise RunError(f"{file} is not a readable safetensors file ({exc}): fit the head again") from None
-        for name in head._tensors:
+        for name in head.tensor_names():
             setattr(head, name, tensors.get(name))
         head.classes_ = classes
         head.n_features_in_ = width

@@ -80,7 +80,7 @@ def register_head(name: str, main_param: str, grid, description: str = "", const
 
 
 def _ensure_builtins() -> None:
-    from tlx.heads import linear, linear_models, neighbors, sklearn_heads  # noqa: F401  (register on import)
+    from tlx.heads import linear, linear_models, neighbors, svm, sklearn_heads, mlp  # noqa: F401  (register on import)
 
 
 def list_heads() -> dict[str, str]:

@@ -79,58 +79,6 @@ class SklearnHead(Head):
 
 
 @register_head(
-    "svm",
-    main_param="C",
-    grid=np.logspace(-3, 3, 7).tolist(),
-    description="scikit-learn SVC (rbf or linear kernel, sigmoid-calibrated probabilities), standardized",
-    constraints={"kernel": [one_of("rbf", "linear")]},
-)
-class SvmHead(SklearnHead):
-    """scikit-learn SVC, kernel rbf or linear, with sigmoid (Platt) probabilities.
-
-    scikit-learn 1.9 deprecates ``SVC(probability=True)`` in favour of
-    ``CalibratedClassifierCV(SVC(), ensemble=False)``, which is what this head uses: the SVC is
-    refitted on all rows and its scores calibrated from cross-validated ones."""
-
-    def __init__(
-        self,
-        C: float = 1.0,
-        kernel: str = "rbf",
-        gamma: str = "scale",
-        standardize: bool = True,
-        class_weight=None,
-        seed: int = 0,
-    ):
-        self.C = C
-        self.kernel = kernel
-        self.gamma = gamma
-        self.standardize = standardize
-        self.class_weight = class_weight
-        self.seed = seed
-
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        smallest = int(np.unique(y, return_counts=True)[1].min())
-        if smallest < 2:
-            from tlx.heads.base import HeadError
-
-            raise HeadError("an svm head needs at least 2 training images per class to calibrate its probabilities")
-        self._folds = min(5, smallest)
-        super()._fit(X, y)
-
-    def _estimator(self):
-        from sklearn.calibration import CalibratedClassifierCV
-        from sklearn.model_selection import StratifiedKFold
-        from sklearn.svm import SVC
-
-        gamma: str | float = self.gamma
-        with contextlib.suppress(TypeError, ValueError):
-            gamma = float(gamma)
-        svc = SVC(C=self.C, kernel=self.kernel, gamma=gamma, class_weight=self.class_weight)
-        folds = StratifiedKFold(getattr(self, "_folds", 5), shuffle=True, random_state=self.seed)
-        return CalibratedClassifierCV(svc, method="sigmoid", cv=folds, ensemble=False)
-
-
-@register_head(
     "rf", main_param="min_samples_leaf", grid=[32, 16, 8, 4, 2, 1], description="scikit-learn RandomForestClassifier"
 )
 class RfHead(SklearnHead):
@@ -163,43 +111,3 @@ class RfHead(SklearnHead):
             n_jobs=self.n_jobs,
             random_state=self.seed,
         )
-
-
-@register_head(
-    "mlp",
-    main_param="alpha",
-    grid=np.logspace(1, -5, 7).tolist(),
-    description="scikit-learn MLPClassifier (one hidden layer), standardized",
-)
-class MlpHead(SklearnHead):
-    """scikit-learn MLPClassifier (Adam, one hidden layer of 256) on standardized features."""
-
-    def __init__(
-        self,
-        alpha: float = 1e-2,
-        hidden_layer_sizes: tuple = (256,),
-        max_iter: int = 200,
-        standardize: bool = True,
-        class_weight=None,
-        seed: int = 0,
-    ):
-        self.alpha = alpha
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.max_iter = max_iter
-        self.standardize = standardize
-        self.class_weight = class_weight
-        self.seed = seed
-
-    def _estimator(self):
-        from sklearn.neural_network import MLPClassifier
-
-        return MLPClassifier(
-            hidden_layer_sizes=tuple(self.hidden_layer_sizes),
-            alpha=self.alpha,
-            max_iter=self.max_iter,
-            random_state=self.seed,
-        )
-
-    def _fit_params(self, y: np.ndarray) -> dict:
-        weights = self._class_weights(y)  # MLPClassifier has no class_weight; balanced = per-row weights
-        return {} if weights is None else {"clf__sample_weight": weights}
