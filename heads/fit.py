@@ -261,10 +261,10 @@ def run_sweep(
     use_folds = split_info.get("source") != "data" and smallest >= 2 and not hasattr(Xtr, "blocks")
     folds: list = []
     if use_folds:
-        from sklearn.model_selection import StratifiedKFold
+        from tlx.heads.split import stratified_folds
 
         k = min(MAX_FOLDS, smallest)
-        folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros((len(ytr), 1)), ytr))
+        folds = stratified_folds(ytr, k, seed)  # scikit-learn's StratifiedKFold(k, shuffle=True), row for row
         selection = f"{k}-fold on train"
     else:
         selection = "val"

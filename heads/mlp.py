@@ -26,6 +26,12 @@ from tlx.heads.lbfgs import minimize_lbfgs
 from tlx.heads.registry import register_head
 
 
+def _expit(z: np.ndarray) -> np.ndarray:
+    """The logistic function without overflow: exp only ever sees -|z|."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 def _log_clipped(p: np.ndarray) -> np.ndarray:
     """log of probabilities clipped to [eps, 1 - eps], as scikit-learn's log losses do."""
     eps = np.finfo(p.dtype).eps
@@ -87,7 +93,7 @@ class MlpProblem:
             activations.append(np.maximum(z, 0.0))
             z = activations[-1] @ W + b
         if z.shape[1] == 1:
-            p = 1.0 / (1.0 + np.exp(-z))
+            p = _expit(z)
             rows = -(self.Y * _log_clipped(p) + (1 - self.Y) * _log_clipped(1 - p)).sum(axis=1)
         else:
             p = softmax(z)
@@ -200,7 +206,7 @@ class MlpHead(Head):
                 a = np.maximum(a @ W + b, 0.0)
             z = (a @ layers[-1][0] + layers[-1][1]).astype(np.float64)
             if z.shape[1] == 1:
-                p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
+                p1 = _expit(z[:, 0])
                 out[start : start + len(z)] = np.column_stack([1.0 - p1, p1])
             else:
                 out[start : start + len(z)] = softmax(z)
