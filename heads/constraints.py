@@ -66,7 +66,7 @@ class Sizes:
         return (
             isinstance(value, (tuple, list))
             and len(value) > 0
-            and all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 1 for v in value)
+            and all(isinstance(v, Integral) and not isinstance(v, bool) and int(v) >= 1 for v in value)
         )
 
     def __str__(self) -> str:

@@ -21,7 +21,6 @@ class frequencies per node, plus each tree's root).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -181,7 +180,14 @@ def grow_trees(Xb, edges, t, sample_weight, n_trees: int, m: int, min_leaf: int,
         slot, cut, valid = _best_splits(Xb, node, row, w, t[row], feats, k, bins, min_leaf)
         chosen = feats[np.arange(len(ids)), slot]
         keep = valid[node]
-        node, row, w, ids, chosen, cut = (np.cumsum(valid) - 1)[node[keep]], row[keep], w[keep], ids[valid], chosen[valid], cut[valid]
+        node, row, w, ids, chosen, cut = (
+            (np.cumsum(valid) - 1)[node[keep]],
+            row[keep],
+            w[keep],
+            ids[valid],
+            chosen[valid],
+            cut[valid],
+        )
         child = 2 * node + (Xb[row, chosen[node]] > cut[node])
         order = np.argsort(child, kind="stable")
         node, row, w = child[order], row[order], w[order]
@@ -224,6 +230,12 @@ class RfHead(Head):
     scaling (trees do not need it)."""
 
     _tensors = ("feature_", "threshold_", "left_", "right_", "value_", "roots_")
+    feature_: np.ndarray  # per node: the feature split on, -1 at a leaf
+    threshold_: np.ndarray  # rows with feature <= threshold go left
+    left_: np.ndarray
+    right_: np.ndarray
+    value_: np.ndarray  # per node: class frequencies (what a leaf predicts)
+    roots_: np.ndarray  # per tree: its root node
 
     def __init__(
         self,
@@ -288,10 +300,10 @@ class RfHead(Head):
         return out
 
     def arrays_fit(self, n_classes: int, width: int) -> bool:
-        arrays = [getattr(self, name, None) for name in self._tensors]
-        if any(a is None for a in arrays):
+        if any(getattr(self, name, None) is None for name in self._tensors):
             return False
-        feature, threshold, left, right, value, roots = arrays
+        feature, threshold, left, right = self.feature_, self.threshold_, self.left_, self.right_
+        value, roots = self.value_, self.roots_
         size = len(feature)
         if value.shape != (size, n_classes) or not len(threshold) == len(left) == len(right) == size:
             return False

@@ -30,6 +30,7 @@ HEAD_JSON = "head.json"
 FORMAT = "tlx-head"
 FORMAT_VERSION = 1
 
+
 def save_head(head, run_dir) -> Path:
     """Write the fitted head into ``run_dir``; returns the path of ``head.json``."""
     from tlx.heads.registry import jsonable_params

@@ -55,7 +55,7 @@ class MlpProblem:
             self.Y = np.zeros((n, n_out))
             self.Y[np.arange(n), targets] = 1.0
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
-        self.total = float(n if weights is None else self.weights.sum())
+        self.total = float(n) if self.weights is None else float(self.weights.sum())
         self.alpha = float(alpha)
         self.shift = np.zeros(d) if shift is None else np.asarray(shift, dtype=np.float64)
         self.scale = np.ones(d) if scale is None else np.asarray(scale, dtype=np.float64)
@@ -113,7 +113,9 @@ class MlpProblem:
         # First layer: the gradient on the raw features, taken back through the folded scaling.
         raw = (X.T @ delta.astype(X.dtype)).astype(np.float64)
         summed = delta.sum(axis=0)
-        grads_W.append(((raw - np.outer(self.shift, summed)) / self.scale[:, None] + self.alpha * coefs[0]) / self.total)
+        grads_W.append(
+            ((raw - np.outer(self.shift, summed)) / self.scale[:, None] + self.alpha * coefs[0]) / self.total
+        )
         grads_b.append(summed / self.total)
         grads = grads_W[::-1] + grads_b[::-1]
         return loss, np.concatenate([g.ravel() for g in grads])
@@ -130,6 +132,9 @@ class MlpHead(Head):
     """scikit-learn's MLPClassifier(solver="lbfgs") on standardized features: ReLU hidden layers
     (one of 256 by default), L2 penalty ``alpha``, at most ``max_iter`` L-BFGS iterations;
     ``class_weight="balanced"`` weighs each row by n / (k * n_class)."""
+
+    shift_: np.ndarray | None
+    scale_: np.ndarray | None
 
     def __init__(
         self,
@@ -193,7 +198,9 @@ class MlpHead(Head):
         for (W, b), fan_in, fan_out in zip(layers, sizes[:-1], sizes[1:], strict=True):
             if W is None or b is None or W.shape != (fan_in, fan_out) or b.shape != (fan_out,):
                 return False
-        return self.shift_ is None or (self.shift_.shape == (width,) and self.scale_.shape == (width,))
+        if self.shift_ is None or self.scale_ is None:
+            return self.shift_ is None and self.scale_ is None
+        return self.shift_.shape == (width,) and self.scale_.shape == (width,)
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
         out = np.empty((len(X), len(self.classes_)))

@@ -238,7 +238,7 @@ class OvoModel:
     "svm",
     main_param="C",
     grid=np.logspace(-3, 3, 7).tolist(),
-    description="SVC (scikit-learn's model, libsvm's SMO in numpy; rbf or linear kernel, Platt probabilities), standardized",
+    description="SVC (scikit-learn's model, libsvm's SMO in numpy; rbf or linear, Platt probabilities), standardized",
     constraints={
         "C": [Range(Real, 0, None, "neither")],
         "kernel": [one_of("rbf", "linear")],
@@ -259,6 +259,9 @@ class SvmHead(Head):
         "shift_",
         "scale_",
     )
+
+    shift_: np.ndarray | None
+    scale_: np.ndarray | None
 
     def __init__(
         self,

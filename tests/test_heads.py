@@ -146,7 +146,9 @@ def test_a_head_saved_with_skops_by_an_earlier_tlx_is_refused_with_a_way_out(nam
         "sha256": sha256_file(tmp_path / "head.skops"),
     }
     (tmp_path / "head.json").write_text(json.dumps(meta))
-    with pytest.raises(RunError, match=f"saved with skops by an earlier tlx.*refit it with `tlx fit-head --clf {name}`"):
+    with pytest.raises(
+        RunError, match=f"saved with skops by an earlier tlx.*refit it with `tlx fit-head --clf {name}`"
+    ):
         load_head(tmp_path)
 
 

@@ -142,9 +142,8 @@ def test_platt_fit_is_scikit_learns_sigmoid_calibration():
     rng = np.random.default_rng(6)
     positive = rng.random(200) < 0.4
     f = np.where(positive, 1.0, -1.0) * 0.8 + rng.normal(size=200)
-    A, B = platt(f, positive)
-    ref_A, ref_B = _sigmoid_calibration(f, positive.astype(int))
-    assert A == pytest.approx(ref_A, rel=1e-4) and B == pytest.approx(ref_B, rel=1e-4, abs=1e-6)
+    slope, offset = platt(f, positive)
+    assert [slope, offset] == pytest.approx(list(_sigmoid_calibration(f, positive.astype(int))), rel=1e-4, abs=1e-6)
 
 
 def test_svm_refuses_more_rows_than_its_kernel_matrix_allows(monkeypatch):
