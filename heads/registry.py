@@ -82,9 +82,19 @@ def register_head(name: str, main_param: str, grid, description: str = "", const
 def _ensure_builtins() -> None:
     import importlib
 
-    # Importing a head's module registers it; this order is the order heads are listed in.
-    for module in BUILTIN_MODULES:
+    for module in BUILTIN_MODULES:  # importing a head's module registers it
         importlib.import_module(f"tlx.heads.{module}")
+    # Heads are listed in BUILTIN_MODULES order (then any registered elsewhere), even when one
+    # module was imported on its own first (``from tlx.heads.forest import RfHead``).
+    ranked = sorted(_HEADS.values(), key=lambda spec: _module_rank(spec.cls.__module__))
+    if [spec.name for spec in ranked] != list(_HEADS):
+        _HEADS.clear()
+        _HEADS.update((spec.name, spec) for spec in ranked)
+
+
+def _module_rank(module: str) -> int:
+    package, _, name = module.rpartition(".")
+    return BUILTIN_MODULES.index(name) if package == "tlx.heads" and name in BUILTIN_MODULES else len(BUILTIN_MODULES)
 
 
 def list_heads() -> dict[str, str]:
