@@ -29,7 +29,7 @@ from tlx.heads.base import Head
 from tlx.heads.constraints import Range, one_of
 from tlx.heads.registry import register_head
 
-CELLS = 1 << 22  # histogram cells (node x feature x bin x class) per chunk: bounds memory per step
+CELLS = 1 << 18  # histogram cells (class x node x feature x bin) per chunk: small temporaries stay in cache
 PAIRS = 1 << 23  # (row, drawn feature) pairs per batch of trees: bounds the gathered bins
 QUANTILE_ROWS = 200_000  # rows the bin edges are estimated from (a seeded subsample above that)
 
