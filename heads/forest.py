@@ -105,7 +105,7 @@ def _draw_features(rng: np.random.Generator, nodes: int, d: int, m: int) -> np.n
     return feats
 
 
-def _best_splits(Xb, node, row, w, cls, feats, n_classes: int, bins: int, min_leaf: int):
+def _dense_splits(Xb, node, row, w, cls, feats, n_classes: int, bins: int, min_leaf: int):
     """For nodes ``0..len(feats)-1`` (entries sorted by node): the best (slot, bin) per node and
     whether it is a valid split, over chunks of nodes so that no histogram exceeds ``CELLS``."""
     a, m = feats.shape
@@ -139,6 +139,70 @@ def _best_splits(Xb, node, row, w, cls, feats, n_classes: int, bins: int, min_le
         best_slot[first : first + count], best_bin[first : first + count] = np.divmod(best, bins)
         valid[first : first + count] = np.isfinite(score[np.arange(count), best])
     return best_slot, best_bin, valid
+
+
+def _sorted_splits(Xb, node, row, w, cls, feats, n_classes: int, bins: int, min_leaf: int):
+    """What ``_dense_splits`` finds, for nodes with few rows: the (row, drawn feature) pairs are
+    sorted by (node, feature slot, bin) and every threshold between two occupied bins is scored
+    from running class sums, so the cost follows the pairs rather than bins x classes per node.
+    Candidates are visited in the same (slot, bin) order, so ties go the same way."""
+    a, m = feats.shape
+    key = ((node[:, None] * m + np.arange(m)) * bins + Xb[row[:, None], feats[node]]).ravel()
+    order = np.argsort(key, kind="stable")
+    key, entry = key[order], order // m
+    group = key // bins  # node * m + slot
+    sums = np.zeros((len(key), n_classes), dtype=np.float64)
+    sums[np.arange(len(key)), cls[entry]] = w[entry]
+    np.cumsum(sums, axis=0, out=sums)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    ends = np.r_[starts[1:], len(key)] - 1
+    of = np.repeat(np.arange(len(starts)), ends - starts + 1)  # each pair's group
+    before = np.where(starts[:, None] > 0, sums[np.maximum(starts - 1, 0)], 0.0)
+    # A threshold after pair i: the next pair is in the same group and in a higher bin.
+    cut = np.flatnonzero((np.r_[group[1:] == group[:-1], False]) & (np.r_[key[1:] != key[:-1], False]))
+    g = of[cut]
+    # Whole-number counts, exact in float64 however long the running sum; then scored in the
+    # precision _dense_splits uses, so both find the same split.
+    dtype = np.float32 if len(Xb) < 2**24 else np.float64
+    left = (sums[cut] - before[g]).T.astype(dtype)
+    total = (sums[ends[g]] - before[g]).T.astype(dtype)
+    n_left = left.sum(axis=0)
+    score = _gini_score(left, total, n_left, total.sum(axis=0) - n_left)
+    if min_leaf > 1:  # pairs are distinct rows of the node
+        rows_left = cut - starts[g] + 1
+        keep = (rows_left >= min_leaf) & (ends[g] - cut >= min_leaf)
+        cut, g, score = cut[keep], g[keep], score[keep]
+    best_slot, best_bin, valid = np.zeros(a, np.int64), np.zeros(a, np.int64), np.zeros(a, bool)
+    if not len(cut):
+        return best_slot, best_bin, valid
+    owner = group[cut] // m
+    first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    best = np.maximum.reduceat(score, first)
+    winners = np.flatnonzero(score == np.repeat(best, np.diff(np.r_[first, len(score)])))
+    nodes, at = np.unique(owner[winners], return_index=True)  # the first best candidate per node
+    chosen = cut[winners[at]]
+    best_slot[nodes], best_bin[nodes], valid[nodes] = group[chosen] % m, key[chosen] % bins, True
+    return best_slot, best_bin, valid
+
+
+def _best_splits(Xb, node, row, w, cls, feats, n_classes: int, bins: int, min_leaf: int):
+    """The best split of every node: nodes with few rows by sorting their pairs, the others from
+    dense histograms (whichever touches fewer numbers); both find the same split."""
+    a = len(feats)
+    sizes = np.bincount(node, minlength=a)
+    # Measured crossover: sorting wins below a quarter of the bins' rows with two classes (a
+    # dense histogram is cheap then), below half of them with more.
+    small = sizes < (bins // 4 if n_classes == 2 else bins // 2)
+    if not small.any() or small.all():
+        method = _sorted_splits if small.all() else _dense_splits
+        return method(Xb, node, row, w, cls, feats, n_classes, bins, min_leaf)
+    slot, cut, valid = np.zeros(a, np.int64), np.zeros(a, np.int64), np.zeros(a, bool)
+    for method, chosen in ((_sorted_splits, small), (_dense_splits, ~small)):
+        rows = chosen[node]
+        local = (np.cumsum(chosen) - 1)[node[rows]]
+        found = method(Xb, local, row[rows], w[rows], cls[rows], feats[chosen], n_classes, bins, min_leaf)
+        slot[chosen], cut[chosen], valid[chosen] = found
+    return slot, cut, valid
 
 
 def _gini_score(left, total, n_left, n_right) -> np.ndarray:

@@ -217,3 +217,15 @@ def test_rf_refuses_a_forest_whose_children_point_backwards(tmp_path):
     save_head(head, tmp_path)
     with pytest.raises(RunError, match="refusing a foreign file"):
         load_head(tmp_path)
+
+
+@pytest.mark.parametrize("n_classes, min_samples_leaf", [(2, 1), (3, 1), (5, 3)])
+def test_rf_sorted_and_dense_split_searches_grow_the_same_forest(monkeypatch, n_classes, min_samples_leaf):
+    import tlx.heads.forest as forest
+
+    X, y = _blobs(n=300, n_classes=n_classes, d=30, sep=0.2, seed=8)
+    mixed = RfHead(n_estimators=15, min_samples_leaf=min_samples_leaf).fit(X, y)
+    monkeypatch.setattr(forest, "_best_splits", forest._dense_splits)
+    dense = RfHead(n_estimators=15, min_samples_leaf=min_samples_leaf).fit(X, y)
+    for name in RfHead._tensors:
+        np.testing.assert_array_equal(getattr(mixed, name), getattr(dense, name))
