@@ -16,6 +16,7 @@ scikit-learn nor skops; importing ``sklearn.neural_network`` costs more than thi
 
 from __future__ import annotations
 
+import contextlib
 from numbers import Real
 
 import numpy as np
@@ -121,6 +122,62 @@ class MlpProblem:
         return loss, np.concatenate([g.ravel() for g in grads])
 
 
+SMALL_PRODUCT = 2e8  # multiply-adds of the first layer's product below which one BLAS thread is faster
+
+
+def _one_blas_thread(size: float):
+    """One BLAS thread for an L-BFGS run of many small matrix products: a second thread buys
+    little there, and on a busy machine each product then waits for both threads to be
+    scheduled (measured here: ants/bees' mlp fit 0.2 s with one thread, 1.7 s with two while
+    other work ran). Large products keep every thread."""
+    if size >= SMALL_PRODUCT:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
+class RowSpace:
+    """The same objective in fewer unknowns when there are fewer rows than features (n < D, as
+    with a few hundred images of 1280 features).
+
+    The first layer's weights enter the loss only through ``Xs @ W0`` (``Xs`` the standardized
+    rows), so only their part in the row space of ``Xs`` matters to the data; the rest is only
+    penalized. With ``Q`` an orthonormal basis of that space (D x n) and ``R`` the rest of the
+    starting weights, ``W0 = Q @ C + r * R / |R|``: every gradient of the rest is proportional
+    to it (``alpha * R / n``), so L-BFGS keeps it on that one direction and a scalar ``r``
+    carries it. ``(C, r)`` is solved as an n+1 wide first layer on ``[Xs @ Q, 0]`` (``r``
+    sits on the all-zero input, so only the penalty sees it): the objective, the gradients'
+    inner products and the start are those of the full problem, at n / D of its cost.
+    """
+
+    def __init__(self, X: np.ndarray, shift, scale, full: MlpProblem, start: np.ndarray):
+        Xs = X.astype(np.float64)
+        if shift is not None:
+            Xs = (Xs - shift) / scale
+        self.Q = np.linalg.qr(Xs.T)[0]  # D x n, orthonormal
+        self.M = np.hstack([Xs @ self.Q, np.zeros((len(X), 1))])
+        self.full = full
+        coefs, intercepts = full.unpack(start)
+        C = self.Q.T @ coefs[0]
+        self.rest = coefs[0] - self.Q @ C
+        self.norm = float(np.linalg.norm(self.rest))
+        extra = np.zeros((1, C.shape[1]))
+        extra[0, 0] = self.norm
+        self.start = np.concatenate([a.ravel() for a in [np.vstack([C, extra]), *coefs[1:], *intercepts]])
+
+    def problem(self, targets, n_classes: int, hidden, alpha: float, weights) -> MlpProblem:
+        return MlpProblem(self.M, targets, n_classes, hidden, alpha, weights)
+
+    def lift(self, theta: np.ndarray) -> np.ndarray:
+        """Reduced weights -> the full problem's packing (first layer D x H again)."""
+        first = theta[: self.M.shape[1] * self.full.sizes[1]].reshape(self.M.shape[1], -1)
+        W0 = self.Q @ first[:-1]
+        if self.norm > 0:
+            W0 += (first[-1, 0] / self.norm) * self.rest
+        return np.concatenate([W0.ravel(), theta[first.size :]])
+
+
 @register_head(
     "mlp",
     main_param="alpha",
@@ -165,21 +222,21 @@ class MlpHead(Head):
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         shift, scale = standardization(X) if self.standardize else (None, None)
-        problem = MlpProblem(
-            X,
-            np.searchsorted(self.classes_, y),
-            len(self.classes_),
-            self.hidden_layer_sizes,
-            float(self.alpha),
-            self._class_weights(y),
-            shift,
-            scale,
-        )
-        result = minimize_lbfgs(
-            problem.value_and_grad, problem.initial(int(self.seed)), max_iter=int(self.max_iter), gtol=float(self.tol)
-        )
+        targets, weights = np.searchsorted(self.classes_, y), self._class_weights(y)
+        hidden, alpha = tuple(self.hidden_layer_sizes), float(self.alpha)
+        problem = MlpProblem(X, targets, len(self.classes_), hidden, alpha, weights, shift, scale)
+        start = problem.initial(int(self.seed))
+        with _one_blas_thread(len(X) * min(X.shape) * max(hidden)):
+            if len(X) < X.shape[1]:  # fewer rows than features: solve in the rows' span (RowSpace)
+                space = RowSpace(X, shift, scale, problem, start)
+                solver = space.problem(targets, len(self.classes_), hidden, alpha, weights)
+                result = minimize_lbfgs(solver.value_and_grad, space.start, int(self.max_iter), float(self.tol))
+                theta = space.lift(result.x)
+            else:
+                result = minimize_lbfgs(problem.value_and_grad, start, int(self.max_iter), float(self.tol))
+                theta = result.x
         self.loss_, self.n_iter_ = float(result.fun), result.n_iter
-        coefs, intercepts = problem.unpack(result.x)
+        coefs, intercepts = problem.unpack(theta)
         for i, (W, b) in enumerate(zip(coefs, intercepts, strict=True)):
             setattr(self, f"coef_{i}", W.astype(np.float32))
             setattr(self, f"intercept_{i}", b.astype(np.float32))

@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from tlx.heads import HeadError
 from tlx.heads.forest import RfHead
-from tlx.heads.mlp import MlpHead, MlpProblem
+from tlx.heads.mlp import MlpHead, MlpProblem, RowSpace
 from tlx.heads.split import stratified_folds
 from tlx.heads.svm import SvmHead, platt
 
@@ -96,6 +96,43 @@ def test_mlp_accuracy_matches_scikit_learns(n_classes):
     assert ref_acc > 0.75 and acc >= ref_acc - 0.03, (acc, ref_acc)
     # The same objective from the same start: the minima found are close.
     assert ours.loss_ == pytest.approx(ref[-1].loss_, rel=0.05)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_mlp_row_space_is_the_same_problem_in_fewer_unknowns(n_classes):
+    rng = np.random.default_rng(2)
+    X = (rng.normal(size=(40, 120)) * rng.uniform(0.5, 3, 120) + 1).astype(np.float32)  # fewer rows than features
+    y = rng.integers(0, n_classes, 40)
+    shift, scale = X.mean(axis=0), X.std(axis=0)
+    full = MlpProblem(X.astype(np.float64), y, n_classes, (16,), alpha=0.5, shift=shift, scale=scale)
+    start = full.initial(0)
+    space = RowSpace(X, shift, scale, full, start)
+    reduced = space.problem(y, n_classes, (16,), 0.5, None)
+    assert len(space.start) < len(start) / 2
+    np.testing.assert_allclose(space.lift(space.start), start, atol=1e-10)
+    step = rng.normal(size=len(space.start)) * 0.3
+    step[40 * 16 + 1 : 41 * 16] = 0  # the extra row moves along its first entry only, as under L-BFGS
+    for theta in (space.start, space.start + step):
+        assert reduced.value_and_grad(theta)[0] == pytest.approx(full.value_and_grad(space.lift(theta))[0], abs=1e-9)
+
+
+def test_mlp_with_fewer_rows_than_features_reaches_scikit_learns_accuracy():
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = _blobs(n=300, n_classes=3, d=400, sep=0.25, seed=9)
+    train, val = slice(0, 150), slice(150, None)
+    ours = MlpHead(alpha=1.0).fit(X[train], y[train])
+    W = [ours.coef_0, ours.coef_1, ours.intercept_0, ours.intercept_1]
+    full = MlpProblem(X[train].astype(np.float64), y[train], 3, (256,), 1.0, shift=ours.shift_, scale=ours.scale_)
+    assert full.value_and_grad(np.concatenate([w.astype(np.float64).ravel() for w in W]))[0] == pytest.approx(
+        ours.loss_, rel=1e-4
+    )
+    ref = make_pipeline(StandardScaler(), MLPClassifier((256,), solver="lbfgs", alpha=1.0, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref.fit(X[train], y[train])
+    acc, ref_acc = ours.score(X[val], y[val]), ref.score(X[val], y[val])
+    assert ref_acc > 0.6 and acc >= ref_acc - 0.03, (acc, ref_acc)
 
 
 # -- svm -----------------------------------------------------------------------------------------
