@@ -21,6 +21,8 @@ class frequencies per node, plus each tree's root).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 
 import numpy as np
@@ -30,6 +32,7 @@ from tlx.heads.constraints import Range, one_of
 from tlx.heads.registry import register_head
 
 CELLS = 1 << 18  # histogram cells (class x node x feature x bin) per chunk: small temporaries stay in cache
+GROUPS = 2  # batches of trees at least (grown in parallel threads where there are cores)
 PAIRS = 1 << 23  # (row, drawn feature) pairs per batch of trees: bounds the gathered bins
 QUANTILE_ROWS = 50_000  # rows the bin edges are estimated from (a seeded subsample above that)
 COLUMNS = 128  # features sorted at a time for the bin edges
@@ -69,6 +72,7 @@ class Nodes:
 
     def __init__(self, n_classes: int):
         self.size = 0
+        self.roots = np.zeros(0, np.int64)
         self.feature = np.full(1024, -1, np.int32)
         self.threshold = np.zeros(1024, np.float32)
         self.left = np.full(1024, -1, np.int32)
@@ -327,22 +331,57 @@ class RfHead(Head):
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         n, d = X.shape
-        k = len(self.classes_)
-        rng = np.random.default_rng(int(self.seed))
-        edges = bin_edges(X, int(self.max_bins), rng)
+        seeds = np.random.SeedSequence(int(self.seed))
+        edges = bin_edges(X, int(self.max_bins), np.random.default_rng(seeds.spawn(1)[0]))
         Xb = apply_bins(X, edges)
         t = np.searchsorted(self.classes_, y)
         weights = self._class_weights(y)
         m = _max_features(self.max_features, d)
-        nodes = Nodes(k)
-        per_tree = max(1, PAIRS // max(1, int(0.64 * n) * m))  # a tree's bootstrap keeps ~63 % of the rows
-        roots, total = [], int(self.n_estimators)
-        for start in range(0, total, per_tree):
-            batch = min(per_tree, total - start)
-            roots.append(grow_trees(Xb, edges, t, weights, batch, m, int(self.min_samples_leaf), rng, nodes))
-        for name, array in nodes.arrays().items():
-            setattr(self, name, array)
-        self.roots_ = np.concatenate(roots).astype(np.int32)
+        total = int(self.n_estimators)
+        # Batches of trees, each from its own seed: as many as the gathered bins allow in memory,
+        # and at least GROUPS, so that threads can grow them side by side (numpy releases the
+        # GIL in its array loops). The batches do not depend on the thread count: same seed,
+        # same forest, on any machine.
+        per_batch = max(1, min(PAIRS // max(1, int(0.64 * n) * m), -(-total // GROUPS)))
+        sizes = [min(per_batch, total - start) for start in range(0, total, per_batch)]
+        streams = seeds.spawn(len(sizes))
+
+        def grow(batch: int) -> Nodes:
+            nodes = Nodes(len(self.classes_))
+            nodes.roots = grow_trees(
+                Xb,
+                edges,
+                t,
+                weights,
+                sizes[batch],
+                m,
+                int(self.min_samples_leaf),
+                np.random.default_rng(streams[batch]),
+                nodes,
+            )
+            return nodes
+
+        workers = min(len(sizes), os.cpu_count() or 1)
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                grown = list(pool.map(grow, range(len(sizes))))
+        else:
+            grown = [grow(batch) for batch in range(len(sizes))]
+        self._merge(grown)
+
+    def _merge(self, grown: list[Nodes]) -> None:
+        """One set of flat arrays from the batches' nodes (child and root ids shifted)."""
+        offsets = np.cumsum([0] + [g.size for g in grown[:-1]])
+        parts = [g.arrays() for g in grown]
+        for name in ("feature_", "threshold_", "value_"):
+            setattr(self, name, np.concatenate([p[name] for p in parts]))
+        for name in ("left_", "right_"):  # leaves keep -1
+            setattr(
+                self,
+                name,
+                np.concatenate([np.where(p[name] >= 0, p[name] + o, -1) for p, o in zip(parts, offsets, strict=True)]),
+            )
+        self.roots_ = np.concatenate([g.roots + o for g, o in zip(grown, offsets, strict=True)]).astype(np.int32)
 
     def apply(self, X) -> np.ndarray:
         """(n, n_estimators) leaf id of each row in each tree."""
