@@ -206,8 +206,8 @@ def _forest_accuracies(X, y, train, val, **params):
 
 
 def test_rf_accuracy_is_scikit_learns_on_synthetic_data():
-    X, y = _blobs(n=600, n_classes=3, d=40, sep=0.35, seed=7)
-    ours, ref = _forest_accuracies(X, y, slice(0, 400), slice(400, None))
+    X, y = _blobs(n=1100, n_classes=3, d=40, sep=0.35, seed=7)
+    ours, ref = _forest_accuracies(X, y, slice(0, 500), slice(500, None))  # 600 val rows: a row is 0.17 points
     assert 0.6 < ref < 1.0 and abs(ours - ref) <= 0.02 + 1e-9, (ours, ref)
 
 
