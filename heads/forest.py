@@ -31,7 +31,7 @@ from tlx.heads.base import Head
 from tlx.heads.constraints import Range, one_of
 from tlx.heads.registry import register_head
 
-CELLS = 1 << 18  # histogram cells (class x node x feature x bin) per chunk: small temporaries stay in cache
+CELLS = 1 << 16  # histogram cells (class x node x feature x bin) per chunk: small temporaries stay in cache
 GROUPS = 2  # batches of trees at least (grown in parallel threads where there are cores)
 PAIRS = 1 << 23  # (row, drawn feature) pairs per batch of trees: bounds the gathered bins
 QUANTILE_ROWS = 50_000  # rows the bin edges are estimated from (a seeded subsample above that)
@@ -303,7 +303,11 @@ class RfHead(Head):
     """Random forest: ``n_estimators`` trees, each on a bootstrap sample, ``max_features``
     features drawn per node (``"sqrt"``, ``"log2"``, a count or a fraction), Gini splits on
     ``max_bins`` quantile bins per feature, leaves of at least ``min_samples_leaf`` rows; no
-    scaling (trees do not need it)."""
+    scaling (trees do not need it).
+
+    100 trees by default (scikit-learn's default; tlx used 300): on ants/bees 300 trees scored
+    0.945 against 0.944 over 8 seeds, for three times the fit (0.37 s against 0.13 s), which
+    would cost the ``fit-head`` start-up target (1.5 s) on a busy 2-core machine."""
 
     _tensors = ("feature_", "threshold_", "left_", "right_", "value_", "roots_")
     feature_: np.ndarray  # per node: the feature split on, -1 at a leaf
@@ -315,7 +319,7 @@ class RfHead(Head):
 
     def __init__(
         self,
-        n_estimators: int = 300,
+        n_estimators: int = 100,
         min_samples_leaf: int = 1,
         max_features="sqrt",
         max_bins: int = 64,
