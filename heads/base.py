@@ -98,6 +98,11 @@ class Head:
         (knn caps ``n_neighbors`` at the number of training rows) reports the value it used."""
         return self.get_params()
 
+    def tensor_names(self) -> tuple:
+        """The array attributes ``io.save_head`` stores (``_tensors``; a head whose arrays depend
+        on its parameters, as the mlp's layers, lists them here)."""
+        return self._tensors
+
     def arrays_fit(self, n_classes: int, width: int) -> bool:
         """Whether the arrays loaded into an array-only head (``_tensors``) have the shapes of a
         head for ``n_classes`` classes on ``width`` features (a foreign file fails this)."""
@@ -156,6 +161,15 @@ class Head:
             raise HeadError(f"class_weight must be 'balanced' or None, got {cw!r}")
         _, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
         return (len(y) / (len(counts) * counts))[inv]
+
+
+def standardization(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(shift, scale)``, float32: per-feature mean and population standard deviation, as
+    scikit-learn's ``StandardScaler``; a constant feature keeps a scale of 1."""
+    mean = X.mean(axis=0, dtype=np.float64)
+    std = X.std(axis=0, dtype=np.float64)
+    scale = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
+    return mean.astype(np.float32), scale.astype(np.float32)
 
 
 def _as_matrix(X, what: str):

@@ -1,10 +1,9 @@
 """Valid values of head parameters, checked without importing scikit-learn.
 
 The heads' own rules (``weight_decay >= 0``, ``kernel`` in {rbf, linear}) are written with the
-two small types here; they print the way scikit-learn's ``Interval`` and ``StrOptions`` do, so
-every message reads alike. The rules of a wrapped scikit-learn estimator
-(``_parameter_constraints``) are still checked by scikit-learn, but only for heads that import
-it anyway, so that a linear head's fit never pays for importing it.
+small types here; they print the way scikit-learn's ``Interval`` and ``StrOptions`` do, so
+every message reads alike. No head wraps a scikit-learn estimator any more, so these rules are
+the only ones: checking a parameter never pays for importing scikit-learn.
 """
 
 from __future__ import annotations
@@ -59,6 +58,21 @@ class OneOf:
         return f"a str among {{{', '.join(repr(o) for o in sorted(self.options))}}}"
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """A non-empty tuple of positive ints (the mlp's ``hidden_layer_sizes``)."""
+
+    def accepts(self, value: Any) -> bool:
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) > 0
+            and all(isinstance(v, Integral) and not isinstance(v, bool) and int(v) >= 1 for v in value)
+        )
+
+    def __str__(self) -> str:
+        return "one or more positive ints separated by commas"
+
+
 def one_of(*options: str) -> OneOf:
     return OneOf(frozenset(options))
 
@@ -85,7 +99,7 @@ def satisfied(rule: list, value: Any) -> bool:
             return True
         if constraint == BOOLEAN and isinstance(value, bool):
             return True
-        if isinstance(constraint, (Range, OneOf)) and constraint.accepts(value):
+        if isinstance(constraint, (Range, OneOf, Sizes)) and constraint.accepts(value):
             return True
     return False
 

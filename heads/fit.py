@@ -282,11 +282,11 @@ def run_sweep(
     use_folds = split_info.get("source") != "data" and smallest >= 2 and not hasattr(Xtr, "blocks")
     folds: list = []
     if use_folds:
-        from sklearn.model_selection import StratifiedKFold
+        from tlx.heads.split import stratified_folds
 
         k = min(MAX_FOLDS, smallest)
-        centers = ytr[:n_images]
-        folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros((n_images, 1)), centers))
+        # scikit-learn's StratifiedKFold(k, shuffle=True), row for row, drawn on the images
+        folds = stratified_folds(ytr[:n_images], k, seed)
         if groups is not None:  # a fold fits its images' center rows and views; it scores center rows
             folds = [(np.flatnonzero(np.isin(groups, a)), b) for a, b in folds]
         selection = f"{k}-fold on train"

@@ -1,15 +1,18 @@
 """Saving and loading fitted heads without ever running code from a file.
 
-* Heads made of arrays (``linear``) -> ``head.safetensors`` (the arrays named in the class's
-  ``_tensors``) + ``head.json``.
-* scikit-learn heads -> ``head.skops`` (the fitted pipeline, written by ``skops.io.dump``) +
-  ``head.json``. Loading lists the file's types with ``skops.io.get_untrusted_types`` and refuses
-  any that is not on the explicit allow-list below, so no arbitrary object is ever built.
+Every head is a set of arrays: ``head.safetensors`` (the arrays the head names in
+``tensor_names()``) + ``head.json``. Loading builds the head from its registered class and
+parameters, fills in the arrays and checks their shapes against the classes and width, so a
+foreign file is refused and nothing in a file is ever executed; no scikit-learn is needed.
+
+Runs written before svm, rf and mlp became arrays hold a ``head.skops`` file; they are refused
+with one line asking to refit, rather than kept loadable through skops and scikit-learn
+(seconds of imports, and an allow-list of pickled types to maintain).
 
 ``head.json`` holds the head's name, parameters, classes, feature width and the sha256 of the
 head file, an integrity check: a file damaged or changed since it was written is refused. It
 proves nothing about who wrote the file (whoever can rewrite the head can rewrite the hash
-beside it); the guarantee that matters, no code run from a file, comes from the loaders above.
+beside it); the guarantee that matters, no code run from a file, comes from the loader above.
 """
 
 from __future__ import annotations
@@ -27,69 +30,6 @@ HEAD_JSON = "head.json"
 FORMAT = "tlx-head"
 FORMAT_VERSION = 1
 
-# Types that a saved scikit-learn head may contain beyond those skops trusts by default.
-ALLOWED_TYPES = frozenset(
-    {
-        "sklearn.pipeline.Pipeline",
-        "sklearn.preprocessing._data.StandardScaler",
-        "sklearn.preprocessing._label.LabelBinarizer",
-        "sklearn.preprocessing._label.LabelEncoder",
-        "sklearn.svm._classes.SVC",
-        "sklearn.calibration.CalibratedClassifierCV",
-        "sklearn.calibration._CalibratedClassifier",
-        "sklearn.calibration._SigmoidCalibration",
-        "sklearn.model_selection._split.StratifiedKFold",
-        "sklearn.ensemble._forest.RandomForestClassifier",
-        "sklearn.tree._classes.DecisionTreeClassifier",
-        "sklearn.tree._tree.Tree",
-        "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
-        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
-        "numpy.ndarray",
-        "numpy.dtype",
-        "numpy.float32",
-        "numpy.float64",
-        "numpy.int32",
-        "numpy.int64",
-        "numpy.random.mtrand.RandomState",
-        "numpy.random._mt19937.MT19937",
-        "builtins.slice",
-    }
-)
-
-
-def _skops_io():
-    """``import skops.io`` without importing torch.
-
-    skops builds its trusted-type list at import time by walking every scikit-learn module;
-    ``pkgutil.walk_packages`` imports ``sklearn.externals.array_api_compat.torch`` on the way,
-    and that imports torch (seconds, and the CLI promises not to for scikit-learn heads). When
-    torch is not loaded yet, it is hidden for the duration of that import: the walk treats the
-    ImportError as "skip this package", and torch imports normally afterwards."""
-    import sys
-
-    if "skops.io" in sys.modules or "torch" in sys.modules:
-        import skops.io
-
-        return skops.io
-    # scikit-learn itself (with scipy.stats, which looks torch up in sys.modules while it loads)
-    # is imported before torch is hidden: only skops' walk must not see torch.
-    import sklearn.base  # noqa: F401
-
-    hidden = [name for name in ("torch",) if name not in sys.modules]
-    for name in hidden:
-        # makes `import torch` raise ImportError (a documented sys.modules sentinel that typeshed omits)
-        sys.modules[name] = None  # type: ignore[assignment]
-    try:
-        import skops.io
-    finally:
-        for name in hidden:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
-        for name in [m for m in sys.modules if m.startswith("sklearn.externals.array_api_compat.torch")]:
-            del sys.modules[name]
-    return skops.io
-
 
 def save_head(head, run_dir) -> Path:
     """Write the fitted head into ``run_dir``; returns the path of ``head.json``."""
@@ -99,21 +39,15 @@ def save_head(head, run_dir) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not hasattr(head, "n_features_in_"):
         raise ValueError("save_head needs a fitted head")
-    if hasattr(head, "model_"):
-        sio = _skops_io()
+    from safetensors.numpy import save_file
 
-        file = run_dir / "head.skops"
-        sio.dump(head.model_, file)
-    else:
-        from safetensors.numpy import save_file
-
-        file = run_dir / "head.safetensors"
-        tensors = {
-            name: np.ascontiguousarray(getattr(head, name))
-            for name in head._tensors
-            if getattr(head, name, None) is not None
-        }
-        save_file(tensors, str(file), metadata={"format": FORMAT, "head": head.name})
+    file = run_dir / "head.safetensors"
+    tensors = {
+        name: np.ascontiguousarray(getattr(head, name))
+        for name in head.tensor_names()
+        if getattr(head, name, None) is not None
+    }
+    save_file(tensors, str(file), metadata={"format": FORMAT, "head": head.name})
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -148,6 +82,13 @@ def load_head(run_dir):
             f"{meta_path} has head format version {meta.get('format_version')!r} "
             f"but this tlx reads {FORMAT_VERSION}: fit the head again"
         )
+    saved = str(meta.get("file", ""))
+    if saved.endswith(".skops"):  # svm, rf and mlp before they were saved as arrays
+        raise RunError(
+            f"{run_dir / Path(saved).name} is a {meta.get('head')} head saved with skops by an earlier tlx; "
+            f"this version saves heads as arrays and no longer reads skops files: refit it with "
+            f"`tlx fit-head --clf {meta.get('head')}`"
+        )
     try:
         spec = get_head(meta["head"])
         defaults = spec.defaults()
@@ -168,49 +109,21 @@ def load_head(run_dir):
             f"{file} failed its integrity check (its sha256 does not match {HEAD_JSON}): "
             "it was damaged or changed after it was written; fit the head again"
         )
-
-    if file.suffix == ".skops":
-        model = _load_skops(file)
-        from sklearn.pipeline import Pipeline
-
-        try:
-            if not isinstance(model, Pipeline) or not hasattr(head, "set_model"):
-                raise ValueError("not a scikit-learn pipeline")
-            head.set_model(model)
-        except (ValueError, AttributeError, TypeError) as exc:
-            raise RunError(f"{file} does not hold a {spec.name} head ({exc}): refusing a foreign file") from None
-    elif file.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        try:
-            tensors = load_file(str(file))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise RunError(f"{file} is not a readable safetensors file ({exc}): fit the head again") from None
-        for name in head._tensors:
-            setattr(head, name, tensors.get(name))
-        head.classes_ = classes
-        head.n_features_in_ = width
-        if not head.arrays_fit(len(classes), width):
-            raise RunError(f"{file} does not hold a {len(classes)} x {width} {spec.name} head: refusing a foreign file")
-    else:
+    if file.suffix != ".safetensors":
         raise RunError(f"{meta_path} names a head file of unknown type {file.name!r}: refusing it")
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunError(f"{file} is not a readable safetensors file ({exc}): fit the head again") from None
+    for name in head.tensor_names():
+        setattr(head, name, tensors.get(name))
+    head.classes_ = classes
+    head.n_features_in_ = width
+    if not head.arrays_fit(len(classes), width):
+        raise RunError(f"{file} does not hold a {len(classes)} x {width} {spec.name} head: refusing a foreign file")
     if head.n_features_in_ != width or len(head.classes_) != len(classes):
         raise RunError(f"{file} does not match {HEAD_JSON} (width or classes differ): refusing a foreign file")
     return head
-
-
-def _load_skops(file: Path):
-    sio = _skops_io()
-
-    try:
-        untrusted = sio.get_untrusted_types(file=file)
-    except Exception as exc:
-        raise RunError(f"{file} is not a readable skops file ({type(exc).__name__}): fit the head again") from None
-    refused = sorted(set(untrusted) - ALLOWED_TYPES)
-    if refused:
-        raise RunError(f"{file} contains types outside the allow-list ({', '.join(refused[:3])}): refusing to load it")
-    try:
-        return sio.load(file, trusted=list(untrusted))
-    except Exception as exc:
-        raise RunError(f"{file} could not be loaded ({type(exc).__name__}: {exc}): fit the head again") from None

@@ -9,7 +9,6 @@ simpler model. Nothing here imports torch.
 from __future__ import annotations
 
 import inspect
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
 H = TypeVar("H", bound="Head")
 
 DEFAULT_HEAD = "linear"
+BUILTIN_MODULES = ("linear", "linear_models", "neighbors", "svm", "forest", "mlp")
 
 _HEADS: dict[str, HeadSpec] = {}
 
@@ -41,8 +41,8 @@ class HeadSpec:
     main_param: str  # the regularization parameter that --sweep searches
     grid: tuple  # its values, strongest regularization first
     description: str
-    # Valid values per parameter (``tlx.heads.constraints``: Range, OneOf, "boolean", None),
-    # beyond the common ones and those of a wrapped scikit-learn estimator, which apply anyway.
+    # Valid values per parameter (``tlx.heads.constraints``: Range, OneOf, Sizes, "boolean",
+    # None), beyond the common ones.
     constraints: dict = field(default_factory=dict)
 
     def build(self, **params):
@@ -63,8 +63,8 @@ class HeadSpec:
 
 
 def register_head(name: str, main_param: str, grid, description: str = "", constraints: dict | None = None):
-    """Class decorator; ``constraints`` declares the valid values of parameters that no wrapped
-    scikit-learn estimator checks (see :func:`validate_params`)."""
+    """Class decorator; ``constraints`` declares the valid values of the head's own parameters
+    (see :func:`validate_params`)."""
 
     def decorate(cls: type[H]) -> type[H]:
         if name in _HEADS:
@@ -80,7 +80,21 @@ def register_head(name: str, main_param: str, grid, description: str = "", const
 
 
 def _ensure_builtins() -> None:
-    from tlx.heads import linear, linear_models, neighbors, sklearn_heads  # noqa: F401  (register on import)
+    import importlib
+
+    for module in BUILTIN_MODULES:  # importing a head's module registers it
+        importlib.import_module(f"tlx.heads.{module}")
+    # Heads are listed in BUILTIN_MODULES order (then any registered elsewhere), even when one
+    # module was imported on its own first (``from tlx.heads.forest import RfHead``).
+    ranked = sorted(_HEADS.values(), key=lambda spec: _module_rank(spec.cls.__module__))
+    if [spec.name for spec in ranked] != list(_HEADS):
+        _HEADS.clear()
+        _HEADS.update((spec.name, spec) for spec in ranked)
+
+
+def _module_rank(module: str) -> int:
+    package, _, name = module.rpartition(".")
+    return BUILTIN_MODULES.index(name) if package == "tlx.heads" and name in BUILTIN_MODULES else len(BUILTIN_MODULES)
 
 
 def list_heads() -> dict[str, str]:
@@ -186,20 +200,6 @@ def own_constraints(spec: HeadSpec) -> dict[str, list]:
     return {key: rule for key, rule in {**COMMON, **spec.constraints}.items() if key in names}
 
 
-def estimator_constraints(head) -> list[tuple[str, list, Any]]:
-    """``(key, scikit-learn constraints, value given)`` from the estimators a scikit-learn head
-    wraps, checked on the value the estimator is given (the head may convert it, as svm's gamma).
-    Empty for heads that wrap none, so that they never import scikit-learn here."""
-    values = head.get_params()
-    checks = []
-    for est in head.estimators() if hasattr(head, "estimators") else []:
-        given = est.get_params(deep=False)
-        for key, rule in getattr(type(est), "_parameter_constraints", {}).items():
-            if key in values and key in given:
-                checks.append((key, rule, given[key]))
-    return checks
-
-
 def validate_params(spec: HeadSpec, params: dict) -> None:
     """Refuse out-of-range parameter values (``C=-1``, ``max_iter=0``) before any data is read,
     with a message in tlx's words rather than the estimator's."""
@@ -217,16 +217,6 @@ def validate_params(spec: HeadSpec, params: dict) -> None:
     for key, rule in own_constraints(spec).items():
         if not satisfied(rule, values[key]):
             refuse(key, describe(rule), values[key])
-    checks = estimator_constraints(head)
-    if checks:
-        from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
-
-        for key, rule, value in checks:
-            try:
-                validate_parameter_constraints({key: rule}, {key: value}, caller_name=spec.name)
-            except InvalidParameterError as exc:
-                must = re.search(r"must be (.*)\. Got ", str(exc))
-                refuse(key, must.group(1) if must else str(exc), value)
 
 
 def describe_heads() -> list[dict[str, Any]]:
@@ -237,8 +227,6 @@ def describe_heads() -> list[dict[str, Any]]:
     rows = []
     for name, spec in _HEADS.items():
         valid = {key: describe(rule) for key, rule in own_constraints(spec).items()}
-        for key, rule, _ in estimator_constraints(spec.build()):
-            valid.setdefault(key, _describe_sklearn(rule))  # tlx's own rule, when there is one, reads best
         rows.append(
             {
                 "name": name,
@@ -255,11 +243,3 @@ def describe_heads() -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def _describe_sklearn(rule: list) -> str:
-    from sklearn.utils._param_validation import make_constraint
-
-    shown = [c for c in rule if c is not None and not getattr(make_constraint(c), "hidden", False)]
-    texts = ["true or false" if c == "boolean" else str(make_constraint(c)) for c in shown]
-    return " or ".join(texts + (["None"] if None in rule else []))

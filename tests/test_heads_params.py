@@ -27,6 +27,11 @@ BAD = [
     ("rf", "min_samples_leaf=0"),
     ("mlp", "alpha=-5"),
     ("mlp", "max_iter=0"),
+    ("mlp", "hidden_layer_sizes=0"),
+    ("rf", "max_features=0"),
+    ("rf", "max_features=1.5"),
+    ("rf", "max_bins=1"),
+    ("svm", "gamma=0"),
     ("logreg", "class_weight=heavy"),
 ]
 BAD = list(

@@ -384,6 +384,34 @@ def test_compute_metrics_on_a_known_case():
 
 
 # -- import hygiene ------------------------------------------------------------------------------
+HEAVY = ("torch", "sklearn", "scipy", "skops", "matplotlib")
+
+
+@pytest.mark.slow
+def test_fit_head_imports_no_heavy_module_for_any_head(caches, tmp_path):
+    """Every head, svm, rf and mlp included, fits as from the shell without importing torch,
+    scikit-learn, scipy, skops or matplotlib (each would cost from 0.5 s to seconds of start-up);
+    the modules are listed after each head, so the first head that pulls one in is named."""
+    code = (
+        "import json, sys; from typer.testing import CliRunner; from tlx.cli.app import app\n"
+        "from tlx.heads import list_heads\n"
+        "runner, seen = CliRunner(), {}\n"
+        "for clf in list_heads():\n"
+        f"    r = runner.invoke(app, ['fit-head', '--clf', clf, '--features', {str(caches['plain'])!r}, "
+        f"'--out', {str(tmp_path)!r} + '/' + clf, '-q'])\n"
+        "    assert r.exit_code == 0, (clf, r.output)\n"
+        f"    seen[clf] = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+        "print(json.dumps(seen))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"svm", "rf", "mlp"} <= set(seen)
+    assert seen == {clf: [] for clf in seen}, seen
+
+
 @pytest.mark.slow
 def test_runs_info_and_sklearn_heads_do_not_import_torch(caches, tmp_path):
     code = (
