@@ -5,7 +5,7 @@ For each engine, in one run and on the same images:
   (a) forward rate on already-decoded uint8 tensors (normalization + the engine's forward),
       after its set-up, with the engine's own thread count;
   (b) `tlx extract DATA --engine E` as a fresh process into a fresh feature cache, twice:
-      cold (an empty engine cache, and for `compile` an empty inductor cache: the export or
+      cold (an empty engine cache, which holds compile's inductor cache too: the export or
       compile is paid) and warm (the engine cache from the cold run); wall time of the whole
       command, torch import included;
   (c) max |features - eager fp32| over every image.
@@ -67,8 +67,9 @@ def forward_rates(backbone: str, engines: list[str], paths: list[str], batch: in
     }
 
 
-def extract_once(data: Path, backbone: str, engine: str, art: Path, inductor: Path, batch: int) -> dict:
-    env = dict(os.environ, TLX_ENGINE_CACHE_DIR=str(art), TORCHINDUCTOR_CACHE_DIR=str(inductor))
+def extract_once(data: Path, backbone: str, engine: str, art: Path, batch: int) -> dict:
+    env = dict(os.environ, TLX_ENGINE_CACHE_DIR=str(art))
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # compile keeps inductor's cache inside the engine cache
     with tempfile.TemporaryDirectory() as cache:
         cmd = [sys.executable, "-m", "tlx", "extract", str(data), "--backbone", backbone, "--engine", engine]
         cmd += ["--cache-dir", cache, "--batch-size", str(batch), "--json", "--quiet"]
@@ -105,14 +106,14 @@ def main() -> None:
     warm: dict[str, list[dict]] = {e: [] for e in [*engines, "auto"]}
     for r in range(args.repeats):
         for e in engines:
-            art, ind = root / f"art-{e}-{r}", root / f"inductor-{e}-{r}"
-            cold[e].append(extract_once(data, args.backbone, e, art, ind, args.batch_size))
-            warm[e].append(extract_once(data, args.backbone, e, art, root / f"inductor-{e}-{r}-warm", args.batch_size))
+            art = root / f"art-{e}-{r}"
+            cold[e].append(extract_once(data, args.backbone, e, art, args.batch_size))
+            warm[e].append(extract_once(data, args.backbone, e, art, args.batch_size))
         auto_art = root / f"art-auto-{r}"
         for e in engines:  # every engine's artefacts in one folder, as after real use
             if (root / f"art-{e}-{r}").is_dir():  # eager keeps nothing
                 shutil.copytree(root / f"art-{e}-{r}", auto_art, dirs_exist_ok=True)
-        warm["auto"].append(extract_once(data, args.backbone, "auto", auto_art, root / "ind-auto", args.batch_size))
+        warm["auto"].append(extract_once(data, args.backbone, "auto", auto_art, args.batch_size))
         done = {e: (round(cold[e][-1]["img_s"], 1), round(warm[e][-1]["img_s"], 1)) for e in engines}
         print(f"round {r + 1}: extract img/s (first, second run) {done}", file=sys.stderr, flush=True)
     report(args, data, paths, engines, skipped, fwd, cold, warm)

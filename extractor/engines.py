@@ -200,15 +200,16 @@ register_engine(Engine)
 @register_engine
 class CompiledEngine(Engine):
     """Inductor, ahead of time: ``torch.export`` with a dynamic batch axis, compiled by
-    AOTInductor into a package (a shared library plus the weights) that later runs load in a
-    fraction of a second.
+    AOTInductor into a package (a shared library plus the weights) that later runs load in
+    seconds. The package is compiled once per backbone, weights, input size, device and
+    precision; the batch size is free. Reduced precision is exported inside autocast, so the
+    package runs the same mixed-precision kernels as eager under ``--precision``.
 
     This replaces ``torch.compile``, whose caches (``save_cache_artifacts``, the FX-graph cache)
     still re-trace the model with dynamo on every run: a second run paid most of the first
     compile again (45 s on efficientnet_lite0, 2 cores), and its static shapes needed the last
-    batch padded. The package is compiled once per backbone, weights, input size, device and
-    precision; the batch size is free. Reduced precision is exported inside autocast, so the
-    package runs the same mixed-precision kernels as eager under ``--precision``."""
+    batch padded. Inductor's own cache folder (``$TORCHINDUCTOR_CACHE_DIR``) defaults to
+    ``inductor/`` inside the engine cache, so everything a later run needs stays together."""
 
     name = "compile"
     memory_format = "contiguous_format"  # measured: AOTInductor's kernels are faster on NCHW input
@@ -217,6 +218,10 @@ class CompiledEngine(Engine):
         return self.artefacts.path(self.name, self.spec, ".pt2", aoti=1)
 
     def prepare(self, batch_size: int) -> None:
+        # Loading a package first checks which vector instruction sets this CPU can build, by
+        # compiling a test program for each (20 s on 2 cores); inductor caches the answer in its
+        # cache folder, which would otherwise be a /tmp folder that a reboot empties.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.artefacts.root / "inductor"))
         import torch
 
         super().prepare(batch_size)
