@@ -516,7 +516,11 @@ def part_sizes(path: Path, names: Sequence[str]) -> dict[str, int]:
 
 def remove_unused_parts(path: Path, keep: set[str]) -> int:
     """After a commit: delete the parts no row of the index uses. Returns how many were deleted."""
-    folder = parts_dir(path)
+    return remove_unused_files(parts_dir(path), keep)
+
+
+def remove_unused_files(folder: Path, keep: set[str]) -> int:
+    """Delete the part files in ``folder`` not named in ``keep``, and the folder once empty."""
     if not folder.is_dir():
         return 0
     gone = 0

@@ -239,17 +239,7 @@ def view_sources(path: Path, prev: store.CacheIndex | None, space: FeatureSpace,
 
 
 def remove_unused_view_parts(path: Path, keep: set[str]) -> int:
-    folder = views_dir(path)
-    if not folder.is_dir():
-        return 0
-    gone = 0
-    for part in folder.glob("*.h5"):
-        if part.name not in keep:
-            part.unlink(missing_ok=True)
-            gone += 1
-    if not any(folder.iterdir()):
-        folder.rmdir()
-    return gone
+    return store.remove_unused_files(views_dir(path), keep)
 
 
 def plan_views(rows: list[store.Row], count: int, recipe: dict, src: ViewSources) -> tuple[ViewTable | None, dict]:

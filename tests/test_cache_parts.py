@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_folder_dataset, write_image
+from conftest import backdate, make_folder_dataset, write_image
 
 import tlx
 from tlx.errors import CacheError
@@ -24,14 +24,6 @@ TINY = dict(backbone="tiny_cnn", workers=0, batch_size=4)
 
 def run(data, cache, **kw):
     return extract(data, cache_dir=cache, **{**TINY, **kw})
-
-
-def backdate(root: Path, seconds: float = 60) -> None:
-    """Files older than the racy window, as files usually are when a dataset is extracted."""
-    past = time.time() - seconds
-    for p in root.rglob("*"):
-        if p.is_file():
-            os.utime(p, (past, past))
 
 
 def parts_of(cache_file: str) -> dict[str, tuple]:

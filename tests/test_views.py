@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from conftest import make_folder_dataset, write_image
+from conftest import backdate, make_folder_dataset, write_image
 
 import tlx
 from tlx.errors import CacheError, TlxError
@@ -24,13 +22,6 @@ TINY = dict(backbone="tiny_cnn", workers=0, batch_size=4)
 
 def run(data, cache, **kw):
     return extract(data, cache_dir=cache, **{**TINY, **kw})
-
-
-def backdate(root: Path, seconds: float = 60) -> None:
-    past = time.time() - seconds
-    for p in root.rglob("*"):
-        if p.is_file():
-            os.utime(p, (past, past))
 
 
 def view_vectors(cache_file) -> dict[tuple[str, int], np.ndarray]:
