@@ -128,6 +128,17 @@ def broken_files(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def session_engine_cache(tmp_path_factory):
+    """Engine artefacts (ONNX exports, OpenVINO IR, compiled packages) go to a folder of this
+    test session rather than the user's ~/.cache/tlx/engines: the tests neither depend on what
+    earlier work left there (`auto` picks an engine by what is cached) nor write to it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TLX_ENGINE_CACHE_DIR", str(tmp_path_factory.mktemp("engines")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def folder_data(tmp_path) -> Path:
     """DATA/<class>/<image>: two classes, three small PNGs each."""
