@@ -2,7 +2,8 @@
 the native EfficientNet-Lite (this tree) against another tlx tree (e.g. one that built it with timm).
 
 For each tree: ``python -X importtime -m tlx extract`` on a small folder (the import time of
-timm, torch and the whole command, from the importtime log), then the wall of ``tlx extract
+timm, torch and the whole command, from the importtime log), the time to build the lite0
+backbone with its weights in a process that has imported torch, then the wall of ``tlx extract
 --engine eager`` on a 20-image folder into a fresh cache, ``--repeats`` times, the trees
 interleaved so that machine load hits both alike.
 
@@ -66,6 +67,21 @@ def import_times(env: dict, data: Path, cache: Path) -> dict[str, float]:
     return found
 
 
+BUILD = (
+    "import time, torch\n"
+    "from tlx.extractor.registry import get_backbone\n"
+    "t = time.perf_counter(); get_backbone('efficientnet_lite0').build(); print(time.perf_counter() - t)\n"
+)
+
+
+def build_seconds(env: dict) -> float:
+    """Seconds to build the lite0 backbone with its real weights, torch already imported (timm's import included)."""
+    proc = subprocess.run([sys.executable, "-c", BUILD], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"building efficientnet_lite0 failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return float(proc.stdout.split()[-1])
+
+
 def extract_wall(env: dict, data: Path, cache: Path) -> float:
     cmd = [sys.executable, "-m", "tlx", "extract", str(data), "--engine", "eager", "--quiet"]
     started = time.perf_counter()
@@ -89,24 +105,25 @@ def main() -> None:
     for label, env in trees.items():  # warm the page cache and the weights file; not counted
         extract_wall(env, data, work / f"warm-{label}")
     imports = {label: import_times(env, data, work / f"imp-{label}") for label, env in trees.items()}
+    builds = {label: build_seconds(env) for label, env in trees.items()}
     walls: dict[str, list[float]] = {label: [] for label in trees}
     for i in range(args.repeats):
         for label, env in trees.items():
             walls[label].append(extract_wall(env, data, work / f"run-{label}-{i}"))
 
     print(f"{machine()}; 20 images ({data}), --engine eager, a fresh cache each run, trees interleaved")
-    header = f"{'tree':7} {'timm import s':>13} {'torch import s':>14} {'all imports s':>13}"
+    header = f"{'tree':7} {'timm import s':>13} {'torch import s':>14} {'all imports s':>13} {'build lite0 s':>13}"
     print(f"{header}  extract wall s (median; runs)")
     for label in trees:
         imp, runs = imports[label], walls[label]
         listed = ", ".join(f"{w:.2f}" for w in runs)
         print(
-            f"{label:7} {imp['timm']:13.2f} {imp['torch']:14.2f} {imp['total']:13.2f}  "
+            f"{label:7} {imp['timm']:13.2f} {imp['torch']:14.2f} {imp['total']:13.2f} {builds[label]:13.2f}  "
             f"{statistics.median(runs):.2f} ({listed})"
         )
     saved = statistics.median(walls["before"]) - statistics.median(walls["after"])
     print(f"extract wall saved: {saved:.2f} s (median)")
-    result = {label: {"imports_s": imports[label], "extract_wall_s": walls[label]} for label in trees}
+    result = {k: {"imports_s": imports[k], "build_s": builds[k], "extract_wall_s": walls[k]} for k in trees}
     print(json.dumps({"repeats": args.repeats, **result}))
     shutil.rmtree(work, ignore_errors=True)
 
