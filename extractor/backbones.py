@@ -4,7 +4,7 @@ pretrained config, and its stages (for fine-tuning).
 
 Pooling and heads are not part of a backbone (see ``pooling.py`` and ``tlx.heads``). torch,
 timm and torchvision are imported inside the builders, so importing this module to list the
-registry stays cheap.
+registry stays cheap; the EfficientNet-Lite builders do not import timm at all.
 """
 
 from __future__ import annotations
@@ -68,27 +68,28 @@ def lite_weights_file(variant: int) -> str:
 
 
 def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Backbone:
-    """EfficientNet-Lite``variant`` as timm's ``tf_efficientnet_lite<variant>``: its preprocessing
-    (input size, crop, mean = std = 0.5) comes from timm's config, its weights from the package."""
-    import timm
+    """EfficientNet-Lite``variant``: timm's ``tf_efficientnet_lite<variant>`` rebuilt in plain torch
+    (``efficientnet_lite.py``, so no timm import), its preprocessing from timm's pretrained config
+    (input size, crop, mean = std = 0.5), its weights from the package."""
     import torch
 
+    from tlx.extractor.efficientnet_lite import VARIANTS, EfficientNetLite
     from tlx.extractor.networks import (
+        Backbone,
+        TimmBody,
         load_into,
         load_weights_file,
         lukemelas_to_timm,
         random_init_cfg,
-        timm_backbone,
-        timm_preprocessing,
     )
 
-    model: Any = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
-    pcfg = model.pretrained_cfg
+    model = EfficientNetLite(variant)
     cfg = BackboneCfg(
         name=f"efficientnet_lite{variant}",
+        # Same network and feature space as timm's, so caches keep their identity and name.
         architecture=f"timm:tf_efficientnet_lite{variant}",
         feature_dim=model.num_features,
-        preprocessing=timm_preprocessing(pcfg),
+        preprocessing=VARIANTS[variant].preprocessing,
         weights_id="random-init",
         weights_sha256="",
         license="apache-2.0",
@@ -111,7 +112,10 @@ def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Ba
         )
     else:
         cfg = random_init_cfg(cfg, model)
-    return timm_backbone(model.eval(), cfg)
+    # The ImageNet classifier leaves the body (as timm's reset_classifier(0) did) but is kept.
+    head, model.classifier = model.classifier, torch.nn.Identity()
+    stages = [["model." + name for name in stage] for stage in model.stages()]
+    return Backbone(cfg, TimmBody(model.eval()), stages, head)
 
 
 @register_backbone(

@@ -105,7 +105,9 @@ def random_init_cfg(cfg: BackboneCfg, model: nn.Module) -> BackboneCfg:
 
 
 class TimmBody(nn.Module):
-    """A timm model whose forward is ``forward_features`` (the map before global pooling)."""
+    """A timm model whose forward is ``forward_features`` (the map before global pooling); also
+    wraps the native EfficientNet-Lite, which has timm's interface, so its parameters keep
+    timm's ``model.`` names (stage lists, saved fine-tunes)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
