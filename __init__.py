@@ -15,7 +15,7 @@ __all__ = ["Features", "__version__", "load_features"]
 def __getattr__(name: str):
     # Resolved on first use, so that ``import tlx.common`` (or ``tlx --version``) loads no stage.
     if name in ("Features", "load_features"):
-        from tlx.extractor import features
+        from .cache import features
 
         return getattr(features, name)
     raise AttributeError(f"module 'tlx' has no attribute {name!r}")

@@ -70,7 +70,7 @@ def tta_accuracy(run: Path, data: Path) -> tuple[float, float]:
 
 
 def fit(features, clf: str, sweep: bool, out: Path, views: int = 0) -> tuple[float, float]:
-    from tlx.heads.fit import fit_heads
+    from tlx.heads.training.fit import fit_heads
 
     t0 = time.perf_counter()
     result = fit_heads(features, clf=clf, sweep=sweep, out=out, views=views)[0]

@@ -92,7 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     data = require_data(args.data)
 
-    from tlx.extractor.dataset import discover
+    from tlx.extractor.discovery import discover
     from tlx.extractor.engines import get_engine
 
     engines = [e for e in args.engines.split(",") if not get_engine(e).unusable("cpu", "fp32")]

@@ -38,7 +38,7 @@ def main() -> None:
 
     import torch
 
-    from tlx.extractor.dataset import discover
+    from tlx.extractor.discovery import discover
     from tlx.extractor.engine import FeatureRunner
     from tlx.extractor.extract import extract
     from tlx.extractor.preprocess import ResizeCrop

@@ -85,9 +85,9 @@ def bench_distributed(work: Path, n: int, backbone: str) -> dict:
 
 def bench_append(work: Path, n_rows: int, width: int) -> dict:
     """A synthetic cache committed with the same store calls as `tlx extract`: parts + index."""
-    from tlx.extractor import store
-    from tlx.extractor.compact import cache_bytes
-    from tlx.extractor.config import FeatureSpace, Preprocessing
+    from tlx.cache import store
+    from tlx.cache.compact import cache_bytes
+    from tlx.cache.space import FeatureSpace, Preprocessing
 
     pre = Preprocessing(224, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     space = FeatureSpace("synthetic", "0" * 64, "synthetic", pre, "avg", width)

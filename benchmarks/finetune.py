@@ -37,7 +37,7 @@ def main() -> None:
 
     from tlx.extractor.extract import extract
     from tlx.finetune.train import finetune
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     if args.out.exists():
         shutil.rmtree(args.out)

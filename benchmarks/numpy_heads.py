@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from tlx.extractor.features import load_features
+    from tlx.cache.features import load_features
 
     cache = args.cache
     if cache is None:

@@ -26,7 +26,7 @@ from _common import HYMENOPTERA, machine, require_data
 
 
 def fit(cache: str, clf: str, sweep: bool, views: int, out: Path) -> tuple[float, float]:
-    from tlx.heads.fit import fit_heads
+    from tlx.heads.training.fit import fit_heads
 
     t0 = time.perf_counter()
     result = fit_heads(cache, clf=clf, sweep=sweep, out=out, views=views)[0]
@@ -34,8 +34,8 @@ def fit(cache: str, clf: str, sweep: bool, views: int, out: Path) -> tuple[float
 
 
 def main() -> None:
+    from tlx.extractor.augment import parse_recipe
     from tlx.extractor.extract import extract
-    from tlx.extractor.views import parse_recipe
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=HYMENOPTERA)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli import cache, demo, extract, finetune, heads, info, predict
+from . import cache, demo, extract, finetune, heads, info, predict
 
 app = typer.Typer(
     name="tlx",
@@ -26,7 +26,7 @@ for module in (extract, heads, finetune, predict, info, cache, demo):
 
 def _print_version(value: bool) -> None:
     if value:
-        from tlx import __version__
+        from .. import __version__
 
         typer.echo(f"tlx {__version__}")
         raise typer.Exit()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import JsonOpt, QuietOpt, handle_errors, info, report
+from .common import JsonOpt, QuietOpt, handle_errors, info, report
 
 cache_app = typer.Typer(help="Maintain feature caches (see `tlx info` to list them).", no_args_is_help=True)
 
@@ -29,9 +29,9 @@ def compact_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Merge a cache's parts into one, dropping the rows of removed images (h5py only, no torch)."""
-    from tlx.errors import CacheError
-    from tlx.extractor.compact import compact
-    from tlx.extractor.store import default_cache_dir, list_caches
+    from ..cache.compact import compact
+    from ..cache.store import default_cache_dir, list_caches
+    from ..errors import CacheError
 
     where = cache if cache is not None else default_cache_dir()
     if not where.exists():

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tlx.common.progress import Reporter
-from tlx.errors import TlxError
+from ..common.progress import Reporter
+from ..errors import TlxError
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON object as the last line of stdout.")

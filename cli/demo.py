@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
+from .common import JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
 
 DEFAULT_OUT = Path("tlx-demo")
 PER_CLASS_TRAIN, PER_CLASS_VAL = 30, 15
@@ -66,10 +66,10 @@ def run_demo(
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Write the digits, extract them, fit the linear head; returns what was done and where."""
-    from tlx.extractor.demo_data import write_digits
-    from tlx.extractor.extract import extract
-    from tlx.extractor.registry import DEFAULT_BACKBONE
-    from tlx.heads.fit import fit_head
+    from ..extractor.demo_data import write_digits
+    from ..extractor.extract import extract
+    from ..extractor.registry import DEFAULT_BACKBONE
+    from ..heads.training.fit import fit_head
 
     started = time.perf_counter()
     log = log or (lambda _msg: None)

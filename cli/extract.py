@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import Device, Engine, EngineOpt, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
+from .common import Device, Engine, EngineOpt, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
 
 
 class Precision(str, Enum):
@@ -112,8 +112,8 @@ def extract_command(
 
     Under `torchrun --nproc_per_node N -m tlx extract DATA ...` the images are split among the
     N processes (and machines, with the cache folder on a shared file system); rank 0 prints."""
-    from tlx.extractor.distributed import env_rank
-    from tlx.extractor.extract import extract
+    from ..extractor.distributed import env_rank
+    from ..extractor.extract import extract
 
     main_rank = env_rank() == 0
     quiet = quiet or not main_rank  # one summary and one progress bar per job, not per rank

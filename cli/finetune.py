@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import Device, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
+from .common import Device, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
 
 
 class Optim(str, Enum):
@@ -155,10 +155,10 @@ def finetune_command(
 ) -> None:
     """Fine-tune the top stages of a pretrained backbone together with a linear head; optionally
     start from a head fitted on the cached features (--init-head, "LP-FT")."""
-    from tlx.common.device import check_device
+    from ..common.device import check_device
 
     check_device(device.value)  # before torch, the data or a network is loaded
-    from tlx.finetune.train import finetune
+    from ..finetune.train import finetune
 
     reporter = RichReporter(quiet=quiet)
     result = finetune(

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import JsonOpt, QuietOpt, emit_json, handle_errors, info, report
+from .common import JsonOpt, QuietOpt, emit_json, handle_errors, info, report
 
 
 class ClassWeight(str, Enum):
@@ -89,7 +89,7 @@ def fit_head_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Fit classifier heads on cached features and write a run folder for each (head, metrics, plots)."""
-    from tlx.heads.fit import fit_heads
+    from ..heads.training.fit import fit_heads
 
     results = fit_heads(
         features=(features[0] if len(features) == 1 else list(features)) if features else None,
@@ -126,7 +126,7 @@ def fit_head_command(
 
 def _parse_views(views: str | None) -> int | None:
     """``--views``: a count, ``all`` (None: every view the cache holds), or the default."""
-    from tlx.heads.fit import DEFAULT_VIEWS
+    from ..heads.training.fit import DEFAULT_VIEWS
 
     if views is None:
         return DEFAULT_VIEWS
@@ -140,8 +140,8 @@ def _parse_views(views: str | None) -> int | None:
 def show_run(run: Path, json_out: bool) -> None:
     """One run: what it is, its scores, the most confused class pairs (``most_confused``, or
     computed from the confusion matrix for runs written before it was recorded), its files."""
-    from tlx.common.mistakes import most_confused
-    from tlx.common.runfolder import read_metrics
+    from ..common.mistakes import most_confused
+    from ..common.runfolder import read_metrics
 
     info_ = read_metrics(run)
     pairs = info_.get("most_confused")
@@ -191,7 +191,7 @@ def heads_command(json_out: JsonOpt = False) -> None:
 
 
 def print_heads(json_out: bool) -> None:
-    from tlx.heads.registry import describe_heads
+    from ..heads.registry import describe_heads
 
     rows = describe_heads()
     if json_out:
@@ -255,7 +255,7 @@ def runs_command(
 ) -> None:
     """List the runs (heads and fine-tunings) with their dataset and validation size, best
     validation accuracy first within each dataset; unfinished fine-tunings show as interrupted."""
-    from tlx.common.runfolder import default_runs_dir, list_runs
+    from ..common.runfolder import default_runs_dir, list_runs
 
     if show is not None:
         show_run(show, json_out)

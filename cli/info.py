@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import JsonOpt, emit_json, handle_errors, info
+from .common import JsonOpt, emit_json, handle_errors, info
 
 COLUMNS = ("file", "dataset", "backbone", "pool", "images", "width", "failed", "updated")
 
@@ -30,12 +30,12 @@ def info_command(
 ) -> None:
     """List feature caches: dataset, backbone, image count, width, failures, date."""
     if heads:
-        from tlx.cli.heads import print_heads
+        from .heads import print_heads
 
         print_heads(json_out)
         return
     if backbones:
-        from tlx.extractor.registry import list_backbones, weights_status
+        from ..extractor.registry import list_backbones, weights_status
 
         names, status = list_backbones(), weights_status()
         if json_out:
@@ -45,8 +45,8 @@ def info_command(
                 typer.echo(f"{name:<28} {desc}")
                 typer.echo(f"{'':<28}   weights: {status.get(name) or 'unknown'}")
         return
-    from tlx.errors import CacheError
-    from tlx.extractor.store import UnreadableCacheError, default_cache_dir, list_caches, read_summary
+    from ..cache.store import UnreadableCacheError, default_cache_dir, list_caches, read_summary
+    from ..errors import CacheError
 
     where = cache if cache is not None else default_cache_dir()
     if not where.exists():

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from tlx.cli.common import (
+from .common import (
     Device,
     Engine,
     EngineOpt,
@@ -92,16 +92,16 @@ def predict_command(
 ) -> None:
     """Predict the class of images with a run: reuses the run's cached features for images
     already in it (same bytes), computes the rest, and writes path,label,score,p_<class>... rows."""
-    from tlx.common.device import check_device
-    from tlx.extractor.engines import check_engine
-    from tlx.heads.runs import load_run
-    from tlx.inference.predict import collect_images, csv_columns, predict_chunks, write_csv_stream
+    from ..common.device import check_device
+    from ..extractor.engines import check_engine
+    from ..heads.runs import load_run
+    from ..inference.predict import collect_images, csv_columns, predict_chunks, write_csv_stream
 
     check_device(device.value)  # before the run is loaded or any image read
     check_engine(engine.value, device.value)
     loaded = load_run(run)
     paths = collect_images(images)
-    from tlx.extractor.distributed import env_rank
+    from ..extractor.distributed import env_rank
 
     main_rank = env_rank() == 0
     quiet = quiet or not main_rank  # under torchrun, rank 0 alone reports and writes the CSV
@@ -190,8 +190,8 @@ def export_command(
 ) -> None:
     """Export a run as one module: preprocessed images (N, 3, S, S) in, class probabilities out.
     A sidecar JSON next to the file lists the classes and the preprocessing."""
-    from tlx.heads.runs import load_run
-    from tlx.inference.export import export_run
+    from ..heads.runs import load_run
+    from ..inference.export import export_run
 
     loaded = load_run(run)
     result = export_run(loaded, format.value, out)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tlx.errors import TlxError
+from ..errors import TlxError
 
 
 def check_device(device: str | None) -> None:

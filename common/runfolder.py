@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tlx.common.atomic import write_json_atomic
-from tlx.common.metrics import compute_metrics
-from tlx.common.plots import plot_confusion
-from tlx.errors import RunError
+from ..errors import RunError
+from .atomic import write_json_atomic
+from .metrics import compute_metrics
+from .plots import plot_confusion
 
 __all__ = [
     "METRICS_FILE",

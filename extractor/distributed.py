@@ -14,7 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from tlx.errors import TlxError
+from ..errors import TlxError
 
 DEFAULT_TIMEOUT_S = 1800.0
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlx.extractor.config import Preprocessing
+from ..cache.space import Preprocessing
 
 
 @dataclass(frozen=True)

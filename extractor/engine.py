@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tlx.common.device import check_device
-from tlx.extractor.config import pool_label
-from tlx.extractor.decode import ImageDecodeError
-from tlx.extractor.pooling import FeatureExtractor, stage_taps
-from tlx.extractor.preprocess import Normalize, ResizeCrop
+from ..cache.space import pool_label
+from ..common.device import check_device
+from .decode import ImageDecodeError
+from .pooling import FeatureExtractor, stage_taps
+from .preprocess import Normalize, ResizeCrop
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -98,7 +98,7 @@ class FeatureRunner:
         artefact_dir=None,
         note: Callable[[str], None] | None = None,
     ):
-        from tlx.extractor.engines import Artefacts, EngineSpec, ForwardPass
+        from .engines import Artefacts, EngineSpec, ForwardPass
 
         self.device = resolve_device(device)
         self.pre = backbone.cfg.preprocessing

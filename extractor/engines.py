@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlx.errors import TlxError
+from ..errors import TlxError
 
 if TYPE_CHECKING:  # torch is imported where it is used: `tlx extract` checks --engine before it needs torch
     import torch
@@ -81,7 +81,7 @@ class Artefacts:
     def path(self, engine: str, spec: EngineSpec, suffix: str, **extra) -> Path:
         from importlib.metadata import version
 
-        from tlx import __version__
+        from .. import __version__
 
         fields = {**spec.__dict__, "engine": engine, "tlx": __version__, "torch": version("torch"), **extra}
         key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -236,7 +236,7 @@ class CompiledEngine(Engine):
     def _compile(self, tmp: Path) -> None:
         import torch
 
-        from tlx.extractor.pooling import Autocast
+        from .pooling import Autocast
 
         size = self.spec.input_size
         example = torch.zeros(2, 3, size, size, device=self.spec.device)

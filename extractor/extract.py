@@ -9,16 +9,18 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tlx.common.device import check_device
-from tlx.common.hashing import sha256_file
-from tlx.common.progress import Reporter
-from tlx.errors import CacheError, TlxError
-from tlx.extractor import distributed, store, viewstore
-from tlx.extractor.config import FeatureSpace, pool_label
-from tlx.extractor.dataset import DatasetIndex, discover
-from tlx.extractor.engines import check_engine
-from tlx.extractor.incremental import classify, plan_rows, same_index, sources_for
-from tlx.extractor.registry import DEFAULT_BACKBONE, get_backbone
+from ..cache import store
+from ..cache import views as viewstore
+from ..cache.incremental import classify, plan_rows, same_index, sources_for
+from ..cache.space import FeatureSpace, pool_label
+from ..common.device import check_device
+from ..common.hashing import sha256_file
+from ..common.progress import Reporter
+from ..errors import CacheError, TlxError
+from . import distributed
+from .discovery import DatasetIndex, discover
+from .engines import check_engine
+from .registry import DEFAULT_BACKBONE, get_backbone
 
 
 class ExtractionFailed(TlxError):
@@ -67,8 +69,8 @@ def library_versions(backbone: str = DEFAULT_BACKBONE) -> dict[str, str]:
     so installing another one does not make every cache look like another request."""
     from importlib import metadata
 
-    from tlx import __version__
-    from tlx.extractor.backbones import LITE_WEIGHTS
+    from .. import __version__
+    from .backbones import LITE_WEIGHTS
 
     found = {"tlx": __version__}
     lite = [LITE_WEIGHTS[v][0] for v in LITE_WEIGHTS if backbone == f"efficientnet_lite{v}"]
@@ -160,7 +162,7 @@ def extract(
 ) -> ExtractResult:
     """Extract (or update) the features of ``data`` and return a summary of what was done.
 
-    ``views``: also store that many augmented views of every image (``tlx.extractor.views``);
+    ``views``: also store that many augmented views of every image (``tlx.extractor.augment``);
     None keeps the views the cache has (none for a new cache), 0 drops them.
 
     Under ``torchrun`` every rank calls this with the same arguments: rank 0 plans and commits,
@@ -180,7 +182,7 @@ def extract(
     if stages < 0:
         raise TlxError(f"--stages must be 0 (the final features alone) or more, not {stages}")
     if views is not None or view_recipe is not None:
-        from tlx.extractor.views import check_count, parse_recipe
+        from .augment import check_count, parse_recipe
 
         check_count(views or 0, parse_recipe(view_recipe))
     opts = Options(
@@ -238,7 +240,7 @@ def _request(opts: Options) -> dict:
 
 
 def _space_of(net, opts: Options) -> FeatureSpace:
-    from tlx.extractor.pooling import space_for
+    from .pooling import space_for
 
     return space_for(net, opts.pooling, opts.precision, opts.stages, opts.store_dtype)
 
@@ -308,7 +310,7 @@ def _views_wanted(opts: Options, prev, reporter) -> tuple[int, dict]:
     """K and the recipe (as recorded) of the views this run leaves in the cache. Without
     --views the cache keeps its views (and new images get theirs); a new recipe replaces the
     cache's views: view vectors are keyed by recipe, so the old ones are not reused."""
-    from tlx.extractor.views import check_count, parse_recipe
+    from .augment import check_count, parse_recipe
 
     before = prev.views if prev is not None else None
     count = opts.views if opts.views is not None else (before.count if before is not None else 0)
@@ -404,9 +406,9 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     out = ShardOutcome(ranks.rank, [], [])
     if not len(mine):
         return out  # nothing to read: torch is not even imported
-    from tlx.extractor.engine import FeatureRunner
-    from tlx.extractor.preprocess import ResizeCrop
-    from tlx.extractor.reading import HashedImageFiles, collate_hashed
+    from .engine import FeatureRunner
+    from .preprocess import ResizeCrop
+    from .reading import HashedImageFiles, collate_hashed
 
     t0 = time.perf_counter()
     space = FeatureSpace.from_dict(plan.space)
@@ -458,8 +460,8 @@ def _view_request(plan: Plan, resize_crop, ranks, opts: Options):
     """The views this rank's workers make, and the writer of their vectors (None, None: no views)."""
     if not plan.views:
         return None, None
-    from tlx.extractor.reading import ViewRequest
-    from tlx.extractor.views import ViewMaker, ViewRecipe
+    from .augment import ViewMaker, ViewRecipe
+    from .reading import ViewRequest
 
     space = FeatureSpace.from_dict(plan.space)
     recipe = plan.views["recipe"]
@@ -569,7 +571,7 @@ def _same_weights(space: FeatureSpace, request: dict, weights_file: str) -> bool
 def backbone_for_space(space: FeatureSpace, weights=None):
     """Rebuild the backbone that made ``space`` (for predict, export and fine-tuning) and check
     that it really is the same: same weights file hash and the same preprocessing."""
-    from tlx.extractor.pooling import space_for
+    from .pooling import space_for
 
     net = get_backbone(space.backbone).build(weights=weights or None)
     rebuilt = space_for(net, space.pooling, space.precision, space.stages, space.store_dtype)

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlx.errors import TlxError, WeightsUnavailableError
-from tlx.extractor.config import BackboneCfg, Preprocessing, rgb
+from ..cache.space import Preprocessing, rgb
+from ..errors import TlxError, WeightsUnavailableError
+from .config import BackboneCfg
 
 
 class Backbone(nn.Module):

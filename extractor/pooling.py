@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tlx.errors import TlxError
-from tlx.extractor.config import FeatureSpace
+from ..cache.space import FeatureSpace
+from ..errors import TlxError
 
 
 class GlobalPool(nn.Module):

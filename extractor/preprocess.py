@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tlx.extractor.config import Preprocessing
-from tlx.extractor.decode import load_image
+from ..cache.space import Preprocessing
+from .decode import load_image
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from tlx.extractor.decode import ImageDecodeError, load_image
-from tlx.extractor.preprocess import ResizeCrop
-from tlx.extractor.statindex import NOT_FOUND, Stat, read_and_hash
+from ..cache.statindex import NOT_FOUND, Stat, read_and_hash
+from .decode import ImageDecodeError, load_image
+from .preprocess import ResizeCrop
 
 # What a worker returns beside the image: (sha256 or "", stat or None)
 Meta = tuple[str, Stat | None]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tlx.errors import TlxError
+from ..errors import TlxError
 
 # name -> builder(weights, pretrained) ; prefix -> builder(arch, weights, pretrained)
 _BACKBONES: dict[str, Callable] = {}
@@ -53,7 +53,7 @@ def register_family(prefix: str, description: str = "", weights_status: Callable
 
 
 def _ensure_builtins() -> None:
-    from tlx.extractor import backbones  # noqa: F401  (registers on import)
+    from . import backbones  # noqa: F401  (registers on import)
 
 
 def list_backbones() -> dict[str, str]:

@@ -12,8 +12,8 @@ from typing import cast
 import numpy as np
 import torch
 
-from tlx.common.atomic import write_atomic
-from tlx.errors import RunError
+from ..common.atomic import write_atomic
+from ..errors import RunError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tlx.common.progress import Reporter
-from tlx.errors import CacheError, RunError, TlxError
+from ..common.progress import Reporter
+from ..errors import CacheError, RunError, TlxError
 
 if TYPE_CHECKING:
-    from tlx.heads.runs import Run
+    from ..heads.runs import Run
 
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-3}
@@ -114,7 +114,7 @@ def check_values(cfg: FinetuneConfig, world: int) -> None:
 
 def resolve_config(explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig, InitHead | None, Path | None]:
     """Fill the options not given: init-head run, most recent cache, defaults."""
-    from tlx.extractor.registry import DEFAULT_BACKBONE
+    from ..extractor.registry import DEFAULT_BACKBONE
 
     values = dict(explicit)
     init = load_init_head(values["init_head"]) if values.get("init_head") else None
@@ -173,16 +173,16 @@ def _take_from_head(values: dict, init: InitHead) -> None:
         if values.get("seed") is None:
             values["seed"] = split.get("seed")
     if values.get("weights") is None and run.space.weights_id.startswith("file:"):
-        from tlx.heads.runs import weights_path_for
+        from ..heads.runs import weights_path_for
 
         values["weights"] = weights_path_for(run)  # the file the head's features were made with
 
 
 def load_init_head(run_dir: str) -> InitHead:
     """The fitted linear head of a `tlx fit-head` run, checked to be usable for fine-tuning."""
-    from tlx.heads.base import NotExportableError
-    from tlx.heads.registry import exportable_heads
-    from tlx.heads.runs import load_run
+    from ..heads.base import NotExportableError
+    from ..heads.registry import exportable_heads
+    from ..heads.runs import load_run
 
     run = load_run(run_dir)
     if run.kind != "head":
@@ -219,7 +219,7 @@ def load_init_head(run_dir: str) -> InitHead:
 
 def newest_cache() -> Path:
     """The most recent cache in the default cache folder: where a run without DATA finds its dataset."""
-    from tlx.extractor.store import default_cache_dir, list_caches
+    from ..cache.store import default_cache_dir, list_caches
 
     where = default_cache_dir()
     caches = list_caches(where)
@@ -232,7 +232,7 @@ def newest_cache() -> Path:
 
 
 def dataset_of_cache(cache_path: Path) -> Path:
-    from tlx.extractor.store import read_attrs
+    from ..cache.store import read_attrs
 
     try:
         attrs = read_attrs(cache_path)
@@ -251,7 +251,7 @@ def dataset_of_cache(cache_path: Path) -> Path:
 
 def find_cache_of(dataset_root: Path) -> Path | None:
     """The newest readable cache in the default cache folder made from ``dataset_root``."""
-    from tlx.extractor.store import default_cache_dir, list_caches, read_attrs
+    from ..cache.store import default_cache_dir, list_caches, read_attrs
 
     where = default_cache_dir()
     if not where.is_dir():

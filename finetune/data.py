@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from tlx.errors import DatasetError, TlxError
-from tlx.extractor.config import Preprocessing
-from tlx.extractor.dataset import DatasetIndex
-from tlx.extractor.decode import load_image
-from tlx.extractor.engine import ImageFiles, collate_skipping_failures, lower_priority
-from tlx.extractor.preprocess import ResizeCrop
+from ..cache.space import Preprocessing
+from ..errors import DatasetError, TlxError
+from ..extractor.decode import load_image
+from ..extractor.discovery import DatasetIndex
+from ..extractor.engine import ImageFiles, collate_skipping_failures, lower_priority
+from ..extractor.preprocess import ResizeCrop
 
 # Milder than torchvision's default (0.08, 1): a few epochs on a small dataset.
 CROP_SCALE = (0.25, 1.0)
@@ -87,7 +87,7 @@ def _readable_rows(index: DatasetIndex, exclude: frozenset[str] | set[str]) -> _
 
 def hash_items(index: DatasetIndex) -> tuple[list[str | None], dict[str, str]]:
     """Content hash of every image (what the split keys on); unreadable files become failures."""
-    from tlx.common.hashing import sha256_file
+    from ..common.hashing import sha256_file
 
     hashes: list[str | None] = []
     failed: dict[str, str] = {}
@@ -121,9 +121,9 @@ def _split_data(index: DatasetIndex, rows: _Rows, train_idx, val_idx, info: dict
 def split_dataset(
     index: DatasetIndex, val_fraction: float, seed: int, exclude: frozenset[str] | set[str] = frozenset()
 ) -> SplitData:
-    """Split exactly as stage two does: ``tlx.heads.split.split_indices`` on the content hashes
+    """Split exactly as stage two does: ``tlx.heads.training.split.split_indices`` on the content hashes
     of the images a cache of this dataset holds (the readable ones)."""
-    from tlx.heads.split import split_indices
+    from ..heads.training.split import split_indices
 
     rows = _readable_rows(index, exclude)
     paths = [it.relpath for it in rows.items]
@@ -166,7 +166,7 @@ def split_by_members(
 
 
 def _path_in_cache(cache_path: Path | None, content_hash: str) -> str | None:
-    from tlx.extractor.store import read_index
+    from ..cache.store import read_index
 
     try:
         cached = read_index(Path(cache_path)) if cache_path is not None else None
@@ -228,7 +228,7 @@ def cache_failures(dataset_root: Path, cache_path: Path | None) -> set[str]:
     """Relative paths that stage one recorded as unreadable in ``cache_path`` (if it is a cache of this dataset)."""
     if cache_path is None:
         return set()
-    from tlx.extractor.store import read_index
+    from ..cache.store import read_index
 
     try:
         idx = read_index(Path(cache_path))

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlx.common.progress import Reporter
-from tlx.finetune.distributed import Dist, all_reduce_sum
-from tlx.finetune.model import FineTuneNet, set_train_mode
+from ..common.progress import Reporter
+from .distributed import Dist, all_reduce_sum
+from .model import FineTuneNet, set_train_mode
 
 # Called after each training step with (epoch, step), both 0-based; tests use it to pause a run.
 StepCallback = Callable[[int, int], None]

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlx.errors import RunError, TlxError
-from tlx.extractor.pooling import GlobalPool
+from ..errors import RunError, TlxError
+from ..extractor.pooling import GlobalPool
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "finetune.json"
@@ -133,7 +133,7 @@ def fold_linear_head(head: nn.Linear, W, b, shift=None, scale=None) -> None:
 
 
 def build_net(backbone, pooling: str, num_classes: int) -> FineTuneNet:
-    from tlx.extractor.config import FeatureSpace
+    from ..cache.space import FeatureSpace
 
     width = FeatureSpace.from_backbone(backbone.cfg, pooling).feature_dim
     return FineTuneNet(backbone.body, pooling, width, num_classes)
@@ -159,8 +159,8 @@ def load_finetuned(run_dir: str | Path):
     Built from the run folder alone: the backbone is a random init that the saved weights replace."""
     from safetensors.torch import load_file
 
-    from tlx.extractor.config import Preprocessing
-    from tlx.extractor.registry import get_backbone
+    from ..cache.space import Preprocessing
+    from ..extractor.registry import get_backbone
 
     run_dir = Path(run_dir)
     cfg = read_finetune_config(run_dir)

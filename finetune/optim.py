@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from tlx.finetune.config import FinetuneConfig
-from tlx.finetune.model import FineTuneNet
+from .config import FinetuneConfig
+from .model import FineTuneNet
 
 
 def make_optimizer(net: FineTuneNet, cfg: FinetuneConfig) -> torch.optim.Optimizer:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlx.common.atomic import atomic_path, write_json_atomic
-from tlx.finetune.model import CONFIG_FILE, MODEL_FILE
+from ..common.atomic import atomic_path, write_json_atomic
+from .model import CONFIG_FILE, MODEL_FILE
 
 
 def save_model(state: dict[str, torch.Tensor], run_dir: Path) -> Path:
@@ -71,9 +71,9 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
     """Everything a finished run leaves: metrics.json, the best weights, finetune.json and the plots.
     ``run`` is the run's :class:`tlx.finetune.train.Setup`, ``state`` its loop state; ``order``
     and ``proba`` the val rows (indices into ``run.split``'s val side) and their probabilities."""
-    from tlx.common.mistakes import most_confused, plot_top_losses
-    from tlx.common.runfolder import compute_metrics, plot_confusion, write_metrics
-    from tlx.extractor.store import now_iso
+    from ..cache.store import now_iso
+    from ..common.mistakes import most_confused, plot_top_losses
+    from ..common.runfolder import compute_metrics, plot_confusion, write_metrics
 
     cfg, split, space, history = run.cfg, run.split, run.space, state.history
     y_true = split.val_labels[order]

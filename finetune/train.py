@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from tlx.common.progress import Reporter
-from tlx.errors import DatasetError, RunError, TlxError
-from tlx.finetune import checkpoint as ckpt
-from tlx.finetune.checkpoint import LoopState
-from tlx.finetune.config import (
+from ..common.progress import Reporter
+from ..errors import DatasetError, RunError, TlxError
+from . import checkpoint as ckpt
+from .checkpoint import LoopState
+from .config import (
     FinetuneConfig,
     InitHead,
     check_values,
@@ -31,13 +31,13 @@ from tlx.finetune.config import (
     normalize_option,
     resolve_config,
 )
-from tlx.finetune.data import SplitData
-from tlx.finetune.distributed import Dist, all_gather_objects, barrier, broadcast_object, cleanup, setup
-from tlx.finetune.epoch import Precision, StepCallback, Training, evaluate, reduce_eval, reduce_train, train_one_epoch
+from .data import SplitData
+from .distributed import Dist, all_gather_objects, barrier, broadcast_object, cleanup, setup
+from .epoch import Precision, StepCallback, Training, evaluate, reduce_eval, reduce_train, train_one_epoch
 
 if TYPE_CHECKING:
-    from tlx.extractor.config import FeatureSpace
-    from tlx.extractor.networks import Backbone
+    from ..cache.space import FeatureSpace
+    from ..extractor.networks import Backbone
 
 
 @dataclass
@@ -112,8 +112,8 @@ def finetune(
     Options left at ``None`` resolve to: the checkpoint's value (``resume``), the
     ``init_head`` run's (backbone, pooling, split), then the defaults of :class:`FinetuneConfig`.
     ``on_step(epoch, step)`` is called after each training step."""
-    from tlx.common.device import check_device
-    from tlx.extractor.engine import default_workers, resolve_device
+    from ..common.device import check_device
+    from ..extractor.engine import default_workers, resolve_device
 
     started = time.perf_counter()
     check_device(device)
@@ -235,8 +235,8 @@ def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
 
     A resumed run validates on exactly its checkpoint's val images, and an LP-FT run on exactly
     its head run's: so no image the network (or the head) was trained on can score."""
-    from tlx.extractor.dataset import discover
-    from tlx.finetune.data import cache_failures, split_by_members, split_dataset
+    from ..extractor.discovery import discover
+    from .data import cache_failures, split_by_members, split_dataset
 
     index = discover(cfg.data)
     if cache_path is None:
@@ -289,13 +289,13 @@ def _build(
     workers: int,
 ) -> Setup:
     """Split the data, then build the network, its optimizer and the loaders."""
-    from tlx.extractor.config import FeatureSpace
-    from tlx.extractor.extract import backbone_for_space
-    from tlx.extractor.preprocess import Normalize
-    from tlx.extractor.registry import get_backbone
-    from tlx.finetune.data import eval_loader, train_loader
-    from tlx.finetune.model import apply_freezing, build_net, fold_linear_head, parse_unfreeze
-    from tlx.finetune.optim import make_optimizer, make_scheduler
+    from ..cache.space import FeatureSpace
+    from ..extractor.extract import backbone_for_space
+    from ..extractor.preprocess import Normalize
+    from ..extractor.registry import get_backbone
+    from .data import eval_loader, train_loader
+    from .model import apply_freezing, build_net, fold_linear_head, parse_unfreeze
+    from .optim import make_optimizer, make_scheduler
 
     index, split, cache_path = _split(cfg, init, saved, cache_path, out)
     random.seed(cfg.seed)
@@ -366,7 +366,7 @@ def _new_run_dir(procs: Dist, cfg: FinetuneConfig, out) -> Path:
     """Made by the main process; every process learns its name."""
     run_dir = None
     if procs.is_main:
-        from tlx.common.runfolder import new_run_dir
+        from ..common.runfolder import new_run_dir
 
         tag = "finetune-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in cfg.backbone)
         run_dir = new_run_dir(tag, Path(out) if out is not None else None)
@@ -463,8 +463,8 @@ def _finish(
     run: Setup, state: LoopState, run_dir: Path, skipped: dict[str, str], started: float, resumed_from: int | None
 ) -> FinetuneResult:
     """Evaluate the best weights once more with every probability, and write the run folder."""
-    from tlx import __version__
-    from tlx.finetune.report import write_run
+    from .. import __version__
+    from .report import write_run
 
     training, procs = run.training, run.training.procs
     if state.best_weights is None:

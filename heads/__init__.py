@@ -3,8 +3,8 @@
 Importing this package does not import torch (only the ``linear`` head's ``fit`` does).
 """
 
-from tlx.heads.base import Head, HeadError, NotExportableError, softmax
-from tlx.heads.registry import (
+from .base import Head, HeadError, NotExportableError, softmax
+from .registry import (
     DEFAULT_HEAD,
     HeadSpec,
     ParamError,
@@ -14,8 +14,8 @@ from tlx.heads.registry import (
     parse_params,
     register_head,
 )
-from tlx.heads.runs import Run, load_run
-from tlx.heads.split import split_indices
+from .runs import Run, load_run
+from .training.split import split_indices
 
 __all__ = [
     "DEFAULT_HEAD",

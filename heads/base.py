@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tlx.errors import TlxError
+from ..errors import TlxError
 
 
 class HeadError(TlxError):
@@ -89,7 +89,7 @@ class Head:
     def linear_form(self):
         """``(W (C x D) float32, b (C,), shift (D,) or None, scale (D,) or None)`` such that
         ``predict_proba(X) == softmax(((X - shift) / scale) @ W.T + b)``."""
-        from tlx.heads.registry import exportable_heads
+        from .registry import exportable_heads
 
         raise NotExportableError(f"{self.name} has no linear form: export needs {_or_list(exportable_heads())}")
 
@@ -122,7 +122,7 @@ class Head:
 
     def _validate_params(self) -> None:
         """Out-of-range parameters raise ParamError naming the parameter (registered heads only)."""
-        from tlx.heads.registry import registered_head, validate_params
+        from .registry import registered_head, validate_params
 
         spec = registered_head(self.name)
         if spec is not None and spec.cls is type(self):

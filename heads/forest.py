@@ -27,9 +27,9 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from tlx.heads.base import Head
-from tlx.heads.constraints import Range, one_of
-from tlx.heads.registry import register_head
+from .base import Head
+from .constraints import Range, one_of
+from .registry import register_head
 
 CELLS = 1 << 16  # histogram cells (class x node x feature x bin) per chunk: small temporaries stay in cache
 GROUPS = 2  # batches of trees at least (grown in parallel threads where there are cores)

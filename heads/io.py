@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tlx.common.atomic import write_json_atomic
-from tlx.common.hashing import sha256_file
-from tlx.errors import RunError, TlxError
+from ..common.atomic import write_json_atomic
+from ..common.hashing import sha256_file
+from ..errors import RunError, TlxError
 
 HEAD_JSON = "head.json"
 FORMAT = "tlx-head"
@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 
 def save_head(head, run_dir) -> Path:
     """Write the fitted head into ``run_dir``; returns the path of ``head.json``."""
-    from tlx.heads.registry import jsonable_params
+    from .registry import jsonable_params
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def save_head(head, run_dir) -> Path:
 def load_head(run_dir):
     """Load the head saved in ``run_dir``; a foreign or damaged file, or one that fails the
     integrity check, raises RunError."""
-    from tlx.heads.registry import coerce_value, get_head
+    from .registry import coerce_value, get_head
 
     run_dir = Path(run_dir)
     meta_path = run_dir / HEAD_JSON

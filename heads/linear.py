@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tlx.heads.base import Head, NotExportableError, softmax
-from tlx.heads.linear_objective import SoftmaxProblem, fit_torch, l2_normalize
-from tlx.heads.registry import register_head
+from .base import Head, NotExportableError, softmax
+from .linear_objective import SoftmaxProblem, fit_torch, l2_normalize
+from .registry import register_head
 
 PREDICT_BLOCK = 65536  # rows per block when predicting: no standardized copy of X is made
 

@@ -16,9 +16,9 @@ from numbers import Real
 
 import numpy as np
 
-from tlx.heads.constraints import Range
-from tlx.heads.linear import SoftmaxHead
-from tlx.heads.registry import register_head
+from .constraints import Range
+from .linear import SoftmaxHead
+from .registry import register_head
 
 
 @register_head(

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tlx.heads.lbfgs import minimize_lbfgs
+from .lbfgs import minimize_lbfgs
 
 BLOCK_ROWS = 65536  # rows per block: bounds the logits' memory at BLOCK_ROWS x C floats
 
@@ -48,7 +48,7 @@ class SoftmaxProblem:
 
     def blocks(self) -> Iterator[tuple[slice, np.ndarray]]:
         """``(rows, float32 block)``: slices of an array in memory, or the blocks a lazy matrix
-        (``tlx.extractor.rows.CacheRows``) reads from disk."""
+        (``tlx.cache.rows.CacheRows``) reads from disk."""
         if hasattr(self.X, "blocks"):
             source = self.X.blocks(self.block_rows)
         else:

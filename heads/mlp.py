@@ -21,10 +21,10 @@ from numbers import Real
 
 import numpy as np
 
-from tlx.heads.base import Head, softmax, standardization
-from tlx.heads.constraints import Range, Sizes
-from tlx.heads.lbfgs import minimize_lbfgs
-from tlx.heads.registry import register_head
+from .base import Head, softmax, standardization
+from .constraints import Range, Sizes
+from .lbfgs import minimize_lbfgs
+from .registry import register_head
 
 
 def _expit(z: np.ndarray) -> np.ndarray:

@@ -13,9 +13,9 @@ from numbers import Integral
 
 import numpy as np
 
-from tlx.heads.base import Head
-from tlx.heads.constraints import Range, one_of
-from tlx.heads.registry import register_head
+from .base import Head
+from .constraints import Range, one_of
+from .registry import register_head
 
 METRICS = ("cosine", "euclidean", "manhattan")
 BLOCK_ROWS = 1024  # query rows per block: bounds the distance matrix at BLOCK_ROWS x n_train

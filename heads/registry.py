@@ -12,11 +12,11 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tlx.errors import TlxError
-from tlx.heads.constraints import COMMON, describe, satisfied
+from ..errors import TlxError
+from .constraints import COMMON, describe, satisfied
 
 if TYPE_CHECKING:
-    from tlx.heads.base import Head
+    from .base import Head
 
 H = TypeVar("H", bound="Head")
 
@@ -53,7 +53,7 @@ class HeadSpec:
 
     @property
     def exportable(self) -> bool:
-        from tlx.heads.base import Head
+        from .base import Head
 
         return self.cls.linear_form is not Head.linear_form
 

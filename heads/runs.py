@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlx.common.runfolder import METRICS_FILE, read_metrics
-from tlx.errors import RunError
-from tlx.extractor.config import FeatureSpace
+from ..cache.space import FeatureSpace
+from ..common.runfolder import METRICS_FILE, read_metrics
+from ..errors import RunError
 
 
 @dataclass
@@ -38,7 +38,7 @@ def load_run(run_dir) -> Run:
         ) from None
     head = None
     if info["kind"] == "head":
-        from tlx.heads.io import load_head
+        from .io import load_head
 
         head = load_head(run_dir)
     return Run(path=run_dir, info=info, kind=info["kind"], classes=classes, space=space, head=head)
@@ -60,7 +60,7 @@ def weights_path_for(run) -> str | None:
     cache = run_cache(run)
     if cache is None:
         return None
-    from tlx.extractor.store import read_attrs
+    from ..cache.store import read_attrs
 
     try:
         return read_attrs(cache).get("weights_path") or None

@@ -27,10 +27,10 @@ from numbers import Real
 
 import numpy as np
 
-from tlx.heads.base import Head, HeadError, standardization
-from tlx.heads.constraints import Range, one_of
-from tlx.heads.registry import register_head
-from tlx.heads.split import stratified_folds
+from .base import Head, HeadError, standardization
+from .constraints import Range, one_of
+from .registry import register_head
+from .training.split import stratified_folds
 
 MAX_ROWS = 20_000  # training rows: the float32 Gram matrix takes MAX_ROWS^2 * 4 bytes (1.6 GB)
 TAU = 1e-12  # libsvm's floor for a non-positive curvature

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlx.common.atomic import atomic_path, write_json_atomic
-from tlx.errors import TlxError
+from ..common.atomic import atomic_path, write_json_atomic
+from ..errors import TlxError
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -102,13 +102,13 @@ def _torch_modules():
 def build_module(run):
     """``(module, classes, preprocessing)`` for a loaded run; ``classes`` name the output columns."""
     if run.kind == "finetune":
-        from tlx.finetune.model import load_finetuned
+        from ..finetune.model import load_finetuned
 
         module, pre = load_finetuned(run.path)
         return module.eval().requires_grad_(False), list(run.classes), pre
 
-    from tlx.extractor.pooling import FeatureExtractor, stage_taps
-    from tlx.inference.predict import head_class_indices, rebuild_backbone
+    from ..extractor.pooling import FeatureExtractor, stage_taps
+    from .predict import head_class_indices, rebuild_backbone
 
     W, b, shift, scale = linear_form(run)
     classes = [run.classes[i] for i in head_class_indices(run)]
@@ -122,7 +122,7 @@ def build_module(run):
 def linear_form(run):
     """The head's ``(W, b, shift, scale)``; a head without one raises NotExportableError naming
     the run. numpy only, so a refusal costs no torch import."""
-    from tlx.heads.base import NotExportableError
+    from ..heads.base import NotExportableError
 
     fused = run.info.get("fused") if run.kind == "head" else None
     if fused:
@@ -182,7 +182,7 @@ def export_run(run, fmt: str, out=None, check: bool = True) -> ExportResult:
 def sidecar(run, fmt: str, out: Path, classes: list[str], pre) -> dict:
     import torch
 
-    from tlx import __version__
+    from .. import __version__
 
     return {
         "file": out.name,
@@ -282,13 +282,13 @@ def check_batch(run, pre, n: int = 3):
     so the dynamic batch axis is checked too."""
     import torch
 
-    from tlx.extractor.preprocess import preprocess_image
-    from tlx.heads.runs import run_cache
+    from ..extractor.preprocess import preprocess_image
+    from ..heads.runs import run_cache
 
     images = []
     cache = run_cache(run)
     if cache is not None:
-        from tlx.extractor.store import read_index
+        from ..cache.store import read_index
 
         try:
             index = read_index(cache)

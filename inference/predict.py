@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from tlx.common.atomic import write_atomic
-from tlx.errors import CacheError, DatasetError, RunError, TlxError
-from tlx.extractor.dataset import IMAGE_EXTENSIONS, walk_images
-from tlx.heads.runs import run_cache, weights_path_for
+from ..common.atomic import write_atomic
+from ..errors import CacheError, DatasetError, RunError, TlxError
+from ..extractor.discovery import IMAGE_EXTENSIONS, walk_images
+from ..heads.runs import run_cache, weights_path_for
 
 
 @dataclass
@@ -221,7 +221,7 @@ def _cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarra
     cache = run_cache(run)
     if cache is None:
         return {}, f"the run's cache {run.info.get('cache')!r} is gone; computing every image"
-    from tlx.extractor.store import read_index
+    from ..cache.store import read_index
 
     try:
         index = read_index(cache)
@@ -256,7 +256,7 @@ def read_rows(cache: Path, rows: Sequence[int], block: int = 4096) -> np.ndarray
 
 
 def _hash_all(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]]:
-    from tlx.common.hashing import sha256_file
+    from ..common.hashing import sha256_file
 
     hashes: list[str | None] = []
     failed: dict[int, str] = {}
@@ -330,9 +330,9 @@ def predict_chunks(
     each round out (``tlx predict`` does) holds one round's rows at a time. The network is built
     once for all rounds. Under torchrun each round is shared among the ranks and gathered on
     rank 0; the other ranks yield empty rounds."""
-    from tlx.common.device import check_device
-    from tlx.common.progress import Reporter
-    from tlx.extractor.engines import check_engine
+    from ..common.device import check_device
+    from ..common.progress import Reporter
+    from ..extractor.engines import check_engine
 
     check_device(device)
     check_engine(engine, device)
@@ -344,7 +344,7 @@ def predict_chunks(
         raise TlxError(
             f"--tta averages cached-feature views and works with head runs; {run.path} is a fine-tuning run: drop --tta"
         )
-    from tlx.extractor import distributed
+    from ..extractor import distributed
 
     ranks = distributed.setup(device)  # under torchrun: each rank predicts a contiguous share
     finished = False
@@ -359,7 +359,7 @@ def predict_chunks(
 
 
 def _predict_round(run, paths, ranks, how: _How, tta: bool) -> Predictions:
-    from tlx.extractor import distributed
+    from ..extractor import distributed
 
     started = time.perf_counter()
     mine = distributed.shard(len(paths), ranks)
@@ -456,7 +456,7 @@ def _head_features(run, paths, hashes, failed, how: _How):
         feats, n_reused, n_computed, _ = _block_features(run, paths, hashes, failed, how)
         return feats, n_reused, n_computed
     # a fused run: each block from its own cache or backbone, side by side, standardized
-    from tlx.heads.fusion import load_standardization
+    from ..heads.training.fusion import load_standardization
 
     parts = [_block_features(b, paths, hashes, failed, how) for b in blocks]
     mean, scale = load_standardization(run.path)
@@ -471,7 +471,7 @@ def fused_blocks(run) -> list | None:
     fused = run.info.get("fused")
     if not fused:
         return None
-    from tlx.extractor.config import FeatureSpace
+    from ..cache.space import FeatureSpace
 
     return [
         replace(
@@ -499,7 +499,7 @@ def _block_features(run, paths, hashes, failed, how: _How):
             first_of.setdefault(h, i)
     todo = sorted(first_of.values())
     if todo:
-        from tlx.extractor.engine import FeatureRunner
+        from ..extractor.engine import FeatureRunner
 
         net = _backbone_for(run)
         # the run's own precision: an fp16 feature space is computed in fp16 here too
@@ -514,8 +514,8 @@ def _block_features(run, paths, hashes, failed, how: _How):
         )
         files = None
         if how.flip:  # the mirror view of --tta
-            from tlx.extractor.engine import ImageFiles
-            from tlx.extractor.preprocess import ResizeCrop
+            from ..extractor.engine import ImageFiles
+            from ..extractor.preprocess import ResizeCrop
 
             files = ImageFiles([str(paths[i]) for i in todo], ResizeCrop(run.space.preprocessing, flip=True))
         what = "mirrored images" if how.flip else "features"
@@ -547,7 +547,7 @@ def rebuild_backbone(run):
     """The run's backbone, for images not in its cache. The run fixes the weights (the file it
     records, or the pretrained ones), so no error may suggest a --weights option: predict and
     export have none."""
-    from tlx.extractor.extract import backbone_for_space
+    from ..extractor.extract import backbone_for_space
 
     weights = weights_path_for(run)
     if weights and not Path(weights).is_file():
@@ -599,9 +599,9 @@ def _finetuned_proba(run, paths, batch_size, workers, device, reporter):
     import torch
     from torch.utils.data import DataLoader
 
-    from tlx.extractor.engine import ImageFiles, collate_skipping_failures, default_workers, resolve_device
-    from tlx.extractor.preprocess import Normalize, ResizeCrop
-    from tlx.finetune.model import load_finetuned
+    from ..extractor.engine import ImageFiles, collate_skipping_failures, default_workers, resolve_device
+    from ..extractor.preprocess import Normalize, ResizeCrop
+    from ..finetune.model import load_finetuned
 
     module, pre = _memo(run, "finetuned", lambda: load_finetuned(run.path))
     dev = resolve_device(device)

@@ -10,8 +10,8 @@ import numpy as np
 from conftest import make_folder_dataset, write_image
 from test_cli_extract import FAST, assert_user_error
 
-from tlx.extractor.features import load_features
-from tlx.heads.fusion import load_fused
+from tlx.cache.features import load_features
+from tlx.heads.training.fusion import load_fused
 
 
 def _two_caches(cli, data, cache):

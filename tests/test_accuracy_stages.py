@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_cli_extract import FAST, assert_user_error
 
-from tlx.extractor.features import load_features
+from tlx.cache.features import load_features
 from tlx.extractor.pooling import FeatureExtractor, space_for, stage_taps
 from tlx.extractor.registry import get_backbone
 

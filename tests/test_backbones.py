@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from tlx.cache.space import FeatureSpace
 from tlx.errors import WeightsUnavailableError
-from tlx.extractor.config import FeatureSpace
 from tlx.extractor.pooling import FeatureExtractor
 from tlx.extractor.registry import UnknownBackboneError, get_backbone, list_backbones
 

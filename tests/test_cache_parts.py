@@ -119,7 +119,7 @@ def test_a_changed_stat_rehashes_and_rehash_reads_everything(data, tmp_path):
 def test_the_hash_is_of_the_bytes_that_were_decoded(data, tmp_path, monkeypatch):
     """A file rewritten after the stat and before the read: the vector and the hash both come
     from the one read, so they belong together (before, old bytes' hash + new pixels)."""
-    from tlx.extractor import incremental
+    from tlx.cache import incremental
 
     target = data / "ants" / "ants_2.png"
     real = incremental.stat_files
@@ -154,8 +154,8 @@ def test_precision_is_part_of_the_feature_space(data, tmp_path):
 
 def test_predict_computes_in_the_runs_precision(data, tmp_path, monkeypatch):
     from tlx.extractor import engine
-    from tlx.heads.fit import fit_head
     from tlx.heads.runs import load_run
+    from tlx.heads.training.fit import fit_head
     from tlx.inference.predict import predict_paths
 
     res = run(data, tmp_path / "cache", precision="bf16")
@@ -209,7 +209,7 @@ def test_old_single_file_caches_still_load(tmp_path, cli):
     feats = tlx.load_features(path)
     np.testing.assert_array_equal(feats.X, X)
     assert feats.space.precision == "fp32"
-    from tlx.extractor.rows import CacheRows
+    from tlx.cache.rows import CacheRows
 
     np.testing.assert_array_equal(CacheRows(path, [1, 3]).to_array(), X[[1, 3]])
     listed = cli("info", path.parent, "--json")
@@ -227,7 +227,7 @@ def test_a_missing_part_is_a_clear_error_not_zeros(data, tmp_path, cli):
 
 
 def test_a_symlink_loop_is_walked_once(tmp_path):
-    from tlx.extractor.dataset import discover
+    from tlx.extractor.discovery import discover
 
     root = make_folder_dataset(tmp_path / "data", per_class=2)
     (root / "ants" / "again").symlink_to(root / "ants", target_is_directory=True)  # ants/again/again/...

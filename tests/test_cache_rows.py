@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tlx.extractor.rows import CacheRows
+from tlx.cache.rows import CacheRows
 
 
 @pytest.fixture

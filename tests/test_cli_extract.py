@@ -242,7 +242,7 @@ def test_info_piped_is_neither_cut_nor_wrapped(cli, tmp_path):
 
 
 def test_extract_in_the_data_folder_never_reads_its_own_output(cli, folder_data, monkeypatch):
-    monkeypatch.chdir(folder_data)  # `tlx extract .` writes ./cache, `tlx fit-head` writes ./runs
+    monkeypatch.chdir(folder_data)  # `tlx extract .` writes ./tlx-cache, `tlx fit-head` writes ./runs
     monkeypatch.delenv("TLX_CACHE_DIR", raising=False)
     monkeypatch.delenv("TLX_RUNS_DIR", raising=False)
     first = cli("extract", ".", *FAST, "--json")
@@ -255,7 +255,7 @@ def test_extract_in_the_data_folder_never_reads_its_own_output(cli, folder_data,
     out = again.json()
     assert (out["path"], out["n_images"], out["n_new"]) == (first.json()["path"], 6, 0)
     assert tlx.load_features(out["path"]).classes == ["ants", "bees"]
-    assert "note: ignored cache/" in again.stderr and "note: ignored runs/" in again.stderr
+    assert "note: ignored tlx-cache/" in again.stderr and "note: ignored runs/" in again.stderr
 
 
 def test_device_cuda_is_refused_before_the_data_is_read(cli, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 from conftest import make_folder_dataset, write_image
 
 from tlx.errors import DatasetError
-from tlx.extractor.dataset import discover
+from tlx.extractor.discovery import discover
 
 
 def test_class_folders(tmp_path):

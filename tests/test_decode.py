@@ -8,7 +8,7 @@ import torch
 from conftest import bomb_png, broken_files, write_image
 from PIL import Image
 
-from tlx.extractor.config import Preprocessing
+from tlx.cache.space import Preprocessing
 from tlx.extractor.decode import ImageDecodeError, load_image
 from tlx.extractor.preprocess import ResizeCrop, preprocess_image
 

@@ -14,8 +14,8 @@ from PIL import Image
 def test_write_digits_gives_a_balanced_split_of_real_digit_images(tmp_path):
     from sklearn.datasets import load_digits
 
-    from tlx.extractor.dataset import discover
     from tlx.extractor.demo_data import write_digits
+    from tlx.extractor.discovery import discover
 
     demo = write_digits(tmp_path / "digits", per_class_train=3, per_class_val=2, size=64)
     assert (demo.n_train, demo.n_val, demo.n_images) == (30, 20, 50)

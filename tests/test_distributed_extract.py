@@ -53,7 +53,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
 
 
 def test_predict_under_torchrun_writes_one_csv(tmp_path):
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     data = make_folder_dataset(tmp_path / "data", per_class=4)
     res = extract(data, backbone="tiny_cnn", workers=0, cache_dir=tmp_path / "cache")

@@ -240,7 +240,7 @@ def test_predict_takes_an_engine(cli, folder_data, cache_dir, tmp_path):
 def test_real_lite0_features_match_eager(hymenoptera, engine, artefact_dir):
     if why := E.get_engine(engine).unusable("cpu", "fp32"):
         pytest.skip(f"engine {engine}: {why}")
-    from tlx.extractor.dataset import discover
+    from tlx.extractor.discovery import discover
     from tlx.extractor.preprocess import ResizeCrop
     from tlx.extractor.registry import get_backbone
 

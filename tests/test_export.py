@@ -18,7 +18,7 @@ CLASSES = ("cats", "dogs", "owls")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from tlx.extractor.extract import extract
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     root = tmp_path_factory.mktemp("export")
     data = make_folder_dataset(root / "data", CLASSES, per_class=8, seed0=7)
@@ -58,7 +58,7 @@ def _run_exported(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
 
 
 def _preprocessed(paths, sidecar: dict) -> np.ndarray:
-    from tlx.extractor.config import Preprocessing
+    from tlx.cache.space import Preprocessing
     from tlx.extractor.preprocess import preprocess_image
 
     pre = Preprocessing.from_dict(sidecar["preprocessing"])
@@ -133,8 +133,8 @@ def test_a_head_without_linear_form_is_not_exportable(cli, runs, tmp_path, clf):
 
 
 def test_a_linear_head_with_l2_normalization_is_not_exportable(cli, runs, tmp_path):
-    from tlx.extractor.features import resolve_cache
-    from tlx.heads.fit import fit_head
+    from tlx.cache.features import resolve_cache
+    from tlx.heads.training.fit import fit_head
 
     run = fit_head(resolve_cache(runs["root"] / "cache"), clf="linear", params=["l2norm=true"], out=tmp_path / "l2").run
     r = cli("export", "--run", run, "--format", "torchscript", "--out", tmp_path / "m.pt")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_folder_dataset
 
-from tlx.heads.fit import fit_head, fit_heads
+from tlx.heads.training.fit import fit_head, fit_heads
 
 
 @pytest.fixture(scope="module")

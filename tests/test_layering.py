@@ -1,5 +1,5 @@
 """The packages depend on each other in one direction only:
-``common <- extractor <- heads <- finetune <- inference <- cli``.
+``common <- cache <- extractor <- heads <- finetune <- inference <- cli``.
 
 Each package is imported in a fresh interpreter, together with every module in it, and none of
 the packages above it may appear in ``sys.modules`` afterwards."""
@@ -13,11 +13,16 @@ import sys
 import pytest
 from conftest import REPO
 
-LAYERS = ["common", "extractor", "heads", "finetune", "inference", "cli"]
+LAYERS = ["common", "cache", "extractor", "heads", "finetune", "inference", "cli"]
 
 
 def _modules_of(package: str) -> list[str]:
-    return sorted(f"tlx.{package}.{p.stem}" for p in (REPO / package).glob("*.py") if p.stem != "__init__")
+    return sorted(_module_name(p) for p in (REPO / package).rglob("*.py"))
+
+
+def _module_name(path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(("tlx", *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
 @pytest.mark.parametrize("level", range(len(LAYERS)))
@@ -42,13 +47,22 @@ def test_every_package_is_in_a_layer():
 
 
 def _tlx_imports(path) -> set[str]:
-    """The tlx packages a module names in any import statement, at the top or inside a function."""
+    """The tlx packages a module names in any import statement, at the top or inside a function
+    (relative imports resolved against the module's own package)."""
     import ast
 
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-        if isinstance(node, ast.ImportFrom) and node.module:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            names = [
+                ".".join([*base, node.module]) if node.module else ".".join(base) + "." + a.name for a in node.names
+            ]
+        elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module]
         found |= {n.split(".")[1] for n in names if n.startswith("tlx.") and n.count(".") >= 1}
     return found
@@ -57,5 +71,5 @@ def _tlx_imports(path) -> set[str]:
 @pytest.mark.parametrize("level", range(len(LAYERS)))
 def test_no_import_anywhere_in_a_package_points_up(level):
     package, above = LAYERS[level], set(LAYERS[level + 1 :])
-    upward = {f"{p.name} imports tlx.{q}" for p in (REPO / package).glob("*.py") for q in _tlx_imports(p) & above}
+    upward = {f"{p.name} imports tlx.{q}" for p in (REPO / package).rglob("*.py") for q in _tlx_imports(p) & above}
     assert not upward, f"tlx.{package}: {sorted(upward)}"

@@ -101,7 +101,7 @@ def test_cpu_fit_does_not_import_torch():
 def test_streamed_blocks_give_the_in_memory_objective(tmp_path):
     import h5py
 
-    from tlx.extractor.rows import CacheRows
+    from tlx.cache.rows import CacheRows
 
     X, y = _blobs(n=500, d=16, c=3)
     with h5py.File(tmp_path / "m.h5", "w") as f:

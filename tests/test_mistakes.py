@@ -43,7 +43,7 @@ def test_top_losses_png_shows_thumbnails_and_marks_moved_images(tmp_path):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     from tlx.extractor.extract import extract
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     root = tmp_path_factory.mktemp("mistakes")
     data = make_folder_dataset(root / "data", classes=("ants", "bees", "wasps"), per_class=6)
@@ -62,7 +62,7 @@ def test_a_head_run_records_most_confused_and_draws_top_losses(fitted, cli):
 
 
 def test_a_run_whose_images_moved_still_gets_its_picture(fitted, tmp_path):
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     root, data, fit = fitted
     moved = root / "moved"

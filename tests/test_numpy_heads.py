@@ -15,8 +15,8 @@ from sklearn.preprocessing import StandardScaler
 from tlx.heads import HeadError
 from tlx.heads.forest import RfHead
 from tlx.heads.mlp import MlpHead, MlpProblem, RowSpace
-from tlx.heads.split import stratified_folds
 from tlx.heads.svm import SvmHead, platt
+from tlx.heads.training.split import stratified_folds
 
 
 def _blobs(n=300, n_classes=2, d=20, sep=0.5, seed=0):

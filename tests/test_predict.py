@@ -20,7 +20,7 @@ CLASSES = ("ants", "bees", "wasps")
 def split_run(tmp_path_factory):
     """DATA/{train,val}/<class>/: 3 classes x (8 train + 5 val), extracted with tiny_cnn, linear head."""
     from tlx.extractor.extract import extract
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     root = tmp_path_factory.mktemp("predict")
     data = root / "data"
@@ -35,7 +35,7 @@ def split_run(tmp_path_factory):
 def seeded_run(tmp_path_factory):
     """DATA/<class>/ without a split of its own: the head is validated on a seeded split."""
     from tlx.extractor.extract import extract
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     root = tmp_path_factory.mktemp("seeded")
     data = make_folder_dataset(root / "data", CLASSES, per_class=10, seed0=40)
@@ -72,7 +72,7 @@ def test_predicting_the_val_folder_gives_exactly_the_fit_accuracy(split_run):
 
 def test_predicting_the_seeded_validation_images_gives_exactly_the_fit_accuracy(seeded_run):
     from tlx import load_features
-    from tlx.heads.split import split_indices
+    from tlx.heads.training.split import split_indices
 
     run = _load(seeded_run["run"])
     feats = load_features(seeded_run["cache"])
@@ -94,7 +94,7 @@ def _every_head():
 
 @pytest.mark.parametrize("clf", _every_head())
 def test_every_head_predicts_its_validation_images_with_the_fit_accuracy(split_run, tmp_path, clf):
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     fitted = fit_head(split_run["cache"], clf=clf, out=tmp_path / clf)
     preds = _predict(fitted.run, [split_run["data"] / "val"])
@@ -312,7 +312,7 @@ def test_a_missing_weights_file_is_reported_without_suggesting_weights(tmp_path)
     from tlx.errors import TlxError
     from tlx.extractor.extract import extract
     from tlx.extractor.registry import get_backbone
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     net = get_backbone("tiny_cnn").build().body
     weights = tmp_path / "mine.safetensors"

@@ -14,7 +14,7 @@ from conftest import REPO, RUN_KEYS, make_folder_dataset, subprocess_env
 from tlx.common.runfolder import compute_metrics, list_runs, new_run_dir, write_metrics
 from tlx.errors import RunError
 from tlx.heads import Head, HeadSpec, load_run, split_indices
-from tlx.heads.fit import run_sweep
+from tlx.heads.training.fit import run_sweep
 
 
 def _extract(data: Path, cache: Path) -> Path:
@@ -154,7 +154,7 @@ def test_val_fraction_out_of_range_is_refused_even_when_the_data_has_a_split(cli
 
 
 def test_metrics_record_the_n_neighbors_knn_used(caches, runs_dir):
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     notes: list[str] = []
     result = fit_head(caches["plain"], clf="knn", params=["n_neighbors=50"], log=notes.append)

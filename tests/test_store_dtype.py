@@ -40,8 +40,8 @@ def test_float16_cache_is_another_file_with_half_the_feature_bytes(both):
 
 
 def test_a_head_on_a_float16_cache_predicts_its_val_images_as_fit_head_scored(both, tmp_path):
-    from tlx.heads.fit import fit_head
     from tlx.heads.runs import load_run
+    from tlx.heads.training.fit import fit_head
     from tlx.inference.predict import predict_paths
 
     _, data, _, half = both

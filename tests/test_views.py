@@ -11,11 +11,11 @@ import pytest
 from conftest import backdate, make_folder_dataset, write_image
 
 import tlx
+from tlx.cache import views as viewstore
+from tlx.cache.compact import compact
 from tlx.errors import CacheError, TlxError
-from tlx.extractor import viewstore
-from tlx.extractor.compact import compact
+from tlx.extractor.augment import ViewError, ViewMaker, parse_recipe
 from tlx.extractor.extract import extract
-from tlx.extractor.views import ViewError, ViewMaker, parse_recipe
 
 TINY = dict(backbone="tiny_cnn", workers=0, batch_size=4)
 
@@ -53,7 +53,7 @@ def split_data(tmp_path) -> Path:
 def test_view_pixels_depend_on_content_hash_view_and_recipe_only():
     from PIL import Image
 
-    from tlx.extractor.config import Preprocessing
+    from tlx.cache.space import Preprocessing
     from tlx.extractor.preprocess import ResizeCrop
 
     rng = np.random.default_rng(0)
@@ -238,7 +238,7 @@ def _rows_in(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def test_fit_head_trains_on_train_views_and_never_on_val_views(split_data, tmp_path, monkeypatch):
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     res = run(split_data, tmp_path / "cache", views=3)
     spy = FitSpy(monkeypatch)
@@ -257,7 +257,7 @@ def test_fit_head_trains_on_train_views_and_never_on_val_views(split_data, tmp_p
 
 
 def test_sweep_folds_keep_an_image_with_its_views(tmp_path, monkeypatch):
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     root = make_folder_dataset(tmp_path / "data", per_class=12, size=(64, 56))
     backdate(root)
@@ -280,7 +280,7 @@ def test_sweep_folds_keep_an_image_with_its_views(tmp_path, monkeypatch):
 
 
 def test_fit_head_view_errors(data, tmp_path):
-    from tlx.heads.fit import fit_head
+    from tlx.heads.training.fit import fit_head
 
     plain = run(data, tmp_path / "plain")
     with pytest.raises(TlxError, match="has no augmented views"):

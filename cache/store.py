@@ -33,9 +33,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from tlx.common.atomic import atomic_path
-from tlx.errors import CacheError
-from tlx.extractor.config import FeatureSpace
+from ..common.atomic import atomic_path
+from ..errors import CacheError
+from .space import FeatureSpace
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # format 1: one self-contained file (tlx before the part layout), read-only
@@ -44,7 +44,7 @@ HASH = h5py.string_dtype("ascii", 64)  # a hex sha256: fixed width, so it compre
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("TLX_CACHE_DIR", "cache"))
+    return Path(os.environ.get("TLX_CACHE_DIR", "tlx-cache"))
 
 
 def _slug(text: str) -> str:
@@ -109,7 +109,7 @@ def check_parts(f, path: Path) -> None:
     """Every part file the index names must be there: HDF5 would read a missing one as fill
     values (NaN here) without a word."""
     if "views" in f:
-        from tlx.extractor.viewstore import check_view_parts
+        from .views import check_view_parts
 
         check_view_parts(f, path)
     if "parts" not in f:
@@ -181,7 +181,7 @@ def read_index(path: Path) -> CacheIndex:
                 format=fmt,
             )
             if fmt >= 2:
-                from tlx.extractor.viewstore import read_group
+                from .views import read_group
 
                 _read_stat_index(f, index)
                 index.views = read_group(f)
@@ -447,7 +447,7 @@ def write_index(
         f.attrs["n_images"] = len(rows)
         f.attrs["feature_dim"] = width
         if views is not None:
-            from tlx.extractor.viewstore import write_group
+            from .views import write_group
 
             write_group(f, path, views, space)
             f.attrs["views"] = views.count

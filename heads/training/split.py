@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tlx.errors import DatasetError
+from ...errors import DatasetError
 
 
 def split_indices(

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tlx.extractor.store import check_parts
+from .store import check_parts
 
 BLOCK_BYTES = 64 << 20  # about 64 MiB of float32 per block read
 

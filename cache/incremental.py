@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlx.errors import CacheError
-from tlx.extractor import store
-from tlx.extractor.dataset import DatasetIndex
-from tlx.extractor.statindex import Stat, is_racy, read_and_hash, stat_files
+from ..errors import CacheError
+from ..extractor.discovery import DatasetIndex
+from . import store
+from .statindex import Stat, is_racy, read_and_hash, stat_files
 
 RECHECK_HERE_MAX = 10_000  # more changed-stat files than this are re-hashed by the ranks' workers instead
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tlx.errors import CacheError
-from tlx.extractor.config import FeatureSpace
-from tlx.extractor.rows import CacheRows
-from tlx.extractor.store import (
+from ..errors import CacheError
+from .rows import CacheRows
+from .space import FeatureSpace
+from .store import (
     READABLE_FORMATS,
     UnreadableCacheError,
     check_parts,

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tlx.errors import DatasetError, TlxError
-from tlx.extractor.features import Features, load_features, resolve_cache
-from tlx.extractor.rows import CacheRows
-from tlx.heads.fusion import Fusion, load_fused
-from tlx.heads.split import split_indices
+from ...cache.features import Features, load_features, resolve_cache
+from ...cache.rows import CacheRows
+from ...errors import DatasetError, TlxError
+from .fusion import Fusion, load_fused
+from .split import split_indices
 
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
 
@@ -66,7 +66,7 @@ class TrainingData:
     ytr: np.ndarray
     Xva: np.ndarray | CacheRows  # a CacheRows when streamed
     yva: np.ndarray
-    fusion: Fusion | None = None  # several caches side by side (``tlx.heads.fusion``)
+    fusion: Fusion | None = None  # several caches side by side (``tlx.heads.training.fusion``)
     # With views: the image (position in ``train``) of each row of Xtr; the first len(train) rows
     # are the center rows, in order. None: no views, one row per image.
     train_group: np.ndarray | None = None
@@ -90,7 +90,7 @@ def load_training_data(
     views: int | None = 0,
 ) -> TrainingData:
     """``features``: a cache, a folder (its newest cache), None (the default folder), or a list of
-    caches; two or more are fused (``tlx.heads.fusion``). ``views``: train on views 1..N of the
+    caches; two or more are fused (``tlx.heads.training.fusion``). ``views``: train on views 1..N of the
     training images too (None: all the cache has; 0: none)."""
     if isinstance(features, (list, tuple)):
         if len(features) > 1:
@@ -130,7 +130,7 @@ def load_training_data(
 
 def _add_views(data: TrainingData, n: int) -> None:
     """Append views 1..n of the training images (and only those) to the training rows."""
-    from tlx.extractor.features import load_views
+    from ...cache.features import load_views
 
     meta = data.meta
     if data.streamed:

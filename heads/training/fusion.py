@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlx.errors import DatasetError, TlxError
-from tlx.extractor.features import Features, load_features, resolve_cache
+from ...cache.features import Features, load_features, resolve_cache
+from ...errors import DatasetError, TlxError
 
 FUSION_FILE = "fusion.safetensors"  # the per-column mean and scale of the fused space
 SHOWN = 5  # missing images named in a message

@@ -25,9 +25,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tlx.common.atomic import atomic_path
-from tlx.extractor import store
-from tlx.extractor.config import FeatureSpace
+from ..common.atomic import atomic_path
+from . import store
+from .space import FeatureSpace
 
 Key = tuple[str, int]  # (content sha256, view index)
 
@@ -253,7 +253,7 @@ def plan_views(rows: list[store.Row], count: int, recipe: dict, src: ViewSources
         for v in range(1, count + 1):
             found = src.find((row.sha256, v))
             if found is None:
-                from tlx.errors import CacheError
+                from ..errors import CacheError
 
                 raise CacheError(f"internal error: no vector for view {v} of content {row.sha256[:12]}")
             (p, r), kind = found

@@ -17,9 +17,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tlx.common.atomic import atomic_path
-from tlx.errors import CacheError
-from tlx.extractor import store
+from ..common.atomic import atomic_path
+from ..errors import CacheError
+from . import store
 
 
 @dataclass

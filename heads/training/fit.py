@@ -34,13 +34,12 @@ from typing import Any
 
 import numpy as np
 
-import tlx
-from tlx.common.mistakes import most_confused, plot_top_losses, top_losses
-from tlx.common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
-from tlx.errors import TlxError
-from tlx.extractor.rows import CacheRows
-from tlx.heads.data import TrainingData, load_training_data, parse_memory
-from tlx.heads.registry import (
+from ... import __version__
+from ...cache.rows import CacheRows
+from ...common.mistakes import most_confused, plot_top_losses, top_losses
+from ...common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
+from ...errors import TlxError
+from ..registry import (
     DEFAULT_HEAD,
     HeadSpec,
     ParamError,
@@ -51,6 +50,7 @@ from tlx.heads.registry import (
     parse_params,
     validate_params,
 )
+from .data import TrainingData, load_training_data, parse_memory
 
 MAX_FOLDS = 5
 # fit-head --views default: 0 (center rows only). Measured on ants/bees (README, benchmarks/
@@ -200,7 +200,7 @@ def _fit_one(spec: HeadSpec, chosen: dict, data: TrainingData, sweep: bool, seed
     metrics = compute_metrics(data.yva, proba, classes)
 
     run_dir = new_run_dir(spec.name, out)
-    from tlx.heads.io import save_head
+    from ..io import save_head
 
     save_head(head, run_dir)
     if data.fusion is not None:
@@ -253,7 +253,7 @@ def _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_recor
         "n_train_views": data.views["n_rows"] if data.views else 0,
         "sweep": sweep_record,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "tlx_version": tlx.__version__,
+        "tlx_version": __version__,
     }
 
 
@@ -282,7 +282,7 @@ def run_sweep(
     use_folds = split_info.get("source") != "data" and smallest >= 2 and not hasattr(Xtr, "blocks")
     folds: list = []
     if use_folds:
-        from tlx.heads.split import stratified_folds
+        from .split import stratified_folds
 
         k = min(MAX_FOLDS, smallest)
         # scikit-learn's StratifiedKFold(k, shuffle=True), row for row, drawn on the images

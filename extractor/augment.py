@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from tlx.errors import TlxError
+from ..errors import TlxError
 
 RECIPE_VERSION = 1  # bump when a recipe's pixels change: a new id, so old view vectors are not reused
 DEFAULT_RECIPE = "crop"
