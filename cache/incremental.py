@@ -14,14 +14,34 @@ left by an unfinished run (resumed), or in the parts this run wrote (new).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import CacheError
-from ..extractor.discovery import DatasetIndex
 from . import store
 from .statindex import Stat, is_racy, read_and_hash, stat_files
+
+
+class Entry(Protocol):
+    relpath: str
+    label: str
+    split: str
+
+
+class Listing(Protocol):
+    """The images of a dataset as discovery lists them (``tlx.extractor.discovery.DatasetIndex``)."""
+
+    @property
+    def items(self) -> Sequence[Entry]: ...
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    def abspath(self, item) -> Path: ...
+
 
 RECHECK_HERE_MAX = 10_000  # more changed-stat files than this are re-hashed by the ranks' workers instead
 
@@ -34,7 +54,7 @@ class Work:
     n_rehashed: int = 0  # files opened here to re-hash them
 
 
-def classify(index: DatasetIndex, prev: store.CacheIndex | None, known_hashes, rehash: bool) -> Work:
+def classify(index: Listing, prev: store.CacheIndex | None, known_hashes, rehash: bool) -> Work:
     """Sort the dataset's images into known / failed / to read, opening no file whose stat is
     unchanged. ``known_hashes``: the content hashes whose vectors exist (cache and resumable parts)."""
     work = Work()
@@ -66,7 +86,7 @@ def classify(index: DatasetIndex, prev: store.CacheIndex | None, known_hashes, r
     return work
 
 
-def _recheck(index: DatasetIndex, positions: list[int], work: Work, known_hashes, failures: store.Failures) -> None:
+def _recheck(index: Listing, positions: list[int], work: Work, known_hashes, failures: store.Failures) -> None:
     """Re-hash files whose stat changed: known bytes are reused (no decode, no network), bytes
     that failed before fail the same way; anything else is read again by a worker."""
 
@@ -129,7 +149,7 @@ def sources_for(path: Path, prev: store.CacheIndex | None, space) -> Sources:
     return src
 
 
-def plan_rows(index: DatasetIndex, found: dict[int, tuple[str, Stat]], failed: store.Failures, src: Sources):
+def plan_rows(index: Listing, found: dict[int, tuple[str, Stat]], failed: store.Failures, src: Sources):
     """The new cache's rows in dataset order, and how many vectors came from each source."""
     class_of = {c: k for k, c in enumerate(index.classes)}
     rows, counts = [], {"reused": 0, "resumed": 0, "new": 0}
