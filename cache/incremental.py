@@ -26,9 +26,16 @@ from .statindex import Stat, is_racy, read_and_hash, stat_files
 
 
 class Entry(Protocol):
-    relpath: str
-    label: str
-    split: str
+    """One image of a listing: where it is, its class and its split."""
+
+    @property
+    def relpath(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def split(self) -> str: ...
 
 
 class Listing(Protocol):
