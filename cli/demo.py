@@ -101,7 +101,7 @@ def run_demo(
         n_train=int(fitted.metrics.get("n_train", data.n_train)),
         n_val=int(fitted.metrics.get("n_val", data.n_val)),
         n_extracted=extracted.n_new + extracted.n_resumed,
-        val_accuracy=float(fitted.val_accuracy),
+        val_accuracy=float(fitted.val_accuracy or 0.0),  # the demo data always has a val split
         extract_seconds=round(extract_seconds, 3),
         fit_seconds=round(float(fitted.fit_seconds), 3),
         seconds=round(time.perf_counter() - started, 3),

@@ -20,6 +20,11 @@ class ClassWeight(str, Enum):
     balanced = "balanced"
 
 
+class SelectOn(str, Enum):
+    cv = "cv"
+    val = "val"
+
+
 def register(app: typer.Typer) -> None:
     app.command("fit-head")(fit_head_command)
     app.command("runs")(runs_command)
@@ -51,16 +56,25 @@ def fit_head_command(
         bool,
         typer.Option(
             "--sweep",
-            help="Search the head's main regularization parameter over a log grid, then refit with the best value.",
+            help="Search the head's main regularization parameter over a log grid (half-decade steps), chosen by "
+            "--select-on, then refit on all of train with the best value.",
         ),
     ] = False,
+    select_on: Annotated[
+        SelectOn,
+        typer.Option(
+            help="How --sweep and the ranking of several heads choose: cv, k-fold cross-validation on the training "
+            "images (the val and test scores stay honest); val, on the val labels (the val score is then optimistic).",
+        ),
+    ] = SelectOn.cv,
     class_weight: Annotated[
         ClassWeight | None, typer.Option(help="Weight classes inversely to their frequency (imbalanced data).")
     ] = None,
     val_fraction: Annotated[
         float,
         typer.Option(
-            help="Validation fraction of the seeded, stratified split (used only when the data has no train/val split)."
+            help="Validation fraction of the seeded split (used only when the data has no split of its own: "
+            "train/ + val/ or test/ folders are used as they are)."
         ),
     ] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of that split (and of the sweep's folds).")] = 0,
@@ -103,25 +117,38 @@ def fit_head_command(
         max_memory=max_memory,
         log=lambda msg: info(msg, quiet),
         views=_parse_views(views),
+        select_on=select_on.value,
     )
     if len(results) > 1:
         report(leaderboard(results), [r.to_dict() for r in results], json_out, quiet)
         return
-    result = results[0]
+    report(summary_line(results[0]), results[0].to_dict(), json_out, quiet)
+
+
+def summary_line(result) -> str:
+    """One head's result: its held-out scores (val, test), what the sweep chose and how."""
     m = result.metrics
     set_params = ", ".join(f"{k}={v}" for k, v in m["params_set"].items())
+    side = m.get("evaluated_on", "val")
+    accuracy = result.val_accuracy if side == "val" else m.get("test_accuracy")
     summary = (
-        f"{result.run}: {result.clf}{f' ({set_params})' if set_params else ''} val accuracy {result.val_accuracy:.4f} "
+        f"{result.run}: {result.clf}{f' ({set_params})' if set_params else ''} {side} accuracy {accuracy:.4f} "
         f"(balanced {m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}) "
-        f"on {m['n_val']} val / {m['n_train']} train images; "
-        f"fit {result.fit_seconds:.2f} s"
+        f"on {m[f'n_{side}']} {side} / {m['n_train']} train images"
     )
+    if side == "val" and m.get("n_test"):
+        summary += f"; test accuracy {m['test_accuracy']:.4f} on {m['n_test']} test images"
+    summary += f"; fit {result.fit_seconds:.2f} s"
     if m.get("views"):
         summary += f"; + {m['views']['n_rows']} view rows ({m['views']['per_image']} {m['views']['recipe']} per image)"
     if m.get("sweep"):
         s = m["sweep"]
         summary += f"; sweep chose {s['param']}={s['best']:g} ({s['selection']}, {m['sweep_seconds']:.1f} s)"
-    report(summary, result.to_dict(), json_out, quiet)
+        if m.get("cv_accuracy") is not None:
+            summary += f", CV accuracy {m['cv_accuracy']:.4f}"
+        if (m.get("selection") or {}).get("optimistic"):
+            summary += "; the val score is optimistic: the value was chosen on the val labels"
+    return summary
 
 
 def _parse_views(views: str | None) -> int | None:
@@ -163,10 +190,17 @@ def show_run(run: Path, json_out: bool) -> None:
 
 
 def leaderboard(results) -> str:
-    """The fitted heads ranked by val accuracy, in 80 columns: head, the parameters it was
-    fitted with (the sweep's choice included), val and balanced accuracy, fit seconds."""
-    ranked = sorted(results, key=lambda r: (-r.val_accuracy, -(r.metrics.get("balanced_accuracy") or 0.0)))
-    lines = [f"{'head':<7} {'params':<34} {'val acc':>7} {'bal acc':>7} {'fit s':>8}"]
+    """The fitted heads in 80 columns, ranked by the selection's score (CV accuracy on the training
+    images; val accuracy with --select-on val): head, the parameters it was fitted with (the
+    sweep's choice included), CV, val and test accuracy, fit seconds."""
+    on_val = bool((results[0].metrics.get("selection") or {}).get("optimistic"))
+
+    def rank_key(r):
+        score = r.val_accuracy if on_val else r.cv_accuracy
+        return (-(score if score is not None else -1.0), r.clf)
+
+    ranked = sorted(results, key=rank_key)
+    lines = [f"{'head':<7} {'params':<29} {'cv acc':>6} {'val acc':>7} {'test acc':>8} {'fit s':>7}"]
     for r in ranked:
         chosen = dict(r.metrics.get("params_set") or {})
         if r.metrics.get("sweep"):
@@ -174,11 +208,20 @@ def leaderboard(results) -> str:
         params = (
             ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()) or "defaults"
         )
-        params = params if len(params) <= 34 else params[:33] + "~"
-        bal = r.metrics.get("balanced_accuracy") or 0.0
-        lines.append(f"{r.clf:<7} {params:<34} {r.val_accuracy:7.4f} {bal:7.4f} {r.fit_seconds:8.2f}")
+        params = params if len(params) <= 29 else params[:28] + "~"
+        lines.append(
+            f"{r.clf:<7} {params:<29} {_fmt(r.cv_accuracy, '6.4f'):>6} {_fmt(r.val_accuracy, '7.4f'):>7} "
+            f"{_fmt(r.test_accuracy, '8.4f'):>8} {r.fit_seconds:7.2f}"
+        )
     first = ranked[0].metrics
-    lines.append(f"{len(results)} heads on {first['n_val']} val / {first['n_train']} train images; run folders:")
+    how = (
+        "ranked by val accuracy (--select-on val: the top val score is optimistic)"
+        if on_val
+        else f"ranked by {first['selection']['folds']}-fold CV accuracy on train"
+    )
+    test = f" / {first['n_test']} test" if first.get("n_test") else ""
+    lines.append(f"{len(results)} heads, {how}")
+    lines.append(f"on {first['n_val']} val{test} / {first['n_train']} train images; run folders:")
     lines += [f"  {r.clf}: {r.run}" for r in ranked]
     return "\n".join(lines)
 
@@ -192,6 +235,7 @@ def heads_command(json_out: JsonOpt = False) -> None:
 
 def print_heads(json_out: bool) -> None:
     from ..heads.registry import describe_heads
+    from ..heads.training.sweep import densify
 
     rows = describe_heads()
     if json_out:
@@ -210,7 +254,8 @@ def print_heads(json_out: bool) -> None:
         typer.echo(
             ("\n" if i else "") + f"{h['name']}: {h['description']}" + (f" [{', '.join(flags)}]" if flags else "")
         )
-        typer.echo(f"  --sweep searches {h['sweep_param']} over {', '.join(f'{v:g}' for v in h['sweep_grid'])}")
+        grid = densify(h["sweep_grid"])
+        typer.echo(f"  --sweep searches {h['sweep_param']} over {', '.join(f'{v:g}' for v in grid)}")
         width = max(len(f"{p['name']}={_param_text(p['default'])}") for p in h["params"])
         for p in h["params"]:
             setting = f"{p['name']}={_param_text(p['default'])}"

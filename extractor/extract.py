@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..cache import store
 from ..cache import views as viewstore
+from ..cache.duplicates import duplicates_warning, split_duplicates
 from ..cache.incremental import classify, plan_rows, same_index, sources_for
 from ..cache.space import FeatureSpace, pool_label
 from ..common.device import check_device
@@ -58,6 +59,8 @@ class ExtractResult:
     view_recipe: str = ""  # their recipe's name
     n_views_new: int = 0  # view vectors computed by this run
     n_views_reused: int = 0  # view vectors taken from the cache or from a killed run's parts
+    # Distinct contents in both train and val/test, and carrying two labels (tlx.cache.duplicates)
+    duplicates: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -303,7 +306,11 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         store.remove_unused_parts(path, {r.part for r in rows})
         viewstore.remove_unused_view_parts(path, set(table.part) if table is not None else set())
     done = (rows, counts, table, vcounts)
-    return _result(path, index, space, prev, done, work, outcomes, ranks, started, not unchanged, files)
+    result = _result(path, index, space, prev, done, work, outcomes, ranks, started, not unchanged, files)
+    warning = duplicates_warning(result.duplicates)
+    if warning:
+        reporter.message(warning)
+    return result
 
 
 def _views_wanted(opts: Options, prev, reporter) -> tuple[int, dict]:
@@ -369,6 +376,7 @@ def _result(path, index, space, prev, done, work, outcomes, ranks, started, writ
         view_recipe=table.recipe["name"] if table is not None else "",
         n_views_new=vcounts["new"],
         n_views_reused=vcounts["reused"] + vcounts["resumed"],
+        duplicates=split_duplicates([r.sha256 for r in rows], [r.label for r in rows], [r.split for r in rows]),
     )
 
 

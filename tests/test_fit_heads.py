@@ -87,6 +87,10 @@ def test_info_heads_lists_what_tlx_heads_lists(cli):
     assert {"linear", "logreg", "ridge", "knn", "svm", "rf", "mlp"} == {row["name"] for row in rows}
 
 
-def test_a_streamed_sweep_scores_on_val(cache, tmp_path):
+def test_a_streamed_sweep_chooses_by_the_same_cross_validation_as_in_memory(cache, tmp_path):
     streamed = fit_head(cache, "linear", sweep=True, out=tmp_path / "s", max_memory=1024)
-    assert streamed.metrics["streamed"] and streamed.metrics["sweep"]["selection"] == "val"
+    memory = fit_head(cache, "linear", sweep=True, out=tmp_path / "m")
+    assert streamed.metrics["streamed"] and not memory.metrics["streamed"]
+    assert streamed.metrics["sweep"]["selection"] == memory.metrics["sweep"]["selection"] == "5-fold CV on train"
+    assert streamed.metrics["sweep"]["best"] == memory.metrics["sweep"]["best"]
+    np.testing.assert_allclose(streamed.metrics["sweep"]["scores"], memory.metrics["sweep"]["scores"], atol=1e-9)

@@ -103,6 +103,6 @@ def test_heads_command(cli):
     assert r.exit_code == 0, r.stderr
     for name in HEADS:
         assert f"\n{name}: " in "\n" + r.stdout
-    assert "--sweep searches C over 0.0001, 0.001" in r.stdout and "--param n_neighbors=5" in r.stdout
+    assert "--sweep searches C over 0.0001, 0.000316228, 0.001" in r.stdout and "--param n_neighbors=5" in r.stdout
     j = cli("heads", "--json")
     assert [row["name"] for row in j.json()] == HEADS

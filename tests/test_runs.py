@@ -14,7 +14,7 @@ from conftest import REPO, RUN_KEYS, make_folder_dataset, subprocess_env
 from tlx.common.runfolder import compute_metrics, list_runs, new_run_dir, write_metrics
 from tlx.errors import RunError
 from tlx.heads import Head, HeadSpec, load_run, split_indices
-from tlx.heads.training.fit import run_sweep
+from tlx.heads.training.sweep import Selection, grouped_folds, run_sweep
 
 
 def _extract(data: Path, cache: Path) -> Path:
@@ -95,7 +95,10 @@ def test_fit_head_sweep_on_data_split(cli, caches, runs_dir, tmp_path):
     assert (out_dir / "sweep.png").is_file() and (out_dir / "head.safetensors").is_file()
     assert info["split"]["source"] == "data" and (info["n_train"], info["n_val"]) == (10, 4)
     sweep = info["sweep"]
-    assert sweep["param"] == "C" and sweep["selection"] == "val" and len(sweep["scores"]) == len(sweep["grid"])
+    # chosen by cross-validation on the 10 training images, although the data has its own val split
+    assert sweep["param"] == "C" and sweep["selection"] == "5-fold CV on train"
+    assert info["selection"] == {"on": "cv", "folds": 5, "grouped_by": "content", "optimistic": False}
+    assert len(sweep["scores"]) == len(sweep["grid"]) and info["cv_accuracy"] == max(sweep["scores"])
     assert sweep["best"] == sweep["grid"][int(np.argmax(sweep["scores"]))]
     assert info["params"]["C"] == sweep["best"] and info["params"]["class_weight"] == "balanced"
 
@@ -119,15 +122,21 @@ class _PeakHead(Head):
         return proba
 
 
-@pytest.mark.parametrize("source", ["data", "seeded"])
-def test_sweep_picks_the_best_value_first_on_ties(source):
+@pytest.mark.parametrize("on", ["val", "cv"])
+def test_sweep_picks_the_best_value_first_on_ties(on):
     spec = HeadSpec("peak", _PeakHead, "k", (1, 3, 10, 30), "fake")
     y = np.tile([0, 1], 20)
     X = np.c_[y, np.zeros_like(y)].astype(np.float32)
-    record = run_sweep(spec, {}, X, y, X[:6], y[:6], {"source": source})
-    assert record["scores"] == [0.0, 1.0, 1.0, 0.0]
+    if on == "val":
+        selection = Selection("val", X, y, X[:6], y[:6])
+    else:
+        hashes = [f"h{i}" for i in range(len(y))]
+        selection = Selection("cv", X, y, folds=grouped_folds(y, hashes, None, 0, "--sweep", ["a", "b"]))
+    record = run_sweep(spec, {}, selection)
+    assert record["grid"] == [1, 3, 5, 10, 30]  # 3 -> 10 is more than half a decade: 5 comes between
+    assert record["scores"] == [0.0, 1.0, 0.0, 1.0, 0.0]
     assert record["best"] == 3  # the first best: the grid runs from strong to weak regularization
-    assert record["selection"] == ("val" if source == "data" else "5-fold on train")
+    assert record["selection"] == ("val, optimistic" if on == "val" else "5-fold CV on train")
 
 
 @pytest.mark.parametrize(

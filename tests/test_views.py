@@ -264,7 +264,7 @@ def test_sweep_folds_keep_an_image_with_its_views(tmp_path, monkeypatch):
     res = run(root, tmp_path / "cache", views=2)
     spy = FitSpy(monkeypatch)
     result = fit_head(res.path, "linear", ["max_iter=20"], sweep=True, views=2, out=tmp_path / "run")
-    assert result.metrics["sweep"]["selection"].endswith("-fold on train")
+    assert result.metrics["sweep"]["selection"].endswith("-fold CV on train")
     feats = tlx.load_features(res.path)
     val_sha = set(result.metrics["split"]["val_sha256"])
     val = feats.subset([h in val_sha for h in feats.sha256])

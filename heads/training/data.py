@@ -7,8 +7,8 @@ fitted; they then hold one block at a time.
 
 With augmented views (``tlx extract --views K``, ``fit-head --views N``) the split is drawn on
 images exactly as without them; the training matrix is the center rows of the training images
-followed by their views 1..N, and validation uses the center rows of the validation images
-only: no view of a validation image is ever read. ``train_group`` maps each training row to its
+followed by their views 1..N, and validation (and test) use the center rows of their images
+only: no view of a held-out image is ever read. ``train_group`` maps each training row to its
 image, so cross-validation keeps an image and its views on the same side of every fold.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from ...cache.features import Features, load_features, resolve_cache
 from ...cache.rows import CacheRows
 from ...errors import DatasetError, TlxError
 from .fusion import Fusion, load_fused
-from .split import split_indices
+from .split import split_rows
 
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
 
@@ -67,6 +67,11 @@ class TrainingData:
     Xva: np.ndarray | CacheRows  # a CacheRows when streamed
     yva: np.ndarray
     fusion: Fusion | None = None  # several caches side by side (``tlx.heads.training.fusion``)
+    # The data's own test rows (a test/ folder): scored beside val, never trained or chosen on.
+    test: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    Xte: np.ndarray | CacheRows | None = None
+    yte: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    duplicates: dict = field(default_factory=dict)  # train_val, cross_class (tlx.cache.duplicates)
     # With views: the image (position in ``train``) of each row of Xtr; the first len(train) rows
     # are the center rows, in order. None: no views, one row per image.
     train_group: np.ndarray | None = None
@@ -102,27 +107,30 @@ def load_training_data(
     if features is None or Path(features).is_dir():
         log(f"features: {path} (the most recent cache in {path.parent})")
     meta = load_features(path, lazy=True)
-    train, val, split_info = split_indices(
+    train, val, test, split_info = split_rows(
         meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
     )
     # The val members themselves, so that `finetune --init-head` validates on exactly these images.
     split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
-    check_training_set(meta, train, val)
+    check_training_set(meta, train, val, test)
     assert isinstance(meta.X, CacheRows)
-    rows, val_rows = meta.X.subset(train), meta.X.subset(val)
+    rows, val_rows, test_rows = meta.X.subset(train), meta.X.subset(val), meta.X.subset(test)
     limit = default_max_memory() if max_memory is None else max_memory
     Xtr: np.ndarray | CacheRows = rows
     Xva: np.ndarray | CacheRows = val_rows
+    Xte: np.ndarray | CacheRows = test_rows
     wanted = meta.n_views if views is None else views
-    if rows.nbytes * (1 + wanted) + val_rows.nbytes <= limit:
-        Xtr, Xva = rows.to_array(), val_rows.to_array()
-    else:  # both stay on disk: the heads that stream read them one block at a time
+    held_bytes = val_rows.nbytes + test_rows.nbytes
+    if rows.nbytes * (1 + wanted) + held_bytes <= limit:
+        Xtr, Xva, Xte = rows.to_array(), val_rows.to_array(), test_rows.to_array()
+    else:  # all stay on disk: the heads that stream read them one block at a time
         log(
-            f"the {len(train)} training and {len(val)} validation rows take "
-            f"{(rows.nbytes + val_rows.nbytes) / 2**30:.2f} GiB, more than --max-memory "
+            f"the {len(train)} training and {len(val) + len(test)} held-out rows take "
+            f"{(rows.nbytes + held_bytes) / 2**30:.2f} GiB, more than --max-memory "
             f"{limit / 2**30:.2f} GiB: streaming them from {path} block by block"
         )
     data = TrainingData(meta, train, val, split_info, Xtr, meta.y[train], Xva, meta.y[val])
+    _add_test_and_duplicates(data, test, Xte)
     if wanted:
         _add_views(data, wanted)
     return data
@@ -151,11 +159,11 @@ def _add_views(data: TrainingData, n: int) -> None:
 def _load_fused(features: list, val_fraction: float, seed: int, max_memory: int | None, log) -> TrainingData:
     meta, fusion = load_fused(features, log)
     assert isinstance(meta.X, np.ndarray)
-    train, val, split_info = split_indices(
+    train, val, test, split_info = split_rows(
         meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
     )
     split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
-    check_training_set(meta, train, val)
+    check_training_set(meta, train, val, test)
     limit = default_max_memory() if max_memory is None else max_memory
     if meta.X.nbytes > limit:
         raise TlxError(
@@ -164,10 +172,21 @@ def _load_fused(features: list, val_fraction: float, seed: int, max_memory: int 
         )
     fusion.standardize(meta.X, train)  # with the training rows only: val stays unseen
     X = meta.X
-    return TrainingData(meta, train, val, split_info, X[train], meta.y[train], X[val], meta.y[val], fusion)
+    data = TrainingData(meta, train, val, split_info, X[train], meta.y[train], X[val], meta.y[val], fusion)
+    _add_test_and_duplicates(data, test, X[test])
+    return data
 
 
-def check_training_set(meta: Features, train: np.ndarray, val: np.ndarray) -> None:
+def _add_test_and_duplicates(data: TrainingData, test: np.ndarray, Xte) -> None:
+    """The test rows, and the copies that make held-out scores dishonest (counted on the split used)."""
+    from ...cache.duplicates import count_duplicates
+
+    data.test, data.Xte, data.yte = test, Xte, data.meta.y[test]
+    held = np.concatenate([data.val, test])
+    data.duplicates = count_duplicates(data.meta.sha256, data.meta.y, data.train, held)
+
+
+def check_training_set(meta: Features, train: np.ndarray, val: np.ndarray, test=()) -> None:
     where = f"in {meta.path}"
     present = np.unique(meta.y[train])
     if len(present) < 2:
@@ -180,5 +199,7 @@ def check_training_set(meta: Features, train: np.ndarray, val: np.ndarray) -> No
         raise DatasetError(
             f"class {missing[0]!r} has no training images {where}: add some to its train folder or remove the class"
         )
-    if len(val) == 0:
-        raise DatasetError(f"the validation split {where} is empty: add images to val/, or use data without a split")
+    if len(val) == 0 and len(test) == 0:
+        raise DatasetError(
+            f"the validation split {where} is empty: add images to val/ (or test/), or use data without a split"
+        )

@@ -1,26 +1,16 @@
 """``fit_heads``: load a cache once, split it, then for each head asked for optionally sweep, fit
 it and write its run folder (``fit_head`` does one).
 
-Sweep protocol (``sweep=True``), after the CLIP linear probe: the head's main regularization
-parameter runs over its registered log grid, each value scored by accuracy, then the head is
-refitted on the whole training split with the best value (ties go to the stronger
-regularization, which comes first in each grid).
+How choices are made without the held-out labels (the sweep's value, the ranking of several
+heads) is ``tlx.heads.training.sweep``: k-fold cross-validation on the training images by
+default, also when the data has its own val split; ``select_on="val"`` chooses on val instead,
+and every record of that run says its score is optimistic.
 
-* Data with its own train/val split: each value is fitted on train and scored on val, as in the
-  CLIP protocol. The reported val accuracy is then the selection score (no separate test set).
-* Data without a split: the seeded split always sets a validation part aside, and the sweep
-  scores each value by stratified k-fold cross-validation *inside the training part*
-  (k = 5, or fewer when a class has fewer training images). The validation part stays
-  untouched until the final evaluation, so its accuracy is an honest held-out estimate.
-  If a class has a single training image, k-fold is impossible and the validation part
-  is used, as with a data split; ``metrics.json`` records which (``sweep.selection``).
-
-With augmented views (``views``), each fold is drawn on the training *images* (the same folds
-as without views); a fold's fit uses the center rows and views of its training images, and it
-is scored on the center rows of its held-out images, so no view of a held-out image is fitted.
-
-Along the grid the heads that allow it (``linear``, ``logreg``) start each fit from the
-previous value's solution (warm start), which the strongest-first order makes short.
+Each head is then refitted on the whole training split and scored on val, and on test when the
+data has a test/ split (a train/ + test/ dataset has no val: train trains, test is reported as
+test; train is never re-split when the data holds images out itself). Copies of one photo on
+both sides of the split, or under two labels, are counted (``tlx.cache.duplicates``), printed
+as a warning and recorded.
 """
 
 from __future__ import annotations
@@ -30,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ... import __version__
+from ...cache.duplicates import duplicates_warning
 from ...cache.rows import CacheRows
 from ...common.mistakes import most_confused, plot_top_losses, top_losses
 from ...common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
@@ -51,36 +41,50 @@ from ..registry import (
     validate_params,
 )
 from .data import TrainingData, load_training_data, parse_memory
+from .sweep import SELECT_ON, Selection, SelectionError, plan_selection, plot_sweep, run_sweep, selection_score
 
-MAX_FOLDS = 5
 # fit-head --views default: 0 (center rows only). Measured on ants/bees (README, benchmarks/
 # accuracy.py), the views did not buy accuracy, so they are used only when asked for.
 DEFAULT_VIEWS: int | None = 0
+SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
 
 
 @dataclass
 class FitResult:
     run: Path
     clf: str
-    val_accuracy: float
+    val_accuracy: float | None  # None: the data has no val split (train + test)
     fit_seconds: float
     params: dict
     metrics: dict = field(default_factory=dict)  # the whole metrics.json record
+
+    @property
+    def cv_accuracy(self) -> float | None:
+        return self.metrics.get("cv_accuracy")
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.get("test_accuracy")
 
     def to_dict(self) -> dict:
         return {
             "run": str(self.run),
             "clf": self.clf,
             "val_accuracy": self.val_accuracy,
+            "cv_accuracy": self.cv_accuracy,
+            "test_accuracy": self.test_accuracy,
             "fit_seconds": self.fit_seconds,
             "params": self.params,
             "balanced_accuracy": self.metrics.get("balanced_accuracy"),
             "macro_f1": self.metrics.get("macro_f1"),
             "n_train": self.metrics.get("n_train"),
             "n_val": self.metrics.get("n_val"),
+            "n_test": self.metrics.get("n_test", 0),
             "n_train_views": self.metrics.get("n_train_views", 0),
             "cache": self.metrics.get("cache"),
             "sweep": self.metrics.get("sweep"),
+            "selection": self.metrics.get("selection"),
+            "duplicates": self.metrics.get("duplicates"),
         }
 
 
@@ -134,11 +138,13 @@ def fit_heads(
     max_memory: str | int | None = None,
     log: Callable[[str], None] | None = None,
     views: int | None = DEFAULT_VIEWS,
+    select_on: str = "cv",
 ) -> list[FitResult]:
     """Fit each head of ``clf`` (a name, a comma-separated list, or "all") on one load of a
     feature cache (a file, a folder or None = newest in the cache dir), each into its own run
     folder: ``out`` itself for one head, ``out/<head>`` for several. ``views``: also train on
-    views 1..N of the training images (None: all the cache holds; 0: none)."""
+    views 1..N of the training images (None: all the cache holds; 0: none). ``select_on``: how the
+    sweep and the ranking of several heads choose, "cv" (on the training images) or "val"."""
     log = log or (lambda _msg: None)
     names = parse_heads(clf)
     several = len(names) > 1
@@ -148,6 +154,8 @@ def fit_heads(
     if several and unknown:
         raise ParamError(f"--param {unknown[0]!r}: none of {', '.join(names)} has that parameter")
     chosen = {name: _params_for(get_head(name), params, sweep, class_weight, several) for name in names}
+    if select_on not in SELECT_ON:
+        raise SelectionError(f"--select-on must be cv or val, not {select_on!r}")
     if views is not None and views < 0:
         raise TlxError(f"--views must be 0 (center rows only) or more, not {views}")
     data = load_training_data(features, val_fraction, seed, parse_memory(max_memory), log, views)
@@ -158,10 +166,17 @@ def fit_heads(
                 f"{', '.join(held)} need the training rows in memory ({data.Xtr.nbytes / 2**30:.2f} GiB, "
                 "over --max-memory): raise --max-memory, or use linear, logreg or ridge, which stream"
             )
+    warning = duplicates_warning(data.duplicates)
+    if warning:
+        log(warning)
+    selection = None
+    if sweep or several:  # something is chosen: decided before any head is fitted
+        why = "--sweep" if sweep else f"ranking {len(names)} heads"
+        selection = plan_selection(select_on, data, seed, why)
     results = []
     for name in names:
         run_out = None if out is None else (Path(out) / name if several else Path(out))
-        results.append(_fit_one(get_head(name), chosen[name], data, sweep, seed, run_out, log))
+        results.append(_fit_one(get_head(name), chosen[name], data, sweep, selection, run_out, log))
     return results
 
 
@@ -172,17 +187,23 @@ def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = 
     return fit_heads(features, clf, params, sweep, **options)[0]
 
 
-def _fit_one(spec: HeadSpec, chosen: dict, data: TrainingData, sweep: bool, seed: int, out, log) -> FitResult:
+def _fit_one(
+    spec: HeadSpec, chosen: dict, data: TrainingData, sweep: bool, selection: Selection | None, out, log
+) -> FitResult:
     chosen = dict(chosen)
-    sweep_record, sweep_seconds = None, 0.0
-    if sweep:
+    sweep_record, sweep_seconds, cv_accuracy = None, 0.0, None
+    if selection is not None:
         spec.cls.prepare()
         t0 = time.perf_counter()
-        sweep_record = run_sweep(
-            spec, chosen, data.Xtr, data.ytr, data.Xva, data.yva, data.split_info, seed, log, data.train_group
-        )
+        if sweep:
+            sweep_record = run_sweep(spec, chosen, selection, log)
+            chosen[spec.main_param] = sweep_record["best"]
+            best_score = max(sweep_record["scores"])
+        else:
+            best_score = selection_score(spec, chosen, selection)
+        if selection.on == "cv":
+            cv_accuracy = best_score
         sweep_seconds = time.perf_counter() - t0
-        chosen[spec.main_param] = sweep_record["best"]
     head = spec.build(**chosen)
     spec.cls.prepare()
     t0 = time.perf_counter()
@@ -195,45 +216,67 @@ def _fit_one(spec: HeadSpec, chosen: dict, data: TrainingData, sweep: bool, seed
                 f"note: {spec.name} used {key}={used.get(key)} (asked for {value}) "
                 f"with {len(data.train)} training images"
             )
-    classes = data.meta.classes
-    proba = _full_proba(head, data.Xva, len(classes))
-    metrics = compute_metrics(data.yva, proba, classes)
-
     run_dir = new_run_dir(spec.name, out)
     from ..io import save_head
 
     save_head(head, run_dir)
     if data.fusion is not None:
         data.fusion.save(run_dir)
-    plot_confusion(metrics["confusion_matrix"], classes, run_dir / "confusion.png")
-    metrics["most_confused"] = most_confused(metrics["confusion_matrix"], classes)
-    root = Path(data.meta.dataset_root)
-    worst = top_losses(data.yva, proba)  # paths only for the images shown: a val set can be large
-    worst_paths = [str(root / data.meta.paths[data.val[i]]) for i in worst]
-    shown = plot_top_losses(worst_paths, data.yva[worst], proba[worst], classes, run_dir / "top_losses.png")
-    if shown["missing"]:
-        log(f"note: {len(shown['missing'])} of the top-loss images have moved or gone since extraction")
+    scores = _evaluate(head, data, run_dir, log)
     if sweep_record is not None:
         plot_sweep(sweep_record, run_dir / "sweep.png", spec.name)
-    record = _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_record, data)
+    record = _record(spec, used, chosen, scores, fit_seconds, sweep_seconds, sweep_record, data)
+    record["cv_accuracy"] = cv_accuracy
+    record["selection"] = selection.record() if selection is not None else None
     write_metrics(run_dir, record)
-    return FitResult(run_dir, spec.name, metrics["accuracy"], fit_seconds, record["params"], record)
+    return FitResult(run_dir, spec.name, record["val_accuracy"], fit_seconds, record["params"], record)
 
 
-def _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_record, data: TrainingData) -> dict:
+def _evaluate(head, data: TrainingData, run_dir: Path, log) -> dict:
+    """Scores on val and on test (each None when the data has none); the plots and the most
+    confused pairs are of val, or of test when there is no val."""
+    classes = data.meta.classes
+    sides = {"val": (data.Xva, data.yva, data.val), "test": (data.Xte, data.yte, data.test)}
+    scores: dict = {"val": None, "test": None}
+    for side, (X, y, rows) in sides.items():
+        if X is None or not len(y):
+            continue
+        proba = _full_proba(head, X, len(classes))
+        scores[side] = compute_metrics(y, proba, classes)
+        scores[side]["most_confused"] = most_confused(scores[side]["confusion_matrix"], classes)
+        if "shown" in scores:
+            continue  # the plots are of the first side scored
+        scores["shown"] = side
+        plot_confusion(scores[side]["confusion_matrix"], classes, run_dir / "confusion.png")
+        root = Path(data.meta.dataset_root)
+        worst = top_losses(y, proba)  # paths only for the images shown: a held-out set can be large
+        worst_paths = [str(root / data.meta.paths[rows[i]]) for i in worst]
+        shown = plot_top_losses(worst_paths, y[worst], proba[worst], classes, run_dir / "top_losses.png")
+        if shown["missing"]:
+            log(f"note: {len(shown['missing'])} of the top-loss images have moved or gone since extraction")
+    return scores
+
+
+def _record(spec, used, chosen, scores, fit_seconds, sweep_seconds, sweep_record, data: TrainingData) -> dict:
     meta = data.meta
+    main = scores[scores["shown"]]  # val, or test when the data has no val
+    val, test = scores["val"], scores["test"]
     return {
         "kind": "head",
         "clf": spec.name,
         "params": used,  # as the head used them (knn caps n_neighbors at the training rows)
         "params_set": jsonable_params(chosen),
-        "val_accuracy": metrics["accuracy"],
-        "balanced_accuracy": metrics["balanced_accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "per_class": metrics["per_class"],
-        "confusion_matrix": metrics["confusion_matrix"],
-        "most_confused": metrics["most_confused"],
-        "log_loss": metrics["log_loss"],
+        "val_accuracy": val["accuracy"] if val else None,
+        "test_accuracy": test["accuracy"] if test else None,
+        # The scores below, the confusion matrix and the plots are of this side: val, or test without val.
+        "evaluated_on": scores["shown"],
+        "balanced_accuracy": main["balanced_accuracy"],
+        "macro_f1": main["macro_f1"],
+        "per_class": main["per_class"],
+        "confusion_matrix": main["confusion_matrix"],
+        "most_confused": main["most_confused"],
+        "log_loss": main["log_loss"],
+        "test": _side_record(test),
         "fit_seconds": fit_seconds,
         "sweep_seconds": sweep_seconds,
         "streamed": data.streamed,
@@ -248,6 +291,8 @@ def _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_recor
         "split": data.split_info,
         "n_train": len(data.train),
         "n_val": len(data.val),
+        "n_test": len(data.test),
+        "duplicates": dict(data.duplicates),
         # augmented views trained on (views of training images only): per image, recipe, rows
         "views": data.views,
         "n_train_views": data.views["n_rows"] if data.views else 0,
@@ -255,6 +300,13 @@ def _record(spec, used, chosen, metrics, fit_seconds, sweep_seconds, sweep_recor
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tlx_version": __version__,
     }
+
+
+def _side_record(scores: dict | None) -> dict | None:
+    if scores is None:
+        return None
+    keep = (*SCORES, "per_class", "confusion_matrix", "most_confused")
+    return {k: scores[k] for k in keep}
 
 
 def _full_proba(head, X: np.ndarray | CacheRows, n_classes: int) -> np.ndarray:
@@ -265,71 +317,3 @@ def _full_proba(head, X: np.ndarray | CacheRows, n_classes: int) -> np.ndarray:
     full = np.zeros((len(X), n_classes))
     full[:, np.asarray(head.classes_, dtype=np.int64)] = proba
     return full
-
-
-def run_sweep(
-    spec: HeadSpec, params: dict, Xtr, ytr, Xva, yva, split_info: dict, seed: int = 0, log=None, groups=None
-) -> dict[str, Any]:
-    """Score every value of the head's grid; returns ``{param, grid, scores, best, selection}``.
-
-    ``groups``: the image of each training row when views follow the center rows (see
-    ``TrainingData.train_group``); folds are drawn on the images and scored on center rows."""
-    log = log or (lambda _msg: None)
-    grid = list(spec.grid)
-    n_images = len(ytr) if groups is None else int(np.max(groups)) + 1
-    smallest = int(np.unique(ytr[:n_images], return_counts=True)[1].min())
-    # k-fold needs row subsets in memory; a streamed training matrix is scored on val instead.
-    use_folds = split_info.get("source") != "data" and smallest >= 2 and not hasattr(Xtr, "blocks")
-    folds: list = []
-    if use_folds:
-        from .split import stratified_folds
-
-        k = min(MAX_FOLDS, smallest)
-        # scikit-learn's StratifiedKFold(k, shuffle=True), row for row, drawn on the images
-        folds = stratified_folds(ytr[:n_images], k, seed)
-        if groups is not None:  # a fold fits its images' center rows and views; it scores center rows
-            folds = [(np.flatnonzero(np.isin(groups, a)), b) for a, b in folds]
-        selection = f"{k}-fold on train"
-    else:
-        selection = "val"
-    warm = {"warm_start": True} if "warm_start" in spec.defaults() else {}
-    chains = [spec.build(**params, **warm) for _ in (folds if use_folds else [None])]  # one per fold
-    scores = []
-    for value in grid:
-        for head in chains:
-            head.set_params(**{spec.main_param: value})
-        if use_folds:
-            accs = [
-                np.mean(h.fit(Xtr[a], ytr[a]).predict(Xtr[b]) == ytr[b])
-                for h, (a, b) in zip(chains, folds, strict=True)
-            ]
-            score = float(np.mean(accs))
-        else:
-            score = float(np.mean(chains[0].fit(Xtr, ytr).predict(Xva) == yva))
-        scores.append(score)
-        log(f"  {spec.main_param}={value:g}: accuracy {score:.4f} ({selection})")
-    best = grid[int(np.argmax(scores))]  # first maximum = strongest regularization among the best
-    return {"param": spec.main_param, "grid": grid, "scores": scores, "best": best, "selection": selection}
-
-
-def plot_sweep(record: dict, path, head: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid, scores = np.asarray(record["grid"], dtype=float), np.asarray(record["scores"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(grid, scores, "o-")
-    best = float(record["best"])
-    ax.axvline(best, color="gray", linestyle="--", label=f"best {record['param']}={best:g}")
-    if np.all(grid > 0):
-        ax.set_xscale("log")
-    ax.set_xlabel(record["param"])
-    ax.set_ylabel(f"accuracy ({record['selection']})")
-    ax.set_title(f"{head} sweep")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)

@@ -1,7 +1,9 @@
-"""Which cached images train a head and which validate it.
+"""Which cached images train a head, which validate it and which test it.
 
-* The data's own split when it has one (some rows "train" and some "val"): train = the
-  "train" rows, val = the "val" rows; other rows ("test", unlabelled) are left out.
+* The data's own split when it has one (some rows "train" and some "val" or "test"): train =
+  the "train" rows, val = the "val" rows, test = the "test" rows (``split_rows``). Train is never
+  re-split when the data holds images out itself: a train/ + test/ dataset has no val, and its
+  test images are scored as test.
 * Otherwise a seeded split of the remaining rows ("test" rows are never used). Each image
   draws a number in [0, 1) from sha256(seed, its content hash) and goes to validation when
   that number is below ``val_fraction``. An image's side therefore depends on its own content
@@ -71,6 +73,26 @@ def split_indices(
             in_val[ranked[-1]] = False
     train, val = np.flatnonzero(usable & ~in_val), np.flatnonzero(in_val)
     return train, val, {"source": "seeded", "val_fraction": val_fraction, "seed": int(seed)}
+
+
+def split_rows(
+    paths: list[str],
+    labels: np.ndarray,
+    split: list[str],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    hashes: Sequence[str | None],
+    classes: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """``(train, val, test, info)``: as :func:`split_indices`, plus the rows tagged "test", and
+    the data's own train/test split used as it is when there is no val."""
+    tags = np.asarray(list(split), dtype=object)
+    test = np.flatnonzero(tags == "test")
+    if "train" in tags and "val" not in tags and len(test):
+        return np.flatnonzero(tags == "train"), np.zeros(0, dtype=np.int64), test, {"source": "data"}
+    train, val, info = split_indices(paths, labels, split, val_fraction, seed, hashes=hashes, classes=classes)
+    return train, val, test, info
 
 
 def _draw(seed: int, content_hash: str, path: str) -> float:

@@ -1,0 +1,202 @@
+"""Choosing without the held-out labels: the sweep of a head's main parameter, and the score that
+ranks several heads.
+
+Every choice (a sweep's value, the order of ``--clf all``) is made by k-fold cross-validation on
+the training images alone (``--select-on cv``, the default), also when the data has its own val
+split, so the val and test scores reported afterwards are honest estimates of a model nobody
+tuned on them. The folds are scikit-learn's ``StratifiedGroupKFold(k, shuffle=True)`` over the
+training images, k = min(5, the smallest class's count of distinct training images), grouped by
+content: an image, its augmented views and any byte-identical copy of it stay in one fold, so no
+fold is scored on a photo it was fitted on. A fold fits its images' center rows and views and is
+scored on the center rows of its held-out images.
+
+``--select-on val`` chooses on the val labels instead, as the CLIP linear-probe protocol does;
+the val score of that choice is optimistic (the maximum of several noisy scores) and every
+record of it says so.
+
+Grids: the registry's grid of a head, made at most half a decade per step (``densify``), run
+from the strongest regularization to the weakest; ties go to the first, the strongest. Heads
+that allow it (``warm_start`` in their defaults) start each fit from the previous value's solution.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import TlxError
+from ..registry import HeadSpec
+
+MAX_FOLDS = 5
+HALF_DECADE = 0.5  # the widest step of a sweep grid, in decades
+SELECT_ON = ("cv", "val")
+
+
+class SelectionError(TlxError):
+    """A choice that cannot be made without the held-out labels (or with them, when there are none)."""
+
+
+def densify(grid: Sequence) -> list:
+    """The grid with geometric midpoints inserted wherever two neighbours are more than half a
+    decade apart (integers stay integers; grids with a value <= 0 are returned as they are)."""
+    values = list(grid)
+    if len(values) < 2 or any(not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 for v in values):
+        return values
+    integers = all(isinstance(v, int) for v in values)
+    out: list = [values[0]]
+    for a, b in itertools.pairwise(values):
+        decades = abs(math.log10(b / a))
+        steps = max(1, math.ceil(decades / HALF_DECADE - 1e-9))
+        for i in range(1, steps):
+            mid = a * (b / a) ** (i / steps)
+            out.append(round(mid) if integers else float(mid))
+        out.append(b)
+    return list(dict.fromkeys(out))  # rounding can repeat an integer
+
+
+@dataclass
+class Selection:
+    """How choices are scored: ``cv`` (the folds, as rows of the training matrix) or ``val``."""
+
+    on: str
+    Xtr: Any
+    ytr: np.ndarray
+    Xva: Any = None
+    yva: np.ndarray | None = None
+    folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def k(self) -> int:
+        return len(self.folds)
+
+    @property
+    def optimistic(self) -> bool:
+        return self.on == "val"
+
+    def describe(self) -> str:
+        return f"{self.k}-fold CV on train" if self.on == "cv" else "val, optimistic"
+
+    def record(self) -> dict:
+        if self.on == "cv":
+            return {"on": "cv", "folds": self.k, "grouped_by": "content", "optimistic": False}
+        return {"on": "val", "optimistic": True}
+
+    def slots(self) -> int:
+        """How many heads a score needs: one per fold, or one fitted on all of train."""
+        return self.k if self.on == "cv" else 1
+
+    def score(self, heads: list) -> float:
+        """Accuracy of ``heads`` (as set: one per slot), fitted and scored as this selection says."""
+        if self.on == "val":
+            assert self.yva is not None
+            return _accuracy(heads[0].fit(self.Xtr, self.ytr), self.Xva, self.yva)
+        accs = [
+            _accuracy(h.fit(_rows(self.Xtr, a), self.ytr[a]), _rows(self.Xtr, b), self.ytr[b])
+            for h, (a, b) in zip(heads, self.folds, strict=True)
+        ]
+        return float(np.mean(accs))
+
+
+def plan_selection(select_on: str, data, seed: int, why: str, classes: Sequence[str] | None = None) -> Selection:
+    """The selection ``why`` (e.g. "--sweep") will use on ``data`` (a ``TrainingData``)."""
+    if select_on not in SELECT_ON:
+        raise SelectionError(f"--select-on must be cv or val, not {select_on!r}")
+    if select_on == "val":
+        if not len(data.yva):
+            raise SelectionError(
+                f"--select-on val: {data.path} has no val images to choose on (only train and test): "
+                "use --select-on cv, which chooses on the training images alone"
+            )
+        return Selection("val", data.Xtr, data.ytr, data.Xva, data.yva)
+    hashes = [data.meta.sha256[i] for i in data.train]
+    folds = grouped_folds(data.ytr, hashes, data.train_group, seed, why, classes or data.meta.classes)
+    return Selection("cv", data.Xtr, data.ytr, folds=folds)
+
+
+def grouped_folds(
+    ytr: np.ndarray, hashes: Sequence[str], train_group, seed: int, why: str, classes: Sequence[str]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(fit rows, score rows)`` of the training matrix for each fold (see the module's docstring)."""
+    n_images = len(hashes)
+    y_img = np.asarray(ytr[:n_images])
+    # Rows without a hash are their own group: only equal non-empty contents are held together.
+    keys = [h or f"row:{i}" for i, h in enumerate(hashes)]
+    _, group = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
+    counts = {int(c): len(np.unique(group[y_img == c])) for c in np.unique(y_img)}
+    label, smallest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))
+    if smallest < 2:
+        raise SelectionError(
+            f"{why} chooses by k-fold cross-validation on the training images, and class {classes[label]!r} has "
+            f"{smallest} distinct training image: add images of that class, or pass --select-on val to choose on "
+            "the val labels (the val score is then optimistic)"
+        )
+    from sklearn.model_selection import StratifiedGroupKFold  # here only: a plain fit-head never pays for it
+
+    k = min(MAX_FOLDS, smallest)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = []
+    for fit_images, score_images in splitter.split(np.zeros(n_images), y_img, group):
+        fit_rows = fit_images if train_group is None else np.flatnonzero(np.isin(train_group, fit_images))
+        folds.append((np.sort(fit_rows), np.sort(score_images)))  # score: center rows (the first n_images)
+    return folds
+
+
+def run_sweep(spec: HeadSpec, params: dict, selection: Selection, log=None) -> dict[str, Any]:
+    """Score every value of the head's (densified) grid; returns ``{param, grid, scores, best,
+    selection}``, best being the first of the best scores."""
+    log = log or (lambda _msg: None)
+    grid = densify(spec.grid)
+    warm = {"warm_start": True} if "warm_start" in spec.defaults() else {}
+    chain = [spec.build(**params, **warm) for _ in range(selection.slots())]  # one per fold, warm along the grid
+    scores = []
+    for value in grid:
+        for head in chain:
+            head.set_params(**{spec.main_param: value})
+        score = selection.score(chain)
+        scores.append(score)
+        log(f"  {spec.main_param}={value:g}: accuracy {score:.4f} ({selection.describe()})")
+    best = grid[int(np.argmax(scores))]  # first maximum = strongest regularization among the best
+    return {"param": spec.main_param, "grid": grid, "scores": scores, "best": best, "selection": selection.describe()}
+
+
+def selection_score(spec: HeadSpec, params: dict, selection: Selection) -> float:
+    """The selection's score of one head with fixed parameters (what ranks several heads)."""
+    return selection.score([spec.build(**params) for _ in range(selection.slots())])
+
+
+def plot_sweep(record: dict, path, head: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid, scores = np.asarray(record["grid"], dtype=float), np.asarray(record["scores"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(grid, scores, "o-")
+    best = float(record["best"])
+    ax.axvline(best, color="gray", linestyle="--", label=f"best {record['param']}={best:g}")
+    if np.all(grid > 0):
+        ax.set_xscale("log")
+    ax.set_xlabel(record["param"])
+    ax.set_ylabel(f"accuracy ({record['selection']})")
+    ax.set_title(f"{head} sweep")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _rows(X, idx: np.ndarray):
+    """Rows of an array, or of a streamed ``CacheRows`` (``idx`` sorted, as the folds are)."""
+    return X.subset(idx) if hasattr(X, "subset") else X[idx]
+
+
+def _accuracy(head, X, y: np.ndarray) -> float:
+    return float(np.mean(np.asarray(head.predict(X)) == y))
