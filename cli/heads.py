@@ -197,9 +197,9 @@ def leaderboard(results) -> str:
 
     def rank_key(r):
         score = r.val_accuracy if on_val else r.cv_accuracy
-        return (-(score if score is not None else -1.0), r.clf)
+        return -(score if score is not None else -1.0)
 
-    ranked = sorted(results, key=rank_key)
+    ranked = sorted(results, key=rank_key)  # stable: ties keep the order the heads were asked in
     lines = [f"{'head':<7} {'params':<29} {'cv acc':>6} {'val acc':>7} {'test acc':>8} {'fit s':>7}"]
     for r in ranked:
         chosen = dict(r.metrics.get("params_set") or {})
