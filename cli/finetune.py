@@ -16,6 +16,11 @@ class Optim(str, Enum):
     sgd = "sgd"
 
 
+class EpochSelect(str, Enum):
+    last = "last"
+    val = "val"
+
+
 def register(app: typer.Typer) -> None:
     app.command("finetune")(finetune_command)
 
@@ -115,7 +120,16 @@ def finetune_command(
         typer.Option(
             min=0,
             metavar="PATIENCE",
-            help="Stop after this many epochs without a better validation accuracy (0 = never) [default: 0].",
+            help="Stop after this many epochs without a better validation accuracy (0 = never; needs "
+            "--select-on val, since it chooses on the val labels) [default: 0].",
+        ),
+    ] = None,
+    select_on: Annotated[
+        EpochSelect | None,
+        typer.Option(
+            help="Which epoch is kept and reported: last (chosen without the val labels, so its val score is honest) "
+            "or val (the best val accuracy, --init-head's fitted head included as epoch 0: optimistic) "
+            "[default: last].",
         ),
     ] = None,
     val_fraction: Annotated[
@@ -180,6 +194,7 @@ def finetune_command(
         val_fraction=val_fraction,
         seed=seed,
         warmup_epochs=warmup_epochs,
+        select_on=select_on.value if select_on else None,
         workers=workers,
         device=device.value,
         out=out,
@@ -192,8 +207,12 @@ def finetune_command(
         return  # under torchrun only rank 0 reports
     if result.n_skipped:
         info(f"warning: {result.n_skipped} unreadable image(s) skipped", quiet)
+    if result.selection.get("optimistic"):
+        chosen = f"best epoch {result.best_epoch} of {result.epochs_done} on the val labels: optimistic"
+    else:
+        chosen = f"epoch {result.best_epoch} of {result.epochs_done}, the last: chosen without the val labels"
     summary = (
-        f"{result.run}: val accuracy {result.val_accuracy:.4f} (best epoch {result.best_epoch} of {result.epochs_done}"
+        f"{result.run}: val accuracy {result.val_accuracy:.4f} ({chosen}"
         f"{', stopped early' if result.early_stopped else ''}); "
         f"{result.seconds_per_epoch:.1f} s/epoch, {result.seconds:.1f} s"
     )

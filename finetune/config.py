@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..heads.runs import Run
 
 OPTIMIZERS = ("adamw", "sgd")
+SELECT_ON = ("last", "val")
 DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 1e-4}
 
@@ -41,10 +42,14 @@ class FinetuneConfig:
     init_head: str = ""
     augment: bool = True
     train_bn: bool = False
-    early_stop: int = 0  # patience in epochs, 0 = off
+    early_stop: int = 0  # patience in epochs, 0 = off (needs select_on "val": it stops on the val labels)
     val_fraction: float = 0.2
     seed: int = 0
     warmup_epochs: float = 1.0
+    # Which epoch's weights are kept and reported: "last" (chosen without the val labels, so the
+    # val score is an honest estimate) or "val" (the best val accuracy, the fitted head of an LP-FT
+    # run included as epoch 0: its val score is optimistic).
+    select_on: str = "last"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +115,13 @@ def check_values(cfg: FinetuneConfig, world: int) -> None:
             raise TlxError(f"--{name.replace('_', '-')} must be positive, not {getattr(cfg, name)}")
     if cfg.early_stop < 0:
         raise TlxError(f"--early-stop must be 0 (off) or a number of epochs, not {cfg.early_stop}")
+    if cfg.select_on not in SELECT_ON:
+        raise TlxError(f"--select-on must be {' or '.join(SELECT_ON)}, not {cfg.select_on!r}")
+    if cfg.early_stop and cfg.select_on != "val":
+        raise TlxError(
+            f"--early-stop {cfg.early_stop} stops at the epoch the val labels call best, which is choosing on val: "
+            "add --select-on val (its val score is then marked optimistic), or drop --early-stop"
+        )
 
 
 def resolve_config(explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig, InitHead | None, Path | None]:
@@ -263,3 +275,10 @@ def find_cache_of(dataset_root: Path) -> Path | None:
         except (OSError, KeyError):
             continue  # a damaged cache is not ours to report: fine-tuning reads images, not features
     return None
+
+
+def selection_record(cfg: FinetuneConfig) -> dict:
+    """What ``metrics.json`` and ``finetune.json`` say about how the reported epoch was chosen."""
+    if cfg.select_on == "val":
+        return {"on": "val", "optimistic": True}
+    return {"on": "last epoch", "optimistic": False}

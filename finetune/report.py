@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..common.atomic import atomic_path, write_json_atomic
+from .config import selection_record
 from .model import CONFIG_FILE, MODEL_FILE
 
 
@@ -53,7 +54,7 @@ def plot_learning_curve(
     ax_loss.legend()
     ax_acc.plot(val_epochs, val_acc, "o-", color="tab:green", label="validation accuracy")
     if best_epoch is not None:
-        ax_acc.axvline(best_epoch, color="gray", linestyle=":", label=f"best (epoch {best_epoch})")
+        ax_acc.axvline(best_epoch, color="gray", linestyle=":", label=f"kept (epoch {best_epoch})")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     ax_acc.legend()
@@ -105,8 +106,10 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
         "early_stopped": bool(state.stopped),
         "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3),
         "history": history,
-        # With --init-head: the fitted head's own val accuracy before any step (best_epoch 0 = it won).
+        # With --init-head: the fitted head's own val accuracy before any step (best_epoch 0 = it won,
+        # which only --select-on val allows).
         "init_head_val_accuracy": (state.init_eval or {}).get("val_accuracy"),
+        "selection": selection_record(cfg),
     }
     save_model(state.best_weights, run_dir)
     write_finetune_config(
@@ -126,6 +129,7 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
             "n_stages": len(run.backbone.stages),
             "init_head": cfg.init_head,
             "best_epoch": best_epoch,
+            "selection": selection_record(cfg),
             "tlx_version": version,
         },
     )

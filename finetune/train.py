@@ -30,6 +30,7 @@ from .config import (
     find_cache_of,
     normalize_option,
     resolve_config,
+    selection_record,
 )
 from .data import SplitData
 from .distributed import Dist, all_gather_objects, barrier, broadcast_object, cleanup, setup
@@ -53,6 +54,7 @@ class FinetuneResult:
     n_train: int
     n_val: int
     n_skipped: int
+    selection: dict = field(default_factory=dict)  # how best_epoch was chosen; optimistic on val
     metrics: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
@@ -100,6 +102,7 @@ def finetune(
     val_fraction: float | None = None,
     seed: int | None = None,
     warmup_epochs: float | None = None,
+    select_on: str | None = None,
     workers: int | None = None,
     device: str | None = "auto",
     out=None,
@@ -141,6 +144,7 @@ def finetune(
         "val_fraction": val_fraction,
         "seed": seed,
         "warmup_epochs": warmup_epochs,
+        "select_on": select_on,
     }
     explicit = {k: normalize_option(k, v) for k, v in options.items() if v is not None}
     finished = False
@@ -374,16 +378,18 @@ def _new_run_dir(procs: Dist, cfg: FinetuneConfig, out) -> Path:
 
 
 def _score_fitted_head(run: Setup, state: LoopState, run_dir: Path, reporter: Reporter) -> None:
-    """LP-FT: the fitted head itself is the first candidate ("epoch 0"). Fine-tuned weights
-    replace it only where they beat it on the validation split, so starting from a fitted head
-    never ends below that head. (A resumed run has this score in its checkpoint.)"""
+    """LP-FT: the fitted head's own val score before any step ("epoch 0"). With --select-on val it
+    is also the first candidate: fine-tuned weights replace it only where they beat it on the
+    val labels (a choice on val, so optimistic). By default it is reported, never kept: the last
+    epoch is. (A resumed run has this score in its checkpoint.)"""
     training = run.training
     local = evaluate(training.net, run.val_loader, run.val_labels, training.normalize, training.precision)
     scores = reduce_eval(training.procs, local, run.val_labels, len(run.split.classes), training.precision.device)
     state.init_eval = {"val_accuracy": scores["val_accuracy"], "val_loss": scores["val_loss"]}
-    state.improve(-1, scores["val_accuracy"], training.net, local)
-    if training.procs.is_main:
-        ckpt.save_best(run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST, state)
+    if run.cfg.select_on == "val":
+        state.improve(-1, scores["val_accuracy"], training.net, local)
+        if training.procs.is_main:
+            ckpt.save_best(run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST, state)
     reporter.message(
         f"epoch 0 (the fitted head, before any step): val loss {scores['val_loss']:.4f}, "
         f"val acc {scores['val_accuracy']:.4f}"
@@ -432,17 +438,20 @@ def _run_epochs(
         }
         state.history.append(entry)
         improved = scores["val_accuracy"] > state.best_accuracy
-        if improved:
+        # "last": every epoch replaces the kept weights, whatever the val labels say.
+        kept = improved if cfg.select_on == "val" else True
+        if kept:
             state.improve(epoch, scores["val_accuracy"], training.net, local)
         state.bad_epochs = 0 if improved else state.bad_epochs + 1
         state.stopped = bool(cfg.early_stop) and state.bad_epochs >= cfg.early_stop and epoch + 1 < cfg.epochs
         if procs.is_main:
             ckpt.save_last(last_path, training, epoch, state, _checkpoint_extra(run))
-            if improved:
+            if kept:
                 ckpt.save_best(best_path, state)
+        best = " (best)" if improved and cfg.select_on == "val" else ""
         reporter.message(
             f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, val loss {entry['val_loss']:.4f}, "
-            f"val acc {entry['val_accuracy']:.4f}{' (best)' if improved else ''}, {seconds:.1f} s, "
+            f"val acc {entry['val_accuracy']:.4f}{best}, {seconds:.1f} s, "
             f"{entry['train_images_per_second']:.1f} img/s"
             + (f"; no improvement for {state.bad_epochs} epochs, stopping early" if state.stopped else "")
         )
@@ -496,5 +505,6 @@ def _finish(
         n_train=len(run.split.train_paths),
         n_val=len(run.split.val_paths),
         n_skipped=len(skipped),
+        selection=selection_record(run.cfg),
         metrics=metrics,
     )

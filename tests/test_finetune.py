@@ -154,11 +154,14 @@ def test_init_head_from_a_fit_head_run_end_to_end(cli, data, tmp_path):
     assert m["val_accuracy"] == pytest.approx(head_acc)  # a step of 1e-12 leaves the fitted head as it was
     assert m["init_head_val_accuracy"] == pytest.approx(head_acc)  # evaluated as "epoch 0" before any step
 
-    # A rate that wrecks the network: the fitted head, as epoch 0, stays the model that is kept.
+    # A rate that wrecks the network: with --select-on val the fitted head, as epoch 0, stays the
+    # model that is kept (chosen on the val labels, so marked optimistic).
     r = cli(
         "finetune",
         "--init-head",
         tmp_path / "head",
+        "--select-on",
+        "val",
         "--epochs",
         "1",
         "--unfreeze",
@@ -182,6 +185,7 @@ def test_init_head_from_a_fit_head_run_end_to_end(cli, data, tmp_path):
     )
     assert r.exit_code == 0, r.stderr
     wrecked = json.loads((tmp_path / "wreck" / "metrics.json").read_text())
+    assert wrecked["selection"] == {"on": "val", "optimistic": True}
     assert wrecked["val_accuracy"] >= head_acc - 1e-9
     if wrecked["best_epoch"] == 0:
         assert wrecked["val_accuracy"] == pytest.approx(head_acc)
