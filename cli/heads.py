@@ -128,7 +128,7 @@ def fit_head_command(
 def summary_line(result) -> str:
     """One head's result: its held-out scores (val, test), what the sweep chose and how."""
     m = result.metrics
-    set_params = ", ".join(f"{k}={v}" for k, v in m["params_set"].items())
+    set_params = _param_list(m["params_set"])
     side = m.get("evaluated_on", "val")
     accuracy = result.val_accuracy if side == "val" else m.get("test_accuracy")
     summary = (
@@ -149,6 +149,10 @@ def summary_line(result) -> str:
         if (m.get("selection") or {}).get("optimistic"):
             summary += "; the val score is optimistic: the value was chosen on the val labels"
     return summary
+
+
+def _param_list(params: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def _parse_views(views: str | None) -> int | None:
@@ -178,11 +182,15 @@ def show_run(run: Path, json_out: bool) -> None:
     if json_out:
         emit_json({"run": str(run), "most_confused": pairs, "files": files, **info_})
         return
-    typer.echo(
-        f"{run}: {info_['kind']} {info_.get('clf')} on {info_.get('dataset') or '-'}, val accuracy "
-        f"{_fmt(info_.get('val_accuracy'), '.4f')} (balanced {_fmt(info_.get('balanced_accuracy'), '.4f')}) "
-        f"on {info_.get('n_val')} val / {info_.get('n_train')} train images"
+    side = info_.get("evaluated_on", "val")  # a train + test dataset has no val: test is shown
+    line = (
+        f"{run}: {info_['kind']} {info_.get('clf')} on {info_.get('dataset') or '-'}, {side} accuracy "
+        f"{_fmt(info_.get(f'{side}_accuracy'), '.4f')} (balanced {_fmt(info_.get('balanced_accuracy'), '.4f')}) "
+        f"on {info_.get(f'n_{side}')} {side} / {info_.get('n_train')} train images"
     )
+    if side == "val" and info_.get("n_test"):
+        line += f"; test accuracy {_fmt(info_.get('test_accuracy'), '.4f')} on {info_['n_test']} test images"
+    typer.echo(line)
     typer.echo("most confused (true -> predicted: count):" if pairs else "no confusions on the validation images")
     for p in pairs:
         typer.echo(f"  {p['true']} -> {p['predicted']}: {p['count']}")
@@ -205,9 +213,7 @@ def leaderboard(results) -> str:
         chosen = dict(r.metrics.get("params_set") or {})
         if r.metrics.get("sweep"):
             chosen[r.metrics["sweep"]["param"]] = r.metrics["sweep"]["best"]
-        params = (
-            ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()) or "defaults"
-        )
+        params = _param_list(chosen) or "defaults"
         params = params if len(params) <= 29 else params[:28] + "~"
         lines.append(
             f"{r.clf:<7} {params:<29} {_fmt(r.cv_accuracy, '6.4f'):>6} {_fmt(r.val_accuracy, '7.4f'):>7} "
@@ -395,7 +401,7 @@ FINETUNE_SUMMARY = ("unfreeze", "epochs", "lr", "optimizer", "batch_size")
 def _summary(record: dict, params: dict) -> str:
     """A head's parameters as set; for a fine-tuning, the few options that shape it most."""
     if record.get("kind") != "finetune":
-        return ", ".join(f"{k}={v}" for k, v in params.items())
+        return _param_list(params)
     parts = [
         f"{k}={params[k]:g}" if isinstance(params[k], float) else f"{k}={params[k]}"
         for k in FINETUNE_SUMMARY
