@@ -87,13 +87,38 @@ def read_attrs(path: Path) -> dict:
 
 
 class UnreadableCacheError(CacheError):
-    """A cache file that cannot be read (truncated, foreign, damaged). ``reason`` says what is
-    wrong without advice, for callers that act on it themselves (extract rebuilds it)."""
+    """A cache file that cannot be read (truncated, damaged). ``reason`` says what is wrong
+    without advice, for callers that act on it themselves (extract rebuilds it). The advice
+    never asks to delete anything: the file may be a user's, and extract rebuilds an index in
+    place, taking back the vectors its parts still hold."""
 
     def __init__(self, path: Path, reason: str):
-        super().__init__(f"{reason}; delete it and re-run `tlx extract`")
+        super().__init__(f"{reason}; run `tlx extract` on its data again to rebuild it")
         self.path = path
         self.reason = reason
+
+
+def not_a_cache(path: Path) -> str | None:
+    """Why ``path`` (an existing file) is not a tlx cache index, naming what it is instead; None
+    when it is one, or when it cannot be told (an unreadable file is reported by its reader)."""
+    folder = path.parent.name
+    for suffix in (".parts", ".views"):
+        if folder.endswith(".h5" + suffix):
+            cache = path.parent.with_name(folder[: -len(suffix)])
+            return f"{path} is a part of the cache {cache}, not a cache: pass {cache}"
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            attrs = _attrs_of(f)
+    except (OSError, ValueError):
+        return None
+    if attrs.get("tlx_format") in READABLE_FORMATS:
+        return None
+    if "tlx_part" in attrs or "tlx_view_part" in attrs:
+        return f"{path} is a part of a tlx cache, not a cache: pass the .h5 index beside its .parts folder"
+    return (
+        f"{path} is not a tlx feature cache (it has no tlx_format attribute): "
+        "pass a cache that `tlx extract` wrote, or a folder of them"
+    )
 
 
 def check_format(path: Path, attrs: dict) -> int:
@@ -163,29 +188,40 @@ class CacheIndex:
 
 
 def read_index(path: Path) -> CacheIndex:
+    """The index at ``path``, its part files checked present (for writers, under the lock;
+    readers take a ``tlx.cache.reader.Snapshot`` and :func:`index_of` its open index)."""
     try:
         with h5py.File(path, "r") as f:
-            attrs = _attrs_of(f)
-            fmt = check_format(path, attrs)
+            check_format(path, _attrs_of(f))
             check_parts(f, path)
-            index = CacheIndex(
-                path=path,
-                space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
-                paths=decode_strings(f["paths"]),
-                hashes=decode_strings(f["content_sha256"]),
-                labels=f["labels"][()],
-                splits=decode_strings(f["split"]),
-                classes=decode_strings(f["classes"]),
-                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=False)),
-                attrs=attrs,
-                format=fmt,
-            )
-            if fmt >= 2:
-                from .views import read_group
+            return index_of(f, path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
 
-                _read_stat_index(f, index)
-                index.views = read_group(f)
-            return index
+
+def index_of(f, path: Path) -> CacheIndex:
+    """The :class:`CacheIndex` of an open index file ``f``."""
+    try:
+        attrs = _attrs_of(f)
+        fmt = check_format(path, attrs)
+        index = CacheIndex(
+            path=path,
+            space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
+            paths=decode_strings(f["paths"]),
+            hashes=decode_strings(f["content_sha256"]),
+            labels=f["labels"][()],
+            splits=decode_strings(f["split"]),
+            classes=decode_strings(f["classes"]),
+            failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=False)),
+            attrs=attrs,
+            format=fmt,
+        )
+        if fmt >= 2:
+            from .views import read_group
+
+            _read_stat_index(f, index)
+            index.views = read_group(f)
+        return index
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
 
@@ -203,47 +239,6 @@ def _read_stat_index(f, index: CacheIndex) -> None:
     index.part_rows = f["parts/rows"][()].tolist()
     index.source_part = f["source/part"][()]
     index.source_row = f["source/row"][()]
-
-
-def read_summary(path: Path) -> dict:
-    """What ``tlx info`` shows of a cache, without reading its features or paths; raises
-    :class:`UnreadableCacheError` for a file that is not a complete tlx cache."""
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = _attrs_of(f)
-            check_format(path, attrs)
-            check_parts(f, path)
-            n = int(attrs["n_images"])
-            lengths = {name: len(f[name]) for name in ("features", "labels", "paths", "split", "content_sha256")}
-            if set(lengths.values()) != {n}:
-                raise UnreadableCacheError(
-                    path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
-                )
-            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
-            space = json.loads(attrs["feature_space"])
-            n_parts = len(f["parts/names"]) if "parts" in f else 0
-            n_views = int(f["views"].attrs["count"]) if "views" in f else 0
-    except (OSError, KeyError, ValueError) as exc:
-        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
-    return {
-        "path": str(path),
-        "dataset": attrs.get("dataset_name"),
-        "dataset_root": attrs.get("dataset_root"),
-        "backbone": attrs.get("backbone"),
-        "pooling": attrs.get("pooling"),
-        "stages": int(space.get("stages", 0)),
-        "precision": space.get("precision", "fp32"),
-        "n_images": n,
-        "feature_dim": int(attrs.get("feature_dim", 0)),
-        "updated": attrs.get("updated"),
-        "weights_sha256": space.get("weights_sha256"),
-        "format": int(attrs["tlx_format"]),
-        "n_parts": n_parts,
-        "views": n_views,
-        "view_recipe": json.loads(attrs["view_recipe"])["name"] if n_views else None,
-        "n_failed": len(failed),
-        "failed": [{"path": p, "reason": r} for p, r in failed.items()],
-    }
 
 
 # --------------------------------------------------------------------------- parts
@@ -573,13 +568,62 @@ class CacheLock:
 
 
 def list_caches(where: Path) -> list[Path]:
-    """Complete caches under a folder (or the file itself), newest first."""
+    """The caches under a folder (or the file itself), newest first by the ``updated`` time each
+    index records (file times change on a copy or a touch; the record does not). Part files and
+    foreign .h5 files are not caches and are never listed; a file HDF5 cannot open is listed
+    (last), so that whoever reads it reports it as damaged."""
     if where.is_file():
         return [where]
     if not where.is_dir():
         return []
-    files = [p for p in where.glob("*.h5") if not p.name.startswith(".") and p.is_file()]
-    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+    found = []
+    for p in where.glob("*.h5"):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        try:
+            with h5py.File(p, "r", locking=False) as f:
+                attrs = _attrs_of(f)
+        except (OSError, ValueError):
+            found.append((0.0, p.stat().st_mtime, p))  # unreadable: possibly a damaged cache
+            continue
+        if attrs.get("tlx_format") in READABLE_FORMATS:
+            found.append((updated_time(attrs), p.stat().st_mtime, p))
+    return [p for _, _, p in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
+
+
+def updated_time(attrs: dict) -> float:
+    """The index's recorded ``updated`` time as seconds since the epoch (0 when absent)."""
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(str(attrs.get("updated", "")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return 0.0
+
+
+def pick_cache(where: Path) -> Path:
+    """The cache a command without ``--features`` uses, from a folder: the newest (by recorded
+    ``updated`` time) of the one dataset the folder holds caches of; with several datasets, the
+    one named like the current working folder, else a refusal listing the candidates."""
+    caches = list_caches(where)
+    if not caches:
+        raise CacheError(f"no feature cache found at {where}: run `tlx extract DATA` first, or pass --features FILE")
+    datasets: dict[str, list[Path]] = {}
+    for p in caches:
+        try:
+            name = str(read_attrs(p).get("dataset_name", ""))
+        except (OSError, ValueError):
+            name = ""  # unreadable: its reader reports it, if it is the one taken
+        datasets.setdefault(name, []).append(p)
+    if len(datasets) == 1:
+        return caches[0]
+    here = Path.cwd().name
+    if here in datasets:
+        return datasets[here][0]
+    listed = "; ".join(f"{name or '?'}: {', '.join(p.name for p in ps)}" for name, ps in sorted(datasets.items()))
+    raise CacheError(
+        f"{where} holds caches of {len(datasets)} datasets ({listed}): pass --features FILE to say which"
+    )
 
 
 def now_iso() -> str:

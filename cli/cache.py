@@ -30,12 +30,14 @@ def compact_command(
 ) -> None:
     """Merge a cache's parts into one, dropping the rows of removed images (h5py only, no torch)."""
     from ..cache.compact import compact
-    from ..cache.store import default_cache_dir, list_caches
+    from ..cache.store import default_cache_dir, list_caches, not_a_cache
     from ..errors import CacheError
 
     where = cache if cache is not None else default_cache_dir()
     if not where.exists():
         raise CacheError(f"{where} does not exist: pass a cache file or folder, or run `tlx extract DATA` first")
+    if where.is_file() and not_a_cache(where):
+        raise CacheError(not_a_cache(where))  # a part or a foreign file: say what it is, touch nothing
     paths = list_caches(where)
     if not paths:
         raise CacheError(f"no feature caches in {where}: run `tlx extract DATA` first")
