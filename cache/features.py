@@ -113,9 +113,7 @@ class ViewFeatures:
         return len(self.image)
 
 
-def load_views(
-    source: str | Path | Snapshot, rows, max_views: int | None = None, lazy: bool = False
-) -> ViewFeatures:
+def load_views(source: str | Path | Snapshot, rows, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
     """Views 1..``max_views`` of the cache rows ``rows``, in the cache's order (by image row, then view).
     ``source``: a cache file, or the snapshot its features were loaded from (the same version)."""
     snap = source if isinstance(source, Snapshot) else open_cache(Path(source))

@@ -272,7 +272,9 @@ def _summary(snap: Snapshot) -> dict:
     lengths = {name: len(f[name]) for name in ("labels", "paths", "split", "content_sha256")}
     lengths["features"] = snap.table("features").n
     if set(lengths.values()) != {n}:
-        raise UnreadableCacheError(path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}")
+        raise UnreadableCacheError(
+            path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
+        )
     failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
     space = json.loads(attrs["feature_space"])
     n_views = int(f["views"].attrs["count"]) if "views" in f else 0

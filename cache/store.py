@@ -258,9 +258,15 @@ def write_part(folder: Path, name: str, hashes: Sequence[str], features: np.ndar
 
 
 def _part_datasets(f, n: int, width: int, space: FeatureSpace) -> None:
+    """A part's datasets, each chunk with HDF5's fletcher32 checksum: a chunk whose bytes changed
+    on disk fails to read (``tlx.cache.reader`` names the part) instead of reading as numbers."""
     chunk = (min(_rows_per_chunk(width), max(n, 1)), width)
-    f.create_dataset("features", shape=(n, width), maxshape=(None, width), dtype=space.store_dtype, chunks=chunk)
-    f.create_dataset("content_sha256", shape=(n,), dtype=HASH, maxshape=(None,), chunks=(max(1, min(n, 8192)),))
+    f.create_dataset(
+        "features", shape=(n, width), maxshape=(None, width), dtype=space.store_dtype, chunks=chunk, fletcher32=True
+    )
+    f.create_dataset(
+        "content_sha256", shape=(n,), dtype=HASH, maxshape=(None,), chunks=(max(1, min(n, 8192)),), fletcher32=True
+    )
     f.attrs["tlx_part"] = FORMAT_VERSION
     f.attrs["feature_space"] = json.dumps(space.to_dict())
 
@@ -621,9 +627,7 @@ def pick_cache(where: Path) -> Path:
     if here in datasets:
         return datasets[here][0]
     listed = "; ".join(f"{name or '?'}: {', '.join(p.name for p in ps)}" for name, ps in sorted(datasets.items()))
-    raise CacheError(
-        f"{where} holds caches of {len(datasets)} datasets ({listed}): pass --features FILE to say which"
-    )
+    raise CacheError(f"{where} holds caches of {len(datasets)} datasets ({listed}): pass --features FILE to say which")
 
 
 def now_iso() -> str:

@@ -267,6 +267,8 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         store.remove_stale_temporaries(path)  # from a run killed while it wrote the index
         prev = _read_previous(path, space, reporter)
         src = sources_for(path, prev, space)
+        for part, why in src.damaged.items():
+            reporter.message(f"warning: {store.parts_dir(path).name}/{part} is damaged ({why}); re-computing its rows")
         work = classify(index, prev, src.known_hashes(), rehash)
         count, recipe = _views_wanted(opts, prev, reporter)
         vsrc = viewstore.view_sources(path, prev, space, recipe) if count else viewstore.ViewSources()
