@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError
-from .store import READABLE_FORMATS, UnreadableCacheError, decode_strings, parts_dir
+from .store import READABLE_FORMATS, UnreadableCacheError, decode_strings, open_h5, parts_dir
 
 OPEN_TRIES = 8  # commits racing one open; each retry means another writer committed meanwhile
 
@@ -58,19 +58,6 @@ class _PartGone(Exception):
 
     def __init__(self, part: Path):
         self.part = part
-
-
-def open_h5(path: Path) -> h5py.File:
-    """``h5py.File(path, "r")``; on media where HDF5's file locking fails (read-only mounts,
-    some network file systems) the file is opened without it: a reader needs no lock."""
-    try:
-        return h5py.File(path, "r")
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if "lock" not in str(exc).lower():
-            raise
-        return h5py.File(path, "r", locking=False)
 
 
 def read_sorted(ds, rows: np.ndarray) -> np.ndarray:

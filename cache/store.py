@@ -81,8 +81,21 @@ def decode_strings(ds) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr()[()]] if len(ds) else []
 
 
+def open_h5(path: Path) -> h5py.File:
+    """``h5py.File(path, "r")``; on media where HDF5's file locking fails (read-only mounts,
+    some network file systems) the file is opened without it: a reader needs no lock."""
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        return h5py.File(path, "r", locking=False)
+
+
 def read_attrs(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         return _attrs_of(f)
 
 
@@ -107,8 +120,7 @@ def not_a_cache(path: Path) -> str | None:
             cache = path.parent.with_name(folder[: -len(suffix)])
             return f"{path} is a part of the cache {cache}, not a cache: pass {cache}"
     try:
-        with h5py.File(path, "r", locking=False) as f:
-            attrs = _attrs_of(f)
+        attrs = read_attrs(path)
     except (OSError, ValueError):
         return None
     if attrs.get("tlx_format") in READABLE_FORMATS:
@@ -191,7 +203,7 @@ def read_index(path: Path) -> CacheIndex:
     """The index at ``path``, its part files checked present (for writers, under the lock;
     readers take a ``tlx.cache.reader.Snapshot`` and :func:`index_of` its open index)."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             check_format(path, _attrs_of(f))
             check_parts(f, path)
             return index_of(f, path)
@@ -278,14 +290,14 @@ def merge_parts(folder: Path, sources: Sequence[str], name: str, space: FeatureS
     hashes: list[str] = []
     sizes = []
     for s in sources:
-        with h5py.File(folder / s, "r") as f:
+        with open_h5(folder / s) as f:
             hashes += decode_strings(f["content_sha256"])
             sizes.append(len(f["content_sha256"]))
     with atomic_path(folder / name) as tmp, h5py.File(tmp, "w", libver="latest") as out:
         _part_datasets(out, len(hashes), space.feature_dim, space)
         at = 0
         for s, n in zip(sources, sizes, strict=True):
-            with h5py.File(folder / s, "r") as f:
+            with open_h5(folder / s) as f:
                 out["features"][at : at + n] = f["features"][()]
             at += n
         if hashes:
@@ -298,7 +310,7 @@ def merge_parts(folder: Path, sources: Sequence[str], name: str, space: FeatureS
 def read_part_hashes(path: Path, space: FeatureSpace) -> list[str] | None:
     """The hashes of a complete part of ``space``; None for a part of another space or a damaged file."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if json.loads(f.attrs["feature_space"]) != space.to_dict():
                 return None
             return decode_strings(f["content_sha256"])
@@ -510,7 +522,7 @@ def _array(group, name: str, data: np.ndarray, dtype=None):
 def part_sizes(path: Path, names: Sequence[str]) -> dict[str, int]:
     sizes = {}
     for n in names:
-        with h5py.File(parts_dir(path) / n, "r") as f:
+        with open_h5(parts_dir(path) / n) as f:
             sizes[n] = len(f["content_sha256"])
     return sizes
 
@@ -587,8 +599,7 @@ def list_caches(where: Path) -> list[Path]:
         if p.name.startswith(".") or not p.is_file():
             continue
         try:
-            with h5py.File(p, "r", locking=False) as f:
-                attrs = _attrs_of(f)
+            attrs = read_attrs(p)
         except (OSError, ValueError):
             found.append((0.0, p.stat().st_mtime, p))  # unreadable: possibly a damaged cache
             continue

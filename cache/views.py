@@ -136,7 +136,7 @@ def write_view_part(folder: Path, name: str, keys: Sequence[Key], features: np.n
 def read_view_keys(path: Path, space: FeatureSpace, recipe: dict) -> list[Key] | None:
     """The keys of a complete view part of this space and recipe; None for another one or a damaged file."""
     try:
-        with h5py.File(path, "r") as f:
+        with store.open_h5(path) as f:
             if json.loads(f.attrs["feature_space"]) != space.to_dict():
                 return None
             if json.loads(f.attrs["view_recipe"]) != recipe:

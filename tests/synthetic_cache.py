@@ -40,7 +40,7 @@ def names_of_round(r: int) -> list[str]:
     return sorted(names, key=sha)
 
 
-def commit(path: Path, names: list[str], tag: str) -> None:
+def commit(path: Path, names: list[str], tag: str, dataset: str = "synthetic", updated: str = "") -> None:
     """An index over ``names``, as an extract makes it: new contents go to a new part, the index
     is replaced, and the parts no row uses are deleted."""
     with store.CacheLock(path):
@@ -54,7 +54,7 @@ def commit(path: Path, names: list[str], tag: str) -> None:
             where.update({h: (part, i) for i, h in enumerate(new)})
             sizes[part] = len(new)
         rows = [store.Row(n, label(sha(n)), "", sha(n), (1, 1, 1), *where[sha(n)]) for n in names]
-        attrs = {"dataset_name": "synthetic", "updated": store.now_iso()}
+        attrs = {"dataset_name": dataset, "updated": updated or store.now_iso()}
         store.write_index(path, rows, CLASSES, store.Failures(), SPACE, attrs, sizes)
         store.remove_unused_parts(path, {r.part for r in rows})
 
