@@ -102,6 +102,14 @@ class RowMap:
         if not len(rows):
             return out
         part, row = self.part[rows], self.row[rows]
+        starts = np.flatnonzero(np.diff(part)) + 1
+        runs = np.split(np.arange(len(rows)), starts)
+        if len(set(part[starts].tolist()) | {int(part[0])}) == len(runs) and all(
+            np.all(row[r[1:]] >= row[r[:-1]]) for r in runs
+        ):  # the usual layout: each part's rows in one ascending run (a fresh or compacted cache)
+            for r in runs:
+                out[r[0] : r[-1] + 1] = self._guarded(int(part[r[0]]), reader, row[r[0] : r[-1] + 1])
+            return out
         order = np.lexsort((row, part))  # by part, then by row inside it
         bounds = np.flatnonzero(np.diff(part[order])) + 1
         for group in np.split(order, bounds):

@@ -122,3 +122,21 @@ def test_an_index_that_maps_rows_onto_other_content_is_damaged(tmp_path, cli):
     out = cli("cache", "verify", path)
     assert out.exit_code == 1 and "other content than the index says" in out.stdout
     assert json.loads(cli("cache", "verify", path, "--json").stdout.splitlines()[-1])["caches"][0]["damaged"]
+
+
+def test_a_damaged_view_part_is_refused_named_and_its_views_recomputed(tmp_path, cli):
+    data = make_folder_dataset(tmp_path / "data", per_class=2)
+    made = extract(data, cache_dir=tmp_path / "cache", views=2, **TINY)
+    path = Path(made.path)
+    good = tlx.load_features(path).views()
+    good_X = np.array(good.X)
+    [part] = Path(made.path + ".views").glob("*.h5")
+    flip_a_byte_of_the_vectors(part)
+    with pytest.raises(CacheError, match=rf"{part.name} is damaged .*tlx extract"):
+        tlx.load_features(path).views()
+    out = cli("cache", "verify", path)
+    assert out.exit_code == 1 and f"{part.parent.name}/{part.name}: damaged" in out.stdout
+    again = extract(data, cache_dir=tmp_path / "cache", **TINY)
+    assert (again.n_new, again.n_views_new) == (0, 4 * 2)  # the vectors were sound; the views are read again
+    assert cli("cache", "verify", path).exit_code == 0
+    np.testing.assert_allclose(np.array(tlx.load_features(path).views().X), good_X, rtol=1e-5, atol=1e-6)
