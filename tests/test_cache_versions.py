@@ -39,6 +39,16 @@ def test_a_lazy_load_reads_the_version_it_opened_after_a_commit_and_a_compaction
     assert now.paths == names_of_round(3) and mismatches(now.paths, now.sha256, now.y, now.X) == 0
 
 
+def test_rows_interleaved_across_parts_read_back_in_order(cache):
+    commit(cache, names_of_round(2), "r002")  # new contents sort between the old ones
+    feats = tlx.load_features(cache, lazy=True)
+    parts = feats.X.snapshot.table("features").part
+    assert len(set(parts.tolist())) == 2 and np.any(np.diff(parts) < 0)  # really interleaved
+    assert mismatches(feats.paths, feats.sha256, feats.y, feats.X.to_array()) == 0
+    picked = feats.subset(np.array([7, 1, 12, 3]))
+    assert mismatches(picked.paths, picked.sha256, picked.y, picked.X[0:4]) == 0
+
+
 def test_predicts_cache_lookup_reads_one_version(cache):
     from tlx.cache.reader import open_snapshot
     from tlx.inference.predict import read_rows
