@@ -6,6 +6,9 @@ who brings their own estimator. Imports h5py and numpy only.
 on demand, and ``iter_chunks`` streams ``(X, y)`` blocks for code that learns out of core.
 A cache extracted with ``--views K`` also holds K augmented views of every image:
 ``feats.views()`` returns those of the loaded rows (``feats.subset(...).views()`` of a subset).
+A ``Features`` holds the open snapshot it was loaded from (``tlx.cache.reader``): its lazy rows
+and its views come from that one committed version, whatever an extract or a compaction
+commits meanwhile.
 """
 
 from __future__ import annotations

@@ -3,19 +3,21 @@
 Layout of one cache, ``<dataset>-<backbone>-<pool>-<id>.h5``:
 
 * ``<cache>.h5.parts/*.h5`` hold the vectors: each part has ``features`` (n x D float32) and
-  ``content_sha256`` (n), is written once under a temporary name, fsynced and renamed, and is
-  never modified afterwards. Every rank of a distributed run and every incremental run writes
-  parts of its own.
+  ``content_sha256`` (n), every chunk with a fletcher32 checksum, is written once under a
+  temporary name, fsynced and renamed, and is never modified afterwards. Every rank of a
+  distributed run and every incremental run writes parts of its own.
 * ``<cache>.h5`` is the index: paths, labels, splits, content hashes, the stat of each file
   (size, mtime_ns, inode: git's index), failures, attributes, and ``features``, an HDF5 virtual
   dataset whose rows map onto ranges of the parts, so ``h5py.File(cache)["features"]`` reads as
-  one N x D array, in the order of the paths.
+  one N x D array, in the order of the paths. It is there for people who open the file with
+  plain h5py; tlx's own readers hold the parts open instead (``tlx.cache.reader``).
 
 The index is the commit point: it is written whole to a temporary file and atomically renamed.
 A part that no index references is work of an unfinished run; the next run (holding the lock)
 takes its vectors back, so a killed run loses at most its last unflushed rows. Adding k images
 writes k vectors plus the index's metadata; removing images writes only the index. Parts that
-no row uses any more are deleted after the commit; ``tlx cache compact`` rewrites all rows into
+no row uses any more are deleted after the commit (a reader that holds them open keeps
+reading them: see ``tlx.cache.reader``); ``tlx cache compact`` rewrites all rows into
 one part when many small parts or many dead rows have piled up.
 """
 
