@@ -20,6 +20,7 @@ import numpy as np
 from ..common.atomic import atomic_path
 from ..errors import CacheError
 from . import store
+from .reader import open_snapshot
 
 
 @dataclass
@@ -48,6 +49,8 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
     path = Path(path)
     if not path.is_file():
         raise CacheError(f"{path} is not a cache file: pass one of the .h5 files `tlx info` lists")
+    if store.not_a_cache(path):
+        raise CacheError(store.not_a_cache(path))
     with store.CacheLock(path, on_wait=on_wait):
         index = store.read_index(path)
         if index.format < 2 or index.failures is None:
@@ -80,15 +83,20 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
 
 
 def _copy_rows(path: Path, target: Path, index: store.CacheIndex, block_rows: int) -> None:
+    """Copy the index's rows, in order, into the new part ``target``, reading them from the parts
+    (through one snapshot: every chunk's checksum is checked on the way, so damage stops the
+    compaction with the part named instead of being copied into the new part)."""
     n, width = len(index.paths), index.space.feature_dim
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp, h5py.File(tmp, "w", libver="latest") as out, h5py.File(path, "r") as f:
+    with (
+        open_snapshot(path) as snap,
+        atomic_path(target) as tmp,
+        h5py.File(tmp, "w", libver="latest") as out,
+    ):
         store._part_datasets(out, n, width, index.space)
-        src = f["features"]
+        table = snap.table("features")
         for start in range(0, n, block_rows):
-            block = src[start : start + block_rows]
-            if np.isnan(block).any():
-                raise CacheError(f"{path} lost a part while it was compacted; nothing was changed")
-            out["features"][start : start + len(block)] = block
+            rows = np.arange(start, min(start + block_rows, n), dtype=np.int64)
+            out["features"][start : start + len(rows)] = table.read(rows).astype(index.space.store_dtype, copy=False)
         if n:
             out["content_sha256"][:] = np.array(index.hashes, dtype="S64")

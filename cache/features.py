@@ -6,6 +6,9 @@ who brings their own estimator. Imports h5py and numpy only.
 on demand, and ``iter_chunks`` streams ``(X, y)`` blocks for code that learns out of core.
 A cache extracted with ``--views K`` also holds K augmented views of every image:
 ``feats.views()`` returns those of the loaded rows (``feats.subset(...).views()`` of a subset).
+A ``Features`` holds the open snapshot it was loaded from (``tlx.cache.reader``): its lazy rows
+and its views come from that one committed version, whatever an extract or a compaction
+commits meanwhile.
 """
 
 from __future__ import annotations
@@ -15,20 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..errors import CacheError
+from .reader import Snapshot, open_snapshot
 from .rows import CacheRows
 from .space import FeatureSpace
-from .store import (
-    READABLE_FORMATS,
-    UnreadableCacheError,
-    check_parts,
-    decode_strings,
-    default_cache_dir,
-    list_caches,
-)
+from .store import UnreadableCacheError, decode_strings, default_cache_dir, not_a_cache, pick_cache
 
 
 @dataclass
@@ -44,6 +40,9 @@ class Features:
     attrs: dict = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # images that could not be read -> why
     rows: np.ndarray | None = None  # the cache's row number of each row here (None: all, in order)
+    # the open version of the cache these rows came from: views() and lazy reads use it, so they
+    # see this version even after a later extract or compaction replaced it on disk
+    snapshot: Snapshot | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -77,6 +76,7 @@ class Features:
             self.attrs,
             self.failed,
             self.cache_rows()[idx],
+            self.snapshot,
         )
 
     def cache_rows(self) -> np.ndarray:
@@ -89,7 +89,7 @@ class Features:
 
     def views(self, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
         """The stored views 1..``max_views`` (default: all) of the rows loaded here."""
-        return load_views(self.path, self.cache_rows(), max_views, lazy)
+        return load_views(self.snapshot or self.path, self.cache_rows(), max_views, lazy)
 
     def iter_chunks(self, rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(X, y)`` blocks of at most ``rows`` rows, in order: memory stays bounded by one
@@ -116,69 +116,63 @@ class ViewFeatures:
         return len(self.image)
 
 
-def load_views(path: str | Path, rows, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
-    """Views 1..``max_views`` of the cache rows ``rows``, in the cache's order (by image row, then view)."""
-    path, rows = Path(path), np.asarray(rows, dtype=np.int64)
-    with h5py.File(path, "r") as f:
-        if "views" not in f:
-            raise CacheError(f"{path} has no augmented views: run `tlx extract DATA --views K` to add them")
-        g = f["views"]
-        stored = int(g.attrs["count"])
-        if max_views is not None and not 0 <= max_views <= stored:
-            raise CacheError(
-                f"{path} holds {stored} views per image, not {max_views}: ask for at most {stored}, "
-                f"or run `tlx extract DATA --views {max_views}` first"
-            )
-        image, view = g["image"][()], g["view"][()]
-        recipe = json.loads(g.attrs["recipe"])
+def load_views(source: str | Path | Snapshot, rows, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
+    """Views 1..``max_views`` of the cache rows ``rows``, in the cache's order (by image row, then view).
+    ``source``: a cache file, or the snapshot its features were loaded from (the same version)."""
+    snap = source if isinstance(source, Snapshot) else open_cache(Path(source))
+    path, rows = snap.path, np.asarray(rows, dtype=np.int64)
+    f = snap.index
+    if "views" not in f:
+        raise CacheError(f"{path} has no augmented views: run `tlx extract DATA --views K` to add them")
+    g = f["views"]
+    stored = int(g.attrs["count"])
+    if max_views is not None and not 0 <= max_views <= stored:
+        raise CacheError(
+            f"{path} holds {stored} views per image, not {max_views}: ask for at most {stored}, "
+            f"or run `tlx extract DATA --views {max_views}` first"
+        )
+    image, view = g["image"][()], g["view"][()]
+    recipe = json.loads(g.attrs["recipe"])
     position = np.full(max(int(rows.max(initial=-1)), int(image.max(initial=-1))) + 1, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
     keep = np.flatnonzero((position[image] >= 0) & (view <= (stored if max_views is None else max_views)))
-    on_disk = CacheRows(path, keep, dataset="views/features")
+    on_disk = CacheRows(snap, keep, dataset="views/features")
     X: np.ndarray | CacheRows = on_disk if lazy else on_disk.to_array()
     return ViewFeatures(X, position[image[keep]], view[keep].astype(np.int16), recipe)
 
 
 def resolve_cache(path: str | Path | None) -> Path:
-    """A cache file from a file path, a folder (its newest cache) or None (the default folder)."""
+    """A cache file from a file path, a folder or None (the default folder): see
+    :func:`tlx.cache.store.pick_cache` for how a folder's cache is chosen."""
     where = Path(path) if path is not None else default_cache_dir()
     if where.is_file():
+        reason = not_a_cache(where)
+        if reason:
+            raise CacheError(reason)
         return where
-    caches = list_caches(where)
-    if not caches:
-        raise CacheError(f"no feature cache found at {where}: run `tlx extract DATA` first, or pass --features FILE")
-    return caches[0]
+    return pick_cache(where)
+
+
+def open_cache(path: Path) -> Snapshot:
+    """An open snapshot of the cache at ``path``; one clear line for a file that is not one."""
+    snap = open_snapshot(path)
+    if not snap.is_cache:
+        snap.close()
+        raise CacheError(not_a_cache(path) or f"{path} is not a tlx feature cache")
+    return snap
 
 
 def load_features(path: str | Path | None = None, split: str | None = None, lazy: bool = False) -> Features:
     """Load a feature cache written by ``tlx extract``; ``split`` keeps one split only (and
-    reads only its rows); ``lazy`` leaves the features on disk (``X`` is a ``CacheRows``)."""
+    reads only its rows); ``lazy`` leaves the features on disk (``X`` is a ``CacheRows``).
+    Everything comes from one committed version of the cache (see ``tlx.cache.reader``)."""
     path = resolve_cache(path)
+    snap = open_cache(path)
     try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if attrs.get("tlx_format") not in READABLE_FORMATS:
-                raise CacheError(f"{path} is not a tlx feature cache: run `tlx extract` to make one")
-            check_parts(f, path)
-            failed = {}
-            if "failed" in f:
-                failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
-            feats = Features(
-                X=CacheRows(path),
-                y=f["labels"][()].astype(np.int64, copy=False),
-                classes=decode_strings(f["classes"]),
-                paths=decode_strings(f["paths"]),
-                split=decode_strings(f["split"]),
-                sha256=decode_strings(f["content_sha256"]),
-                space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
-                path=path,
-                attrs=attrs,
-                failed=failed,
-            )
-    except UnreadableCacheError:
-        raise
+        feats = _features_of(snap)
     except (OSError, KeyError, ValueError) as exc:
-        raise CacheError(f"{path} is not a readable HDF5 feature cache ({exc}): re-run `tlx extract`") from None
+        snap.close()
+        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
     if split is not None:
         if split not in set(feats.split):
             have = sorted(set(feats.split) - {""}) or ["none"]
@@ -186,7 +180,24 @@ def load_features(path: str | Path | None = None, split: str | None = None, lazy
         feats = feats.subset(np.array([s == split for s in feats.split]))
     if not lazy and isinstance(feats.X, CacheRows):
         feats.X = feats.X.to_array()
-        if np.isnan(feats.X).any():
-            # A part deleted between the check above and the read (a compaction) reads as NaN.
-            raise CacheError(f"{path} changed while it was read (a part went missing): load it again")
     return feats
+
+
+def _features_of(snap: Snapshot) -> Features:
+    f, attrs = snap.index, snap.attrs
+    failed = {}
+    if "failed" in f:
+        failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
+    return Features(
+        X=CacheRows(snap),
+        y=f["labels"][()].astype(np.int64, copy=False),
+        classes=decode_strings(f["classes"]),
+        paths=decode_strings(f["paths"]),
+        split=decode_strings(f["split"]),
+        sha256=decode_strings(f["content_sha256"]),
+        space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
+        path=snap.path,
+        attrs=attrs,
+        failed=failed,
+        snapshot=snap,
+    )

@@ -23,6 +23,7 @@ from typing import Protocol
 from ..errors import CacheError
 from . import store
 from .statindex import Stat, is_racy, read_and_hash, stat_files
+from .verify import DAMAGED, MISSING, check_part
 
 
 class Entry(Protocol):
@@ -78,7 +79,10 @@ def classify(index: Listing, prev: store.CacheIndex | None, known_hashes, rehash
         i = row_of.get(item.relpath)
         fresh = not is_racy(st, stat_time)
         if i is not None and prev is not None and tuple(prev.stats[i]) == st and fresh:
-            work.known[k] = (prev.hashes[i], st)
+            if prev.hashes[i] in known_hashes:
+                work.known[k] = (prev.hashes[i], st)
+            else:  # unchanged file, but its vector was in a damaged part: read it again
+                work.to_read.append(k)
         elif item.relpath in failures.reasons and failures.stats.get(item.relpath) == st and fresh:
             rel = item.relpath
             work.failed.add(rel, failures.reasons[rel], st, failures.hashes.get(rel, ""))
@@ -127,6 +131,7 @@ class Sources:
     resumed: dict[str, tuple[str, int]] = field(default_factory=dict)
     new: dict[str, tuple[str, int]] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)  # parts left out as damaged: name -> why
 
     def known_hashes(self) -> set[str]:
         return set(self.prev) | set(self.resumed)
@@ -145,15 +150,37 @@ class Sources:
 
 
 def sources_for(path: Path, prev: store.CacheIndex | None, space) -> Sources:
-    """The previous index's vectors, and those of parts left by runs that did not finish."""
+    """The previous index's vectors, and those of parts left by runs that did not finish. Every
+    part is read whole first (``tlx.cache.verify.check_part``): a damaged or truncated one is
+    left out, so its images are read again and only their vectors are computed anew."""
     src = Sources()
     if prev is not None and prev.format >= 2:
         src.prev = prev.source_of_hash()
         src.sizes.update(zip(prev.part_names, prev.part_rows, strict=True))
+        src.damaged = _damaged_parts(path, prev)
+        src.prev = {h: s for h, s in src.prev.items() if s[0] not in src.damaged}
     orphans = store.orphan_parts(path, prev if prev is not None and prev.format >= 2 else None, space)
-    src.resumed = {h: s for h, s in orphans.items() if h not in src.prev}
+    resumed = {h: s for h, s in orphans.items() if h not in src.prev}
+    for name in sorted({part for part, _ in resumed.values()}):
+        status, why, _ = check_part(store.parts_dir(path) / name)
+        if status in (DAMAGED, MISSING):
+            src.damaged[name] = why
+    src.resumed = {h: s for h, s in resumed.items() if s[0] not in src.damaged}
     src.sizes.update(store.part_sizes(path, sorted({part for part, _ in src.resumed.values()})))
     return src
+
+
+def _damaged_parts(path: Path, prev: store.CacheIndex) -> dict[str, str]:
+    """The parts the index names that fail verification: {name: why}."""
+    expected: list[list[tuple[int, str]]] = [[] for _ in prev.part_names]
+    for p, r, h in zip(prev.source_part.tolist(), prev.source_row.tolist(), prev.hashes, strict=True):
+        expected[p].append((r, h))
+    damaged = {}
+    for name, hashes in zip(prev.part_names, expected, strict=True):
+        status, why, _ = check_part(store.parts_dir(path) / name, hashes)
+        if status in (DAMAGED, MISSING):
+            damaged[name] = why
+    return damaged
 
 
 def plan_rows(index: Listing, found: dict[int, tuple[str, Stat]], failed: store.Failures, src: Sources):

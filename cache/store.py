@@ -3,19 +3,21 @@
 Layout of one cache, ``<dataset>-<backbone>-<pool>-<id>.h5``:
 
 * ``<cache>.h5.parts/*.h5`` hold the vectors: each part has ``features`` (n x D float32) and
-  ``content_sha256`` (n), is written once under a temporary name, fsynced and renamed, and is
-  never modified afterwards. Every rank of a distributed run and every incremental run writes
-  parts of its own.
+  ``content_sha256`` (n), every chunk with a fletcher32 checksum, is written once under a
+  temporary name, fsynced and renamed, and is never modified afterwards. Every rank of a
+  distributed run and every incremental run writes parts of its own.
 * ``<cache>.h5`` is the index: paths, labels, splits, content hashes, the stat of each file
   (size, mtime_ns, inode: git's index), failures, attributes, and ``features``, an HDF5 virtual
   dataset whose rows map onto ranges of the parts, so ``h5py.File(cache)["features"]`` reads as
-  one N x D array, in the order of the paths.
+  one N x D array, in the order of the paths. It is there for people who open the file with
+  plain h5py; tlx's own readers hold the parts open instead (``tlx.cache.reader``).
 
 The index is the commit point: it is written whole to a temporary file and atomically renamed.
 A part that no index references is work of an unfinished run; the next run (holding the lock)
 takes its vectors back, so a killed run loses at most its last unflushed rows. Adding k images
 writes k vectors plus the index's metadata; removing images writes only the index. Parts that
-no row uses any more are deleted after the commit; ``tlx cache compact`` rewrites all rows into
+no row uses any more are deleted after the commit (a reader that holds them open keeps
+reading them: see ``tlx.cache.reader``); ``tlx cache compact`` rewrites all rows into
 one part when many small parts or many dead rows have piled up.
 """
 
@@ -81,19 +83,56 @@ def decode_strings(ds) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr()[()]] if len(ds) else []
 
 
+def open_h5(path: Path) -> h5py.File:
+    """``h5py.File(path, "r")``; on media where HDF5's file locking fails (read-only mounts,
+    some network file systems) the file is opened without it: a reader needs no lock."""
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        return h5py.File(path, "r", locking=False)
+
+
 def read_attrs(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         return _attrs_of(f)
 
 
 class UnreadableCacheError(CacheError):
-    """A cache file that cannot be read (truncated, foreign, damaged). ``reason`` says what is
-    wrong without advice, for callers that act on it themselves (extract rebuilds it)."""
+    """A cache file that cannot be read (truncated, damaged). ``reason`` says what is wrong
+    without advice, for callers that act on it themselves (extract rebuilds it). The advice
+    never asks to delete anything: the file may be a user's, and extract rebuilds an index in
+    place, taking back the vectors its parts still hold."""
 
     def __init__(self, path: Path, reason: str):
-        super().__init__(f"{reason}; delete it and re-run `tlx extract`")
+        super().__init__(f"{reason}; run `tlx extract` on its data again to rebuild it")
         self.path = path
         self.reason = reason
+
+
+def not_a_cache(path: Path) -> str | None:
+    """Why ``path`` (an existing file) is not a tlx cache index, naming what it is instead; None
+    when it is one, or when it cannot be told (an unreadable file is reported by its reader)."""
+    folder = path.parent.name
+    for suffix in (".parts", ".views"):
+        if folder.endswith(".h5" + suffix):
+            cache = path.parent.with_name(folder[: -len(suffix)])
+            return f"{path} is a part of the cache {cache}, not a cache: pass {cache}"
+    try:
+        attrs = read_attrs(path)
+    except (OSError, ValueError):
+        return None
+    if attrs.get("tlx_format") in READABLE_FORMATS:
+        return None
+    if "tlx_part" in attrs or "tlx_view_part" in attrs:
+        return f"{path} is a part of a tlx cache, not a cache: pass the .h5 index beside its .parts folder"
+    return (
+        f"{path} is not a tlx feature cache (it has no tlx_format attribute): "
+        "pass a cache that `tlx extract` wrote, or a folder of them"
+    )
 
 
 def check_format(path: Path, attrs: dict) -> int:
@@ -163,29 +202,40 @@ class CacheIndex:
 
 
 def read_index(path: Path) -> CacheIndex:
+    """The index at ``path``, its part files checked present (for writers, under the lock;
+    readers take a ``tlx.cache.reader.Snapshot`` and :func:`index_of` its open index)."""
     try:
-        with h5py.File(path, "r") as f:
-            attrs = _attrs_of(f)
-            fmt = check_format(path, attrs)
+        with open_h5(path) as f:
+            check_format(path, _attrs_of(f))
             check_parts(f, path)
-            index = CacheIndex(
-                path=path,
-                space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
-                paths=decode_strings(f["paths"]),
-                hashes=decode_strings(f["content_sha256"]),
-                labels=f["labels"][()],
-                splits=decode_strings(f["split"]),
-                classes=decode_strings(f["classes"]),
-                failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=False)),
-                attrs=attrs,
-                format=fmt,
-            )
-            if fmt >= 2:
-                from .views import read_group
+            return index_of(f, path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
 
-                _read_stat_index(f, index)
-                index.views = read_group(f)
-            return index
+
+def index_of(f, path: Path) -> CacheIndex:
+    """The :class:`CacheIndex` of an open index file ``f``."""
+    try:
+        attrs = _attrs_of(f)
+        fmt = check_format(path, attrs)
+        index = CacheIndex(
+            path=path,
+            space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
+            paths=decode_strings(f["paths"]),
+            hashes=decode_strings(f["content_sha256"]),
+            labels=f["labels"][()],
+            splits=decode_strings(f["split"]),
+            classes=decode_strings(f["classes"]),
+            failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=False)),
+            attrs=attrs,
+            format=fmt,
+        )
+        if fmt >= 2:
+            from .views import read_group
+
+            _read_stat_index(f, index)
+            index.views = read_group(f)
+        return index
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
 
@@ -205,47 +255,6 @@ def _read_stat_index(f, index: CacheIndex) -> None:
     index.source_row = f["source/row"][()]
 
 
-def read_summary(path: Path) -> dict:
-    """What ``tlx info`` shows of a cache, without reading its features or paths; raises
-    :class:`UnreadableCacheError` for a file that is not a complete tlx cache."""
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = _attrs_of(f)
-            check_format(path, attrs)
-            check_parts(f, path)
-            n = int(attrs["n_images"])
-            lengths = {name: len(f[name]) for name in ("features", "labels", "paths", "split", "content_sha256")}
-            if set(lengths.values()) != {n}:
-                raise UnreadableCacheError(
-                    path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
-                )
-            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
-            space = json.loads(attrs["feature_space"])
-            n_parts = len(f["parts/names"]) if "parts" in f else 0
-            n_views = int(f["views"].attrs["count"]) if "views" in f else 0
-    except (OSError, KeyError, ValueError) as exc:
-        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
-    return {
-        "path": str(path),
-        "dataset": attrs.get("dataset_name"),
-        "dataset_root": attrs.get("dataset_root"),
-        "backbone": attrs.get("backbone"),
-        "pooling": attrs.get("pooling"),
-        "stages": int(space.get("stages", 0)),
-        "precision": space.get("precision", "fp32"),
-        "n_images": n,
-        "feature_dim": int(attrs.get("feature_dim", 0)),
-        "updated": attrs.get("updated"),
-        "weights_sha256": space.get("weights_sha256"),
-        "format": int(attrs["tlx_format"]),
-        "n_parts": n_parts,
-        "views": n_views,
-        "view_recipe": json.loads(attrs["view_recipe"])["name"] if n_views else None,
-        "n_failed": len(failed),
-        "failed": [{"path": p, "reason": r} for p, r in failed.items()],
-    }
-
-
 # --------------------------------------------------------------------------- parts
 
 
@@ -263,9 +272,15 @@ def write_part(folder: Path, name: str, hashes: Sequence[str], features: np.ndar
 
 
 def _part_datasets(f, n: int, width: int, space: FeatureSpace) -> None:
+    """A part's datasets, each chunk with HDF5's fletcher32 checksum: a chunk whose bytes changed
+    on disk fails to read (``tlx.cache.reader`` names the part) instead of reading as numbers."""
     chunk = (min(_rows_per_chunk(width), max(n, 1)), width)
-    f.create_dataset("features", shape=(n, width), maxshape=(None, width), dtype=space.store_dtype, chunks=chunk)
-    f.create_dataset("content_sha256", shape=(n,), dtype=HASH, maxshape=(None,), chunks=(max(1, min(n, 8192)),))
+    f.create_dataset(
+        "features", shape=(n, width), maxshape=(None, width), dtype=space.store_dtype, chunks=chunk, fletcher32=True
+    )
+    f.create_dataset(
+        "content_sha256", shape=(n,), dtype=HASH, maxshape=(None,), chunks=(max(1, min(n, 8192)),), fletcher32=True
+    )
     f.attrs["tlx_part"] = FORMAT_VERSION
     f.attrs["feature_space"] = json.dumps(space.to_dict())
 
@@ -277,14 +292,14 @@ def merge_parts(folder: Path, sources: Sequence[str], name: str, space: FeatureS
     hashes: list[str] = []
     sizes = []
     for s in sources:
-        with h5py.File(folder / s, "r") as f:
+        with open_h5(folder / s) as f:
             hashes += decode_strings(f["content_sha256"])
             sizes.append(len(f["content_sha256"]))
     with atomic_path(folder / name) as tmp, h5py.File(tmp, "w", libver="latest") as out:
         _part_datasets(out, len(hashes), space.feature_dim, space)
         at = 0
         for s, n in zip(sources, sizes, strict=True):
-            with h5py.File(folder / s, "r") as f:
+            with open_h5(folder / s) as f:
                 out["features"][at : at + n] = f["features"][()]
             at += n
         if hashes:
@@ -297,7 +312,7 @@ def merge_parts(folder: Path, sources: Sequence[str], name: str, space: FeatureS
 def read_part_hashes(path: Path, space: FeatureSpace) -> list[str] | None:
     """The hashes of a complete part of ``space``; None for a part of another space or a damaged file."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if json.loads(f.attrs["feature_space"]) != space.to_dict():
                 return None
             return decode_strings(f["content_sha256"])
@@ -509,7 +524,7 @@ def _array(group, name: str, data: np.ndarray, dtype=None):
 def part_sizes(path: Path, names: Sequence[str]) -> dict[str, int]:
     sizes = {}
     for n in names:
-        with h5py.File(parts_dir(path) / n, "r") as f:
+        with open_h5(parts_dir(path) / n) as f:
             sizes[n] = len(f["content_sha256"])
     return sizes
 
@@ -573,13 +588,59 @@ class CacheLock:
 
 
 def list_caches(where: Path) -> list[Path]:
-    """Complete caches under a folder (or the file itself), newest first."""
+    """The caches under a folder (or the file itself), newest first by the ``updated`` time each
+    index records (file times change on a copy or a touch; the record does not). Part files and
+    foreign .h5 files are not caches and are never listed; a file HDF5 cannot open is listed
+    (last), so that whoever reads it reports it as damaged."""
     if where.is_file():
         return [where]
     if not where.is_dir():
         return []
-    files = [p for p in where.glob("*.h5") if not p.name.startswith(".") and p.is_file()]
-    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+    found = []
+    for p in where.glob("*.h5"):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        try:
+            attrs = read_attrs(p)
+        except (OSError, ValueError):
+            found.append((0.0, p.stat().st_mtime, p))  # unreadable: possibly a damaged cache
+            continue
+        if attrs.get("tlx_format") in READABLE_FORMATS:
+            found.append((updated_time(attrs), p.stat().st_mtime, p))
+    return [p for _, _, p in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
+
+
+def updated_time(attrs: dict) -> float:
+    """The index's recorded ``updated`` time as seconds since the epoch (0 when absent)."""
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(str(attrs.get("updated", "")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return 0.0
+
+
+def pick_cache(where: Path) -> Path:
+    """The cache a command without ``--features`` uses, from a folder: the newest (by recorded
+    ``updated`` time) of the one dataset the folder holds caches of; with several datasets, the
+    one named like the current working folder, else a refusal listing the candidates."""
+    caches = list_caches(where)
+    if not caches:
+        raise CacheError(f"no feature cache found at {where}: run `tlx extract DATA` first, or pass --features FILE")
+    datasets: dict[str, list[Path]] = {}
+    for p in caches:
+        try:
+            name = str(read_attrs(p).get("dataset_name", ""))
+        except (OSError, ValueError):
+            name = ""  # unreadable: its reader reports it, if it is the one taken
+        datasets.setdefault(name, []).append(p)
+    if len(datasets) == 1:
+        return caches[0]
+    here = Path.cwd().name
+    if here in datasets:
+        return datasets[here][0]
+    listed = "; ".join(f"{name or '?'}: {', '.join(p.name for p in ps)}" for name, ps in sorted(datasets.items()))
+    raise CacheError(f"{where} holds caches of {len(datasets)} datasets ({listed}): pass --features FILE to say which")
 
 
 def now_iso() -> str:

@@ -28,6 +28,7 @@ import numpy as np
 from ..common.atomic import atomic_path
 from . import store
 from .space import FeatureSpace
+from .verify import DAMAGED, MISSING, check_part
 
 Key = tuple[str, int]  # (content sha256, view index)
 
@@ -118,9 +119,10 @@ def write_view_part(folder: Path, name: str, keys: Sequence[Key], features: np.n
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / name) as tmp, h5py.File(tmp, "w", libver="latest") as f:
         chunk = (min(store._rows_per_chunk(width), max(n, 1)), width)
-        f.create_dataset("features", shape=(n, width), dtype=space.store_dtype, chunks=chunk)
-        f.create_dataset("content_sha256", shape=(n,), dtype=store.HASH)
-        f.create_dataset("view", shape=(n,), dtype=np.int16)
+        rows = (max(1, min(n, 8192)),)  # chunked, so that every chunk carries a fletcher32 checksum
+        f.create_dataset("features", shape=(n, width), dtype=space.store_dtype, chunks=chunk, fletcher32=True)
+        f.create_dataset("content_sha256", shape=(n,), dtype=store.HASH, chunks=rows, fletcher32=True)
+        f.create_dataset("view", shape=(n,), dtype=np.int16, chunks=rows, fletcher32=True)
         if n:
             f["features"][:] = features.astype(space.store_dtype, copy=False)
             f["content_sha256"][:] = np.array([h for h, _ in keys], dtype="S64")
@@ -134,7 +136,7 @@ def write_view_part(folder: Path, name: str, keys: Sequence[Key], features: np.n
 def read_view_keys(path: Path, space: FeatureSpace, recipe: dict) -> list[Key] | None:
     """The keys of a complete view part of this space and recipe; None for another one or a damaged file."""
     try:
-        with h5py.File(path, "r") as f:
+        with store.open_h5(path) as f:
             if json.loads(f.attrs["feature_space"]) != space.to_dict():
                 return None
             if json.loads(f.attrs["view_recipe"]) != recipe:
@@ -216,7 +218,8 @@ def view_sources(path: Path, prev: store.CacheIndex | None, space: FeatureSpace,
     src = ViewSources()
     table = prev.views if prev is not None else None
     if prev is not None and table is not None and table.recipe == recipe:
-        src.prev = table.sources(prev.hashes)
+        damaged = _damaged_view_parts(path, table)  # their images are read again for their views
+        src.prev = {k: s for k, s in table.sources(prev.hashes).items() if s[0] not in damaged}
         src.sizes.update(table.sizes)
     used = set(table.part) if table is not None else set()
     folder = views_dir(path)
@@ -236,6 +239,12 @@ def view_sources(path: Path, prev: store.CacheIndex | None, space: FeatureSpace,
             if key not in src.prev:
                 src.resumed.setdefault(key, (part.name, row))
     return src
+
+
+def _damaged_view_parts(path: Path, table: ViewTable) -> set[str]:
+    """The view parts ``table`` names that fail verification (read whole, checksums checked)."""
+    folder = views_dir(path)
+    return {name for name in table.sizes if check_part(folder / name)[0] in (DAMAGED, MISSING)}
 
 
 def remove_unused_view_parts(path: Path, keep: set[str]) -> int:

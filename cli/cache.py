@@ -30,12 +30,14 @@ def compact_command(
 ) -> None:
     """Merge a cache's parts into one, dropping the rows of removed images (h5py only, no torch)."""
     from ..cache.compact import compact
-    from ..cache.store import default_cache_dir, list_caches
+    from ..cache.store import default_cache_dir, list_caches, not_a_cache
     from ..errors import CacheError
 
     where = cache if cache is not None else default_cache_dir()
     if not where.exists():
         raise CacheError(f"{where} does not exist: pass a cache file or folder, or run `tlx extract DATA` first")
+    if where.is_file() and not_a_cache(where):
+        raise CacheError(not_a_cache(where))  # a part or a foreign file: say what it is, touch nothing
     paths = list_caches(where)
     if not paths:
         raise CacheError(f"no feature caches in {where}: run `tlx extract DATA` first")
@@ -46,3 +48,41 @@ def compact_command(
         for r in results
     ]
     report("\n".join(lines), {"caches": [r.to_dict() for r in results]}, json_out, quiet)
+
+
+@cache_app.command("verify")
+@handle_errors
+def verify_command(
+    cache: Annotated[
+        Path | None,
+        typer.Argument(help="A cache file, or a folder whose caches are all checked [default: $TLX_CACHE_DIR]."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Read every chunk of every part of a cache and check it against its checksum and the index;
+    exit 1 naming each damaged part (`tlx extract` re-computes exactly those rows). Changes nothing."""
+    from ..cache.store import default_cache_dir, list_caches, not_a_cache
+    from ..cache.verify import OK, verify_cache
+    from ..errors import CacheError
+
+    where = cache if cache is not None else default_cache_dir()
+    if not where.exists():
+        raise CacheError(f"{where} does not exist: pass a cache file or folder, or run `tlx extract DATA` first")
+    if where.is_file() and not_a_cache(where):
+        raise CacheError(not_a_cache(where))
+    paths = list_caches(where)
+    if not paths:
+        raise CacheError(f"no feature caches in {where}: run `tlx extract DATA` first")
+    checks = [verify_cache(p) for p in paths]
+    lines = []
+    for check in checks:
+        bad = [p for p in check.parts if p.status != OK]
+        lines.append(f"{check.cache}: {'DAMAGED' if check.damaged else 'ok'}, {len(check.parts)} part(s) read")
+        lines += [f"  index: {problem}" for problem in check.problems]
+        lines += [f"  {p.part}: {p.status}" + (f" ({p.detail})" if p.detail else "") for p in bad]
+        if check.damaged:
+            hint = "re-computes the damaged parts' rows" if not check.problems else "rebuilds it"
+            lines.append(f"  run `tlx extract` on its data again: it {hint}, and keeps the rest")
+    report("\n".join(lines), {"caches": [c.to_dict() for c in checks]}, json_out)
+    if any(c.damaged for c in checks):
+        raise typer.Exit(1)

@@ -45,20 +45,23 @@ def info_command(
                 typer.echo(f"{name:<28} {desc}")
                 typer.echo(f"{'':<28}   weights: {status.get(name) or 'unknown'}")
         return
-    from ..cache.store import UnreadableCacheError, default_cache_dir, list_caches, read_summary
+    from ..cache.reader import read_summary
+    from ..cache.store import default_cache_dir, list_caches, not_a_cache
     from ..errors import CacheError
 
     where = cache if cache is not None else default_cache_dir()
     if not where.exists():
         raise CacheError(f"{where} does not exist: pass a cache file or folder, or run `tlx extract DATA` first")
+    if where.is_file() and not_a_cache(where):
+        raise CacheError(not_a_cache(where))  # a part or a foreign file: say what it is, touch nothing
     rows = []
     for path in list_caches(where):
         try:
             rows.append(read_summary(path))
-        except UnreadableCacheError as exc:
+        except CacheError as exc:
             if where.is_file():
                 raise  # the user named this file: it is an error, not a row to skip
-            info(f"warning: skipped {exc.reason}")
+            info(f"warning: skipped {getattr(exc, 'reason', exc)}")
     if json_out:
         emit_json(rows)
         return

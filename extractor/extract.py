@@ -270,6 +270,8 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         store.remove_stale_temporaries(path)  # from a run killed while it wrote the index
         prev = _read_previous(path, space, reporter)
         src = sources_for(path, prev, space)
+        for part, why in src.damaged.items():
+            reporter.message(f"warning: {store.parts_dir(path).name}/{part} is damaged ({why}); re-computing its rows")
         work = classify(index, prev, src.known_hashes(), rehash)
         count, recipe = _views_wanted(opts, prev, reporter)
         vsrc = viewstore.view_sources(path, prev, space, recipe) if count else viewstore.ViewSources()
@@ -298,9 +300,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         prev_views = prev.views if prev is not None else None
         same_views = table.same_as(prev_views) if table is not None else prev_views is None
         unchanged = same_index(prev, rows, index.classes, work.failed) and same_views
-        if unchanged:
-            os.utime(path)  # the newest cache is the one the user extracted last
-        else:
+        if not unchanged:  # a no-op run changes no file (the newest cache is the newest `updated`)
             attrs = _cache_attrs(index, space, net, prev, request, started_ns)
             store.write_index(path, rows, index.classes, work.failed, space, attrs, src.sizes, table)
         store.remove_unused_parts(path, {r.part for r in rows})

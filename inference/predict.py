@@ -217,42 +217,51 @@ def collect_images(inputs: Iterable) -> list[Path]:
 
 
 def _cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarray], str]:
-    """Rows of the run's cache for the inputs whose content it holds: {input index: vector}."""
+    """Rows of the run's cache for the inputs whose content it holds: {input index: vector},
+    hashes and vectors taken from one open version of the cache (``tlx.cache.reader``)."""
     cache = run_cache(run)
     if cache is None:
         return {}, f"the run's cache {run.info.get('cache')!r} is gone; computing every image"
-    from ..cache.store import read_index
+    from ..cache.reader import open_snapshot
+    from ..cache.store import index_of
 
     try:
-        index = read_index(cache)
+        with open_snapshot(cache) as snap:
+            index = index_of(snap.index, cache)
+            if index.space.identity() != run.space.identity():
+                return (
+                    {},
+                    f"{cache} now holds another feature space ({run.space.difference(index.space)}); "
+                    "computing every image",
+                )
+            row_of = index.row_of_hash()
+            wanted = {i: row_of[h] for i, h in enumerate(hashes) if h is not None and h in row_of}
+            if not wanted:
+                return {}, ""
+            vectors = read_rows(snap, list(wanted.values()))
     except CacheError as exc:
         return {}, f"{exc}; computing every image"
-    if index.space.identity() != run.space.identity():
-        return (
-            {},
-            f"{cache} now holds another feature space ({run.space.difference(index.space)}); computing every image",
-        )
-    row_of = index.row_of_hash()
-    wanted = {i: row_of[h] for i, h in enumerate(hashes) if h is not None and h in row_of}
-    if not wanted:
-        return {}, ""
-    return {i: v for i, v in zip(wanted, read_rows(cache, list(wanted.values())), strict=False)}, ""
+    return dict(zip(wanted, vectors, strict=True)), ""
 
 
-def read_rows(cache: Path, rows: Sequence[int], block: int = 4096) -> np.ndarray:
-    """``features[rows]`` of a cache, in the order asked, reading only the blocks of rows that
-    hold some of them (memory stays flat however large the cache is)."""
-    import h5py
+def read_rows(cache, rows: Sequence[int], block: int = 4096) -> np.ndarray:
+    """``features[rows]`` of a cache (a path, or an open ``Snapshot`` of it), in the order asked,
+    reading ``block`` rows at a time (memory stays flat however large the cache is)."""
+    from ..cache.reader import Snapshot, open_snapshot
 
-    idx = np.asarray(rows, dtype=np.int64)
-    with h5py.File(cache, "r") as f:
-        ds = f["features"]
-        out = np.empty((len(idx), ds.shape[1]), dtype=np.float32)
-        for start in np.unique(idx // block) * block:
-            mine = np.flatnonzero((idx >= start) & (idx < start + block))
-            part = ds[int(start) : int(start) + block]
-            out[mine] = part[idx[mine] - start]
-    return out
+    snap = cache if isinstance(cache, Snapshot) else open_snapshot(cache)
+    try:
+        table = snap.table("features")
+        idx = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(idx), table.width), dtype=np.float32)
+        order = np.argsort(idx, kind="stable")
+        for start in range(0, len(idx), block):
+            mine = order[start : start + block]
+            out[mine] = table.read(idx[mine])
+        return out
+    finally:
+        if snap is not cache:
+            snap.close()
 
 
 def _hash_all(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]]:

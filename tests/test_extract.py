@@ -418,15 +418,18 @@ def get_backbone_for_test():
     return get_backbone("tiny_cnn").build()
 
 
-def test_newest_cache_is_the_one_extracted_last(tmp_path, cache_dir):
+def test_a_no_op_extract_changes_no_file_and_the_cache_is_chosen_unambiguously(tmp_path, cache_dir, monkeypatch):
     first = make_folder_dataset(tmp_path / "first")
     second = make_folder_dataset(tmp_path / "second", seed0=20)
     a = run(first, None)
-    b = run(second, None)
-    os.utime(a.path, (time.time() - 20, time.time() - 20))  # as if made well before
-    os.utime(b.path, (time.time() - 10, time.time() - 10))
+    run(second, None)
+    before = {p: p.stat().st_mtime_ns for p in cache_dir.rglob("*.h5")}
     again = run(first, None)
     assert not again.written and again.path == a.path
+    assert {p: p.stat().st_mtime_ns for p in cache_dir.rglob("*.h5")} == before  # a no-op writes nothing
+    with pytest.raises(CacheError, match=r"2 datasets \(first: .*; second: .*\): pass --features FILE"):
+        tlx.load_features()  # two datasets, and the working folder names neither: no guess
+    monkeypatch.chdir(first)  # working in the dataset's own folder picks its cache
     assert tlx.load_features().path == Path(a.path)
 
 

@@ -148,7 +148,7 @@ def _add_views(data: TrainingData, n: int) -> None:
         )
     if not meta.n_views:
         raise TlxError(f"--views {n}: {meta.path} has no augmented views; run `tlx extract DATA --views {n}` first")
-    got = load_views(meta.path, data.train, n)  # the training rows only: val views are never read
+    got = load_views(meta.snapshot or meta.path, data.train, n)  # training rows only, of the version loaded
     assert isinstance(got.X, np.ndarray) and isinstance(data.Xtr, np.ndarray)
     data.Xtr = np.concatenate([data.Xtr, got.X])
     data.ytr = np.concatenate([data.ytr, data.ytr[got.image]])

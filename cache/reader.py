@@ -1,0 +1,294 @@
+"""One committed version of a cache, held open for as long as it is read.
+
+A reader of a cache races the writers of it: ``tlx extract`` commits a new index with
+``os.replace`` and then deletes the parts no row uses any more, and ``tlx cache compact``
+rewrites every row into one new part and deletes the others. A reader that re-opened the index
+(or the parts, through the index's virtual dataset) by name on every read could take its paths
+and labels from one version and its vectors from another, without a word.
+
+So a reader takes a :class:`Snapshot`: it opens the index once and keeps the handle, reads the
+index's metadata through it, then opens every part file that index names and keeps those
+handles too. Vectors are then read from the parts directly, through the index's
+``source/part`` and ``source/row`` maps, never through the virtual dataset by name. Part files
+are immutable (a writer never rewrites one), and POSIX keeps an unlinked file readable while a
+handle on it is open, so whatever commits or compactions follow, the snapshot reads exactly the
+version it opened, whole. If a part vanished between opening the index and opening the part,
+a commit happened in between: the snapshot opens the now-current index and tries again (a few
+times at most). Readers take no lock, need no write access and never wait for a writer; the
+price is that a deleted part's disk space comes back only when the last reader holding it lets
+go, and that a snapshot holds one file handle per part (``tlx cache compact`` makes that one).
+
+Damage shows here too: parts are written with HDF5's fletcher32 checksum on every chunk, and a
+chunk whose bytes changed, or a part cut short, is reported as one line naming the part
+(:class:`DamagedPartError`), never read as numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import CacheError
+from .store import READABLE_FORMATS, UnreadableCacheError, decode_strings, open_h5, parts_dir
+
+OPEN_TRIES = 8  # commits racing one open; each retry means another writer committed meanwhile
+
+Reader = Callable[[h5py.Dataset, np.ndarray], np.ndarray]
+
+
+class DamagedPartError(CacheError):
+    """A part file of a cache that cannot be read back as it was written (cut short, bytes changed)."""
+
+    def __init__(self, cache: Path, part: Path, what: str):
+        super().__init__(
+            f"{cache}: its part {part.parent.name}/{part.name} is damaged ({what}); "
+            "run `tlx extract` on its data again: it re-computes that part's rows and keeps the rest"
+        )
+        self.cache, self.part = cache, part
+
+
+class _PartGone(Exception):
+    """A part named by the index vanished before it was opened (a commit happened meanwhile)."""
+
+    def __init__(self, part: Path):
+        self.part = part
+
+
+def read_sorted(ds, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted) of ``ds`` as float32. The span they cover is read in contiguous
+    windows of at most twice their count (h5py reads ranges far faster than scattered
+    points), and the wanted rows are picked from each window."""
+    out = np.empty((len(rows), ds.shape[1]), dtype=np.float32)
+    window = max(2 * len(rows), 1024)
+    buffer = np.empty((min(window, ds.shape[0]), ds.shape[1]), dtype=ds.dtype)
+    done = 0
+    while done < len(rows):
+        first = int(rows[done])
+        end = int(np.searchsorted(rows, first + window, side="left"))
+        span = int(rows[end - 1]) + 1 - first
+        ds.read_direct(buffer, np.s_[first : first + span], np.s_[0:span])  # no temporary array
+        if buffer.dtype == np.float32:
+            np.take(buffer, rows[done:end] - first, axis=0, out=out[done:end], mode="clip")
+        else:  # float16 caches: widened here, one block at a time
+            out[done:end] = buffer[rows[done:end] - first]
+        done = end
+    return out
+
+
+@dataclass
+class RowMap:
+    """Where each row of one logical (n, width) matrix lives: row i is row ``row[i]`` of
+    ``datasets[part[i]]``; ``part`` None: the matrix is the single dataset ``datasets[0]``."""
+
+    cache: Path
+    n: int
+    width: int
+    datasets: list
+    files: list[Path]
+    part: np.ndarray | None = None
+    row: np.ndarray | None = None
+
+    def read(self, rows: np.ndarray, reader: Reader = read_sorted) -> np.ndarray:
+        """Rows ``rows`` (sorted) as float32, read part by part through the open handles."""
+        if self.part is None or self.row is None:
+            return self._guarded(0, reader, rows)
+        out = np.empty((len(rows), self.width), dtype=np.float32)
+        if not len(rows):
+            return out
+        part, row = self.part[rows], self.row[rows]
+        starts = np.flatnonzero(np.diff(part)) + 1
+        runs = np.split(np.arange(len(rows)), starts)
+        if len(set(part[starts].tolist()) | {int(part[0])}) == len(runs) and all(
+            np.all(row[r[1:]] >= row[r[:-1]]) for r in runs
+        ):  # the usual layout: each part's rows in one ascending run (a fresh or compacted cache)
+            for r in runs:
+                out[r[0] : r[-1] + 1] = self._guarded(int(part[r[0]]), reader, row[r[0] : r[-1] + 1])
+            return out
+        order = np.lexsort((row, part))  # by part, then by row inside it
+        bounds = np.flatnonzero(np.diff(part[order])) + 1
+        for group in np.split(order, bounds):
+            out[group] = self._guarded(int(part[group[0]]), reader, row[group])
+        return out
+
+    def _guarded(self, k: int, reader: Reader, rows: np.ndarray) -> np.ndarray:
+        try:
+            return reader(self.datasets[k], rows)
+        except OSError as exc:  # HDF5 reports a bad checksum or a short file as an OSError
+            raise DamagedPartError(self.cache, self.files[k], _first_line(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class Snapshot:
+    """An open, committed version of a cache (or of any HDF5 file holding a matrix): the index
+    handle, the attributes, and the row maps of ``features`` and ``views/features``."""
+
+    def __init__(self, path: Path, index: h5py.File, tables: dict[str, RowMap], handles: list[h5py.File]):
+        self.path, self.index, self.tables, self._handles = path, index, tables, handles
+        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in index.attrs.items()}
+
+    @property
+    def is_cache(self) -> bool:
+        return self.attrs.get("tlx_format") in READABLE_FORMATS
+
+    def table(self, dataset: str = "features") -> RowMap:
+        """The row map of ``dataset``: a cache's features or views, or any 2-D dataset of the file."""
+        if dataset not in self.tables:
+            ds = self.index[dataset]
+            self.tables[dataset] = RowMap(self.path, ds.shape[0], ds.shape[1], [ds], [self.path])
+        return self.tables[dataset]
+
+    def close(self) -> None:
+        for f in self._handles:
+            f.close()
+        self.index.close()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_snapshot(path: str | Path) -> Snapshot:
+    """Open the current version of the cache at ``path`` and every part it names. A part that
+    vanished meanwhile means a writer committed: the new index is opened instead."""
+    path = Path(path)
+    for _ in range(OPEN_TRIES):
+        try:
+            index = open_h5(path)
+        except FileNotFoundError:
+            raise CacheError(f"{path} does not exist: pass a cache file that `tlx extract` wrote") from None
+        except OSError as exc:
+            raise UnreadableCacheError(path, f"{path} is not a readable HDF5 file ({_first_line(exc)})") from None
+        seen = _inode(index)
+        try:
+            return _snapshot(path, index)
+        except _PartGone as gone:
+            index.close()
+            if _current_inode(path) == seen:  # no commit since: the part is really missing
+                kind = "view part" if gone.part.parent.name.endswith(".views") else "part file"
+                raise UnreadableCacheError(
+                    path,
+                    f"{path} is damaged: its {kind} {gone.part.parent.name}/{gone.part.name} is missing "
+                    "(deleted, or not copied with the cache)",
+                ) from None
+        except BaseException:
+            index.close()
+            raise
+    raise CacheError(f"{path} was rewritten {OPEN_TRIES} times while it was being opened: load it again")
+
+
+def _inode(f: h5py.File) -> int | None:
+    try:
+        return os.fstat(f.id.get_vfd_handle()).st_ino
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _current_inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
+def _snapshot(path: Path, index: h5py.File) -> Snapshot:
+    handles: list[h5py.File] = []
+    try:
+        tables: dict[str, RowMap] = {}
+        fmt = index.attrs.get("tlx_format")
+        if fmt in READABLE_FORMATS and fmt >= 2:
+            tables["features"] = _part_table(path, index, parts_dir(path), handles)
+            if "views" in index:
+                folder = path.with_name(path.name + ".views")
+                tables["views/features"] = _part_table(path, index["views"], folder, handles)
+        return Snapshot(path, index, tables, handles)
+    except BaseException:
+        for f in handles:
+            f.close()
+        raise
+
+
+def _part_table(path: Path, group, folder: Path, handles: list[h5py.File]) -> RowMap:
+    """Open every part ``group`` names (under ``folder``) and map its rows onto them."""
+    names = decode_strings(group["parts/names"])
+    datasets, files = [], []
+    for name in names:
+        part = folder / name
+        try:
+            f = open_h5(part)
+        except FileNotFoundError:
+            raise _PartGone(part) from None
+        except OSError as exc:
+            raise DamagedPartError(path, part, _first_line(exc)) from None
+        handles.append(f)
+        try:
+            datasets.append(f["features"])
+        except KeyError:
+            raise DamagedPartError(path, part, "it has no features") from None
+        files.append(part)
+    width = int(group.file.attrs["feature_dim"])
+    source_part, source_row = group["source/part"][()].astype(np.int64), group["source/row"][()]
+    last = np.full(len(datasets), -1, dtype=np.int64)
+    np.maximum.at(last, source_part, source_row)  # the highest row the index maps onto each part
+    for k, ds in enumerate(datasets):
+        if ds.shape[1:] != (width,) or last[k] >= ds.shape[0]:
+            raise DamagedPartError(path, files[k], f"its features are {ds.shape}, less than the index maps onto it")
+    return RowMap(path, len(source_part), width, datasets, files, source_part, source_row)
+
+
+def read_summary(path: Path) -> dict:
+    """What ``tlx info`` shows of a cache, from one open version of it, without reading its
+    features or paths; raises :class:`UnreadableCacheError` for a file that is not a complete
+    tlx cache (a missing or damaged part included)."""
+    with open_snapshot(path) as snap:
+        if not snap.is_cache:
+            from .store import not_a_cache
+
+            raise UnreadableCacheError(path, not_a_cache(path) or f"{path} is not a tlx feature cache")
+        try:
+            return _summary(snap)
+        except (OSError, KeyError, ValueError) as exc:
+            raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
+
+
+def _summary(snap: Snapshot) -> dict:
+    f, attrs, path = snap.index, snap.attrs, snap.path
+    n = int(attrs["n_images"])
+    lengths = {name: len(f[name]) for name in ("labels", "paths", "split", "content_sha256")}
+    lengths["features"] = snap.table("features").n
+    if set(lengths.values()) != {n}:
+        raise UnreadableCacheError(
+            path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
+        )
+    failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
+    space = json.loads(attrs["feature_space"])
+    n_views = int(f["views"].attrs["count"]) if "views" in f else 0
+    return {
+        "path": str(path),
+        "dataset": attrs.get("dataset_name"),
+        "dataset_root": attrs.get("dataset_root"),
+        "backbone": attrs.get("backbone"),
+        "pooling": attrs.get("pooling"),
+        "stages": int(space.get("stages", 0)),
+        "precision": space.get("precision", "fp32"),
+        "n_images": n,
+        "feature_dim": int(attrs.get("feature_dim", 0)),
+        "updated": attrs.get("updated"),
+        "weights_sha256": space.get("weights_sha256"),
+        "format": int(attrs["tlx_format"]),
+        "n_parts": len(f["parts/names"]) if "parts" in f else 0,
+        "views": n_views,
+        "view_recipe": json.loads(attrs["view_recipe"])["name"] if n_views else None,
+        "n_failed": len(failed),
+        "failed": [{"path": p, "reason": r} for p, r in failed.items()],
+    }
