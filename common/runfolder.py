@@ -40,10 +40,14 @@ def default_runs_dir() -> Path:
 
 
 def new_run_dir(tag: str, out: Path | None = None) -> Path:
-    """Create the run folder: ``out`` itself when given (it must be new or empty), otherwise a
+    """Create the run folder: ``out`` itself when given (it must be new or empty, and not inside
+    another run or a feature cache: a multi-head ``--out`` never nests runs in a run), otherwise a
     fresh ``<runs dir>/<YYYYmmdd-HHMMSS>-<tag>`` (``-2``, ``-3``... when that name is taken)."""
     if out is not None:
+        from .outputs import check_output_folder
+
         out = Path(out)
+        check_output_folder(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise RunError(f"--out {out} already exists and is not an empty folder: choose a new folder or remove it")
         out.mkdir(parents=True, exist_ok=True)

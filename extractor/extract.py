@@ -434,6 +434,7 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     reporter.start(len(paths), f"extracting with {space.backbone}{where}")
     try:
         for batch in runner.run(paths, opts.batch_size, opts.workers, files=files, collate=collate_hashed):
+            _refuse_non_finite(batch, opts, space, runner, out.n_new)
             if batch.indices:
                 writer.add([batch.meta[j][0] for j in batch.indices], batch.features)
             if batch.views and views is not None:
@@ -454,6 +455,35 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
         reporter.message(report.describe())
         out.engine = asdict(report)
     return out
+
+
+class NonFiniteFeatures(TlxError):
+    """The network gave NaN or infinite features: nothing from it may enter a cache."""
+
+
+def _refuse_non_finite(batch, opts: Options, space: FeatureSpace, runner, n_before: int) -> None:
+    """Stop before a batch with a NaN or infinite vector reaches a part: a cache of such vectors
+    would be reused by every later extract and break every head fitted on it."""
+    import numpy as np
+
+    bad = int((~np.isfinite(batch.features)).any(axis=1).sum()) if len(batch.indices) else 0
+    if batch.view_features is not None and len(batch.view_features):
+        bad += int((~np.isfinite(batch.view_features)).any(axis=1).sum())
+    if not bad:
+        return
+    report = runner.forward.report
+    engine = report.engine if report is not None else opts.engine
+    weights = f"--weights {opts.weights}" if opts.weights is not None else f"the weights of {space.backbone}"
+    hints = [f"check {weights}"]
+    if engine != "eager":
+        hints.append("try --engine eager")
+    if opts.precision != "fp32":
+        hints.append("try --precision fp32")
+    raise NonFiniteFeatures(
+        f"the network produced NaN/inf features for {bad} image(s) of a batch of {len(batch.meta)} "
+        f"({space.backbone}, engine {engine}, precision {opts.precision}; {n_before} images before it were fine); "
+        f"nothing from them was written to the cache: {', '.join(hints)}"
+    )
 
 
 def _view_request(plan: Plan, resize_crop, ranks, opts: Options):

@@ -110,6 +110,25 @@ def write_csv(rows: list[dict], columns: list[str], out) -> None:
     write_atomic(out, dump)
 
 
+CSV_HEADER = "path,label,score"
+
+
+def check_predictions_out(out) -> None:
+    """Refuse an ``--out`` that is an image, a cache or a run's file, or any existing file but a
+    predictions CSV that tlx wrote (that one may be replaced: re-running a prediction is normal)."""
+    from ..common.outputs import check_output_file
+
+    check_output_file(Path(out), "--out", may_replace=_is_predictions_csv)
+
+
+def _is_predictions_csv(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().startswith(CSV_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 @dataclass
 class StreamTotals:
     """What ``write_csv_stream`` wrote: counts, the first failures, accuracy against folders."""
@@ -371,6 +390,7 @@ def _predict_round(run, paths, ranks, how: _How, tta: bool) -> Predictions:
         n_reused = 0
     else:
         proba_of, failed, n_reused, n_computed = _head_proba(run, share, how, tta)
+    _fail_non_finite(proba_of, failed, run)
     shares = distributed.gather(
         ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
     )
@@ -393,6 +413,17 @@ def _predict_round(run, paths, ranks, how: _How, tta: bool) -> Predictions:
         seconds=round(time.perf_counter() - started, 3),
         engine=dict(how.used),
     )
+
+
+def _fail_non_finite(proba_of: dict, failed: dict, run) -> None:
+    """Rows whose probabilities are NaN or infinite get no label (argmax of NaN is a class
+    picked by accident): they move to the failures, with the reason."""
+    for i in [i for i, p in proba_of.items() if not np.all(np.isfinite(p))]:
+        del proba_of[i]
+        failed[i] = (
+            f"the run {run.path} gave NaN/inf probabilities for this image (its weights or features are not "
+            "finite numbers): no label; fit or fine-tune the run again"
+        )
 
 
 def _memo(run, name: str, build):
