@@ -60,24 +60,27 @@ def is_hdf5(path: Path) -> bool:
     return _head(path, len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
 
 
-def is_run_folder(folder: Path) -> bool:
+def is_run_folder(folder: Path, damaged: bool = False) -> bool:
     """tlx's markers of a run: a ``metrics.json`` whose kind is head or finetune beside its
-    ``head.json``/``finetune.json``, or a fine-tuning's checkpoint folder (a run not finished)."""
+    ``head.json``/``finetune.json``, or a fine-tuning's checkpoint folder (a run not finished).
+    ``damaged``: a ``metrics.json`` that cannot be read beside a run record counts too (where
+    the question is whether writing there could destroy a run, not whether it is intact)."""
     if (folder / "checkpoints" / "last.pt").is_file() or (folder / "checkpoints" / "best.pt").is_file():
         return True
     if not any((folder / name).is_file() for name in RUN_RECORDS):
         return False
+    metrics = folder / "metrics.json"
     try:
-        record = json.loads((folder / "metrics.json").read_text())
+        record = json.loads(metrics.read_text())
     except (OSError, ValueError):
-        return True  # a run record beside a damaged metrics.json is still a run (a damaged one)
+        return damaged and metrics.is_file()
     return isinstance(record, dict) and record.get("kind") in RUN_KINDS
 
 
 def enclosing_run(path: Path) -> Path | None:
     """The run folder that holds ``path`` (``path`` itself when it is one), if any."""
     for folder in [path, *path.parents]:
-        if folder.is_dir() and is_run_folder(folder):
+        if folder.is_dir() and is_run_folder(folder, damaged=True):
             return folder
     return None
 

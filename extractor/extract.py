@@ -19,7 +19,7 @@ from ..common.progress import Reporter
 from ..errors import CacheError, TlxError
 from . import distributed
 from .discovery import DatasetIndex, discover
-from .engines import check_engine
+from .engines import EngineDrift, check_engine
 from .registry import DEFAULT_BACKBONE, get_backbone
 
 
@@ -299,6 +299,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
             os.utime(path)  # the newest cache is the one the user extracted last
         else:
             attrs = _cache_attrs(index, space, net, prev, request, started_ns)
+            attrs["engines"] = _engines_record(prev, outcomes, plan.run_id)
             store.write_index(path, rows, index.classes, work.failed, space, attrs, src.sizes, table)
         store.remove_unused_parts(path, {r.part for r in rows})
         viewstore.remove_unused_view_parts(path, set(table.part) if table is not None else set())
@@ -447,6 +448,9 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
             reporter.advance(len(batch.meta))
         out.parts = writer.close()
         out.view_parts = views.close() if views is not None else []
+    except EngineDrift:
+        _drop_segments(writer, views)  # vectors of an engine that left the feature space are never reused
+        raise
     finally:
         reporter.stop()
     out.seconds = time.perf_counter() - t0
@@ -455,6 +459,15 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
         reporter.message(report.describe())
         out.engine = asdict(report)
     return out
+
+
+def _drop_segments(writer, views) -> None:
+    """Delete the parts this run flushed so far (a later run would take them back otherwise)."""
+    names = [writer.folder / name for name in writer.segments]
+    if views is not None:
+        names += [views.folder / name for name, _ in views.parts]
+    for path in names:
+        path.unlink(missing_ok=True)
 
 
 class NonFiniteFeatures(TlxError):
@@ -561,6 +574,28 @@ def _cache_attrs(index: DatasetIndex, space: FeatureSpace, net, prev, request: d
         "updated": store.now_iso(),
         "stat_time_ns": started_ns,  # stats taken after this are not trusted blindly (racy files)
     }
+
+
+ENGINE_RECORDS = 100  # the newest runs' engine records kept in an index
+
+
+def _engines_record(prev, outcomes: list[ShardOutcome], run_id: str) -> str:
+    """JSON list, one entry per run and rank that computed vectors: which engine made them and
+    what its checks against eager found. The cache's vectors are all within the recorded
+    tolerance of eager's at the space's precision; this says how each batch of them was made."""
+    before = prev.attrs.get("engines", "[]") if prev is not None else "[]"
+    try:
+        records = json.loads(before)
+    except (TypeError, ValueError):
+        records = []
+    for o in outcomes:
+        if o.n_new or o.n_views_new:
+            e = o.engine or {"engine": "eager"}
+            keep = ("engine", "requested", "max_abs_diff", "tolerance", "probe_images", "checks")
+            records.append(
+                {"run": run_id, "rank": o.rank, "n_vectors": o.n_new + o.n_views_new, **{k: e.get(k) for k in keep}}
+            )
+    return json.dumps(records[-ENGINE_RECORDS:])
 
 
 def _find_by_request(index: DatasetIndex, request: dict, cache_dir: Path):

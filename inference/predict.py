@@ -25,7 +25,7 @@ import numpy as np
 
 from ..common.atomic import write_atomic
 from ..errors import CacheError, DatasetError, RunError, TlxError
-from ..extractor.discovery import IMAGE_EXTENSIONS, walk_images
+from ..extractor.discovery import IMAGE_EXTENSIONS, not_regular, walk_images
 from ..heads.runs import run_cache, weights_path_for
 
 
@@ -68,6 +68,17 @@ class Predictions:
         return float(np.mean([t == label for t, label in zip(truth, self.labels, strict=False)]))
 
 
+def printable_path(path) -> str:
+    """``path`` as UTF-8 text: a file name whose bytes are not UTF-8 (Python holds them as
+    surrogate escapes) gets backslash escapes (``caf\\xe9.jpg``), so the CSV stays UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def prediction_rows(paths: Sequence[str], proba: np.ndarray, classes: Sequence[str], top_k: int = 1) -> list[dict]:
     if top_k < 1:
         raise TlxError(f"--top-k must be at least 1, not {top_k}")
@@ -75,7 +86,7 @@ def prediction_rows(paths: Sequence[str], proba: np.ndarray, classes: Sequence[s
     rows = []
     for path, p in zip(paths, proba, strict=False):
         order = np.argsort(-p, kind="stable")
-        row = {"path": path, "label": classes[order[0]], "score": float(p[order[0]])}
+        row = {"path": printable_path(path), "label": classes[order[0]], "score": float(p[order[0]])}
         row.update({f"p_{c}": float(v) for c, v in zip(classes, p, strict=False)})
         for i in range(1, k):
             row[f"top{i + 1}"] = classes[order[i]]
@@ -280,6 +291,11 @@ def _hash_all(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]]:
     hashes: list[str | None] = []
     failed: dict[int, str] = {}
     for i, p in enumerate(paths):
+        why = not_regular(p)
+        if why:  # a FIFO named on the command line would block the read forever
+            hashes.append(None)
+            failed[i] = why
+            continue
         try:
             hashes.append(sha256_file(p))
         except FileNotFoundError:
