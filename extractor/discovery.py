@@ -81,12 +81,12 @@ def walk_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively, sorted), each real file once, skipping hidden
     entries, tlx's own output and files that are not regular files (see :class:`_Walker`)."""
     walker = _Walker(Path(folder).resolve(), [])
-    return sorted({c.path for c in walker.walk(Path(folder))}, key=str)
+    return [Path(p) for p in sorted({c.path for c in walker.walk(Path(folder))})]
 
 
 @dataclass(frozen=True)
 class _Found:
-    path: Path  # as reached from the data root (through links that leave it, if any)
+    path: str  # as reached from the data root (through links that leave it, if any)
     key: tuple[int, int]  # (device, inode) of the real file: a file reached twice is one file
     via_link: bool  # reached through a symbolic link
 
@@ -109,22 +109,22 @@ class _Walker:
 
     def __init__(self, root: Path, notes: list[str]):
         self.root, self.notes = root, notes
+        self.prefix = str(root).rstrip(os.sep) + os.sep  # strings, not Paths: a walk may meet millions of files
         self.seen: set[tuple[int, int]] = set()
         self.not_regular: list[str] = []
         self.inner_links: list[str] = []
 
-    def rel(self, path: Path) -> str:
-        try:
-            return path.relative_to(self.root).as_posix()
-        except ValueError:
-            return path.as_posix()
+    def rel(self, path: str | Path) -> str:
+        text = str(path)
+        rel = text[len(self.prefix) :] if text.startswith(self.prefix) else text
+        return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
     def inside(self, real: str) -> bool:
-        return real == str(self.root) or real.startswith(str(self.root).rstrip(os.sep) + os.sep)
+        return real == str(self.root) or real.startswith(self.prefix)
 
     def walk(self, folder: Path) -> list[_Found]:
         found: list[_Found] = []
-        stack = [folder]
+        stack = [str(folder)]
         while stack:
             d = stack.pop()
             try:
@@ -139,29 +139,30 @@ class _Walker:
             except OSError as exc:
                 self.notes.append(f"warning: cannot list {self.rel(d)}/ ({exc.strerror}): its images are not read")
                 continue
-            below: list[Path] = []
+            below: list[str] = []
             for entry in entries:
                 if not entry.name.startswith("."):
                     self._entry(entry, st.st_dev, found, below)
             stack.extend(reversed(below))  # depth first, in name order: the first name reaching a folder keeps it
         return found
 
-    def _entry(self, entry: os.DirEntry, dev: int, found: list[_Found], stack: list[Path]) -> None:
-        path = Path(entry.path)
+    def _entry(self, entry: os.DirEntry, dev: int, found: list[_Found], stack: list[str]) -> None:
+        path = entry.path
         if entry.is_symlink():
             self._link(entry, path, found, stack)
         elif entry.is_dir(follow_symlinks=False):
-            if tlx_output_kind(path) is None:
+            kind = tlx_output_kind(Path(path))
+            if kind is None:
                 stack.append(path)
             else:
-                self.notes.append(f"ignored {self.rel(path)}/: {_OUTPUT_WORDS[str(tlx_output_kind(path))]}, not data")
+                self.notes.append(f"ignored {self.rel(path)}/: {_OUTPUT_WORDS[kind]} (tlx's own output), not data")
         elif is_image_file(entry.name):
             if entry.is_file(follow_symlinks=False):
                 found.append(_Found(path, (dev, entry.inode()), False))
             else:
                 self.not_regular.append(self.rel(path))
 
-    def _link(self, entry: os.DirEntry, path: Path, found: list[_Found], stack: list[Path]) -> None:
+    def _link(self, entry: os.DirEntry, path: str, found: list[_Found], stack: list[str]) -> None:
         real = os.path.realpath(path)
         try:
             st = os.stat(real)
@@ -171,7 +172,7 @@ class _Walker:
             return
         if stat.S_ISDIR(st.st_mode):
             if self.inside(real):
-                self.inner_links.append(f"{self.rel(path)} -> {self.rel(Path(real))}/")
+                self.inner_links.append(f"{self.rel(path)} -> {self.rel(real)}/")
             else:
                 stack.append(path)
         elif is_image_file(entry.name):
@@ -259,6 +260,8 @@ def tlx_output_kind(folder: Path) -> str | None:
         return "cache"
     if {"digits", "cache"} <= set(names) and _is_cache_folder(folder / "cache", _names(folder / "cache")):
         return "demo"
+    if any(is_image_file(n) for n in names):
+        return None  # images beside the runs: a folder to read (each run in it is skipped)
     subdirs = [folder / n for n in names if (folder / n).is_dir()]
     if subdirs and len(subdirs) == len(names) and all(is_run_folder(d) for d in subdirs):
         return "runs"

@@ -4,6 +4,7 @@ and a run folder inside another run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import h5_files, make_folder_dataset, write_image
@@ -103,3 +104,33 @@ def test_finetune_out_refuses_a_folder_inside_a_run(cli, fitted):
     )
     assert not (run / "ft").exists()
     assert json.loads((run / "metrics.json").read_text())["kind"] == "head"
+
+
+def test_runs_lists_damaged_runs_instead_of_hiding_them(cli, fitted, tmp_path):
+    _, run = fitted
+    runs = tmp_path / "several"
+    runs.mkdir()
+    good, broken, headless = runs / "good", runs / "broken", runs / "headless"
+    import shutil
+
+    shutil.copytree(run, good)
+    shutil.copytree(run, broken)
+    (broken / "metrics.json").write_text('{"kind": "head", "val_acc')  # cut short
+    shutil.copytree(run, headless)
+    (headless / "metrics.json").unlink()
+    (runs / "notes").mkdir()  # no mark of a run: not a run
+    listed = {Path(r["run"]).name: r for r in json.loads(cli("runs", "--dir", runs, "--json").stdout)["runs"]}
+    assert set(listed) == {"good", "broken", "headless"}, listed
+    assert listed["good"]["status"] == "done"
+    assert listed["broken"]["status"] == "damaged" and "not readable JSON" in listed["broken"]["problem"]
+    assert listed["headless"]["status"] == "damaged" and "no metrics.json" in listed["headless"]["problem"]
+    table = cli("runs", "--dir", runs)
+    assert table.exit_code == 0
+    assert "damaged" in next(line for line in table.stdout.splitlines() if "broken" in line)
+    assert "warning: 2 damaged run(s)" in table.stderr and str(broken) in table.stderr
+
+
+def test_demo_out_is_never_inside_a_run(cli, fitted):
+    _, run = fitted
+    _refused(cli("demo", "--out", run / "demo", "--quiet"), "inside the run")
+    assert not (run / "demo").exists()
