@@ -155,7 +155,7 @@ class _Walker:
             if kind is None:
                 stack.append(path)
             else:
-                self.notes.append(f"ignored {self.rel(path)}/: {_OUTPUT_WORDS[kind]} (tlx's own output), not data")
+                self.notes.append(_skipped_output(self.rel(path), Path(path), kind))
         elif is_image_file(entry.name):
             if entry.is_file(follow_symlinks=False):
                 found.append(_Found(path, (dev, entry.inode()), False))
@@ -285,6 +285,18 @@ def _walk_all(folder: Path) -> list[Path]:
     )
 
 
+def _skipped_output(rel: str, folder: Path, kind: str) -> str:
+    """The note for tlx output left out of the data: a warning when images tlx did not write
+    sit inside it (they are not read: the user should know, and move them)."""
+    stray = _stray_images(folder, kind)
+    if not stray:
+        return f"ignored {rel}/: {_OUTPUT_WORDS[kind]} (tlx's own output), not data"
+    return (
+        f"warning: ignored {rel}/: {_OUTPUT_WORDS[kind]}, yet it holds {_plural(len(stray), 'image')} "
+        f"tlx did not write ({_some_names(stray)}): move them into a class folder if they are data"
+    )
+
+
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -314,14 +326,7 @@ def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
         rel = d.relative_to(root).as_posix()
         kind = tlx_output_kind(d)
         if kind is not None:
-            stray = _stray_images(d, kind)
-            if stray:
-                notes.append(
-                    f"warning: ignored {rel}/: {_OUTPUT_WORDS[kind]}, yet it holds {_plural(len(stray), 'image')} "
-                    f"tlx did not write ({_some_names(stray)}): move them into a class folder if they are data"
-                )
-            else:
-                notes.append(f"ignored {rel}/: {_OUTPUT_WORDS[kind]} (tlx's own output), not data")
+            notes.append(_skipped_output(rel, d, kind))
             continue
         real = os.path.realpath(d)
         if d.is_symlink() and (_inside(real, root) and real != str(root)):

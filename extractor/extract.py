@@ -250,7 +250,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
     started_ns = time.time_ns()
     index = discover(data)  # bad data fails here, before anything is built or written
     for note in index.notes:
-        reporter.message(f"note: {note}")
+        reporter.message(note if note.startswith("warning:") else f"note: {note}")
     ref = get_backbone(opts.backbone)
     cache_dir = Path(cache_dir) if cache_dir is not None else store.default_cache_dir()
     request = _request(opts)

@@ -202,6 +202,12 @@ def reduce_eval(procs: Dist, local: dict, labels: np.ndarray, num_classes: int, 
     ).cpu()
     confusion = all_reduce_sum(procs, torch.from_numpy(confusion).to(where)).cpu().numpy()
     n = int(sums[1])
+    if not math.isfinite(float(sums[0])):  # every process has the same sums: all stop together
+        raise TlxError(
+            "the validation loss became NaN/inf: the network's outputs are not finite numbers (the weights "
+            "diverged), so nothing was saved as a finished run (checkpoints of earlier epochs are kept); "
+            "lower --lr and --head-lr"
+        )
     return {
         "val_loss": float(sums[0]) / max(1, n),
         "val_accuracy": float(np.trace(confusion)) / max(1, n),

@@ -161,3 +161,19 @@ def test_the_run_record_of_a_skipped_folder_is_read_by_json(tmp_path):
     assert tlx_output_kind(run) == "run"
     (run / "metrics.json").write_text(json.dumps({"kind": "other"}))
     assert tlx_output_kind(run) is None
+
+
+def test_a_run_inside_a_class_folder_is_skipped_and_its_photos_reported(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    run = data / "ants" / "old-run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"kind": "head"}')
+    (run / "head.json").write_text("{}")
+    write_image(run / "confusion.png", seed=70)  # its own plot: not data, not a warning
+    index = discover(data)
+    assert len(index.items) == 6
+    assert any(n.startswith("ignored ants/old-run/: a tlx run folder") for n in index.notes), index.notes
+    write_image(run / "photo.jpg", seed=71, fmt="JPEG")
+    index = discover(data)
+    assert len(index.items) == 6
+    assert any(n.startswith("warning: ignored ants/old-run/") and "photo.jpg" in n for n in index.notes), index.notes
