@@ -116,6 +116,8 @@ class _Walker:
 
     def rel(self, path: str | Path) -> str:
         text = str(path)
+        if text == str(self.root):
+            return "."
         rel = text[len(self.prefix) :] if text.startswith(self.prefix) else text
         return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
