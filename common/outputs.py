@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import TlxError
@@ -97,11 +97,10 @@ def check_output_file(
     out: Path,
     option: str = "--out",
     may_replace: Callable[[Path], bool] = lambda _p: False,
-    own: Collection[str] = (),
 ) -> None:
     """Refuse ``out`` when writing it would destroy something: an image, a feature cache file,
-    a file of a run (except the names in ``own``, which the caller writes into runs itself) or
-    any existing file that ``may_replace`` does not recognise as the caller's own earlier output."""
+    a file of a run or any other existing file, unless ``may_replace`` recognises it as the
+    caller's own earlier output (a predictions CSV, an export with its sidecar), wherever it is."""
     out = Path(out)
     real = out.resolve()
     fix = "choose a new file name"
@@ -122,14 +121,15 @@ def check_output_file(
         raise OutputError(f"{option} {out} is an image, maybe an input (a shell glob?); it was left as it is: {fix}")
     if is_hdf5(real):
         raise OutputError(f"{option} {out} is an HDF5 file (a feature cache?); it was left as it is: {fix}")
+    if may_replace(real):
+        return
     run = enclosing_run(real.parent)
-    if run is not None and real.name not in own:
+    if run is not None:
         raise OutputError(f"{option} {out} is a file of the run {run}; it was left as it is: {fix} outside the run")
-    if not may_replace(real):
-        raise OutputError(
-            f"{option} {out} already exists and is not a file this command wrote; it was left as it is: "
-            f"{fix} or remove it first"
-        )
+    raise OutputError(
+        f"{option} {out} already exists and is not a file this command wrote; it was left as it is: "
+        f"{fix} or remove it first"
+    )
 
 
 def check_output_folder(out: Path, option: str = "--out") -> None:

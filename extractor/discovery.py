@@ -246,14 +246,14 @@ def _is_cache_folder(folder: Path, names: list[str]) -> bool:
 def tlx_output_kind(folder: Path) -> str | None:
     """What tlx wrote ``folder`` as ("run", "runs", "cache", "cache-part", "demo"), or None.
 
-    A run folder holds ``metrics.json`` of kind head/finetune beside ``head.json`` or
-    ``finetune.json`` (or a fine-tuning's checkpoints); a cache folder holds only ``*.h5``
+    A run folder holds ``metrics.json`` of kind head/finetune (or a damaged one) beside
+    ``head.json`` or ``finetune.json``, or a fine-tuning's checkpoints; a cache folder holds only ``*.h5``
     indexes (one with tlx's ``tlx_format`` attribute) and their siblings; a part folder is
     ``NAME.h5.parts`` beside ``NAME.h5``; a demo folder holds ``digits/`` and a cache folder
     ``cache/``; a folder of runs holds only run folders."""
     from ..common.outputs import is_run_folder
 
-    if is_run_folder(folder):
+    if is_run_folder(folder, damaged=True):
         return "run"
     if folder.name.endswith(_CACHE_SUFFIXES[1:]) and (folder.parent / folder.name.rsplit(".", 1)[0]).is_file():
         return "cache-part"
@@ -265,7 +265,7 @@ def tlx_output_kind(folder: Path) -> str | None:
     if any(is_image_file(n) for n in names):
         return None  # images beside the runs: a folder to read (each run in it is skipped)
     subdirs = [folder / n for n in names if (folder / n).is_dir()]
-    if subdirs and len(subdirs) == len(names) and all(is_run_folder(d) for d in subdirs):
+    if subdirs and len(subdirs) == len(names) and all(is_run_folder(d, damaged=True) for d in subdirs):
         return "runs"
     return None
 

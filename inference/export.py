@@ -185,10 +185,8 @@ def export_run(run, fmt: str, out=None, check: bool = True) -> ExportResult:
 def check_export_out(out: Path) -> None:
     """Refuse an ``--out`` that would replace an input, a run's file or a cache. An earlier
     export (a file with its sidecar beside it, both inside or outside the run) may be replaced."""
-    own = {f"model{suffix}" for suffix in SUFFIX.values()}
-    own |= {f"{name}.json" for name in own}
-    check_output_file(out, "--out", may_replace=_is_export, own=own)
-    check_output_file(sidecar_path(out), "--out's sidecar", may_replace=_is_sidecar, own=own)
+    check_output_file(out, "--out", may_replace=_is_export)
+    check_output_file(sidecar_path(out), "--out's sidecar", may_replace=_is_sidecar)
 
 
 def _is_sidecar(path: Path) -> bool:

@@ -177,3 +177,16 @@ def test_a_run_inside_a_class_folder_is_skipped_and_its_photos_reported(tmp_path
     index = discover(data)
     assert len(index.items) == 6
     assert any(n.startswith("warning: ignored ants/old-run/") and "photo.jpg" in n for n in index.notes), index.notes
+
+
+def test_a_damaged_run_among_runs_is_still_tlx_output(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    for name, record in (("good", '{"kind": "head"}'), ("cut", '{"kind": "he')):
+        run = data / "runs" / name
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(record)
+        (run / "head.json").write_text("{}")
+        write_image(run / "confusion.png", seed=80)
+    index = discover(data)
+    assert index.classes == ["ants", "bees"] and len(index.items) == 6
+    assert tlx_output_kind(data / "runs") == "runs"

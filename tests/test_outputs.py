@@ -68,6 +68,9 @@ def test_predict_out_replaces_its_own_csv_but_no_other_file(cli, fitted, tmp_pat
     assert cli("predict", data / "bees", "--run", run, "--out", out, "--quiet").exit_code == 0
     assert cli("predict", data / "ants", "--run", run, "--out", out, "--quiet").exit_code == 0
     assert "ants_0.png" in out.read_text()
+    inside = run / "preds.csv"  # a new file in a run is no run file; tlx's own CSV may be replaced there too
+    assert cli("predict", data / "bees", "--run", run, "--out", inside, "--quiet").exit_code == 0
+    assert cli("predict", data / "ants", "--run", run, "--out", inside, "--quiet").exit_code == 0
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")
     _refused(cli("predict", data / "bees", "--run", run, "--out", notes), "not a file this command wrote")
