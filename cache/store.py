@@ -80,7 +80,11 @@ def _attrs_of(f) -> dict:
 
 
 def decode_strings(ds) -> list[str]:
-    return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr()[()]] if len(ds) else []
+    """The strings of ``ds``; bytes that are not UTF-8 (a file name in another encoding, read by
+    Python as surrogate escapes) come back as the same surrogate escapes, so the name round-trips."""
+    if not len(ds):
+        return []
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr(errors="surrogateescape")[()]]
 
 
 def open_h5(path: Path) -> h5py.File:
@@ -500,8 +504,11 @@ def _runs(parts, part_rows) -> Iterator[tuple[int, int, str, int]]:
 
 
 def _strings(group, name: str, values: list[str]):
+    """UTF-8 strings; a file name that is not UTF-8 on disk is stored as its own bytes
+    (surrogateescape), not refused: every file of the data is one row, whatever its name."""
+    raw = [v.encode("utf-8", "surrogateescape") for v in values]
     return group.create_dataset(
-        name, data=np.array(values, dtype=object), dtype=STR, maxshape=(None,), chunks=True if values else None
+        name, data=np.array(raw, dtype=object), dtype=STR, maxshape=(None,), chunks=True if values else None
     )
 
 

@@ -74,6 +74,9 @@ def run_demo(
     started = time.perf_counter()
     log = log or (lambda _msg: None)
     out = Path(out)
+    from ..common.outputs import check_output_folder
+
+    check_output_folder(out)  # never inside a run or a cache
     backbone = backbone or DEFAULT_BACKBONE
     data = write_digits(out / "digits", per_class_train, per_class_val)
     log(

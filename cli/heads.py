@@ -330,7 +330,7 @@ def runs_command(
             str(r["dataset"] or "-"),
             str(r["backbone"] or "-"),
             _fmt(r["n_val"], "d"),
-            "interrupted" if r["status"] == "interrupted" else _fmt(r["val_accuracy"], ".4f"),
+            r["status"] if r["status"] in ("interrupted", "damaged") else _fmt(r["val_accuracy"], ".4f"),
             _fmt(r["fit_seconds"], ".2f"),
             r["run"],
         ]
@@ -339,6 +339,10 @@ def runs_command(
     print_table(header, cells, title=f"runs in {root}", right={"n_val", "val acc", "fit s"})
     if any(r["status"] == "interrupted" for r in rows):
         typer.echo("interrupted: continue one with `tlx finetune --out RUN --resume`")
+    damaged = [r for r in rows if r["status"] == "damaged"]
+    if damaged:
+        shown = "; ".join(r["problem"] for r in damaged[:5]) + ("; ..." if len(damaged) > 5 else "")
+        typer.echo(f"warning: {len(damaged)} damaged run(s), listed but not scored: {shown}", err=True)
 
 
 def print_table(
@@ -392,6 +396,7 @@ def _row(record: dict) -> dict:
         "balanced_accuracy": record.get("balanced_accuracy"),
         "fit_seconds": record.get("fit_seconds"),
         "created": record.get("created"),
+        **({"problem": record["problem"]} if "problem" in record else {}),
     }
 
 

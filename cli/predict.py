@@ -95,10 +95,18 @@ def predict_command(
     from ..common.device import check_device
     from ..extractor.engines import check_engine
     from ..heads.runs import load_run
-    from ..inference.predict import collect_images, csv_columns, predict_chunks, write_csv_stream
+    from ..inference.predict import (
+        check_predictions_out,
+        collect_images,
+        csv_columns,
+        predict_chunks,
+        write_csv_stream,
+    )
 
     check_device(device.value)  # before the run is loaded or any image read
     check_engine(engine.value, device.value)
+    if out is not None:
+        check_predictions_out(out)  # a photo or a run's file is never overwritten
     loaded = load_run(run)
     paths = collect_images(images)
     from ..extractor.distributed import env_rank

@@ -40,10 +40,14 @@ def default_runs_dir() -> Path:
 
 
 def new_run_dir(tag: str, out: Path | None = None) -> Path:
-    """Create the run folder: ``out`` itself when given (it must be new or empty), otherwise a
+    """Create the run folder: ``out`` itself when given (it must be new or empty, and not inside
+    another run or a feature cache: a multi-head ``--out`` never nests runs in a run), otherwise a
     fresh ``<runs dir>/<YYYYmmdd-HHMMSS>-<tag>`` (``-2``, ``-3``... when that name is taken)."""
     if out is not None:
+        from .outputs import check_output_folder
+
         out = Path(out)
+        check_output_folder(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise RunError(f"--out {out} already exists and is not an empty folder: choose a new folder or remove it")
         out.mkdir(parents=True, exist_ok=True)
@@ -105,11 +109,13 @@ LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 def list_runs(root=None, dataset: str | None = None, sort: str = "accuracy") -> list[dict]:
     """Every run directly under ``root`` (default: the runs dir).
 
-    Reads only the ``metrics.json`` files; folders without a readable one are skipped, except
-    fine-tuning runs that did not finish (a checkpoint, no record), listed with status
-    ``interrupted``. Each record is the metrics dict plus ``run`` (the folder), ``dataset`` and
-    ``status`` ("done" or "interrupted"). ``dataset`` keeps the runs on that dataset (its name
-    or root folder, or the cache file or its name). ``sort``: ``accuracy`` or ``balanced``
+    Reads only the ``metrics.json`` files. Fine-tuning runs that did not finish (a checkpoint, no
+    record) are listed with status ``interrupted``; runs whose ``metrics.json`` cannot be read
+    (or is missing beside a ``head.json``/``finetune.json``) with status ``damaged`` and a
+    ``problem``; folders with no mark of a run are not runs. Each record is the metrics dict plus
+    ``run`` (the folder), ``dataset`` and ``status`` ("done", "interrupted" or "damaged").
+    ``dataset`` keeps the runs on that dataset (its name or root folder, or the cache file or its
+    name). ``sort``: ``accuracy`` or ``balanced``
     (best first within each dataset, datasets by name: scores on different data do not
     compare), ``n_val`` (most validation images first) or ``created`` (newest first)."""
     if sort not in SORTS:
@@ -122,22 +128,15 @@ def list_runs(root=None, dataset: str | None = None, sort: str = "accuracy") -> 
         if (folder / METRICS_FILE).is_file():
             try:
                 info = read_metrics(folder)
-            except RunError:
+            except RunError as exc:
+                records.append(_damaged(folder, str(exc)))
                 continue
             records.append({**info, "run": str(folder), "dataset": dataset_of(info), "status": "done"})
         elif (folder / LAST_CHECKPOINT).is_file():
-            created = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime((folder / LAST_CHECKPOINT).stat().st_mtime))
-            records.append(
-                {
-                    "kind": "finetune",
-                    "clf": "finetune",
-                    "params": {},
-                    "run": str(folder),
-                    "dataset": None,
-                    "status": "interrupted",
-                    "created": created,
-                }
-            )
+            records.append(_unfinished(folder, "finetune", "interrupted", folder / LAST_CHECKPOINT))
+        elif any((folder / name).is_file() for name in RUN_RECORDS):
+            why = f"{folder} has a run record but no {METRICS_FILE}: the run is damaged; fit it again"
+            records.append(_damaged(folder, why))
     if dataset is not None:
         records = [r for r in records if _on_dataset(r, dataset)]
     if sort == "created":
@@ -146,6 +145,30 @@ def list_runs(root=None, dataset: str | None = None, sort: str = "accuracy") -> 
         return sorted(records, key=lambda r: (-_number(r.get("n_val")), r["run"]))
     metric = "val_accuracy" if sort == "accuracy" else "balanced_accuracy"
     return sorted(records, key=lambda r: (r["dataset"] is None, r["dataset"] or "", -_number(r.get(metric)), r["run"]))
+
+
+RUN_RECORDS = ("head.json", "finetune.json")  # what heads/io.py and finetune/report.py write beside metrics
+
+
+def _unfinished(folder: Path, kind: str, status: str, stamp: Path) -> dict:
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(stamp.stat().st_mtime))
+    return {
+        "kind": kind,
+        "clf": kind,
+        "params": {},
+        "run": str(folder),
+        "dataset": None,
+        "status": status,
+        "created": created,
+    }
+
+
+def _damaged(folder: Path, problem: str) -> dict:
+    """A run folder whose record cannot be read: listed (never hidden), with what is wrong."""
+    stamp = folder / METRICS_FILE if (folder / METRICS_FILE).is_file() else folder
+    record = _unfinished(folder, "?", "damaged", stamp)
+    record["problem"] = problem
+    return record
 
 
 def dataset_of(record: dict) -> str | None:

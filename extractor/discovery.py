@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,33 +63,240 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def not_regular(path: str | os.PathLike) -> str:
+    """Why ``path`` must not be opened as an image ('' when it may): ``open`` on a FIFO blocks
+    until a writer comes, and a device or socket is no image either. Missing files are left to
+    the reader, which reports them in its own words."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"not a regular file ({what}): skipped without opening it"
+
+
 def walk_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted), skipping hidden files and folders.
+    """Image files under ``folder`` (recursively, sorted), each real file once, skipping hidden
+    entries, tlx's own output and files that are not regular files (see :class:`_Walker`)."""
+    walker = _Walker(Path(folder).resolve(), [])
+    return [Path(p) for p in sorted({c.path for c in walker.walk(Path(folder))})]
 
-    Links to folders are followed, but each real folder is entered once (keyed by device and
-    inode): a link back to a parent would otherwise make the walk endless, and two links to one
-    folder would list its images twice."""
-    found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+
+@dataclass(frozen=True)
+class _Found:
+    path: str  # as reached from the data root (through links that leave it, if any)
+    key: tuple[int, int]  # (device, inode) of the real file: a file reached twice is one file
+    via_link: bool  # reached through a symbolic link
+
+
+Found = list[tuple[Item, _Found]]  # what a walk found, labelled, before one row per real file is kept
+
+
+class _Walker:
+    """Walks folders as they lie on disk.
+
+    * Each real folder is entered once (device, inode): loops end, two links to one folder list
+      its files once.
+    * A link to a folder INSIDE the data root is not followed: its images are data where they
+      really sit (a link ``loop -> ..`` would count every image twice otherwise). A link to a
+      folder OUTSIDE the data root is followed, its images labelled by the class folder holding
+      the link (data spread over disks, linked into one tree).
+    * A link to a file is that file: :func:`_one_per_file` keeps one row per real file.
+    * FIFOs, devices and sockets are never opened (``open`` on a FIFO blocks): they are reported.
+    * tlx's own run folders and caches met inside a class folder are skipped and reported."""
+
+    def __init__(self, root: Path, notes: list[str]):
+        self.root, self.notes = root, notes
+        self.prefix = str(root).rstrip(os.sep) + os.sep  # strings, not Paths: a walk may meet millions of files
+        self.seen: set[tuple[int, int]] = set()
+        self.not_regular: list[str] = []
+        self.inner_links: list[str] = []
+
+    def rel(self, path: str | Path) -> str:
+        text = str(path)
+        if text == str(self.root):
+            return "."
+        rel = text[len(self.prefix) :] if text.startswith(self.prefix) else text
+        return rel.replace(os.sep, "/") if os.sep != "/" else rel
+
+    def inside(self, real: str) -> bool:
+        return real == str(self.root) or real.startswith(self.prefix)
+
+    def walk(self, folder: Path) -> list[_Found]:
+        found: list[_Found] = []
+        stack = [str(folder)]
+        while stack:
+            d = stack.pop()
+            try:
+                st = os.stat(d)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in self.seen:
+                continue
+            self.seen.add((st.st_dev, st.st_ino))
+            try:
+                entries = sorted(os.scandir(d), key=lambda e: e.name)
+            except OSError as exc:
+                self.notes.append(f"warning: cannot list {self.rel(d)}/ ({exc.strerror}): its images are not read")
+                continue
+            below: list[str] = []
+            for entry in entries:
+                if not entry.name.startswith("."):
+                    self._entry(entry, st.st_dev, found, below)
+            stack.extend(reversed(below))  # depth first, in name order: the first name reaching a folder keeps it
+        return found
+
+    def _entry(self, entry: os.DirEntry, dev: int, found: list[_Found], stack: list[str]) -> None:
+        path = entry.path
+        if entry.is_symlink():
+            self._link(entry, path, found, stack)
+        elif entry.is_dir(follow_symlinks=False):
+            kind = tlx_output_kind(Path(path))
+            if kind is None:
+                stack.append(path)
+            else:
+                self.notes.append(_skipped_output(self.rel(path), Path(path), kind))
+        elif is_image_file(entry.name):
+            if entry.is_file(follow_symlinks=False):
+                found.append(_Found(path, (dev, entry.inode()), False))
+            else:
+                self.not_regular.append(self.rel(path))
+
+    def _link(self, entry: os.DirEntry, path: str, found: list[_Found], stack: list[str]) -> None:
+        real = os.path.realpath(path)
         try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            dirnames[:] = []  # already walked under another name: neither its files nor its folders again
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
-    return found
+            st = os.stat(real)
+        except OSError:  # a dangling link to an image: listed, so that extract reports it unreadable
+            if is_image_file(entry.name):
+                found.append(_Found(path, (-1, hash(path)), True))
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if self.inside(real):
+                self.inner_links.append(f"{self.rel(path)} -> {self.rel(real)}/")
+            else:
+                stack.append(path)
+        elif is_image_file(entry.name):
+            if stat.S_ISREG(st.st_mode):
+                found.append(_Found(path, (st.st_dev, st.st_ino), True))
+            else:
+                self.not_regular.append(self.rel(path))
+
+    def report(self) -> None:
+        if self.not_regular:
+            self.notes.append(
+                f"warning: skipped {_plural(len(self.not_regular), 'entry')} with an image name that "
+                f"{'is' if len(self.not_regular) == 1 else 'are'} not a regular file (a FIFO, device or socket; "
+                f"not opened): {', '.join(self.not_regular[:3])}{', ...' if len(self.not_regular) > 3 else ''}"
+            )
+        if self.inner_links:
+            self.notes.append(
+                f"ignored {_plural(len(self.inner_links), 'link')} to folders inside the data (their images "
+                f"count once, where they are): {', '.join(self.inner_links[:3])}"
+                f"{', ...' if len(self.inner_links) > 3 else ''}"
+            )
 
 
-# Files that mark a folder as tlx's own output: feature caches with their locks and journals
-# (extractor/store.py), and run folders (common/runfolder.py, heads/io.py, finetune/).
-_OUTPUT_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts")
-_RUN_FILES = frozenset({"metrics.json", "head.json", "finetune.json", "last.pt", "best.pt"})
+# tlx's own output, recognised by tlx's own markers only: a stray ``x.h5`` or ``metrics.json``
+# in a class folder does not make it output (it stays a class, and its rows stay in the cache).
+_OUTPUT_WORDS = {
+    "run": "a tlx run folder",
+    "runs": "a folder of tlx runs",
+    "cache": "a tlx feature cache folder",
+    "demo": "a tlx demo folder",
+    "cache-part": "a tlx cache's part folder",
+}
+_PLOTS = frozenset({"confusion.png", "top_losses.png", "sweep.png", "learning_curve.png"})
+_CACHE_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts", ".h5.views", ".h5.stat")
+
+
+def is_tlx_cache_index(path: Path) -> bool:
+    """An HDF5 file carrying tlx's ``tlx_format`` attribute (a cache index, or one of its parts)."""
+    if not path.name.endswith(".h5") or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                return False
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return "tlx_format" in f.attrs or "feature_space" in f.attrs
+    except (OSError, ValueError):
+        return False
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    except OSError:
+        return []
+
+
+def _is_cache_folder(folder: Path, names: list[str]) -> bool:
+    """Every entry belongs to a cache (``NAME.h5`` and its siblings), and one index is tlx's."""
+    return (
+        bool(names)
+        and all(n.endswith(_CACHE_SUFFIXES) for n in names)
+        and any(is_tlx_cache_index(folder / n) for n in names if n.endswith(".h5"))
+    )
+
+
+def tlx_output_kind(folder: Path) -> str | None:
+    """What tlx wrote ``folder`` as ("run", "runs", "cache", "cache-part", "demo"), or None.
+
+    A run folder holds ``metrics.json`` of kind head/finetune (or a damaged one) beside
+    ``head.json`` or ``finetune.json``, or a fine-tuning's checkpoints; a cache folder holds only ``*.h5``
+    indexes (one with tlx's ``tlx_format`` attribute) and their siblings; a part folder is
+    ``NAME.h5.parts`` beside ``NAME.h5``; a demo folder holds ``digits/`` and a cache folder
+    ``cache/``; a folder of runs holds only run folders."""
+    from ..common.outputs import is_run_folder
+
+    if is_run_folder(folder, damaged=True):
+        return "run"
+    if folder.name.endswith(_CACHE_SUFFIXES[1:]) and (folder.parent / folder.name.rsplit(".", 1)[0]).is_file():
+        return "cache-part"
+    names = _names(folder)
+    if _is_cache_folder(folder, names):
+        return "cache"
+    if {"digits", "cache"} <= set(names) and _is_cache_folder(folder / "cache", _names(folder / "cache")):
+        return "demo"
+    if any(is_image_file(n) for n in names):
+        return None  # images beside the runs: a folder to read (each run in it is skipped)
+    subdirs = [folder / n for n in names if (folder / n).is_dir()]
+    if subdirs and len(subdirs) == len(names) and all(is_run_folder(d, damaged=True) for d in subdirs):
+        return "runs"
+    return None
+
+
+def _stray_images(folder: Path, kind: str) -> list[Path]:
+    """Images inside tlx output that tlx did not put there (a run's own plots are not stray)."""
+    if kind in ("cache-part", "demo"):
+        return []
+    images = walk_images(folder) if kind == "cache" else _walk_all(folder)
+    return [p for p in images if p.name not in _PLOTS or p.parent.parent.name == "checkpoints"]
+
+
+def _walk_all(folder: Path) -> list[Path]:
+    return sorted(
+        Path(d) / f
+        for d, dirs, files in os.walk(folder)
+        for f in files
+        if is_image_file(f) and not any(part.startswith(".") for part in Path(d).parts)
+    )
+
+
+def _skipped_output(rel: str, folder: Path, kind: str) -> str:
+    """The note for tlx output left out of the data: a warning when images tlx did not write
+    sit inside it (they are not read: the user should know, and move them)."""
+    stray = _stray_images(folder, kind)
+    if not stray:
+        return f"ignored {rel}/: {_OUTPUT_WORDS[kind]} (tlx's own output), not data"
+    return (
+        f"warning: ignored {rel}/: {_OUTPUT_WORDS[kind]}, yet it holds {_plural(len(stray), 'image')} "
+        f"tlx did not write ({_some_names(stray)}): move them into a class folder if they are data"
+    )
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -99,22 +307,10 @@ def _loose_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p.name))
 
 
-def _holds_tlx_output(folder: Path) -> bool:
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return False
-    return any(n in _RUN_FILES or n.endswith(_OUTPUT_SUFFIXES) for n in names)
-
-
-def is_tlx_output(folder: Path) -> bool:
-    """A cache folder, a run folder, a folder of runs, or a demo folder (which holds a cache
-    folder): `tlx extract .` run where `tlx fit-head` wrote `runs/` must not make it a class."""
-    return _holds_tlx_output(folder) or any(_holds_tlx_output(d) for d in _subdirs(folder))
-
-
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
 
 
 def _some_names(paths: list[Path], shown: int = 3) -> str:
@@ -123,23 +319,41 @@ def _some_names(paths: list[Path], shown: int = 3) -> str:
 
 
 def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
-    """Sub-folders that may hold data; tlx's own output is left out, and said so."""
-    keep = []
+    """Sub-folders that may hold data. tlx's own output is left out, and said so; loudly when
+    images that tlx did not write sit inside it. A link to another folder of the data is not a
+    class of its own: its images are read once, under the folder they really sit in."""
+    keep: list[Path] = []
+    real_of: dict[str, str] = {}
     for d in _subdirs(folder):
-        if is_tlx_output(d):
+        rel = d.relative_to(root).as_posix()
+        kind = tlx_output_kind(d)
+        if kind is not None:
+            notes.append(_skipped_output(rel, d, kind))
+            continue
+        real = os.path.realpath(d)
+        if d.is_symlink() and (_inside(real, root) and real != str(root)):
             notes.append(
-                f"ignored {d.relative_to(root).as_posix()}/: tlx's own output (feature caches or runs), not data"
+                f"ignored {rel}/: a link to {Path(real).relative_to(root).as_posix()}/ inside the data, not a class "
+                "of its own (its images count once, where they are)"
             )
-        else:
-            keep.append(d)
+            continue
+        if real in real_of:
+            notes.append(f"ignored {rel}/: the same folder as {real_of[real]}/ (a link), not a class of its own")
+            continue
+        real_of[real] = rel
+        keep.append(d)
     return keep
 
 
-def _class_folder_items(root: Path, folder: Path, split: str, notes: list[str]) -> list[Item]:
-    items = []
+def _inside(real: str, root: Path) -> bool:
+    return real.startswith(str(root).rstrip(os.sep) + os.sep)
+
+
+def _class_folder_items(root: Path, folder: Path, split: str, notes: list[str], walker: _Walker) -> Found:
+    items: Found = []
     for class_dir in _data_subdirs(folder, root, notes):
-        for path in walk_images(class_dir):
-            items.append(Item(path.relative_to(root).as_posix(), class_dir.name, split))
+        for found in walker.walk(class_dir):
+            items.append((Item(walker.rel(found.path), class_dir.name, split), found))
     loose = _loose_images(folder)
     if loose and folder != root:
         rel = folder.relative_to(root).as_posix()
@@ -150,33 +364,58 @@ def _class_folder_items(root: Path, folder: Path, split: str, notes: list[str]) 
     return items
 
 
-def _from_split_folders(root: Path, split_dirs: list[Path], others: list[Path], notes: list[str]) -> list[Item]:
-    items = []
+def _one_per_file(found: list[tuple[Item, _Found]], notes: list[str]) -> list[Item]:
+    """One row per real file: a file reached twice (a link to it, a hard link) is kept where it
+    really sits (the path that is not a link), else at its first path in sorted order."""
+    by_file: dict[tuple[int, int], list[tuple[Item, _Found]]] = {}
+    for item, f in found:
+        by_file.setdefault(f.key, []).append((item, f))
+    items, dropped = [], []
+    for group in by_file.values():
+        group.sort(key=lambda pair: (pair[1].via_link, pair[0].relpath))
+        items.append(group[0][0])
+        dropped += [f"{item.relpath} (= {group[0][0].relpath})" for item, _ in group[1:]]
+    if dropped:
+        notes.append(
+            f"ignored {_plural(len(dropped), 'path')} to images already in the data (links or hard links; "
+            f"each file is one row): {', '.join(sorted(dropped)[:3])}{', ...' if len(dropped) > 3 else ''}"
+        )
+    return items
+
+
+def _from_split_folders(root: Path, split_dirs: list[Path], others: list[Path], notes: list[str], walker) -> Found:
+    found: Found = []
     for split_dir in split_dirs:
-        items += _class_folder_items(root, split_dir, SPLIT_ALIASES[split_dir.name.lower()], notes)
+        found += _class_folder_items(root, split_dir, SPLIT_ALIASES[split_dir.name.lower()], notes, walker)
     for d in others:
         n = len(walk_images(d))
         why = "a split folder without class folders" if d.name.lower() in SPLIT_ALIASES else "not a split folder"
         notes.append(f"ignored {d.name}/ ({_plural(n, 'image')}): {why}; expected DATA/<split>/<class>/<image>")
-    return items
+    return found
 
 
 def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
     """The split layout when split folders with class folders are there, else class folders.
     Nothing else is turned into a class: stray entries are reported in the notes."""
     notes: list[str] = []
-    subdirs = _data_subdirs(root, root, notes)
+    walker = _Walker(root, notes)
+    top_notes: list[str] = []  # kept for the split layout; the class layout says the same itself
+    subdirs = _data_subdirs(root, root, top_notes)
     loose = _loose_images(root)
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES and _subdirs(d)]
     if split_dirs:
-        items = _from_split_folders(root, split_dirs, [d for d in subdirs if d not in split_dirs], notes)
+        notes += top_notes
+        others = [d for d in subdirs if d not in split_dirs]
+        items = _one_per_file(_from_split_folders(root, split_dirs, others, notes, walker), notes)
+        walker.report()
         if loose:
             notes.append(
                 f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): "
                 "not inside a split folder"
             )
         return "split", items, notes
-    items = _class_folder_items(root, root, "", notes)
+    items = _one_per_file(_class_folder_items(root, root, "", notes, walker), notes)
+    walker.report()
     if loose and not items:
         are = "is" if len(loose) == 1 else "are"
         raise DatasetError(f"{root}: {_plural(len(loose), 'image')} {are} not inside class folders; {LAYOUT_HELP}")
@@ -192,6 +431,20 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
             f"{root} has split folders {found} holding images directly, not class folders: {LAYOUT_HELP}"
         )
     return "folder", items, notes
+
+
+def _case_note(classes: list[str]) -> str | None:
+    """Class names that differ only in case are two classes here, and one on some file systems."""
+    by_fold: dict[str, list[str]] = {}
+    for c in classes:
+        by_fold.setdefault(c.casefold(), []).append(c)
+    clashes = ["/".join(names) for names in by_fold.values() if len(names) > 1]
+    if not clashes:
+        return None
+    return (
+        f"warning: class names that differ only in case are different classes: {', '.join(clashes)}; "
+        "rename the folders (or labels) to one spelling if they mean the same class"
+    )
 
 
 def _read_manifest_text(csv_path: Path) -> str:
@@ -272,6 +525,9 @@ def discover(data: str | os.PathLike) -> DatasetIndex:
             raise DatasetError(f"{it.relpath} is listed twice in {data}; each image may appear once")
         seen.add(it.relpath)
     classes = sorted({it.label for it in items})
+    clash = _case_note(classes)
+    if clash:
+        notes.append(clash)
     if len(classes) < 2:
         raise DatasetError(
             f"{data} has a single class {classes[0]!r} ({len(items)} images): "

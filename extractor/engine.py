@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..cache.space import pool_label
 from ..common.device import check_device
 from .decode import ImageDecodeError
+from .discovery import not_regular
 from .pooling import FeatureExtractor, stage_taps
 from .preprocess import Normalize, ResizeCrop
 
@@ -46,6 +47,9 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        why = not_regular(self.paths[i])
+        if why:  # a FIFO would block the worker forever
+            return i, None, why
         try:
             return i, self.resize_crop.load(self.paths[i]), ""
         except ImageDecodeError as exc:

@@ -20,7 +20,7 @@ from ..common.progress import Reporter
 from ..errors import CacheError, TlxError
 from . import distributed
 from .discovery import DatasetIndex, discover
-from .engines import check_engine
+from .engines import EngineDrift, check_engine
 from .registry import DEFAULT_BACKBONE, get_backbone
 
 
@@ -253,7 +253,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
     started_ns = time.time_ns()
     index = discover(data)  # bad data fails here, before anything is built or written
     for note in index.notes:
-        reporter.message(f"note: {note}")
+        reporter.message(note if note.startswith("warning:") else f"note: {note}")
     ref = get_backbone(opts.backbone)
     cache_dir = Path(cache_dir) if cache_dir is not None else store.default_cache_dir()
     request = _request(opts)
@@ -302,6 +302,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         unchanged = same_index(prev, rows, index.classes, work.failed) and same_views
         if not unchanged:  # a no-op run changes no file (the newest cache is the newest `updated`)
             attrs = _cache_attrs(index, space, net, prev, request, started_ns)
+            attrs["engines"] = _engines_record(prev, outcomes, plan.run_id)
             store.write_index(path, rows, index.classes, work.failed, space, attrs, src.sizes, table)
         store.remove_unused_parts(path, {r.part for r in rows})
         viewstore.remove_unused_view_parts(path, set(table.part) if table is not None else set())
@@ -442,6 +443,7 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     reporter.start(len(paths), f"extracting with {space.backbone}{where}")
     try:
         for batch in runner.run(paths, opts.batch_size, opts.workers, files=files, collate=collate_hashed):
+            _refuse_non_finite(batch, opts, space, runner, out.n_new)
             if batch.indices:
                 writer.add([batch.meta[j][0] for j in batch.indices], batch.features)
             if batch.views and views is not None:
@@ -454,6 +456,9 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
             reporter.advance(len(batch.meta))
         out.parts = writer.close()
         out.view_parts = views.close() if views is not None else []
+    except EngineDrift:
+        _drop_segments(writer, views)  # vectors of an engine that left the feature space are never reused
+        raise
     finally:
         reporter.stop()
     out.seconds = time.perf_counter() - t0
@@ -462,6 +467,44 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
         reporter.message(report.describe())
         out.engine = asdict(report)
     return out
+
+
+def _drop_segments(writer, views) -> None:
+    """Delete the parts this run flushed so far (a later run would take them back otherwise)."""
+    names = [writer.folder / name for name in writer.segments]
+    if views is not None:
+        names += [views.folder / name for name, _ in views.parts]
+    for path in names:
+        path.unlink(missing_ok=True)
+
+
+class NonFiniteFeatures(TlxError):
+    """The network gave NaN or infinite features: nothing from it may enter a cache."""
+
+
+def _refuse_non_finite(batch, opts: Options, space: FeatureSpace, runner, n_before: int) -> None:
+    """Stop before a batch with a NaN or infinite vector reaches a part: a cache of such vectors
+    would be reused by every later extract and break every head fitted on it."""
+    import numpy as np
+
+    bad = int((~np.isfinite(batch.features)).any(axis=1).sum()) if len(batch.indices) else 0
+    if batch.view_features is not None and len(batch.view_features):
+        bad += int((~np.isfinite(batch.view_features)).any(axis=1).sum())
+    if not bad:
+        return
+    report = runner.forward.report
+    engine = report.engine if report is not None else opts.engine
+    weights = f"--weights {opts.weights}" if opts.weights is not None else f"the weights of {space.backbone}"
+    hints = [f"check {weights}"]
+    if engine != "eager":
+        hints.append("try --engine eager")
+    if opts.precision != "fp32":
+        hints.append("try --precision fp32")
+    raise NonFiniteFeatures(
+        f"the network produced NaN/inf features for {bad} image(s) of a batch of {len(batch.meta)} "
+        f"({space.backbone}, engine {engine}, precision {opts.precision}; {n_before} images before it were fine); "
+        f"nothing from them was written to the cache: {', '.join(hints)}"
+    )
 
 
 def _view_request(plan: Plan, resize_crop, ranks, opts: Options):
@@ -539,6 +582,28 @@ def _cache_attrs(index: DatasetIndex, space: FeatureSpace, net, prev, request: d
         "updated": store.now_iso(),
         "stat_time_ns": started_ns,  # stats taken after this are not trusted blindly (racy files)
     }
+
+
+ENGINE_RECORDS = 100  # the newest runs' engine records kept in an index
+
+
+def _engines_record(prev, outcomes: list[ShardOutcome], run_id: str) -> str:
+    """JSON list, one entry per run and rank that computed vectors: which engine made them and
+    what its checks against eager found. The cache's vectors are all within the recorded
+    tolerance of eager's at the space's precision; this says how each batch of them was made."""
+    before = prev.attrs.get("engines", "[]") if prev is not None else "[]"
+    try:
+        records = json.loads(before)
+    except (TypeError, ValueError):
+        records = []
+    for o in outcomes:
+        if o.n_new or o.n_views_new:
+            e = o.engine or {"engine": "eager"}
+            keep = ("engine", "requested", "max_abs_diff", "tolerance", "probe_images", "checks")
+            records.append(
+                {"run": run_id, "rank": o.rank, "n_vectors": o.n_new + o.n_views_new, **{k: e.get(k) for k in keep}}
+            )
+    return json.dumps(records[-ENGINE_RECORDS:])
 
 
 def _find_by_request(index: DatasetIndex, request: dict, cache_dir: Path):

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from ..cache.statindex import NOT_FOUND, Stat, read_and_hash
 from .decode import ImageDecodeError, load_image
+from .discovery import not_regular
 from .preprocess import ResizeCrop
 
 # What a worker returns beside the image: (sha256 or "", stat or None)
@@ -59,6 +60,9 @@ class HashedImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        why = not_regular(self.paths[i])
+        if why:  # a FIFO would block the worker forever
+            return i, None, why, ("", None), NO_VIEWS
         try:
             data, digest, st = read_and_hash(self.paths[i])
         except FileNotFoundError:

@@ -6,6 +6,7 @@ with all-reduces, so each image counts exactly once whatever the number of proce
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common.progress import Reporter
+from ..errors import TlxError
 from .distributed import Dist, all_reduce_sum
 from .model import FineTuneNet, set_train_mode
 
@@ -77,19 +79,42 @@ def train_one_epoch(
     set_train_mode(training.net, training.trainable, training.train_bn)
     procs, device = training.procs, training.precision.device
     loss_sum, n, failures = 0.0, 0, []
+    diverged = 0  # the step at which this process's loss stopped being finite, plus one
     for step, (indices, images, failed) in enumerate(loader):
         failures += failed
-        counts = torch.tensor([len(indices)], dtype=torch.int64, device=_count_device(procs, device))
-        step_images = int(all_reduce_sum(procs, counts).item())
+        # The image count and the divergence flag share one all-reduce: every process learns
+        # at the same step that one of them saw a NaN/inf loss, and all stop together.
+        counts = torch.tensor([len(indices), diverged], dtype=torch.int64, device=_count_device(procs, device))
+        step_images, bad_step = (int(v) for v in all_reduce_sum(procs, counts).tolist())
+        if bad_step:
+            raise LossDiverged(epoch, step - 1, training)
         if step_images:
-            loss_sum += _train_step(training, indices, images, labels, step_images)
+            loss = _train_step(training, indices, images, labels, step_images)
+            diverged = 0 if math.isfinite(loss) else step + 1
+            loss_sum += loss
             training.scheduler.step()
         n += len(indices)
         if reporter is not None:
             reporter.advance(len(indices) + len(failed))
         if on_step is not None:
             on_step(epoch, step)
+    flag = torch.tensor([0, diverged], dtype=torch.int64, device=_count_device(procs, device))
+    if int(all_reduce_sum(procs, flag)[1].item()):
+        raise LossDiverged(epoch, None, training)
     return {"loss_sum": loss_sum, "n": n, "failures": failures}
+
+
+class LossDiverged(TlxError):
+    """The training loss became NaN or infinite: the weights are no longer numbers, so the run
+    stops before they are evaluated, checkpointed or written as a finished run."""
+
+    def __init__(self, epoch: int, step: int | None, training: Training):
+        where = f"step {step + 1} of epoch {epoch + 1}" if step is not None else f"the last steps of epoch {epoch + 1}"
+        rates = ", ".join(f"{float(g['lr']):.3g}" for g in training.optimizer.param_groups)
+        super().__init__(
+            f"the training loss became NaN/inf at {where} (learning rates {rates}): the weights diverged, "
+            "nothing was saved as a finished run (checkpoints of earlier epochs are kept); lower --lr and --head-lr"
+        )
 
 
 def _train_step(
@@ -177,6 +202,12 @@ def reduce_eval(procs: Dist, local: dict, labels: np.ndarray, num_classes: int, 
     ).cpu()
     confusion = all_reduce_sum(procs, torch.from_numpy(confusion).to(where)).cpu().numpy()
     n = int(sums[1])
+    if not math.isfinite(float(sums[0])):  # every process has the same sums: all stop together
+        raise TlxError(
+            "the validation loss became NaN/inf: the network's outputs are not finite numbers (the weights "
+            "diverged), so nothing was saved as a finished run (checkpoints of earlier epochs are kept); "
+            "lower --lr and --head-lr"
+        )
     return {
         "val_loss": float(sums[0]) / max(1, n),
         "val_accuracy": float(np.trace(confusion)) / max(1, n),

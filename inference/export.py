@@ -14,6 +14,7 @@ axis. After writing, the file is loaded back and checked against the eager modul
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.atomic import atomic_path, write_json_atomic
+from ..common.outputs import check_output_file
 from ..errors import TlxError
 
 FORMATS = ("torchscript", "onnx")
@@ -146,6 +148,7 @@ def export_run(run, fmt: str, out=None, check: bool = True) -> ExportResult:
     out = Path(out) if out is not None else default_export_path(run, fmt)
     if out.is_dir():
         raise TlxError(f"--out {out} is a folder: give a file name, for example {out / ('model' + SUFFIX[fmt])}")
+    check_export_out(out)
     if run.kind == "head":
         linear_form(run)  # refuse a head without a linear form before torch is imported (seconds)
     import torch
@@ -177,6 +180,26 @@ def export_run(run, fmt: str, out=None, check: bool = True) -> ExportResult:
         checked_with=how,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def check_export_out(out: Path) -> None:
+    """Refuse an ``--out`` that would replace an input, a run's file or a cache. An earlier
+    export (a file with its sidecar beside it, both inside or outside the run) may be replaced."""
+    check_output_file(out, "--out", may_replace=_is_export)
+    check_output_file(sidecar_path(out), "--out's sidecar", may_replace=_is_sidecar)
+
+
+def _is_sidecar(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"file", "format", "classes", "tlx_version"} <= record.keys()
+
+
+def _is_export(path: Path) -> bool:
+    side = sidecar_path(path)
+    return side.is_file() and _is_sidecar(side) and json.loads(side.read_text()).get("file") == path.name
 
 
 def sidecar(run, fmt: str, out: Path, classes: list[str], pre) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..common.atomic import write_atomic
 from ..errors import CacheError, DatasetError, RunError, TlxError
-from ..extractor.discovery import IMAGE_EXTENSIONS, walk_images
+from ..extractor.discovery import IMAGE_EXTENSIONS, not_regular, walk_images
 from ..heads.runs import run_cache, weights_path_for
 
 
@@ -68,6 +68,17 @@ class Predictions:
         return float(np.mean([t == label for t, label in zip(truth, self.labels, strict=False)]))
 
 
+def printable_path(path) -> str:
+    """``path`` as UTF-8 text: a file name whose bytes are not UTF-8 (Python holds them as
+    surrogate escapes) gets backslash escapes (``caf\\xe9.jpg``), so the CSV stays UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def prediction_rows(paths: Sequence[str], proba: np.ndarray, classes: Sequence[str], top_k: int = 1) -> list[dict]:
     if top_k < 1:
         raise TlxError(f"--top-k must be at least 1, not {top_k}")
@@ -75,7 +86,7 @@ def prediction_rows(paths: Sequence[str], proba: np.ndarray, classes: Sequence[s
     rows = []
     for path, p in zip(paths, proba, strict=False):
         order = np.argsort(-p, kind="stable")
-        row = {"path": path, "label": classes[order[0]], "score": float(p[order[0]])}
+        row = {"path": printable_path(path), "label": classes[order[0]], "score": float(p[order[0]])}
         row.update({f"p_{c}": float(v) for c, v in zip(classes, p, strict=False)})
         for i in range(1, k):
             row[f"top{i + 1}"] = classes[order[i]]
@@ -108,6 +119,25 @@ def write_csv(rows: list[dict], columns: list[str], out) -> None:
         dump(out)
         return
     write_atomic(out, dump)
+
+
+CSV_HEADER = "path,label,score"
+
+
+def check_predictions_out(out) -> None:
+    """Refuse an ``--out`` that is an image, a cache or a run's file, or any existing file but a
+    predictions CSV that tlx wrote (that one may be replaced: re-running a prediction is normal)."""
+    from ..common.outputs import check_output_file
+
+    check_output_file(Path(out), "--out", may_replace=_is_predictions_csv)
+
+
+def _is_predictions_csv(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().startswith(CSV_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 @dataclass
@@ -270,6 +300,11 @@ def _hash_all(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]]:
     hashes: list[str | None] = []
     failed: dict[int, str] = {}
     for i, p in enumerate(paths):
+        why = not_regular(p)
+        if why:  # a FIFO named on the command line would block the read forever
+            hashes.append(None)
+            failed[i] = why
+            continue
         try:
             hashes.append(sha256_file(p))
         except FileNotFoundError:
@@ -380,6 +415,7 @@ def _predict_round(run, paths, ranks, how: _How, tta: bool) -> Predictions:
         n_reused = 0
     else:
         proba_of, failed, n_reused, n_computed = _head_proba(run, share, how, tta)
+    _fail_non_finite(proba_of, failed, run)
     shares = distributed.gather(
         ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
     )
@@ -402,6 +438,17 @@ def _predict_round(run, paths, ranks, how: _How, tta: bool) -> Predictions:
         seconds=round(time.perf_counter() - started, 3),
         engine=dict(how.used),
     )
+
+
+def _fail_non_finite(proba_of: dict, failed: dict, run) -> None:
+    """Rows whose probabilities are NaN or infinite get no label (argmax of NaN is a class
+    picked by accident): they move to the failures, with the reason."""
+    for i in [i for i, p in proba_of.items() if not np.all(np.isfinite(p))]:
+        del proba_of[i]
+        failed[i] = (
+            f"the run {run.path} gave NaN/inf probabilities for this image (its weights or features are not "
+            "finite numbers): no label; fit or fine-tune the run again"
+        )
 
 
 def _memo(run, name: str, build):

@@ -218,16 +218,26 @@ def test_split_folders_holding_images_directly_are_refused(tmp_path):
         discover(tmp_path / "d")
 
 
+def _tlx_index(path):
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["tlx_format"] = 2
+    return path
+
+
 @pytest.mark.parametrize("layout", ["folder", "split"])
 def test_tlx_output_inside_the_data_is_not_data(tmp_path, layout):
     data = _split_data(tmp_path / "d") if layout == "split" else make_folder_dataset(tmp_path / "d")
+    # tlx's own markers (tests/test_data_on_disk.py: stray look-alikes do not count)
     write_image(data / "runs" / "20240101-000000-linear" / "confusion.png", seed=40)
-    (data / "runs" / "20240101-000000-linear" / "metrics.json").write_text("{}")
-    (data / "cache").mkdir()
-    (data / "cache" / "d-tiny_cnn-avg-0123456789.h5").write_bytes(b"")
+    (data / "runs" / "20240101-000000-linear" / "metrics.json").write_text('{"kind": "head"}')
+    (data / "runs" / "20240101-000000-linear" / "head.json").write_text("{}")
+    _tlx_index(data / "cache" / "d-tiny_cnn-avg-0123456789.h5")
     write_image(data / "cache" / "d-tiny_cnn-avg-0123456789.h5.journal" / "x.png", seed=41)
     write_image(data / "tlx-demo" / "digits" / "train" / "0" / "0.png", seed=42)
-    (data / "tlx-demo" / "cache").mkdir()
+    _tlx_index(data / "tlx-demo" / "cache" / "digits.h5")
     (data / "tlx-demo" / "cache" / "digits.h5.lock").write_text("")
     index = discover(data)
     assert index.layout == layout and index.classes == ["ants", "bees"]

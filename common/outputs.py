@@ -1,0 +1,147 @@
+"""Where tlx may write: an ``--out`` never replaces an input (a photo, a file of a run, a feature
+cache) and never puts a run inside another run.
+
+The checks look at what is on disk, by tlx's own markers and by file signatures (a photo named
+``preds.csv`` is still a photo), so a shell glob that made a photo the ``--out`` target is
+refused before anything is written. Nothing here imports h5py, torch or PIL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import TlxError
+
+# Signatures of the image formats tlx reads (extractor/discovery.py), and of HDF5 (a cache).
+_IMAGE_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+    b"BM",  # BMP
+)
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib"}
+)
+# What the cache writes beside an index ``NAME.h5`` (cache/store.py, cache/views.py).
+_CACHE_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts", ".h5.views", ".h5.stat")
+RUN_RECORDS = ("head.json", "finetune.json")
+RUN_KINDS = ("head", "finetune")
+
+
+class OutputError(TlxError):
+    """An ``--out`` that would overwrite an input, a run's file or a feature cache."""
+
+
+def _head(path: Path, n: int = 16) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
+def is_image(path: Path) -> bool:
+    """An image by its name or by its first bytes (a photo renamed ``x.csv`` is still one)."""
+    if path.suffix.lower() in _IMAGE_SUFFIXES:
+        return True
+    head = _head(path)
+    return head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def is_hdf5(path: Path) -> bool:
+    return _head(path, len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+
+
+def is_run_folder(folder: Path, damaged: bool = False) -> bool:
+    """tlx's markers of a run: a ``metrics.json`` whose kind is head or finetune beside its
+    ``head.json``/``finetune.json``, or a fine-tuning's checkpoint folder (a run not finished).
+    ``damaged``: a ``metrics.json`` that cannot be read beside a run record counts too (where
+    the question is whether writing there could destroy a run, not whether it is intact)."""
+    if (folder / "checkpoints" / "last.pt").is_file() or (folder / "checkpoints" / "best.pt").is_file():
+        return True
+    if not any((folder / name).is_file() for name in RUN_RECORDS):
+        return False
+    metrics = folder / "metrics.json"
+    try:
+        record = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return damaged and metrics.is_file()
+    return isinstance(record, dict) and record.get("kind") in RUN_KINDS
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The run folder that holds ``path`` (``path`` itself when it is one), if any."""
+    for folder in [path, *path.parents]:
+        if folder.is_dir() and is_run_folder(folder, damaged=True):
+            return folder
+    return None
+
+
+def enclosing_cache(path: Path) -> Path | None:
+    """The cache folder (``NAME.h5.parts`` and its siblings) that holds ``path``, if any."""
+    for folder in [path, *path.parents]:
+        if folder.name.endswith(_CACHE_SUFFIXES) and folder.is_dir():
+            return folder
+    return None
+
+
+def check_output_file(
+    out: Path,
+    option: str = "--out",
+    may_replace: Callable[[Path], bool] = lambda _p: False,
+) -> None:
+    """Refuse ``out`` when writing it would destroy something: an image, a feature cache file,
+    a file of a run or any other existing file, unless ``may_replace`` recognises it as the
+    caller's own earlier output (a predictions CSV, an export with its sidecar), wherever it is."""
+    out = Path(out)
+    real = out.resolve()
+    fix = "choose a new file name"
+    cache = enclosing_cache(real.parent)
+    if cache is not None or real.name.endswith(_CACHE_SUFFIXES):
+        raise OutputError(f"{option} {out} is inside the feature cache {cache or real}: {fix} outside it")
+    if not os.path.lexists(out):
+        return
+    try:
+        st = os.stat(out)
+    except OSError as exc:
+        raise OutputError(f"{option} {out} cannot be checked ({exc.strerror}): {fix}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{option} {out} is a folder: give a file name")
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"{option} {out} exists and is not a regular file (a FIFO or a device): {fix}")
+    if is_image(real):
+        raise OutputError(f"{option} {out} is an image, maybe an input (a shell glob?); it was left as it is: {fix}")
+    if is_hdf5(real):
+        raise OutputError(f"{option} {out} is an HDF5 file (a feature cache?); it was left as it is: {fix}")
+    if may_replace(real):
+        return
+    run = enclosing_run(real.parent)
+    if run is not None:
+        raise OutputError(f"{option} {out} is a file of the run {run}; it was left as it is: {fix} outside the run")
+    raise OutputError(
+        f"{option} {out} already exists and is not a file this command wrote; it was left as it is: "
+        f"{fix} or remove it first"
+    )
+
+
+def check_output_folder(out: Path, option: str = "--out") -> None:
+    """Refuse a run folder ``out`` inside another run or a feature cache (where it would hide
+    among that run's files, or be taken for them)."""
+    real = Path(out).resolve()
+    cache = enclosing_cache(real)
+    if cache is not None:
+        raise OutputError(f"{option} {out} is inside the feature cache {cache}: choose a folder outside it")
+    run = enclosing_run(real)
+    if run is not None:
+        where = "is" if run == real else "is inside"
+        raise OutputError(
+            f"{option} {out} {where} the run {run}: a run is never written into another; choose a new folder"
+        )
