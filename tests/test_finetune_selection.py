@@ -59,7 +59,7 @@ def test_an_init_head_is_scored_as_epoch_0_but_not_kept_by_default(cli, data, tm
     assert cli("extract", data, "--backbone", "tiny_cnn", "--workers", "0", "--quiet").exit_code == 0
     assert cli("fit-head", "--clf", "linear", "--out", tmp_path / "head", "--quiet").exit_code == 0
     head_acc = json.loads((tmp_path / "head" / "metrics.json").read_text())["val_accuracy"]
-    wreck = ["--unfreeze", "all", "--optimizer", "sgd", "--lr", "30", "--head-lr", "30", "--warmup-epochs", "0"]
+    wreck = ["--unfreeze", "all", "--optimizer", "sgd", "--lr", "0.001", "--head-lr", "0.001", "--warmup-epochs", "0"]
     args = ["--epochs", "1", *wreck, "--no-augment", "--workers", "0", "--batch-size", "8"]
     r = cli("finetune", "--init-head", tmp_path / "head", *args, "--out", tmp_path / "ft", "--json")
     assert r.exit_code == 0, r.stderr
