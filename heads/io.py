@@ -66,6 +66,31 @@ def save_head(head, run_dir) -> Path:
     return write_json_atomic(run_dir / HEAD_JSON, record)
 
 
+def skops_io():
+    """``skops.io``, imported without its walk over scikit-learn.
+
+    On import, skops.io builds its default list of trusted types from
+    ``sklearn.utils.all_estimators()``, which imports every scikit-learn module and, through
+    ``array_api_compat``, torch: 4 to 8 s here, more than any head's fit. tlx does not rely on
+    that list: it records each file's untrusted types at save and checks them against its own
+    allow-list at load. So the first import runs with ``all_estimators`` answering no estimator;
+    the only effect is that skops trusts no scikit-learn estimator by default (more types are
+    reported untrusted, and tlx records and checks them): stricter, never looser."""
+    import sys
+
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    import sklearn.utils
+
+    walk = sklearn.utils.all_estimators
+    sklearn.utils.all_estimators = lambda *args, **kwargs: []
+    try:
+        import skops.io
+    finally:
+        sklearn.utils.all_estimators = walk
+    return skops.io
+
+
 def _save_arrays(head, run_dir: Path) -> Path:
     from safetensors.numpy import save_file
 
@@ -81,9 +106,9 @@ def _save_arrays(head, run_dir: Path) -> Path:
 
 def _save_skops(head, run_dir: Path) -> tuple[Path, dict]:
     """The pipeline as a plain scikit-learn ``Pipeline`` (no tlx type in the file)."""
-    import skops.io as sio
     from sklearn.pipeline import Pipeline
 
+    sio = skops_io()
     file = run_dir / "head.skops"
     sio.dump(Pipeline(head.steps), file)
     return file, {
@@ -186,11 +211,11 @@ def _load_arrays(file: Path, meta: dict, meta_path: Path):
 
 def _load_skops(file: Path, meta: dict):
     """Build the pipeline only from the types tlx recorded, each from scikit-learn, numpy or scipy."""
-    import skops.io as sio
     from sklearn.pipeline import Pipeline
 
     from .pipeline import HeadPipeline
 
+    sio = skops_io()
     try:
         found = sio.get_untrusted_types(file=file)
     except Exception as exc:  # not a skops zip at all
