@@ -150,21 +150,16 @@ def test_bad_run_and_bad_format_exit_2(cli, runs, tmp_path):
 
 
 def test_a_non_exportable_head_is_refused_before_torch_is_imported(runs, tmp_path):
-    # A linear head with l2norm=true: loading a scikit-learn head (skops) imports torch by
-    # itself (skops.io builds its trusted types from scikit-learn's modules, array_api_compat's
-    # torch module among them), so the claim is for tlx's own work, checked on tlx's own head.
+    # knn is saved with skops; tlx imports skops.io without its walk over scikit-learn, which
+    # would import torch (heads/io.py, skops_io).
     import subprocess
     import sys
 
     from conftest import REPO, subprocess_env
 
-    from tlx.cache.features import resolve_cache
-    from tlx.heads.training.fit import fit_head
-
-    run = fit_head(resolve_cache(runs["root"] / "cache"), clf="linear", params=["l2norm=true"], out=tmp_path / "l2").run
     code = (
         "import sys; from typer.testing import CliRunner; from tlx.cli.app import app\n"
-        f"r = CliRunner().invoke(app, ['export', '--run', {str(run)!r}, "
+        f"r = CliRunner().invoke(app, ['export', '--run', {str(runs['knn'])!r}, "
         f"'--out', {str(tmp_path / 'm.onnx')!r}])\n"
         "assert r.exit_code == 2 and 'not exportable' in r.output, r.output\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
