@@ -9,7 +9,7 @@ Importing ``tlx`` is cheap: torch, torchvision and timm are imported where they 
 
 __version__ = "0.1.0"
 
-__all__ = ["Features", "__version__", "load_features"]
+__all__ = ["Features", "__version__", "fit_head", "load_features"]
 
 
 def __getattr__(name: str):
@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from .cache import features
 
         return getattr(features, name)
+    if name == "fit_head":  # clf: a head name, or a scikit-learn classifier or pipeline object
+        from .heads.training.fit import fit_head
+
+        return fit_head
     raise AttributeError(f"module 'tlx' has no attribute {name!r}")

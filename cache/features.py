@@ -83,6 +83,14 @@ class Features:
         return np.arange(len(self.y), dtype=np.int64) if self.rows is None else self.rows
 
     @property
+    def groups(self) -> np.ndarray:
+        """The image of each row, for scikit-learn's group-aware splitters
+        (``cross_val_score(head, feats.X, feats.y, groups=feats.groups, cv=StratifiedGroupKFold(3))``):
+        the row's number in the cache, so it stays the same in a subset; the views of these rows
+        (``views()``) belong to the groups ``feats.groups[views.image]``."""
+        return self.cache_rows()
+
+    @property
     def n_views(self) -> int:
         """Augmented views per image stored in the cache (``tlx extract --views K``); 0 when none."""
         return int(self.attrs.get("views", 0))

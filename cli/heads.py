@@ -44,8 +44,10 @@ def fit_head_command(
     clf: Annotated[
         str,
         typer.Option(
-            help="Head: linear (default, softmax regression), logreg, ridge, knn, svm, rf, mlp; several separated "
-            "by commas, or all: each is fitted on one load of the cache, into its own run folder, and ranked."
+            help="Head: linear (default: tlx's softmax regression, exportable), or scikit-learn's own logreg, ridge, "
+            "knn, svm, rf, mlp, or any scikit-learn classifier as sklearn:<ClassName> (`tlx heads` lists them); "
+            "several separated by commas, or all: each is fitted on one load of the cache, into its own run folder, "
+            "and ranked."
         ),
     ] = "linear",
     param: Annotated[
@@ -87,7 +89,7 @@ def fit_head_command(
     max_memory: Annotated[
         str | None,
         typer.Option(
-            help="Memory the training rows may take, e.g. 2GB; above it linear, logreg and ridge stream the cache "
+            help="Memory the training rows may take, e.g. 2GB; above it the linear head streams the cache "
             "from disk block by block [default: half the available memory]."
         ),
     ] = None,
@@ -240,7 +242,7 @@ def heads_command(json_out: JsonOpt = False) -> None:
 
 
 def print_heads(json_out: bool) -> None:
-    from ..heads.registry import describe_heads
+    from ..heads.registry import describe_heads, family_help
     from ..heads.training.sweep import densify
 
     rows = describe_heads()
@@ -266,6 +268,8 @@ def print_heads(json_out: bool) -> None:
         for p in h["params"]:
             setting = f"{p['name']}={_param_text(p['default'])}"
             typer.echo(f"  --param {setting.ljust(width)}  {p['valid']}".rstrip())
+    for pattern, text in family_help().items():
+        typer.echo(f"\n{pattern}: {text}")
 
 
 def _param_text(value) -> str:

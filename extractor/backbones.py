@@ -4,7 +4,10 @@ pretrained config, and its stages (for fine-tuning).
 
 Pooling and heads are not part of a backbone (see ``pooling.py`` and ``tlx.heads``). torch,
 timm and torchvision are imported inside the builders, so importing this module to list the
-registry stays cheap; the EfficientNet-Lite builders do not import timm at all.
+registry stays cheap.
+
+This module registers on import; ``extractor/__init__.py`` imports it, so the registry module
+itself holds only the dicts and the decorators (no import circle).
 """
 
 from __future__ import annotations
@@ -69,28 +72,28 @@ def lite_weights_file(variant: int) -> str:
 
 
 def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Backbone:
-    """EfficientNet-Lite``variant``: timm's ``tf_efficientnet_lite<variant>`` rebuilt in plain torch
-    (``efficientnet_lite.py``, so no timm import), its preprocessing from timm's pretrained config
-    (input size, crop, mean = std = 0.5), its weights from the package."""
+    """EfficientNet-Lite``variant``: timm's ``tf_efficientnet_lite<variant>``, its preprocessing
+    from timm's pretrained config (input size, crop, mean = std = 0.5), its weights from the
+    package (lukemelas's names, renamed key by key to timm's)."""
+    import timm
     import torch
 
-    from .efficientnet_lite import VARIANTS, EfficientNetLite
     from .networks import (
-        Backbone,
-        TimmBody,
         load_into,
         load_weights_file,
         lukemelas_to_timm,
         random_init_cfg,
+        timm_backbone,
+        timm_preprocessing,
     )
 
-    model = EfficientNetLite(variant)
+    model: Any = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    stage_sizes = [len(stage) for stage in model.blocks]
     cfg = BackboneCfg(
         name=f"efficientnet_lite{variant}",
-        # Same network and feature space as timm's, so caches keep their identity and name.
         architecture=f"timm:tf_efficientnet_lite{variant}",
         feature_dim=model.num_features,
-        preprocessing=VARIANTS[variant].preprocessing,
+        preprocessing=timm_preprocessing(model.pretrained_cfg),
         weights_id="random-init",
         weights_sha256="",
         license="apache-2.0",
@@ -98,13 +101,13 @@ def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Ba
     if weights is not None:
         state = load_weights_file(weights)
         if any(k.startswith("_conv_stem") for k in state):
-            state = lukemelas_to_timm(state, model)
+            state = lukemelas_to_timm(state, stage_sizes)
         load_into(model, state, str(weights))
         cfg = replace(cfg, weights_id=f"file:{Path(weights).name}", weights_sha256=sha256_file(weights))
     elif pretrained:
         path = lite_weights_file(variant)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(lukemelas_to_timm(state, model))
+        model.load_state_dict(lukemelas_to_timm(state, stage_sizes), strict=True)
         cfg = replace(
             cfg,
             weights_id=f"{LITE_WEIGHTS[variant][0]}:{Path(path).name}",
@@ -113,10 +116,7 @@ def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Ba
         )
     else:
         cfg = random_init_cfg(cfg, model)
-    # The ImageNet classifier leaves the body (as timm's reset_classifier(0) did) but is kept.
-    head, model.classifier = model.classifier, torch.nn.Identity()
-    stages = [["model." + name for name in stage] for stage in model.stages()]
-    return Backbone(cfg, TimmBody(model.eval()), stages, head)
+    return timm_backbone(model.eval(), cfg)
 
 
 @register_backbone(

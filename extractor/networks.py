@@ -106,9 +106,8 @@ def random_init_cfg(cfg: BackboneCfg, model: nn.Module) -> BackboneCfg:
 
 
 class TimmBody(nn.Module):
-    """A timm model whose forward is ``forward_features`` (the map before global pooling); also
-    wraps the native EfficientNet-Lite, which has timm's interface, so its parameters keep
-    timm's ``model.`` names (stage lists, saved fine-tunes)."""
+    """A timm model whose forward is ``forward_features`` (the map before global pooling); its
+    parameters keep timm's names under ``model.`` (stage lists, saved fine-tunes)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -141,23 +140,51 @@ def timm_preprocessing(pretrained_cfg: dict) -> Preprocessing:
     )
 
 
-def lukemelas_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename an EfficientNet-PyTorch (lukemelas) state dict to timm's names.
+# lukemelas's EfficientNet-PyTorch names -> timm's: the network's own modules, then those of
+# each block. A depthwise-separable block (Lite's first stage) has no expansion conv, so its
+# BatchNorms shift down by one against an inverted residual's.
+LUKEMELAS_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+LUKEMELAS_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+LUKEMELAS_IR_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
-    Both list the same 247 tensors (other than ``num_batches_tracked``) in the same order
-    with the same shapes, so the mapping is positional; shapes are checked one by one.
+
+def lukemelas_to_timm(state: dict[str, torch.Tensor], stage_sizes: list[int]) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-PyTorch (lukemelas) state dict to timm's names, key by key.
+
+    lukemelas numbers the blocks flat (``_blocks.7._bn1.weight``); timm nests them by stage
+    (``blocks.3.1.bn2.weight``): ``stage_sizes`` gives the blocks per stage of the timm model.
+    A key that fits no rule is refused by name, so a foreign file fails here rather than load
+    into the wrong place; ``load_state_dict(strict=True)`` then checks that nothing is missing.
     """
-    src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
-    dst = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
-    if len(src) != len(dst):
-        raise WeightsUnavailableError(f"expected {len(dst)} EfficientNet-Lite tensors, found {len(src)}")
+    position = [(stage, j) for stage, size in enumerate(stage_sizes) for j in range(size)]
     renamed = {}
-    for (sk, sv), (dk, dv) in zip(src, dst, strict=False):
-        if sv.shape != dv.shape:
-            raise WeightsUnavailableError(
-                f"EfficientNet-Lite tensor {sk} has shape {tuple(sv.shape)}, expected {tuple(dv.shape)} for {dk}"
-            )
-        renamed[dk] = sv
+    for key, tensor in state.items():
+        module, _, rest = key.partition(".")
+        if module in LUKEMELAS_TOP:
+            renamed[f"{LUKEMELAS_TOP[module]}.{rest}"] = tensor
+            continue
+        index, _, leaf = rest.partition(".")
+        part, _, param = leaf.partition(".")
+        if module != "_blocks" or not index.isdigit() or int(index) >= len(position):
+            raise WeightsUnavailableError(f"EfficientNet-Lite weights: unexpected tensor {key!r}")
+        stage, j = position[int(index)]
+        names = LUKEMELAS_DS_BLOCK if stage == 0 else LUKEMELAS_IR_BLOCK
+        if part not in names:
+            raise WeightsUnavailableError(f"EfficientNet-Lite weights: unexpected tensor {key!r}")
+        renamed[f"blocks.{stage}.{j}.{names[part]}.{param}"] = tensor
     return renamed
 
 

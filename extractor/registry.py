@@ -2,7 +2,9 @@
 
 Fixed names (``efficientnet_lite0``) are registered by decorating a builder; whole families
 (``torchvision:<model>``, ``timm:<model>``) by decorating a builder that takes the model name.
-Adding a backbone is one decorated function in ``backbones.py``; nothing else to edit.
+Adding a backbone is one decorated function in ``backbones.py``; nothing else to edit. This
+module holds the dicts and decorators only: ``tlx.extractor`` imports ``backbones`` to fill them
+(as timm's ``_registry`` is filled by its model modules), so the two never import each other.
 """
 
 from __future__ import annotations
@@ -52,19 +54,13 @@ def register_family(prefix: str, description: str = "", weights_status: Callable
     return decorate
 
 
-def _ensure_builtins() -> None:
-    from . import backbones  # noqa: F401  (registers on import)
-
-
 def list_backbones() -> dict[str, str]:
     """Registered names and family patterns, each with a one-line description."""
-    _ensure_builtins()
     return dict(_DESCRIPTIONS)
 
 
 def weights_status() -> dict[str, str]:
     """Name -> where its weights stand (installed, to download, random), for every registered entry."""
-    _ensure_builtins()
     status = {name: "" for name in _DESCRIPTIONS}
     for name, check in _WEIGHTS_STATUS.items():
         status[name] = check()
@@ -85,7 +81,6 @@ class BackboneRef:
 
 
 def get_backbone(name: str) -> BackboneRef:
-    _ensure_builtins()
     if name in _BACKBONES:
         return BackboneRef(name, _BACKBONES[name], None)
     prefix, sep, arch = name.partition(":")

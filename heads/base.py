@@ -36,8 +36,9 @@ class Head:
     ``_fit(X, y)`` and ``_predict_proba(X)``; linear heads also ``linear_form()``.
 
     It speaks scikit-learn's estimator protocol (``get_params``, ``set_params``, ``score``,
-    ``sklearn.base.clone`` works) without inheriting from ``sklearn.base.BaseEstimator``,
-    because importing scikit-learn costs about a second that the linear head does not need."""
+    ``__sklearn_tags__``: ``clone``, ``is_classifier`` and ``cross_val_score`` work) without
+    inheriting from ``sklearn.base.BaseEstimator``, because importing scikit-learn costs about a
+    second that the linear head does not need: scikit-learn is imported only when it asks."""
 
     name = "head"
     _estimator_type = "classifier"
@@ -65,17 +66,35 @@ class Head:
         changed = {k: v for k, v in self.get_params().items() if v != defaults.get(k)}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
-    def score(self, X, y) -> float:
+    def __sklearn_tags__(self):
+        """What scikit-learn (>= 1.6) reads to tell a classifier (``is_classifier``, the default
+        scorer and stratified folds of ``cross_val_score``); only scikit-learn calls this."""
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+
+        return Tags(
+            estimator_type="classifier",
+            target_tags=TargetTags(required=True),
+            classifier_tags=ClassifierTags(multi_label=False),
+            input_tags=InputTags(two_d_array=True, allow_nan=False),
+        )
+
+    def score(self, X, y, sample_weight=None) -> float:
         """Mean accuracy, as scikit-learn's classifiers define ``score``."""
-        return float(np.mean(self.predict(X) == np.asarray(y)))
+        return float(np.average(self.predict(X) == np.asarray(y), weights=sample_weight))
 
     # -- the contract -------------------------------------------------------------------------
     def fit(self, X, y, sample_weight=None):
+        """``sample_weight``: one non-negative weight per row, multiplied by the class weights
+        (``class_weight='balanced'``) where the head has them."""
         self._validate_params()
         X, y = self._validate_fit(X, y)
+        weights = self._sample_weights(sample_weight, len(y))
         self.classes_ = np.unique(y)
         self.n_features_in_ = X.shape[1]
-        self._fit(X, y)
+        if weights is None:
+            self._fit(X, y)  # a head of one's own may predate weights
+        else:
+            self._fit(X, y, weights)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
@@ -89,18 +108,14 @@ class Head:
     def linear_form(self):
         """``(W (C x D) float32, b (C,), shift (D,) or None, scale (D,) or None)`` such that
         ``predict_proba(X) == softmax(((X - shift) / scale) @ W.T + b)``."""
-        from .registry import exportable_heads
-
-        raise NotExportableError(f"{self.name} has no linear form: export needs {_or_list(exportable_heads())}")
+        raise NotExportableError(f"{self.name} has no linear form: export needs a linear head")
 
     def params_used(self) -> dict:
-        """The parameters as the fitted head used them; a head that adapts one to the data
-        (knn caps ``n_neighbors`` at the number of training rows) reports the value it used."""
+        """The parameters as the fitted head used them."""
         return self.get_params()
 
     def tensor_names(self) -> tuple:
-        """The array attributes ``io.save_head`` stores (``_tensors``; a head whose arrays depend
-        on its parameters, as the mlp's layers, lists them here)."""
+        """The array attributes ``io.save_head`` stores (``_tensors``)."""
         return self._tensors
 
     def arrays_fit(self, n_classes: int, width: int) -> bool:
@@ -114,19 +129,25 @@ class Head:
         """Pay one-time import costs up front, so that ``fit_seconds`` measures the fit alone."""
 
     # -- helpers for subclasses ---------------------------------------------------------------
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - abstract
+    def _fit(self, X: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _validate_params(self) -> None:
-        """Out-of-range parameters raise ParamError naming the parameter (registered heads only)."""
-        from .registry import registered_head, validate_params
+        """Out-of-range parameters raise an error naming the parameter (subclasses check theirs)."""
 
-        spec = registered_head(self.name)
-        if spec is not None and spec.cls is type(self):
-            validate_params(spec, self.get_params())
+    def _sample_weights(self, sample_weight, n: int) -> np.ndarray | None:
+        """The row weights to fit with: ``sample_weight`` times the class weights, or None."""
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if sample_weight.shape != (n,) or not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
+                raise HeadError(
+                    f"sample_weight must be {n} finite, non-negative numbers (one per row of X), "
+                    f"got shape {sample_weight.shape}"
+                )
+        return sample_weight
 
     def _validate_fit(self, X, y) -> tuple[np.ndarray, np.ndarray]:
         X = _as_matrix(X, "X")
@@ -188,9 +209,3 @@ def _as_matrix(X, what: str):
         if not np.isfinite(block).all():
             raise HeadError(f"{what} contains NaN or infinite values: re-run `tlx extract` on the images")
     return X
-
-
-def _or_list(names: list[str]) -> str:
-    if len(names) <= 1:
-        return "".join(names)
-    return ", ".join(names[:-1]) + " or " + names[-1]

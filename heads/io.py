@@ -1,18 +1,25 @@
 """Saving and loading fitted heads without ever running code from a file.
 
-Every head is a set of arrays: ``head.safetensors`` (the arrays the head names in
-``tensor_names()``) + ``head.json``. Loading builds the head from its registered class and
-parameters, fills in the arrays and checks their shapes against the classes and width, so a
-foreign file is refused and nothing in a file is ever executed; no scikit-learn is needed.
+Two kinds of head file, both described by ``head.json``:
 
-Runs written before svm, rf and mlp became arrays hold a ``head.skops`` file; they are refused
-with one line asking to refit, rather than kept loadable through skops and scikit-learn
-(seconds of imports, and an allow-list of pickled types to maintain).
+* tlx's linear head is a set of arrays: ``head.safetensors`` (the arrays it names in
+  ``tensor_names()``); loading builds the head from its registered class and parameters, fills
+  in the arrays and checks their shapes against the classes and width.
+* a scikit-learn head is saved with skops (``head.skops``, never pickle). At save time the
+  file's own list of types that skops does not trust by default
+  (``skops.io.get_untrusted_types``) is recorded in ``head.json``; at load the file's list must
+  be within that record, and each type must come from scikit-learn, numpy or scipy, before
+  ``skops.io.load(file, trusted=...)`` is called with exactly those types.
+
+Runs saved by tlx's earlier numpy look-alikes (``svm``, ``rf``, ``mlp``, ``logreg``, ``ridge``,
+``knn`` as ``head.safetensors``) or by the skops heads before them (no type record) are refused
+with one line saying how to refit.
 
 ``head.json`` holds the head's name, parameters, classes, feature width and the sha256 of the
 head file, an integrity check: a file damaged or changed since it was written is refused. It
 proves nothing about who wrote the file (whoever can rewrite the head can rewrite the hash
-beside it); the guarantee that matters, no code run from a file, comes from the loader above.
+beside it); the guarantees that matter, no code run from a file and only allow-listed types
+built, come from the loaders above.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from ..common.hashing import sha256_file
 from ..errors import RunError, TlxError
 
 HEAD_JSON = "head.json"
+SKOPS_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.")  # the only types a head file may build
+# The heads that earlier tlx versions fitted with numpy look-alikes and saved as arrays.
+LOOKALIKES = {"svm", "rf", "mlp", "logreg", "ridge", "knn"}
 FORMAT = "tlx-head"
 FORMAT_VERSION = 1
 
@@ -39,6 +49,49 @@ def save_head(head, run_dir) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not hasattr(head, "n_features_in_"):
         raise ValueError("save_head needs a fitted head")
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "head": head.name,
+        "params": jsonable_params(head.params_used()),
+        "classes": np.asarray(head.classes_).tolist(),
+        "n_features_in": int(head.n_features_in_),
+    }
+    if hasattr(head, "tensor_names"):
+        file = _save_arrays(head, run_dir)
+    else:
+        file, extra = _save_skops(head, run_dir)
+        record.update(extra)
+    record.update(file=file.name, sha256=sha256_file(file))
+    return write_json_atomic(run_dir / HEAD_JSON, record)
+
+
+def skops_io():
+    """``skops.io``, imported without its walk over scikit-learn.
+
+    On import, skops.io builds its default list of trusted types from
+    ``sklearn.utils.all_estimators()``, which imports every scikit-learn module and, through
+    ``array_api_compat``, torch: 4 to 8 s here, more than any head's fit. tlx does not rely on
+    that list: it records each file's untrusted types at save and checks them against its own
+    allow-list at load. So the first import runs with ``all_estimators`` answering no estimator;
+    the only effect is that skops trusts no scikit-learn estimator by default (more types are
+    reported untrusted, and tlx records and checks them): stricter, never looser."""
+    import sys
+
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    import sklearn.utils
+
+    walk = sklearn.utils.all_estimators
+    sklearn.utils.all_estimators = lambda *args, **kwargs: []
+    try:
+        import skops.io
+    finally:
+        sklearn.utils.all_estimators = walk
+    return skops.io
+
+
+def _save_arrays(head, run_dir: Path) -> Path:
     from safetensors.numpy import save_file
 
     file = run_dir / "head.safetensors"
@@ -48,23 +101,26 @@ def save_head(head, run_dir) -> Path:
         if getattr(head, name, None) is not None
     }
     save_file(tensors, str(file), metadata={"format": FORMAT, "head": head.name})
-    record = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "head": head.name,
-        "params": jsonable_params(head.get_params()),
-        "classes": np.asarray(head.classes_).tolist(),
-        "n_features_in": int(head.n_features_in_),
-        "file": file.name,
-        "sha256": sha256_file(file),
+    return file
+
+
+def _save_skops(head, run_dir: Path) -> tuple[Path, dict]:
+    """The pipeline as a plain scikit-learn ``Pipeline`` (no tlx type in the file)."""
+    from sklearn.pipeline import Pipeline
+
+    sio = skops_io()
+    file = run_dir / "head.skops"
+    sio.dump(Pipeline(head.steps), file)
+    return file, {
+        "untrusted_types": sorted(sio.get_untrusted_types(file=file)),
+        "model_path": head.model_path,
+        "balance_classes": bool(head.balance_classes),
     }
-    return write_json_atomic(run_dir / HEAD_JSON, record)
 
 
 def load_head(run_dir):
     """Load the head saved in ``run_dir``; a foreign or damaged file, or one that fails the
     integrity check, raises RunError."""
-    from .registry import coerce_value, get_head
 
     run_dir = Path(run_dir)
     meta_path = run_dir / HEAD_JSON
@@ -83,23 +139,23 @@ def load_head(run_dir):
             f"but this tlx reads {FORMAT_VERSION}: fit the head again"
         )
     saved = str(meta.get("file", ""))
-    if saved.endswith(".skops"):  # svm, rf and mlp before they were saved as arrays
+    name = str(meta.get("head"))
+    if saved.endswith(".skops") and "untrusted_types" not in meta:
         raise RunError(
-            f"{run_dir / Path(saved).name} is a {meta.get('head')} head saved with skops by an earlier tlx; "
-            f"this version saves heads as arrays and no longer reads skops files: refit it with "
-            f"`tlx fit-head --clf {meta.get('head')}`"
+            f"{run_dir / Path(saved).name} is a {name} head saved with skops by an earlier tlx, without the "
+            f"record of its types that this version checks: refit it with `tlx fit-head --clf {name}`"
+        )
+    if saved.endswith(".safetensors") and name in LOOKALIKES:
+        raise RunError(
+            f"{run_dir / Path(saved).name} is a {name} head saved by an earlier tlx, whose {name} was a numpy "
+            f"imitation of scikit-learn's; this version fits scikit-learn's own: refit it with "
+            f"`tlx fit-head --clf {name}`"
         )
     try:
-        spec = get_head(meta["head"])
-        defaults = spec.defaults()
-        params = {k: coerce_value(k, v, defaults.get(k), spec.name) for k, v in meta["params"].items()}
-        head = spec.build(**params)
         file = run_dir / Path(meta["file"]).name
         expected_hash = meta["sha256"]
         classes = np.asarray(meta["classes"])
         width = int(meta["n_features_in"])
-    except TlxError as exc:
-        raise RunError(f"{meta_path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{meta_path} is incomplete ({exc}): fit the head again") from None
     if not file.is_file():
@@ -109,21 +165,81 @@ def load_head(run_dir):
             f"{file} failed its integrity check (its sha256 does not match {HEAD_JSON}): "
             "it was damaged or changed after it was written; fit the head again"
         )
-    if file.suffix != ".safetensors":
+    if file.suffix == ".skops":
+        head = _load_skops(file, meta)
+    elif file.suffix == ".safetensors":
+        head = _load_arrays(file, meta, meta_path)
+    else:
         raise RunError(f"{meta_path} names a head file of unknown type {file.name!r}: refusing it")
+    if head.n_features_in_ != width or not np.array_equal(np.asarray(head.classes_), classes):
+        raise RunError(f"{file} does not match {HEAD_JSON} (width or classes differ): refusing a foreign file")
+    return head
+
+
+def _load_arrays(file: Path, meta: dict, meta_path: Path):
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    from .registry import coerce_value, get_head
+
+    try:
+        spec = get_head(meta["head"])
+        defaults = spec.defaults()
+        params = {k: coerce_value(k, v, defaults.get(k), spec.name) for k, v in meta["params"].items()}
+        head = spec.build(**params)
+    except TlxError as exc:
+        raise RunError(f"{meta_path}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"{meta_path} is incomplete ({exc}): fit the head again") from None
+    if not hasattr(head, "tensor_names"):
+        raise RunError(f"{meta_path}: a {spec.name} head is not saved as arrays: refusing a foreign file")
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
         raise RunError(f"{file} is not a readable safetensors file ({exc}): fit the head again") from None
     for name in head.tensor_names():
         setattr(head, name, tensors.get(name))
+    classes = np.asarray(meta["classes"])
     head.classes_ = classes
-    head.n_features_in_ = width
-    if not head.arrays_fit(len(classes), width):
-        raise RunError(f"{file} does not hold a {len(classes)} x {width} {spec.name} head: refusing a foreign file")
-    if head.n_features_in_ != width or len(head.classes_) != len(classes):
-        raise RunError(f"{file} does not match {HEAD_JSON} (width or classes differ): refusing a foreign file")
+    head.n_features_in_ = int(meta["n_features_in"])
+    if not head.arrays_fit(len(classes), head.n_features_in_):
+        raise RunError(
+            f"{file} does not hold a {len(classes)} x {head.n_features_in_} {spec.name} head: refusing a foreign file"
+        )
     return head
+
+
+def _load_skops(file: Path, meta: dict):
+    """Build the pipeline only from the types tlx recorded, each from scikit-learn, numpy or scipy."""
+    from sklearn.pipeline import Pipeline
+
+    from .pipeline import HeadPipeline
+
+    sio = skops_io()
+    try:
+        found = sio.get_untrusted_types(file=file)
+    except Exception as exc:  # not a skops zip at all
+        raise RunError(f"{file} is not a readable skops file ({type(exc).__name__}): fit the head again") from None
+    recorded = set(meta.get("untrusted_types") or [])
+    unexpected = sorted(set(found) - recorded)
+    if unexpected:
+        raise RunError(f"{file} holds types that tlx did not save ({', '.join(unexpected[:3])}): refusing it")
+    foreign = [t for t in found if not t.startswith(SKOPS_TYPE_PREFIXES)]
+    if foreign:
+        raise RunError(
+            f"{file} holds types outside scikit-learn, numpy and scipy ({', '.join(foreign[:3])}): refusing it"
+        )
+    try:
+        pipeline = sio.load(file, trusted=list(found))
+    except Exception as exc:  # skops refuses, or the file is damaged
+        raise RunError(
+            f"{file} could not be loaded by skops ({type(exc).__name__}: {exc}): fit the head again"
+        ) from None
+    if type(pipeline) is not Pipeline:
+        raise RunError(f"{file} does not hold a scikit-learn Pipeline: refusing a foreign file")
+    return HeadPipeline(
+        pipeline.steps,
+        model_path=meta.get("model_path"),
+        balance_classes=bool(meta.get("balance_classes")),
+        name=str(meta["head"]),
+    )

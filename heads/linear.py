@@ -14,20 +14,22 @@ head predicts with numpy either way.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+from typing import ClassVar
+
 import numpy as np
 
-from .base import Head, NotExportableError, softmax
+from .base import Head, HeadError, NotExportableError, softmax
 from .linear_objective import SoftmaxProblem, fit_torch, l2_normalize
-from .registry import register_head
+from .registry import ParamError, register_head
 
 PREDICT_BLOCK = 65536  # rows per block when predicting: no standardized copy of X is made
 
 
 class SoftmaxHead(Head):
-    """What the softmax-over-a-linear-map heads share (``linear``, ``logreg``, ``ridge``):
-    standardization kept as ``shift_`` / ``scale_``, prediction block by block with the
-    standardization folded into the weights, the linear form, and streaming: they accept a
-    ``CacheRows`` training matrix that does not fit in memory."""
+    """A softmax over a linear map: standardization kept as ``shift_`` / ``scale_``, prediction
+    block by block with the standardization folded into the weights, the linear form, and
+    streaming: it accepts a ``CacheRows`` training matrix that does not fit in memory."""
 
     _tensors = ("coef_", "intercept_", "shift_", "scale_")
     coef_: np.ndarray  # C x D, on standardized features
@@ -35,6 +37,7 @@ class SoftmaxHead(Head):
     shift_: np.ndarray | None
     scale_: np.ndarray | None
     streams = True
+    has_linear_form = True  # export folds it into the backbone (``linear_form``)
     standardize = True
     l2norm = False
 
@@ -77,6 +80,26 @@ class SoftmaxHead(Head):
         return self.coef_.astype(np.float32), self.intercept_.astype(np.float32), self.shift_, self.scale_
 
 
+def _number(value, low: float, strict: bool = False, integral: bool = False) -> bool:
+    kind = Integral if integral else Real
+    if not isinstance(value, kind) or isinstance(value, bool):
+        return False
+    return float(value) > low if strict else float(value) >= low
+
+
+# parameter -> (check, valid values in words)
+RULES = {
+    "weight_decay": (lambda v: _number(v, 0), "a number >= 0"),
+    "max_iter": (lambda v: _number(v, 1, integral=True), "an integer >= 1"),
+    "tol": (lambda v: _number(v, 0, strict=True), "a number > 0"),
+    "standardize": (lambda v: isinstance(v, bool), "true or false"),
+    "l2norm": (lambda v: isinstance(v, bool), "true or false"),
+    "warm_start": (lambda v: isinstance(v, bool), "true or false"),
+    "class_weight": (lambda v: v in (None, "balanced"), "balanced or none"),
+    "device": (lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"), "cpu, cuda or cuda:N"),
+}
+
+
 @register_head(
     "linear",
     main_param="weight_decay",
@@ -85,6 +108,8 @@ class SoftmaxHead(Head):
 )
 class LinearHead(SoftmaxHead):
     """Softmax regression, full-batch L-BFGS, L2 weight decay."""
+
+    valid_values: ClassVar[dict[str, str]] = {key: wanted for key, (_, wanted) in RULES.items()}
 
     def __init__(
         self,
@@ -106,9 +131,24 @@ class LinearHead(SoftmaxHead):
         self.device = device
         self.warm_start = warm_start
 
-    def _fit(self, X, y: np.ndarray) -> None:
+    def _validate_params(self) -> None:
+        """Out-of-range values raise ParamError naming the parameter, before any data is read."""
+        defaults = type(self)().get_params()
+        for key, (ok, wanted) in RULES.items():
+            value = getattr(self, key)
+            if not ok(value):
+                raise ParamError(
+                    f"--param {key}={value}: linear needs {key} to be {wanted} (default {defaults[key]!r})"
+                )
+
+    def _fit(self, X, y: np.ndarray, weights: np.ndarray | None = None) -> None:
         start = self._start()
-        problem = self._problem(X, y, self._class_weights(y))
+        balance = self._class_weights(y)
+        if balance is not None:
+            weights = balance if weights is None else weights * balance
+        if weights is not None and not weights.sum() > 0:
+            raise HeadError("sample_weight sums to 0: at least one row needs a positive weight")
+        problem = self._problem(X, y, weights)
         lam, max_iter, tol = float(self.weight_decay), int(self.max_iter), float(self.tol)
         if str(self.device).startswith("cuda"):
             W, b, self.n_iter_ = fit_torch(problem, lam, max_iter, tol, self.device)

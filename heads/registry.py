@@ -1,29 +1,27 @@
 """Registry of heads, in the manner of the backbone registry (``tlx.extractor.registry``).
 
-A head is one class decorated with :func:`register_head`; the decorator records its main
-regularization parameter and the log grid that ``--sweep`` searches. Grids run from the
-strongest regularization to the weakest, so that a tie in validation accuracy goes to the
-simpler model. Nothing here imports torch.
+This module holds the dict, the decorators and the parsing of ``--param``; it imports no head.
+The heads register themselves when ``tlx.heads`` imports their modules: tlx's own ``linear``
+head (``linear.py``, by :func:`register_head`) and scikit-learn's estimators under short names
+(``estimators.py``, which also resolves ``sklearn:<ClassName>`` through :func:`register_family`).
+Grids run from the strongest regularization to the weakest, so that a tie in validation
+accuracy goes to the simpler model. Nothing here imports torch or scikit-learn.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import TlxError
-from .constraints import COMMON, describe, satisfied
-
-if TYPE_CHECKING:
-    from .base import Head
-
-H = TypeVar("H", bound="Head")
 
 DEFAULT_HEAD = "linear"
-BUILTIN_MODULES = ("linear", "linear_models", "neighbors", "svm", "forest", "mlp")
 
 _HEADS: dict[str, HeadSpec] = {}
+_FAMILIES: dict[str, Callable[[str], HeadSpec]] = {}  # prefix -> resolver(name after the colon)
+_FAMILY_HELP: dict[str, str] = {}
 
 
 class UnknownHeadError(TlxError):
@@ -36,14 +34,13 @@ class ParamError(TlxError):
 
 @dataclass(frozen=True)
 class HeadSpec:
+    """A head tlx implements itself: ``cls`` is its class (a :class:`~tlx.heads.base.Head`)."""
+
     name: str
-    cls: type[Head]
-    main_param: str  # the regularization parameter that --sweep searches
+    cls: Any
+    main_param: str  # the regularization parameter that --sweep searches ("": none, no sweep)
     grid: tuple  # its values, strongest regularization first
     description: str
-    # Valid values per parameter (``tlx.heads.constraints``: Range, OneOf, Sizes, "boolean",
-    # None), beyond the common ones.
-    constraints: dict = field(default_factory=dict)
 
     def build(self, **params):
         return self.cls(**params)
@@ -53,73 +50,78 @@ class HeadSpec:
 
     @property
     def exportable(self) -> bool:
-        from .base import Head
-
-        return self.cls.linear_form is not Head.linear_form
+        return bool(getattr(self.cls, "has_linear_form", False))
 
     @property
     def supports_class_weight(self) -> bool:
         return "class_weight" in inspect.signature(self.cls).parameters
 
+    def validate(self, params: dict) -> None:
+        """Refuse out-of-range values (``weight_decay=-1``) before any data is read."""
+        self.build(**params)._validate_params()
 
-def register_head(name: str, main_param: str, grid, description: str = "", constraints: dict | None = None):
-    """Class decorator; ``constraints`` declares the valid values of the head's own parameters
-    (see :func:`validate_params`)."""
+    def describe_params(self) -> dict[str, str]:
+        """Parameter -> its valid values, in words, for ``tlx heads``."""
+        return dict(getattr(self.cls, "valid_values", {}))
 
-    def decorate(cls: type[H]) -> type[H]:
+
+def register_head(name: str, main_param: str, grid, description: str = ""):
+    """Class decorator for tlx's own heads."""
+
+    def decorate(cls):
         if name in _HEADS:
             raise ValueError(f"head {name!r} is registered twice")
         cls.name = name
         if main_param not in inspect.signature(cls).parameters:
             raise ValueError(f"head {name!r}: main parameter {main_param!r} is not an __init__ parameter")
         doc = description or (cls.__doc__ or "").strip().splitlines()[0]
-        _HEADS[name] = HeadSpec(name, cls, main_param, tuple(grid), doc, dict(constraints or {}))
+        _HEADS[name] = HeadSpec(name, cls, main_param, tuple(grid), doc)
         return cls
 
     return decorate
 
 
-def _ensure_builtins() -> None:
-    import importlib
-
-    for module in BUILTIN_MODULES:  # importing a head's module registers it
-        importlib.import_module(f"tlx.heads.{module}")
-    # Heads are listed in BUILTIN_MODULES order (then any registered elsewhere), even when one
-    # module was imported on its own first (``from tlx.heads.forest import RfHead``).
-    ranked = sorted(_HEADS.values(), key=lambda spec: _module_rank(spec.cls.__module__))
-    if [spec.name for spec in ranked] != list(_HEADS):
-        _HEADS.clear()
-        _HEADS.update((spec.name, spec) for spec in ranked)
+def register_spec(spec: HeadSpec, replace: bool = False) -> HeadSpec:
+    """Register a spec built elsewhere (scikit-learn's estimators, a user's estimator object)."""
+    if spec.name in _HEADS and not replace:
+        raise ValueError(f"head {spec.name!r} is registered twice")
+    _HEADS[spec.name] = spec
+    return spec
 
 
-def _module_rank(module: str) -> int:
-    package, _, name = module.rpartition(".")
-    return BUILTIN_MODULES.index(name) if package == "tlx.heads" and name in BUILTIN_MODULES else len(BUILTIN_MODULES)
+def register_family(prefix: str, resolver: Callable[[str], HeadSpec], help_text: str) -> None:
+    """``<prefix>:<name>`` heads, resolved on first use by ``resolver(name)``."""
+    _FAMILIES[prefix] = resolver
+    _FAMILY_HELP[prefix] = help_text
+
+
+def _named() -> list[HeadSpec]:
+    """The heads registered by name (not ``sklearn:<name>`` ones), the default first."""
+    return sorted((s for n, s in _HEADS.items() if ":" not in n), key=lambda s: s.name != DEFAULT_HEAD)
 
 
 def list_heads() -> dict[str, str]:
     """Registered head names, each with a one-line description."""
-    _ensure_builtins()
-    return {name: spec.description for name, spec in _HEADS.items()}
+    return {spec.name: spec.description for spec in _named()}
+
+
+def family_help() -> dict[str, str]:
+    """``<prefix>:<name>`` -> how to use that family (``tlx heads``)."""
+    return {f"{prefix}:<name>": text for prefix, text in _FAMILY_HELP.items()}
 
 
 def get_head(name: str) -> HeadSpec:
-    _ensure_builtins()
-    try:
+    if name in _HEADS:
         return _HEADS[name]
-    except KeyError:
-        raise UnknownHeadError(f"unknown head {name!r}: expected one of {', '.join(_HEADS)}") from None
-
-
-def registered_head(name: str) -> HeadSpec | None:
-    """The spec registered under ``name``, or None (no error: for heads defined elsewhere)."""
-    _ensure_builtins()
-    return _HEADS.get(name)
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _FAMILIES and rest:
+        return register_spec(_FAMILIES[prefix](rest), replace=True)
+    known = ", ".join([*list_heads(), *family_help()])
+    raise UnknownHeadError(f"unknown head {name!r}: expected one of {known} (see `tlx heads`)")
 
 
 def exportable_heads() -> list[str]:
-    _ensure_builtins()
-    return [name for name, spec in _HEADS.items() if spec.exportable]
+    return [spec.name for spec in _named() if spec.exportable]
 
 
 # -- --param KEY=VALUE ---------------------------------------------------------------------------
@@ -166,7 +168,7 @@ def coerce_value(key: str, value: Any, default: Any, head: str) -> Any:
 
 
 def parse_params(spec: HeadSpec, items) -> dict[str, Any]:
-    """``["C=0.1", "kernel=linear"]`` or a dict -> typed keyword arguments for ``spec.cls``."""
+    """``["C=0.1", "kernel=linear"]`` or a dict -> typed keyword arguments for the head."""
     defaults = spec.defaults()
     if isinstance(items, dict):
         pairs = list(items.items())
@@ -175,10 +177,8 @@ def parse_params(spec: HeadSpec, items) -> dict[str, Any]:
         for item in items or []:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise ParamError(
-                    f"--param {item!r}: expected KEY=VALUE, "
-                    f"e.g. --param {spec.main_param}={spec.grid[len(spec.grid) // 2]}"
-                )
+                example = f"{spec.main_param}={spec.grid[len(spec.grid) // 2]}" if spec.grid else "KEY=VALUE"
+                raise ParamError(f"--param {item!r}: expected KEY=VALUE, e.g. --param {example}")
             pairs.append((key.strip(), value.strip()))
     out = {}
     for key, value in pairs:
@@ -189,44 +189,36 @@ def parse_params(spec: HeadSpec, items) -> dict[str, Any]:
 
 
 def jsonable_params(params: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+    """Parameters as JSON can hold them: tuples as lists, objects (an estimator) as their repr."""
+    return {k: _jsonable(v) for k, v in params.items()}
 
 
-# -- valid values ----------------------------------------------------------------------------------
-def own_constraints(spec: HeadSpec) -> dict[str, list]:
-    """tlx's rules for the head's parameters (``tlx.heads.constraints``): the common ones and the
-    head's own, for the parameters it has."""
-    names = spec.defaults()
-    return {key: rule for key, rule in {**COMMON, **spec.constraints}.items() if key in names}
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy scalar
+        return value.item()
+    return repr(value)
 
 
 def validate_params(spec: HeadSpec, params: dict) -> None:
     """Refuse out-of-range parameter values (``C=-1``, ``max_iter=0``) before any data is read,
-    with a message in tlx's words rather than the estimator's."""
-    defaults = spec.defaults()
-    head = spec.build(**params)
-    values = head.get_params()
-
-    def refuse(key: str, wanted: str, value: Any) -> None:
-        shown = params.get(key, value)
-        shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
-        raise ParamError(
-            f"--param {key}={shown}: {spec.name} needs {key} to be {wanted} (default {defaults.get(key)!r})"
-        )
-
-    for key, rule in own_constraints(spec).items():
-        if not satisfied(rule, values[key]):
-            refuse(key, describe(rule), values[key])
+    in one line naming the parameter (scikit-learn's own check for its estimators)."""
+    spec.validate(params)
 
 
 def describe_heads() -> list[dict[str, Any]]:
     """One row per head for listings (``tlx heads``): name, description, whether it is the
     default, exportable and takes class weights, the sweep's parameter and grid, and every
     parameter with its default and valid values."""
-    _ensure_builtins()
     rows = []
-    for name, spec in _HEADS.items():
-        valid = {key: describe(rule) for key, rule in own_constraints(spec).items()}
+    for spec in _named():
+        name = spec.name
+        valid = spec.describe_params()
         rows.append(
             {
                 "name": name,

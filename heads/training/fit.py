@@ -88,8 +88,14 @@ class FitResult:
         }
 
 
-def parse_heads(clf: str | list[str]) -> list[str]:
-    """``"linear"``, ``"linear,logreg,svm"`` or ``"all"`` -> head names, in the order given."""
+def parse_heads(clf) -> list[str]:
+    """``"linear"``, ``"linear,logreg,svm"`` or ``"all"`` -> head names, in the order given; a
+    scikit-learn estimator or pipeline object (Python API) -> the name it is registered under."""
+    if not isinstance(clf, str | list):
+        from ..estimators import spec_from_estimator
+        from ..registry import register_spec
+
+        return [register_spec(spec_from_estimator(clf), replace=True).name]
     names = clf if isinstance(clf, list) else [c.strip() for c in str(clf).split(",") if c.strip()]
     if names == ["all"]:
         return list(list_heads())
@@ -108,6 +114,8 @@ def _params_for(spec: HeadSpec, items, sweep: bool, class_weight: str | None, se
         defaults = spec.defaults()
         items = [i for i in items if i.partition("=")[0].strip() in defaults]
     chosen = parse_params(spec, items)
+    if sweep and not spec.grid:
+        raise ParamError(f"{spec.name} has no sweep grid: drop --sweep and set its parameters with --param")
     if sweep and spec.main_param in chosen:
         raise ParamError(
             f"--param {spec.main_param}={chosen[spec.main_param]} and --sweep both set {spec.main_param}: "
@@ -164,7 +172,7 @@ def fit_heads(
         if held:
             raise TlxError(
                 f"{', '.join(held)} need the training rows in memory ({data.Xtr.nbytes / 2**30:.2f} GiB, "
-                "over --max-memory): raise --max-memory, or use linear, logreg or ridge, which stream"
+                "over --max-memory): raise --max-memory, or use linear, which streams"
             )
     warning = duplicates_warning(data.duplicates)
     if warning:
@@ -180,9 +188,9 @@ def fit_heads(
     return results
 
 
-def fit_head(features=None, clf: str = DEFAULT_HEAD, params=None, sweep: bool = False, **options) -> FitResult:
+def fit_head(features=None, clf: Any = DEFAULT_HEAD, params=None, sweep: bool = False, **options) -> FitResult:
     """Fit one head; see :func:`fit_heads` for the options."""
-    if "," in clf or clf == "all":
+    if isinstance(clf, str) and ("," in clf or clf == "all"):
         raise TlxError(f"fit_head fits one head, not {clf!r}: use fit_heads for several")
     return fit_heads(features, clf, params, sweep, **options)[0]
 
@@ -210,13 +218,13 @@ def _fit_one(
     head.fit(data.Xtr, data.ytr)
     fit_seconds = time.perf_counter() - t0
     used = jsonable_params(head.params_used())
-    for key, value in jsonable_params(head.get_params()).items():
-        if used.get(key) != value:
+    for key, value in jsonable_params(chosen).items():
+        if key in used and used[key] != value:
             log(
                 f"note: {spec.name} used {key}={used.get(key)} (asked for {value}) "
                 f"with {len(data.train)} training images"
             )
-    run_dir = new_run_dir(spec.name, out)
+    run_dir = new_run_dir(spec.name.replace(":", "-"), out)
     from ..io import save_head
 
     save_head(head, run_dir)

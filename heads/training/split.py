@@ -99,29 +99,3 @@ def _draw(seed: int, content_hash: str, path: str) -> float:
     """A number in [0, 1) that depends on the seed and the image alone."""
     key = f"{int(seed)}:{content_hash}" if content_hash else f"{int(seed)}:path:{path}"
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
-
-
-def stratified_folds(y: np.ndarray, n_splits: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(train_idx, test_idx)`` for each of ``n_splits`` stratified folds, shuffled with ``seed``:
-    the folds of scikit-learn's ``StratifiedKFold(n_splits, shuffle=True, random_state=seed)``,
-    row for row (the tests compare them), without importing scikit-learn (about a second).
-
-    Classes are numbered in order of first appearance; each fold's share of a class comes from
-    dealing the sorted labels round robin, and the fold numbers within a class are shuffled."""
-    y = np.asarray(y)
-    _, first, inverse = np.unique(y, return_index=True, return_inverse=True)
-    _, by_appearance = np.unique(first, return_inverse=True)
-    encoded = by_appearance[inverse.ravel()]
-    counts = np.bincount(encoded)
-    if n_splits < 2 or counts.min() < n_splits:
-        raise ValueError(f"{n_splits} stratified folds need at least {n_splits} rows of every class")
-    ordered = np.sort(encoded)
-    allocation = np.asarray([np.bincount(ordered[i::n_splits], minlength=len(counts)) for i in range(n_splits)])
-    rng = np.random.RandomState(seed)
-    test_fold = np.empty(len(y), dtype=np.int64)
-    for k in range(len(counts)):
-        folds_for_class = np.arange(n_splits).repeat(allocation[:, k])
-        rng.shuffle(folds_for_class)
-        test_fold[encoded == k] = folds_for_class
-    rows = np.arange(len(y))
-    return [(rows[test_fold != i], rows[test_fold == i]) for i in range(n_splits)]
