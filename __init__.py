@@ -9,7 +9,7 @@ Importing ``tlx`` is cheap: torch, torchvision and timm are imported where they 
 
 __version__ = "0.1.0"
 
-__all__ = ["Features", "__version__", "load_features"]
+__all__ = ["Features", "__version__", "audit", "load_features"]
 
 
 def __getattr__(name: str):
@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from .cache import features
 
         return getattr(features, name)
+    if name == "audit":  # the package, callable: tlx.audit(features) runs tlx.audit.audit
+        import importlib
+
+        return importlib.import_module(".audit", __name__)
     raise AttributeError(f"module 'tlx' has no attribute {name!r}")

@@ -85,6 +85,15 @@ def fit_head_command(
             metavar="N|all",
         ),
     ] = None,
+    exclude: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Leave these images out of train and val: the audit.json of `tlx audit` (its exclude list), a JSON "
+            "list of paths, or a text file of one path per line (repeatable); recorded in metrics.json.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -103,6 +112,7 @@ def fit_head_command(
         max_memory=max_memory,
         log=lambda msg: info(msg, quiet),
         views=_parse_views(views),
+        exclude=exclude,
     )
     if len(results) > 1:
         report(leaderboard(results), [r.to_dict() for r in results], json_out, quiet)

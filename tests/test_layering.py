@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import REPO
 
-LAYERS = ["common", "cache", "extractor", "heads", "finetune", "inference", "cli"]
+LAYERS = ["common", "cache", "extractor", "heads", "audit", "finetune", "inference", "cli"]
 
 
 def _modules_of(package: str) -> list[str]:

@@ -134,11 +134,13 @@ def fit_heads(
     max_memory: str | int | None = None,
     log: Callable[[str], None] | None = None,
     views: int | None = DEFAULT_VIEWS,
+    exclude=None,
 ) -> list[FitResult]:
     """Fit each head of ``clf`` (a name, a comma-separated list, or "all") on one load of a
     feature cache (a file, a folder or None = newest in the cache dir), each into its own run
     folder: ``out`` itself for one head, ``out/<head>`` for several. ``views``: also train on
-    views 1..N of the training images (None: all the cache holds; 0: none)."""
+    views 1..N of the training images (None: all the cache holds; 0: none). ``exclude``: files
+    listing images to leave out (``tlx audit``'s audit.json or a list of paths)."""
     log = log or (lambda _msg: None)
     names = parse_heads(clf)
     several = len(names) > 1
@@ -150,7 +152,7 @@ def fit_heads(
     chosen = {name: _params_for(get_head(name), params, sweep, class_weight, several) for name in names}
     if views is not None and views < 0:
         raise TlxError(f"--views must be 0 (center rows only) or more, not {views}")
-    data = load_training_data(features, val_fraction, seed, parse_memory(max_memory), log, views)
+    data = load_training_data(features, val_fraction, seed, parse_memory(max_memory), log, views, exclude)
     if data.streamed:
         held = [n for n in names if not getattr(get_head(n).cls, "streams", False)]
         if held:
