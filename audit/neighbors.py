@@ -3,16 +3,17 @@
 
 Rows are centered on the mean feature and L2-normalized first: pooled CNN features are
 non-negative, so raw cosines of unrelated photos already sit near 0.7; centered, they spread
-over [-1, 1] and a threshold means something. Query rows go ``block`` at a time against all
-rows (one ``block x N`` float32 product in memory). The k nearest are found without sorting
-each row: a lower bound of the k-th similarity from a sample of columns keeps only the few
-candidates above it, which are then ranked.
+over [-1, 1] and a threshold means something. Query rows go a block at a time against all
+rows (one ``block x N`` float32 product, ``BLOCK_BYTES``, in memory). The k nearest are found
+without sorting each row: a lower bound of the k-th similarity from a sample of columns keeps
+only the few candidates above it, which are then ranked.
 
-Above ``exact_budget`` multiply-adds (N x N x D) the pass runs on the rows projected onto their
-top ``dims`` principal directions (uncentered second moments of a sample: the subspace that
-best keeps dot products), and each pair found there is re-scored on the full vectors; pairs are
-searched ``margin`` below the threshold in the projection, so the few whose cosine the
-projection lowers by more than that are missed. Neighbours come from the projection alone.
+Large data (``is_large``: more than ``EXACT_BUDGET`` multiply-adds for the full N x N x D
+product) is searched on the rows projected onto their top ``SEARCH_DIMS`` principal directions
+(uncentered second moments of a sample of the centered unit rows: the subspace that best keeps
+their dot products). Pairs are then searched ``MARGIN`` below the threshold and re-scored on
+the full vectors (``rescore``), so only pairs whose cosine the projection lowers by more than
+the margin are missed; neighbours come from the projection alone.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EXACT_BUDGET = 2e11  # multiply-adds of the full N x N x D product done exactly (about 12,000 rows at 1280)
-PROJECTED_DIMS = 128
+EXACT_BUDGET = 2e11  # multiply-adds of the N x N x D product searched exactly (12,500 rows at 1280)
+SEARCH_DIMS = 64
 MARGIN = 0.05
 SAMPLE_ROWS = 20000
 BLOCK_BYTES = 128 << 20  # the block x N similarity block
@@ -34,7 +35,6 @@ class Neighbors:
     similarity: np.ndarray  # (N, k) float32, cosine of the centered rows
     pairs: np.ndarray  # (P, 2) int64, i < j, cosine >= threshold (on the full vectors)
     pair_similarity: np.ndarray  # (P,) float32
-    projected: int  # dimensions of the projection searched, 0 when exact
 
 
 def normalize_rows(X, mean: np.ndarray, block: int = 65536) -> np.ndarray:
@@ -55,42 +55,53 @@ def row_mean(X, block: int = 65536) -> np.ndarray:
     return (total / max(len(X), 1)).astype(np.float32)
 
 
-def principal_projection(Z: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
-    """``Z`` on its top ``dims`` uncentered principal directions (from a sample of rows), re-normalized."""
+def is_large(n: int, d: int) -> bool:
+    return float(n) * n * d > EXACT_BUDGET and d > SEARCH_DIMS
+
+
+def principal_basis(X, mean: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
+    """(D, dims): the top uncentered principal directions of the centered unit rows (from a sample)."""
     rng = np.random.default_rng(seed)
-    sample = Z[np.sort(rng.choice(len(Z), min(len(Z), SAMPLE_ROWS), replace=False))]
+    sample = normalize_rows(X[np.sort(rng.choice(len(X), min(len(X), SAMPLE_ROWS), replace=False))], mean)
     _, vectors = np.linalg.eigh(sample.T.astype(np.float64) @ sample)
-    basis = vectors[:, ::-1][:, :dims].astype(np.float32)
-    out = np.empty((len(Z), basis.shape[1]), dtype=np.float32)
-    for start in range(0, len(Z), 65536):
-        out[start : start + 65536] = Z[start : start + 65536] @ basis
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(vectors[:, ::-1][:, :dims]).astype(np.float32)
+
+
+def project(X, mean: np.ndarray, basis: np.ndarray, block: int = 65536) -> np.ndarray:
+    """The centered unit rows of ``X`` on ``basis`` (not re-normalized), block by block."""
+    out = np.empty((len(X), basis.shape[1]), dtype=np.float32)
+    for start in range(0, len(X), block):
+        out[start : start + block] = normalize_rows(X[start : start + block], mean) @ basis
     return out
 
 
-def neighbor_pass(
-    Z: np.ndarray,
-    k: int,
-    threshold: float,
-    same: np.ndarray | None = None,
-    exact_budget: float = EXACT_BUDGET,
-    dims: int = PROJECTED_DIMS,
-) -> Neighbors:
-    """Neighbours and near pairs of the unit rows ``Z``. ``same``: a group id per row (exact
-    duplicates share one; -1 alone): rows of one group are never each other's neighbours nor a pair."""
-    n, d = Z.shape
+def unit(Z: np.ndarray) -> np.ndarray:
+    return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+
+
+def rescore(X, mean: np.ndarray, pairs: np.ndarray, threshold: float, block: int = 65536):
+    """``(pairs, cosine)``: the pairs whose cosine on the full centered rows reaches ``threshold``."""
+    sims = np.empty(len(pairs), dtype=np.float32)
+    for start in range(0, len(pairs), block):
+        part = pairs[start : start + block]
+        a, b = normalize_rows(X[part[:, 0]], mean), normalize_rows(X[part[:, 1]], mean)
+        sims[start : start + len(part)] = np.einsum("ij,ij->i", a, b)
+    keep = sims >= threshold
+    return pairs[keep], sims[keep]
+
+
+def neighbor_pass(search: np.ndarray, k: int, threshold: float, same: np.ndarray | None = None) -> Neighbors:
+    """Neighbours and pairs at or above ``threshold`` of the unit rows ``search``. ``same``: a
+    group id per row (exact duplicates share one; -1 alone): rows of one group are never each
+    other's neighbours nor a pair."""
+    n = len(search)
     k = max(0, min(k, n - 1))
     same = np.full(n, -1, dtype=np.int64) if same is None else np.asarray(same, dtype=np.int64)
-    projected = 0
-    search, cut = Z, threshold
-    if float(n) * n * d > exact_budget and d > dims:
-        search, cut, projected = principal_projection(Z, dims), threshold - MARGIN, dims
     index = np.full((n, k), -1, dtype=np.int64)
     sims = np.full((n, k), -np.inf, dtype=np.float32)
-    found_i, found_j = [], []
+    found_i, found_j, found_s = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     block = max(1, min(n, BLOCK_BYTES // (4 * max(n, 1))))
-    rng = np.random.default_rng(0)
-    probe = np.sort(rng.choice(n, min(n, max(4 * k, 4096)), replace=False))
+    probe = np.sort(np.random.default_rng(0).choice(n, min(n, max(4 * k, 4096)), replace=False))
     grouped = same >= 0
     for start in range(0, n, block):
         rows = np.arange(start, min(n, start + block))
@@ -98,20 +109,16 @@ def neighbor_pass(
         sim[np.arange(len(rows)), rows] = -np.inf  # not its own neighbour
         for r in np.flatnonzero(grouped[rows]):  # nor a byte-identical copy's
             sim[r, same == same[rows[r]]] = -np.inf
-        floor = _kth_lower_bound(sim[:, probe], k)
-        bar = np.minimum(floor, cut)[:, None]  # the k-th bound, or the pair threshold when lower
+        bar = np.minimum(_kth_lower_bound(sim[:, probe], k), threshold)[:, None]
         candidate_r, candidate_c = np.nonzero(sim >= bar)
         values = sim[candidate_r, candidate_c]
         _top_k(candidate_r, candidate_c, values, k, rows, index, sims)
-        keep = (values >= cut) & (rows[candidate_r] < candidate_c)
+        keep = (values >= threshold) & (rows[candidate_r] < candidate_c)
         found_i.append(rows[candidate_r[keep]])
         found_j.append(candidate_c[keep])
-    pairs = np.stack(
-        [np.concatenate(found_i or [np.zeros(0, np.int64)]), np.concatenate(found_j or [np.zeros(0, np.int64)])], axis=1
-    )
-    pair_sim = np.einsum("ij,ij->i", Z[pairs[:, 0]], Z[pairs[:, 1]]) if len(pairs) else np.zeros(0, np.float32)
-    keep = pair_sim >= threshold
-    return Neighbors(index, sims, pairs[keep].astype(np.int64), pair_sim[keep].astype(np.float32), projected)
+        found_s.append(values[keep])
+    pairs = np.stack([np.concatenate(found_i), np.concatenate(found_j)], axis=1).astype(np.int64)
+    return Neighbors(index, sims, pairs, np.concatenate(found_s).astype(np.float32))
 
 
 def _kth_lower_bound(sample: np.ndarray, k: int) -> np.ndarray:

@@ -15,10 +15,22 @@ import numpy as np
 from ..cache.features import Features, load_features
 from .duplicates import NEAR_THRESHOLD, exact_duplicates, hash_groups, near_duplicates
 from .label_issues import label_issues, neighbor_vote, out_of_fold_proba
-from .neighbors import neighbor_pass, normalize_rows, row_mean
+from .neighbors import (
+    MARGIN,
+    SEARCH_DIMS,
+    is_large,
+    neighbor_pass,
+    normalize_rows,
+    principal_basis,
+    project,
+    rescore,
+    row_mean,
+    unit,
+)
 from .outliers import failed_images, find_outliers
 
 NEIGHBORS = 10
+LABEL_DIMS = 256  # the label model's features on large data: the top principal directions
 
 
 @dataclass
@@ -67,16 +79,23 @@ def audit(
     t0 = time.perf_counter()
     X = feats.X
     group = hash_groups(feats.sha256)
-    Z = normalize_rows(X, row_mean(X))
-    found = neighbor_pass(Z, neighbors, near_threshold, group)
-    del Z
-    t_neighbors = time.perf_counter() - t0
-    log(f"neighbours of {len(feats)} images in {t_neighbors:.1f} s")
+    mean = row_mean(X)
+    large = is_large(*X.shape)
+    if large:  # see neighbors.py: search a projection, re-score the pairs on the full rows
+        projected = project(X, mean, principal_basis(X, mean, LABEL_DIMS, seed))
+        found = neighbor_pass(unit(projected[:, :SEARCH_DIMS]), neighbors, near_threshold - MARGIN, group)
+        found.pairs, found.pair_similarity = rescore(X, mean, found.pairs, near_threshold)
+    else:
+        found = neighbor_pass(normalize_rows(X, mean), neighbors, near_threshold, group)
+    log(f"neighbours of {len(feats)} images in {time.perf_counter() - t0:.1f} s")
     n_classes = len(feats.classes)
     # Copies share one group, so a fold never holds an image in both its halves.
     image_group = np.where(group >= 0, group, len(group) + np.arange(len(group)))
-    use_views = views and feats.n_views > 0
-    lin, folds = out_of_fold_proba(X, feats.y, n_classes, image_group, feats.views() if use_views else None, seed)
+    # On large data the label model fits the top principal directions, without views (time and memory).
+    use_views = views and feats.n_views > 0 and not large
+    lin, folds = out_of_fold_proba(
+        projected if large else X, feats.y, n_classes, image_group, feats.views() if use_views else None, seed
+    )
     knn = neighbor_vote(found.index, found.similarity, feats.y, n_classes)
     issues = label_issues(feats.y, lin, knn, folds)
     log(f"label issues from {folds}-fold linear heads and a {neighbors}-neighbour vote ({issues.method})")
@@ -108,7 +127,8 @@ def audit(
             "folds": folds,
             "views": feats.n_views if use_views else 0,
             "label_method": issues.method,
-            "projected_dims": found.projected,
+            "search_dims": SEARCH_DIMS if large else int(X.shape[1]),
+            "label_dims": LABEL_DIMS if large else int(X.shape[1]),
             "seconds": round(time.perf_counter() - t0, 3),
         },
     )
