@@ -186,8 +186,10 @@ def test_exclusions_drop_the_leaks_train_side_both_conflicting_labels_and_all_bu
         9,
         {},
         [dup("across splits", ["train/a/1", "val/a/1"], ["train", "val"])],
-        [dup("across classes", ["train/a/2", "train/b/2"], ["train", "train"])]
-        + [dup("within class", ["train/a/3", "train/a/4"], ["train", "train"])],
+        [
+            dup("across classes", ["train/a/2", "train/b/2"], ["train", "train"]),
+            dup("within class", ["train/a/3", "train/a/4"], ["train", "train"]),
+        ],
         [{"path": "train/b/5"}],
         [{"path": "val/a/6"}],
         [],
