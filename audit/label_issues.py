@@ -51,7 +51,9 @@ def grouped_folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int = 0
     return fold_of_group[inverse.ravel()]
 
 
-def out_of_fold_proba(X, y, n_classes: int, groups: np.ndarray, views=None, seed: int = 0) -> tuple[np.ndarray, int]:
+def out_of_fold_proba(
+    X, y, n_classes: int, groups: np.ndarray, views=None, seed: int = 0, max_folds: int = MAX_FOLDS
+) -> tuple[np.ndarray, int]:
     """``(proba (N, C), folds)``: each row scored by a linear head fitted without its fold.
     ``views``: a ``ViewFeatures`` of these rows, or None."""
     from ..heads.linear import LinearHead
@@ -59,7 +61,7 @@ def out_of_fold_proba(X, y, n_classes: int, groups: np.ndarray, views=None, seed
     X = np.asarray(X, dtype=np.float32)
     _, first = np.unique(groups, return_index=True)
     smallest = int(np.bincount(y[first], minlength=n_classes).min())
-    n_folds = min(MAX_FOLDS, smallest)
+    n_folds = min(max_folds, smallest)
     if n_folds < 2:
         return np.full((len(y), n_classes), 1.0 / n_classes), 0
     fold = grouped_folds(y, groups, n_folds, seed)

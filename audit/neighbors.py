@@ -11,9 +11,11 @@ only the few candidates above it, which are then ranked.
 Large data (``is_large``: more than ``EXACT_BUDGET`` multiply-adds for the full N x N x D
 product) is searched on the rows projected onto their top ``SEARCH_DIMS`` principal directions
 (uncentered second moments of a sample of the centered unit rows: the subspace that best keeps
-their dot products). Pairs are then searched ``MARGIN`` below the threshold and re-scored on
-the full vectors (``rescore``), so only pairs whose cosine the projection lowers by more than
-the margin are missed; neighbours come from the projection alone.
+their dot products). A projection makes look-alikes of a class closer than they are, so it
+cannot be thresholded; instead each image's k nearest there are the near-duplicate candidates,
+re-scored on the full vectors (``candidate_pairs``, ``rescore``). A near copy is missed only
+when more than k other images sit closer to it in the projection (a burst of many copies of
+one picture still links them all through one another).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import numpy as np
 
 EXACT_BUDGET = 2e11  # multiply-adds of the N x N x D product searched exactly (12,500 rows at 1280)
 SEARCH_DIMS = 64
-MARGIN = 0.05
-SAMPLE_ROWS = 20000
+SAMPLE_ROWS = 10000
+POWER_STEPS = 5
+PROBE_COLUMNS = 2048  # columns sampled for each row's k-th similarity bound
 BLOCK_BYTES = 128 << 20  # the block x N similarity block
 
 
@@ -37,7 +40,7 @@ class Neighbors:
     pair_similarity: np.ndarray  # (P,) float32
 
 
-def normalize_rows(X, mean: np.ndarray, block: int = 65536) -> np.ndarray:
+def normalize_rows(X, mean: np.ndarray, block: int = 8192) -> np.ndarray:
     """``X - mean`` scaled to unit length, row by row, as a new float32 array (blockwise, so a
     ``CacheRows`` is read once)."""
     out = np.empty((len(X), X.shape[1]), dtype=np.float32)
@@ -48,7 +51,7 @@ def normalize_rows(X, mean: np.ndarray, block: int = 65536) -> np.ndarray:
     return out
 
 
-def row_mean(X, block: int = 65536) -> np.ndarray:
+def row_mean(X, block: int = 8192) -> np.ndarray:
     total = np.zeros(X.shape[1], dtype=np.float64)
     for start in range(0, len(X), block):
         total += np.asarray(X[start : start + block], dtype=np.float32).sum(axis=0, dtype=np.float64)
@@ -60,14 +63,21 @@ def is_large(n: int, d: int) -> bool:
 
 
 def principal_basis(X, mean: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
-    """(D, dims): the top uncentered principal directions of the centered unit rows (from a sample)."""
+    """(D, dims): the top uncentered principal directions of the centered unit rows, from a
+    sample, by a few power iterations on their D x D second moments (randomized subspace
+    iteration: a full ``eigh`` of 1280 x 1280 took 13 s on this busy machine, this well under 1)."""
     rng = np.random.default_rng(seed)
     sample = normalize_rows(X[np.sort(rng.choice(len(X), min(len(X), SAMPLE_ROWS), replace=False))], mean)
-    _, vectors = np.linalg.eigh(sample.T.astype(np.float64) @ sample)
-    return np.ascontiguousarray(vectors[:, ::-1][:, :dims]).astype(np.float32)
+    moments = (sample.T @ sample).astype(np.float64)
+    dims = min(dims, moments.shape[0])
+    Q = rng.standard_normal((moments.shape[0], min(moments.shape[0], dims + 16)))
+    for _ in range(POWER_STEPS):
+        Q, _ = np.linalg.qr(moments @ Q)
+    _, vectors = np.linalg.eigh(Q.T @ moments @ Q)
+    return np.ascontiguousarray((Q @ vectors[:, ::-1])[:, :dims]).astype(np.float32)
 
 
-def project(X, mean: np.ndarray, basis: np.ndarray, block: int = 65536) -> np.ndarray:
+def project(X, mean: np.ndarray, basis: np.ndarray, block: int = 8192) -> np.ndarray:
     """The centered unit rows of ``X`` on ``basis`` (not re-normalized), block by block."""
     out = np.empty((len(X), basis.shape[1]), dtype=np.float32)
     for start in range(0, len(X), block):
@@ -79,7 +89,7 @@ def unit(Z: np.ndarray) -> np.ndarray:
     return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
 
 
-def rescore(X, mean: np.ndarray, pairs: np.ndarray, threshold: float, block: int = 65536):
+def rescore(X, mean: np.ndarray, pairs: np.ndarray, threshold: float, block: int = 8192):
     """``(pairs, cosine)``: the pairs whose cosine on the full centered rows reaches ``threshold``."""
     sims = np.empty(len(pairs), dtype=np.float32)
     for start in range(0, len(pairs), block):
@@ -90,10 +100,19 @@ def rescore(X, mean: np.ndarray, pairs: np.ndarray, threshold: float, block: int
     return pairs[keep], sims[keep]
 
 
+def candidate_pairs(index: np.ndarray) -> np.ndarray:
+    """(P, 2) each row with each of its neighbours, i < j, once."""
+    rows = np.repeat(np.arange(len(index)), index.shape[1])
+    cols = index.ravel()
+    valid = cols >= 0
+    pairs = np.sort(np.stack([rows[valid], cols[valid]], axis=1), axis=1)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+
+
 def neighbor_pass(search: np.ndarray, k: int, threshold: float, same: np.ndarray | None = None) -> Neighbors:
-    """Neighbours and pairs at or above ``threshold`` of the unit rows ``search``. ``same``: a
-    group id per row (exact duplicates share one; -1 alone): rows of one group are never each
-    other's neighbours nor a pair."""
+    """Neighbours and pairs at or above ``threshold`` (``inf``: none) of the unit rows ``search``.
+    ``same``: a group id per row (exact duplicates share one; -1 alone): rows of one group are
+    never each other's neighbours nor a pair."""
     n = len(search)
     k = max(0, min(k, n - 1))
     same = np.full(n, -1, dtype=np.int64) if same is None else np.asarray(same, dtype=np.int64)
@@ -101,7 +120,7 @@ def neighbor_pass(search: np.ndarray, k: int, threshold: float, same: np.ndarray
     sims = np.full((n, k), -np.inf, dtype=np.float32)
     found_i, found_j, found_s = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     block = max(1, min(n, BLOCK_BYTES // (4 * max(n, 1))))
-    probe = np.sort(np.random.default_rng(0).choice(n, min(n, max(4 * k, 4096)), replace=False))
+    probe = np.sort(np.random.default_rng(0).choice(n, min(n, max(4 * k, PROBE_COLUMNS)), replace=False))
     grouped = same >= 0
     for start in range(0, n, block):
         rows = np.arange(start, min(n, start + block))

@@ -14,10 +14,10 @@ import numpy as np
 
 from ..cache.features import Features, load_features
 from .duplicates import NEAR_THRESHOLD, exact_duplicates, hash_groups, near_duplicates
-from .label_issues import label_issues, neighbor_vote, out_of_fold_proba
+from .label_issues import MAX_FOLDS, label_issues, neighbor_vote, out_of_fold_proba
 from .neighbors import (
-    MARGIN,
     SEARCH_DIMS,
+    candidate_pairs,
     is_large,
     neighbor_pass,
     normalize_rows,
@@ -31,6 +31,7 @@ from .outliers import failed_images, find_outliers
 
 NEIGHBORS = 10
 LABEL_DIMS = 256  # the label model's features on large data: the top principal directions
+LARGE_FOLDS = 5  # and its folds there: each fold's head sees 80% of many images
 
 
 @dataclass
@@ -81,10 +82,10 @@ def audit(
     group = hash_groups(feats.sha256)
     mean = row_mean(X)
     large = is_large(*X.shape)
-    if large:  # see neighbors.py: search a projection, re-score the pairs on the full rows
+    if large:  # see neighbors.py: search a projection, re-score the neighbours on the full rows
         projected = project(X, mean, principal_basis(X, mean, LABEL_DIMS, seed))
-        found = neighbor_pass(unit(projected[:, :SEARCH_DIMS]), neighbors, near_threshold - MARGIN, group)
-        found.pairs, found.pair_similarity = rescore(X, mean, found.pairs, near_threshold)
+        found = neighbor_pass(unit(projected[:, :SEARCH_DIMS]), neighbors, np.inf, group)
+        found.pairs, found.pair_similarity = rescore(X, mean, candidate_pairs(found.index), near_threshold)
     else:
         found = neighbor_pass(normalize_rows(X, mean), neighbors, near_threshold, group)
     log(f"neighbours of {len(feats)} images in {time.perf_counter() - t0:.1f} s")
@@ -94,7 +95,13 @@ def audit(
     # On large data the label model fits the top principal directions, without views (time and memory).
     use_views = views and feats.n_views > 0 and not large
     lin, folds = out_of_fold_proba(
-        projected if large else X, feats.y, n_classes, image_group, feats.views() if use_views else None, seed
+        projected if large else X,
+        feats.y,
+        n_classes,
+        image_group,
+        feats.views() if use_views else None,
+        seed,
+        max_folds=LARGE_FOLDS if large else MAX_FOLDS,
     )
     knn = neighbor_vote(found.index, found.similarity, feats.y, n_classes)
     issues = label_issues(feats.y, lin, knn, folds)

@@ -278,3 +278,13 @@ def test_real_photos_copies_reencoded_copies_and_a_broken_file(hymenoptera, tmp_
     assert [f"train/bees/{bee.name}", "train/bees/q70.jpg"] in near
     assert len(near) == 1  # no two distinct photos reach the threshold
     assert [f["path"] for f in report.failed] == ["train/ants/broken.jpg"]
+
+
+def test_principal_basis_spans_the_top_directions():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((3000, 40)).astype(np.float32) * np.linspace(10, 0.1, 40).astype(np.float32)
+    basis = nb.principal_basis(X, np.zeros(40, np.float32), 5)
+    Z = nb.normalize_rows(X, np.zeros(40, np.float32))
+    _, vectors = np.linalg.eigh(Z.T.astype(np.float64) @ Z)
+    top = vectors[:, ::-1][:, :5]
+    assert np.allclose(np.abs(basis.T @ top).max(axis=1), 1.0, atol=1e-3)
