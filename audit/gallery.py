@@ -23,8 +23,8 @@ def plot_audit(report, path) -> dict:
     # Leaks and label conflicts first (byte-identical ones included), then the closest near copies.
     candidates = report.near_duplicates + [d for d in report.exact_duplicates if d["kind"] != "within class"]
     pairs = sorted(candidates, key=lambda d: (KIND_ORDER.index(d["kind"]), -d["score"]))[:PAIRS]
-    issue_lines = -(-len(issues) // COLUMNS) or 1
-    pair_lines = -(-len(pairs) // (COLUMNS // 2)) or 1
+    issue_lines = -(-len(issues) // COLUMNS)
+    pair_lines = -(-len(pairs) // (COLUMNS // 2))
     height = 2 * HEADING + (issue_lines + pair_lines) * (TILE + CAPTION)
     sheet = Image.new("RGB", (COLUMNS * TILE, height), "white")
     draw = ImageDraw.Draw(sheet)
