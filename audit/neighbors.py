@@ -9,13 +9,17 @@ without sorting each row: a lower bound of the k-th similarity from a sample of 
 only the few candidates above it, which are then ranked.
 
 Large data (``is_large``: more than ``EXACT_BUDGET`` multiply-adds for the full N x N x D
-product) is searched on the rows projected onto their top ``SEARCH_DIMS`` principal directions
-(uncentered second moments of a sample of the centered unit rows: the subspace that best keeps
-their dot products). A projection makes look-alikes of a class closer than they are, so it
-cannot be thresholded; instead each image's k nearest there are the near-duplicate candidates,
-re-scored on the full vectors (``candidate_pairs``, ``rescore``). A near copy is missed only
-when more than k other images sit closer to it in the projection (a burst of many copies of
-one picture still links them all through one another).
+product) is searched the way an inverted-file index (faiss's IVF) does it, in numpy: the rows
+are projected onto their top ``SEARCH_DIMS`` principal directions (uncentered second moments
+of a sample of the centered unit rows: the subspace that best keeps their dot products), cut
+into about sqrt(N) lists by spherical k-means, and each list's rows are compared with the rows
+of the ``PROBES`` lists nearest to it only (``clustered_neighbors``): about N x 20 sqrt(N)
+products instead of N x N, so approximate neighbours. A projection makes look-alikes of a class
+closer than they are, so it cannot be thresholded; instead each image's k nearest there are
+the near-duplicate candidates, re-scored on the full vectors (``candidate_pairs``,
+``rescore``). A near copy is missed only when more than k other images sit closer to it in the
+projection, or it fell in a list not probed (a burst of many copies of one picture still links
+them all through one another).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ SEARCH_DIMS = 64
 SAMPLE_ROWS = 10000
 POWER_STEPS = 5
 PROBE_COLUMNS = 2048  # columns sampled for each row's k-th similarity bound
+PROBES = 16  # lists searched per list on large data
+KMEANS_STEPS = 10
 BLOCK_BYTES = 128 << 20  # the block x N similarity block
 
 
@@ -143,6 +149,58 @@ def neighbor_pass(search: np.ndarray, k: int, threshold: float, same: np.ndarray
         found_s.append(values[keep])
     pairs = np.stack([np.concatenate(found_i), np.concatenate(found_j)], axis=1).astype(np.int64)
     return Neighbors(index, sims, pairs, np.concatenate(found_s).astype(np.float32))
+
+
+def spherical_kmeans(Z: np.ndarray, n_lists: int, seed: int = 0) -> np.ndarray:
+    """(n_lists, d) unit centroids of the unit rows ``Z``, from a sample of at most 64 rows per list."""
+    rng = np.random.default_rng(seed)
+    sample = Z[rng.choice(len(Z), min(len(Z), 64 * n_lists), replace=False)]
+    centroids = sample[rng.choice(len(sample), n_lists, replace=False)].copy()
+    for _ in range(KMEANS_STEPS):
+        assign = np.argmax(sample @ centroids.T, axis=1)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, assign, sample)
+        empty = np.flatnonzero(~sums.any(axis=1))
+        sums[empty] = sample[rng.choice(len(sample), len(empty), replace=False)]  # re-seed empty lists
+        centroids = unit(sums)
+    return centroids
+
+
+def clustered_neighbors(search: np.ndarray, k: int, same: np.ndarray | None = None, seed: int = 0) -> Neighbors:
+    """Approximate k nearest neighbours of the unit rows ``search`` (inverted lists; see above)."""
+    n = len(search)
+    k = max(0, min(k, n - 1))
+    same = np.full(n, -1, dtype=np.int64) if same is None else np.asarray(same, dtype=np.int64)
+    n_lists = max(1, int(np.sqrt(n)))
+    centroids = spherical_kmeans(search, n_lists, seed)
+    assign = np.concatenate([np.argmax(search[s : s + 8192] @ centroids.T, axis=1) for s in range(0, n, 8192)]).astype(
+        np.int64
+    )
+    order = np.argsort(assign, kind="stable")
+    members = np.split(order, np.searchsorted(assign[order], np.arange(1, n_lists)))
+    closeness = centroids @ centroids.T
+    np.fill_diagonal(closeness, np.inf)  # a list searches itself first
+    probed = np.argsort(-closeness, axis=1)[:, : min(PROBES, n_lists)]
+    index = np.full((n, k), -1, dtype=np.int64)
+    sims = np.full((n, k), -np.inf, dtype=np.float32)
+    for c in range(n_lists):
+        if len(members[c]) == 0 or k == 0:
+            continue
+        candidates = np.concatenate([members[j] for j in probed[c]])
+        chunk = max(1, BLOCK_BYTES // (4 * len(candidates)))
+        for start in range(0, len(members[c]), chunk):
+            rows = members[c][start : start + chunk]
+            sim = search[rows] @ search[candidates].T
+            sim[np.arange(len(rows)), start + np.arange(len(rows))] = -np.inf  # its own list comes first
+            for r in np.flatnonzero(same[rows] >= 0):
+                sim[r, same[candidates] == same[rows[r]]] = -np.inf
+            take = min(k, sim.shape[1])
+            top = np.argpartition(-sim, take - 1, axis=1)[:, :take]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(sim, top, 1), axis=1, kind="stable"), 1)
+            index[rows, :take] = candidates[top]
+            sims[rows, :take] = np.take_along_axis(sim, top, 1)
+    index[~np.isfinite(sims)] = -1
+    return Neighbors(index, sims, np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 
 def _kth_lower_bound(sample: np.ndarray, k: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from .label_issues import MAX_FOLDS, label_issues, neighbor_vote, out_of_fold_pr
 from .neighbors import (
     SEARCH_DIMS,
     candidate_pairs,
+    clustered_neighbors,
     is_large,
     neighbor_pass,
     normalize_rows,
@@ -84,7 +85,7 @@ def audit(
     large = is_large(*X.shape)
     if large:  # see neighbors.py: search a projection, re-score the neighbours on the full rows
         projected = project(X, mean, principal_basis(X, mean, LABEL_DIMS, seed))
-        found = neighbor_pass(unit(projected[:, :SEARCH_DIMS]), neighbors, np.inf, group)
+        found = clustered_neighbors(unit(projected[:, :SEARCH_DIMS]), neighbors, group, seed)
         found.pairs, found.pair_similarity = rescore(X, mean, candidate_pairs(found.index), near_threshold)
     else:
         found = neighbor_pass(normalize_rows(X, mean), neighbors, near_threshold, group)

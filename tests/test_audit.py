@@ -288,3 +288,19 @@ def test_principal_basis_spans_the_top_directions():
     _, vectors = np.linalg.eigh(Z.T.astype(np.float64) @ Z)
     top = vectors[:, ::-1][:, :5]
     assert np.allclose(np.abs(basis.T @ top).max(axis=1), 1.0, atol=1e-3)
+
+
+def test_clustered_neighbors_find_most_of_the_exact_ones_and_every_near_copy():
+    X, y = blobs(300, 4, 16)
+    X[11] = X[900] + 0.01
+    Z = nb.unit(X - X.mean(0))
+    same = np.full(len(Z), -1)
+    same[[5, 6]] = 0
+    got = nb.clustered_neighbors(Z, 10, same)
+    exact = nb.neighbor_pass(Z, 10, np.inf, same)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.index, exact.index, strict=True)])
+    assert recall > 0.9
+    assert got.index[11, 0] == 900 and got.index[900, 0] == 11
+    assert 6 not in got.index[5] and 5 not in got.index[6]  # byte-identical copies are not neighbours
+    assert not (got.index == np.arange(len(Z))[:, None]).any()  # nor is a row its own
+    assert (11, 900) in set(map(tuple, nb.candidate_pairs(got.index).tolist()))
