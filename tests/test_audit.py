@@ -291,7 +291,7 @@ def test_principal_basis_spans_the_top_directions():
 
 
 def test_clustered_neighbors_find_most_of_the_exact_ones_and_every_near_copy():
-    X, y = blobs(300, 4, 16)
+    X, _ = blobs(300, 4, 16)
     X[11] = X[900] + 0.01
     Z = nb.unit(X - X.mean(0))
     same = np.full(len(Z), -1)
