@@ -1,10 +1,11 @@
-"""One blockwise pass over the cosine similarities of every image with every other: each row's
-``k`` nearest neighbours and every pair above a similarity threshold, without the N x N matrix.
+"""Each image's ``k`` nearest neighbours and every pair above a similarity threshold, block by
+block, without the N x N matrix in memory.
 
 Rows are centered on the mean feature and L2-normalized first: pooled CNN features are
 non-negative, so raw cosines of unrelated photos already sit near 0.7; centered, they spread
-over [-1, 1] and a threshold means something. Query rows go a block at a time against all
-rows (one ``block x N`` float32 product, ``BLOCK_BYTES``, in memory). The k nearest are found
+over [-1, 1] and a threshold means something. Up to ``EXACT_BUDGET`` the search is exact
+(``neighbor_pass``): query rows go a block at a time against all rows (one ``block x N``
+float32 product, ``BLOCK_BYTES``, in memory). The k nearest are found
 without sorting each row: a lower bound of the k-th similarity from a sample of columns keeps
 only the few candidates above it, which are then ranked.
 
@@ -13,13 +14,14 @@ product) is searched the way an inverted-file index (faiss's IVF) does it, in nu
 are projected onto their top ``SEARCH_DIMS`` principal directions (uncentered second moments
 of a sample of the centered unit rows: the subspace that best keeps their dot products), cut
 into about sqrt(N) lists by spherical k-means, and each list's rows are compared with the rows
-of the ``PROBES`` lists nearest to it only (``clustered_neighbors``): about N x 20 sqrt(N)
+of the ``PROBES`` lists nearest to it only (``clustered_neighbors``): about N x 16 sqrt(N)
 products instead of N x N, so approximate neighbours. A projection makes look-alikes of a class
 closer than they are, so it cannot be thresholded; instead each image's k nearest there are
 the near-duplicate candidates, re-scored on the full vectors (``candidate_pairs``,
 ``rescore``). A near copy is missed only when more than k other images sit closer to it in the
 projection, or it fell in a list not probed (a burst of many copies of one picture still links
-them all through one another).
+them all through one another). On 100,000 synthetic rows (``benchmarks/audit.py``) 495 of 500
+planted near copies were found this way.
 """
 
 from __future__ import annotations

@@ -135,15 +135,17 @@ def synthetic(rows: int, d: int = 1280, classes: int = 10, seed: int = 0):
     flip = rng.choice(rows, rows // 100, replace=False)
     y[flip] = (y[flip] + 1) % classes
     names = [f"img{i}.jpg" for i in range(rows)]
-    return Features(X, y, [str(c) for c in range(classes)], names, ["train"] * rows, sha, None, Path("synthetic.h5"))
+    feats = Features(X, y, [str(c) for c in range(classes)], names, ["train"] * rows, sha, None, Path("synthetic.h5"))
+    return feats, {names[i] for i in flip}
 
 
 def scale_child(rows: int) -> None:
     import tlx
 
-    feats = synthetic(rows)
+    feats, flipped = synthetic(rows)
     t0 = time.perf_counter()
     report = tlx.audit(feats)
+    found = sum(i["path"] in flipped for i in report.label_issues)
     print(
         json.dumps(
             {
@@ -151,6 +153,7 @@ def scale_child(rows: int) -> None:
                 "exact": len(report.exact_duplicates),
                 "near": len(report.near_duplicates),
                 "label_issues": len(report.label_issues),
+                "flipped_found": found,
                 "settings": report.settings,
             }
         )
@@ -176,7 +179,8 @@ def scale(rows: int) -> dict:
         f"scale: {rows} x 1280 synthetic rows: audit {row['audit_seconds']:.1f} s wall (process {wall:.1f} s, "
         f"{row['cpu_seconds']} CPU s), peak {row['peak_rss_gib']} GiB resident (the 0.49 GiB matrix included); "
         f"{row['exact']} exact / {row['near']} near duplicate sets (500 / 500 planted), "
-        f"{row['label_issues']} label issues ({rows // 100} planted)"
+        f"{row['label_issues']} label issues flagged, {row['flipped_found']} of the {rows // 100} flipped "
+        "labels among them"
     )
     return row
 
