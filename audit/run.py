@@ -115,17 +115,7 @@ def audit(
         counts=class_counts(feats),
         exact_duplicates=exact_duplicates(group, feats),
         near_duplicates=near_duplicates(found.pairs, found.pair_similarity, feats),
-        label_issues=[
-            {
-                "path": feats.paths[r],
-                "given": feats.classes[int(g)],
-                "suggested": feats.classes[int(s)],
-                "score": round(float(1.0 - p), 4),
-                "p_given": round(float(p), 4),
-                "split": feats.split[r],
-            }
-            for r, g, s, p in zip(issues.rows, issues.given, issues.suggested, issues.score, strict=True)
-        ],
+        label_issues=issue_records(issues, feats),
         outliers=find_outliers(found.similarity, feats),
         failed=failed_images(feats),
         exclude=[],
@@ -142,6 +132,21 @@ def audit(
     )
     report.exclude = exclusions(report)
     return report
+
+
+def issue_records(issues, feats: Features) -> list[dict]:
+    """audit.json's ``label_issues``: score = 1 - the probability of the given label."""
+    return [
+        {
+            "path": feats.paths[r],
+            "given": feats.classes[int(g)],
+            "suggested": feats.classes[int(s)],
+            "score": round(float(1.0 - p), 4),
+            "p_given": round(float(p), 4),
+            "split": feats.split[r],
+        }
+        for r, g, s, p in zip(issues.rows, issues.given, issues.suggested, issues.score, strict=True)
+    ]
 
 
 def class_counts(feats: Features) -> dict:
