@@ -9,7 +9,7 @@ Importing ``tlx`` is cheap: torch, torchvision and timm are imported where they 
 
 __version__ = "0.1.0"
 
-__all__ = ["Features", "__version__", "fit_head", "load_features"]
+__all__ = ["Features", "__version__", "audit", "fit_head", "load_features"]
 
 
 def __getattr__(name: str):
@@ -22,4 +22,8 @@ def __getattr__(name: str):
         from .heads.training.fit import fit_head
 
         return fit_head
+    if name == "audit":
+        from .quality.run import audit
+
+        return audit
     raise AttributeError(f"module 'tlx' has no attribute {name!r}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import cache, demo, extract, finetune, heads, info, predict
+from . import audit, cache, demo, extract, finetune, heads, info, predict
 
 app = typer.Typer(
     name="tlx",
@@ -20,7 +20,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-for module in (extract, heads, finetune, predict, info, cache, demo):
+for module in (extract, heads, finetune, predict, info, cache, demo, audit):
     module.register(app)
 
 

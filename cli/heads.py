@@ -101,6 +101,15 @@ def fit_head_command(
             metavar="N|all",
         ),
     ] = None,
+    exclude: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Leave these images out of train and val: the audit.json of `tlx audit` (its exclude list), a JSON "
+            "list of paths, or a text file of one path per line (repeatable); recorded in metrics.json.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -120,6 +129,7 @@ def fit_head_command(
         log=lambda msg: info(msg, quiet),
         views=_parse_views(views),
         select_on=select_on.value,
+        exclude=exclude,
     )
     if len(results) > 1:
         report(leaderboard(results), [r.to_dict() for r in results], json_out, quiet)

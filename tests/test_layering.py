@@ -1,5 +1,5 @@
 """The packages depend on each other in one direction only:
-``common <- cache <- extractor <- heads <- finetune <- inference <- cli``.
+``common <- cache <- extractor <- heads <- quality <- finetune <- inference <- cli``.
 
 Each package is imported in a fresh interpreter, together with every module in it, and none of
 the packages above it may appear in ``sys.modules`` afterwards."""
@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import REPO
 
-LAYERS = ["common", "cache", "extractor", "heads", "finetune", "inference", "cli"]
+LAYERS = ["common", "cache", "extractor", "heads", "quality", "finetune", "inference", "cli"]
 
 
 def _modules_of(package: str) -> list[str]:

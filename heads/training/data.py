@@ -93,15 +93,17 @@ def load_training_data(
     max_memory: int | None = None,
     log=lambda _msg: None,
     views: int | None = 0,
+    exclude=None,
 ) -> TrainingData:
     """``features``: a cache, a folder (its newest cache), None (the default folder), or a list of
     caches; two or more are fused (``tlx.heads.training.fusion``). ``views``: train on views 1..N of the
-    training images too (None: all the cache has; 0: none)."""
+    training images too (None: all the cache has; 0: none). ``exclude``: files listing images to
+    leave out of train, val and test (see :func:`drop_excluded`)."""
     if isinstance(features, (list, tuple)):
         if len(features) > 1:
             if views:
                 raise TlxError("--views works with one cache, not fused ones: drop --views or fit on one --features")
-            return _load_fused(list(features), val_fraction, seed, max_memory, log)
+            return _load_fused(list(features), val_fraction, seed, max_memory, log, exclude)
         features = features[0] if features else None
     path = resolve_cache(features)
     if features is None or Path(features).is_dir():
@@ -110,6 +112,8 @@ def load_training_data(
     train, val, test, split_info = split_rows(
         meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
     )
+    kept = drop_excluded(meta, {"train": train, "val": val, "test": test}, split_info, exclude, log)
+    train, val, test = kept["train"], kept["val"], kept["test"]
     # The val members themselves, so that `finetune --init-head` validates on exactly these images.
     split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
     check_training_set(meta, train, val, test)
@@ -156,12 +160,16 @@ def _add_views(data: TrainingData, n: int) -> None:
     data.views = {"per_image": n, "recipe": got.recipe.get("name", ""), "n_rows": len(got)}
 
 
-def _load_fused(features: list, val_fraction: float, seed: int, max_memory: int | None, log) -> TrainingData:
+def _load_fused(
+    features: list, val_fraction: float, seed: int, max_memory: int | None, log, exclude=None
+) -> TrainingData:
     meta, fusion = load_fused(features, log)
     assert isinstance(meta.X, np.ndarray)
     train, val, test, split_info = split_rows(
         meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
     )
+    kept = drop_excluded(meta, {"train": train, "val": val, "test": test}, split_info, exclude, log)
+    train, val, test = kept["train"], kept["val"], kept["test"]
     split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
     check_training_set(meta, train, val, test)
     limit = default_max_memory() if max_memory is None else max_memory
@@ -175,6 +183,73 @@ def _load_fused(features: list, val_fraction: float, seed: int, max_memory: int 
     data = TrainingData(meta, train, val, split_info, X[train], meta.y[train], X[val], meta.y[val], fusion)
     _add_test_and_duplicates(data, test, X[test])
     return data
+
+
+def drop_excluded(meta: Features, sides: dict[str, np.ndarray], split_info: dict, exclude, log) -> dict:
+    """``sides`` (``{"train": rows, "val": rows, "test": rows}``) without the images listed in the
+    ``exclude`` files (``fit-head --exclude``), recorded in ``split_info["excluded"]`` (so in the
+    run's metrics.json). Each file is an ``audit.json`` written by ``tlx audit`` (its ``exclude``
+    list), a JSON list of paths, or a text file of one path per line; a path is relative to the data
+    set's root, as the cache holds it, or absolute under that root. The split is drawn first, so the
+    other images keep their side."""
+    if not exclude:
+        return sides
+    listed = _read_exclusions(exclude)
+    root = Path(meta.dataset_root)
+    wanted = {p if not Path(p).is_absolute() else _relative(Path(p), root) for p in listed}
+    hit = np.array([p in wanted for p in meta.paths], dtype=bool)
+    if listed and not hit.any():
+        raise TlxError(
+            f"none of the {len(listed)} images in --exclude {', '.join(map(str, exclude))} are in {meta.path}: "
+            f"was it written for another data set? (paths are relative to {root})"
+        )
+    unknown = len(wanted - {meta.paths[i] for i in np.flatnonzero(hit)})
+    if unknown:
+        log(f"note: {unknown} of the {len(wanted)} --exclude images are not in {meta.path} (moved or not extracted)")
+    kept = {side: rows[~hit[rows]] for side, rows in sides.items()}
+    dropped = {f"n_{side}": int(len(sides[side]) - len(kept[side])) for side in sides}
+    split_info["excluded"] = {
+        "files": [str(Path(f).resolve()) for f in exclude],
+        **dropped,
+        "paths": sorted(meta.paths[i] for i in np.flatnonzero(hit)),
+    }
+    log("excluded " + ", ".join(f"{n} {side[2:]}" for side, n in dropped.items()) + " images")
+    return kept
+
+
+def _read_exclusions(files) -> list[str]:
+    import json
+
+    listed: list[str] = []
+    for file in files:
+        file = Path(file)
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            raise TlxError(
+                f"--exclude {file}: cannot read it ({exc.strerror or exc}): pass audit.json or a list of paths"
+            ) from None
+        if file.suffix.lower() != ".json":
+            listed += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+            continue
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise TlxError(f"--exclude {file} is not valid JSON: pass the audit.json that `tlx audit` wrote") from None
+        paths = data.get("exclude") if isinstance(data, dict) else data
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise TlxError(
+                f'--exclude {file}: expected audit.json from `tlx audit` (an "exclude" list) or a JSON list of paths'
+            )
+        listed += paths
+    return listed
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def _add_test_and_duplicates(data: TrainingData, test: np.ndarray, Xte) -> None:

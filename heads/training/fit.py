@@ -148,12 +148,14 @@ def fit_heads(
     log: Callable[[str], None] | None = None,
     views: int | None = DEFAULT_VIEWS,
     select_on: str = "cv",
+    exclude=None,
 ) -> list[FitResult]:
     """Fit each head of ``clf`` (a name, a comma-separated list, or "all") on one load of a
     feature cache (a file, a folder or None = newest in the cache dir), each into its own run
     folder: ``out`` itself for one head, ``out/<head>`` for several. ``views``: also train on
     views 1..N of the training images (None: all the cache holds; 0: none). ``select_on``: how the
-    sweep and the ranking of several heads choose, "cv" (on the training images) or "val"."""
+    sweep and the ranking of several heads choose, "cv" (on the training images) or "val".
+    ``exclude``: files listing images to leave out (``tlx audit``'s audit.json or a list of paths)."""
     log = log or (lambda _msg: None)
     names = parse_heads(clf)
     several = len(names) > 1
@@ -167,7 +169,7 @@ def fit_heads(
         raise SelectionError(f"--select-on must be cv or val, not {select_on!r}")
     if views is not None and views < 0:
         raise TlxError(f"--views must be 0 (center rows only) or more, not {views}")
-    data = load_training_data(features, val_fraction, seed, parse_memory(max_memory), log, views)
+    data = load_training_data(features, val_fraction, seed, parse_memory(max_memory), log, views, exclude)
     if data.streamed:
         held = [n for n in names if not getattr(get_head(n).cls, "streams", False)]
         if held:

@@ -1,0 +1,87 @@
+"""``audit.png``: the top suspected label errors (given -> suggested class) and the closest
+near-duplicate pairs side by side, drawn with Pillow like the top-losses grid
+(``tlx.common.mistakes``). An image that has moved or gone is drawn as a placeholder and counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..common.mistakes import CAPTION, TILE
+
+COLUMNS = 4
+LABEL_TILES = 8
+PAIRS = 4
+HEADING = 20
+KIND_ORDER = ["across classes", "across splits", "within class"]
+
+
+def plot_audit(report, path) -> dict:
+    from PIL import Image, ImageDraw, ImageFont
+
+    root = Path(report.dataset_root)
+    issues = report.label_issues[:LABEL_TILES]
+    # Leaks and label conflicts first (byte-identical ones included), then the closest near copies.
+    candidates = report.near_duplicates + [d for d in report.exact_duplicates if d["kind"] != "within class"]
+    pairs = sorted(candidates, key=lambda d: (KIND_ORDER.index(d["kind"]), -d["score"]))[:PAIRS]
+    issue_lines = -(-len(issues) // COLUMNS)
+    pair_lines = -(-len(pairs) // (COLUMNS // 2))
+    height = 2 * HEADING + (issue_lines + pair_lines) * (TILE + CAPTION)
+    sheet = Image.new("RGB", (COLUMNS * TILE, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    missing: list[str] = []
+    draw.text(
+        (4, 3),
+        "suspected label errors: given -> suggested (score)" if issues else "no suspected label errors",
+        font=font,
+        fill="black",
+    )
+    for slot, issue in enumerate(issues):
+        x, y = (slot % COLUMNS) * TILE, HEADING + (slot // COLUMNS) * (TILE + CAPTION)
+        _tile(sheet, draw, font, root / issue["path"], x, y, missing)
+        draw.text((x + 4, y + TILE + 2), f"{issue['given']} -> {issue['suggested']}"[:26], font=font, fill="black")
+        draw.text(
+            (x + 4, y + TILE + 16),
+            f"{issue['score']:.2f}  {Path(issue['path']).name[:16]}",
+            font=font,
+            fill="firebrick",
+        )
+    top = HEADING + issue_lines * (TILE + CAPTION)
+    draw.text(
+        (4, top + 3),
+        "duplicates: pairs side by side (kind, similarity)"
+        if pairs
+        else "no duplicates across splits or classes, no near duplicates",
+        font=font,
+        fill="black",
+    )
+    for slot, pair in enumerate(pairs):
+        for side in range(2):
+            x = ((slot % (COLUMNS // 2)) * 2 + side) * TILE
+            y = top + HEADING + (slot // (COLUMNS // 2)) * (TILE + CAPTION)
+            _tile(sheet, draw, font, root / pair["paths"][side], x, y, missing)
+            draw.text(
+                (x + 4, y + TILE + 2),
+                f"{pair['splits'][side] or '-'}/{pair['labels'][side]}"[:26],
+                font=font,
+                fill="black",
+            )
+            if side == 0:
+                note = f"{pair['kind']} {pair['match']} {pair['score']:.2f}"
+                draw.text((x + 4, y + TILE + 16), note[:52], font=font, fill="firebrick")
+    sheet.save(path, format="PNG")
+    return {"missing": missing}
+
+
+def _tile(sheet, draw, font, image_path: Path, x: int, y: int, missing: list[str]) -> None:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(image_path) as image:
+            thumb = ImageOps.exif_transpose(image).convert("RGB")
+            thumb.thumbnail((TILE - 6, TILE - 6))
+        sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
+    except OSError:
+        missing.append(str(image_path))
+        draw.rectangle([x + 3, y + 3, x + TILE - 4, y + TILE - 4], outline="gray")
+        draw.text((x + TILE / 2, y + TILE / 2), "image moved or gone", font=font, anchor="mm", fill="gray")
