@@ -25,8 +25,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..common.atomic import atomic_path
 from . import store
+from .h5write import h5_atomic
 from .space import FeatureSpace
 
 Key = tuple[str, int]  # (content sha256, view index)
@@ -115,8 +115,7 @@ def check_view_parts(f, path: Path) -> None:
 
 def write_view_part(folder: Path, name: str, keys: Sequence[Key], features: np.ndarray, space, recipe: dict) -> Path:
     n, width = len(keys), space.feature_dim
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / name) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+    with h5_atomic(folder / name) as f:
         chunk = (min(store._rows_per_chunk(width), max(n, 1)), width)
         f.create_dataset("features", shape=(n, width), dtype=space.store_dtype, chunks=chunk)
         f.create_dataset("content_sha256", shape=(n,), dtype=store.HASH)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.atomic import write_json_atomic
+from ..common.atomic import storage_errors, write_bytes_atomic, write_json_atomic
 from ..common.hashing import sha256_file
 from ..errors import RunError, TlxError
 
@@ -36,10 +36,11 @@ def save_head(head, run_dir) -> Path:
     from .registry import jsonable_params
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with storage_errors(run_dir, "create"):
+        run_dir.mkdir(parents=True, exist_ok=True)
     if not hasattr(head, "n_features_in_"):
         raise ValueError("save_head needs a fitted head")
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     file = run_dir / "head.safetensors"
     tensors = {
@@ -47,7 +48,8 @@ def save_head(head, run_dir) -> Path:
         for name in head.tensor_names()
         if getattr(head, name, None) is not None
     }
-    save_file(tensors, str(file), metadata={"format": FORMAT, "head": head.name})
+    # serialised in memory, then written whole or not at all (a full disk leaves no half file)
+    write_bytes_atomic(file, save(tensors, metadata={"format": FORMAT, "head": head.name}))
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

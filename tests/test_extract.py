@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import broken_files, h5_files, make_folder_dataset, subprocess_env, write_image
+from conftest import backdate, broken_files, h5_files, make_folder_dataset, subprocess_env, write_image
 
 import tlx
 from tlx.errors import CacheError
@@ -128,6 +128,7 @@ def test_load_features_on_a_non_cache(tmp_path):
 
 
 def test_second_run_reuses_everything_and_does_not_rewrite(folder_data, tmp_path):
+    backdate(folder_data)  # older than the racy window: nothing is re-read, so nothing is written
     cache = tmp_path / "cache"
     first = run(folder_data, cache)
     before = stat_key(first.path)
@@ -230,6 +231,7 @@ def test_a_corrupt_cache_is_rebuilt(folder_data, tmp_path):
 
 def test_broken_images_are_skipped_reported_and_recorded(folder_data, tmp_path):
     expected = broken_files(folder_data / "bees")
+    backdate(folder_data)  # past the racy window, so the re-run re-reads nothing
     cache = tmp_path / "cache"
     res = run(folder_data, cache, workers=1)  # decoding in a worker process, as by default
     assert res.n_images == 6 and res.n_failed == len(expected) == 5
@@ -383,6 +385,7 @@ def builds(monkeypatch):
 def test_unchanged_rerun_does_not_build_the_network(folder_data, tmp_path, builds):
     cache = tmp_path / "cache"
     expected = broken_files(folder_data / "bees")  # known failures are confirmed without the network
+    backdate(folder_data)
     first = run(folder_data, cache)
     assert len(builds) == 1
     again = run(folder_data, cache)
@@ -421,6 +424,7 @@ def get_backbone_for_test():
 def test_newest_cache_is_the_one_extracted_last(tmp_path, cache_dir):
     first = make_folder_dataset(tmp_path / "first")
     second = make_folder_dataset(tmp_path / "second", seed0=20)
+    backdate(first)
     a = run(first, None)
     b = run(second, None)
     os.utime(a.path, (time.time() - 20, time.time() - 20))  # as if made well before

@@ -36,6 +36,7 @@ import numpy as np
 
 from ... import __version__
 from ...cache.rows import CacheRows
+from ...common.atomic import write_atomic
 from ...common.mistakes import most_confused, plot_top_losses, top_losses
 from ...common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
 from ...errors import TlxError
@@ -330,6 +331,6 @@ def plot_sweep(record: dict, path, head: str = "") -> Path:
     ax.set_title(f"{head} sweep")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=100, format="png"), mode="wb")
     plt.close(fig)
     return Path(path)
