@@ -13,6 +13,7 @@ then the kept error is raised as a :class:`~tlx.errors.StorageError` for the fin
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,12 +25,15 @@ from ..errors import StorageError
 
 
 class _KeepFirstError(io.RawIOBase):
-    """A read/write file that records its first ``OSError`` and from then on only pretends to
-    write (moving the position as a write would), so HDF5 never sees a failed write."""
+    """An unbuffered read/write file over a descriptor that records its first ``OSError`` and
+    from then on only pretends: writes move the position as a write would, reads of what was
+    not written give zeros. No method raises, so HDF5 never sees a failed call."""
 
-    def __init__(self, fh: io.BufferedRandom):
+    def __init__(self, fd: int):
         super().__init__()
-        self.fh = fh
+        self.fd = fd
+        self.pos = 0
+        self.size = 0  # as far as HDF5 knows: the end of everything it wrote, even dropped
         self.error: OSError | None = None
 
     def readable(self) -> bool:
@@ -42,39 +46,51 @@ class _KeepFirstError(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self.fh.seek(offset, whence)
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = base + offset
+        return self.pos
 
     def tell(self) -> int:
-        return self.fh.tell()
+        return self.pos
 
     def readinto(self, buffer) -> int:
-        return self.fh.readinto(buffer)
-
-    def write(self, data) -> int:
-        n = memoryview(data).nbytes
-        if self.error is None:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self.size - self.pos))
+        got = b""
+        if self.error is None and n:
             try:
-                self.fh.write(data)
-                return n
+                got = os.pread(self.fd, n, self.pos)
             except OSError as exc:
                 self.error = exc
-        self.fh.seek(n, io.SEEK_CUR)
+        view[: len(got)] = got
+        view[len(got) : n] = bytes(n - len(got))
+        self.pos += n
         return n
 
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as exc:
+                self.error = exc
+        self.pos += len(view)
+        self.size = max(self.size, self.pos)
+        return len(view)
+
     def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
         if self.error is None:
             try:
-                return self.fh.truncate(size)
+                os.ftruncate(self.fd, size)
             except OSError as exc:
                 self.error = exc
-        return self.tell() if size is None else size
+        self.size = size
+        return size
 
     def flush(self) -> None:
-        if self.error is None and not self.fh.closed:
-            try:
-                self.fh.flush()
-            except OSError as exc:
-                self.error = exc
+        return None  # unbuffered: every write went straight to the descriptor
 
 
 @contextmanager
@@ -82,10 +98,13 @@ def h5_atomic(path: Path, before_replace: Callable[[], object] | None = None) ->
     """A new HDF5 file to fill; on success it is fsynced and renamed to ``path``, on failure
     (the body's, or the disk's as :class:`StorageError`) nothing is left behind.
     ``before_replace``: see :func:`~tlx.common.atomic.atomic_path`."""
-    with atomic_path(path, before_replace) as tmp, open(tmp, "w+b") as raw:
-        guard = _KeepFirstError(raw)
-        with h5py.File(guard, "w", libver="latest") as f:
-            yield f
-        guard.flush()
+    with atomic_path(path, before_replace) as tmp:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            guard = _KeepFirstError(fd)
+            with h5py.File(guard, "w", libver="latest") as f:
+                yield f
+        finally:
+            os.close(fd)
         if guard.error is not None:
             raise StorageError(path, guard.error)
