@@ -14,7 +14,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import backdate, broken_files, h5_files, make_folder_dataset, subprocess_env, write_image
+from conftest import (
+    backdate,
+    broken_files,
+    h5_files,
+    make_folder_dataset,
+    start_stopping_at_first_part,
+    subprocess_env,
+    wait_for_stop,
+    write_image,
+)
 
 import tlx
 from tlx.errors import CacheError
@@ -295,15 +304,12 @@ def test_kill_9_then_resume(tmp_path):
     parts = Path(complete.path + ".parts")
     before = set(parts.iterdir())
     env = {**subprocess_env(), "TLX_FLUSH_ROWS": "8", "TLX_FLUSH_SECONDS": "1000"}  # a part every 8 vectors
-    proc = subprocess.Popen(
-        _cli(data, cache, "--batch-size", "8"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 120
-    while not (set(parts.glob("*.h5")) - before) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
+    args = _cli(data, cache, "--batch-size", "8")[3:]  # the tlx arguments, after `python -m tlx`
+    proc, read = start_stopping_at_first_part(args, env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stopped = wait_for_stop(read)  # it flushed its first new part and waits there to be killed
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the extract finished before it could be killed: make the dataset bigger"
+    _, err = proc.communicate()
+    assert stopped and proc.returncode == -signal.SIGKILL, err
 
     # the complete cache from before is untouched and valid
     assert h5_files(cache) == [Path(complete.path)]
