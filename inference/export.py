@@ -14,6 +14,7 @@ axis. After writing, the file is loaded back and checked against the eager modul
 
 from __future__ import annotations
 
+import io
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -230,7 +231,9 @@ def _to_torchscript(module, example, path: Path) -> None:
             traced = torch.jit.trace(module, example, check_trace=False)
         except Exception as exc:
             raise ExportError(f"TorchScript tracing failed: {type(exc).__name__}: {exc}; try --format onnx") from None
-    traced.save(str(path))
+        buffer = io.BytesIO()  # serialised in memory: torch reports a failed file write as a RuntimeError
+        torch.jit.save(traced, buffer)
+    path.write_bytes(buffer.getbuffer())  # a disk error is an OSError, one line from atomic_path
 
 
 def _to_onnx(module, example, path: Path) -> None:
@@ -239,11 +242,12 @@ def _to_onnx(module, example, path: Path) -> None:
     errors = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        buffer = io.BytesIO()  # in memory first, so that a disk error is not taken for an exporter's
         try:  # the TorchScript-based exporter: one plain graph with the weights inside
             torch.onnx.export(
                 module,
                 (example,),
-                str(path),
+                buffer,
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
@@ -251,9 +255,11 @@ def _to_onnx(module, example, path: Path) -> None:
                 opset_version=17,
                 do_constant_folding=True,
             )
-            return
         except Exception as exc:  # removed or failing in this torch: fall back to dynamo
             errors.append(f"dynamo=False: {type(exc).__name__}: {exc}")
+        else:
+            path.write_bytes(buffer.getbuffer())
+            return
         try:
             batch = torch.export.Dim("batch", min=1)
             program = torch.onnx.export(
@@ -266,12 +272,13 @@ def _to_onnx(module, example, path: Path) -> None:
                 external_data=False,
             )
             assert program is not None  # dynamo=True always returns an ONNXProgram
-            program.save(str(path), external_data=False)
-            return
         except ImportError as exc:
             errors.append(f"dynamo=True: {exc} (install onnx and onnxscript: pip install 'tlx[export]')")
         except Exception as exc:
             errors.append(f"dynamo=True: {type(exc).__name__}: {exc}")
+        else:
+            program.save(str(path), external_data=False)
+            return
     raise ExportError("ONNX export failed: " + "; ".join(errors))
 
 

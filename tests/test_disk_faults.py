@@ -117,6 +117,25 @@ def test_fit_head_on_a_full_run_disk_fails_in_one_line(tmp_path, small_disk):
     no_temporaries(small_disk)
 
 
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_and_predict_onto_a_full_disk_fail_in_one_line(tmp_path, small_disk, fmt):
+    from tlx.heads.training.fit import fit_head
+
+    data = make_folder_dataset(tmp_path / "data", per_class=4)
+    res = extract(data, backbone="tiny_cnn", workers=0, engine="eager", cache_dir=tmp_path / "cache")
+    run = fit_head(res.path, clf="linear", out=tmp_path / "run").run
+    fill(small_disk, 0)
+    out = small_disk / f"model.{fmt}"
+    proc = cli("export", "--run", run, "--format", fmt, "--out", out)
+    assert_one_line(proc, str(out), "No space left on device")
+    if fmt == "onnx":  # the CSV of predictions, once is enough
+        csv = small_disk / "predictions.csv"
+        proc = cli("predict", data, "--run", run, "--out", csv, "--workers", "0", "--engine", "eager")
+        assert_one_line(proc, str(csv), "No space left on device")
+    no_temporaries(small_disk)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
 def test_new_images_while_the_cache_is_read_only(tmp_path, small_disk):
     data = make_folder_dataset(tmp_path / "data", per_class=3)
     backdate(data)
