@@ -300,23 +300,28 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         table, vcounts = viewstore.plan_views(rows, count, recipe, vsrc)
         prev_views = prev.views if prev is not None else None
         same_views = table.same_as(prev_views) if table is not None else prev_views is None
-        # A run that re-read files (racy or touched ones) and found the same bytes still
-        # commits: the new stat_time_ns makes them clean, so the next run opens nothing.
-        opened = work.n_rehashed + len(files)
         same = same_index(prev, rows, index.classes, work.failed) and same_views
-        unchanged = same and not opened
-        if unchanged or (same and lock.read_only is not None):
-            # a refresh of the stat index only: on read-only media the cache is complete as it is
-            with suppress(OSError):
-                os.utime(path)  # the newest cache is the one the user extracted last
-            unchanged = True
-        else:
-            attrs = _cache_attrs(index, space, net, prev, request, started_ns)
-            store.write_index(path, rows, index.classes, work.failed, space, attrs, src.sizes, table, base)
+        attrs = _cache_attrs(index, space, net, prev, request, started_ns)
+        commit = (path, rows, index.classes, work.failed, space, attrs, src.sizes, table, base)
+        written = _commit(commit, lock, same, opened=work.n_rehashed + len(files))
         if lock.read_only is None:
             _remove_unused(path, rows, table, known_parts, outcomes)
     done = (rows, counts, table, vcounts)
-    return _result(path, index, space, prev, done, work, outcomes, ranks, started, not unchanged, files)
+    return _result(path, index, space, prev, done, work, outcomes, ranks, started, written, files)
+
+
+def _commit(commit: tuple, lock: store.CacheLock, same: bool, opened: int) -> bool:
+    """Write the index (``commit``: :func:`store.write_index`'s arguments) unless it would be the
+    same; returns whether it was written. A run that re-read files (racy or touched ones) and
+    found the same bytes still commits: its new stat_time_ns makes them clean, so the next run
+    opens nothing. On read-only media such a refresh is skipped: the cache is complete as it is."""
+    path = commit[0]
+    if same and (not opened or lock.read_only is not None):
+        with suppress(OSError):
+            os.utime(path)  # the newest cache is the one the user extracted last
+        return False
+    store.write_index(*commit)
+    return True
 
 
 def _part_names(folder: Path) -> set[str]:
