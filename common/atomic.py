@@ -76,7 +76,7 @@ def atomic_path(path: str | os.PathLike[str], before_replace: Callable[[], objec
             tmp.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:
     """``data`` at ``path``, whole or not at all (for content serialised in memory first)."""
     return write_atomic(path, lambda fh: fh.write(data), mode="wb")
 

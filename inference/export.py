@@ -247,7 +247,7 @@ def _to_onnx(module, example, path: Path) -> None:
             torch.onnx.export(
                 module,
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # a file object works; the stub says paths only
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
