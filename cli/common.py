@@ -63,7 +63,9 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def handle_errors(fn):
-    """Turn :class:`TlxError` into one line on stderr and its exit code, with no traceback."""
+    """Turn :class:`TlxError` into one line on stderr and its exit code, with no traceback; a
+    disk error (full, read-only, denied, I/O) that no writer turned into a :class:`StorageError`
+    gets the same treatment, with exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
