@@ -632,14 +632,33 @@ class CacheLock:
         import filelock
 
         with storage_errors(self.path, "create the lock file"):
-            self._lock = filelock.FileLock(self.path)
-            try:
-                self._lock.acquire(timeout=0)
-            except filelock.Timeout:
-                if self.on_wait:
-                    busy = self.path.with_suffix("")
-                    self.on_wait(f"another tlx extract is writing {busy}; waiting for it to finish")
-                self._lock.acquire()
+            told = False
+            while True:
+                self._lock = filelock.FileLock(self.path)
+                try:
+                    self._lock.acquire(timeout=0)
+                except filelock.Timeout:
+                    if self.on_wait and not told:
+                        busy = self.path.with_suffix("")
+                        self.on_wait(f"another tlx extract is writing {busy}; waiting for it to finish")
+                        told = True
+                    self._lock.acquire()
+                if self._locks_the_file_at_path():
+                    return
+                self._lock.release()  # removed or replaced while this process waited: lock the new one
+
+    def _locks_the_file_at_path(self) -> bool:
+        """Is the file this process locked still the one at the lock's path? A lock on a file
+        someone deleted excludes nobody: the next process creates a new file and locks that."""
+        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
+        if not isinstance(fd, int):
+            return True  # this filelock does not expose it; the commit's base check still holds
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
     def __exit__(self, *exc):
         if self._lock is not None:

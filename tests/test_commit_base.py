@@ -91,3 +91,25 @@ def test_an_extract_whose_base_moved_commits_nothing_and_deletes_no_foreign_part
     monkeypatch.setattr(extract_module, "classify", real_classify)
     again = extract(folder_data, backbone="tiny_cnn", workers=0, cache_dir=cache)  # the re-run the error asks for
     assert again.n_images == 7 and np.isfinite(tlx.load_features(path).X).all()
+
+
+def test_a_lock_on_a_file_removed_while_waiting_is_taken_again_on_the_new_file(tmp_path, monkeypatch):
+    import os
+
+    import filelock
+
+    real_acquire = filelock.FileLock.acquire
+    calls = []
+
+    def acquire_then_lose_the_file(self, *args, **kwargs):
+        held = real_acquire(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            os.unlink(self.lock_file)  # removed just as this process got it: another one could lock a new file
+        return held
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", acquire_then_lose_the_file)
+    lock = store.CacheLock(tmp_path / "x.h5")
+    with lock:
+        assert len(calls) == 2  # the first lock was on a deleted file: taken again
+        assert lock._locks_the_file_at_path() and lock.path.is_file()
