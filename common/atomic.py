@@ -39,15 +39,15 @@ def temporary_name(path: Path) -> Path:
 
 
 @contextmanager
-def storage_errors(path: str | os.PathLike[str], action: str = "write") -> Iterator[None]:
-    """Turn an ``OSError`` of the disk (full, read-only, permission, I/O) into a one-line
-    :class:`StorageError` naming ``path``; other errors pass unchanged."""
+def storage_errors(path: str | os.PathLike[str], action: str = "write", every: bool = False) -> Iterator[None]:
+    """Turn an ``OSError`` of the disk (full, read-only, permission, I/O; with ``every``, any
+    ``OSError``) into a one-line :class:`StorageError` naming ``path``; other errors pass unchanged."""
     try:
         yield
     except TlxError:
         raise
     except OSError as exc:
-        if exc.errno not in STORAGE_ERRNOS:
+        if exc.errno not in STORAGE_ERRNOS and not every:
             raise
         raise StorageError(path, exc, action) from None
 
@@ -65,6 +65,7 @@ def atomic_path(path: str | os.PathLike[str], before_replace: Callable[[], objec
         with storage_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             yield tmp
+        with storage_errors(path, every=True):  # the commit step: whatever fails here, the old file stands
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             if before_replace is not None:
@@ -72,7 +73,7 @@ def atomic_path(path: str | os.PathLike[str], before_replace: Callable[[], objec
             os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
-        with suppress(OSError):  # on a read-only disk there is nothing to remove, and no way to
+        with suppress(OSError):  # a cleanup that fails (read-only disk) must not hide the real error
             tmp.unlink(missing_ok=True)
 
 
