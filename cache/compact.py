@@ -14,12 +14,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from ..common.atomic import atomic_path
 from ..errors import CacheError
 from . import store
+from .h5write import h5_atomic
 from .reader import open_snapshot
 
 
@@ -52,11 +51,13 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
     if store.not_a_cache(path):
         raise CacheError(store.not_a_cache(path))
     with store.CacheLock(path, on_wait=on_wait):
+        base = store.commit_id(path)  # checked again right before the commit
         index = store.read_index(path)
         if index.format < 2 or index.failures is None:
             raise CacheError(f"{path} is in the single-file format of an older tlx: re-run `tlx extract` to convert it")
         folder = store.parts_dir(path)
-        before_parts = len(list(folder.glob("*.h5"))) if folder.is_dir() else 0
+        known = {p.name for p in folder.glob("*.h5")} if folder.is_dir() else set()  # another writer's are not ours
+        before_parts = len(known)
         before_bytes = cache_bytes(path)
         name = f"part-compact-{time.strftime('%Y%m%d%H%M%S')}-{time.time_ns() % 1_000_000:06d}.h5"
         _copy_rows(path, folder / name, index, block_rows)
@@ -69,8 +70,9 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
         attrs = {k: v for k, v in index.attrs.items() if k not in ("tlx_format", "feature_space", "n_images")}
         attrs["updated"] = store.now_iso()
         attrs = {k: v for k, v in attrs.items() if k not in ("views", "view_recipe")}  # write_index sets them
-        store.write_index(path, rows, index.classes, index.failures, index.space, attrs, {name: len(rows)}, index.views)
-        store.remove_unused_parts(path, {name} if rows else set())
+        sizes = {name: len(rows)}
+        store.write_index(path, rows, index.classes, index.failures, index.space, attrs, sizes, index.views, base)
+        store.remove_unused_parts(path, {name} if rows else set(), known | {name})
     return CompactResult(
         str(path),
         len(rows),
@@ -87,12 +89,7 @@ def _copy_rows(path: Path, target: Path, index: store.CacheIndex, block_rows: in
     (through one snapshot: every chunk's checksum is checked on the way, so damage stops the
     compaction with the part named instead of being copied into the new part)."""
     n, width = len(index.paths), index.space.feature_dim
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        open_snapshot(path) as snap,
-        atomic_path(target) as tmp,
-        h5py.File(tmp, "w", libver="latest") as out,
-    ):
+    with open_snapshot(path) as snap, h5_atomic(target) as out:
         store._part_datasets(out, n, width, index.space)
         table = snap.table("features")
         for start in range(0, n, block_rows):

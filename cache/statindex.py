@@ -1,10 +1,13 @@
 """The stat index: git's way of not re-reading files that did not change.
 
-Beside each content hash the cache keeps the (size, mtime_ns, inode) of the file it was computed
-from. A re-run stats every file and re-hashes only those whose stat differs, so a run where
+Beside each content hash the cache keeps the (size, mtime_ns, inode, ctime_ns) of the file it was
+computed from (ctime catches what a restored mtime hides: ``touch -d``, ``cp -p`` over a file).
+A re-run stats every file and re-hashes only those whose stat differs, so a run where
 nothing changed opens no image file. A stat taken within ``RACY_NS`` of the run that recorded
 it is not trusted ("racily clean" in git's words): the file could have changed again in the
-same timestamp tick without its stat showing it, so it is re-hashed. Standard library only.
+same timestamp tick without its stat showing it, so it is re-hashed; when its bytes turn out
+unchanged the run records it again with its own start time, so it is clean from then on (git's
+racy-clean rule: a re-check that found nothing new still refreshes the index). Standard library only.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-Stat = tuple[int, int, int]  # size, mtime_ns, inode
+Stat = tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
 
 # Two seconds covers the coarsest common timestamp granularity (FAT; NFS servers may round to 1 s).
 RACY_NS = 2_000_000_000
@@ -23,7 +26,7 @@ PARALLEL_STAT_FROM = 20_000  # below this, a plain loop is faster than starting 
 
 
 def stat_of(st: os.stat_result) -> Stat:
-    return st.st_size, st.st_mtime_ns, st.st_ino
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
 def stat_file(path: str | os.PathLike) -> Stat | str:

@@ -7,7 +7,7 @@ Layout of one cache, ``<dataset>-<backbone>-<pool>-<id>.h5``:
   temporary name, fsynced and renamed, and is never modified afterwards. Every rank of a
   distributed run and every incremental run writes parts of its own.
 * ``<cache>.h5`` is the index: paths, labels, splits, content hashes, the stat of each file
-  (size, mtime_ns, inode: git's index), failures, attributes, and ``features``, an HDF5 virtual
+  (size, mtime_ns, inode, ctime_ns: git's index), failures, attributes, and ``features``, an HDF5 virtual
   dataset whose rows map onto ranges of the parts, so ``h5py.File(cache)["features"]`` reads as
   one N x D array, in the order of the paths. It is there for people who open the file with
   plain h5py; tlx's own readers hold the parts open instead (``tlx.cache.reader``).
@@ -19,15 +19,24 @@ writes k vectors plus the index's metadata; removing images writes only the inde
 no row uses any more are deleted after the commit (a reader that holds them open keeps
 reading them: see ``tlx.cache.reader``); ``tlx cache compact`` rewrites all rows into
 one part when many small parts or many dead rows have piled up.
+
+Every index carries a ``commit_id``. A run notes the id it builds on (under the lock) and its
+commit checks, right before the rename, that this id is still the current one: a second writer
+that got in anyway (its lock file deleted, a file system that ignores locks) cannot silently
+overwrite a commit it did not see. After a commit, only parts this run knew of are deleted, so
+another writer's uncommitted parts survive. Disk errors raise :class:`~tlx.errors.StorageError`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,14 +44,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..common.atomic import atomic_path
-from ..errors import CacheError
+from ..common.atomic import storage_errors
+from ..errors import CacheError, StorageError
+from .h5write import h5_atomic
 from .space import FeatureSpace
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # format 1: one self-contained file (tlx before the part layout), read-only
 STR = h5py.string_dtype()
 HASH = h5py.string_dtype("ascii", 64)  # a hex sha256: fixed width, so it compresses and costs no heap
+STAT_FIELDS = ("size", "mtime_ns", "ino", "ctime_ns")  # the stat index's columns (ctime_ns: -1 in older caches)
 
 
 def default_cache_dir() -> Path:
@@ -182,8 +193,8 @@ class CacheIndex:
     failed: dict[str, str]
     attrs: dict
     format: int = FORMAT_VERSION
-    # the stat index (format 2): size, mtime_ns and inode of each row's file, and of each failure
-    stats: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    # the stat index (format 2): size, mtime_ns, inode and ctime_ns of each row's file, and of each failure
+    stats: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STAT_FIELDS)), np.int64))
     failures: Failures | None = None  # the failures with their stats and hashes (format 2)
     stat_time_ns: int = 0  # when the run that took those stats started (racy-git check)
     # where each row's vector lives: part_names[source_part[i]], row source_row[i]
@@ -245,8 +256,8 @@ def index_of(f, path: Path) -> CacheIndex:
 
 
 def _read_stat_index(f, index: CacheIndex) -> None:
-    index.stats = np.stack([f["stat/size"][()], f["stat/mtime_ns"][()], f["stat/ino"][()]], axis=1).astype(np.int64)
-    fs = np.stack([f["failed/size"][()], f["failed/mtime_ns"][()], f["failed/ino"][()]], axis=1).astype(np.int64)
+    index.stats = _stat_columns(f["stat"], len(index.paths))
+    fs = _stat_columns(f["failed"], len(index.failed))
     fh = decode_strings(f["failed/sha256"])
     failures = Failures()
     for (p, reason), st, h in zip(index.failed.items(), fs.tolist(), fh, strict=True):
@@ -259,6 +270,41 @@ def _read_stat_index(f, index: CacheIndex) -> None:
     index.source_row = f["source/row"][()]
 
 
+def _stat_columns(group, n: int) -> np.ndarray:
+    """The stat index of a group as an (n, 4) array; a column older caches lack (ctime_ns) is
+    -1, which matches no real stat: each such file is re-hashed once, then recorded whole."""
+    cols = [group[name][()] if name in group else np.full(n, -1) for name in STAT_FIELDS]
+    return np.stack(cols, axis=1).astype(np.int64).reshape(-1, len(STAT_FIELDS))
+
+
+def commit_id(path: Path) -> str | None:
+    """The id of the commit at ``path``: None when there is no index, "" for one without an id
+    (an older tlx) or one that cannot be read (a run rebuilds it and checks the same way)."""
+    if not path.exists():
+        return None
+    try:
+        return str(read_attrs(path).get("commit_id", ""))
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
+UNCHECKED = "-"  # a base no commit has: the caller does not ask for the check
+
+
+class CommitConflict(CacheError):
+    """Another process committed the index this run was building on."""
+
+    exit_code = 1
+
+
+def _check_base(path: Path, base: str | None) -> None:
+    if commit_id(path) != base:
+        raise CommitConflict(
+            f"another process committed {path} while this run was updating it (its lock file was removed "
+            "or not honoured); this run wrote nothing to the index: re-run the command"
+        )
+
+
 # --------------------------------------------------------------------------- parts
 
 
@@ -266,8 +312,7 @@ def write_part(folder: Path, name: str, hashes: Sequence[str], features: np.ndar
     """One immutable part file, fsynced and renamed into place (the journal's unit of durability)."""
     width = space.feature_dim
     n = len(hashes)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / name) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+    with h5_atomic(folder / name) as f:
         _part_datasets(f, n, width, space)
         if n:
             f["features"][:] = features.astype(space.store_dtype, copy=False)
@@ -299,7 +344,7 @@ def merge_parts(folder: Path, sources: Sequence[str], name: str, space: FeatureS
         with open_h5(folder / s) as f:
             hashes += decode_strings(f["content_sha256"])
             sizes.append(len(f["content_sha256"]))
-    with atomic_path(folder / name) as tmp, h5py.File(tmp, "w", libver="latest") as out:
+    with h5_atomic(folder / name) as out:
         _part_datasets(out, len(hashes), space.feature_dim, space)
         at = 0
         for s, n in zip(sources, sizes, strict=True):
@@ -362,7 +407,11 @@ class PartWriter:
         if len(self.segments) == 1:
             return [(self.segments[0], read_part_hashes(self.folder / self.segments[0], self.space) or [])]
         name = f"{self.prefix}.h5"
-        return [(name, merge_parts(self.folder, self.segments, name, self.space))]
+        try:
+            return [(name, merge_parts(self.folder, self.segments, name, self.space))]
+        except StorageError:
+            # merging only tidies up: the segments are complete parts, and the commit may still fit
+            return [(s, read_part_hashes(self.folder / s, self.space) or []) for s in self.segments]
 
 
 def orphan_parts(path: Path, index: CacheIndex | None, space: FeatureSpace) -> dict[str, tuple[str, int]]:
@@ -372,7 +421,8 @@ def orphan_parts(path: Path, index: CacheIndex | None, space: FeatureSpace) -> d
     if not folder.is_dir():
         return {}
     for tmp in folder.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)  # half-written parts of killed runs
+        with suppress(OSError):  # on read-only media they stay, harmless
+            tmp.unlink(missing_ok=True)  # half-written parts of killed runs
     used = set(index.part_names) if index is not None else set()
     found: dict[str, tuple[str, int]] = {}
     for part in sorted(folder.glob("*.h5")):
@@ -380,7 +430,8 @@ def orphan_parts(path: Path, index: CacheIndex | None, space: FeatureSpace) -> d
             continue
         hashes = read_part_hashes(part, space)
         if hashes is None:
-            part.unlink(missing_ok=True)  # never mix another space's vectors in
+            with suppress(OSError):
+                part.unlink(missing_ok=True)  # never mix another space's vectors in
             continue
         for row, h in enumerate(hashes):
             found.setdefault(h, (part.name, row))
@@ -398,7 +449,7 @@ class Row:
     label: int
     split: str
     sha256: str
-    stat: tuple[int, int, int]  # size, mtime_ns, inode of the file the hash was computed from
+    stat: tuple[int, ...]  # size, mtime_ns, inode, ctime_ns of the file the hash was computed from
     part: str  # part file name
     part_row: int
 
@@ -409,7 +460,7 @@ class Failures:
     bytes fail the same way, so an unchanged failure is not decoded again."""
 
     reasons: dict[str, str] = field(default_factory=dict)
-    stats: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # absent: no stat, look again
+    stats: dict[str, tuple[int, ...]] = field(default_factory=dict)  # absent: no stat, look again
     hashes: dict[str, str] = field(default_factory=dict)  # absent: the file could not be read at all
 
     def add(self, relpath: str, reason: str, stat=None, sha256: str = "") -> None:
@@ -432,21 +483,24 @@ def write_index(
     attrs: dict,
     part_sizes: dict[str, int],
     views=None,
+    base: str | None = UNCHECKED,
 ) -> None:
     """Write the index for ``rows`` to a temporary file and atomically put it at ``path``;
-    ``views``: the rows' augmented views (a ``viewstore.ViewTable``), or None."""
+    ``views``: the rows' augmented views (a ``viewstore.ViewTable``), or None. ``base``: the
+    :func:`commit_id` this commit builds on, checked right before the rename."""
     width = space.feature_dim
     used = sorted({r.part for r in rows})
     part_no = {name: k for k, name in enumerate(used)}
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+    check = None if base == UNCHECKED else lambda: _check_base(path, base)
+    with h5_atomic(path, check) as f:
         _virtual_features(f, path, rows, part_sizes, width, space.store_dtype)
         _strings(f, "paths", [r.path for r in rows])
         _strings(f, "split", [r.split for r in rows])
         _array(f, "content_sha256", np.array([r.sha256 for r in rows], dtype="S64"), HASH)
         _array(f, "labels", np.array([r.label for r in rows], dtype=np.int64))
         _strings(f, "classes", classes)
-        stats = np.array([r.stat for r in rows], dtype=np.int64).reshape(-1, 3)
-        for k, name in enumerate(("size", "mtime_ns", "ino")):
+        stats = np.array([r.stat for r in rows], dtype=np.int64).reshape(-1, len(STAT_FIELDS))
+        for k, name in enumerate(STAT_FIELDS):
             _array(f, f"stat/{name}", stats[:, k])
         _array(f, "source/part", np.array([part_no[r.part] for r in rows], dtype=np.int32))
         _array(f, "source/row", np.array([r.part_row for r in rows], dtype=np.int64))
@@ -455,8 +509,9 @@ def write_index(
         g = f.create_group("failed")
         _strings(g, "paths", list(failed.reasons))
         _strings(g, "reasons", list(failed.reasons.values()))
-        fstats = np.array([failed.stats.get(p, (-1, -1, -1)) for p in failed.reasons], dtype=np.int64).reshape(-1, 3)
-        for k, name in enumerate(("size", "mtime_ns", "ino")):
+        none = (-1,) * len(STAT_FIELDS)
+        fstats = np.array([failed.stats.get(p, none) for p in failed.reasons], dtype=np.int64).reshape(-1, len(none))
+        for k, name in enumerate(STAT_FIELDS):
             _array(g, name, fstats[:, k])
         _array(g, "sha256", np.array([failed.hashes.get(p, "") for p in failed.reasons], dtype="S64"), HASH)
         for key, value in attrs.items():
@@ -465,6 +520,7 @@ def write_index(
         f.attrs["feature_space"] = json.dumps(space.to_dict())
         f.attrs["n_images"] = len(rows)
         f.attrs["feature_dim"] = width
+        f.attrs["commit_id"] = secrets.token_hex(8)
         if views is not None:
             from .views import write_group
 
@@ -536,18 +592,20 @@ def part_sizes(path: Path, names: Sequence[str]) -> dict[str, int]:
     return sizes
 
 
-def remove_unused_parts(path: Path, keep: set[str]) -> int:
+def remove_unused_parts(path: Path, keep: set[str], among: set[str] | None = None) -> int:
     """After a commit: delete the parts no row of the index uses. Returns how many were deleted."""
-    return remove_unused_files(parts_dir(path), keep)
+    return remove_unused_files(parts_dir(path), keep, among)
 
 
-def remove_unused_files(folder: Path, keep: set[str]) -> int:
-    """Delete the part files in ``folder`` not named in ``keep``, and the folder once empty."""
+def remove_unused_files(folder: Path, keep: set[str], among: set[str] | None = None) -> int:
+    """Delete the part files in ``folder`` not named in ``keep``, and the folder once empty.
+    ``among``: only these names are candidates, the parts the committing run knew of; a part
+    another writer made meanwhile is not this run's to delete."""
     if not folder.is_dir():
         return 0
     gone = 0
     for part in folder.glob("*.h5"):
-        if part.name not in keep:
+        if part.name not in keep and (among is None or part.name in among):
             part.unlink(missing_ok=True)
             gone += 1
     if not any(folder.iterdir()):
@@ -558,7 +616,8 @@ def remove_unused_files(folder: Path, keep: set[str]) -> int:
 def remove_stale_temporaries(path: Path) -> None:
     """Delete half-written indexes left by killed runs; call only while holding the cache lock."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- locking
@@ -570,27 +629,62 @@ class CacheLock:
     ``filelock`` uses the operating system's lock (flock on POSIX, msvcrt on Windows), which is
     released when its holder dies, even by kill -9, so a stale lock cannot block the next run.
     It is imported here, not at the top, so that reading a cache needs no locking at all.
+
+    On a read-only file system no process can write the cache, so there is nothing to lock
+    against: the lock is not taken and ``read_only`` holds the error a write would meet (a run
+    with nothing to write still succeeds; one with work raises it before it starts).
     """
 
     def __init__(self, cache_path: Path, on_wait: Callable[[str], None] | None = None):
         self.path = cache_path.with_name(cache_path.name + ".lock")
         self.on_wait = on_wait
         self._lock: Any = None
+        self.read_only: StorageError | None = None
 
     def __enter__(self):
-        import filelock
-
-        self._lock = filelock.FileLock(self.path)
         try:
-            self._lock.acquire(timeout=0)
-        except filelock.Timeout:
-            if self.on_wait:
-                self.on_wait(f"another tlx extract is writing {self.path.with_suffix('')}; waiting for it to finish")
-            self._lock.acquire()
+            self._acquire()
+        except StorageError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            self._lock, self.read_only = None, exc
         return self
 
+    def _acquire(self) -> None:
+        import filelock
+
+        with storage_errors(self.path, "create the lock file"):
+            told = False
+            while True:
+                self._lock = filelock.FileLock(self.path)
+                try:
+                    self._lock.acquire(timeout=0)
+                except filelock.Timeout:
+                    if self.on_wait and not told:
+                        busy = self.path.with_suffix("")
+                        self.on_wait(f"another tlx extract is writing {busy}; waiting for it to finish")
+                        told = True
+                    self._lock.acquire()
+                if self._locks_the_file_at_path():
+                    return
+                self._lock.release()  # removed or replaced while this process waited: lock the new one
+
+    def _locks_the_file_at_path(self) -> bool:
+        """Is the file this process locked still the one at the lock's path? A lock on a file
+        someone deleted excludes nobody: the next process creates a new file and locks that."""
+        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
+        if not isinstance(fd, int):
+            return True  # this filelock does not expose it; the commit's base check still holds
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
     def __exit__(self, *exc):
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
         return False
 
 

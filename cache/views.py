@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from ..common.atomic import atomic_path
 from . import store
+from .h5write import h5_atomic
 from .space import FeatureSpace
 from .verify import DAMAGED, MISSING, check_part
 
@@ -116,8 +115,7 @@ def check_view_parts(f, path: Path) -> None:
 
 def write_view_part(folder: Path, name: str, keys: Sequence[Key], features: np.ndarray, space, recipe: dict) -> Path:
     n, width = len(keys), space.feature_dim
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / name) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+    with h5_atomic(folder / name) as f:
         chunk = (min(store._rows_per_chunk(width), max(n, 1)), width)
         rows = (max(1, min(n, 8192)),)  # chunked, so that every chunk carries a fletcher32 checksum
         f.create_dataset("features", shape=(n, width), dtype=space.store_dtype, chunks=chunk, fletcher32=True)

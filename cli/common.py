@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ..common.progress import Reporter
-from ..errors import TlxError
+from ..errors import STORAGE_ERRNOS, StorageError, TlxError, storage_advice
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON object as the last line of stdout.")
@@ -63,7 +63,9 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def handle_errors(fn):
-    """Turn :class:`TlxError` into one line on stderr and its exit code, with no traceback."""
+    """Turn :class:`TlxError` into one line on stderr and its exit code, with no traceback; a
+    disk error (full, read-only, denied, I/O) that no writer turned into a :class:`StorageError`
+    gets the same treatment, with exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -71,6 +73,11 @@ def handle_errors(fn):
             return fn(*args, **kwargs)
         except TlxError as exc:
             fail(str(exc), getattr(exc, "exit_code", 2))
+        except OSError as exc:
+            # a disk error on a path no central writer covers: still one line, never a traceback
+            if exc.errno not in STORAGE_ERRNOS:
+                raise
+            fail(f"{exc.filename or 'a file'}: {exc.strerror}; {storage_advice(exc.errno)}", StorageError.exit_code)
         except KeyboardInterrupt:
             typer.echo("tlx: interrupted", err=True)
             raise typer.Exit(130) from None

@@ -2,7 +2,9 @@
 
 The content goes to a temporary name in the same folder, is flushed and fsynced, then
 ``os.replace`` puts it at the final name (atomic on POSIX and Windows). A kill -9 at any
-moment leaves either the old file or the new one, never a mix.
+moment leaves either the old file or the new one, never a mix. A write the disk refuses (full,
+read-only, no permission, I/O error) raises :class:`~tlx.errors.StorageError` naming the final
+path, and the temporary file is removed: the old file, if any, is untouched.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
+
+from ..errors import STORAGE_ERRNOS, StorageError, TlxError
 
 
 def fsync_dir(path: Path) -> None:
@@ -35,21 +39,47 @@ def temporary_name(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def storage_errors(path: str | os.PathLike[str], action: str = "write", every: bool = False) -> Iterator[None]:
+    """Turn an ``OSError`` of the disk (full, read-only, permission, I/O; with ``every``, any
+    ``OSError``) into a one-line :class:`StorageError` naming ``path``; other errors pass unchanged."""
+    try:
+        yield
+    except TlxError:
+        raise
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS and not every:
+            raise
+        raise StorageError(path, exc, action) from None
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], before_replace: Callable[[], object] | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; on success it becomes ``path``, on failure it is removed.
 
-    The caller writes and closes the file; this fsyncs it before the rename."""
+    The caller writes and closes the file; this fsyncs it before the rename. A disk error while
+    writing, syncing or renaming raises :class:`StorageError` for ``path``. ``before_replace``
+    runs last before the rename: a commit checks there that its base is still current."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with storage_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+        with storage_errors(path, every=True):  # the commit step: whatever fails here, the old file stands
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            if before_replace is not None:
+                before_replace()
+            os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # a cleanup that fails (read-only disk) must not hide the real error
+            tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:
+    """``data`` at ``path``, whole or not at all (for content serialised in memory first)."""
+    return write_atomic(path, lambda fh: fh.write(data), mode="wb")
 
 
 def _open(path: Path, mode: str) -> IO[Any]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomic
+
 TILE = 160  # thumbnail side in pixels
 CAPTION = 34  # caption height under each thumbnail
 
@@ -68,5 +70,5 @@ def plot_top_losses(paths: Sequence[str | Path], y_true, proba, classes: Sequenc
             font=font,
             fill="firebrick",
         )
-    sheet.save(path, format="PNG")
+    write_atomic(path, lambda fh: sheet.save(fh, format="PNG"), mode="wb")
     return {"shown": len(rows), "missing": missing}

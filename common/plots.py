@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomic
+
 LIGHT, DARK = np.array([247, 251, 255]), np.array([8, 48, 107])  # the ends of matplotlib's "Blues"
 
 
@@ -63,5 +65,5 @@ def plot_confusion(cm, classes: Sequence[object], path) -> Path:
     image.paste(columns.rotate(90, expand=True), (margin, 16 + k * cell + 4))
     draw.text((4, 2), "rows: true class, columns: predicted", font=_font(11), fill="gray")
     image = image.crop((0, 0, size[0], min(size[1] + label_w, 16 + k * cell + 8 + label_w)))
-    image.save(path, format="PNG")
+    write_atomic(path, lambda fh: image.save(fh, format="PNG"), mode="wb")
     return Path(path)

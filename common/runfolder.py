@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RunError
-from .atomic import write_json_atomic
+from .atomic import storage_errors, write_json_atomic
 from .metrics import compute_metrics
 from .plots import plot_confusion
 
@@ -50,15 +50,18 @@ def new_run_dir(tag: str, out: Path | None = None) -> Path:
         check_output_folder(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise RunError(f"--out {out} already exists and is not an empty folder: choose a new folder or remove it")
-        out.mkdir(parents=True, exist_ok=True)
+        with storage_errors(out, "create the run folder"):
+            out.mkdir(parents=True, exist_ok=True)
         return out
     root = default_runs_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    with storage_errors(root, "create the runs folder"):
+        root.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
     for i in range(1, 1000):
         path = root / (stem if i == 1 else f"{stem}-{i}")
         try:
-            path.mkdir()
+            with storage_errors(path, "create the run folder"):
+                path.mkdir()
             return path
         except FileExistsError:
             continue

@@ -14,10 +14,11 @@ from ..cache import views as viewstore
 from ..cache.duplicates import duplicates_warning, split_duplicates
 from ..cache.incremental import classify, plan_rows, same_index, sources_for
 from ..cache.space import FeatureSpace, pool_label
+from ..common.atomic import storage_errors
 from ..common.device import check_device
 from ..common.hashing import sha256_file
 from ..common.progress import Reporter
-from ..errors import CacheError, TlxError
+from ..errors import CacheError, StorageError, TlxError
 from . import distributed
 from .discovery import DatasetIndex, discover
 from .engines import EngineDrift, check_engine
@@ -265,19 +266,24 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         net = ref.build(weights=opts.weights)
         space = _space_of(net, opts)
         path = cache_dir / store.cache_file_name(index.name, str(index.root), space)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with store.CacheLock(path, on_wait=reporter.message):
+    with storage_errors(cache_dir):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    with store.CacheLock(path, on_wait=reporter.message) as lock:
+        base = store.commit_id(path)  # the commit this run builds on, checked again before its own
         store.remove_stale_temporaries(path)  # from a run killed while it wrote the index
         prev = _read_previous(path, space, reporter)
         src = sources_for(path, prev, space)
         for part, why in src.damaged.items():
             reporter.message(f"warning: {store.parts_dir(path).name}/{part} is damaged ({why}); re-computing its rows")
+        known_parts = _part_names(store.parts_dir(path)), _part_names(viewstore.views_dir(path))
         work = classify(index, prev, src.known_hashes(), rehash)
         count, recipe = _views_wanted(opts, prev, reporter)
         vsrc = viewstore.view_sources(path, prev, space, recipe) if count else viewstore.ViewSources()
         have = vsrc.have()
         # Images whose vector is cached but that lack views are read again, for their views only.
         reading = work.to_read + _lacking_views(work, count, have)
+        if reading and lock.read_only is not None:  # before any image is read: nowhere to store them
+            raise StorageError(path, lock.read_only.cause, f"add {len(reading)} new or changed image(s) to")
         if reading and net is None:
             net = ref.build(weights=opts.weights)
             _check_space(net, opts, space)
@@ -299,19 +305,44 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         table, vcounts = viewstore.plan_views(rows, count, recipe, vsrc)
         prev_views = prev.views if prev is not None else None
         same_views = table.same_as(prev_views) if table is not None else prev_views is None
-        unchanged = same_index(prev, rows, index.classes, work.failed) and same_views
-        if not unchanged:  # a no-op run changes no file (the newest cache is the newest `updated`)
-            attrs = _cache_attrs(index, space, net, prev, request, started_ns)
-            attrs["engines"] = _engines_record(prev, outcomes, plan.run_id)
-            store.write_index(path, rows, index.classes, work.failed, space, attrs, src.sizes, table)
-        store.remove_unused_parts(path, {r.part for r in rows})
-        viewstore.remove_unused_view_parts(path, set(table.part) if table is not None else set())
+        same = same_index(prev, rows, index.classes, work.failed) and same_views
+        attrs = _cache_attrs(index, space, net, prev, request, started_ns)
+        attrs["engines"] = _engines_record(prev, outcomes, plan.run_id)
+        commit = (path, rows, index.classes, work.failed, space, attrs, src.sizes, table, base)
+        written = _commit(commit, lock, same, opened=work.n_rehashed + len(files))
+        if lock.read_only is None:
+            _remove_unused(path, rows, table, known_parts, outcomes)
     done = (rows, counts, table, vcounts)
-    result = _result(path, index, space, prev, done, work, outcomes, ranks, started, not unchanged, files)
+    result = _result(path, index, space, prev, done, work, outcomes, ranks, started, written, files)
     warning = duplicates_warning(result.duplicates)
     if warning:
         reporter.message(warning)
     return result
+
+
+def _commit(commit: tuple, lock: store.CacheLock, same: bool, opened: int) -> bool:
+    """Write the index (``commit``: :func:`store.write_index`'s arguments) unless it would be the
+    same; returns whether it was written. A run where nothing changed writes no file at all. A
+    run that re-read files (racy or touched ones) and found the same bytes still commits: its new
+    stat_time_ns makes them clean, so the next run opens nothing. On read-only media such a
+    refresh is skipped: the cache is complete as it is."""
+    if same and (not opened or lock.read_only is not None):
+        return False
+    store.write_index(*commit)
+    return True
+
+
+def _part_names(folder: Path) -> set[str]:
+    return {p.name for p in folder.glob("*.h5")} if folder.is_dir() else set()
+
+
+def _remove_unused(path: Path, rows, table, known_parts: tuple[set[str], set[str]], outcomes) -> None:
+    """After the commit: delete the parts (and view parts) no row uses, among those this run
+    knew of when it planned and those it wrote; a part another writer made meanwhile stays."""
+    parts = known_parts[0] | {name for o in outcomes for name, _ in o.parts}
+    view_parts = known_parts[1] | {name for o in outcomes for name, _ in o.view_parts}
+    store.remove_unused_parts(path, {r.part for r in rows}, parts)
+    store.remove_unused_files(viewstore.views_dir(path), set(table.part) if table is not None else set(), view_parts)
 
 
 def _views_wanted(opts: Options, prev, reporter) -> tuple[int, dict]:
@@ -533,7 +564,7 @@ def _merge_outcome(o: ShardOutcome, work, index: DatasetIndex, reading: list[int
 
 
 def _failure_list(failed: dict[str, str]) -> list[dict]:
-    return [{"path": p, "reason": r} for p, r in failed.items()]
+    return [{"path": p, "reason": r} for p, r in sorted(failed.items())]  # one order however they were found
 
 
 def _fail_if_strict(strict: bool, failed: dict[str, str], reporter: Reporter, shown: int = 10) -> None:

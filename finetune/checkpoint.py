@@ -4,6 +4,7 @@ numbers, strings, lists and dicts, so they load with ``torch.load(..., weights_o
 
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from ..common.atomic import write_atomic
+from ..common.atomic import write_bytes_atomic
 from ..errors import RunError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -21,7 +22,11 @@ BEST = "best.pt"
 
 
 def save_atomic(obj, path: Path) -> None:
-    write_atomic(path, lambda fh: torch.save(obj, fh), mode="wb")
+    # serialised in memory first: torch's writer reports a full disk as a RuntimeError, while
+    # a plain write raises the OSError that becomes one clear line
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def load(path: Path) -> dict:

@@ -9,18 +9,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..common.atomic import atomic_path, write_json_atomic
+from ..common.atomic import write_atomic, write_bytes_atomic, write_json_atomic
 from .config import selection_record
 from .model import CONFIG_FILE, MODEL_FILE
 
 
 def save_model(state: dict[str, torch.Tensor], run_dir: Path) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(run_dir) / MODEL_FILE
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "tlx": "finetune"})
+    write_bytes_atomic(path, save(tensors, metadata={"format": "pt", "tlx": "finetune"}))
     return path
 
 
@@ -63,7 +62,7 @@ def plot_learning_curve(
         if epochs:
             ax.set_xticks(val_epochs if len(val_epochs) <= 20 else val_epochs[:: max(1, len(val_epochs) // 10)])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=100, format="png"), mode="wb")
     plt.close(fig)
     return Path(path)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.atomic import write_json_atomic
+from ..common.atomic import storage_errors, write_bytes_atomic, write_json_atomic
 from ..common.hashing import sha256_file
 from ..errors import RunError, TlxError
 
@@ -46,7 +46,8 @@ def save_head(head, run_dir) -> Path:
     from .registry import jsonable_params
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with storage_errors(run_dir, "create"):
+        run_dir.mkdir(parents=True, exist_ok=True)
     if not hasattr(head, "n_features_in_"):
         raise ValueError("save_head needs a fitted head")
     record = {
@@ -92,7 +93,7 @@ def skops_io():
 
 
 def _save_arrays(head, run_dir: Path) -> Path:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     file = run_dir / "head.safetensors"
     tensors = {
@@ -100,7 +101,8 @@ def _save_arrays(head, run_dir: Path) -> Path:
         for name in head.tensor_names()
         if getattr(head, name, None) is not None
     }
-    save_file(tensors, str(file), metadata={"format": FORMAT, "head": head.name})
+    # serialised in memory, then written whole or not at all (a full disk leaves no half file)
+    write_bytes_atomic(file, save(tensors, metadata={"format": FORMAT, "head": head.name}))
     return file
 
 
@@ -110,9 +112,10 @@ def _save_skops(head, run_dir: Path) -> tuple[Path, dict]:
 
     sio = skops_io()
     file = run_dir / "head.skops"
-    sio.dump(Pipeline(head.steps), file)
+    data = sio.dumps(Pipeline(head.steps))
+    write_bytes_atomic(file, data)  # whole or not at all, as every file tlx writes
     return file, {
-        "untrusted_types": sorted(sio.get_untrusted_types(file=file)),
+        "untrusted_types": sorted(sio.get_untrusted_types(data=data)),
         "model_path": head.model_path,
         "balance_classes": bool(head.balance_classes),
     }

@@ -14,6 +14,7 @@ axis. After writing, the file is loaded back and checked against the eager modul
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import warnings
@@ -253,7 +254,9 @@ def _to_torchscript(module, example, path: Path) -> None:
             traced = torch.jit.trace(module, example, check_trace=False)
         except Exception as exc:
             raise ExportError(f"TorchScript tracing failed: {type(exc).__name__}: {exc}; try --format onnx") from None
-    traced.save(str(path))
+        buffer = io.BytesIO()  # serialised in memory: torch reports a failed file write as a RuntimeError
+        torch.jit.save(traced, buffer)
+    path.write_bytes(buffer.getbuffer())  # a disk error is an OSError, one line from atomic_path
 
 
 def _to_onnx(module, example, path: Path) -> None:
@@ -262,11 +265,12 @@ def _to_onnx(module, example, path: Path) -> None:
     errors = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        buffer = io.BytesIO()  # in memory first, so that a disk error is not taken for an exporter's
         try:  # the TorchScript-based exporter: one plain graph with the weights inside
             torch.onnx.export(
                 module,
                 (example,),
-                str(path),
+                buffer,  # type: ignore[arg-type]  # a file object works; the stub says paths only
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
@@ -274,9 +278,11 @@ def _to_onnx(module, example, path: Path) -> None:
                 opset_version=17,
                 do_constant_folding=True,
             )
-            return
         except Exception as exc:  # removed or failing in this torch: fall back to dynamo
             errors.append(f"dynamo=False: {type(exc).__name__}: {exc}")
+        else:
+            path.write_bytes(buffer.getbuffer())
+            return
         try:
             batch = torch.export.Dim("batch", min=1)
             program = torch.onnx.export(
@@ -289,12 +295,13 @@ def _to_onnx(module, example, path: Path) -> None:
                 external_data=False,
             )
             assert program is not None  # dynamo=True always returns an ONNXProgram
-            program.save(str(path), external_data=False)
-            return
         except ImportError as exc:
             errors.append(f"dynamo=True: {exc} (install onnx and onnxscript: pip install 'tlx[export]')")
         except Exception as exc:
             errors.append(f"dynamo=True: {type(exc).__name__}: {exc}")
+        else:
+            program.save(str(path), external_data=False)
+            return
     raise ExportError("ONNX export failed: " + "; ".join(errors))
 
 

@@ -228,3 +228,55 @@ def subprocess_env(cache: Path | None = None) -> dict:
     if cache is not None:
         env["TLX_CACHE_DIR"] = str(cache)
     return env
+
+
+# `python -c STOP_AFTER_FIRST_PART tlx-args...` runs the tlx CLI; when $TLX_TEST_READY_FD names
+# an inherited pipe, the process stops for good right after it has flushed its first part file
+# and says so on that pipe. A kill test then kills it at exactly that point, however loaded
+# the machine is: no polling of the folder, no race with a process that finishes first.
+STOP_AFTER_FIRST_PART = """
+import os, sys, threading
+from tlx.cache import store
+
+ready = os.environ.get("TLX_TEST_READY_FD")
+if ready:
+    flush = store.PartWriter.flush
+
+    def flush_then_stop(self):
+        flush(self)
+        if self.segments:
+            os.write(int(ready), b"1")
+            threading.Event().wait()  # until killed
+
+    store.PartWriter.flush = flush_then_stop
+from tlx.cli.app import main
+
+sys.argv[0] = "tlx"
+main()
+"""
+
+
+def start_stopping_at_first_part(args: list[str], env: dict, **popen) -> tuple[subprocess.Popen, int]:
+    """Start ``python -c STOP_AFTER_FIRST_PART *args``; returns the process and the read end of
+    its pipe (pass it to :func:`wait_for_stop`)."""
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOP_AFTER_FIRST_PART, *args],
+        env={**env, "TLX_TEST_READY_FD": str(write)},
+        pass_fds=(write,),
+        **popen,
+    )
+    os.close(write)  # the child holds the only write end: its exit reads as end of file
+    return proc, read
+
+
+def wait_for_stop(read: int, timeout: float = 600) -> bool:
+    """Block until the process behind ``read`` has stopped after its first part (True) or has
+    exited without reaching it (False). ``timeout`` only bounds a hung test."""
+    import select
+
+    try:
+        ready, _, _ = select.select([read], [], [], timeout)
+        return bool(ready) and os.read(read, 1) == b"1"
+    finally:
+        os.close(read)

@@ -53,7 +53,7 @@ def commit(path: Path, names: list[str], tag: str, dataset: str = "synthetic", u
             store.write_part(store.parts_dir(path), part, new, np.stack([vector(h) for h in new]), SPACE)
             where.update({h: (part, i) for i, h in enumerate(new)})
             sizes[part] = len(new)
-        rows = [store.Row(n, label(sha(n)), "", sha(n), (1, 1, 1), *where[sha(n)]) for n in names]
+        rows = [store.Row(n, label(sha(n)), "", sha(n), (1, 1, 1, 1), *where[sha(n)]) for n in names]
         attrs = {"dataset_name": dataset, "updated": updated or store.now_iso()}
         store.write_index(path, rows, CLASSES, store.Failures(), SPACE, attrs, sizes)
         store.remove_unused_parts(path, {r.part for r in rows})

@@ -232,8 +232,6 @@ def test_a_symlink_loop_is_walked_once(tmp_path):
     root = make_folder_dataset(tmp_path / "data", per_class=2)
     (root / "ants" / "again").symlink_to(root / "ants", target_is_directory=True)  # ants/again/again/...
     (root / "bees" / "up").symlink_to(root, target_is_directory=True)  # a link to the data folder itself
-    started = time.monotonic()
-    index = discover(root)
-    assert time.monotonic() - started < 5
+    index = discover(root)  # a walk that followed the loops would never return
     ants = [it.relpath for it in index.items if it.label == "ants"]
     assert ants == ["ants/ants_0.png", "ants/ants_1.png"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_folder_dataset, subprocess_env, write_image
+from conftest import make_folder_dataset, start_stopping_at_first_part, subprocess_env, wait_for_stop, write_image
 
 import tlx
 from tlx.extractor.extract import extract
@@ -78,26 +78,28 @@ def test_a_killed_rank_stops_the_other_then_a_rerun_resumes(tmp_path):
     port = str(free_port())
     env = {**subprocess_env(), "TLX_DIST_TIMEOUT": "5", "TLX_FLUSH_ROWS": "4", "TLX_FLUSH_SECONDS": "1000",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            [sys.executable, *tlx_args(data, cache)],
-            cwd=tmp_path,
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and procs[1].poll() is None:
-        parts = [p.name for p in cache.glob("*.parts/*.h5")]
-        if any("-r001-" in n for n in parts) and any("-r000-" in n for n in parts):
-            break
-        time.sleep(0.005)
+    rank0 = subprocess.Popen(
+        [sys.executable, *tlx_args(data, cache)],
+        cwd=tmp_path,
+        env={**env, "RANK": "0", "LOCAL_RANK": "0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # rank 1 stops for good right after flushing its first part, and is killed right there
+    rank1, read = start_stopping_at_first_part(
+        tlx_args(data, cache)[2:],
+        {**env, "RANK": "1", "LOCAL_RANK": "1"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    procs = [rank0, rank1]
+    stopped = wait_for_stop(read)
     procs[1].send_signal(signal.SIGKILL)
-    procs[1].communicate()
-    assert procs[1].returncode == -signal.SIGKILL, "rank 1 finished before it could be killed"
+    _, err1 = procs[1].communicate()
+    assert stopped and procs[1].returncode == -signal.SIGKILL, err1
     started = time.monotonic()
     _, err = procs[0].communicate(timeout=120)  # bounded: it must not wait forever for rank 1
     assert procs[0].returncode != 0 and time.monotonic() - started < 90

@@ -14,7 +14,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import broken_files, h5_files, make_folder_dataset, subprocess_env, write_image
+from conftest import (
+    backdate,
+    broken_files,
+    h5_files,
+    make_folder_dataset,
+    start_stopping_at_first_part,
+    subprocess_env,
+    wait_for_stop,
+    write_image,
+)
 
 import tlx
 from tlx.errors import CacheError
@@ -128,6 +137,7 @@ def test_load_features_on_a_non_cache(tmp_path):
 
 
 def test_second_run_reuses_everything_and_does_not_rewrite(folder_data, tmp_path):
+    backdate(folder_data)  # older than the racy window: nothing is re-read, so nothing is written
     cache = tmp_path / "cache"
     first = run(folder_data, cache)
     before = stat_key(first.path)
@@ -230,6 +240,7 @@ def test_a_corrupt_cache_is_rebuilt(folder_data, tmp_path):
 
 def test_broken_images_are_skipped_reported_and_recorded(folder_data, tmp_path):
     expected = broken_files(folder_data / "bees")
+    backdate(folder_data)  # past the racy window, so the re-run re-reads nothing
     cache = tmp_path / "cache"
     res = run(folder_data, cache, workers=1)  # decoding in a worker process, as by default
     assert res.n_images == 6 and res.n_failed == len(expected) == 5
@@ -293,15 +304,12 @@ def test_kill_9_then_resume(tmp_path):
     parts = Path(complete.path + ".parts")
     before = set(parts.iterdir())
     env = {**subprocess_env(), "TLX_FLUSH_ROWS": "8", "TLX_FLUSH_SECONDS": "1000"}  # a part every 8 vectors
-    proc = subprocess.Popen(
-        _cli(data, cache, "--batch-size", "8"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 120
-    while not (set(parts.glob("*.h5")) - before) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
+    args = _cli(data, cache, "--batch-size", "8")[3:]  # the tlx arguments, after `python -m tlx`
+    proc, read = start_stopping_at_first_part(args, env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stopped = wait_for_stop(read)  # it flushed its first new part and waits there to be killed
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the extract finished before it could be killed: make the dataset bigger"
+    _, err = proc.communicate()
+    assert stopped and proc.returncode == -signal.SIGKILL, err
 
     # the complete cache from before is untouched and valid
     assert h5_files(cache) == [Path(complete.path)]
@@ -383,6 +391,7 @@ def builds(monkeypatch):
 def test_unchanged_rerun_does_not_build_the_network(folder_data, tmp_path, builds):
     cache = tmp_path / "cache"
     expected = broken_files(folder_data / "bees")  # known failures are confirmed without the network
+    backdate(folder_data)
     first = run(folder_data, cache)
     assert len(builds) == 1
     again = run(folder_data, cache)
@@ -421,6 +430,7 @@ def get_backbone_for_test():
 def test_a_no_op_extract_changes_no_file_and_the_cache_is_chosen_unambiguously(tmp_path, cache_dir, monkeypatch):
     first = make_folder_dataset(tmp_path / "first")
     second = make_folder_dataset(tmp_path / "second", seed0=20)
+    backdate(first)
     a = run(first, None)
     run(second, None)
     before = {p: p.stat().st_mtime_ns for p in cache_dir.rglob("*.h5")}

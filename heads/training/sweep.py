@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ...common.atomic import write_atomic
 from ...errors import TlxError
 from ..registry import HeadSpec
 
@@ -188,7 +189,7 @@ def plot_sweep(record: dict, path, head: str = "") -> Path:
     ax.set_title(f"{head} sweep")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=100, format="png"), mode="wb")
     plt.close(fig)
     return Path(path)
 

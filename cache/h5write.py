@@ -1,0 +1,110 @@
+"""Writing an HDF5 file so that a full or failing disk is an error, never a crash.
+
+When a write of HDF5's own file driver fails (no space left, I/O error), the library keeps the
+file open with metadata it cannot flush: h5py then reports the failure only while
+deallocating (a warning, so the half-written file looked complete and was renamed into
+place), and the process died with a segmentation fault when HDF5 tried again at exit. Here
+HDF5 writes through a Python file object instead (h5py's ``fileobj`` driver) that never fails
+towards HDF5: the first error is kept, later writes are dropped, HDF5 closes normally, and
+then the kept error is raised as a :class:`~tlx.errors.StorageError` for the final path while
+:func:`~tlx.common.atomic.atomic_path` removes the temporary file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+
+from ..common.atomic import atomic_path
+from ..errors import StorageError
+
+
+class _KeepFirstError(io.RawIOBase):
+    """An unbuffered read/write file over a descriptor that records its first ``OSError`` and
+    from then on only pretends: writes move the position as a write would, reads of what was
+    not written give zeros. No method raises, so HDF5 never sees a failed call."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self.fd = fd
+        self.pos = 0
+        self.size = 0  # as far as HDF5 knows: the end of everything it wrote, even dropped
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self.size - self.pos))
+        got = b""
+        if self.error is None and n:
+            try:
+                got = os.pread(self.fd, n, self.pos)
+            except OSError as exc:
+                self.error = exc
+        view[: len(got)] = got
+        view[len(got) : n] = bytes(n - len(got))
+        self.pos += n
+        return n
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as exc:
+                self.error = exc
+        self.pos += len(view)
+        self.size = max(self.size, self.pos)
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as exc:
+                self.error = exc
+        self.size = size
+        return size
+
+    def flush(self) -> None:
+        return None  # unbuffered: every write went straight to the descriptor
+
+
+@contextmanager
+def h5_atomic(path: Path, before_replace: Callable[[], object] | None = None) -> Iterator[h5py.File]:
+    """A new HDF5 file to fill; on success it is fsynced and renamed to ``path``, on failure
+    (the body's, or the disk's as :class:`StorageError`) nothing is left behind.
+    ``before_replace``: see :func:`~tlx.common.atomic.atomic_path`."""
+    with atomic_path(path, before_replace) as tmp:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            guard = _KeepFirstError(fd)
+            with h5py.File(guard, "w", libver="latest") as f:
+                yield f
+        finally:
+            os.close(fd)
+        if guard.error is not None:
+            raise StorageError(path, guard.error)
