@@ -32,7 +32,16 @@ from .space import FeatureSpace
 from .verify import DAMAGED, MISSING, check_part
 from .viewtable import Key, ViewTable
 
-__all__ = ["Key", "ViewSources", "ViewTable", "ViewWriter", "plan_views", "view_sources", "views_dir"]
+__all__ = [
+    "Key",
+    "ViewSources",
+    "ViewTable",
+    "ViewWriter",
+    "plan_views",
+    "remove_unused_view_parts",
+    "view_sources",
+    "views_dir",
+]
 
 
 class ViewWriter(PartWriter):
