@@ -90,7 +90,7 @@ def _copy_rows(path: Path, target: Path, index: store.CacheIndex, block_rows: in
     compaction with the part named instead of being copied into the new part)."""
     n, width = len(index.paths), index.space.feature_dim
     with open_snapshot(path) as snap, h5_atomic(target) as out:
-        store._part_datasets(out, n, width, index.space)
+        store.part_datasets(out, n, width, index.space)
         table = snap.table("features")
         for start in range(0, n, block_rows):
             rows = np.arange(start, min(start + block_rows, n), dtype=np.int64)

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CacheError
+from .catalog import default_cache_dir, pick_cache
+from .h5format import UnreadableCacheError, decode_strings, not_a_cache
 from .reader import Snapshot, open_snapshot
 from .rows import CacheRows
 from .space import FeatureSpace
-from .store import UnreadableCacheError, decode_strings, default_cache_dir, not_a_cache, pick_cache
 
 
 @dataclass
@@ -151,7 +152,7 @@ def load_views(source: str | Path | Snapshot, rows, max_views: int | None = None
 
 def resolve_cache(path: str | Path | None) -> Path:
     """A cache file from a file path, a folder or None (the default folder): see
-    :func:`tlx.cache.store.pick_cache` for how a folder's cache is chosen."""
+    :func:`tlx.cache.catalog.pick_cache` for how a folder's cache is chosen."""
     where = Path(path) if path is not None else default_cache_dir()
     if where.is_file():
         reason = not_a_cache(where)

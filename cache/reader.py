@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError
-from .store import READABLE_FORMATS, UnreadableCacheError, decode_strings, open_h5, parts_dir
+from .h5format import READABLE_FORMATS, UnreadableCacheError, decode_strings, not_a_cache, open_h5, parts_dir
 
 OPEN_TRIES = 8  # commits racing one open; each retry means another writer committed meanwhile
 
@@ -252,8 +252,6 @@ def read_summary(path: Path) -> dict:
     tlx cache (a missing or damaged part included)."""
     with open_snapshot(path) as snap:
         if not snap.is_cache:
-            from .store import not_a_cache
-
             raise UnreadableCacheError(path, not_a_cache(path) or f"{path} is not a tlx feature cache")
         try:
             return _summary(snap)

@@ -20,8 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .reader import open_h5
-from .store import READABLE_FORMATS, UnreadableCacheError, decode_strings, index_of, parts_dir
+from .h5format import READABLE_FORMATS, UnreadableCacheError, decode_strings, open_h5, parts_dir, views_dir
+from .index import index_of
 
 OK, DAMAGED, MISSING, NO_CHECKSUM = "ok", "damaged", "missing", "no checksum (written by an older tlx)"
 BLOCK_BYTES = 16 << 20  # read this much per step: memory stays flat whatever the part's size
@@ -121,7 +121,7 @@ def verify_cache(path: Path) -> CacheCheck:
         image_hashes = [index.hashes[i] for i in table.image.tolist()]
         source = np.array([number[p] for p in table.part], dtype=np.int64)
         for name, expected in _expected_hashes(view_names, source, table.part_row, image_hashes):
-            _add(report, path.with_name(path.name + ".views") / name, expected)
+            _add(report, views_dir(path) / name, expected)
     return report
 
 

@@ -2,13 +2,16 @@
 
 * ``<cache>.h5.views/*.h5`` hold view vectors: ``features`` (n x D), ``content_sha256`` (n) and
   ``view`` (n, the view index >= 1), with the feature space and the view recipe in the
-  attributes. Like the feature parts they are written once (temporary name, fsync, rename),
-  one per run and rank, and a killed run's parts are taken back by the next run.
-* The index (``<cache>.h5``, the commit point) has a ``views`` group when the cache has views:
-  ``image`` (the main row each view belongs to), ``view``, where each vector lives
-  (``source/part``, ``source/row``, ``parts/names``, ``parts/rows``), and ``features``, a virtual
-  dataset over the view parts, ordered by main row then view index. Its attributes record the
-  recipe and K (``count``); the index's own attributes repeat them (``views``, ``view_recipe``).
+  attributes. They are parts like the feature parts, written by the same
+  :class:`~tlx.cache.parts.PartWriter` (``VIEW_PARTS``: two key columns instead of one): written
+  once (temporary name, fsync, rename), one per run and rank, and a killed run's parts are taken
+  back by the next run.
+* The index (``<cache>.h5``, the commit point) has a ``views`` group when the cache has views
+  (:mod:`tlx.cache.viewtable`): ``image`` (the main row each view belongs to), ``view``, where
+  each vector lives (``source/part``, ``source/row``, ``parts/names``, ``parts/rows``), and
+  ``features``, a virtual dataset over the view parts, ordered by main row then view index. Its
+  attributes record the recipe and K (``count``); the index's own attributes repeat them
+  (``views``, ``view_recipe``).
 
 A view vector is keyed by (content sha256, view index, recipe id): the main features and the
 feature space of a cache are the same with or without views.
@@ -16,168 +19,39 @@ feature space of a cache are the same with or without views.
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import store
-from .h5write import h5_atomic
+from ..errors import CacheError
+from .h5format import views_dir
+from .index import CacheIndex, Row
+from .parts import VIEW_PARTS, PartWriter, remove_unused_files, unreferenced_parts
 from .space import FeatureSpace
 from .verify import DAMAGED, MISSING, check_part
+from .viewtable import Key, ViewTable
 
-Key = tuple[str, int]  # (content sha256, view index)
-
-
-def views_dir(cache_path: Path) -> Path:
-    return cache_path.with_name(cache_path.name + ".views")
-
-
-@dataclass
-class ViewTable:
-    """The views an index lists: for each view row, its main row, its index and its source."""
-
-    recipe: dict  # ViewRecipe.to_dict()
-    count: int  # K: views 1..K of every row
-    image: np.ndarray  # int64 main row of each view row
-    view: np.ndarray  # int16 view index (1..K)
-    part: list[str]  # part file name of each view row
-    part_row: np.ndarray  # int64 row in that part
-    sizes: dict[str, int] = field(default_factory=dict)  # rows of each part named
-
-    def sources(self, hashes: Sequence[str]) -> dict[Key, tuple[str, int]]:
-        """(sha256, view) -> (part, row), given the index's content hashes."""
-        rows = zip(self.image.tolist(), self.view.tolist(), self.part, self.part_row.tolist(), strict=True)
-        return {(hashes[i], int(v)): (p, int(r)) for i, v, p, r in rows}
-
-    def same_as(self, other: ViewTable | None) -> bool:
-        return (
-            other is not None
-            and self.recipe == other.recipe
-            and self.count == other.count
-            and np.array_equal(self.image, other.image)
-            and np.array_equal(self.view, other.view)
-            and self.part == other.part
-            and np.array_equal(self.part_row, other.part_row)
-        )
+__all__ = [
+    "Key",
+    "ViewSources",
+    "ViewTable",
+    "ViewWriter",
+    "plan_views",
+    "remove_unused_view_parts",
+    "view_sources",
+    "views_dir",
+]
 
 
-def write_group(f, path: Path, table: ViewTable, space: FeatureSpace) -> None:
-    """The index's ``views`` group (called by ``store.write_index`` inside its temporary file)."""
-    g = f.create_group("views")
-    used = sorted(set(table.part))
-    number = {n: k for k, n in enumerate(used)}
-    folder, width = views_dir(path).name, space.feature_dim
-    store.virtual_rows(g, "features", folder, table.part, table.part_row, table.sizes, width, space.store_dtype)
-    store._array(g, "image", np.asarray(table.image, dtype=np.int64))
-    store._array(g, "view", np.asarray(table.view, dtype=np.int16))
-    store._array(g, "source/part", np.array([number[p] for p in table.part], dtype=np.int32))
-    store._array(g, "source/row", np.asarray(table.part_row, dtype=np.int64))
-    store._strings(g, "parts/names", used)
-    store._array(g, "parts/rows", np.array([table.sizes[n] for n in used], dtype=np.int64))
-    g.attrs["count"] = table.count
-    g.attrs["recipe"] = json.dumps(table.recipe, sort_keys=True)
-
-
-def read_group(f) -> ViewTable | None:
-    if "views" not in f:
-        return None
-    g = f["views"]
-    names = store.decode_strings(g["parts/names"])
-    return ViewTable(
-        recipe=json.loads(g.attrs["recipe"]),
-        count=int(g.attrs["count"]),
-        image=g["image"][()].astype(np.int64),
-        view=g["view"][()].astype(np.int16),
-        part=[names[k] for k in g["source/part"][()].tolist()],
-        part_row=g["source/row"][()].astype(np.int64),
-        sizes=dict(zip(names, g["parts/rows"][()].tolist(), strict=True)),
-    )
-
-
-def check_view_parts(f, path: Path) -> None:
-    """Every view part the index names must be there (a missing one would read as NaN)."""
-    if "views" not in f:
-        return
-    folder = views_dir(path)
-    for name in store.decode_strings(f["views/parts/names"]):
-        if not (folder / name).is_file():
-            raise store.UnreadableCacheError(
-                path, f"{path} is damaged: its view part {folder.name}/{name} is missing (deleted or not copied)"
-            )
-
-
-# --------------------------------------------------------------------------- parts
-
-
-def write_view_part(folder: Path, name: str, keys: Sequence[Key], features: np.ndarray, space, recipe: dict) -> Path:
-    n, width = len(keys), space.feature_dim
-    with h5_atomic(folder / name) as f:
-        chunk = (min(store._rows_per_chunk(width), max(n, 1)), width)
-        rows = (max(1, min(n, 8192)),)  # chunked, so that every chunk carries a fletcher32 checksum
-        f.create_dataset("features", shape=(n, width), dtype=space.store_dtype, chunks=chunk, fletcher32=True)
-        f.create_dataset("content_sha256", shape=(n,), dtype=store.HASH, chunks=rows, fletcher32=True)
-        f.create_dataset("view", shape=(n,), dtype=np.int16, chunks=rows, fletcher32=True)
-        if n:
-            f["features"][:] = features.astype(space.store_dtype, copy=False)
-            f["content_sha256"][:] = np.array([h for h, _ in keys], dtype="S64")
-            f["view"][:] = np.array([v for _, v in keys], dtype=np.int16)
-        f.attrs["tlx_view_part"] = 1
-        f.attrs["feature_space"] = json.dumps(space.to_dict())
-        f.attrs["view_recipe"] = json.dumps(recipe, sort_keys=True)
-    return folder / name
-
-
-def read_view_keys(path: Path, space: FeatureSpace, recipe: dict) -> list[Key] | None:
-    """The keys of a complete view part of this space and recipe; None for another one or a damaged file."""
-    try:
-        with store.open_h5(path) as f:
-            if json.loads(f.attrs["feature_space"]) != space.to_dict():
-                return None
-            if json.loads(f.attrs["view_recipe"]) != recipe:
-                return None
-            hashes = store.decode_strings(f["content_sha256"])
-            return list(zip(hashes, f["view"][()].astype(int).tolist(), strict=True))
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-class ViewWriter:
-    """Buffers one process's new view vectors and flushes them as a view part every
-    ``flush_rows`` rows or ``flush_seconds`` seconds (a crash loses at most that much)."""
+class ViewWriter(PartWriter):
+    """The :class:`~tlx.cache.parts.PartWriter` of one process's new view vectors: keys are
+    (sha256, view) and the parts record ``recipe``; a part of another recipe is never taken back."""
 
     def __init__(self, folder: Path, prefix: str, space, recipe: dict, flush_rows: int = 4096, flush_seconds=5.0):
-        self.folder, self.prefix, self.space, self.recipe = folder, prefix, space, recipe
-        self.flush_rows, self.flush_seconds = max(1, flush_rows), flush_seconds
-        self._keys: list[Key] = []
-        self._feats: list[np.ndarray] = []
-        self._last = time.monotonic()
-        self.parts: list[tuple[str, list[Key]]] = []
-        self.n_rows = 0
-
-    def add(self, keys: Sequence[Key], features: np.ndarray) -> None:
-        if not len(keys):
-            return
-        self._keys += list(keys)
-        self._feats.append(np.asarray(features, dtype=np.float32))
-        self.n_rows += len(keys)
-        if len(self._keys) >= self.flush_rows or time.monotonic() - self._last >= self.flush_seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._keys:
-            name = f"{self.prefix}-{len(self.parts):06d}.h5"
-            write_view_part(self.folder, name, self._keys, np.concatenate(self._feats), self.space, self.recipe)
-            self.parts.append((name, self._keys))
-            self._keys, self._feats = [], []
-        self._last = time.monotonic()
-
-    def close(self) -> list[tuple[str, list[Key]]]:
-        self.flush()
-        return self.parts
+        attrs = {"view_recipe": recipe}
+        super().__init__(folder, prefix, space, flush_rows, flush_seconds, kind=VIEW_PARTS, attrs=attrs)
+        self.recipe = recipe
 
 
 @dataclass
@@ -210,7 +84,7 @@ class ViewSources:
         return None
 
 
-def view_sources(path: Path, prev: store.CacheIndex | None, space: FeatureSpace, recipe: dict) -> ViewSources:
+def view_sources(path: Path, prev: CacheIndex | None, space: FeatureSpace, recipe: dict) -> ViewSources:
     """The previous index's views of this recipe, and the view parts of runs that did not finish.
     Unreferenced view parts of another space or recipe, and half-written ones, are deleted."""
     src = ViewSources()
@@ -220,22 +94,11 @@ def view_sources(path: Path, prev: store.CacheIndex | None, space: FeatureSpace,
         src.prev = {k: s for k, s in table.sources(prev.hashes).items() if s[0] not in damaged}
         src.sizes.update(table.sizes)
     used = set(table.part) if table is not None else set()
-    folder = views_dir(path)
-    if not folder.is_dir():
-        return src
-    for tmp in folder.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-    for part in sorted(folder.glob("*.h5")):
-        if part.name in used:
-            continue
-        keys = read_view_keys(part, space, recipe)
-        if keys is None:
-            part.unlink(missing_ok=True)
-            continue
-        src.sizes[part.name] = len(keys)
+    for name, keys in unreferenced_parts(views_dir(path), used, space, VIEW_PARTS, {"view_recipe": recipe}):
+        src.sizes[name] = len(keys)
         for row, key in enumerate(keys):
             if key not in src.prev:
-                src.resumed.setdefault(key, (part.name, row))
+                src.resumed.setdefault(key, (name, row))
     return src
 
 
@@ -246,10 +109,10 @@ def _damaged_view_parts(path: Path, table: ViewTable) -> set[str]:
 
 
 def remove_unused_view_parts(path: Path, keep: set[str]) -> int:
-    return store.remove_unused_files(views_dir(path), keep)
+    return remove_unused_files(views_dir(path), keep)
 
 
-def plan_views(rows: list[store.Row], count: int, recipe: dict, src: ViewSources) -> tuple[ViewTable | None, dict]:
+def plan_views(rows: list[Row], count: int, recipe: dict, src: ViewSources) -> tuple[ViewTable | None, dict]:
     """The index's view table for ``rows`` (views 1..count of each), and how many came from where.
     Rows whose views are missing (cannot happen after a complete run) raise."""
     counts = {"reused": 0, "resumed": 0, "new": 0}
@@ -260,8 +123,6 @@ def plan_views(rows: list[store.Row], count: int, recipe: dict, src: ViewSources
         for v in range(1, count + 1):
             found = src.find((row.sha256, v))
             if found is None:
-                from ..errors import CacheError
-
                 raise CacheError(f"internal error: no vector for view {v} of content {row.sha256[:12]}")
             (p, r), kind = found
             counts[kind] += 1

@@ -20,6 +20,7 @@ import pytest
 from conftest import backdate, make_folder_dataset, subprocess_env, write_image
 
 import tlx
+from tlx.cache import parts as parts_module
 from tlx.cache import store
 from tlx.cache.h5write import h5_atomic
 from tlx.common.atomic import atomic_path, write_json_atomic
@@ -191,14 +192,14 @@ def test_a_part_writer_whose_merge_fails_keeps_its_segments(tmp_path, monkeypatc
     rng = np.random.default_rng(0)
     writer.add([f"{i:064x}" for i in range(3)], rng.random((3, space.feature_dim)))
     writer.add([f"{i:064x}" for i in range(3, 5)], rng.random((2, space.feature_dim)))
-    monkeypatch.setattr(store, "merge_parts", lambda *a, **k: enospc())
+    monkeypatch.setattr(parts_module, "merge_parts", lambda *a, **k: enospc())
     with pytest.raises(OSError):  # the fake raises a bare OSError: only StorageError is caught
         writer.close()
 
     def full(*args, **kwargs):
         raise StorageError(tmp_path / "parts" / "p.h5", OSError(errno.ENOSPC, "No space left on device"))
 
-    monkeypatch.setattr(store, "merge_parts", full)
+    monkeypatch.setattr(parts_module, "merge_parts", full)
     parts = writer.close()
     assert [len(h) for _, h in parts] == [3, 2]  # both complete segments, usable by the commit
 

@@ -1,0 +1,294 @@
+"""The index file, ``<cache>.h5``: the commit point of a cache.
+
+It lists every row (path, label, split, content hash, the stat of its file), the failures, the
+attributes, and where each row's vector lives in the parts (``source/part``, ``source/row``,
+``parts/names``, ``parts/rows``), plus ``features``, a virtual dataset over the parts for plain
+h5py users, and the ``views`` group (:mod:`tlx.cache.viewtable`) when the cache has views. It is
+written whole to a temporary file and atomically renamed; every index carries a ``commit_id``
+that the next commit checks it builds on.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CacheError
+from .h5format import (
+    FORMAT_VERSION,
+    HASH,
+    STAT_FIELDS,
+    UnreadableCacheError,
+    attrs_of,
+    check_format,
+    decode_strings,
+    open_h5,
+    parts_dir,
+    read_attrs,
+    virtual_rows,
+    write_array,
+    write_part_table,
+    write_strings,
+)
+from .h5write import h5_atomic
+from .parts import unreferenced_parts
+from .space import FeatureSpace
+from .viewtable import ViewTable, check_view_parts, read_group, write_group
+
+
+@dataclass
+class Row:
+    """One image of the new cache, and where its vector lives."""
+
+    path: str
+    label: int
+    split: str
+    sha256: str
+    stat: tuple[int, ...]  # size, mtime_ns, inode, ctime_ns of the file the hash was computed from
+    part: str  # part file name
+    part_row: int
+
+
+@dataclass
+class Failures:
+    """Images that could not be read, with the stat and content hash they failed with: the same
+    bytes fail the same way, so an unchanged failure is not decoded again."""
+
+    reasons: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, tuple[int, ...]] = field(default_factory=dict)  # absent: no stat, look again
+    hashes: dict[str, str] = field(default_factory=dict)  # absent: the file could not be read at all
+
+    def add(self, relpath: str, reason: str, stat=None, sha256: str = "") -> None:
+        self.reasons[relpath] = reason
+        if stat is not None:
+            self.stats[relpath] = tuple(stat)
+        if sha256:
+            self.hashes[relpath] = sha256
+
+    def same_as(self, other: Failures) -> bool:
+        return (self.reasons, self.stats, self.hashes) == (other.reasons, other.stats, other.hashes)
+
+
+@dataclass
+class CacheIndex:
+    """What a complete cache holds, without its features: enough to plan an incremental run."""
+
+    path: Path
+    space: FeatureSpace
+    paths: list[str]
+    hashes: list[str]
+    labels: np.ndarray
+    splits: list[str]
+    classes: list[str]
+    failed: dict[str, str]
+    attrs: dict
+    format: int = FORMAT_VERSION
+    # the stat index (format 2): size, mtime_ns, inode and ctime_ns of each row's file, and of each failure
+    stats: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STAT_FIELDS)), np.int64))
+    failures: Failures | None = None  # the failures with their stats and hashes (format 2)
+    stat_time_ns: int = 0  # when the run that took those stats started (racy-git check)
+    # where each row's vector lives: part_names[source_part[i]], row source_row[i]
+    part_names: list[str] = field(default_factory=list)
+    part_rows: list[int] = field(default_factory=list)
+    source_part: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    source_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    views: ViewTable | None = None  # when the cache has augmented views
+
+    def row_of_hash(self) -> dict[str, int]:
+        return {h: i for i, h in enumerate(self.hashes)}
+
+    def source_of_hash(self) -> dict[str, tuple[str, int]]:
+        """Content hash -> (part file name, row) of every vector this index uses."""
+        names = self.part_names
+        return {
+            h: (names[p], int(r))
+            for h, p, r in zip(self.hashes, self.source_part.tolist(), self.source_row.tolist(), strict=True)
+        }
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def check_parts(f, path: Path) -> None:
+    """Every part file the index names must be there: HDF5 would read a missing one as fill
+    values (NaN here) without a word."""
+    check_view_parts(f, path)
+    if "parts" not in f:
+        return
+    folder = parts_dir(path)
+    for name in decode_strings(f["parts/names"]):
+        if not (folder / name).is_file():
+            raise UnreadableCacheError(
+                path, f"{path} is damaged: its part file {folder.name}/{name} is missing (deleted or not copied)"
+            )
+
+
+def read_index(path: Path) -> CacheIndex:
+    """The index at ``path``, its part files checked present (for writers, under the lock;
+    readers take a ``tlx.cache.reader.Snapshot`` and :func:`index_of` its open index)."""
+    try:
+        with open_h5(path) as f:
+            check_format(path, attrs_of(f))
+            check_parts(f, path)
+            return index_of(f, path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
+
+
+def index_of(f, path: Path) -> CacheIndex:
+    """The :class:`CacheIndex` of an open index file ``f``."""
+    try:
+        attrs = attrs_of(f)
+        fmt = check_format(path, attrs)
+        index = CacheIndex(
+            path=path,
+            space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
+            paths=decode_strings(f["paths"]),
+            hashes=decode_strings(f["content_sha256"]),
+            labels=f["labels"][()],
+            splits=decode_strings(f["split"]),
+            classes=decode_strings(f["classes"]),
+            failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=False)),
+            attrs=attrs,
+            format=fmt,
+        )
+        if fmt >= 2:
+            _read_stat_index(f, index)
+            index.views = read_group(f)
+        return index
+    except (OSError, KeyError, ValueError) as exc:
+        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
+
+
+def _read_stat_index(f, index: CacheIndex) -> None:
+    index.stats = _stat_columns(f["stat"], len(index.paths))
+    fs = _stat_columns(f["failed"], len(index.failed))
+    fh = decode_strings(f["failed/sha256"])
+    failures = Failures()
+    for (p, reason), st, h in zip(index.failed.items(), fs.tolist(), fh, strict=True):
+        failures.add(p, reason, tuple(st) if st[0] >= 0 else None, h)
+    index.failures = failures
+    index.stat_time_ns = int(index.attrs.get("stat_time_ns", 0))
+    index.part_names = decode_strings(f["parts/names"])
+    index.part_rows = f["parts/rows"][()].tolist()
+    index.source_part = f["source/part"][()]
+    index.source_row = f["source/row"][()]
+
+
+def _stat_columns(group, n: int) -> np.ndarray:
+    """The stat index of a group as an (n, 4) array; a column older caches lack (ctime_ns) is
+    -1, which matches no real stat: each such file is re-hashed once, then recorded whole."""
+    cols = [group[name][()] if name in group else np.full(n, -1) for name in STAT_FIELDS]
+    return np.stack(cols, axis=1).astype(np.int64).reshape(-1, len(STAT_FIELDS))
+
+
+def orphan_parts(path: Path, index: CacheIndex | None, space: FeatureSpace) -> dict[str, tuple[str, int]]:
+    """Vectors of parts no index references (a run that stopped before its commit): hash ->
+    (part, row). Parts of another feature space and damaged ones are deleted. Call under the lock."""
+    used = set(index.part_names) if index is not None else set()
+    found: dict[str, tuple[str, int]] = {}
+    for name, hashes in unreferenced_parts(parts_dir(path), used, space):
+        for row, h in enumerate(hashes):
+            found.setdefault(h, (name, row))
+    return found
+
+
+# --------------------------------------------------------------------------- committing
+
+
+def commit_id(path: Path) -> str | None:
+    """The id of the commit at ``path``: None when there is no index, "" for one without an id
+    (an older tlx) or one that cannot be read (a run rebuilds it and checks the same way)."""
+    if not path.exists():
+        return None
+    try:
+        return str(read_attrs(path).get("commit_id", ""))
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
+UNCHECKED = "-"  # a base no commit has: the caller does not ask for the check
+
+
+class CommitConflict(CacheError):
+    """Another process committed the index this run was building on."""
+
+    exit_code = 1
+
+
+def check_base(path: Path, base: str | None) -> None:
+    if commit_id(path) != base:
+        raise CommitConflict(
+            f"another process committed {path} while this run was updating it (its lock file was removed "
+            "or not honoured); this run wrote nothing to the index: re-run the command"
+        )
+
+
+def write_index(
+    path: Path,
+    rows: list[Row],
+    classes: list[str],
+    failed: Failures,
+    space: FeatureSpace,
+    attrs: dict,
+    part_sizes: dict[str, int],
+    views: ViewTable | None = None,
+    base: str | None = UNCHECKED,
+) -> None:
+    """Write the index for ``rows`` to a temporary file and atomically put it at ``path``;
+    ``views``: the rows' augmented views, or None. ``base``: the :func:`commit_id` this commit
+    builds on, checked right before the rename."""
+    check = None if base == UNCHECKED else lambda: check_base(path, base)
+    with h5_atomic(path, check) as f:
+        _write_rows(f, path, rows, classes, space, part_sizes)
+        _write_failures(f.create_group("failed"), failed)
+        for key, value in attrs.items():
+            f.attrs[key] = str(value) if isinstance(value, str) else value  # str subclasses confuse h5py
+        f.attrs["tlx_format"] = FORMAT_VERSION
+        f.attrs["feature_space"] = json.dumps(space.to_dict())
+        f.attrs["n_images"] = len(rows)
+        f.attrs["feature_dim"] = space.feature_dim
+        f.attrs["commit_id"] = secrets.token_hex(8)
+        if views is not None:
+            write_group(f, path, views, space)
+            f.attrs["views"] = views.count
+            f.attrs["view_recipe"] = json.dumps(views.recipe, sort_keys=True)
+
+
+def _write_rows(f, path: Path, rows: list[Row], classes: list[str], space: FeatureSpace, sizes: dict[str, int]):
+    """The rows' metadata, their stat index, where their vectors live, and ``features``."""
+    parts, part_rows = [r.part for r in rows], [r.part_row for r in rows]
+    virtual_rows(f, "features", parts_dir(path).name, parts, part_rows, sizes, space.feature_dim, space.store_dtype)
+    write_strings(f, "paths", [r.path for r in rows])
+    write_strings(f, "split", [r.split for r in rows])
+    write_array(f, "content_sha256", np.array([r.sha256 for r in rows], dtype="S64"), HASH)
+    write_array(f, "labels", np.array([r.label for r in rows], dtype=np.int64))
+    write_strings(f, "classes", classes)
+    stats = np.array([r.stat for r in rows], dtype=np.int64).reshape(-1, len(STAT_FIELDS))
+    for k, name in enumerate(STAT_FIELDS):
+        write_array(f, f"stat/{name}", stats[:, k])
+    used = sorted(set(parts))
+    number = {name: k for k, name in enumerate(used)}
+    write_part_table(f, used, sizes, [number[p] for p in parts], part_rows)
+
+
+def _write_failures(g, failed: Failures) -> None:
+    write_strings(g, "paths", list(failed.reasons))
+    write_strings(g, "reasons", list(failed.reasons.values()))
+    none = (-1,) * len(STAT_FIELDS)
+    fstats = np.array([failed.stats.get(p, none) for p in failed.reasons], dtype=np.int64).reshape(-1, len(none))
+    for k, name in enumerate(STAT_FIELDS):
+        write_array(g, name, fstats[:, k])
+    write_array(g, "sha256", np.array([failed.hashes.get(p, "") for p in failed.reasons], dtype="S64"), HASH)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete half-written indexes left by killed runs; call only while holding the cache lock."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
