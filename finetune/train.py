@@ -27,8 +27,8 @@ from .config import (
     InitHead,
     check_values,
     config_difference,
+    explicit_options,
     find_cache_of,
-    normalize_option,
     resolve_config,
     selection_record,
 )
@@ -85,39 +85,29 @@ class Setup:
 def finetune(
     data=None,
     *,
-    backbone: str | None = None,
-    weights=None,
-    pool: str | None = None,
-    unfreeze: str | int | None = None,
-    epochs: int | None = None,
-    lr: float | None = None,
-    head_lr: float | None = None,
-    optimizer: str | None = None,
-    weight_decay: float | None = None,
-    batch_size: int | None = None,
-    init_head=None,
-    augment: bool | None = None,
-    train_bn: bool | None = None,
-    early_stop: int | None = None,
-    val_fraction: float | None = None,
-    seed: int | None = None,
-    warmup_epochs: float | None = None,
-    select_on: str | None = None,
+    config: FinetuneConfig | None = None,
     workers: int | None = None,
     device: str | None = "auto",
     out=None,
     resume: bool = False,
     reporter: Reporter | None = None,
     on_step: StepCallback | None = None,
+    **options,
 ) -> FinetuneResult:
     """Fine-tune the top of a backbone with a linear head; see ``tlx finetune --help``.
 
-    Options left at ``None`` resolve to: the checkpoint's value (``resume``), the
-    ``init_head`` run's (backbone, pooling, split), then the defaults of :class:`FinetuneConfig`.
-    ``on_step(epoch, step)`` is called after each training step."""
+    ``options`` are the fields of :class:`FinetuneConfig` (``epochs=3, lr=1e-4, ...``), or
+    ``config`` gives them all at once (``options`` then override it). Options left at ``None``
+    resolve to: the checkpoint's value (``resume``), the ``init_head`` run's (backbone, pooling,
+    split), then the defaults of :class:`FinetuneConfig`. ``on_step(epoch, step)`` is called
+    after each training step."""
     from ..common.device import check_device
     from ..extractor.engine import default_workers, resolve_device
 
+    given = {**(config.to_dict() if config is not None else {}), **options}
+    if data is not None or "data" not in given:
+        given["data"] = data
+    explicit = explicit_options(given)  # before any work: an unknown option is a TypeError
     started = time.perf_counter()
     check_device(device)
     where = resolve_device(device)
@@ -125,41 +115,10 @@ def finetune(
     if procs.enabled and where.type == "cuda":
         where = torch.device("cuda", procs.local_rank)
     reporter = reporter if (reporter is not None and procs.is_main) else Reporter()
-    options = {
-        "data": data,
-        "backbone": backbone,
-        "weights": weights,
-        "pool": pool,
-        "unfreeze": unfreeze,
-        "epochs": epochs,
-        "lr": lr,
-        "head_lr": head_lr,
-        "optimizer": optimizer,
-        "weight_decay": weight_decay,
-        "batch_size": batch_size,
-        "init_head": init_head,
-        "augment": augment,
-        "train_bn": train_bn,
-        "early_stop": early_stop,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "warmup_epochs": warmup_epochs,
-        "select_on": select_on,
-    }
-    explicit = {k: normalize_option(k, v) for k, v in options.items() if v is not None}
+    workers = default_workers() if workers is None else workers
     finished = False
     try:
-        result = _run(
-            procs,
-            where,
-            reporter,
-            started,
-            resume,
-            out,
-            default_workers() if workers is None else workers,
-            explicit,
-            on_step,
-        )
+        result = _run(procs, where, reporter, started, resume, out, workers, explicit, on_step)
         finished = True
         return result
     finally:
