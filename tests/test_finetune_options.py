@@ -35,7 +35,7 @@ def test_every_config_field_is_a_cli_option_with_the_configs_help_and_default():
 def test_an_option_that_is_no_config_field_is_refused_before_any_work(tmp_path):
     from tlx.finetune.train import finetune
 
-    with pytest.raises(TypeError, match="unknown option.*epoch\\b.*epochs"):
+    with pytest.raises(TypeError, match=r"unknown option.*epoch\b.*epochs"):
         finetune(tmp_path / "missing", epoch=3, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
