@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..finetune.config import OPTIONS, option_help
 from .common import Device, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
 
 
@@ -38,6 +39,7 @@ def _unfreeze(value: str | None) -> str | None:
 
 @handle_errors
 def finetune_command(
+    ctx: typer.Context,
     data: Annotated[
         Path | None,
         typer.Argument(
@@ -47,72 +49,58 @@ def finetune_command(
     ] = None,
     backbone: Annotated[
         str | None,
-        typer.Option(
-            help="Backbone name [default: --init-head's, else efficientnet_lite0]; see `tlx info --backbones`."
-        ),
+        typer.Option(help=option_help("backbone")),
     ] = None,
     weights: Annotated[
         Path | None,
         typer.Option(
-            help="Local weights file (.pth or .safetensors) to start from instead of the backbone's pretrained ones.",
+            help=option_help("weights"),
             exists=True,
             dir_okay=False,
         ),
     ] = None,
-    pool: Annotated[
-        Pool | None, typer.Option(help="Global pooling before the head [default: --init-head's, else avg].")
-    ] = None,
+    pool: Annotated[Pool | None, typer.Option(help=option_help("pool"))] = None,
     unfreeze: Annotated[
         str | None,
         typer.Option(
             callback=_unfreeze,
             metavar="N|all",
-            help="Train the last N stages of the backbone (0 = head only, all = the whole network) [default: 1].",
+            help=option_help("unfreeze"),
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs [default: 10].")] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Peak learning rate of the unfrozen body [default: 1e-4 adamw, 1e-3 sgd].")
-    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help=option_help("epochs"))] = None,
+    lr: Annotated[float | None, typer.Option(help=option_help("lr"))] = None,
     head_lr: Annotated[
         float | None,
-        typer.Option(help="Peak learning rate of the head [default: --lr with --init-head, else 10x --lr]."),
+        typer.Option(help=option_help("head_lr")),
     ] = None,
-    optimizer: Annotated[
-        Optim | None, typer.Option(help="AdamW, or SGD with Nesterov momentum 0.9 [default: adamw].")
-    ] = None,
+    optimizer: Annotated[Optim | None, typer.Option(help=option_help("optimizer"))] = None,
     weight_decay: Annotated[
         float | None,
-        typer.Option(min=0.0, help="Weight decay of weight matrices and kernels [default: 0.01 adamw, 1e-4 sgd]."),
+        typer.Option(min=0.0, help=option_help("weight_decay")),
     ] = None,
     warmup_epochs: Annotated[
         float | None,
-        typer.Option(
-            min=0.0, help="Linear warm-up before the cosine decay, in epochs (at most a fifth of the run) [default: 1]."
-        ),
+        typer.Option(min=0.0, help=option_help("warmup_epochs")),
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Images per step, in total over all processes [default: 32].")
-    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=option_help("batch_size"))] = None,
     init_head: Annotated[
         Path | None,
         typer.Option(
-            help="Start from the linear head of this `tlx fit-head` run (LP-FT); backbone and pooling come from it.",
+            help=option_help("init_head"),
             exists=True,
             file_okay=False,
         ),
     ] = None,
     augment: Annotated[
         bool | None,
-        typer.Option(
-            "--augment/--no-augment", help="Random resized crop + horizontal flip while training [default: on]."
-        ),
+        typer.Option("--augment/--no-augment", help=option_help("augment")),
     ] = None,
     train_bn: Annotated[
         bool | None,
         typer.Option(
             "--train-bn/--freeze-bn",
-            help="Update BatchNorm statistics and parameters of the unfrozen stages [default: --freeze-bn].",
+            help=option_help("train_bn"),
         ),
     ] = None,
     early_stop: Annotated[
@@ -120,30 +108,22 @@ def finetune_command(
         typer.Option(
             min=0,
             metavar="PATIENCE",
-            help="Stop after this many epochs without a better validation accuracy (0 = never; needs "
-            "--select-on val, since it chooses on the val labels) [default: 0].",
+            help=option_help("early_stop"),
         ),
     ] = None,
     select_on: Annotated[
         EpochSelect | None,
         typer.Option(
-            help="Which epoch is kept and reported: last (chosen without the val labels, so its val score is honest) "
-            "or val (the best val accuracy, --init-head's fitted head included as epoch 0: optimistic) "
-            "[default: last].",
+            help=option_help("select_on"),
         ),
     ] = None,
     val_fraction: Annotated[
         float | None,
-        typer.Option(
-            help="Validation share when the data has no split of its own [default: 0.2]; "
-            "with --init-head, fine-tuning validates on exactly the head's validation images."
-        ),
+        typer.Option(help=option_help("val_fraction")),
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option(
-            help="Seed of the split, the head and the data order [default: --init-head's split seed, else 0]."
-        ),
+        typer.Option(help=option_help("seed")),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")
@@ -175,32 +155,9 @@ def finetune_command(
     from ..finetune.train import finetune
 
     reporter = RichReporter(quiet=quiet)
-    result = finetune(
-        data,
-        backbone=backbone,
-        weights=weights,
-        pool=pool.value if pool else None,
-        unfreeze=unfreeze,
-        epochs=epochs,
-        lr=lr,
-        head_lr=head_lr,
-        optimizer=optimizer.value if optimizer else None,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        init_head=init_head,
-        augment=augment,
-        train_bn=train_bn,
-        early_stop=early_stop,
-        val_fraction=val_fraction,
-        seed=seed,
-        warmup_epochs=warmup_epochs,
-        select_on=select_on.value if select_on else None,
-        workers=workers,
-        device=device.value,
-        out=out,
-        resume=resume,
-        reporter=reporter,
-    )
+    # The options of FinetuneConfig pass through by name: `finetune` normalizes and checks them.
+    options = {name: value for name, value in ctx.params.items() if name in OPTIONS and name != "data"}
+    result = finetune(data, workers=workers, device=device.value, out=out, resume=resume, reporter=reporter, **options)
     import os
 
     if int(os.environ.get("RANK", 0)) != 0:

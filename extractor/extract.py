@@ -175,20 +175,6 @@ def extract(
     reporter = reporter or Reporter()
     check_device(device)  # --device cuda without a GPU fails here, before any work
     check_engine(engine, device, precision)
-    if pooling not in ("avg", "max", "avgmax"):
-        raise TlxError(f"--pool must be avg, max or avgmax, not {pooling!r}")
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise TlxError(f"--precision must be fp32, fp16 or bf16, not {precision!r}")
-    if store_dtype not in ("float32", "float16"):
-        raise TlxError(f"--store-dtype must be float32 or float16, not {store_dtype!r}")
-    if batch_size < 1:
-        raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
-    if stages < 0:
-        raise TlxError(f"--stages must be 0 (the final features alone) or more, not {stages}")
-    if views is not None or view_recipe is not None:
-        from .augment import check_count, parse_recipe
-
-        check_count(views or 0, parse_recipe(view_recipe))
     opts = Options(
         backbone,
         weights,
@@ -198,27 +184,60 @@ def extract(
         device,
         precision,
         store_dtype,
-        flush_rows if flush_rows is not None else int(os.environ.get("TLX_FLUSH_ROWS", "4096")),
-        flush_seconds if flush_seconds is not None else float(os.environ.get("TLX_FLUSH_SECONDS", "5")),
+        *_flush_limits(flush_rows, flush_seconds),
         stages,
         engine,
         views,
         view_recipe,
     )
+    _check_options(opts)
     ranks = distributed.setup(device)
     try:
         if not ranks.is_main:
             return _follow(ranks, opts, reporter)
-        try:
-            result = _lead(ranks, data, opts, cache_dir, strict, rehash, reporter, started)
-        except BaseException as exc:
-            # every rank waits for a word from rank 0: tell them to stop, then fail here
-            _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}", getattr(exc, "exit_code", 1)))
-            raise
-        _tell_followers(ranks, ("done", result.to_dict()))
-        return result
+        return _lead_and_tell(ranks, data, opts, cache_dir, strict, rehash, reporter, started)
     finally:
         distributed.teardown(ranks)
+
+
+def _lead_and_tell(
+    ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, reporter, started
+) -> ExtractResult:
+    """Rank 0's run, and then the word every other rank waits for: done, or stop."""
+    try:
+        result = _lead(ranks, data, opts, cache_dir, strict, rehash, reporter, started)
+    except BaseException as exc:
+        # every rank waits for a word from rank 0: tell them to stop, then fail here
+        _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}", getattr(exc, "exit_code", 1)))
+        raise
+    _tell_followers(ranks, ("done", result.to_dict()))
+    return result
+
+
+def _flush_limits(rows: int | None, seconds: float | None) -> tuple[int, float]:
+    """How many rows, or seconds, a part may wait before it is written (``TLX_FLUSH_*`` when not given)."""
+    return (
+        rows if rows is not None else int(os.environ.get("TLX_FLUSH_ROWS", "4096")),
+        seconds if seconds is not None else float(os.environ.get("TLX_FLUSH_SECONDS", "5")),
+    )
+
+
+def _check_options(opts: Options) -> None:
+    """Refuse a bad value before any work, naming its option."""
+    if opts.pooling not in ("avg", "max", "avgmax"):
+        raise TlxError(f"--pool must be avg, max or avgmax, not {opts.pooling!r}")
+    if opts.precision not in ("fp32", "fp16", "bf16"):
+        raise TlxError(f"--precision must be fp32, fp16 or bf16, not {opts.precision!r}")
+    if opts.store_dtype not in ("float32", "float16"):
+        raise TlxError(f"--store-dtype must be float32 or float16, not {opts.store_dtype!r}")
+    if opts.batch_size < 1:
+        raise TlxError(f"--batch-size must be at least 1, not {opts.batch_size}")
+    if opts.stages < 0:
+        raise TlxError(f"--stages must be 0 (the final features alone) or more, not {opts.stages}")
+    if opts.views is not None or opts.view_recipe is not None:
+        from .augment import check_count, parse_recipe
+
+        check_count(opts.views or 0, parse_recipe(opts.view_recipe))
 
 
 def _tell_followers(ranks: distributed.Ranks, message: tuple) -> None:
@@ -258,14 +277,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
     ref = get_backbone(opts.backbone)
     cache_dir = Path(cache_dir) if cache_dir is not None else store.default_cache_dir()
     request = _request(opts)
-    found = _find_by_request(index, request, cache_dir)
-    net = None
-    if found is not None:  # the same request made this cache: its feature space is known unbuilt
-        path, space = found
-    else:
-        net = ref.build(weights=opts.weights)
-        space = _space_of(net, opts)
-        path = cache_dir / store.cache_file_name(index.name, str(index.root), space)
+    path, space, net = _cache_for(index, opts, request, cache_dir)
     with storage_errors(cache_dir):
         cache_dir.mkdir(parents=True, exist_ok=True)
     with store.CacheLock(path, on_wait=reporter.message) as lock:
@@ -288,9 +300,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
             net = ref.build(weights=opts.weights)
             _check_space(net, opts, space)
         files = [str(index.abspath(index.items[k])) for k in reading]
-        known_failed = {h: work.failed.reasons[p] for p, h in work.failed.hashes.items()}
-        if prev is not None and prev.failures is not None:
-            known_failed.update({h: prev.failures.reasons[p] for p, h in prev.failures.hashes.items()})
+        known_failed = _known_failures(work, prev)
         plan = Plan(space.to_dict(), str(path), _run_id(), files, sorted(src.known_hashes()), known_failed)
         if count:
             plan.views = {"count": count, "recipe": recipe, "have": have}
@@ -318,6 +328,26 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
     if warning:
         reporter.message(warning)
     return result
+
+
+def _cache_for(index, opts: Options, request: dict, cache_dir: Path):
+    """``(path, space, net)`` of the cache this run updates; ``net`` is None when the same request
+    made a cache before (its feature space is then known without building the network)."""
+    found = _find_by_request(index, request, cache_dir)
+    if found is not None:
+        path, space = found
+        return path, space, None
+    net = get_backbone(opts.backbone).build(weights=opts.weights)
+    space = _space_of(net, opts)
+    return cache_dir / store.cache_file_name(index.name, str(index.root), space), space, net
+
+
+def _known_failures(work, prev) -> dict:
+    """{content hash: reason} of the images known to be unreadable, this run's and the cache's."""
+    known_failed = {h: work.failed.reasons[p] for p, h in work.failed.hashes.items()}
+    if prev is not None and prev.failures is not None:
+        known_failed.update({h: prev.failures.reasons[p] for p, h in prev.failures.hashes.items()})
+    return known_failed
 
 
 def _commit(commit: tuple, lock: store.CacheLock, same: bool, opened: int) -> bool:

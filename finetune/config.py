@@ -6,7 +6,8 @@ run's backbone, pooling and split, then the defaults of :class:`FinetuneConfig`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import Field, asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,35 +25,94 @@ DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 1e-4}
 
 
+def _option(default, help: str, shown: str | None = None, kind: str = ""):
+    """A field of :class:`FinetuneConfig` with its meaning: ``help`` is the option's help text
+    (``tlx finetune --help`` shows it), ``shown`` the default as people read it when it depends
+    on other options, ``kind`` how a given value is normalized ("path", "lowercase")."""
+    return field(default=default, metadata={"help": help, "shown": shown, "kind": kind})
+
+
 @dataclass
 class FinetuneConfig:
-    """Everything that decides what a run computes; a resumed run must have the same."""
+    """Everything that decides what a run computes; a resumed run must have the same.
 
-    data: str
-    backbone: str
-    weights: str = ""
-    pool: str = "avg"
-    unfreeze: str = "1"  # a number of stages, or "all"
-    epochs: int = 10
-    lr: float = 1e-4  # body
-    head_lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    batch_size: int = 32  # in total, over all processes
-    init_head: str = ""
-    augment: bool = True
-    train_bn: bool = False
-    early_stop: int = 0  # patience in epochs, 0 = off (needs select_on "val": it stops on the val labels)
-    val_fraction: float = 0.2
-    seed: int = 0
-    warmup_epochs: float = 1.0
-    # Which epoch's weights are kept and reported: "last" (chosen without the val labels, so the
-    # val score is an honest estimate) or "val" (the best val accuracy, the fitted head of an LP-FT
-    # run included as epoch 0: its val score is optimistic).
-    select_on: str = "last"
+    The one declaration of the fine-tuning options: their names, defaults and meaning. The
+    Python API (``finetune(data, epochs=...)``) takes exactly these names, and ``tlx finetune``
+    takes its help texts and defaults from here."""
+
+    data: str = field(metadata={"kind": "path"})
+    backbone: str = _option("", "Backbone name; see `tlx info --backbones`.", "--init-head's, else efficientnet_lite0")
+    weights: str = _option(
+        "",
+        "Local weights file (.pth or .safetensors) to start from.",
+        "the backbone's pretrained ones",
+        kind="path",
+    )
+    pool: str = _option("avg", "Global pooling before the head.", "--init-head's, else avg")
+    unfreeze: str = _option(  # a number of stages, or "all"
+        "1", "Train the last N stages of the backbone (0 = head only, all = the whole network).", kind="lowercase"
+    )
+    epochs: int = _option(10, "Epochs.")
+    lr: float = _option(DEFAULT_LR["adamw"], "Peak learning rate of the unfrozen body.", "1e-4 adamw, 1e-3 sgd")
+    head_lr: float = _option(1e-3, "Peak learning rate of the head.", "--lr with --init-head, else 10x --lr")
+    optimizer: str = _option("adamw", "AdamW, or SGD with Nesterov momentum 0.9.")
+    weight_decay: float = _option(
+        DEFAULT_WEIGHT_DECAY["adamw"], "Weight decay of weight matrices and kernels.", "0.01 adamw, 1e-4 sgd"
+    )
+    batch_size: int = _option(32, "Images per step, in total over all processes.")
+    init_head: str = _option(
+        "",
+        "Start from the linear head of this `tlx fit-head` run (LP-FT); backbone and pooling come from it.",
+        "none",
+        kind="path",
+    )
+    augment: bool = _option(True, "Random resized crop + horizontal flip while training.", "on")
+    train_bn: bool = _option(False, "Update BatchNorm statistics and parameters of the unfrozen stages.", "--freeze-bn")
+    early_stop: int = _option(
+        0,
+        "Stop after this many epochs without a better validation accuracy (0 = never; needs "
+        "--select-on val, since it chooses on the val labels).",
+    )
+    val_fraction: float = _option(
+        0.2,
+        "Validation share when the data has no split of its own; "
+        "with --init-head, fine-tuning validates on exactly the head's validation images.",
+    )
+    seed: int = _option(0, "Seed of the split, the head and the data order.", "--init-head's split seed, else 0")
+    warmup_epochs: float = _option(
+        1.0, "Linear warm-up before the cosine decay, in epochs (at most a fifth of the run).", "1"
+    )
+    select_on: str = _option(
+        "last",
+        # "last" is chosen without the val labels, so the val score is an honest estimate; "val"
+        # keeps the best val accuracy, the fitted head of an LP-FT run included as epoch 0.
+        "Which epoch is kept and reported: last (chosen without the val labels, so its val score is honest) "
+        "or val (the best val accuracy, --init-head's fitted head included as epoch 0: optimistic).",
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+OPTIONS: dict[str, Field] = {f.name: f for f in fields(FinetuneConfig)}
+
+
+def option_help(name: str) -> str:
+    """The help text of option ``name`` with its default, as ``tlx finetune --help`` shows it."""
+    meta = OPTIONS[name].metadata
+    return f"{meta['help'].rstrip('.')} [default: {meta['shown'] or OPTIONS[name].default}]."
+
+
+def explicit_options(given: dict) -> dict:
+    """The options given (``None`` = not given), normalized; a name that is not a field of
+    :class:`FinetuneConfig` is refused as Python refuses an unknown keyword."""
+    unknown = sorted(set(given) - set(OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"finetune() got unknown option(s) {', '.join(unknown)}: the options are the fields of "
+            f"FinetuneConfig ({', '.join(OPTIONS)})"
+        )
+    return {k: normalize_option(k, v) for k, v in given.items() if v is not None}
 
 
 @dataclass
@@ -76,19 +136,18 @@ class InitHead:
 
 
 def normalize_option(key: str, value):
+    """``value`` in the type its :class:`FinetuneConfig` field declares (a path resolved)."""
     if value is None:
         return None
-    if key in ("data", "weights", "init_head"):
+    if isinstance(value, Enum):  # a choice of the CLI
+        value = value.value
+    spec = OPTIONS[key]
+    kind = spec.metadata.get("kind")
+    if kind == "path":
         return str(Path(value).expanduser().resolve()) if str(value) else ""
-    if key == "unfreeze":
+    if kind == "lowercase":
         return str(value).strip().lower()
-    if key in ("lr", "head_lr", "weight_decay", "val_fraction", "warmup_epochs"):
-        return float(value)
-    if key in ("epochs", "batch_size", "early_stop", "seed"):
-        return int(value)
-    if key in ("augment", "train_bn"):
-        return bool(value)
-    return str(value)
+    return {"float": float, "int": int, "bool": bool}.get(str(spec.type), str)(value)
 
 
 def config_difference(saved: dict, explicit: dict) -> list[str]:

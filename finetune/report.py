@@ -71,15 +71,30 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
     """Everything a finished run leaves: metrics.json, the best weights, finetune.json and the plots.
     ``run`` is the run's :class:`tlx.finetune.train.Setup`, ``state`` its loop state; ``order``
     and ``proba`` the val rows (indices into ``run.split``'s val side) and their probabilities."""
-    from ..cache.store import now_iso
-    from ..common.mistakes import most_confused, plot_top_losses
+    from ..common.mistakes import plot_top_losses
     from ..common.runfolder import compute_metrics, plot_confusion, write_metrics
 
-    cfg, split, space, history = run.cfg, run.split, run.space, state.history
+    split = run.split
     y_true = split.val_labels[order]
     scores = compute_metrics(y_true, proba, split.classes)
-    best_epoch = state.best_epoch + 1
-    metrics = {
+    metrics = run_metrics(run, state, scores, len(y_true), version)
+    save_model(state.best_weights, run_dir)
+    write_finetune_config(run_dir, network_record(run, state.best_epoch + 1, version))
+    plot_confusion(np.asarray(scores["confusion_matrix"]), split.classes, run_dir / "confusion.png")
+    plot_learning_curve(state.history, run_dir / "learning_curve.png", state.best_epoch + 1, state.init_eval)
+    val_paths = [split.val_paths[i] for i in order]
+    plot_top_losses(val_paths, y_true, proba, split.classes, run_dir / "top_losses.png")
+    write_metrics(run_dir, metrics)
+    return metrics
+
+
+def run_metrics(run, state, scores: dict, n_val_scored: int, version: str) -> dict:
+    """``metrics.json`` of a finished run: the val scores of the kept epoch, the history, the split."""
+    from ..cache.store import now_iso
+    from ..common.mistakes import most_confused
+
+    cfg, split, history = run.cfg, run.split, state.history
+    return {
         "kind": "finetune",
         "clf": "finetune",
         "params": cfg.to_dict(),
@@ -91,16 +106,16 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
         "most_confused": most_confused(scores["confusion_matrix"], split.classes),
         "log_loss": scores["log_loss"],
         "fit_seconds": round(float(sum(h["seconds"] for h in history)), 3),
-        "feature_space": space.to_dict(),
+        "feature_space": run.space.to_dict(),
         "cache": str(run.cache_path) if run.cache_path else "",
         "classes": list(split.classes),
         "split": split.info,
         "n_train": len(split.train_paths),
         "n_val": len(split.val_paths),
-        "n_val_scored": len(y_true),
+        "n_val_scored": n_val_scored,
         "created": now_iso(),
         "tlx_version": version,
-        "best_epoch": best_epoch,
+        "best_epoch": state.best_epoch + 1,
         "epochs_done": len(history),
         "early_stopped": bool(state.stopped),
         "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3),
@@ -110,31 +125,26 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
         "init_head_val_accuracy": (state.init_eval or {}).get("val_accuracy"),
         "selection": selection_record(cfg),
     }
-    save_model(state.best_weights, run_dir)
-    write_finetune_config(
-        run_dir,
-        {
-            "kind": "finetune",
-            "backbone": cfg.backbone,
-            "architecture": run.backbone.cfg.architecture,
-            "weights": cfg.weights,
-            "weights_id": space.weights_id,
-            "weights_sha256": space.weights_sha256,
-            "pooling": cfg.pool,
-            "feature_dim": space.feature_dim,
-            "classes": list(split.classes),
-            "preprocessing": space.preprocessing.to_dict(),
-            "unfreeze": cfg.unfreeze,
-            "n_stages": len(run.backbone.stages),
-            "init_head": cfg.init_head,
-            "best_epoch": best_epoch,
-            "selection": selection_record(cfg),
-            "tlx_version": version,
-        },
-    )
-    plot_confusion(np.asarray(scores["confusion_matrix"]), split.classes, run_dir / "confusion.png")
-    plot_learning_curve(history, run_dir / "learning_curve.png", best_epoch, state.init_eval)
-    val_paths = [split.val_paths[i] for i in order]
-    plot_top_losses(val_paths, y_true, proba, split.classes, run_dir / "top_losses.png")
-    write_metrics(run_dir, metrics)
-    return metrics
+
+
+def network_record(run, best_epoch: int, version: str) -> dict:
+    """``finetune.json``: what is needed to rebuild the fine-tuned network (``tlx.finetune.model``)."""
+    cfg, space = run.cfg, run.space
+    return {
+        "kind": "finetune",
+        "backbone": cfg.backbone,
+        "architecture": run.backbone.cfg.architecture,
+        "weights": cfg.weights,
+        "weights_id": space.weights_id,
+        "weights_sha256": space.weights_sha256,
+        "pooling": cfg.pool,
+        "feature_dim": space.feature_dim,
+        "classes": list(run.split.classes),
+        "preprocessing": space.preprocessing.to_dict(),
+        "unfreeze": cfg.unfreeze,
+        "n_stages": len(run.backbone.stages),
+        "init_head": cfg.init_head,
+        "best_epoch": best_epoch,
+        "selection": selection_record(cfg),
+        "tlx_version": version,
+    }

@@ -27,8 +27,8 @@ from .config import (
     InitHead,
     check_values,
     config_difference,
+    explicit_options,
     find_cache_of,
-    normalize_option,
     resolve_config,
     selection_record,
 )
@@ -85,39 +85,29 @@ class Setup:
 def finetune(
     data=None,
     *,
-    backbone: str | None = None,
-    weights=None,
-    pool: str | None = None,
-    unfreeze: str | int | None = None,
-    epochs: int | None = None,
-    lr: float | None = None,
-    head_lr: float | None = None,
-    optimizer: str | None = None,
-    weight_decay: float | None = None,
-    batch_size: int | None = None,
-    init_head=None,
-    augment: bool | None = None,
-    train_bn: bool | None = None,
-    early_stop: int | None = None,
-    val_fraction: float | None = None,
-    seed: int | None = None,
-    warmup_epochs: float | None = None,
-    select_on: str | None = None,
+    config: FinetuneConfig | None = None,
     workers: int | None = None,
     device: str | None = "auto",
     out=None,
     resume: bool = False,
     reporter: Reporter | None = None,
     on_step: StepCallback | None = None,
+    **options,
 ) -> FinetuneResult:
     """Fine-tune the top of a backbone with a linear head; see ``tlx finetune --help``.
 
-    Options left at ``None`` resolve to: the checkpoint's value (``resume``), the
-    ``init_head`` run's (backbone, pooling, split), then the defaults of :class:`FinetuneConfig`.
-    ``on_step(epoch, step)`` is called after each training step."""
+    ``options`` are the fields of :class:`FinetuneConfig` (``epochs=3, lr=1e-4, ...``), or
+    ``config`` gives them all at once (``options`` then override it). Options left at ``None``
+    resolve to: the checkpoint's value (``resume``), the ``init_head`` run's (backbone, pooling,
+    split), then the defaults of :class:`FinetuneConfig`. ``on_step(epoch, step)`` is called
+    after each training step."""
     from ..common.device import check_device
     from ..extractor.engine import default_workers, resolve_device
 
+    given = {**(config.to_dict() if config is not None else {}), **options}
+    if data is not None or "data" not in given:
+        given["data"] = data
+    explicit = explicit_options(given)  # before any work: an unknown option is a TypeError
     started = time.perf_counter()
     check_device(device)
     where = resolve_device(device)
@@ -125,41 +115,10 @@ def finetune(
     if procs.enabled and where.type == "cuda":
         where = torch.device("cuda", procs.local_rank)
     reporter = reporter if (reporter is not None and procs.is_main) else Reporter()
-    options = {
-        "data": data,
-        "backbone": backbone,
-        "weights": weights,
-        "pool": pool,
-        "unfreeze": unfreeze,
-        "epochs": epochs,
-        "lr": lr,
-        "head_lr": head_lr,
-        "optimizer": optimizer,
-        "weight_decay": weight_decay,
-        "batch_size": batch_size,
-        "init_head": init_head,
-        "augment": augment,
-        "train_bn": train_bn,
-        "early_stop": early_stop,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "warmup_epochs": warmup_epochs,
-        "select_on": select_on,
-    }
-    explicit = {k: normalize_option(k, v) for k, v in options.items() if v is not None}
+    workers = default_workers() if workers is None else workers
     finished = False
     try:
-        result = _run(
-            procs,
-            where,
-            reporter,
-            started,
-            resume,
-            out,
-            default_workers() if workers is None else workers,
-            explicit,
-            on_step,
-        )
+        result = _run(procs, where, reporter, started, resume, out, workers, explicit, on_step)
         finished = True
         return result
     finally:
@@ -294,39 +253,17 @@ def _build(
 ) -> Setup:
     """Split the data, then build the network, its optimizer and the loaders."""
     from ..cache.space import FeatureSpace
-    from ..extractor.extract import backbone_for_space
     from ..extractor.preprocess import Normalize
-    from ..extractor.registry import get_backbone
     from .data import eval_loader, train_loader
-    from .model import apply_freezing, build_net, fold_linear_head, parse_unfreeze
     from .optim import make_optimizer, make_scheduler
 
     index, split, cache_path = _split(cfg, init, saved, cache_path, out)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if init is not None:
-        backbone = backbone_for_space(init.run.space, cfg.weights or None)
-    else:
-        backbone = get_backbone(cfg.backbone).build(weights=cfg.weights or None)
-    n_unfreeze = parse_unfreeze(cfg.unfreeze, len(backbone.stages), cfg.backbone)
-    torch.manual_seed(cfg.seed)  # the head's init depends on the seed only
-    net = build_net(backbone, cfg.pool, len(split.classes))
-    trainable = apply_freezing(net, backbone.stages, n_unfreeze)
-    if init is not None:
-        fold_linear_head(net.head, init.weight, init.bias, init.shift, init.scale)
+    backbone, net, n_unfreeze, trainable = _network(cfg, init, len(split.classes))
     pre, cuda = backbone.cfg.preprocessing, device.type == "cuda"
-    net.to(device)
-    if cuda:
-        net.to(memory_format=torch.channels_last)
-    model: nn.Module = (
-        nn.parallel.DistributedDataParallel(net, device_ids=[procs.local_rank] if cuda else None)
-        if procs.enabled
-        else net
-    )
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
+    model, amp_dtype, scaler = _on_device(net, device, procs)
     per_process = cfg.batch_size // procs.world
     loader, sampler = train_loader(
         split.train_paths, pre, per_process, workers, cfg.augment, cfg.seed, procs.rank, procs.world, cuda
@@ -364,6 +301,44 @@ def _build(
         val_paths,
         split.val_labels[procs.rank :: procs.world],
     )
+
+
+def _network(cfg: FinetuneConfig, init: InitHead | None, n_classes: int):
+    """``(backbone, net, n_unfreeze, trainable)``: the backbone (the head run's with ``init``), the
+    network with its linear head (folded from ``init``), and which stages train."""
+    from ..extractor.extract import backbone_for_space
+    from ..extractor.registry import get_backbone
+    from .model import apply_freezing, build_net, fold_linear_head, parse_unfreeze
+
+    if init is not None:
+        backbone = backbone_for_space(init.run.space, cfg.weights or None)
+    else:
+        backbone = get_backbone(cfg.backbone).build(weights=cfg.weights or None)
+    n_unfreeze = parse_unfreeze(cfg.unfreeze, len(backbone.stages), cfg.backbone)
+    torch.manual_seed(cfg.seed)  # the head's init depends on the seed only
+    net = build_net(backbone, cfg.pool, n_classes)
+    trainable = apply_freezing(net, backbone.stages, n_unfreeze)
+    if init is not None:
+        fold_linear_head(net.head, init.weight, init.bias, init.shift, init.scale)
+    return backbone, net, n_unfreeze, trainable
+
+
+def _on_device(net: nn.Module, device: torch.device, procs: Dist):
+    """Move ``net`` to ``device``; ``(model, amp dtype, grad scaler)``: the model steps go through
+    (DDP-wrapped under torchrun), and on a GPU mixed precision (bf16 where supported, else fp16
+    with a scaler)."""
+    cuda = device.type == "cuda"
+    net.to(device)
+    if cuda:
+        net.to(memory_format=torch.channels_last)
+    model: nn.Module = (
+        nn.parallel.DistributedDataParallel(net, device_ids=[procs.local_rank] if cuda else None)
+        if procs.enabled
+        else net
+    )
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    return model, amp_dtype, scaler
 
 
 def _new_run_dir(procs: Dist, cfg: FinetuneConfig, out) -> Path:
@@ -407,21 +382,7 @@ def _run_epochs(
         if state.stopped:
             break
         started = time.perf_counter()
-        run.sampler.set_epoch(epoch)
-        run.train_loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + procs.rank)
-        reporter.start(len(run.sampler), f"epoch {epoch + 1}/{cfg.epochs} train")
-        try:
-            trained = train_one_epoch(training, run.train_loader, run.split.train_labels, epoch, reporter, on_step)
-        finally:
-            reporter.stop()
-        train_seconds = time.perf_counter() - started
-        reporter.start(len(run.val_paths), f"epoch {epoch + 1}/{cfg.epochs} val")
-        try:
-            local = evaluate(
-                training.net, run.val_loader, run.val_labels, training.normalize, training.precision, reporter
-            )
-        finally:
-            reporter.stop()
+        trained, local, train_seconds = _train_and_evaluate(run, epoch, reporter, on_step)
         train_loss, n_train = reduce_train(procs, trained, training.precision.device)
         scores = reduce_eval(procs, local, run.val_labels, len(run.split.classes), training.precision.device)
         skipped.update({run.split.train_paths[j]: reason for j, reason in trained["failures"]})
@@ -457,6 +418,27 @@ def _run_epochs(
         )
     barrier(procs)
     return skipped
+
+
+def _train_and_evaluate(run: Setup, epoch: int, reporter: Reporter, on_step: StepCallback | None):
+    """One epoch of training, then this process's share of the val images: ``(trained, evaluated,
+    training seconds)``, not yet reduced over the processes."""
+    cfg, training = run.cfg, run.training
+    started = time.perf_counter()
+    run.sampler.set_epoch(epoch)
+    run.train_loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + training.procs.rank)
+    reporter.start(len(run.sampler), f"epoch {epoch + 1}/{cfg.epochs} train")
+    try:
+        trained = train_one_epoch(training, run.train_loader, run.split.train_labels, epoch, reporter, on_step)
+    finally:
+        reporter.stop()
+    train_seconds = time.perf_counter() - started
+    reporter.start(len(run.val_paths), f"epoch {epoch + 1}/{cfg.epochs} val")
+    try:
+        local = evaluate(training.net, run.val_loader, run.val_labels, training.normalize, training.precision, reporter)
+    finally:
+        reporter.stop()
+    return trained, local, train_seconds
 
 
 def _checkpoint_extra(run: Setup) -> dict:

@@ -111,7 +111,8 @@ def build_module(run):
         return module.eval().requires_grad_(False), list(run.classes), pre
 
     from ..extractor.pooling import FeatureExtractor, stage_taps
-    from .predict import head_class_indices, rebuild_backbone
+    from .backbone import rebuild_backbone
+    from .head import head_class_indices
 
     W, b, shift, scale = linear_form(run)
     classes = [run.classes[i] for i in head_class_indices(run)]

@@ -51,7 +51,7 @@ def test_rows_interleaved_across_parts_read_back_in_order(cache):
 
 def test_predicts_cache_lookup_reads_one_version(cache):
     from tlx.cache.reader import open_snapshot
-    from tlx.inference.predict import read_rows
+    from tlx.inference.cached import read_rows
 
     with open_snapshot(cache) as snap:
         commit(cache, names_of_round(4), "r004")

@@ -48,16 +48,16 @@ def test_predict_gives_no_label_from_nan_probabilities(cli, tmp_path, monkeypatc
     data = make_folder_dataset(tmp_path / "data", per_class=4)
     assert cli("extract", data, "--backbone", "tiny_cnn", "--workers", "0", "--quiet").exit_code == 0
     assert cli("fit-head", "--clf", "linear", "--out", tmp_path / "run", "--quiet").exit_code == 0
-    import tlx.inference.predict as predict
+    import tlx.inference.head as head
 
-    real = predict.full_proba
+    real = head.full_proba
 
     def poisoned(run, X):  # the first image's probabilities are NaN (a head with NaN weights)
         p = real(run, X)
         p[0] = np.nan
         return p
 
-    monkeypatch.setattr(predict, "full_proba", poisoned)
+    monkeypatch.setattr(head, "full_proba", poisoned)
     out = tmp_path / "preds.csv"
     result = cli("predict", data / "ants", "--run", tmp_path / "run", "--out", out, "--json")
     assert result.exit_code == 0, result.stderr
@@ -66,7 +66,7 @@ def test_predict_gives_no_label_from_nan_probabilities(cli, tmp_path, monkeypatc
     assert "NaN/inf probabilities" in record["failed"][0]["reason"]
     rows = out.read_text().splitlines()
     assert len(rows) == 4 and "nan" not in out.read_text(), rows
-    monkeypatch.setattr(predict, "full_proba", lambda run, X: np.full((len(X), 2), np.nan))
+    monkeypatch.setattr(head, "full_proba", lambda run, X: np.full((len(X), 2), np.nan))
     line = _one_line(cli("predict", data / "ants", "--run", tmp_path / "run", "--out", tmp_path / "all.csv"))
     assert "NaN/inf probabilities" in line and "nothing was predicted" in line, line
     assert not (tmp_path / "all.csv").exists()

@@ -51,7 +51,8 @@ def _load(run_dir):
 
 
 def _predict(run_dir, inputs, **kw):
-    from tlx.inference.predict import collect_images, predict_paths
+    from tlx.inference.images import collect_images
+    from tlx.inference.predict import predict_paths
 
     return predict_paths(_load(run_dir), collect_images(inputs), workers=0, **kw)
 
@@ -119,7 +120,8 @@ def test_cache_reuse_is_by_content_and_equals_recomputing(split_run, tmp_path):
 
 
 def test_without_its_cache_the_run_computes_every_image_with_the_same_result(split_run, tmp_path):
-    from tlx.inference.predict import collect_images, predict_paths
+    from tlx.inference.images import collect_images
+    from tlx.inference.predict import predict_paths
 
     run = _load(split_run["run"])
     files = collect_images([split_run["data"] / "val" / "ants"])
@@ -255,7 +257,7 @@ def test_cli_bad_input_exits_2_with_one_line(cli, split_run, tmp_path, case):
 def test_read_rows_returns_the_rows_asked_for_in_order(tmp_path):
     import h5py
 
-    from tlx.inference.predict import read_rows
+    from tlx.inference.cached import read_rows
 
     X = np.random.default_rng(0).random((1000, 4)).astype(np.float32)
     with h5py.File(tmp_path / "c.h5", "w") as f:
@@ -268,7 +270,8 @@ def test_read_rows_returns_the_rows_asked_for_in_order(tmp_path):
 
 
 def test_predict_paths_expands_folders_as_the_cli_does(split_run):
-    from tlx.inference.predict import collect_images, predict_paths
+    from tlx.inference.images import collect_images
+    from tlx.inference.predict import predict_paths
 
     folder = split_run["data"] / "val" / "bees"
     preds = predict_paths(_load(split_run["run"]), [folder], workers=0)

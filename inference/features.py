@@ -1,0 +1,127 @@
+"""Feature vectors of the images to predict, in the run's (possibly fused) feature space: from
+the run's cache when it holds the content, else computed with the run's backbone (mirrored for
+the flip half of ``--tta``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .backbone import backbone_for
+from .cached import cached_features
+
+
+@dataclass
+class ComputeSettings:
+    """How features are computed: the loader's settings, whether to reuse the cache, and
+    whether the images are mirrored (the flip half of --tta)."""
+
+    batch_size: int
+    workers: int | None
+    device: str | None
+    reporter: Any  # a tlx.common.progress.Reporter
+    reuse_cache: bool
+    flip: bool = False
+    engine: str = "auto"  # --engine for the frozen forward pass
+    used: dict = field(default_factory=dict)  # the engine that ran and its equality check
+
+
+def head_features(run, paths, hashes, failed, how: ComputeSettings):
+    """``({input index: vector}, n_reused, n_computed)`` in the run's (possibly fused) space."""
+    blocks = fused_blocks(run)
+    if blocks is None:
+        feats, n_reused, n_computed, _ = block_features(run, paths, hashes, failed, how)
+        return feats, n_reused, n_computed
+    # a fused run: each block from its own cache or backbone, side by side, standardized
+    from ..heads.training.fusion import load_standardization
+
+    parts = [block_features(b, paths, hashes, failed, how) for b in blocks]
+    mean, scale = load_standardization(run.path)
+    ok_all = [i for i in parts[0][0] if all(i in p[0] for p in parts) and i not in failed]
+    feats = {i: (np.concatenate([p[0][i] for p in parts]) - mean) / scale for i in ok_all}
+    n_reused = sum(1 for i in ok_all if all(i in p[3] for p in parts))
+    return feats, n_reused, len(ok_all) - n_reused
+
+
+def fused_blocks(run) -> list | None:
+    """For a fused run, one run-like record per block (its space, cache and weights); else None."""
+    fused = run.info.get("fused")
+    if not fused:
+        return None
+    from ..cache.space import FeatureSpace
+
+    return [
+        replace(
+            run,
+            info={"cache": b["cache"], "weights_path": b.get("weights_path", "")},
+            space=FeatureSpace.from_dict(b["feature_space"]),
+        )
+        for b in fused["blocks"]
+    ]
+
+
+def block_features(run, paths, hashes, failed, how: ComputeSettings):
+    """``({input index: vector}, n_reused, n_computed, reused indices)`` of one feature space:
+    from the run's cache when it holds the content, else through the backbone. ``failed`` gains
+    the images that could not be read."""
+    cached, note = cached_features(run, hashes) if how.reuse_cache else ({}, "")
+    if note:
+        how.reporter.message(f"note: {note}")
+    feats: dict[int, np.ndarray] = dict(cached)
+    # Compute each distinct new content once.
+    first_of: dict[str, int] = {}
+    for i, h in enumerate(hashes):
+        if h is not None and i not in cached:
+            first_of.setdefault(h, i)
+    todo = sorted(first_of.values())
+    if todo:
+        _compute(run, [str(paths[i]) for i in todo], how, feats, failed, todo)
+        for i, h in enumerate(hashes):  # duplicates of a computed (or failed) content
+            if h is not None and i not in feats and i not in failed:
+                src = first_of[h]
+                if src in feats:
+                    feats[i] = feats[src]
+                else:
+                    failed[i] = failed[src]
+    return feats, len(cached), sum(1 for i in todo if i in feats), set(cached)
+
+
+def _compute(run, todo_paths: list[str], how: ComputeSettings, feats: dict, failed: dict, todo: list[int]) -> None:
+    """Run ``todo_paths`` through the run's backbone; vector ``j`` goes to ``feats[todo[j]]``,
+    an unreadable image's reason to ``failed[todo[j]]``."""
+    from ..extractor.engine import FeatureRunner
+
+    reporter = how.reporter
+    # the run's own precision: an fp16 feature space is computed in fp16 here too
+    runner = FeatureRunner(
+        backbone_for(run),
+        run.space.pooling,
+        device=how.device,
+        precision=run.space.precision,
+        stages=run.space.stages,
+        engine=how.engine,
+        note=reporter.message,
+    )
+    files = None
+    if how.flip:  # the mirror view of --tta
+        from ..extractor.engine import ImageFiles
+        from ..extractor.preprocess import ResizeCrop
+
+        files = ImageFiles(todo_paths, ResizeCrop(run.space.preprocessing, flip=True))
+    what = "mirrored images" if how.flip else "features"
+    reporter.start(len(todo_paths), f"computing {what} with {run.space.backbone}")
+    try:
+        batches = runner.run(todo_paths, how.batch_size, how.workers, on_batch=reporter.advance, files=files)
+        for batch in batches:
+            for j, reason in batch.failures:
+                failed[todo[j]] = reason
+            # as the cache stores them: a float16 cache holds float32 vectors rounded to half
+            stored = batch.features.astype(run.space.store_dtype).astype(np.float32)
+            for j, vec in zip(batch.indices, stored, strict=True):
+                feats[todo[j]] = vec
+    finally:
+        reporter.stop()
+    if runner.forward.report is not None:
+        how.used.update(asdict(runner.forward.report))

@@ -1,0 +1,85 @@
+"""The rows of a prediction: :class:`Predictions` (probabilities in input order, and the
+images that failed) and their ``path, label, score, p_<class>...`` form."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TlxError
+
+
+@dataclass
+class Predictions:
+    """Probabilities of the images that could be read, in input order, and the failures."""
+
+    classes: list[str]  # one probability column per class of the run
+    paths: list[str]  # the images predicted, as given (folders expanded)
+    proba: np.ndarray  # float64 (len(paths), len(classes))
+    failed: list[dict] = field(default_factory=list)  # {path, reason} of skipped images
+    n_reused: int = 0  # features taken from the run's cache
+    n_computed: int = 0  # images run through a network
+    seconds: float = 0.0
+    rank: int = 0  # under torchrun, only rank 0's Predictions hold the rows of every rank
+    engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.classes[i] for i in self.proba.argmax(axis=1)] if len(self.paths) else []
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.proba.max(axis=1) if len(self.paths) else np.zeros(0)
+
+    def rows(self, top_k: int = 1) -> list[dict]:
+        """CSV rows: ``path, label, score, p_<class>...`` plus ``top<i>, top<i>_score`` for
+        ``i = 2..top_k``."""
+        return prediction_rows(self.paths, self.proba, self.classes, top_k)
+
+    def folder_accuracy(self) -> float | None:
+        """Accuracy against the images' parent folder names, when every image sits in a folder
+        named after one of the run's classes (for example the ``val/<class>/`` folders of the
+        data the head was fitted on); None otherwise."""
+        if not self.paths:
+            return None
+        truth = [Path(p).parent.name for p in self.paths]
+        if not all(t in self.classes for t in truth):
+            return None
+        return float(np.mean([t == label for t, label in zip(truth, self.labels, strict=False)]))
+
+
+def printable_path(path) -> str:
+    """``path`` as UTF-8 text: a file name whose bytes are not UTF-8 (Python holds them as
+    surrogate escapes) gets backslash escapes (``caf\\xe9.jpg``), so the CSV stays UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def prediction_rows(paths: Sequence[str], proba: np.ndarray, classes: Sequence[str], top_k: int = 1) -> list[dict]:
+    if top_k < 1:
+        raise TlxError(f"--top-k must be at least 1, not {top_k}")
+    k = min(top_k, len(classes))
+    rows = []
+    for path, p in zip(paths, proba, strict=False):
+        order = np.argsort(-p, kind="stable")
+        row = {"path": printable_path(path), "label": classes[order[0]], "score": float(p[order[0]])}
+        row.update({f"p_{c}": float(v) for c, v in zip(classes, p, strict=False)})
+        for i in range(1, k):
+            row[f"top{i + 1}"] = classes[order[i]]
+            row[f"top{i + 1}_score"] = float(p[order[i]])
+        rows.append(row)
+    return rows
+
+
+def csv_columns(classes: Sequence[str], top_k: int = 1) -> list[str]:
+    cols = ["path", "label", "score"] + [f"p_{c}" for c in classes]
+    for i in range(2, min(top_k, len(classes)) + 1):
+        cols += [f"top{i}", f"top{i}_score"]
+    return cols
