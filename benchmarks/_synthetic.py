@@ -15,8 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tlx.cache.h5format import FORMAT_VERSION, STR
 from tlx.cache.space import FeatureSpace, Preprocessing
-from tlx.cache.store import FORMAT_VERSION, STR
 
 
 def synthetic_space(width: int) -> FeatureSpace:

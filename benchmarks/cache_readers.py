@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 
 import tlx
-from tlx.cache import store
+from tlx.cache.catalog import now_iso
+from tlx.cache.h5format import parts_dir
 from tlx.cache.incremental import _damaged_parts
+from tlx.cache.index import Failures, Row, read_index, write_index
+from tlx.cache.parts import write_part
 from tlx.cache.space import FeatureSpace, Preprocessing
 
 WIDTH, PARTS = 512, 4
@@ -32,11 +35,11 @@ def make(path: Path, rows: int) -> None:
         n = rows // PARTS
         hashes = [hashlib.sha256(f"{p}-{i}".encode()).hexdigest() for i in range(n)]
         name = f"part-{p}.h5"
-        store.write_part(store.parts_dir(path), name, hashes, rng.normal(size=(n, WIDTH)).astype(np.float32), space)
+        write_part(parts_dir(path), name, hashes, rng.normal(size=(n, WIDTH)).astype(np.float32), space)
         sizes[name] = n
-        index_rows += [store.Row(f"{p}/{i}.png", 0, "", h, (1, 1, 1), name, i) for i, h in enumerate(hashes)]
-    attrs = {"dataset_name": "synthetic", "updated": store.now_iso()}
-    store.write_index(path, index_rows, ["a"], store.Failures(), space, attrs, sizes)
+        index_rows += [Row(f"{p}/{i}.png", 0, "", h, (1, 1, 1), name, i) for i, h in enumerate(hashes)]
+    attrs = {"dataset_name": "synthetic", "updated": now_iso()}
+    write_index(path, index_rows, ["a"], Failures(), space, attrs, sizes)
 
 
 def main() -> None:
@@ -47,7 +50,7 @@ def main() -> None:
         make(path, rows)
     mb = rows * WIDTH * 4 / 1e6
     started = time.perf_counter()
-    damaged = _damaged_parts(path, store.read_index(path))
+    damaged = _damaged_parts(path, read_index(path))
     seconds = time.perf_counter() - started
     print(f"verify {PARTS} parts, {mb:.0f} MB: {seconds:.2f} s wall ({mb / seconds:.0f} MB/s), damaged: {len(damaged)}")
     best = min(_cpu_seconds(lambda: tlx.load_features(path).X) for _ in range(3))

@@ -85,8 +85,10 @@ def bench_distributed(work: Path, n: int, backbone: str) -> dict:
 
 def bench_append(work: Path, n_rows: int, width: int) -> dict:
     """A synthetic cache committed with the same store calls as `tlx extract`: parts + index."""
-    from tlx.cache import store
     from tlx.cache.compact import cache_bytes
+    from tlx.cache.h5format import parts_dir
+    from tlx.cache.index import Failures, Row, read_index, write_index
+    from tlx.cache.parts import write_part
     from tlx.cache.space import FeatureSpace, Preprocessing
 
     pre = Preprocessing(224, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -97,19 +99,17 @@ def bench_append(work: Path, n_rows: int, width: int) -> dict:
     def rows_for(start: int, n: int, part: str) -> tuple[list, list[str]]:
         hashes = [f"{i:064x}" for i in range(start, start + n)]
         rows = [
-            store.Row(
-                f"class_{i % 10}/img_{i:07d}.jpg", i % 10, "", h, (50_000 + i, 1_700_000_000_000_000_000, i), part, j
-            )
+            Row(f"class_{i % 10}/img_{i:07d}.jpg", i % 10, "", h, (50_000 + i, 1_700_000_000_000_000_000, i), part, j)
             for j, (i, h) in enumerate(zip(range(start, start + n), hashes, strict=True))
         ]
         return rows, hashes
 
     def commit(rows, sizes):
-        store.write_index(path, rows, [f"c{k}" for k in range(10)], store.Failures(), space, {}, sizes)
+        write_index(path, rows, [f"c{k}" for k in range(10)], Failures(), space, {}, sizes)
 
     rows, hashes = rows_for(0, n_rows, "part-base.h5")
     feats = rng.standard_normal((n_rows, width), dtype=np.float32)
-    store.write_part(store.parts_dir(path), "part-base.h5", hashes, feats, space)
+    write_part(parts_dir(path), "part-base.h5", hashes, feats, space)
     commit(rows, {"part-base.h5": n_rows})
     del feats
     size = cache_bytes(path)
@@ -117,13 +117,11 @@ def bench_append(work: Path, n_rows: int, width: int) -> dict:
     k = n_rows // 100
     w0, b0 = io_written()
     t = time.perf_counter()
-    index = store.read_index(path)  # what an incremental run reads: the index, not the vectors
+    index = read_index(path)  # what an incremental run reads: the index, not the vectors
     new_rows, new_hashes = rows_for(n_rows, k, "part-append.h5")
-    store.write_part(
-        store.parts_dir(path), "part-append.h5", new_hashes, rng.standard_normal((k, width), dtype=np.float32), space
-    )
+    write_part(parts_dir(path), "part-append.h5", new_hashes, rng.standard_normal((k, width), dtype=np.float32), space)
     old = [
-        store.Row(p, int(lb), s, h, tuple(st), index.part_names[pp], int(r))
+        Row(p, int(lb), s, h, tuple(st), index.part_names[pp], int(r))
         for p, lb, s, h, st, pp, r in zip(index.paths, index.labels.tolist(), index.splits, index.hashes,
                                           index.stats.tolist(), index.source_part.tolist(), index.source_row.tolist(),
                                           strict=True)

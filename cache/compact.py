@@ -17,8 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CacheError
-from . import store
+from .catalog import now_iso
+from .h5format import not_a_cache, parts_dir
 from .h5write import h5_atomic
+from .index import CacheIndex, Row, commit_id, read_index, write_index
+from .lock import CacheLock
+from .parts import part_datasets, remove_unused_parts
 from .reader import open_snapshot
 
 
@@ -38,7 +42,7 @@ class CompactResult:
 
 def cache_bytes(path: Path) -> int:
     """Bytes on disk of an index and its parts."""
-    folder = store.parts_dir(path)
+    folder = parts_dir(path)
     parts = sum(p.stat().st_size for p in folder.glob("*.h5")) if folder.is_dir() else 0
     return path.stat().st_size + parts
 
@@ -48,31 +52,31 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
     path = Path(path)
     if not path.is_file():
         raise CacheError(f"{path} is not a cache file: pass one of the .h5 files `tlx info` lists")
-    if store.not_a_cache(path):
-        raise CacheError(store.not_a_cache(path))
-    with store.CacheLock(path, on_wait=on_wait):
-        base = store.commit_id(path)  # checked again right before the commit
-        index = store.read_index(path)
+    if not_a_cache(path):
+        raise CacheError(not_a_cache(path))
+    with CacheLock(path, on_wait=on_wait):
+        base = commit_id(path)  # checked again right before the commit
+        index = read_index(path)
         if index.format < 2 or index.failures is None:
             raise CacheError(f"{path} is in the single-file format of an older tlx: re-run `tlx extract` to convert it")
-        folder = store.parts_dir(path)
+        folder = parts_dir(path)
         known = {p.name for p in folder.glob("*.h5")} if folder.is_dir() else set()  # another writer's are not ours
         before_parts = len(known)
         before_bytes = cache_bytes(path)
         name = f"part-compact-{time.strftime('%Y%m%d%H%M%S')}-{time.time_ns() % 1_000_000:06d}.h5"
         _copy_rows(path, folder / name, index, block_rows)
         rows = [
-            store.Row(p, int(label), split, h, tuple(st), name, i)
+            Row(p, int(label), split, h, tuple(st), name, i)
             for i, (p, label, split, h, st) in enumerate(
                 zip(index.paths, index.labels.tolist(), index.splits, index.hashes, index.stats.tolist(), strict=True)
             )
         ]
         attrs = {k: v for k, v in index.attrs.items() if k not in ("tlx_format", "feature_space", "n_images")}
-        attrs["updated"] = store.now_iso()
+        attrs["updated"] = now_iso()
         attrs = {k: v for k, v in attrs.items() if k not in ("views", "view_recipe")}  # write_index sets them
         sizes = {name: len(rows)}
-        store.write_index(path, rows, index.classes, index.failures, index.space, attrs, sizes, index.views, base)
-        store.remove_unused_parts(path, {name} if rows else set(), known | {name})
+        write_index(path, rows, index.classes, index.failures, index.space, attrs, sizes, index.views, base)
+        remove_unused_parts(path, {name} if rows else set(), known | {name})
     return CompactResult(
         str(path),
         len(rows),
@@ -84,13 +88,13 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
     )
 
 
-def _copy_rows(path: Path, target: Path, index: store.CacheIndex, block_rows: int) -> None:
+def _copy_rows(path: Path, target: Path, index: CacheIndex, block_rows: int) -> None:
     """Copy the index's rows, in order, into the new part ``target``, reading them from the parts
     (through one snapshot: every chunk's checksum is checked on the way, so damage stops the
     compaction with the part named instead of being copied into the new part)."""
     n, width = len(index.paths), index.space.feature_dim
     with open_snapshot(path) as snap, h5_atomic(target) as out:
-        store.part_datasets(out, n, width, index.space)
+        part_datasets(out, n, width, index.space)
         table = snap.table("features")
         for start in range(0, n, block_rows):
             rows = np.arange(start, min(start + block_rows, n), dtype=np.int64)

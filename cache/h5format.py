@@ -3,7 +3,7 @@ small helpers every module of the cache writes and reads datasets with.
 
 Nothing here knows what a part, an index or a view is; :mod:`tlx.cache.parts`,
 :mod:`tlx.cache.index`, :mod:`tlx.cache.viewtable` and :mod:`tlx.cache.reader` build on it,
-so the cache's imports run one way (see ``tlx.cache.store`` for the whole layout).
+so the cache's imports run one way (see the package docstring, ``tlx.cache``, for the whole layout).
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import CacheError
-from . import store
+from .h5format import parts_dir
+from .index import CacheIndex, Failures, Row, orphan_parts
+from .parts import part_sizes
 from .statindex import Stat, is_racy, read_and_hash, stat_files
 from .verify import DAMAGED, MISSING, check_part
 
@@ -57,19 +59,19 @@ RECHECK_HERE_MAX = 10_000  # more changed-stat files than this are re-hashed by 
 @dataclass
 class Work:
     known: dict[int, tuple[str, Stat]] = field(default_factory=dict)  # item -> (sha256, stat)
-    failed: store.Failures = field(default_factory=store.Failures)
+    failed: Failures = field(default_factory=Failures)
     to_read: list[int] = field(default_factory=list)  # items whose bytes must be read by a worker
     n_rehashed: int = 0  # files opened here to re-hash them
 
 
-def classify(index: Listing, prev: store.CacheIndex | None, known_hashes, rehash: bool) -> Work:
+def classify(index: Listing, prev: CacheIndex | None, known_hashes, rehash: bool) -> Work:
     """Sort the dataset's images into known / failed / to read, opening no file whose stat is
     unchanged. ``known_hashes``: the content hashes whose vectors exist (cache and resumable parts)."""
     work = Work()
     stats = stat_files([index.abspath(it) for it in index.items])
     usable = prev is not None and prev.format >= 2 and not rehash
     row_of = {p: i for i, p in enumerate(prev.paths)} if usable and prev else {}
-    failures = prev.failures if usable and prev and prev.failures else store.Failures()
+    failures = prev.failures if usable and prev and prev.failures else Failures()
     stat_time = prev.stat_time_ns if prev else 0
     recheck: list[int] = []
     for k, (item, st) in enumerate(zip(index.items, stats, strict=True)):
@@ -97,7 +99,7 @@ def classify(index: Listing, prev: store.CacheIndex | None, known_hashes, rehash
     return work
 
 
-def _recheck(index: Listing, positions: list[int], work: Work, known_hashes, failures: store.Failures) -> None:
+def _recheck(index: Listing, positions: list[int], work: Work, known_hashes, failures: Failures) -> None:
     """Re-hash files whose stat changed: known bytes are reused (no decode, no network), bytes
     that failed before fail the same way; anything else is read again by a worker."""
 
@@ -149,7 +151,7 @@ class Sources:
         raise CacheError(f"internal error: no vector for content {h[:12]}")
 
 
-def sources_for(path: Path, prev: store.CacheIndex | None, space) -> Sources:
+def sources_for(path: Path, prev: CacheIndex | None, space) -> Sources:
     """The previous index's vectors, and those of parts left by runs that did not finish. Every
     part is read whole first (``tlx.cache.verify.check_part``): a damaged or truncated one is
     left out, so its images are read again and only their vectors are computed anew."""
@@ -159,31 +161,31 @@ def sources_for(path: Path, prev: store.CacheIndex | None, space) -> Sources:
         src.sizes.update(zip(prev.part_names, prev.part_rows, strict=True))
         src.damaged = _damaged_parts(path, prev)
         src.prev = {h: s for h, s in src.prev.items() if s[0] not in src.damaged}
-    orphans = store.orphan_parts(path, prev if prev is not None and prev.format >= 2 else None, space)
+    orphans = orphan_parts(path, prev if prev is not None and prev.format >= 2 else None, space)
     resumed = {h: s for h, s in orphans.items() if h not in src.prev}
     for name in sorted({part for part, _ in resumed.values()}):
-        status, why, _ = check_part(store.parts_dir(path) / name)
+        status, why, _ = check_part(parts_dir(path) / name)
         if status in (DAMAGED, MISSING):
             src.damaged[name] = why
     src.resumed = {h: s for h, s in resumed.items() if s[0] not in src.damaged}
-    src.sizes.update(store.part_sizes(path, sorted({part for part, _ in src.resumed.values()})))
+    src.sizes.update(part_sizes(path, sorted({part for part, _ in src.resumed.values()})))
     return src
 
 
-def _damaged_parts(path: Path, prev: store.CacheIndex) -> dict[str, str]:
+def _damaged_parts(path: Path, prev: CacheIndex) -> dict[str, str]:
     """The parts the index names that fail verification: {name: why}."""
     expected: list[list[tuple[int, str]]] = [[] for _ in prev.part_names]
     for p, r, h in zip(prev.source_part.tolist(), prev.source_row.tolist(), prev.hashes, strict=True):
         expected[p].append((r, h))
     damaged = {}
     for name, hashes in zip(prev.part_names, expected, strict=True):
-        status, why, _ = check_part(store.parts_dir(path) / name, hashes)
+        status, why, _ = check_part(parts_dir(path) / name, hashes)
         if status in (DAMAGED, MISSING):
             damaged[name] = why
     return damaged
 
 
-def plan_rows(index: Listing, found: dict[int, tuple[str, Stat]], failed: store.Failures, src: Sources):
+def plan_rows(index: Listing, found: dict[int, tuple[str, Stat]], failed: Failures, src: Sources):
     """The new cache's rows in dataset order, and how many vectors came from each source."""
     class_of = {c: k for k, c in enumerate(index.classes)}
     rows, counts = [], {"reused": 0, "resumed": 0, "new": 0}
@@ -193,11 +195,11 @@ def plan_rows(index: Listing, found: dict[int, tuple[str, Stat]], failed: store.
         digest, st = found[k]
         (part, part_row), kind = src.find(digest)
         counts[kind] += 1
-        rows.append(store.Row(item.relpath, class_of[item.label], item.split, digest, st, part, part_row))
+        rows.append(Row(item.relpath, class_of[item.label], item.split, digest, st, part, part_row))
     return rows, counts
 
 
-def same_index(prev: store.CacheIndex | None, rows: list[store.Row], classes: list[str], failed) -> bool:
+def same_index(prev: CacheIndex | None, rows: list[Row], classes: list[str], failed) -> bool:
     """Would ``rows`` make exactly the index ``prev`` is (stats and sources included)?"""
     if prev is None or prev.format < 2 or prev.failures is None:
         return False

@@ -29,8 +29,9 @@ def compact_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Merge a cache's parts into one, dropping the rows of removed images (h5py only, no torch)."""
+    from ..cache.catalog import default_cache_dir, list_caches
     from ..cache.compact import compact
-    from ..cache.store import default_cache_dir, list_caches, not_a_cache
+    from ..cache.h5format import not_a_cache
     from ..errors import CacheError
 
     where = cache if cache is not None else default_cache_dir()
@@ -61,7 +62,8 @@ def verify_command(
 ) -> None:
     """Read every chunk of every part of a cache and check it against its checksum and the index;
     exit 1 naming each damaged part (`tlx extract` re-computes exactly those rows). Changes nothing."""
-    from ..cache.store import default_cache_dir, list_caches, not_a_cache
+    from ..cache.catalog import default_cache_dir, list_caches
+    from ..cache.h5format import not_a_cache
     from ..cache.verify import OK, verify_cache
     from ..errors import CacheError
 

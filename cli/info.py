@@ -45,8 +45,9 @@ def info_command(
                 typer.echo(f"{name:<28} {desc}")
                 typer.echo(f"{'':<28}   weights: {status.get(name) or 'unknown'}")
         return
+    from ..cache.catalog import default_cache_dir, list_caches
+    from ..cache.h5format import not_a_cache
     from ..cache.reader import read_summary
-    from ..cache.store import default_cache_dir, list_caches, not_a_cache
     from ..errors import CacheError
 
     where = cache if cache is not None else default_cache_dir()

@@ -30,7 +30,7 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib"}
 )
-# What the cache writes beside an index ``NAME.h5`` (cache/store.py, cache/views.py).
+# What the cache writes beside an index ``NAME.h5`` (cache/h5format.py, cache/parts.py).
 _CACHE_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts", ".h5.views", ".h5.stat")
 RUN_RECORDS = ("head.json", "finetune.json")
 RUN_KINDS = ("head", "finetune")

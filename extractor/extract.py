@@ -9,10 +9,14 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..cache import store
 from ..cache import views as viewstore
+from ..cache.catalog import cache_file_name, cache_file_prefix, default_cache_dir, list_caches, now_iso
 from ..cache.duplicates import duplicates_warning, split_duplicates
+from ..cache.h5format import FORMAT_VERSION, UnreadableCacheError, parts_dir, read_attrs
 from ..cache.incremental import classify, plan_rows, same_index, sources_for
+from ..cache.index import commit_id, read_index, remove_stale_temporaries, write_index
+from ..cache.lock import CacheLock
+from ..cache.parts import PartWriter, remove_unused_files, remove_unused_parts
 from ..cache.space import FeatureSpace, pool_label
 from ..common.atomic import storage_errors
 from ..common.device import check_device
@@ -275,19 +279,19 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
     for note in index.notes:
         reporter.message(note if note.startswith("warning:") else f"note: {note}")
     ref = get_backbone(opts.backbone)
-    cache_dir = Path(cache_dir) if cache_dir is not None else store.default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     request = _request(opts)
     path, space, net = _cache_for(index, opts, request, cache_dir)
     with storage_errors(cache_dir):
         cache_dir.mkdir(parents=True, exist_ok=True)
-    with store.CacheLock(path, on_wait=reporter.message) as lock:
-        base = store.commit_id(path)  # the commit this run builds on, checked again before its own
-        store.remove_stale_temporaries(path)  # from a run killed while it wrote the index
+    with CacheLock(path, on_wait=reporter.message) as lock:
+        base = commit_id(path)  # the commit this run builds on, checked again before its own
+        remove_stale_temporaries(path)  # from a run killed while it wrote the index
         prev = _read_previous(path, space, reporter)
         src = sources_for(path, prev, space)
         for part, why in src.damaged.items():
-            reporter.message(f"warning: {store.parts_dir(path).name}/{part} is damaged ({why}); re-computing its rows")
-        known_parts = _part_names(store.parts_dir(path)), _part_names(viewstore.views_dir(path))
+            reporter.message(f"warning: {parts_dir(path).name}/{part} is damaged ({why}); re-computing its rows")
+        known_parts = _part_names(parts_dir(path)), _part_names(viewstore.views_dir(path))
         work = classify(index, prev, src.known_hashes(), rehash)
         count, recipe = _views_wanted(opts, prev, reporter)
         vsrc = viewstore.view_sources(path, prev, space, recipe) if count else viewstore.ViewSources()
@@ -339,7 +343,7 @@ def _cache_for(index, opts: Options, request: dict, cache_dir: Path):
         return path, space, None
     net = get_backbone(opts.backbone).build(weights=opts.weights)
     space = _space_of(net, opts)
-    return cache_dir / store.cache_file_name(index.name, str(index.root), space), space, net
+    return cache_dir / cache_file_name(index.name, str(index.root), space), space, net
 
 
 def _known_failures(work, prev) -> dict:
@@ -350,15 +354,15 @@ def _known_failures(work, prev) -> dict:
     return known_failed
 
 
-def _commit(commit: tuple, lock: store.CacheLock, same: bool, opened: int) -> bool:
-    """Write the index (``commit``: :func:`store.write_index`'s arguments) unless it would be the
+def _commit(commit: tuple, lock: CacheLock, same: bool, opened: int) -> bool:
+    """Write the index (``commit``: :func:`write_index`'s arguments) unless it would be the
     same; returns whether it was written. A run where nothing changed writes no file at all. A
     run that re-read files (racy or touched ones) and found the same bytes still commits: its new
     stat_time_ns makes them clean, so the next run opens nothing. On read-only media such a
     refresh is skipped: the cache is complete as it is."""
     if same and (not opened or lock.read_only is not None):
         return False
-    store.write_index(*commit)
+    write_index(*commit)
     return True
 
 
@@ -371,8 +375,8 @@ def _remove_unused(path: Path, rows, table, known_parts: tuple[set[str], set[str
     knew of when it planned and those it wrote; a part another writer made meanwhile stays."""
     parts = known_parts[0] | {name for o in outcomes for name, _ in o.parts}
     view_parts = known_parts[1] | {name for o in outcomes for name, _ in o.view_parts}
-    store.remove_unused_parts(path, {r.part for r in rows}, parts)
-    store.remove_unused_files(viewstore.views_dir(path), set(table.part) if table is not None else set(), view_parts)
+    remove_unused_parts(path, {r.part for r in rows}, parts)
+    remove_unused_files(viewstore.views_dir(path), set(table.part) if table is not None else set(), view_parts)
 
 
 def _views_wanted(opts: Options, prev, reporter) -> tuple[int, dict]:
@@ -495,7 +499,7 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
         note=reporter.message,
     )
     prefix = f"part-{plan.run_id}-r{ranks.rank:03d}"
-    writer = store.PartWriter(store.parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
+    writer = PartWriter(parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
     paths = plan.files[mine.start : mine.stop]
     resize_crop = ResizeCrop(space.preprocessing)
     request, views = _view_request(plan, resize_crop, ranks, opts)
@@ -639,8 +643,8 @@ def _cache_attrs(index: DatasetIndex, space: FeatureSpace, net, prev, request: d
         "tlx_version": request["versions"]["tlx"],
         "torch_version": torch_version,
         "request": json.dumps(request, sort_keys=True),
-        "created": before.get("created", store.now_iso()),
-        "updated": store.now_iso(),
+        "created": before.get("created", now_iso()),
+        "updated": now_iso(),
         "stat_time_ns": started_ns,  # stats taken after this are not trusted blindly (racy files)
     }
 
@@ -673,17 +677,17 @@ def _find_by_request(index: DatasetIndex, request: dict, cache_dir: Path):
     if not cache_dir.is_dir():
         return None
     label = pool_label(request["pooling"], request.get("stages", 0))
-    prefix = store.cache_file_prefix(index.name, request["backbone"], label)
+    prefix = cache_file_prefix(index.name, request["backbone"], label)
     wanted = json.dumps(request, sort_keys=True)
-    for path in store.list_caches(cache_dir):
+    for path in list_caches(cache_dir):
         if not path.name.startswith(prefix):
             continue
         try:
-            attrs = store.read_attrs(path)
+            attrs = read_attrs(path)
         except OSError:
             continue
         if (
-            attrs.get("tlx_format") != store.FORMAT_VERSION
+            attrs.get("tlx_format") != FORMAT_VERSION
             or attrs.get("dataset_root") != str(index.root)
             or attrs.get("request") != wanted
         ):
@@ -723,18 +727,18 @@ def _read_previous(path: Path, space: FeatureSpace, reporter: Reporter):
     if not path.exists():
         return None
     with suppress(OSError, KeyError, ValueError):
-        theirs = FeatureSpace.from_dict(json.loads(store.read_attrs(path)["feature_space"]))
+        theirs = FeatureSpace.from_dict(json.loads(read_attrs(path)["feature_space"]))
         if theirs.identity() != space.identity():
             # The file name encodes the feature space, so this is a foreign or edited file.
             raise CacheError(
                 f"{path} holds features of another feature space ({space.difference(theirs)}); move it away and re-run"
             )
     try:
-        old = store.read_index(path)
-    except store.UnreadableCacheError as exc:
+        old = read_index(path)
+    except UnreadableCacheError as exc:
         reporter.message(f"warning: {exc.reason}; taking back what its parts hold and extracting the rest")
         return None
-    if old.format < store.FORMAT_VERSION:
+    if old.format < FORMAT_VERSION:
         reporter.message(f"note: {path} is in the single-file format of an older tlx; rewriting it as parts")
         return None
     return old

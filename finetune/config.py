@@ -290,7 +290,7 @@ def load_init_head(run_dir: str) -> InitHead:
 
 def newest_cache() -> Path:
     """The most recent cache in the default cache folder: where a run without DATA finds its dataset."""
-    from ..cache.store import default_cache_dir, list_caches
+    from ..cache.catalog import default_cache_dir, list_caches
 
     where = default_cache_dir()
     caches = list_caches(where)
@@ -303,7 +303,7 @@ def newest_cache() -> Path:
 
 
 def dataset_of_cache(cache_path: Path) -> Path:
-    from ..cache.store import read_attrs
+    from ..cache.h5format import read_attrs
 
     try:
         attrs = read_attrs(cache_path)
@@ -322,7 +322,8 @@ def dataset_of_cache(cache_path: Path) -> Path:
 
 def find_cache_of(dataset_root: Path) -> Path | None:
     """The newest readable cache in the default cache folder made from ``dataset_root``."""
-    from ..cache.store import default_cache_dir, list_caches, read_attrs
+    from ..cache.catalog import default_cache_dir, list_caches
+    from ..cache.h5format import read_attrs
 
     where = default_cache_dir()
     if not where.is_dir():

@@ -166,7 +166,7 @@ def split_by_members(
 
 
 def _path_in_cache(cache_path: Path | None, content_hash: str) -> str | None:
-    from ..cache.store import read_index
+    from ..cache.index import read_index
 
     try:
         cached = read_index(Path(cache_path)) if cache_path is not None else None
@@ -228,7 +228,7 @@ def cache_failures(dataset_root: Path, cache_path: Path | None) -> set[str]:
     """Relative paths that stage one recorded as unreadable in ``cache_path`` (if it is a cache of this dataset)."""
     if cache_path is None:
         return set()
-    from ..cache.store import read_index
+    from ..cache.index import read_index
 
     try:
         idx = read_index(Path(cache_path))

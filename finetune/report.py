@@ -90,7 +90,7 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, v
 
 def run_metrics(run, state, scores: dict, n_val_scored: int, version: str) -> dict:
     """``metrics.json`` of a finished run: the val scores of the kept epoch, the history, the split."""
-    from ..cache.store import now_iso
+    from ..cache.catalog import now_iso
     from ..common.mistakes import most_confused
 
     cfg, split, history = run.cfg, run.split, state.history

@@ -60,7 +60,7 @@ def weights_path_for(run) -> str | None:
     cache = run_cache(run)
     if cache is None:
         return None
-    from ..cache.store import read_attrs
+    from ..cache.h5format import read_attrs
 
     try:
         return read_attrs(cache).get("weights_path") or None

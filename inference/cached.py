@@ -17,8 +17,8 @@ def cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarray
     cache = run_cache(run)
     if cache is None:
         return {}, f"the run's cache {run.info.get('cache')!r} is gone; computing every image"
+    from ..cache.index import index_of
     from ..cache.reader import open_snapshot
-    from ..cache.store import index_of
 
     try:
         with open_snapshot(cache) as snap:

@@ -319,7 +319,7 @@ def check_batch(run, pre, n: int = 3):
     images = []
     cache = run_cache(run)
     if cache is not None:
-        from ..cache.store import read_index
+        from ..cache.index import read_index
 
         try:
             index = read_index(cache)

@@ -236,11 +236,11 @@ def subprocess_env(cache: Path | None = None) -> dict:
 # the machine is: no polling of the folder, no race with a process that finishes first.
 STOP_AFTER_FIRST_PART = """
 import os, sys, threading
-from tlx.cache import store
+from tlx.cache.parts import PartWriter
 
 ready = os.environ.get("TLX_TEST_READY_FD")
 if ready:
-    flush = store.PartWriter.flush
+    flush = PartWriter.flush
 
     def flush_then_stop(self):
         flush(self)
@@ -248,7 +248,7 @@ if ready:
             os.write(int(ready), b"1")
             threading.Event().wait()  # until killed
 
-    store.PartWriter.flush = flush_then_stop
+    PartWriter.flush = flush_then_stop
 from tlx.cli.app import main
 
 sys.argv[0] = "tlx"

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tlx.cache import store
+from tlx.cache.catalog import now_iso
+from tlx.cache.h5format import parts_dir
+from tlx.cache.index import Failures, Row, read_index, write_index
+from tlx.cache.lock import CacheLock
+from tlx.cache.parts import remove_unused_parts, write_part
 from tlx.cache.space import FeatureSpace, Preprocessing
 
 WIDTH = 8
@@ -43,20 +47,20 @@ def names_of_round(r: int) -> list[str]:
 def commit(path: Path, names: list[str], tag: str, dataset: str = "synthetic", updated: str = "") -> None:
     """An index over ``names``, as an extract makes it: new contents go to a new part, the index
     is replaced, and the parts no row uses are deleted."""
-    with store.CacheLock(path):
-        prev = store.read_index(path) if path.exists() else None
+    with CacheLock(path):
+        prev = read_index(path) if path.exists() else None
         where = prev.source_of_hash() if prev is not None else {}
         sizes = dict(zip(prev.part_names, prev.part_rows, strict=True)) if prev is not None else {}
         new = sorted({sha(n) for n in names} - where.keys())
         if new:
             part = f"part-{tag}.h5"
-            store.write_part(store.parts_dir(path), part, new, np.stack([vector(h) for h in new]), SPACE)
+            write_part(parts_dir(path), part, new, np.stack([vector(h) for h in new]), SPACE)
             where.update({h: (part, i) for i, h in enumerate(new)})
             sizes[part] = len(new)
-        rows = [store.Row(n, label(sha(n)), "", sha(n), (1, 1, 1, 1), *where[sha(n)]) for n in names]
-        attrs = {"dataset_name": dataset, "updated": updated or store.now_iso()}
-        store.write_index(path, rows, CLASSES, store.Failures(), SPACE, attrs, sizes)
-        store.remove_unused_parts(path, {r.part for r in rows})
+        rows = [Row(n, label(sha(n)), "", sha(n), (1, 1, 1, 1), *where[sha(n)]) for n in names]
+        attrs = {"dataset_name": dataset, "updated": updated or now_iso()}
+        write_index(path, rows, CLASSES, Failures(), SPACE, attrs, sizes)
+        remove_unused_parts(path, {r.part for r in rows})
 
 
 def mismatches(paths: list[str], hashes: list[str], y: np.ndarray, X: np.ndarray) -> int:

@@ -12,8 +12,9 @@ import pytest
 from synthetic_cache import commit, names_of_round
 
 import tlx
-from tlx.cache import store
+from tlx.cache.catalog import list_caches
 from tlx.cache.features import resolve_cache
+from tlx.cache.h5format import parts_dir
 from tlx.errors import CacheError
 
 
@@ -36,7 +37,7 @@ def one_line(result) -> str:
 
 @pytest.mark.parametrize("command", [("info",), ("cache", "compact"), ("cache", "verify")])
 def test_a_part_file_is_named_as_a_part_of_its_cache(folder, cli, command):
-    [part] = store.parts_dir(folder / "synthetic.h5").glob("*.h5")
+    [part] = parts_dir(folder / "synthetic.h5").glob("*.h5")
     before = part.read_bytes()
     line = one_line(cli(*command, part))
     assert f"is a part of the cache {folder / 'synthetic.h5'}, not a cache: pass {folder / 'synthetic.h5'}" in line
@@ -52,8 +53,8 @@ def test_a_foreign_h5_is_not_a_tlx_cache_and_is_left_alone(folder, cli, command)
 
 
 def test_folders_list_and_pick_only_tlx_indexes(folder, cli):
-    assert store.list_caches(folder) == [folder / "synthetic.h5"]
-    assert store.list_caches(store.parts_dir(folder / "synthetic.h5")) == []  # parts are no caches
+    assert list_caches(folder) == [folder / "synthetic.h5"]
+    assert list_caches(parts_dir(folder / "synthetic.h5")) == []  # parts are no caches
     rows = cli("info", folder, "--json")
     assert rows.exit_code == 0 and [Path(r["path"]).name for r in rows.json()] == ["synthetic.h5"]
     assert "mine.h5" not in rows.stderr
@@ -75,7 +76,7 @@ def test_the_newest_cache_is_the_one_its_index_says_was_updated_last(tmp_path):
     commit(where / "old.h5", names_of_round(0), "a", updated="2026-01-01T10:00:00+0000")
     commit(where / "new.h5", names_of_round(1), "b", updated="2026-01-02T10:00:00+0000")
     os.utime(where / "old.h5", (2e9, 2e9))  # a copy or a touch: the file time says nothing
-    assert store.list_caches(where) == [where / "new.h5", where / "old.h5"]
+    assert list_caches(where) == [where / "new.h5", where / "old.h5"]
     assert tlx.load_features(where).path == where / "new.h5"
 
 

@@ -13,7 +13,8 @@ from conftest import make_folder_dataset, write_image
 from synthetic_cache import commit, names_of_round
 
 import tlx
-from tlx.cache import store
+from tlx.cache.h5format import parts_dir
+from tlx.cache.index import read_index
 from tlx.errors import CacheError
 from tlx.extractor.extract import extract
 
@@ -25,14 +26,14 @@ def two_parts(tmp_path):
     """A cache of 9 images in two parts: the first run's 6, then 3 added by a second run."""
     data = make_folder_dataset(tmp_path / "data", per_class=3)
     first = extract(data, cache_dir=tmp_path / "cache", **TINY)
-    before = set(store.read_index(Path(first.path)).part_names)
+    before = set(read_index(Path(first.path)).part_names)
     for i in range(3):
         write_image(data / "bees" / f"late_{i}.png", seed=70 + i)
     second = extract(data, cache_dir=tmp_path / "cache", **TINY)
     assert second.n_new == 3
     path = Path(second.path)
-    [added] = set(store.read_index(path).part_names) - before
-    return data, path, store.parts_dir(path) / added
+    [added] = set(read_index(path).part_names) - before
+    return data, path, parts_dir(path) / added
 
 
 def flip_a_byte_of_the_vectors(part: Path) -> None:
@@ -100,7 +101,7 @@ def test_parts_are_written_with_checksums(two_parts):
 def test_parts_without_checksums_are_reported_as_such_not_as_damaged(tmp_path, cli):
     path = tmp_path / "cache" / "synthetic.h5"
     commit(path, names_of_round(0), "r000")
-    [part] = store.parts_dir(path).glob("*.h5")
+    [part] = parts_dir(path).glob("*.h5")
     with h5py.File(part, "r") as f:  # as an older tlx wrote it: the same data, no checksum
         arrays, attrs = {k: f[k][()] for k in f}, dict(f.attrs)
     with h5py.File(part, "w") as f:

@@ -60,14 +60,14 @@ def test_the_circle_finder_finds_a_circle():
 
 def test_the_cache_modules_import_one_another_one_way():
     graph = _imports_within("cache")
-    assert {"store", "parts", "index", "views", "reader", "verify"} <= set(graph)
+    assert {"parts", "index", "views", "reader", "verify"} <= set(graph)
     assert _circle(graph) is None, f"import circle in cache/: {' -> '.join(_circle(graph) or [])}"
 
 
 def test_the_low_modules_know_nothing_of_the_ones_built_on_them():
     graph = _imports_within("cache")
     assert graph["h5format"] <= {"space"}  # the bottom: format helpers only
-    assert "views" not in graph["index"] and "store" not in graph["views"]
+    assert "views" not in graph["index"] and "reader" not in graph["views"]
 
 
 def _vectors(n: int, seed: int = 0) -> np.ndarray:

@@ -56,11 +56,12 @@ def test_a_cache_held_open_without_file_locking_is_still_listed_and_read(tmp_pat
     import h5py
     from synthetic_cache import commit, names_of_round
 
-    from tlx.cache import store
+    from tlx.cache.catalog import list_caches
+    from tlx.cache.index import read_index
 
     path = tmp_path / "cache" / "synthetic.h5"
     commit(path, names_of_round(0), "r000")
     with h5py.File(path, "r", locking=False):
-        assert store.list_caches(path.parent) == [path]
+        assert list_caches(path.parent) == [path]
         assert tlx.load_features(path.parent).paths == names_of_round(0)
-        assert store.read_index(path).paths == names_of_round(0)
+        assert read_index(path).paths == names_of_round(0)

@@ -10,8 +10,8 @@ import pytest
 from synthetic_cache import commit, mismatches, names_of_round, sha, vector
 
 import tlx
-from tlx.cache import store
 from tlx.cache.compact import compact
+from tlx.cache.h5format import UnreadableCacheError, parts_dir
 
 
 @pytest.fixture
@@ -23,10 +23,10 @@ def cache(tmp_path) -> Path:
 
 def test_a_lazy_load_reads_the_version_it_opened_after_a_commit_and_a_compaction(cache):
     feats = tlx.load_features(cache, lazy=True)
-    old_parts = set(store.parts_dir(cache).glob("*.h5"))
+    old_parts = set(parts_dir(cache).glob("*.h5"))
     commit(cache, names_of_round(3), "r003")  # new contents, moved rows
     compact(cache)  # every part of the first version is unlinked
-    assert not old_parts & set(store.parts_dir(cache).glob("*.h5"))
+    assert not old_parts & set(parts_dir(cache).glob("*.h5"))
     assert feats.paths == names_of_round(0)
     X = feats.X.to_array()
     assert mismatches(feats.paths, feats.sha256, feats.y, X) == 0
@@ -62,9 +62,9 @@ def test_predicts_cache_lookup_reads_one_version(cache):
 
 
 def test_a_part_missing_without_a_commit_is_damage_not_a_retry(cache):
-    for part in store.parts_dir(cache).glob("*.h5"):
+    for part in parts_dir(cache).glob("*.h5"):
         part.unlink()
-    with pytest.raises(store.UnreadableCacheError, match=r"part file .* is missing"):
+    with pytest.raises(UnreadableCacheError, match=r"part file .* is missing"):
         tlx.load_features(cache)
 
 

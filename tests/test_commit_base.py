@@ -11,15 +11,17 @@ import pytest
 from conftest import backdate, write_image
 
 import tlx
-from tlx.cache import store
+from tlx.cache.h5format import parts_dir
+from tlx.cache.index import CacheIndex, CommitConflict, Row, commit_id, read_index, write_index
+from tlx.cache.lock import CacheLock
 from tlx.extractor import extract as extract_module
 from tlx.extractor.extract import extract
 
 
-def rows_of(index: store.CacheIndex) -> list[store.Row]:
+def rows_of(index: CacheIndex) -> list[Row]:
     names = index.part_names
     return [
-        store.Row(p, int(label), split, h, tuple(st), names[part], int(row))
+        Row(p, int(label), split, h, tuple(st), names[part], int(row))
         for p, label, split, h, st, part, row in zip(
             index.paths,
             index.labels.tolist(),
@@ -33,33 +35,33 @@ def rows_of(index: store.CacheIndex) -> list[store.Row]:
     ]
 
 
-def recommit(index: store.CacheIndex, base: str | None) -> None:
+def recommit(index: CacheIndex, base: str | None) -> None:
     """Write ``index`` again as a commit built on ``base``."""
     sizes = dict(zip(index.part_names, index.part_rows, strict=True))
     assert index.failures is not None
     attrs = {k: v for k, v in index.attrs.items() if k not in ("tlx_format", "feature_space", "n_images")}
-    store.write_index(index.path, rows_of(index), index.classes, index.failures, index.space, attrs, sizes, None, base)
+    write_index(index.path, rows_of(index), index.classes, index.failures, index.space, attrs, sizes, None, base)
 
 
 def test_two_commits_built_on_the_same_base_the_second_is_refused(folder_data, tmp_path):
     path = Path(extract(folder_data, backbone="tiny_cnn", workers=0, cache_dir=tmp_path / "cache").path)
-    index = store.read_index(path)
-    base = store.commit_id(path)
+    index = read_index(path)
+    base = commit_id(path)
     assert base and len(base) == 16
 
     recommit(index, base)  # the first writer: its base is current, so it commits
-    first = store.commit_id(path)
+    first = commit_id(path)
     assert first != base
-    with pytest.raises(store.CommitConflict, match=r"another process committed .* re-run"):
+    with pytest.raises(CommitConflict, match=r"another process committed .* re-run"):
         recommit(index, base)  # the second writer built on the same, now outdated, base
-    assert store.commit_id(path) == first  # the first writer's commit stands
+    assert commit_id(path) == first  # the first writer's commit stands
     assert not list(path.parent.glob(".*.tmp"))
 
 
 def test_a_commit_on_no_cache_is_refused_once_another_made_one(folder_data, tmp_path):
     path = Path(extract(folder_data, backbone="tiny_cnn", workers=0, cache_dir=tmp_path / "cache").path)
-    with pytest.raises(store.CommitConflict):
-        recommit(store.read_index(path), None)  # built when there was no index yet
+    with pytest.raises(CommitConflict):
+        recommit(read_index(path), None)  # built when there was no index yet
 
 
 def test_an_extract_whose_base_moved_commits_nothing_and_deletes_no_foreign_part(folder_data, tmp_path, monkeypatch):
@@ -74,17 +76,17 @@ def test_an_extract_whose_base_moved_commits_nothing_and_deletes_no_foreign_part
         work = real_classify(*args, **kwargs)
         # what a second process that took a new lock file would do at this moment: commit, and
         # leave a part of its own that no index references yet
-        recommit(store.read_index(path), store.commit_id(path))
-        theirs["commit"] = store.commit_id(path)
-        foreign = store.parts_dir(path) / "part-another-process.h5"
-        foreign.write_bytes((store.parts_dir(path) / store.read_index(path).part_names[0]).read_bytes())
+        recommit(read_index(path), commit_id(path))
+        theirs["commit"] = commit_id(path)
+        foreign = parts_dir(path) / "part-another-process.h5"
+        foreign.write_bytes((parts_dir(path) / read_index(path).part_names[0]).read_bytes())
         theirs["part"] = foreign
         return work
 
     monkeypatch.setattr(extract_module, "classify", another_writer_commits_meanwhile)
-    with pytest.raises(store.CommitConflict):
+    with pytest.raises(CommitConflict):
         extract(folder_data, backbone="tiny_cnn", workers=0, cache_dir=cache)
-    assert store.commit_id(path) == theirs["commit"]  # their commit stands
+    assert commit_id(path) == theirs["commit"]  # their commit stands
     assert theirs["part"].is_file()  # and their part was not deleted as "unused"
     assert len(tlx.load_features(path)) == 6
 
@@ -109,7 +111,7 @@ def test_a_lock_on_a_file_removed_while_waiting_is_taken_again_on_the_new_file(t
         return held
 
     monkeypatch.setattr(filelock.FileLock, "acquire", acquire_then_lose_the_file)
-    lock = store.CacheLock(tmp_path / "x.h5")
+    lock = CacheLock(tmp_path / "x.h5")
     with lock:
         assert len(calls) == 2  # the first lock was on a deleted file: taken again
         assert lock._locks_the_file_at_path() and lock.path.is_file()

@@ -141,9 +141,9 @@ def test_names_that_are_not_utf8_round_trip_through_extract_fit_and_predict(cli,
     again = _extract(cli, data)
     assert again["n_reused"] == 8 and again["n_new"] == 0 and not again["written"], again
 
-    from tlx.cache import store
+    from tlx.cache.index import read_index
 
-    paths = store.read_index(Path(first["path"])).paths
+    paths = read_index(Path(first["path"])).paths
     assert os.path.relpath(name, data) in paths
     assert cli("fit-head", "--clf", "linear", "--out", tmp_path / "run", "--quiet").exit_code == 0
     out = tmp_path / "preds.csv"

@@ -21,8 +21,10 @@ from conftest import backdate, make_folder_dataset, subprocess_env, write_image
 
 import tlx
 from tlx.cache import parts as parts_module
-from tlx.cache import store
 from tlx.cache.h5write import h5_atomic
+from tlx.cache.index import read_index
+from tlx.cache.lock import CacheLock
+from tlx.cache.parts import PartWriter
 from tlx.common.atomic import atomic_path, write_json_atomic
 from tlx.errors import StorageError
 from tlx.extractor.extract import extract
@@ -187,8 +189,8 @@ def test_hdf5_writes_to_a_full_disk_raise_one_error_and_leave_nothing(tmp_path, 
 
 def test_a_part_writer_whose_merge_fails_keeps_its_segments(tmp_path, monkeypatch, folder_data):
     res = extract(folder_data, backbone="tiny_cnn", workers=0, cache_dir=tmp_path / "cache")
-    space = store.read_index(Path(res.path)).space
-    writer = store.PartWriter(tmp_path / "parts", "p", space, flush_rows=2)
+    space = read_index(Path(res.path)).space
+    writer = PartWriter(tmp_path / "parts", "p", space, flush_rows=2)
     rng = np.random.default_rng(0)
     writer.add([f"{i:064x}" for i in range(3)], rng.random((3, space.feature_dim)))
     writer.add([f"{i:064x}" for i in range(3, 5)], rng.random((2, space.feature_dim)))
@@ -240,7 +242,7 @@ def test_a_lock_file_that_cannot_be_created_is_one_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(filelock.FileLock, "acquire", lambda self, *a, **k: enospc())
     expected = r"cannot create the lock file .*x\.h5\.lock: No space left"
-    with pytest.raises(StorageError, match=expected), store.CacheLock(tmp_path / "x.h5"):
+    with pytest.raises(StorageError, match=expected), CacheLock(tmp_path / "x.h5"):
         pass
 
 

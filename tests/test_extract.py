@@ -96,9 +96,9 @@ def test_hdf5_layout_follows_the_h5py_advice(folder_data, tmp_path):
 
 @pytest.mark.parametrize("width", [32, 512, 1280, 2560, 4096])
 def test_chunks_are_10kib_to_1mib(width):
-    from tlx.cache.store import _rows_per_chunk
+    from tlx.cache.h5format import rows_per_chunk
 
-    assert 10 * 1024 <= _rows_per_chunk(width) * width * 4 <= 1024 * 1024
+    assert 10 * 1024 <= rows_per_chunk(width) * width * 4 <= 1024 * 1024
 
 
 def test_load_features_split(tmp_path):

@@ -11,7 +11,7 @@ import h5py
 import pytest
 from conftest import backdate
 
-from tlx.cache import store
+from tlx.cache.index import commit_id, read_index
 from tlx.extractor import extract as extract_module
 from tlx.extractor.extract import extract
 
@@ -46,16 +46,16 @@ def test_a_run_that_reads_nothing_writes_nothing(folder_data, tmp_path):
     backdate(folder_data)
     cache = tmp_path / "cache"
     first = run(folder_data, cache)
-    before = os.stat(first.path).st_ino, store.commit_id(Path(first.path))
+    before = os.stat(first.path).st_ino, commit_id(Path(first.path))
     again = run(folder_data, cache)
     assert (again.n_opened, again.written) == (0, False)
-    assert (os.stat(first.path).st_ino, store.commit_id(Path(first.path))) == before
+    assert (os.stat(first.path).st_ino, commit_id(Path(first.path))) == before
 
 
 def test_a_change_that_keeps_size_and_mtime_is_seen_by_ctime(folder_data, tmp_path):
     backdate(folder_data)
     cache = tmp_path / "cache"
-    first = store.read_index(Path(run(folder_data, cache).path))
+    first = read_index(Path(run(folder_data, cache).path))
     old = dict(zip(first.paths, first.hashes, strict=True))
     target = folder_data / "ants" / "ants_1.png"
     st = os.stat(target)
@@ -72,7 +72,7 @@ def test_a_change_that_keeps_size_and_mtime_is_seen_by_ctime(folder_data, tmp_pa
     )
     again = run(folder_data, cache)
     assert again.n_reused == 5 and again.n_new + again.n_failed == 1  # only the changed file was read again
-    index = store.read_index(Path(again.path))
+    index = read_index(Path(again.path))
     now = dict(zip(index.paths, index.hashes, strict=True))
     assert now.get("ants/ants_1.png") != old["ants/ants_1.png"]  # re-hashed (or now a failure)
 
@@ -84,8 +84,8 @@ def test_an_index_without_ctime_re_hashes_once_then_records_it(folder_data, tmp_
     with h5py.File(path, "r+") as f:  # as an older tlx wrote it
         del f["stat/ctime_ns"]
         del f["failed/ctime_ns"]
-    assert (store.read_index(path).stats[:, 3] == -1).all()
+    assert (read_index(path).stats[:, 3] == -1).all()
     once = run(folder_data, cache)
     assert (once.n_opened, once.n_new, once.n_reused, once.written) == (6, 0, 6, True)
-    assert (store.read_index(path).stats[:, 3] > 0).all()
+    assert (read_index(path).stats[:, 3] > 0).all()
     assert run(folder_data, cache).n_opened == 0
