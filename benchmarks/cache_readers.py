@@ -1,7 +1,7 @@
 """What the reader and checksum work costs: an eager ``load_features`` of a cache in parts
 (CPU seconds, the least of 3: wall time is at the mercy of a shared machine), and the full
 verification every extract now runs on the parts its index names (read whole, each chunk's
-fletcher32 checked). Run with ``python -m tlx.benchmarks.cache_readers [ROWS] [FOLDER]``;
+fletcher32 checked). Run with ``python benchmarks/cache_readers.py [ROWS] [FOLDER]``;
 prints measured numbers only."""
 
 from __future__ import annotations
