@@ -109,14 +109,7 @@ def load_training_data(
     if features is None or Path(features).is_dir():
         log(f"features: {path} (the most recent cache in {path.parent})")
     meta = load_features(path, lazy=True)
-    train, val, test, split_info = split_rows(
-        meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
-    )
-    kept = drop_excluded(meta, {"train": train, "val": val, "test": test}, split_info, exclude, log)
-    train, val, test = kept["train"], kept["val"], kept["test"]
-    # The val members themselves, so that `finetune --init-head` validates on exactly these images.
-    split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
-    check_training_set(meta, train, val, test)
+    train, val, test, split_info = _split(meta, val_fraction, seed, exclude, log)
     assert isinstance(meta.X, CacheRows)
     rows, val_rows, test_rows = meta.X.subset(train), meta.X.subset(val), meta.X.subset(test)
     limit = default_max_memory() if max_memory is None else max_memory
@@ -138,6 +131,20 @@ def load_training_data(
     if wanted:
         _add_views(data, wanted)
     return data
+
+
+def _split(meta: Features, val_fraction: float, seed: int, exclude, log):
+    """``(train, val, test, split_info)`` of the cache's rows, without the excluded images, checked
+    to hold a usable training set."""
+    train, val, test, split_info = split_rows(
+        meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
+    )
+    kept = drop_excluded(meta, {"train": train, "val": val, "test": test}, split_info, exclude, log)
+    train, val, test = kept["train"], kept["val"], kept["test"]
+    # The val members themselves, so that `finetune --init-head` validates on exactly these images.
+    split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
+    check_training_set(meta, train, val, test)
+    return train, val, test, split_info
 
 
 def _add_views(data: TrainingData, n: int) -> None:
@@ -165,13 +172,7 @@ def _load_fused(
 ) -> TrainingData:
     meta, fusion = load_fused(features, log)
     assert isinstance(meta.X, np.ndarray)
-    train, val, test, split_info = split_rows(
-        meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
-    )
-    kept = drop_excluded(meta, {"train": train, "val": val, "test": test}, split_info, exclude, log)
-    train, val, test = kept["train"], kept["val"], kept["test"]
-    split_info["val_sha256"] = sorted(meta.sha256[i] for i in val)
-    check_training_set(meta, train, val, test)
+    train, val, test, split_info = _split(meta, val_fraction, seed, exclude, log)
     limit = default_max_memory() if max_memory is None else max_memory
     if meta.X.nbytes > limit:
         raise TlxError(
