@@ -81,14 +81,8 @@ def audit(
     t0 = time.perf_counter()
     X = feats.X
     group = hash_groups(feats.sha256)
-    mean = row_mean(X)
     large = is_large(*X.shape)
-    if large:  # see neighbors.py: search a projection, re-score the neighbours on the full rows
-        projected = project(X, mean, principal_basis(X, mean, LABEL_DIMS, seed))
-        found = clustered_neighbors(unit(projected[:, :SEARCH_DIMS]), neighbors, group, seed)
-        found.pairs, found.pair_similarity = rescore(X, mean, candidate_pairs(found.index), near_threshold)
-    else:
-        found = neighbor_pass(normalize_rows(X, mean), neighbors, near_threshold, group)
+    found, projected = _neighbours(X, group, large, neighbors, near_threshold, seed)
     log(f"neighbours of {len(feats)} images in {time.perf_counter() - t0:.1f} s")
     n_classes = len(feats.classes)
     # Copies share one group, so a fold never holds an image in both its halves.
@@ -132,6 +126,18 @@ def audit(
     )
     report.exclude = exclusions(report)
     return report
+
+
+def _neighbours(X, group: np.ndarray, large: bool, neighbors: int, near_threshold: float, seed: int):
+    """``(neighbours, projected rows or None)``: exact, block by block, on small data; on large data
+    a search on the top principal directions, the pairs re-scored on the full rows (neighbors.py)."""
+    mean = row_mean(X)
+    if not large:
+        return neighbor_pass(normalize_rows(X, mean), neighbors, near_threshold, group), None
+    projected = project(X, mean, principal_basis(X, mean, LABEL_DIMS, seed))
+    found = clustered_neighbors(unit(projected[:, :SEARCH_DIMS]), neighbors, group, seed)
+    found.pairs, found.pair_similarity = rescore(X, mean, candidate_pairs(found.index), near_threshold)
+    return found, projected
 
 
 def issue_records(issues, feats: Features) -> list[dict]:
