@@ -7,7 +7,7 @@ features in HDF5; stage two (``tlx.heads``) fits classifiers on them in seconds;
 Importing ``tlx`` is cheap: torch, torchvision and timm are imported where they are used.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["Features", "__version__", "audit", "fit_head", "load_features"]
 

@@ -26,7 +26,7 @@ for module in (extract, heads, finetune, predict, info, cache, demo, audit):
 
 def _print_version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from ..version import __version__
 
         typer.echo(f"tlx {__version__}")
         raise typer.Exit()

@@ -99,7 +99,7 @@ class Artefacts:
     def path(self, engine: str, spec: EngineSpec, suffix: str, **extra) -> Path:
         from importlib.metadata import version
 
-        from .. import __version__
+        from ..version import __version__
 
         fields = {**spec.__dict__, "engine": engine, "tlx": __version__, "torch": version("torch"), **extra}
         key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]

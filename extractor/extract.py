@@ -77,7 +77,7 @@ def library_versions(backbone: str = DEFAULT_BACKBONE) -> dict[str, str]:
     so installing another one does not make every cache look like another request."""
     from importlib import metadata
 
-    from .. import __version__
+    from ..version import __version__
     from .backbones import LITE_WEIGHTS
 
     found = {"tlx": __version__}

@@ -454,7 +454,7 @@ def _finish(
     run: Setup, state: LoopState, run_dir: Path, skipped: dict[str, str], started: float, resumed_from: int | None
 ) -> FinetuneResult:
     """Evaluate the best weights once more with every probability, and write the run folder."""
-    from .. import __version__
+    from ..version import __version__
     from .report import write_run
 
     training, procs = run.training, run.training.procs

@@ -207,7 +207,7 @@ def _is_export(path: Path) -> bool:
 def sidecar(run, fmt: str, out: Path, classes: list[str], pre) -> dict:
     import torch
 
-    from .. import __version__
+    from ..version import __version__
 
     return {
         "file": out.name,

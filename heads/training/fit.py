@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from ... import __version__
 from ...cache.duplicates import duplicates_warning
 from ...cache.rows import CacheRows
 from ...common.mistakes import most_confused, plot_top_losses, top_losses
 from ...common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
 from ...errors import TlxError
+from ...version import __version__
 from ..registry import (
     DEFAULT_HEAD,
     HeadSpec,
