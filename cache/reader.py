@@ -229,6 +229,8 @@ def _part_table(path: Path, group, folder: Path, handles: list[h5py.File]) -> Ro
         except FileNotFoundError:
             raise _PartGone(part) from None
         except OSError as exc:
+            if not part.exists():  # unlinked while HDF5 was opening it: a writer has just committed
+                raise _PartGone(part) from None
             raise DamagedPartError(path, part, _first_line(exc)) from None
         handles.append(f)
         try:
