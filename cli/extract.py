@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from .common import Device, Engine, EngineOpt, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
+from .common import (
+    BatchSizeOpt,
+    Device,
+    EngineOpt,
+    JsonOpt,
+    Pool,
+    QuietOpt,
+    RichReporter,
+    WorkersOpt,
+    handle_errors,
+    list_skipped,
+    report,
+)
 
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-class StoreDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
+Precision = Literal["fp32", "fp16", "bf16"]
+StoreDtype = Literal["float32", "float16"]
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +52,7 @@ def extract_command(
             dir_okay=False,
         ),
     ] = None,
-    pool: Annotated[Pool, typer.Option(help="Global pooling of the final feature map.")] = Pool.avg,
+    pool: Annotated[Pool, typer.Option(help="Global pooling of the final feature map.")] = "avg",
     stages: Annotated[
         int,
         typer.Option(
@@ -58,25 +61,23 @@ def extract_command(
             "features; part of the feature space. 0: the final features alone.",
         ),
     ] = 0,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    workers: Annotated[
-        int | None, typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")
-    ] = None,
-    device: Annotated[Device, typer.Option(help="Where to run the backbone.")] = Device.auto,
+    batch_size: BatchSizeOpt = 32,
+    workers: WorkersOpt = None,
+    device: Annotated[Device, typer.Option(help="Where to run the backbone.")] = "auto",
     precision: Annotated[
         Precision,
         typer.Option(
             help="Autocast precision of the forward pass (part of the feature space: "
             "fp16/bf16 features get their own cache)."
         ),
-    ] = Precision.fp32,
+    ] = "fp32",
     store_dtype: Annotated[
         StoreDtype,
         typer.Option(
             help="How the vectors are stored: float16 halves the cache (float32 vectors rounded to half, "
             "widened again when read; a cache file of its own)."
         ),
-    ] = StoreDtype.float32,
+    ] = "float32",
     views: Annotated[
         int | None,
         typer.Option(
@@ -92,7 +93,7 @@ def extract_command(
             "flip (the mirror image; one view). [default: the cache's recipe, else crop]",
         ),
     ] = None,
-    engine: EngineOpt = Engine.auto,
+    engine: EngineOpt = "auto",
     cache_dir: Annotated[
         Path | None,
         typer.Option(help="Where feature caches live [default: $TLX_CACHE_DIR or ./cache].", file_okay=False),
@@ -117,32 +118,28 @@ def extract_command(
 
     main_rank = env_rank() == 0
     quiet = quiet or not main_rank  # one summary and one progress bar per job, not per rank
-    reporter = RichReporter(quiet=quiet)
     result = extract(
         data,
         backbone=backbone,
         weights=weights,
-        pooling=pool.value,
+        pooling=pool,
         stages=stages,
         batch_size=batch_size,
         workers=workers,
-        device=device.value,
+        device=device,
         cache_dir=cache_dir,
         strict=strict,
-        precision=precision.value,
-        store_dtype=store_dtype.value,
-        reporter=reporter,
+        precision=precision,
+        store_dtype=store_dtype,
+        reporter=RichReporter(quiet=quiet),
         rehash=rehash,
-        engine=engine.value,
+        engine=engine,
         views=views,
         view_recipe=view_recipe,
     )
     if not main_rank:
         return
-    for failure in result.failed[:20]:
-        info(f"skipped {failure['path']}: {failure['reason']}", quiet)
-    if len(result.failed) > 20:
-        info(f"... and {len(result.failed) - 20} more (all recorded in the cache)", quiet)
+    list_skipped(result.failed, len(result.failed), quiet, " (all recorded in the cache)")
     summary = (
         f"{result.path}: {result.n_images} images x {result.feature_dim} ({result.backbone}); "
         f"{result.n_new} new, {result.n_reused} reused, {result.n_resumed} resumed, {result.n_removed} removed, "

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from enum import Enum
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 
 from ..finetune.config import OPTIONS, option_help
-from .common import Device, JsonOpt, Pool, QuietOpt, RichReporter, handle_errors, info, report
+from .common import Device, JsonOpt, Pool, QuietOpt, RichReporter, WorkersOpt, handle_errors, info, report
 
-
-class Optim(str, Enum):
-    adamw = "adamw"
-    sgd = "sgd"
-
-
-class EpochSelect(str, Enum):
-    last = "last"
-    val = "val"
+Optim = Literal["adamw", "sgd"]
+EpochSelect = Literal["last", "val"]
 
 
 def register(app: typer.Typer) -> None:
@@ -27,14 +20,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _unfreeze(value: str | None) -> str | None:
-    if value is None or value.strip().lower() == "all":
+    if value is None or value.strip().lower() == "all" or value.strip().isdecimal():
         return value
-    try:
-        if int(value) >= 0:
-            return value
-    except ValueError:
-        pass
     raise typer.BadParameter(f"expected a number of stages (0 = head only) or 'all', not {value!r}")
+
+
+def _config_option(name: str, *flags: str, **settings) -> Any:
+    """The option of FinetuneConfig field ``name``, with the config's help text and default."""
+    return typer.Option(*flags, help=option_help(name), **settings)
 
 
 @handle_errors
@@ -47,90 +40,28 @@ def finetune_command(
             "[default: the dataset of the most recent cache, or of --init-head's cache]."
         ),
     ] = None,
-    backbone: Annotated[
-        str | None,
-        typer.Option(help=option_help("backbone")),
-    ] = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option(
-            help=option_help("weights"),
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
-    pool: Annotated[Pool | None, typer.Option(help=option_help("pool"))] = None,
-    unfreeze: Annotated[
-        str | None,
-        typer.Option(
-            callback=_unfreeze,
-            metavar="N|all",
-            help=option_help("unfreeze"),
-        ),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help=option_help("epochs"))] = None,
-    lr: Annotated[float | None, typer.Option(help=option_help("lr"))] = None,
-    head_lr: Annotated[
-        float | None,
-        typer.Option(help=option_help("head_lr")),
-    ] = None,
-    optimizer: Annotated[Optim | None, typer.Option(help=option_help("optimizer"))] = None,
-    weight_decay: Annotated[
-        float | None,
-        typer.Option(min=0.0, help=option_help("weight_decay")),
-    ] = None,
-    warmup_epochs: Annotated[
-        float | None,
-        typer.Option(min=0.0, help=option_help("warmup_epochs")),
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help=option_help("batch_size"))] = None,
-    init_head: Annotated[
-        Path | None,
-        typer.Option(
-            help=option_help("init_head"),
-            exists=True,
-            file_okay=False,
-        ),
-    ] = None,
-    augment: Annotated[
-        bool | None,
-        typer.Option("--augment/--no-augment", help=option_help("augment")),
-    ] = None,
-    train_bn: Annotated[
-        bool | None,
-        typer.Option(
-            "--train-bn/--freeze-bn",
-            help=option_help("train_bn"),
-        ),
-    ] = None,
-    early_stop: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            metavar="PATIENCE",
-            help=option_help("early_stop"),
-        ),
-    ] = None,
-    select_on: Annotated[
-        EpochSelect | None,
-        typer.Option(
-            help=option_help("select_on"),
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        float | None,
-        typer.Option(help=option_help("val_fraction")),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(help=option_help("seed")),
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")
-    ] = None,
+    backbone: Annotated[str | None, _config_option("backbone")] = None,
+    weights: Annotated[Path | None, _config_option("weights", exists=True, dir_okay=False)] = None,
+    pool: Annotated[Pool | None, _config_option("pool")] = None,
+    unfreeze: Annotated[str | None, _config_option("unfreeze", callback=_unfreeze, metavar="N|all")] = None,
+    epochs: Annotated[int | None, _config_option("epochs", min=1)] = None,
+    lr: Annotated[float | None, _config_option("lr")] = None,
+    head_lr: Annotated[float | None, _config_option("head_lr")] = None,
+    optimizer: Annotated[Optim | None, _config_option("optimizer")] = None,
+    weight_decay: Annotated[float | None, _config_option("weight_decay", min=0.0)] = None,
+    warmup_epochs: Annotated[float | None, _config_option("warmup_epochs", min=0.0)] = None,
+    batch_size: Annotated[int | None, _config_option("batch_size", min=1)] = None,
+    init_head: Annotated[Path | None, _config_option("init_head", exists=True, file_okay=False)] = None,
+    augment: Annotated[bool | None, _config_option("augment", "--augment/--no-augment")] = None,
+    train_bn: Annotated[bool | None, _config_option("train_bn", "--train-bn/--freeze-bn")] = None,
+    early_stop: Annotated[int | None, _config_option("early_stop", min=0, metavar="PATIENCE")] = None,
+    select_on: Annotated[EpochSelect | None, _config_option("select_on")] = None,
+    val_fraction: Annotated[float | None, _config_option("val_fraction")] = None,
+    seed: Annotated[int | None, _config_option("seed")] = None,
+    workers: WorkersOpt = None,
     device: Annotated[
         Device, typer.Option(help="Where to train (under torchrun: each process's local GPU, or the CPU).")
-    ] = Device.auto,
+    ] = "auto",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -151,15 +82,13 @@ def finetune_command(
     start from a head fitted on the cached features (--init-head, "LP-FT")."""
     from ..common.device import check_device
 
-    check_device(device.value)  # before torch, the data or a network is loaded
+    check_device(device)  # before torch, the data or a network is loaded
     from ..finetune.train import finetune
 
     reporter = RichReporter(quiet=quiet)
     # The options of FinetuneConfig pass through by name: `finetune` normalizes and checks them.
     options = {name: value for name, value in ctx.params.items() if name in OPTIONS and name != "data"}
-    result = finetune(data, workers=workers, device=device.value, out=out, resume=resume, reporter=reporter, **options)
-    import os
-
+    result = finetune(data, workers=workers, device=device, out=out, resume=resume, reporter=reporter, **options)
     if int(os.environ.get("RANK", 0)) != 0:
         return  # under torchrun only rank 0 reports
     if result.n_skipped:

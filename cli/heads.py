@@ -1,28 +1,18 @@
-"""``tlx fit-head``, ``tlx runs`` and ``tlx heads``: stage two.
-
-Only typer, the standard library and ``tlx.cli.common`` are imported here; the heads, and
-scikit-learn for the heads that wrap it, are imported inside the command bodies.
-"""
+"""``tlx fit-head``, ``tlx runs`` and ``tlx heads``: stage two (the heads, and scikit-learn, are
+imported inside the command bodies)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from .common import JsonOpt, QuietOpt, emit_json, handle_errors, info, report
+from .common import JsonOpt, QuietOpt, emit_json, fmt, handle_errors, info, print_table, report
 
-
-class ClassWeight(str, Enum):
-    balanced = "balanced"
-
-
-class SelectOn(str, Enum):
-    cv = "cv"
-    val = "val"
+ClassWeight = Literal["balanced"]
+SelectOn = Literal["cv", "val"]
+RunSort = Literal["accuracy", "balanced", "n_val", "created"]
 
 
 def register(app: typer.Typer) -> None:
@@ -68,7 +58,7 @@ def fit_head_command(
             help="How --sweep and the ranking of several heads choose: cv, k-fold cross-validation on the training "
             "images (the val and test scores stay honest); val, on the val labels (the val score is then optimistic).",
         ),
-    ] = SelectOn.cv,
+    ] = "cv",
     class_weight: Annotated[
         ClassWeight | None, typer.Option(help="Weight classes inversely to their frequency (imbalanced data).")
     ] = None,
@@ -121,20 +111,20 @@ def fit_head_command(
         clf=clf,
         params=param or [],
         sweep=sweep,
-        class_weight=class_weight.value if class_weight else None,
+        class_weight=class_weight,
         val_fraction=val_fraction,
         seed=seed,
         out=out,
         max_memory=max_memory,
         log=lambda msg: info(msg, quiet),
         views=_parse_views(views),
-        select_on=select_on.value,
+        select_on=select_on,
         exclude=exclude,
     )
     if len(results) > 1:
         report(leaderboard(results), [r.to_dict() for r in results], json_out, quiet)
-        return
-    report(summary_line(results[0]), results[0].to_dict(), json_out, quiet)
+    else:
+        report(summary_line(results[0]), results[0].to_dict(), json_out, quiet)
 
 
 def summary_line(result) -> str:
@@ -181,27 +171,27 @@ def _parse_views(views: str | None) -> int | None:
 
 
 def show_run(run: Path, json_out: bool) -> None:
-    """One run: what it is, its scores, the most confused class pairs (``most_confused``, or
-    computed from the confusion matrix for runs written before it was recorded), its files."""
+    """One run: what it is, its scores, the most confused class pairs (computed from the confusion
+    matrix for runs written before ``most_confused`` was recorded), its files."""
     from ..common.mistakes import most_confused
     from ..common.runfolder import read_metrics
 
-    info_ = read_metrics(run)
-    pairs = info_.get("most_confused")
+    metrics = read_metrics(run)
+    pairs = metrics.get("most_confused")
     if pairs is None:
-        pairs = most_confused(info_.get("confusion_matrix") or [], info_.get("classes") or [])
+        pairs = most_confused(metrics.get("confusion_matrix") or [], metrics.get("classes") or [])
     files = sorted(p.name for p in Path(run).iterdir() if p.is_file())
     if json_out:
-        emit_json({"run": str(run), "most_confused": pairs, "files": files, **info_})
+        emit_json({"run": str(run), "most_confused": pairs, "files": files, **metrics})
         return
-    side = info_.get("evaluated_on", "val")  # a train + test dataset has no val: test is shown
+    side = metrics.get("evaluated_on", "val")  # a train + test dataset has no val: test is shown
     line = (
-        f"{run}: {info_['kind']} {info_.get('clf')} on {info_.get('dataset') or '-'}, {side} accuracy "
-        f"{_fmt(info_.get(f'{side}_accuracy'), '.4f')} (balanced {_fmt(info_.get('balanced_accuracy'), '.4f')}) "
-        f"on {info_.get(f'n_{side}')} {side} / {info_.get('n_train')} train images"
+        f"{run}: {metrics['kind']} {metrics.get('clf')} on {metrics.get('dataset') or '-'}, {side} accuracy "
+        f"{fmt(metrics.get(f'{side}_accuracy'), '.4f')} (balanced {fmt(metrics.get('balanced_accuracy'), '.4f')}) "
+        f"on {metrics.get(f'n_{side}')} {side} / {metrics.get('n_train')} train images"
     )
-    if side == "val" and info_.get("n_test"):
-        line += f"; test accuracy {_fmt(info_.get('test_accuracy'), '.4f')} on {info_['n_test']} test images"
+    if side == "val" and metrics.get("n_test"):
+        line += f"; test accuracy {fmt(metrics.get('test_accuracy'), '.4f')} on {metrics['n_test']} test images"
     typer.echo(line)
     typer.echo("most confused (true -> predicted: count):" if pairs else "no confusions on the validation images")
     for p in pairs:
@@ -211,8 +201,7 @@ def show_run(run: Path, json_out: bool) -> None:
 
 def leaderboard(results) -> str:
     """The fitted heads in 80 columns, ranked by the selection's score (CV accuracy on the training
-    images; val accuracy with --select-on val): head, the parameters it was fitted with (the
-    sweep's choice included), CV, val and test accuracy, fit seconds."""
+    images; val accuracy with --select-on val), with the parameters they were fitted with."""
     on_val = bool((results[0].metrics.get("selection") or {}).get("optimistic"))
 
     def rank_key(r):
@@ -228,8 +217,8 @@ def leaderboard(results) -> str:
         params = _param_list(chosen) or "defaults"
         params = params if len(params) <= 29 else params[:28] + "~"
         lines.append(
-            f"{r.clf:<7} {params:<29} {_fmt(r.cv_accuracy, '6.4f'):>6} {_fmt(r.val_accuracy, '7.4f'):>7} "
-            f"{_fmt(r.test_accuracy, '8.4f'):>8} {r.fit_seconds:7.2f}"
+            f"{r.clf:<7} {params:<29} {fmt(r.cv_accuracy, '6.4f'):>6} {fmt(r.val_accuracy, '7.4f'):>7} "
+            f"{fmt(r.test_accuracy, '8.4f'):>8} {r.fit_seconds:7.2f}"
         )
     first = ranked[0].metrics
     how = (
@@ -244,14 +233,13 @@ def leaderboard(results) -> str:
     return "\n".join(lines)
 
 
+HEAD_FLAGS = {"default": "default", "exportable": "exportable", "class_weight": "--class-weight"}
+
+
 @handle_errors
 def heads_command(json_out: JsonOpt = False) -> None:
     """List the heads for --clf: their parameters for --param with defaults and valid values,
     the grid --sweep searches, and whether they export and take --class-weight."""
-    print_heads(json_out)
-
-
-def print_heads(json_out: bool) -> None:
     from ..heads.registry import describe_heads, family_help
     from ..heads.training.sweep import densify
 
@@ -260,23 +248,15 @@ def print_heads(json_out: bool) -> None:
         emit_json(rows)
         return
     for i, h in enumerate(rows):
-        flags = [
-            f
-            for f, on in (
-                ("default", h["default"]),
-                ("exportable", h["exportable"]),
-                ("--class-weight", h["class_weight"]),
-            )
-            if on
-        ]
+        flags = [shown for key, shown in HEAD_FLAGS.items() if h[key]]
         typer.echo(
             ("\n" if i else "") + f"{h['name']}: {h['description']}" + (f" [{', '.join(flags)}]" if flags else "")
         )
         grid = densify(h["sweep_grid"])
         typer.echo(f"  --sweep searches {h['sweep_param']} over {', '.join(f'{v:g}' for v in grid)}")
-        width = max(len(f"{p['name']}={_param_text(p['default'])}") for p in h["params"])
-        for p in h["params"]:
-            setting = f"{p['name']}={_param_text(p['default'])}"
+        settings = [f"{p['name']}={_param_text(p['default'])}" for p in h["params"]]
+        width = max(map(len, settings))
+        for setting, p in zip(settings, h["params"], strict=True):
             typer.echo(f"  --param {setting.ljust(width)}  {p['valid']}".rstrip())
     for pattern, text in family_help().items():
         typer.echo(f"\n{pattern}: {text}")
@@ -286,13 +266,6 @@ def _param_text(value) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value))
     return str(value).lower() if isinstance(value, bool) or value is None else str(value)
-
-
-class RunSort(str, Enum):
-    accuracy = "accuracy"
-    balanced = "balanced"
-    n_val = "n_val"
-    created = "created"
 
 
 @handle_errors
@@ -311,7 +284,7 @@ def runs_command(
             help="accuracy or balanced: best first within each dataset; n_val: most validation images first; "
             "created: newest first."
         ),
-    ] = RunSort.accuracy,
+    ] = "accuracy",
     show: Annotated[
         Path | None,
         typer.Option(help="Show one run instead: its scores, the class pairs it confuses most, its files."),
@@ -325,9 +298,8 @@ def runs_command(
     if show is not None:
         show_run(show, json_out)
         return
-
     root = runs_dir if runs_dir is not None else default_runs_dir()
-    rows = [_row(r) for r in list_runs(root, dataset=dataset, sort=sort.value)]
+    rows = [_row(r) for r in list_runs(root, dataset=dataset, sort=sort)]
     if json_out:
         emit_json({"dir": str(root), "runs": rows})
         return
@@ -343,9 +315,9 @@ def runs_command(
             r["summary"],
             str(r["dataset"] or "-"),
             str(r["backbone"] or "-"),
-            _fmt(r["n_val"], "d"),
-            r["status"] if r["status"] in ("interrupted", "damaged") else _fmt(r["val_accuracy"], ".4f"),
-            _fmt(r["fit_seconds"], ".2f"),
+            fmt(r["n_val"], "d"),
+            r["status"] if r["status"] in ("interrupted", "damaged") else fmt(r["val_accuracy"], ".4f"),
+            fmt(r["fit_seconds"], ".2f"),
             r["run"],
         ]
         for r in rows
@@ -359,75 +331,33 @@ def runs_command(
         typer.echo(f"warning: {len(damaged)} damaged run(s), listed but not scored: {shown}", err=True)
 
 
-def print_table(
-    header: list[str], rows: list[list[str]], title: str = "", right: Collection[str] = frozenset()
-) -> None:
-    """A rich table on a terminal; piped or redirected, plain columns that are never wrapped
-    or cut, so paths stay whole and copyable."""
-    import sys
-
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title or None)
-        for name in header:
-            table.add_column(name, justify="right" if name in right else "left", overflow="fold")
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-        return
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
-    for row in [header, *rows]:
-        cells = [
-            str(c).rjust(w) if name in right else str(c).ljust(w)
-            for name, c, w in zip(header, row, widths, strict=False)
-        ]
-        typer.echo("  ".join(cells).rstrip())
-
-
-def _fmt(value, spec: str) -> str:
-    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+RUN_FIELDS = ("kind", "clf", "dataset", "cache", "n_train", "n_val", "val_accuracy", "balanced_accuracy")
+FINETUNE_SUMMARY = ("unfreeze", "epochs", "lr", "optimizer", "batch_size")
 
 
 def _row(record: dict) -> dict:
+    """One run of `tlx runs --json` (the table shows a few of its fields)."""
     params = record.get("params_set")
     if params is None:
         params = record.get("params") or {}
     return {
         "run": record["run"],
-        "kind": record.get("kind"),
-        "clf": record.get("clf"),
         "status": record.get("status", "done"),
         "params": params,
         "summary": _summary(record, params),
-        "dataset": record.get("dataset"),
-        "cache": record.get("cache"),
         "backbone": (record.get("feature_space") or {}).get("backbone"),
-        "n_train": record.get("n_train"),
-        "n_val": record.get("n_val"),
-        "val_accuracy": record.get("val_accuracy"),
-        "balanced_accuracy": record.get("balanced_accuracy"),
-        "fit_seconds": record.get("fit_seconds"),
-        "created": record.get("created"),
+        **{key: record.get(key) for key in (*RUN_FIELDS, "fit_seconds", "created")},
         **({"problem": record["problem"]} if "problem" in record else {}),
     }
-
-
-FINETUNE_SUMMARY = ("unfreeze", "epochs", "lr", "optimizer", "batch_size")
 
 
 def _summary(record: dict, params: dict) -> str:
     """A head's parameters as set; for a fine-tuning, the few options that shape it most."""
     if record.get("kind") != "finetune":
         return _param_list(params)
-    parts = [
-        f"{k}={params[k]:g}" if isinstance(params[k], float) else f"{k}={params[k]}"
-        for k in FINETUNE_SUMMARY
-        if k in params
-    ]
+    parts = [_param_list({k: params[k] for k in FINETUNE_SUMMARY if k in params})]
     if params.get("init_head"):
         parts.append(f"init_head={Path(str(params['init_head'])).name}")
     if record.get("best_epoch") is not None:
         parts.append(f"best epoch {record['best_epoch']}/{record.get('epochs_done', '?')}")
-    return ", ".join(parts)
+    return ", ".join(part for part in parts if part)

@@ -3,50 +3,36 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from .common import (
+    BatchSizeOpt,
     Device,
-    Engine,
     EngineOpt,
     JsonOpt,
     QuietOpt,
     RichReporter,
+    WorkersOpt,
     emit_json,
     handle_errors,
     info,
+    list_skipped,
     report,
 )
 
-
-class ExportFormat(str, Enum):
-    torchscript = "torchscript"
-    onnx = "onnx"
+ExportFormat = Literal["torchscript", "onnx"]
 
 
-RunOpt = Annotated[
-    Path,
-    typer.Option(
-        "--run", help="A run folder written by `tlx fit-head` or `tlx finetune` (see `tlx runs`).", file_okay=False
-    ),
-]
-
-
+RUN_HELP = "A run folder written by `tlx fit-head` or `tlx finetune` (see `tlx runs`)"
+RunOpt = Annotated[Path, typer.Option("--run", help=f"{RUN_HELP}.", file_okay=False)]
 # torchrun's own parser takes `--run` as an abbreviation of its --run-path, so under torchrun
 # predict needs a spelling that abbreviates none of torchrun's options.
 PredictRunOpt = Annotated[
     Path,
-    typer.Option(
-        "--run",
-        "--run-folder",
-        help="A run folder written by `tlx fit-head` or `tlx finetune` (see `tlx runs`); "
-        "under torchrun spell it --run-folder.",
-        file_okay=False,
-    ),
+    typer.Option("--run", "--run-folder", help=f"{RUN_HELP}; under torchrun spell it --run-folder.", file_okay=False),
 ]
 
 
@@ -71,13 +57,11 @@ def predict_command(
     top_k: Annotated[
         int, typer.Option(min=1, help="Also list the K most likely classes per image (columns top2, top2_score, ...).")
     ] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    workers: Annotated[
-        int | None, typer.Option(min=0, help="DataLoader decoding processes [default: number of CPUs, at most 4].")
-    ] = None,
+    batch_size: BatchSizeOpt = 32,
+    workers: WorkersOpt = None,
     device: Annotated[
         Device, typer.Option(help="Where to run the network for images not in the run's cache.")
-    ] = Device.auto,
+    ] = "auto",
     tta: Annotated[
         bool,
         typer.Option(
@@ -86,13 +70,14 @@ def predict_command(
             "mirror image (the mirror always goes through the backbone). Head runs only.",
         ),
     ] = False,
-    engine: EngineOpt = Engine.auto,
+    engine: EngineOpt = "auto",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Predict the class of images with a run: reuses the run's cached features for images
     already in it (same bytes), computes the rest, and writes path,label,score,p_<class>... rows."""
     from ..common.device import check_device
+    from ..extractor.distributed import env_rank
     from ..extractor.engines import check_engine
     from ..heads.runs import load_run
     from ..inference.csvfile import check_predictions_out, write_csv_stream
@@ -100,14 +85,12 @@ def predict_command(
     from ..inference.predict import predict_chunks
     from ..inference.rows import csv_columns
 
-    check_device(device.value)  # before the run is loaded or any image read
-    check_engine(engine.value, device.value)
+    check_device(device)  # before the run is loaded or any image read
+    check_engine(engine, device)
     if out is not None:
         check_predictions_out(out)  # a photo or a run's file is never overwritten
     loaded = load_run(run)
     paths = collect_images(images)
-    from ..extractor.distributed import env_rank
-
     main_rank = env_rank() == 0
     quiet = quiet or not main_rank  # under torchrun, rank 0 alone reports and writes the CSV
     rounds = predict_chunks(
@@ -115,10 +98,10 @@ def predict_command(
         paths,
         batch_size=batch_size,
         workers=workers,
-        device=device.value,
+        device=device,
         reporter=RichReporter(quiet=quiet),
         tta=tta,
-        engine=engine.value,
+        engine=engine,
     )
     sink = out if out is not None else (None if json_out else sys.stdout)
     if not main_rank:
@@ -129,22 +112,8 @@ def predict_command(
     if json_out and out is None:
         rounds = (_keep_rows(r, rows, top_k) for r in rounds)
     preds = write_csv_stream(rounds, csv_columns(loaded.classes, top_k), sink, top_k)
-    for failure in preds.failed[:20]:
-        info(f"skipped {failure['path']}: {failure['reason']}", quiet)
-    if preds.n_failed > 20:
-        info(f"... and {preds.n_failed - 20} more", quiet)
-
-    acc = preds.folder_accuracy
-    summary = (
-        f"{preds.n_images} image(s) predicted with {loaded.path} ({preds.n_reused} from the cache, "
-        f"{preds.n_computed} computed), {preds.n_failed} skipped; {preds.seconds:.1f} s"
-    )
-    if acc is not None:
-        summary += f"; accuracy against the folder names {acc:.4f}"
-    if out is not None:
-        summary += f" -> {out}"
-    if preds.n_failed:
-        summary += f"  [warning: {preds.n_failed} image(s) skipped]"
+    list_skipped(preds.failed, preds.n_failed, quiet)
+    summary = _summary(preds, loaded.path, out)
     # The CSV owns stdout when it goes there; the summary then goes to stderr.
     if json_out or out is None:
         info(summary, quiet)
@@ -161,7 +130,7 @@ def predict_command(
             "tta": tta,
             "n_failed": preds.n_failed,
             "failed": preds.failed,
-            "folder_accuracy": acc,
+            "folder_accuracy": preds.folder_accuracy,
             "seconds": preds.seconds,
             "classes": list(loaded.classes),
             "engine": preds.engine,
@@ -169,6 +138,20 @@ def predict_command(
         if out is None:
             result["predictions"] = rows
         emit_json(result)
+
+
+def _summary(preds, run: Path, out: Path | None) -> str:
+    summary = (
+        f"{preds.n_images} image(s) predicted with {run} ({preds.n_reused} from the cache, "
+        f"{preds.n_computed} computed), {preds.n_failed} skipped; {preds.seconds:.1f} s"
+    )
+    if preds.folder_accuracy is not None:
+        summary += f"; accuracy against the folder names {preds.folder_accuracy:.4f}"
+    if out is not None:
+        summary += f" -> {out}"
+    if preds.n_failed:
+        summary += f"  [warning: {preds.n_failed} image(s) skipped]"
+    return summary
 
 
 def _keep_rows(preds, rows: list, top_k: int):
@@ -179,9 +162,7 @@ def _keep_rows(preds, rows: list, top_k: int):
 @handle_errors
 def export_command(
     run: RunOpt,
-    format: Annotated[
-        ExportFormat, typer.Option("--format", help="torchscript (torch.jit) or onnx.")
-    ] = ExportFormat.onnx,
+    format: Annotated[ExportFormat, typer.Option("--format", help="torchscript (torch.jit) or onnx.")] = "onnx",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -199,7 +180,7 @@ def export_command(
     from ..inference.export import export_run
 
     loaded = load_run(run)
-    result = export_run(loaded, format.value, out)
+    result = export_run(loaded, format, out)
     diff = (
         f"max |diff| {result.max_abs_diff:.1e} ({result.checked_with})"
         if result.max_abs_diff is not None

@@ -1,14 +1,7 @@
 """Duplicates: byte-identical images (same content sha256) and near duplicates (cosine of the
-centered features above a threshold), each sorted into one of three kinds:
-
-* ``across splits``: the same picture in train and in val (or test), a leak that inflates
-  validation scores;
-* ``across classes``: the same picture under two labels, at least one of them wrong;
-* ``within class``: a harmless-looking copy that still weighs the image twice.
-
-A group that is both in two splits and under two labels is reported as ``across splits`` with
-``labels`` showing the conflict.
-"""
+centered features above a threshold), each of a kind: ``across splits`` (a leak that inflates
+validation scores; wins when a set is also under two labels), ``across classes`` (one picture, two
+labels, one of them wrong) or ``within class`` (a copy that weighs the image twice)."""
 
 from __future__ import annotations
 
@@ -16,14 +9,14 @@ from collections import defaultdict
 
 import numpy as np
 
-# Cosine of the centered, L2-normalized features above which two images are near duplicates.
 # Calibrated on the ants/bees photos (efficientnet_lite0): copies re-encoded as JPEG quality 70
 # at 0.8x size scored 0.85, 0.88 and 0.95, while the closest two distinct photos scored 0.70.
 NEAR_THRESHOLD = 0.80
+KINDS = ["across splits", "across classes", "within class"]
 
 
 def kind_of(labels: list[str], splits: list[str]) -> str:
-    if len({s for s in splits}) > 1:
+    if len(set(splits)) > 1:
         return "across splits"
     if len(set(labels)) > 1:
         return "across classes"
@@ -44,10 +37,7 @@ def hash_groups(sha256: list[str]) -> np.ndarray:
 
 def exact_duplicates(group: np.ndarray, feats) -> list[dict]:
     """One finding per set of byte-identical images: its paths, labels, splits and kind."""
-    found = []
-    for g in np.unique(group[group >= 0]):
-        rows = np.flatnonzero(group == g).tolist()
-        found.append(_finding("exact", rows, feats, 1.0))
+    found = [_finding("exact", np.flatnonzero(group == g).tolist(), feats, 1.0) for g in np.unique(group[group >= 0])]
     return sorted(found, key=_kind_order)
 
 
@@ -72,4 +62,4 @@ def _finding(match: str, rows: list[int], feats, score: float) -> dict:
 
 
 def _kind_order(finding: dict) -> tuple:
-    return (["across splits", "across classes", "within class"].index(finding["kind"]), finding["paths"][0])
+    return KINDS.index(finding["kind"]), finding["paths"][0]

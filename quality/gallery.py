@@ -1,6 +1,5 @@
-"""``audit.png``: the top suspected label errors (given -> suggested class) and the closest
-near-duplicate pairs side by side, drawn with Pillow like the top-losses grid
-(``tlx.common.mistakes``). An image that has moved or gone is drawn as a placeholder and counted."""
+"""``audit.png``: the top suspected label errors (given -> suggested) and the closest duplicate pairs
+side by side, drawn with Pillow; an image that has moved or gone is drawn as a placeholder and counted."""
 
 from __future__ import annotations
 

@@ -1,23 +1,9 @@
-"""Likely label errors: out-of-fold class probabilities from two views of the data, then
-confident learning.
-
-* The linear head (``tlx.heads.linear.LinearHead``), fitted K times, each time without one fold
-  of the images; folds keep an image, its augmented views and its byte-identical copies
-  together, so no image is ever scored by a head that saw it. The held-out image is scored on
-  its center row and on each stored view, and the probabilities are averaged.
-* A vote of each image's k nearest neighbours (``neighbors.py``; copies excluded), weighted by
-  similarity: a label that its closest look-alikes do not share is suspect even where a linear
-  boundary fits it.
-
-Confident learning runs on each of the two sets of probabilities, and an image is flagged when
-either flags it (each catches errors the other misses: on the faulted sets of
-``benchmarks/audit.py`` the union found more of the moved images than either alone, or than
-their average). The decision is cleanlab's ``find_label_issues`` (``pip install 'tlx[audit]'``),
-or where cleanlab is not installed, the rule of its ``filter_by="confident_learning"`` (an
-image is flagged when another class's probability reaches that class's average
-self-confidence and beats the given label's). Issues are ranked by the averaged probability of
-the given label, lowest first; the suggested class is the averaged most probable other class.
-"""
+"""Likely label errors: confident learning on two sets of class probabilities, out of fold from
+linear heads (an image, its views and its byte-identical copies stay in one fold; the held-out
+image is scored on its center row and its views) and from a similarity-weighted vote of its
+nearest neighbours. An image flagged on either is reported: each catches errors the other misses
+(on the faulted sets of ``benchmarks/audit.py`` the union found more than either, or their average).
+cleanlab's ``find_label_issues`` decides when installed, else the rule of its ``confident_learning``."""
 
 from __future__ import annotations
 
@@ -34,15 +20,13 @@ class LabelIssues:
     rows: np.ndarray  # flagged rows, most likely error first
     given: np.ndarray
     suggested: np.ndarray
-    score: np.ndarray  # probability of the given label (lower: more likely wrong)
-    proba: np.ndarray  # (N, C) every row's averaged probabilities (out of fold and neighbour vote)
+    score: np.ndarray  # averaged probability of the given label (lower: more likely wrong)
     method: str  # "cleanlab" or "confident_learning (tlx)"
     folds: int
 
 
 def grouped_folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
-    """A fold number per row: scikit-learn's ``StratifiedGroupKFold``, so a group (an image, its
-    views and its byte-identical copies) never straddles two folds."""
+    """A fold number per row (``StratifiedGroupKFold``: a group never straddles two folds)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     fold = np.empty(len(y), dtype=np.int64)
@@ -55,8 +39,8 @@ def grouped_folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int = 0
 def out_of_fold_proba(
     X, y, n_classes: int, groups: np.ndarray, views=None, seed: int = 0, max_folds: int = MAX_FOLDS
 ) -> tuple[np.ndarray, int]:
-    """``(proba (N, C), folds)``: each row scored by a linear head fitted without its fold.
-    ``views``: a ``ViewFeatures`` of these rows, or None."""
+    """``(proba (N, C), folds)``: each row scored by a linear head fitted without its fold
+    (``views``: a ``ViewFeatures`` of these rows, or None)."""
     from ..heads.linear import LinearHead
 
     X = np.asarray(X, dtype=np.float32)
@@ -112,6 +96,8 @@ def confident_learning(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, st
 
 
 def _confident_learning_rule(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Flagged: another class's probability reaches that class's average self-confidence and beats
+    the given label's."""
     n_classes = proba.shape[1]
     thresholds = np.array(
         [proba[y == c, c].mean() if np.any(y == c) else np.inf for c in range(n_classes)], dtype=np.float64
@@ -122,7 +108,8 @@ def _confident_learning_rule(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
 
 
 def label_issues(y: np.ndarray, lin: np.ndarray, knn: np.ndarray, folds: int) -> LabelIssues:
-    """Flag by confident learning on each model's probabilities; rank by their average."""
+    """Flag by confident learning on each model's probabilities; rank by their average, lowest given
+    label first; the suggested class is the averaged most probable other class."""
     mask, method = confident_learning(y, knn)
     if folds:
         mask |= confident_learning(y, lin)[0]
@@ -131,4 +118,4 @@ def label_issues(y: np.ndarray, lin: np.ndarray, knn: np.ndarray, folds: int) ->
     rows = np.flatnonzero(mask)
     rows = rows[np.argsort(score[rows], kind="stable")]
     others = np.where(np.arange(proba.shape[1])[None, :] == y[:, None], -np.inf, proba)
-    return LabelIssues(rows, y[rows], others[rows].argmax(axis=1), score[rows], proba, method, folds)
+    return LabelIssues(rows, y[rows], others[rows].argmax(axis=1), score[rows], method, folds)

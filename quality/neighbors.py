@@ -1,28 +1,8 @@
 """Each image's ``k`` nearest neighbours and every pair above a similarity threshold, block by
-block, without the N x N matrix in memory.
-
-Rows are centered on the mean feature and L2-normalized first: pooled CNN features are
-non-negative, so raw cosines of unrelated photos already sit near 0.7; centered, they spread
-over [-1, 1] and a threshold means something. Up to ``EXACT_BUDGET`` the search is exact
-(``neighbor_pass``): query rows go a block at a time against all rows (one ``block x N``
-float32 product, ``BLOCK_BYTES``, in memory). The k nearest are found
-without sorting each row: a lower bound of the k-th similarity from a sample of columns keeps
-only the few candidates above it, which are then ranked.
-
-Large data (``is_large``: more than ``EXACT_BUDGET`` multiply-adds for the full N x N x D
-product) is searched the way an inverted-file index (faiss's IVF) does it, in numpy: the rows
-are projected onto their top ``SEARCH_DIMS`` principal directions (uncentered second moments
-of a sample of the centered unit rows: the subspace that best keeps their dot products), cut
-into about sqrt(N) lists by spherical k-means, and each list's rows are compared with the rows
-of the ``PROBES`` lists nearest to it only (``clustered_neighbors``): about N x 16 sqrt(N)
-products instead of N x N, so approximate neighbours. A projection makes look-alikes of a class
-closer than they are, so it cannot be thresholded; instead each image's k nearest there are
-the near-duplicate candidates, re-scored on the full vectors (``candidate_pairs``,
-``rescore``). A near copy is missed only when more than k other images sit closer to it in the
-projection, or it fell in a list not probed (a burst of many copies of one picture still links
-them all through one another). On 100,000 synthetic rows (``benchmarks/audit.py``) 495 of 500
-planted near copies were found this way.
-"""
+block, without the N x N matrix in memory: exact up to ``EXACT_BUDGET``, above it an inverted-file
+search (faiss's IVF, in numpy) on the top principal directions, near-duplicate candidates re-scored
+on the full rows. Rows are centered and L2-normalized first: pooled CNN features are non-negative,
+so raw cosines of unrelated photos already sit near 0.7; centered, a threshold means something."""
 
 from __future__ import annotations
 
@@ -49,8 +29,7 @@ class Neighbors:
 
 
 def normalize_rows(X, mean: np.ndarray, block: int = 8192) -> np.ndarray:
-    """``X - mean`` scaled to unit length, row by row, as a new float32 array (blockwise, so a
-    ``CacheRows`` is read once)."""
+    """``X - mean`` scaled to unit length, as a new float32 array (blockwise: a ``CacheRows`` is read once)."""
     out = np.empty((len(X), X.shape[1]), dtype=np.float32)
     for start in range(0, len(X), block):
         part = np.asarray(X[start : start + block], dtype=np.float32) - mean
@@ -67,13 +46,14 @@ def row_mean(X, block: int = 8192) -> np.ndarray:
 
 
 def is_large(n: int, d: int) -> bool:
+    """More multiply-adds than ``EXACT_BUDGET`` for the exact N x N x D search."""
     return float(n) * n * d > EXACT_BUDGET and d > SEARCH_DIMS
 
 
 def principal_basis(X, mean: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
-    """(D, dims): the top uncentered principal directions of the centered unit rows, from a
-    sample, by a few power iterations on their D x D second moments (randomized subspace
-    iteration: a full ``eigh`` of 1280 x 1280 took 13 s on this busy machine, this well under 1)."""
+    """(D, dims): the top uncentered principal directions of a sample of the centered unit rows (the
+    subspace that best keeps their dot products), by randomized subspace iteration on their second
+    moments: a full ``eigh`` of 1280 x 1280 took 13 s on this busy machine, this well under 1."""
     rng = np.random.default_rng(seed)
     sample = normalize_rows(X[np.sort(rng.choice(len(X), min(len(X), SAMPLE_ROWS), replace=False))], mean)
     moments = (sample.T @ sample).astype(np.float64)
@@ -99,9 +79,8 @@ def unit(Z: np.ndarray) -> np.ndarray:
 
 def rescore(X, mean: np.ndarray, pairs: np.ndarray, threshold: float, block: int = 65536):
     """``(pairs, cosine)``: the pairs whose cosine on the full centered rows reaches ``threshold``.
-
-    (x_i - m).(x_j - m) = x_i.x_j - x_i.m - x_j.m + m.m, with each row's x.m and centered norm
-    computed once: a pair costs one dot product of raw rows, not two centered, normalized copies."""
+    (x_i - m).(x_j - m) = x_i.x_j - x_i.m - x_j.m + m.m with each row's x.m and norm computed once:
+    a pair costs one dot product of raw rows, not two centered, normalized copies."""
     along_mean = np.empty(len(X), dtype=np.float64)
     norms = np.empty(len(X), dtype=np.float64)
     for start in range(0, len(X), 8192):
@@ -128,9 +107,10 @@ def candidate_pairs(index: np.ndarray) -> np.ndarray:
 
 
 def neighbor_pass(search: np.ndarray, k: int, threshold: float, same: np.ndarray | None = None) -> Neighbors:
-    """Neighbours and pairs at or above ``threshold`` (``inf``: none) of the unit rows ``search``.
+    """Exact neighbours and pairs at or above ``threshold`` (``inf``: none) of the unit rows ``search``.
     ``same``: a group id per row (exact duplicates share one; -1 alone): rows of one group are
-    never each other's neighbours nor a pair."""
+    never each other's neighbours nor a pair. The k nearest are found without sorting each row:
+    a lower bound of the k-th similarity from a sample of columns keeps only a few candidates."""
     n = len(search)
     k = max(0, min(k, n - 1))
     same = np.full(n, -1, dtype=np.int64) if same is None else np.asarray(same, dtype=np.int64)
@@ -163,6 +143,20 @@ def neighbor_pass(search: np.ndarray, k: int, threshold: float, same: np.ndarray
     return Neighbors(index, sims, pairs, np.concatenate(found_s).astype(np.float32))
 
 
+def find_neighbors(X, group: np.ndarray, k: int, threshold: float, label_dims: int, seed: int = 0):
+    """``(neighbours, projected rows or None)``: exact on small data; on large data searched on the
+    top principal directions, returned too (``label_dims`` of them). A projection makes look-alikes
+    closer than they are, so it cannot be thresholded: there each image's k nearest are the
+    near-duplicate candidates, re-scored on the full rows."""
+    mean = row_mean(X)
+    if not is_large(*X.shape):
+        return neighbor_pass(normalize_rows(X, mean), k, threshold, group), None
+    projected = project(X, mean, principal_basis(X, mean, label_dims, seed))
+    found = clustered_neighbors(unit(projected[:, :SEARCH_DIMS]), k, group, seed)
+    found.pairs, found.pair_similarity = rescore(X, mean, candidate_pairs(found.index), threshold)
+    return found, projected
+
+
 def spherical_kmeans(Z: np.ndarray, n_lists: int, seed: int = 0) -> np.ndarray:
     """(n_lists, d) unit centroids of the unit rows ``Z``, from a sample of at most 64 rows per list."""
     rng = np.random.default_rng(seed)
@@ -179,7 +173,8 @@ def spherical_kmeans(Z: np.ndarray, n_lists: int, seed: int = 0) -> np.ndarray:
 
 
 def clustered_neighbors(search: np.ndarray, k: int, same: np.ndarray | None = None, seed: int = 0) -> Neighbors:
-    """Approximate k nearest neighbours of the unit rows ``search`` (inverted lists; see above)."""
+    """Approximate k nearest neighbours of the unit rows ``search``: about sqrt(N) lists by spherical
+    k-means, each list's rows compared with the rows of the ``PROBES`` lists nearest to it only."""
     n = len(search)
     k = max(0, min(k, n - 1))
     same = np.full(n, -1, dtype=np.int64) if same is None else np.asarray(same, dtype=np.int64)

@@ -1,12 +1,6 @@
-"""Outliers: images far from every other image of the data, by the mean cosine similarity of
-their k nearest neighbours (centered features; exact copies excluded), and the images that
-could not be decoded at extraction.
-
-An image is flagged when its neighbour similarity is more than ``Z_CUT`` robust standard
-deviations (1.4826 x the median absolute deviation) below the median, and only the most
-isolated ``MAX_SHARE`` of the data at most: the list is for looking at, not an automatic
-filter. On the ants/bees photos a handwritten digit dropped among the ants ranked first.
-"""
+"""Outliers: images far from every other image (the mean cosine similarity of their k nearest
+neighbours more than ``Z_CUT`` robust standard deviations below the median, and only the most
+isolated ``MAX_SHARE`` of the data: a list to look at, not a filter), and undecodable images."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""``tlx.audit``: what is wrong with a data set, found from its feature cache alone (no image
-is read again): exact and near duplicates, likely label errors, outliers, images that failed
-to decode, and the class balance per split. ``AuditReport.write`` saves ``audit.json`` and
-``audit.png``."""
+"""``tlx.audit``: what is wrong with a data set, found from its feature cache alone (no image is
+read again); ``AuditReport.write`` saves ``audit.json`` and ``audit.png``."""
 
 from __future__ import annotations
 
@@ -15,19 +13,7 @@ import numpy as np
 from ..cache.features import Features, load_features
 from .duplicates import NEAR_THRESHOLD, exact_duplicates, hash_groups, near_duplicates
 from .label_issues import MAX_FOLDS, label_issues, neighbor_vote, out_of_fold_proba
-from .neighbors import (
-    SEARCH_DIMS,
-    candidate_pairs,
-    clustered_neighbors,
-    is_large,
-    neighbor_pass,
-    normalize_rows,
-    principal_basis,
-    project,
-    rescore,
-    row_mean,
-    unit,
-)
+from .neighbors import SEARCH_DIMS, find_neighbors
 from .outliers import failed_images, find_outliers
 
 NEIGHBORS = 10
@@ -79,28 +65,13 @@ def audit(
     log = log or (lambda _msg: None)
     feats = features if isinstance(features, Features) else load_features(features)
     t0 = time.perf_counter()
-    X = feats.X
     group = hash_groups(feats.sha256)
-    large = is_large(*X.shape)
-    found, projected = _neighbours(X, group, large, neighbors, near_threshold, seed)
+    found, projected = find_neighbors(feats.X, group, neighbors, near_threshold, LABEL_DIMS, seed)
     log(f"neighbours of {len(feats)} images in {time.perf_counter() - t0:.1f} s")
-    n_classes = len(feats.classes)
-    # Copies share one group, so a fold never holds an image in both its halves.
-    image_group = np.where(group >= 0, group, len(group) + np.arange(len(group)))
-    # On large data the label model fits the top principal directions, without views (time and memory).
-    use_views = views and feats.n_views > 0 and not large
-    lin, folds = out_of_fold_proba(
-        projected if large else X,
-        feats.y,
-        n_classes,
-        image_group,
-        feats.views() if use_views else None,
-        seed,
-        max_folds=LARGE_FOLDS if large else MAX_FOLDS,
-    )
-    knn = neighbor_vote(found.index, found.similarity, feats.y, n_classes)
-    issues = label_issues(feats.y, lin, knn, folds)
-    log(f"label issues from {folds}-fold linear heads and a {neighbors}-neighbour vote ({issues.method})")
+    large = projected is not None
+    issues, view_rows = _label_issues(feats, group, found, projected, views, seed)
+    log(f"label issues from {issues.folds}-fold linear heads and a {neighbors}-neighbour vote ({issues.method})")
+    width = int(feats.X.shape[1])
     report = AuditReport(
         cache=str(feats.path),
         dataset_root=feats.dataset_root,
@@ -116,11 +87,11 @@ def audit(
         settings={
             "near_threshold": near_threshold,
             "neighbors": neighbors,
-            "folds": folds,
-            "views": feats.n_views if use_views else 0,
+            "folds": issues.folds,
+            "views": feats.n_views if view_rows is not None else 0,
             "label_method": issues.method,
-            "search_dims": SEARCH_DIMS if large else int(X.shape[1]),
-            "label_dims": LABEL_DIMS if large else int(X.shape[1]),
+            "search_dims": SEARCH_DIMS if large else width,
+            "label_dims": LABEL_DIMS if large else width,
             "seconds": round(time.perf_counter() - t0, 3),
         },
     )
@@ -128,16 +99,20 @@ def audit(
     return report
 
 
-def _neighbours(X, group: np.ndarray, large: bool, neighbors: int, near_threshold: float, seed: int):
-    """``(neighbours, projected rows or None)``: exact, block by block, on small data; on large data
-    a search on the top principal directions, the pairs re-scored on the full rows (neighbors.py)."""
-    mean = row_mean(X)
-    if not large:
-        return neighbor_pass(normalize_rows(X, mean), neighbors, near_threshold, group), None
-    projected = project(X, mean, principal_basis(X, mean, LABEL_DIMS, seed))
-    found = clustered_neighbors(unit(projected[:, :SEARCH_DIMS]), neighbors, group, seed)
-    found.pairs, found.pair_similarity = rescore(X, mean, candidate_pairs(found.index), near_threshold)
-    return found, projected
+def _label_issues(feats: Features, group: np.ndarray, found, projected, views: bool, seed: int):
+    """``(LabelIssues, the view rows used or None)``: out-of-fold linear heads and the neighbour vote.
+    On large data the heads fit the projected rows, without views (time and memory)."""
+    large = projected is not None
+    # Copies share one group, so a fold never holds an image in both its halves.
+    image_group = np.where(group >= 0, group, len(group) + np.arange(len(group)))
+    view_rows = feats.views() if views and feats.n_views > 0 and not large else None
+    n_classes = len(feats.classes)
+    folds = LARGE_FOLDS if large else MAX_FOLDS
+    lin, folds = out_of_fold_proba(
+        projected if large else feats.X, feats.y, n_classes, image_group, view_rows, seed, max_folds=folds
+    )
+    knn = neighbor_vote(found.index, found.similarity, feats.y, n_classes)
+    return label_issues(feats.y, lin, knn, folds), view_rows
 
 
 def issue_records(issues, feats: Features) -> list[dict]:
