@@ -38,13 +38,7 @@ def main_options(
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Cached-feature, two-stage transfer learning: extract features once, fit heads in seconds,
-    fine-tune when it pays."""
+    """The options of ``tlx`` itself (the help text is the app's)."""
 
 
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
+main = app  # the console script `tlx` (pyproject.toml) and `python -m tlx`

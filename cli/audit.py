@@ -1,7 +1,5 @@
-"""``tlx audit``: the data set's own mistakes from its feature cache (``tlx.audit``).
-
-Only typer, the standard library and ``tlx.cli.common`` are imported here; the audit (numpy,
-the linear head, cleanlab when installed) is imported inside the command."""
+"""``tlx audit``: the data set's own mistakes from its feature cache (``tlx.audit``, imported inside
+the command with numpy, the linear head and cleanlab when installed)."""
 
 from __future__ import annotations
 
@@ -10,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, QuietOpt, emit_json, handle_errors, info
+from .common import JsonOpt, QuietOpt, handle_errors, info, print_table, report
+
+HELP = {
+    "features": "Feature cache written by `tlx extract`, or a folder of caches "
+    "[default: the most recent cache in $TLX_CACHE_DIR or ./cache].",
+    "out": "Folder to write audit.json and audit.png into.",
+    "near_threshold": "Cosine similarity of the centered features above which two images are near duplicates "
+    "(0.80 calibrated on ants/bees: JPEG q70 0.8x copies scored 0.85-0.95, distinct photos at most 0.70).",
+    "neighbors": "Nearest neighbours per image for the label vote and the outlier score.",
+    "views": "Also score each held-out image on its augmented views (caches with --views K).",
+    "top": "Findings of each kind shown in the table (all are in audit.json).",
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -19,34 +28,12 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def audit_command(
-    features: Annotated[
-        Path | None,
-        typer.Option(
-            help="Feature cache written by `tlx extract`, or a folder of caches "
-            "[default: the most recent cache in $TLX_CACHE_DIR or ./cache]."
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Folder to write audit.json and audit.png into.", file_okay=False)] = Path(
-        "."
-    ),
-    near_threshold: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Cosine similarity of the centered features above which two images are near duplicates "
-            "(0.80 calibrated on ants/bees: JPEG q70 0.8x copies scored 0.85-0.95, distinct photos at most 0.70).",
-        ),
-    ] = 0.80,
-    neighbors: Annotated[
-        int, typer.Option(min=1, help="Nearest neighbours per image for the label vote and the outlier score.")
-    ] = 10,
-    views: Annotated[
-        bool, typer.Option(help="Also score each held-out image on its augmented views (caches with --views K).")
-    ] = True,
-    top: Annotated[
-        int, typer.Option(min=0, help="Findings of each kind shown in the table (all are in audit.json).")
-    ] = 10,
+    features: Annotated[Path | None, typer.Option(help=HELP["features"])] = None,
+    out: Annotated[Path, typer.Option(help=HELP["out"], file_okay=False)] = Path("."),
+    near_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help=HELP["near_threshold"])] = 0.80,
+    neighbors: Annotated[int, typer.Option(min=1, help=HELP["neighbors"])] = 10,
+    views: Annotated[bool, typer.Option(help=HELP["views"])] = True,
+    top: Annotated[int, typer.Option(min=0, help=HELP["top"])] = 10,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -55,18 +42,16 @@ def audit_command(
     Writes audit.json (every finding) and audit.png; `fit-head --exclude audit.json` fits without them."""
     from ..quality import audit
 
-    report = audit(
+    found = audit(
         features, near_threshold=near_threshold, neighbors=neighbors, views=views, log=lambda m: info(m, quiet)
     )
-    files = report.write(out)
+    files = found.write(out)
     if files["missing_images"]:
         info(f"note: {len(files['missing_images'])} images of audit.png have moved or gone since extraction", quiet)
-    if json_out:
-        info(summary_line(report, files), quiet)
-        emit_json({**report.to_dict(), "files": {"json": files["json"], "png": files["png"]}})
-        return
-    print_findings(report, top)
-    typer.echo(summary_line(report, files))
+    if not json_out:
+        print_findings(found, top)
+    result = {**found.to_dict(), "files": {"json": files["json"], "png": files["png"]}}
+    report(summary_line(found, files), result, json_out, quiet)
 
 
 def summary_line(report, files: dict) -> str:
@@ -88,25 +73,15 @@ def findings_rows(report, top: int) -> list[list[str]]:
         rows.append(["label error", f"{i['score']:.2f}", i["path"], f"given {i['given']}, likely {i['suggested']}"])
     for group, match in ((report.exact_duplicates, "exact"), (report.near_duplicates, "near")):
         for d in group[:top]:
-            detail = f"{d['kind']}: " + ", ".join(
-                f"{s or '-'}/{c}" for s, c in zip(d["splits"], d["labels"], strict=True)
-            )
-            rows.append([f"{match} duplicate", f"{d['score']:.2f}", " = ".join(d["paths"]), detail])
+            where = ", ".join(f"{s or '-'}/{c}" for s, c in zip(d["splits"], d["labels"], strict=True))
+            rows.append([f"{match} duplicate", f"{d['score']:.2f}", " = ".join(d["paths"]), f"{d['kind']}: {where}"])
     for o in report.outliers[:top]:
-        rows.append(
-            [
-                "outlier",
-                f"{o['score']:.1f}",
-                o["path"],
-                f"{o['label']}, neighbour similarity {o['neighbor_similarity']:.2f}",
-            ]
-        )
+        detail = f"{o['label']}, neighbour similarity {o['neighbor_similarity']:.2f}"
+        rows.append(["outlier", f"{o['score']:.1f}", o["path"], detail])
     return rows
 
 
 def print_findings(report, top: int) -> None:
-    from .heads import print_table
-
     rows = findings_rows(report, top)
     if rows:
         print_table(["finding", "score", "path", "detail"], rows, title=f"audit of {report.cache}", right={"score"})

@@ -9,6 +9,7 @@ import typer
 
 from .common import JsonOpt, QuietOpt, handle_errors, info, report
 
+CACHES_HELP = "A cache file, or a folder whose caches are all {} [default: $TLX_CACHE_DIR or ./cache]."
 cache_app = typer.Typer(help="Maintain feature caches (see `tlx info` to list them).", no_args_is_help=True)
 
 
@@ -36,12 +37,7 @@ def find_caches(cache: Path | None, required: bool = True) -> tuple[Path, list[P
 @cache_app.command("compact")
 @handle_errors
 def compact_command(
-    cache: Annotated[
-        Path | None,
-        typer.Argument(
-            help="A cache file, or a folder whose caches are all compacted [default: $TLX_CACHE_DIR or ./cache]."
-        ),
-    ] = None,
+    cache: Annotated[Path | None, typer.Argument(help=CACHES_HELP.format("compacted"))] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -60,10 +56,7 @@ def compact_command(
 @cache_app.command("verify")
 @handle_errors
 def verify_command(
-    cache: Annotated[
-        Path | None,
-        typer.Argument(help="A cache file, or a folder whose caches are all checked [default: $TLX_CACHE_DIR]."),
-    ] = None,
+    cache: Annotated[Path | None, typer.Argument(help=CACHES_HELP.format("checked"))] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Read every chunk of every part of a cache and check it against its checksum and the index;

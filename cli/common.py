@@ -69,8 +69,7 @@ def handle_errors(fn):
 
 
 def emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
-    sys.stdout.flush()
+    typer.echo(json.dumps(obj, default=str))
 
 
 def report(summary: str, result: dict | list, json_out: bool, quiet: bool = False) -> None:

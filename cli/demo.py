@@ -4,17 +4,16 @@ everything lands under one folder (``./tlx-demo`` by default): ``digits/``, ``ca
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, QuietOpt, RichReporter, emit_json, handle_errors, info
+from .common import JsonOpt, QuietOpt, RichReporter, handle_errors, info, report
 
 DEFAULT_OUT = Path("tlx-demo")
-PER_CLASS_TRAIN, PER_CLASS_VAL = 30, 15
+PER_CLASS_TRAIN = 30  # validation gets half as many
 
 
 @dataclass
@@ -48,15 +47,7 @@ def _new_run_dir(runs: Path, tag: str) -> Path:
     raise FileExistsError(f"too many runs named {stem}-* in {runs}")
 
 
-def run_demo(
-    out=DEFAULT_OUT,
-    backbone: str | None = None,
-    per_class_train: int = PER_CLASS_TRAIN,
-    per_class_val: int = PER_CLASS_VAL,
-    workers: int | None = None,
-    reporter=None,
-    log: Callable[[str], None] | None = None,
-) -> DemoResult:
+def run_demo(out: Path, backbone: str | None, per_class: int, workers: int | None, reporter, log) -> DemoResult:
     """Write the digits, extract them, fit the linear head; returns what was done and where."""
     from ..common.outputs import check_output_folder
     from ..extractor.demo_data import write_digits
@@ -65,11 +56,9 @@ def run_demo(
     from ..heads.training.fit import fit_head
 
     started = time.perf_counter()
-    log = log or (lambda _msg: None)
-    out = Path(out)
     check_output_folder(out)  # never inside a run or a cache
     backbone = backbone or DEFAULT_BACKBONE
-    data = write_digits(out / "digits", per_class_train, per_class_val)
+    data = write_digits(out / "digits", per_class, max(1, per_class // 2))
     log(
         f"wrote {data.n_images} handwritten digits (scikit-learn's load_digits) to {data.root}: "
         f"{data.n_train} train, {data.n_val} val"
@@ -117,9 +106,7 @@ def demo_command(
 ) -> None:
     """Run the whole job on an embedded dataset, with no download: write scikit-learn's handwritten
     digits as PNG class folders, extract them with the default backbone, fit the linear head."""
-
-    reporter = RichReporter(quiet=quiet)
-    result = run_demo(out, backbone, per_class, max(1, per_class // 2), workers, reporter, lambda m: info(m, quiet))
+    result = run_demo(out, backbone, per_class, workers, RichReporter(quiet=quiet), lambda m: info(m, quiet))
     lines = [
         f"demo: {result.n_images} images of handwritten digits ({result.n_train} train, {result.n_val} val), "
         f"10 classes, backbone {result.backbone}",
@@ -130,9 +117,4 @@ def demo_command(
         f"  cache file: {result.cache}",
         f"  next: tlx predict {Path(result.data) / 'val' / '7'} --run {result.run}",
     ]
-    if json_out:
-        for line in lines:
-            info(line, quiet)
-        emit_json(asdict(result))
-    else:
-        typer.echo("\n".join(lines))
+    report("\n".join(lines), asdict(result), json_out, quiet)

@@ -13,6 +13,14 @@ from .common import Device, JsonOpt, Pool, QuietOpt, RichReporter, WorkersOpt, h
 
 Optim = Literal["adamw", "sgd"]
 EpochSelect = Literal["last", "val"]
+# The options that are no field of FinetuneConfig (those get theirs from it).
+HELP = {
+    "data": "Image folder, split folder or CSV manifest "
+    "[default: the dataset of the most recent cache, or of --init-head's cache].",
+    "device": "Where to train (under torchrun: each process's local GPU, or the CPU).",
+    "out": "Run folder [default: a new runs/<time>-finetune-<backbone>]; with --resume, the run to continue.",
+    "resume": "Continue the run in --out from its last checkpoint; options given must match it.",
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -33,13 +41,7 @@ def _config_option(name: str, *flags: str, **settings) -> Any:
 @handle_errors
 def finetune_command(
     ctx: typer.Context,
-    data: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Image folder, split folder or CSV manifest "
-            "[default: the dataset of the most recent cache, or of --init-head's cache]."
-        ),
-    ] = None,
+    data: Annotated[Path | None, typer.Argument(help=HELP["data"])] = None,
     backbone: Annotated[str | None, _config_option("backbone")] = None,
     weights: Annotated[Path | None, _config_option("weights", exists=True, dir_okay=False)] = None,
     pool: Annotated[Pool | None, _config_option("pool")] = None,
@@ -59,22 +61,9 @@ def finetune_command(
     val_fraction: Annotated[float | None, _config_option("val_fraction")] = None,
     seed: Annotated[int | None, _config_option("seed")] = None,
     workers: WorkersOpt = None,
-    device: Annotated[
-        Device, typer.Option(help="Where to train (under torchrun: each process's local GPU, or the CPU).")
-    ] = "auto",
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Run folder [default: a new runs/<time>-finetune-<backbone>]; with --resume, the run to continue.",
-            file_okay=False,
-        ),
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume", help="Continue the run in --out from its last checkpoint; options given must match it."
-        ),
-    ] = False,
+    device: Annotated[Device, typer.Option(help=HELP["device"])] = "auto",
+    out: Annotated[Path | None, typer.Option(help=HELP["out"], file_okay=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help=HELP["resume"])] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:

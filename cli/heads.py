@@ -15,6 +15,38 @@ SelectOn = Literal["cv", "val"]
 RunSort = Literal["accuracy", "balanced", "n_val", "created"]
 
 
+HELP = {
+    "features": "Feature cache file written by `tlx extract`, or a folder of caches [default: the most recent cache "
+    "in $TLX_CACHE_DIR or ./cache]. Repeat it to fit on the concatenation of several caches of the same images "
+    "(matched by content, each block standardized).",
+    "clf": "Head: linear (default: tlx's softmax regression, exportable), or scikit-learn's own logreg, ridge, "
+    "knn, svm, rf, mlp, or any scikit-learn classifier as sklearn:<ClassName> (`tlx heads` lists them); "
+    "several separated by commas, or all: each is fitted on one load of the cache, into its own run folder, "
+    "and ranked.",
+    "param": "Head hyper-parameter KEY=VALUE (repeatable), e.g. --param C=0.1.",
+    "sweep": "Search the head's main regularization parameter over a log grid (half-decade steps), chosen by "
+    "--select-on, then refit on all of train with the best value.",
+    "select_on": "How --sweep and the ranking of several heads choose: cv, k-fold cross-validation on the training "
+    "images (the val and test scores stay honest); val, on the val labels (the val score is then optimistic).",
+    "class_weight": "Weight classes inversely to their frequency (imbalanced data).",
+    "val_fraction": "Validation fraction of the seeded split (used only when the data has no split of its own: "
+    "train/ + val/ or test/ folders are used as they are).",
+    "seed": "Seed of that split (and of the sweep's folds).",
+    "out": "Run folder to create [default: $TLX_RUNS_DIR or ./runs, then <time>-<clf>].",
+    "max_memory": "Memory the training rows may take, e.g. 2GB; above it the linear head streams the cache "
+    "from disk block by block [default: half the available memory].",
+    "views": "Also train on views 1..N of each training image (a cache made with `tlx extract --views K`), "
+    "or all of them; validation uses the center rows of val images only. [default: 0, no views]",
+    "exclude": "Leave these images out of train and val: the audit.json of `tlx audit` (its exclude list), a JSON "
+    "list of paths, or a text file of one path per line (repeatable); recorded in metrics.json.",
+    "dir": "Folder holding run folders [default: $TLX_RUNS_DIR or ./runs].",
+    "dataset": "Only runs on this dataset: its name or folder, or the cache file (or its name).",
+    "sort": "accuracy or balanced: best first within each dataset; n_val: most validation images first; "
+    "created: newest first.",
+    "show": "Show one run instead: its scores, the class pairs it confuses most, its files.",
+}
+
+
 def register(app: typer.Typer) -> None:
     app.command("fit-head")(fit_head_command)
     app.command("runs")(runs_command)
@@ -23,103 +55,32 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def fit_head_command(
-    features: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Feature cache file written by `tlx extract`, or a folder of caches "
-            "[default: the most recent cache in $TLX_CACHE_DIR or ./cache]. Repeat it to fit on the "
-            "concatenation of several caches of the same images (matched by content, each block standardized).",
-        ),
-    ] = None,
-    clf: Annotated[
-        str,
-        typer.Option(
-            help="Head: linear (default: tlx's softmax regression, exportable), or scikit-learn's own logreg, ridge, "
-            "knn, svm, rf, mlp, or any scikit-learn classifier as sklearn:<ClassName> (`tlx heads` lists them); "
-            "several separated by commas, or all: each is fitted on one load of the cache, into its own run folder, "
-            "and ranked."
-        ),
-    ] = "linear",
-    param: Annotated[
-        list[str] | None,
-        typer.Option(help="Head hyper-parameter KEY=VALUE (repeatable), e.g. --param C=0.1.", metavar="KEY=VALUE"),
-    ] = None,
-    sweep: Annotated[
-        bool,
-        typer.Option(
-            "--sweep",
-            help="Search the head's main regularization parameter over a log grid (half-decade steps), chosen by "
-            "--select-on, then refit on all of train with the best value.",
-        ),
-    ] = False,
-    select_on: Annotated[
-        SelectOn,
-        typer.Option(
-            help="How --sweep and the ranking of several heads choose: cv, k-fold cross-validation on the training "
-            "images (the val and test scores stay honest); val, on the val labels (the val score is then optimistic).",
-        ),
-    ] = "cv",
-    class_weight: Annotated[
-        ClassWeight | None, typer.Option(help="Weight classes inversely to their frequency (imbalanced data).")
-    ] = None,
-    val_fraction: Annotated[
-        float,
-        typer.Option(
-            help="Validation fraction of the seeded split (used only when the data has no split of its own: "
-            "train/ + val/ or test/ folders are used as they are)."
-        ),
-    ] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of that split (and of the sweep's folds).")] = 0,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Run folder to create [default: $TLX_RUNS_DIR or ./runs, then <time>-<clf>].", file_okay=False
-        ),
-    ] = None,
-    max_memory: Annotated[
-        str | None,
-        typer.Option(
-            help="Memory the training rows may take, e.g. 2GB; above it the linear head streams the cache "
-            "from disk block by block [default: half the available memory]."
-        ),
-    ] = None,
-    views: Annotated[
-        str | None,
-        typer.Option(
-            help="Also train on views 1..N of each training image (a cache made with `tlx extract --views K`), "
-            "or all of them; validation uses the center rows of val images only. [default: 0, no views]",
-            metavar="N|all",
-        ),
-    ] = None,
-    exclude: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Leave these images out of train and val: the audit.json of `tlx audit` (its exclude list), a JSON "
-            "list of paths, or a text file of one path per line (repeatable); recorded in metrics.json.",
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
+    ctx: typer.Context,
+    features: Annotated[list[Path] | None, typer.Option(help=HELP["features"])] = None,
+    clf: Annotated[str, typer.Option(help=HELP["clf"])] = "linear",
+    params: Annotated[list[str] | None, typer.Option("--param", help=HELP["param"], metavar="KEY=VALUE")] = None,
+    sweep: Annotated[bool, typer.Option("--sweep", help=HELP["sweep"])] = False,
+    select_on: Annotated[SelectOn, typer.Option(help=HELP["select_on"])] = "cv",
+    class_weight: Annotated[ClassWeight | None, typer.Option(help=HELP["class_weight"])] = None,
+    val_fraction: Annotated[float, typer.Option(help=HELP["val_fraction"])] = 0.2,
+    seed: Annotated[int, typer.Option(help=HELP["seed"])] = 0,
+    out: Annotated[Path | None, typer.Option(help=HELP["out"], file_okay=False)] = None,
+    max_memory: Annotated[str | None, typer.Option(help=HELP["max_memory"])] = None,
+    views: Annotated[str | None, typer.Option(help=HELP["views"], metavar="N|all")] = None,
+    exclude: Annotated[list[Path] | None, typer.Option(help=HELP["exclude"], exists=True, dir_okay=False)] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Fit classifier heads on cached features and write a run folder for each (head, metrics, plots)."""
     from ..heads.training.fit import fit_heads
 
+    # The other options are fit_heads()'s keywords, by the same names.
+    options = {k: v for k, v in ctx.params.items() if k not in ("features", "views", "quiet", "json_out")}
     results = fit_heads(
         features=(features[0] if len(features) == 1 else list(features)) if features else None,
-        clf=clf,
-        params=param or [],
-        sweep=sweep,
-        class_weight=class_weight,
-        val_fraction=val_fraction,
-        seed=seed,
-        out=out,
-        max_memory=max_memory,
-        log=lambda msg: info(msg, quiet),
         views=_parse_views(views),
-        select_on=select_on,
-        exclude=exclude,
+        log=lambda msg: info(msg, quiet),
+        **options,
     )
     if len(results) > 1:
         report(leaderboard(results), [r.to_dict() for r in results], json_out, quiet)
@@ -270,25 +231,10 @@ def _param_text(value) -> str:
 
 @handle_errors
 def runs_command(
-    runs_dir: Annotated[
-        Path | None,
-        typer.Option("--dir", help="Folder holding run folders [default: $TLX_RUNS_DIR or ./runs].", file_okay=False),
-    ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(help="Only runs on this dataset: its name or folder, or the cache file (or its name)."),
-    ] = None,
-    sort: Annotated[
-        RunSort,
-        typer.Option(
-            help="accuracy or balanced: best first within each dataset; n_val: most validation images first; "
-            "created: newest first."
-        ),
-    ] = "accuracy",
-    show: Annotated[
-        Path | None,
-        typer.Option(help="Show one run instead: its scores, the class pairs it confuses most, its files."),
-    ] = None,
+    runs_dir: Annotated[Path | None, typer.Option("--dir", help=HELP["dir"], file_okay=False)] = None,
+    dataset: Annotated[str | None, typer.Option(help=HELP["dataset"])] = None,
+    sort: Annotated[RunSort, typer.Option(help=HELP["sort"])] = "accuracy",
+    show: Annotated[Path | None, typer.Option(help=HELP["show"])] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List the runs (heads and fine-tunings) with their dataset and validation size, best

@@ -16,7 +16,6 @@ from .common import (
     QuietOpt,
     RichReporter,
     WorkersOpt,
-    emit_json,
     handle_errors,
     info,
     list_skipped,
@@ -24,16 +23,22 @@ from .common import (
 )
 
 ExportFormat = Literal["torchscript", "onnx"]
-
+TOTALS = ("n_images", "n_reused", "n_computed", "n_failed", "failed", "folder_accuracy", "seconds", "engine")
 
 RUN_HELP = "A run folder written by `tlx fit-head` or `tlx finetune` (see `tlx runs`)"
-RunOpt = Annotated[Path, typer.Option("--run", help=f"{RUN_HELP}.", file_okay=False)]
-# torchrun's own parser takes `--run` as an abbreviation of its --run-path, so under torchrun
-# predict needs a spelling that abbreviates none of torchrun's options.
-PredictRunOpt = Annotated[
-    Path,
-    typer.Option("--run", "--run-folder", help=f"{RUN_HELP}; under torchrun spell it --run-folder.", file_okay=False),
-]
+HELP = {
+    "images": "Image files and/or folders (searched recursively; hidden files and non-image extensions are skipped).",
+    # torchrun's own parser takes `--run` as an abbreviation of its --run-path, so under torchrun
+    # predict needs a spelling that abbreviates none of torchrun's options.
+    "run": f"{RUN_HELP}; under torchrun spell it --run-folder.",
+    "out": "Write the predictions CSV here [default: print the CSV to stdout].",
+    "top_k": "Also list the K most likely classes per image (columns top2, top2_score, ...).",
+    "device": "Where to run the network for images not in the run's cache.",
+    "tta": "Test-time augmentation: average the probabilities of each image's center view and its "
+    "mirror image (the mirror always goes through the backbone). Head runs only.",
+    "export_out": "Output file [default: model.pt or model.onnx inside the run folder]; "
+    "the sidecar JSON goes to FILE.json.",
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -43,33 +48,14 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def predict_command(
-    images: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Image files and/or folders (searched recursively; hidden files and non-image extensions are skipped)."
-        ),
-    ],
-    run: PredictRunOpt,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Write the predictions CSV here [default: print the CSV to stdout].", dir_okay=False),
-    ] = None,
-    top_k: Annotated[
-        int, typer.Option(min=1, help="Also list the K most likely classes per image (columns top2, top2_score, ...).")
-    ] = 1,
+    images: Annotated[list[Path], typer.Argument(help=HELP["images"])],
+    run: Annotated[Path, typer.Option("--run", "--run-folder", help=HELP["run"], file_okay=False)],
+    out: Annotated[Path | None, typer.Option(help=HELP["out"], dir_okay=False)] = None,
+    top_k: Annotated[int, typer.Option(min=1, help=HELP["top_k"])] = 1,
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = None,
-    device: Annotated[
-        Device, typer.Option(help="Where to run the network for images not in the run's cache.")
-    ] = "auto",
-    tta: Annotated[
-        bool,
-        typer.Option(
-            "--tta",
-            help="Test-time augmentation: average the probabilities of each image's center view and its "
-            "mirror image (the mirror always goes through the backbone). Head runs only.",
-        ),
-    ] = False,
+    device: Annotated[Device, typer.Option(help=HELP["device"])] = "auto",
+    tta: Annotated[bool, typer.Option("--tta", help=HELP["tta"])] = False,
     engine: EngineOpt = "auto",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -90,54 +76,33 @@ def predict_command(
     if out is not None:
         check_predictions_out(out)  # a photo or a run's file is never overwritten
     loaded = load_run(run)
-    paths = collect_images(images)
     main_rank = env_rank() == 0
     quiet = quiet or not main_rank  # under torchrun, rank 0 alone reports and writes the CSV
+    paths = collect_images(images)
+    reporter = RichReporter(quiet=quiet)
     rounds = predict_chunks(
-        loaded,
-        paths,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        reporter=RichReporter(quiet=quiet),
-        tta=tta,
-        engine=engine,
+        loaded, paths, batch_size=batch_size, workers=workers, device=device, reporter=reporter, tta=tta, engine=engine
     )
     sink = out if out is not None else (None if json_out else sys.stdout)
     if not main_rank:
         for _ in rounds:  # the other ranks compute their shares; rank 0 writes
             pass
         return
-    rows: list[dict] = []  # with --json and no --out, the JSON carries the predictions
+    rows: list[dict] = []
     if json_out and out is None:
         rounds = (_keep_rows(r, rows, top_k) for r in rounds)
     preds = write_csv_stream(rounds, csv_columns(loaded.classes, top_k), sink, top_k)
     list_skipped(preds.failed, preds.n_failed, quiet)
     summary = _summary(preds, loaded.path, out)
-    # The CSV owns stdout when it goes there; the summary then goes to stderr.
-    if json_out or out is None:
-        info(summary, quiet)
-    else:
-        typer.echo(summary)
-    if json_out:
-        result = {
-            "run": str(loaded.path),
-            "kind": loaded.kind,
-            "out": str(out) if out is not None else None,
-            "n_images": preds.n_images,
-            "n_reused": preds.n_reused,
-            "n_computed": preds.n_computed,
-            "tta": tta,
-            "n_failed": preds.n_failed,
-            "failed": preds.failed,
-            "folder_accuracy": preds.folder_accuracy,
-            "seconds": preds.seconds,
-            "classes": list(loaded.classes),
-            "engine": preds.engine,
-        }
-        if out is None:
-            result["predictions"] = rows
-        emit_json(result)
+    if out is None and not json_out:
+        info(summary, quiet)  # the CSV owns stdout
+        return
+    result = {"run": str(loaded.path), "kind": loaded.kind, "out": str(out) if out is not None else None, "tta": tta}
+    result.update({key: getattr(preds, key) for key in TOTALS})
+    result["classes"] = list(loaded.classes)
+    if out is None:
+        result["predictions"] = rows  # with --json and no --out, the JSON carries the predictions
+    report(summary, result, json_out, quiet)
 
 
 def _summary(preds, run: Path, out: Path | None) -> str:
@@ -161,16 +126,9 @@ def _keep_rows(preds, rows: list, top_k: int):
 
 @handle_errors
 def export_command(
-    run: RunOpt,
+    run: Annotated[Path, typer.Option("--run", help=f"{RUN_HELP}.", file_okay=False)],
     format: Annotated[ExportFormat, typer.Option("--format", help="torchscript (torch.jit) or onnx.")] = "onnx",
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Output file [default: model.pt or model.onnx inside the run folder]; "
-            "the sidecar JSON goes to FILE.json.",
-            dir_okay=False,
-        ),
-    ] = None,
+    out: Annotated[Path | None, typer.Option(help=HELP["export_out"], dir_okay=False)] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -181,11 +139,9 @@ def export_command(
 
     loaded = load_run(run)
     result = export_run(loaded, format, out)
-    diff = (
-        f"max |diff| {result.max_abs_diff:.1e} ({result.checked_with})"
-        if result.max_abs_diff is not None
-        else result.checked_with
-    )
+    diff = result.checked_with
+    if result.max_abs_diff is not None:
+        diff = f"max |diff| {result.max_abs_diff:.1e} ({diff})"
     summary = (
         f"{result.path}: {len(result.classes)} classes, input {'x'.join(map(str, result.input_shape))}; "
         f"checked: {diff}; sidecar {result.sidecar}; {result.seconds:.1f} s"

@@ -24,55 +24,42 @@ def plot_audit(report, path) -> dict:
     pairs = sorted(candidates, key=lambda d: (KIND_ORDER.index(d["kind"]), -d["score"]))[:PAIRS]
     issue_lines = -(-len(issues) // COLUMNS)
     pair_lines = -(-len(pairs) // (COLUMNS // 2))
-    height = 2 * HEADING + (issue_lines + pair_lines) * (TILE + CAPTION)
-    sheet = Image.new("RGB", (COLUMNS * TILE, height), "white")
+    sheet = Image.new("RGB", (COLUMNS * TILE, 2 * HEADING + (issue_lines + pair_lines) * (TILE + CAPTION)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
     missing: list[str] = []
-    draw.text(
-        (4, 3),
-        "suspected label errors: given -> suggested (score)" if issues else "no suspected label errors",
-        font=font,
-        fill="black",
-    )
+
+    def tile(image_path: Path, x: int, y: int, caption: str, note: str = "") -> None:
+        _paste(sheet, draw, font, root / image_path, x, y, missing)
+        draw.text((x + 4, y + TILE + 2), caption[:26], font=font, fill="black")
+        draw.text((x + 4, y + TILE + 16), note, font=font, fill="firebrick")
+
+    heading = "suspected label errors: given -> suggested (score)" if issues else "no suspected label errors"
+    draw.text((4, 3), heading, font=font, fill="black")
     for slot, issue in enumerate(issues):
         x, y = (slot % COLUMNS) * TILE, HEADING + (slot // COLUMNS) * (TILE + CAPTION)
-        _tile(sheet, draw, font, root / issue["path"], x, y, missing)
-        draw.text((x + 4, y + TILE + 2), f"{issue['given']} -> {issue['suggested']}"[:26], font=font, fill="black")
-        draw.text(
-            (x + 4, y + TILE + 16),
-            f"{issue['score']:.2f}  {Path(issue['path']).name[:16]}",
-            font=font,
-            fill="firebrick",
-        )
+        note = f"{issue['score']:.2f}  {Path(issue['path']).name[:16]}"
+        tile(issue["path"], x, y, f"{issue['given']} -> {issue['suggested']}", note)
     top = HEADING + issue_lines * (TILE + CAPTION)
+    heading = "duplicates: pairs side by side (kind, similarity)"
     draw.text(
         (4, top + 3),
-        "duplicates: pairs side by side (kind, similarity)"
-        if pairs
-        else "no duplicates across splits or classes, no near duplicates",
+        heading if pairs else "no duplicates across splits or classes, no near duplicates",
         font=font,
         fill="black",
     )
     for slot, pair in enumerate(pairs):
+        y = top + HEADING + (slot // (COLUMNS // 2)) * (TILE + CAPTION)
         for side in range(2):
             x = ((slot % (COLUMNS // 2)) * 2 + side) * TILE
-            y = top + HEADING + (slot // (COLUMNS // 2)) * (TILE + CAPTION)
-            _tile(sheet, draw, font, root / pair["paths"][side], x, y, missing)
-            draw.text(
-                (x + 4, y + TILE + 2),
-                f"{pair['splits'][side] or '-'}/{pair['labels'][side]}"[:26],
-                font=font,
-                fill="black",
-            )
-            if side == 0:
-                note = f"{pair['kind']} {pair['match']} {pair['score']:.2f}"
-                draw.text((x + 4, y + TILE + 16), note[:52], font=font, fill="firebrick")
+            note = f"{pair['kind']} {pair['match']} {pair['score']:.2f}"[:52] if side == 0 else ""
+            tile(pair["paths"][side], x, y, f"{pair['splits'][side] or '-'}/{pair['labels'][side]}", note)
     sheet.save(path, format="PNG")
     return {"missing": missing}
 
 
-def _tile(sheet, draw, font, image_path: Path, x: int, y: int, missing: list[str]) -> None:
+def _paste(sheet, draw, font, image_path: Path, x: int, y: int, missing: list[str]) -> None:
+    """The image as a thumbnail centered in its tile, or a placeholder when it has moved or gone."""
     from PIL import Image, ImageOps
 
     try:
