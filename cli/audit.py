@@ -22,10 +22,6 @@ HELP = {
 }
 
 
-def register(app: typer.Typer) -> None:
-    app.command("audit")(audit_command)
-
-
 @handle_errors
 def audit_command(
     features: Annotated[Path | None, typer.Option(help=HELP["features"])] = None,

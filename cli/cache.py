@@ -13,10 +13,6 @@ CACHES_HELP = "A cache file, or a folder whose caches are all {} [default: $TLX_
 cache_app = typer.Typer(help="Maintain feature caches (see `tlx info` to list them).", no_args_is_help=True)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(cache_app, name="cache")
-
-
 def find_caches(cache: Path | None, required: bool = True) -> tuple[Path, list[Path]]:
     """The folder or file asked for (None: the default folder) and the caches in it."""
     from ..cache.catalog import default_cache_dir, list_caches

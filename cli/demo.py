@@ -34,10 +34,6 @@ class DemoResult:
     seconds: float
 
 
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo_command)
-
-
 def _new_run_dir(runs: Path, tag: str) -> Path:
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
     for i in range(1, 1000):

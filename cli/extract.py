@@ -46,10 +46,6 @@ HELP = {
 }
 
 
-def register(app: typer.Typer) -> None:
-    app.command("extract")(extract_command)
-
-
 @handle_errors
 def extract_command(
     ctx: typer.Context,

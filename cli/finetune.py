@@ -23,10 +23,6 @@ HELP = {
 }
 
 
-def register(app: typer.Typer) -> None:
-    app.command("finetune")(finetune_command)
-
-
 def _unfreeze(value: str | None) -> str | None:
     if value is None or value.strip().lower() == "all" or value.strip().isdecimal():
         return value

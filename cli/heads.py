@@ -47,12 +47,6 @@ HELP = {
 }
 
 
-def register(app: typer.Typer) -> None:
-    app.command("fit-head")(fit_head_command)
-    app.command("runs")(runs_command)
-    app.command("heads")(heads_command)
-
-
 @handle_errors
 def fit_head_command(
     ctx: typer.Context,
@@ -277,7 +271,8 @@ def runs_command(
         typer.echo(f"warning: {len(damaged)} damaged run(s), listed but not scored: {shown}", err=True)
 
 
-RUN_FIELDS = ("kind", "clf", "dataset", "cache", "n_train", "n_val", "val_accuracy", "balanced_accuracy")
+# What `tlx runs --json` copies from each run's record as it is.
+COPIED = ("kind", "clf", "dataset", "cache", "n_train", "n_val", "val_accuracy", "balanced_accuracy", "fit_seconds")
 FINETUNE_SUMMARY = ("unfreeze", "epochs", "lr", "optimizer", "batch_size")
 
 
@@ -292,7 +287,8 @@ def _row(record: dict) -> dict:
         "params": params,
         "summary": _summary(record, params),
         "backbone": (record.get("feature_space") or {}).get("backbone"),
-        **{key: record.get(key) for key in (*RUN_FIELDS, "fit_seconds", "created")},
+        **{key: record.get(key) for key in COPIED},
+        "created": record.get("created"),
         **({"problem": record["problem"]} if "problem" in record else {}),
     }
 

@@ -14,10 +14,6 @@ from .heads import heads_command
 COLUMNS = ["file", "dataset", "backbone", "pool", "images", "width", "failed", "updated"]
 
 
-def register(app: typer.Typer) -> None:
-    app.command("info")(info_command)
-
-
 @handle_errors
 def info_command(
     cache: Annotated[

@@ -41,11 +41,6 @@ HELP = {
 }
 
 
-def register(app: typer.Typer) -> None:
-    app.command("predict")(predict_command)
-    app.command("export")(export_command)
-
-
 @handle_errors
 def predict_command(
     images: Annotated[list[Path], typer.Argument(help=HELP["images"])],

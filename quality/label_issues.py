@@ -98,10 +98,9 @@ def confident_learning(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, st
 def _confident_learning_rule(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
     """Flagged: another class's probability reaches that class's average self-confidence and beats
     the given label's."""
-    n_classes = proba.shape[1]
-    thresholds = np.array(
-        [proba[y == c, c].mean() if np.any(y == c) else np.inf for c in range(n_classes)], dtype=np.float64
-    )
+    thresholds = np.full(proba.shape[1], np.inf)
+    for c in np.unique(y):
+        thresholds[c] = proba[y == c, c].mean()
     above = proba >= thresholds[None, :]
     confident = np.where(above, proba, -np.inf).argmax(axis=1)
     return above.any(axis=1) & (confident != y)

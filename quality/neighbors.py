@@ -180,9 +180,7 @@ def clustered_neighbors(search: np.ndarray, k: int, same: np.ndarray | None = No
     same = np.full(n, -1, dtype=np.int64) if same is None else np.asarray(same, dtype=np.int64)
     n_lists = max(1, int(np.sqrt(n)))
     centroids = spherical_kmeans(search, n_lists, seed)
-    assign = np.concatenate([np.argmax(search[s : s + 8192] @ centroids.T, axis=1) for s in range(0, n, 8192)]).astype(
-        np.int64
-    )
+    assign = np.concatenate([np.argmax(search[s : s + 8192] @ centroids.T, axis=1) for s in range(0, n, 8192)])
     order = np.argsort(assign, kind="stable")
     members = np.split(order, np.searchsorted(assign[order], np.arange(1, n_lists)))
     closeness = centroids @ centroids.T

@@ -10,16 +10,11 @@ Z_CUT = 2.0
 MAX_SHARE = 0.01
 
 
-def isolation(similarity: np.ndarray) -> np.ndarray:
-    """Mean similarity of each row's neighbours (rows with none: -1)."""
+def find_outliers(similarity: np.ndarray, feats) -> list[dict]:
+    """The most isolated images, by the mean similarity of their neighbours (rows with none: -1)."""
     finite = np.isfinite(similarity)
     counts = finite.sum(axis=1)
-    total = np.where(finite, similarity, 0.0).sum(axis=1)
-    return np.where(counts > 0, total / np.maximum(counts, 1), -1.0)
-
-
-def find_outliers(similarity: np.ndarray, feats) -> list[dict]:
-    density = isolation(similarity)
+    density = np.where(counts > 0, np.where(finite, similarity, 0.0).sum(axis=1) / np.maximum(counts, 1), -1.0)
     if len(density) < 3:
         return []
     median = float(np.median(density))
@@ -38,7 +33,3 @@ def find_outliers(similarity: np.ndarray, feats) -> list[dict]:
         for i in order
         if z[i] >= Z_CUT
     ]
-
-
-def failed_images(feats) -> list[dict]:
-    return [{"kind": "failed", "path": p, "reason": why} for p, why in sorted(feats.failed.items())]

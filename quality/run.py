@@ -14,7 +14,7 @@ from ..cache.features import Features, load_features
 from .duplicates import NEAR_THRESHOLD, exact_duplicates, hash_groups, near_duplicates
 from .label_issues import MAX_FOLDS, label_issues, neighbor_vote, out_of_fold_proba
 from .neighbors import SEARCH_DIMS, find_neighbors
-from .outliers import failed_images, find_outliers
+from .outliers import find_outliers
 
 NEIGHBORS = 10
 LABEL_DIMS = 256  # the label model's features on large data: the top principal directions
@@ -82,7 +82,7 @@ def audit(
         near_duplicates=near_duplicates(found.pairs, found.pair_similarity, feats),
         label_issues=issue_records(issues, feats),
         outliers=find_outliers(found.similarity, feats),
-        failed=failed_images(feats),
+        failed=[{"kind": "failed", "path": p, "reason": why} for p, why in sorted(feats.failed.items())],
         exclude=[],
         settings={
             "near_threshold": near_threshold,
