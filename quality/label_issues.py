@@ -52,21 +52,16 @@ def out_of_fold_proba(
     fold = grouped_folds(y, groups, n_folds, seed)
     proba = np.zeros((len(y), n_classes))
     counts = np.zeros(len(y))
-    view_fold = fold[views.image] if views is not None else None
+    rows, owner = X, np.arange(len(y))
+    if views is not None:  # a view row is trained on and scored with its image
+        rows = np.concatenate([X, np.asarray(views.X, dtype=np.float32)])
+        owner = np.concatenate([owner, views.image])
+    row_fold = fold[owner]
     for f in range(n_folds):
-        train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        Xtr, ytr = X[train], y[train]
-        if views is not None:
-            extra = np.flatnonzero(view_fold != f)
-            Xtr = np.concatenate([Xtr, views.X[extra]])
-            ytr = np.concatenate([ytr, y[views.image[extra]]])
-        head = LinearHead().fit(Xtr, ytr)
-        proba[test[:, None], head.classes_[None, :]] += head.predict_proba(X[test])
-        counts[test] += 1
-        if views is not None:
-            held = np.flatnonzero(view_fold == f)
-            np.add.at(proba, (views.image[held][:, None], head.classes_[None, :]), head.predict_proba(views.X[held]))
-            np.add.at(counts, views.image[held], 1)
+        train, held = row_fold != f, row_fold == f
+        head = LinearHead().fit(rows[train], y[owner[train]])
+        np.add.at(proba, (owner[held][:, None], head.classes_[None, :]), head.predict_proba(rows[held]))
+        np.add.at(counts, owner[held], 1)
     return proba / counts[:, None], n_folds
 
 
