@@ -4,7 +4,6 @@ everything lands under one folder (``./tlx-demo`` by default): ``digits/``, ``ca
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -16,24 +15,6 @@ DEFAULT_OUT = Path("tlx-demo")
 PER_CLASS_TRAIN = 30  # validation gets half as many
 
 
-@dataclass
-class DemoResult:
-    out: str
-    data: str
-    cache: str
-    run: str
-    backbone: str
-    clf: str
-    n_images: int
-    n_train: int
-    n_val: int
-    n_extracted: int  # images that went through the backbone this time (0 on a re-run)
-    val_accuracy: float
-    extract_seconds: float
-    fit_seconds: float
-    seconds: float
-
-
 def _new_run_dir(runs: Path, tag: str) -> Path:
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
     for i in range(1, 1000):
@@ -43,8 +24,8 @@ def _new_run_dir(runs: Path, tag: str) -> Path:
     raise FileExistsError(f"too many runs named {stem}-* in {runs}")
 
 
-def run_demo(out: Path, backbone: str | None, per_class: int, workers: int | None, reporter, log) -> DemoResult:
-    """Write the digits, extract them, fit the linear head; returns what was done and where."""
+def run_demo(out: Path, backbone: str | None, per_class: int, workers: int | None, reporter, log) -> dict:
+    """Write the digits, extract them, fit the linear head; returns what was done and where (the JSON)."""
     from ..common.outputs import check_output_folder
     from ..extractor.demo_data import write_digits
     from ..extractor.extract import extract
@@ -69,22 +50,22 @@ def run_demo(out: Path, backbone: str | None, per_class: int, workers: int | Non
     )
 
     fitted = fit_head(extracted.path, clf="linear", out=_new_run_dir(out / "runs", "linear"), log=log)
-    return DemoResult(
-        out=str(out),
-        data=str(data.root),
-        cache=extracted.path,
-        run=str(fitted.run),
-        backbone=extracted.backbone,
-        clf=fitted.clf,
-        n_images=extracted.n_images,
-        n_train=int(fitted.metrics.get("n_train", data.n_train)),
-        n_val=int(fitted.metrics.get("n_val", data.n_val)),
-        n_extracted=extracted.n_new + extracted.n_resumed,
-        val_accuracy=float(fitted.val_accuracy or 0.0),  # the demo data always has a val split
-        extract_seconds=round(extract_seconds, 3),
-        fit_seconds=round(float(fitted.fit_seconds), 3),
-        seconds=round(time.perf_counter() - started, 3),
-    )
+    return {
+        "out": str(out),
+        "data": str(data.root),
+        "cache": extracted.path,
+        "run": str(fitted.run),
+        "backbone": extracted.backbone,
+        "clf": fitted.clf,
+        "n_images": extracted.n_images,
+        "n_train": int(fitted.metrics.get("n_train", data.n_train)),
+        "n_val": int(fitted.metrics.get("n_val", data.n_val)),
+        "n_extracted": extracted.n_new + extracted.n_resumed,  # 0 on a re-run
+        "val_accuracy": float(fitted.val_accuracy or 0.0),  # the demo data always has a val split
+        "extract_seconds": round(extract_seconds, 3),
+        "fit_seconds": round(float(fitted.fit_seconds), 3),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 @handle_errors
@@ -102,15 +83,15 @@ def demo_command(
 ) -> None:
     """Run the whole job on an embedded dataset, with no download: write scikit-learn's handwritten
     digits as PNG class folders, extract them with the default backbone, fit the linear head."""
-    result = run_demo(out, backbone, per_class, workers, RichReporter(quiet=quiet), lambda m: info(m, quiet))
+    demo = run_demo(out, backbone, per_class, workers, RichReporter(quiet=quiet), lambda m: info(m, quiet))
     lines = [
-        f"demo: {result.n_images} images of handwritten digits ({result.n_train} train, {result.n_val} val), "
-        f"10 classes, backbone {result.backbone}",
-        f"  validation accuracy of the {result.clf} head: {result.val_accuracy:.4f}",
-        f"  {result.seconds:.1f} s in all (extract {result.extract_seconds:.1f} s for {result.n_extracted} new images, "
-        f"fit {result.fit_seconds:.2f} s)",
-        f"  run folder: {result.run}",
-        f"  cache file: {result.cache}",
-        f"  next: tlx predict {Path(result.data) / 'val' / '7'} --run {result.run}",
+        f"demo: {demo['n_images']} images of handwritten digits ({demo['n_train']} train, {demo['n_val']} val), "
+        f"10 classes, backbone {demo['backbone']}",
+        f"  validation accuracy of the {demo['clf']} head: {demo['val_accuracy']:.4f}",
+        f"  {demo['seconds']:.1f} s in all (extract {demo['extract_seconds']:.1f} s for {demo['n_extracted']} "
+        f"new images, fit {demo['fit_seconds']:.2f} s)",
+        f"  run folder: {demo['run']}",
+        f"  cache file: {demo['cache']}",
+        f"  next: tlx predict {Path(demo['data']) / 'val' / '7'} --run {demo['run']}",
     ]
-    report("\n".join(lines), asdict(result), json_out, quiet)
+    report("\n".join(lines), demo, json_out, quiet)

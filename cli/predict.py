@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -92,7 +92,7 @@ def predict_command(
     if out is None and not json_out:
         info(summary, quiet)  # the CSV owns stdout
         return
-    result = {"run": str(loaded.path), "kind": loaded.kind, "out": str(out) if out is not None else None, "tta": tta}
+    result: dict[str, Any] = {"run": str(loaded.path), "kind": loaded.kind, "out": out and str(out), "tta": tta}
     result.update({key: getattr(preds, key) for key in TOTALS})
     result["classes"] = list(loaded.classes)
     if out is None:
