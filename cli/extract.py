@@ -21,9 +21,6 @@ from .common import (
     report,
 )
 
-Precision = Literal["fp32", "fp16", "bf16"]
-StoreDtype = Literal["float32", "float16"]
-
 HELP = {
     "data": "Image folder DATA/<class>/<image>, split folder DATA/<split>/<class>/<image>, "
     "or a CSV manifest path,label[,split].",
@@ -57,8 +54,8 @@ def extract_command(
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = None,
     device: Annotated[Device, typer.Option(help="Where to run the backbone.")] = "auto",
-    precision: Annotated[Precision, typer.Option(help=HELP["precision"])] = "fp32",
-    store_dtype: Annotated[StoreDtype, typer.Option(help=HELP["store_dtype"])] = "float32",
+    precision: Annotated[Literal["fp32", "fp16", "bf16"], typer.Option(help=HELP["precision"])] = "fp32",
+    store_dtype: Annotated[Literal["float32", "float16"], typer.Option(help=HELP["store_dtype"])] = "float32",
     views: Annotated[int | None, typer.Option(min=0, help=HELP["views"])] = None,
     view_recipe: Annotated[str | None, typer.Option(help=HELP["view_recipe"])] = None,
     engine: EngineOpt = "auto",

@@ -11,8 +11,6 @@ import typer
 from ..finetune.config import OPTIONS, option_help
 from .common import Device, JsonOpt, Pool, QuietOpt, RichReporter, WorkersOpt, handle_errors, info, report
 
-Optim = Literal["adamw", "sgd"]
-EpochSelect = Literal["last", "val"]
 # The options that are no field of FinetuneConfig (those get theirs from it).
 HELP = {
     "data": "Image folder, split folder or CSV manifest "
@@ -45,7 +43,7 @@ def finetune_command(
     epochs: Annotated[int | None, _config_option("epochs", min=1)] = None,
     lr: Annotated[float | None, _config_option("lr")] = None,
     head_lr: Annotated[float | None, _config_option("head_lr")] = None,
-    optimizer: Annotated[Optim | None, _config_option("optimizer")] = None,
+    optimizer: Annotated[Literal["adamw", "sgd"] | None, _config_option("optimizer")] = None,
     weight_decay: Annotated[float | None, _config_option("weight_decay", min=0.0)] = None,
     warmup_epochs: Annotated[float | None, _config_option("warmup_epochs", min=0.0)] = None,
     batch_size: Annotated[int | None, _config_option("batch_size", min=1)] = None,
@@ -53,7 +51,7 @@ def finetune_command(
     augment: Annotated[bool | None, _config_option("augment", "--augment/--no-augment")] = None,
     train_bn: Annotated[bool | None, _config_option("train_bn", "--train-bn/--freeze-bn")] = None,
     early_stop: Annotated[int | None, _config_option("early_stop", min=0, metavar="PATIENCE")] = None,
-    select_on: Annotated[EpochSelect | None, _config_option("select_on")] = None,
+    select_on: Annotated[Literal["last", "val"] | None, _config_option("select_on")] = None,
     val_fraction: Annotated[float | None, _config_option("val_fraction")] = None,
     seed: Annotated[int | None, _config_option("seed")] = None,
     workers: WorkersOpt = None,

@@ -10,11 +10,6 @@ import typer
 
 from .common import JsonOpt, QuietOpt, emit_json, fmt, handle_errors, info, print_table, report
 
-ClassWeight = Literal["balanced"]
-SelectOn = Literal["cv", "val"]
-RunSort = Literal["accuracy", "balanced", "n_val", "created"]
-
-
 HELP = {
     "features": "Feature cache file written by `tlx extract`, or a folder of caches [default: the most recent cache "
     "in $TLX_CACHE_DIR or ./cache]. Repeat it to fit on the concatenation of several caches of the same images "
@@ -54,8 +49,8 @@ def fit_head_command(
     clf: Annotated[str, typer.Option(help=HELP["clf"])] = "linear",
     params: Annotated[list[str] | None, typer.Option("--param", help=HELP["param"], metavar="KEY=VALUE")] = None,
     sweep: Annotated[bool, typer.Option("--sweep", help=HELP["sweep"])] = False,
-    select_on: Annotated[SelectOn, typer.Option(help=HELP["select_on"])] = "cv",
-    class_weight: Annotated[ClassWeight | None, typer.Option(help=HELP["class_weight"])] = None,
+    select_on: Annotated[Literal["cv", "val"], typer.Option(help=HELP["select_on"])] = "cv",
+    class_weight: Annotated[Literal["balanced"] | None, typer.Option(help=HELP["class_weight"])] = None,
     val_fraction: Annotated[float, typer.Option(help=HELP["val_fraction"])] = 0.2,
     seed: Annotated[int, typer.Option(help=HELP["seed"])] = 0,
     out: Annotated[Path | None, typer.Option(help=HELP["out"], file_okay=False)] = None,
@@ -227,7 +222,7 @@ def _param_text(value) -> str:
 def runs_command(
     runs_dir: Annotated[Path | None, typer.Option("--dir", help=HELP["dir"], file_okay=False)] = None,
     dataset: Annotated[str | None, typer.Option(help=HELP["dataset"])] = None,
-    sort: Annotated[RunSort, typer.Option(help=HELP["sort"])] = "accuracy",
+    sort: Annotated[Literal["accuracy", "balanced", "n_val", "created"], typer.Option(help=HELP["sort"])] = "accuracy",
     show: Annotated[Path | None, typer.Option(help=HELP["show"])] = None,
     json_out: JsonOpt = False,
 ) -> None:

@@ -22,7 +22,6 @@ from .common import (
     report,
 )
 
-ExportFormat = Literal["torchscript", "onnx"]
 TOTALS = ("n_images", "n_reused", "n_computed", "n_failed", "failed", "folder_accuracy", "seconds", "engine")
 
 RUN_HELP = "A run folder written by `tlx fit-head` or `tlx finetune` (see `tlx runs`)"
@@ -122,7 +121,9 @@ def _keep_rows(preds, rows: list, top_k: int):
 @handle_errors
 def export_command(
     run: Annotated[Path, typer.Option("--run", help=f"{RUN_HELP}.", file_okay=False)],
-    format: Annotated[ExportFormat, typer.Option("--format", help="torchscript (torch.jit) or onnx.")] = "onnx",
+    format: Annotated[
+        Literal["torchscript", "onnx"], typer.Option("--format", help="torchscript (torch.jit) or onnx.")
+    ] = "onnx",
     out: Annotated[Path | None, typer.Option(help=HELP["export_out"], dir_okay=False)] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,

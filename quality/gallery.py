@@ -15,7 +15,7 @@ KIND_ORDER = ["across classes", "across splits", "within class"]
 
 
 def plot_audit(report, path) -> dict:
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
 
     root = Path(report.dataset_root)
     issues = report.label_issues[:LABEL_TILES]
@@ -30,7 +30,16 @@ def plot_audit(report, path) -> dict:
     missing: list[str] = []
 
     def tile(image_path: Path, x: int, y: int, caption: str, note: str = "") -> None:
-        _paste(sheet, draw, font, root / image_path, x, y, missing)
+        """The image as a thumbnail centered in its tile (a placeholder if it has moved or gone), captioned."""
+        try:
+            with Image.open(root / image_path) as image:
+                thumb = ImageOps.exif_transpose(image).convert("RGB")
+                thumb.thumbnail((TILE - 6, TILE - 6))
+            sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
+        except OSError:
+            missing.append(str(root / image_path))
+            draw.rectangle([x + 3, y + 3, x + TILE - 4, y + TILE - 4], outline="gray")
+            draw.text((x + TILE / 2, y + TILE / 2), "image moved or gone", font=font, anchor="mm", fill="gray")
         draw.text((x + 4, y + TILE + 2), caption[:26], font=font, fill="black")
         draw.text((x + 4, y + TILE + 16), note, font=font, fill="firebrick")
 
@@ -56,18 +65,3 @@ def plot_audit(report, path) -> dict:
             tile(pair["paths"][side], x, y, f"{pair['splits'][side] or '-'}/{pair['labels'][side]}", note)
     sheet.save(path, format="PNG")
     return {"missing": missing}
-
-
-def _paste(sheet, draw, font, image_path: Path, x: int, y: int, missing: list[str]) -> None:
-    """The image as a thumbnail centered in its tile, or a placeholder when it has moved or gone."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(image_path) as image:
-            thumb = ImageOps.exif_transpose(image).convert("RGB")
-            thumb.thumbnail((TILE - 6, TILE - 6))
-        sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
-    except OSError:
-        missing.append(str(image_path))
-        draw.rectangle([x + 3, y + 3, x + TILE - 4, y + TILE - 4], outline="gray")
-        draw.text((x + TILE / 2, y + TILE / 2), "image moved or gone", font=font, anchor="mm", fill="gray")
