@@ -100,12 +100,11 @@ class RichReporter(Reporter):
     """Progress bar with images/s and ETA on stderr; silent when quiet or not a terminal."""
 
     def __init__(self, quiet: bool = False):
-        self.enabled = not quiet and sys.stderr.isatty()
         self.quiet = quiet
         self._progress: Any = None  # a rich Progress, imported when a bar is first shown
 
     def start(self, total: int, description: str) -> None:
-        if not self.enabled or total == 0:
+        if self.quiet or total == 0 or not sys.stderr.isatty():
             return
         from rich import progress as bar
         from rich.console import Console

@@ -40,7 +40,6 @@ def run_demo(out: Path, backbone: str | None, per_class: int, workers: int | Non
         f"wrote {data.n_images} handwritten digits (scikit-learn's load_digits) to {data.root}: "
         f"{data.n_train} train, {data.n_val} val"
     )
-
     t0 = time.perf_counter()
     extracted = extract(data.root, backbone=backbone, cache_dir=out / "cache", workers=workers, reporter=reporter)
     extract_seconds = time.perf_counter() - t0
@@ -48,7 +47,6 @@ def run_demo(out: Path, backbone: str | None, per_class: int, workers: int | Non
         f"features: {extracted.path} ({extracted.n_images} x {extracted.feature_dim}, "
         f"{extracted.n_new} extracted, {extracted.n_reused} reused; {extract_seconds:.1f} s)"
     )
-
     fitted = fit_head(extracted.path, clf="linear", out=_new_run_dir(out / "runs", "linear"), log=log)
     return {
         "out": str(out),

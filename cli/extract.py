@@ -86,10 +86,8 @@ def extract_command(
         f"{result.n_failed} failed; {result.seconds:.1f} s"
     )
     if result.views:
-        summary += (
-            f"; {result.views} {result.view_recipe} views per image: "
-            f"{result.n_views_new} new, {result.n_views_reused} reused"
-        )
+        made = f"{result.n_views_new} new, {result.n_views_reused} reused"
+        summary += f"; {result.views} {result.view_recipe} views per image: {made}"
     if result.world_size > 1:
         summary += f" on {result.world_size} processes"
     if result.n_failed:

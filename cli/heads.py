@@ -198,10 +198,8 @@ def heads_command(json_out: JsonOpt = False) -> None:
         emit_json(rows)
         return
     for i, h in enumerate(rows):
-        flags = [shown for key, shown in HEAD_FLAGS.items() if h[key]]
-        typer.echo(
-            ("\n" if i else "") + f"{h['name']}: {h['description']}" + (f" [{', '.join(flags)}]" if flags else "")
-        )
+        flags = ", ".join(shown for key, shown in HEAD_FLAGS.items() if h[key])
+        typer.echo(("\n" if i else "") + f"{h['name']}: {h['description']}" + (f" [{flags}]" if flags else ""))
         grid = densify(h["sweep_grid"])
         typer.echo(f"  --sweep searches {h['sweep_param']} over {', '.join(f'{v:g}' for v in grid)}")
         settings = [f"{p['name']}={_param_text(p['default'])}" for p in h["params"]]

@@ -38,7 +38,7 @@ def hash_groups(sha256: list[str]) -> np.ndarray:
 def exact_duplicates(group: np.ndarray, feats) -> list[dict]:
     """One finding per set of byte-identical images: its paths, labels, splits and kind."""
     found = [_finding("exact", np.flatnonzero(group == g).tolist(), feats, 1.0) for g in np.unique(group[group >= 0])]
-    return sorted(found, key=_kind_order)
+    return sorted(found, key=lambda finding: (KINDS.index(finding["kind"]), finding["paths"][0]))
 
 
 def near_duplicates(pairs: np.ndarray, similarity: np.ndarray, feats) -> list[dict]:
@@ -59,7 +59,3 @@ def _finding(match: str, rows: list[int], feats, score: float) -> dict:
         "splits": splits,
         "rows": rows,
     }
-
-
-def _kind_order(finding: dict) -> tuple:
-    return KINDS.index(finding["kind"]), finding["paths"][0]

@@ -14,7 +14,8 @@ HEADING = 20
 KIND_ORDER = ["across classes", "across splits", "within class"]
 
 
-def plot_audit(report, path) -> dict:
+def plot_audit(report, path) -> list[str]:
+    """Draw ``path``; returns the images that have moved or gone."""
     from PIL import Image, ImageDraw, ImageFont, ImageOps
 
     root = Path(report.dataset_root)
@@ -51,12 +52,9 @@ def plot_audit(report, path) -> dict:
         tile(issue["path"], x, y, f"{issue['given']} -> {issue['suggested']}", note)
     top = HEADING + issue_lines * (TILE + CAPTION)
     heading = "duplicates: pairs side by side (kind, similarity)"
-    draw.text(
-        (4, top + 3),
-        heading if pairs else "no duplicates across splits or classes, no near duplicates",
-        font=font,
-        fill="black",
-    )
+    if not pairs:
+        heading = "no duplicates across splits or classes, no near duplicates"
+    draw.text((4, top + 3), heading, font=font, fill="black")
     for slot, pair in enumerate(pairs):
         y = top + HEADING + (slot // (COLUMNS // 2)) * (TILE + CAPTION)
         for side in range(2):
@@ -64,4 +62,4 @@ def plot_audit(report, path) -> dict:
             note = f"{pair['kind']} {pair['match']} {pair['score']:.2f}"[:52] if side == 0 else ""
             tile(pair["paths"][side], x, y, f"{pair['splits'][side] or '-'}/{pair['labels'][side]}", note)
     sheet.save(path, format="PNG")
-    return {"missing": missing}
+    return missing

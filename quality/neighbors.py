@@ -116,7 +116,7 @@ def neighbor_pass(search: np.ndarray, k: int, threshold: float, same: np.ndarray
     same = np.full(n, -1, dtype=np.int64) if same is None else np.asarray(same, dtype=np.int64)
     index = np.full((n, k), -1, dtype=np.int64)
     sims = np.full((n, k), -np.inf, dtype=np.float32)
-    found_i, found_j, found_s = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    found_pairs, found_sims = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.float32)]
     block = max(1, min(n, BLOCK_BYTES // (4 * max(n, 1))))
     probe = np.sort(np.random.default_rng(0).choice(n, min(n, max(4 * k, PROBE_COLUMNS)), replace=False))
     grouped = same >= 0
@@ -136,11 +136,10 @@ def neighbor_pass(search: np.ndarray, k: int, threshold: float, same: np.ndarray
         values = sim[candidate_r, candidate_c]
         _top_k(candidate_r, candidate_c, values, k, rows, index, sims)
         keep = (values >= threshold) & (rows[candidate_r] < candidate_c)
-        found_i.append(rows[candidate_r[keep]])
-        found_j.append(candidate_c[keep])
-        found_s.append(values[keep])
-    pairs = np.stack([np.concatenate(found_i), np.concatenate(found_j)], axis=1).astype(np.int64)
-    return Neighbors(index, sims, pairs, np.concatenate(found_s).astype(np.float32))
+        found_pairs.append(np.stack([rows[candidate_r[keep]], candidate_c[keep]], axis=1))
+        found_sims.append(values[keep])
+    pairs = np.concatenate(found_pairs).astype(np.int64)
+    return Neighbors(index, sims, pairs, np.concatenate(found_sims).astype(np.float32))
 
 
 def find_neighbors(X, group: np.ndarray, k: int, threshold: float, label_dims: int, seed: int = 0):

@@ -48,8 +48,8 @@ class AuditReport:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "audit.json").write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        shown = plot_audit(self, out / "audit.png")
-        return {"json": str(out / "audit.json"), "png": str(out / "audit.png"), "missing_images": shown["missing"]}
+        missing = plot_audit(self, out / "audit.png")
+        return {"json": str(out / "audit.json"), "png": str(out / "audit.png"), "missing_images": missing}
 
 
 def audit(
@@ -107,10 +107,8 @@ def _label_issues(feats: Features, group: np.ndarray, found, projected, views: b
     image_group = np.where(group >= 0, group, len(group) + np.arange(len(group)))
     view_rows = feats.views() if views and feats.n_views > 0 and not large else None
     n_classes = len(feats.classes)
-    folds = LARGE_FOLDS if large else MAX_FOLDS
-    lin, folds = out_of_fold_proba(
-        projected if large else feats.X, feats.y, n_classes, image_group, view_rows, seed, max_folds=folds
-    )
+    rows, max_folds = (projected, LARGE_FOLDS) if large else (feats.X, MAX_FOLDS)
+    lin, folds = out_of_fold_proba(rows, feats.y, n_classes, image_group, view_rows, seed, max_folds)
     knn = neighbor_vote(found.index, found.similarity, feats.y, n_classes)
     return label_issues(feats.y, lin, knn, folds), view_rows
 
