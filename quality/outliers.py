@@ -1,6 +1,6 @@
-"""Outliers: images far from every other image (the mean cosine similarity of their k nearest
-neighbours more than ``Z_CUT`` robust standard deviations below the median, and only the most
-isolated ``MAX_SHARE`` of the data: a list to look at, not a filter), and undecodable images."""
+"""Outliers: images far from every other image, by the mean cosine similarity of their k nearest
+neighbours: more than ``Z_CUT`` robust standard deviations (1.4826 x the median absolute deviation)
+below the median, and only the most isolated ``MAX_SHARE`` of the data (a list to look at, not a filter)."""
 
 from __future__ import annotations
 
