@@ -1,9 +1,6 @@
-"""``finetune()``: resolve the config, split the data, build the network, run the epochs with
-a checkpoint after each, and write the run folder.
-
-Epoch numbers are 0-based inside checkpoints (``resume`` starts at ``epoch + 1``) and
-1-based in everything people read (history, ``best_epoch``, messages).
-"""
+"""``finetune()``: resolve the config, split the data, build the network, run the epochs with a
+checkpoint after each, and write the run folder. Epochs are 0-based in checkpoints (``resume``
+starts at ``epoch + 1``) and 1-based in everything people read."""
 
 from __future__ import annotations
 
@@ -96,15 +93,13 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune the top of a backbone with a linear head; see ``tlx finetune --help``.
 
-    ``options`` are the fields of :class:`FinetuneConfig` (``epochs=3, lr=1e-4, ...``), or
-    ``config`` gives them all at once (``options`` then override it). Options left at ``None``
-    resolve to: the checkpoint's value (``resume``), the ``init_head`` run's (backbone, pooling,
-    split), then the defaults of :class:`FinetuneConfig`. ``on_step(epoch, step)`` is called
-    after each training step."""
+    ``options`` are the fields of :class:`FinetuneConfig`, or ``config`` gives them all (``options``
+    override it); those left at ``None`` resolve to the checkpoint's (``resume``), the ``init_head``
+    run's, then the defaults. ``on_step(epoch, step)`` is called after each training step."""
     from ..common.device import check_device
     from ..extractor.engine import default_workers, resolve_device
 
-    given = {**(config.to_dict() if config is not None else {}), **options}
+    given = {**(asdict(config) if config is not None else {}), **options}
     if data is not None or "data" not in given:
         given["data"] = data
     explicit = explicit_options(given)  # before any work: an unknown option is a TypeError
@@ -116,13 +111,13 @@ def finetune(
         where = torch.device("cuda", procs.local_rank)
     reporter = reporter if (reporter is not None and procs.is_main) else Reporter()
     workers = default_workers() if workers is None else workers
-    finished = False
     try:
         result = _run(procs, where, reporter, started, resume, out, workers, explicit, on_step)
-        finished = True
-        return result
-    finally:
-        cleanup(procs, finished)
+    except BaseException:
+        cleanup(procs, finished=False)
+        raise
+    cleanup(procs)
+    return result
 
 
 def _run(
@@ -194,43 +189,28 @@ def _open(
 
 
 def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache_path: Path | None, out):
-    """The dataset, its split and the cache that lists its unreadable images.
-
-    A resumed run validates on exactly its checkpoint's val images, and an LP-FT run on exactly
-    its head run's: so no image the network (or the head) was trained on can score."""
+    """The dataset, its split and the cache that lists its unreadable images. A resumed run validates
+    on exactly its checkpoint's val images, an LP-FT run on exactly its head run's: so no image the
+    network (or the head) was trained on can score."""
     from ..extractor.discovery import discover
     from .data import cache_failures, split_by_members, split_dataset
 
     index = discover(cfg.data)
-    if cache_path is None:
-        cache_path = find_cache_of(index.root)
+    cache_path = cache_path or find_cache_of(index.root)
     exclude = cache_failures(index.root, cache_path)
     earlier = (saved or {}).get("split") or {}
     if "val_sha256" in earlier:
-        split = split_by_members(
-            index,
-            earlier["val_sha256"],
-            earlier,
-            f"the checkpoint in {out}",
-            "restore them, or start a new run without --resume",
-            exclude,
-            cache_path,
-        )
+        whose, fix = f"the checkpoint in {out}", "restore them, or start a new run without --resume"
+        split = split_by_members(index, earlier, whose, fix, exclude, cache_path)
     elif init is not None:
         if list(init.run.classes) != list(index.classes):
             raise TlxError(
                 f"--init-head {cfg.init_head} was fitted on the classes {init.run.classes} but {cfg.data} has "
                 f"{index.classes}: fit a head on this dataset first"
             )
-        split = split_by_members(
-            index,
-            init.split["val_sha256"],
-            {**init.split, "init_head": cfg.init_head},
-            f"the head run {cfg.init_head}",
-            "restore them, or fit a new head on the current data (`tlx extract`, then `tlx fit-head`)",
-            exclude,
-            init.cache,
-        )
+        whose = f"the head run {cfg.init_head}"
+        fix = "restore them, or fit a new head on the current data (`tlx extract`, then `tlx fit-head`)"
+        split = split_by_members(index, {**init.split, "init_head": cfg.init_head}, whose, fix, exclude, init.cache)
     else:
         split = split_dataset(index, cfg.val_fraction, cfg.seed, exclude)
     if not len(split.train_paths) or not len(split.val_paths):
@@ -268,44 +248,23 @@ def _build(
     loader, sampler = train_loader(
         split.train_paths, pre, per_process, workers, cfg.augment, cfg.seed, procs.rank, procs.world, cuda
     )
-    val_paths = split.val_paths[procs.rank :: procs.world]
-    steps_per_epoch = len(loader)
     optimizer = make_optimizer(net, cfg)
-    warmup = round(min(cfg.warmup_epochs, cfg.epochs / 5) * steps_per_epoch)
-    scheduler = make_scheduler(optimizer, cfg.epochs * steps_per_epoch, warmup)
+    warmup = round(min(cfg.warmup_epochs, cfg.epochs / 5) * len(loader))
+    scheduler = make_scheduler(optimizer, cfg.epochs * len(loader), warmup)
+    normalize, precision = Normalize(pre).to(device), Precision(device, amp_dtype)
     training = Training(
-        net,
-        model,
-        optimizer,
-        scheduler,
-        scaler,
-        Normalize(pre).to(device),
-        Precision(device, amp_dtype),
-        trainable,
-        cfg.train_bn,
-        pre.input_size,
-        procs,
+        net, model, optimizer, scheduler, scaler, normalize, precision, trainable, cfg.train_bn, pre.input_size, procs
     )
-    return Setup(
-        cfg,
-        split,
-        index.name,
-        cache_path,
-        backbone,
-        FeatureSpace.from_backbone(backbone.cfg, cfg.pool),
-        n_unfreeze,
-        training,
-        loader,
-        sampler,
-        eval_loader(val_paths, pre, per_process, workers, cuda),
-        val_paths,
-        split.val_labels[procs.rank :: procs.world],
-    )
+    space = FeatureSpace.from_backbone(backbone.cfg, cfg.pool)
+    val_paths = split.val_paths[procs.rank :: procs.world]
+    val_loader = eval_loader(val_paths, pre, per_process, workers, cuda)
+    val_labels = split.val_labels[procs.rank :: procs.world]
+    shards = (loader, sampler, val_loader, val_paths, val_labels)
+    return Setup(cfg, split, index.name, cache_path, backbone, space, n_unfreeze, training, *shards)
 
 
 def _network(cfg: FinetuneConfig, init: InitHead | None, n_classes: int):
-    """``(backbone, net, n_unfreeze, trainable)``: the backbone (the head run's with ``init``), the
-    network with its linear head (folded from ``init``), and which stages train."""
+    """``(backbone, net, n_unfreeze, trainable)``, with the head run's backbone and folded head for ``init``."""
     from ..extractor.extract import backbone_for_space
     from ..extractor.registry import get_backbone
     from .model import apply_freezing, build_net, fold_linear_head, parse_unfreeze
@@ -324,9 +283,8 @@ def _network(cfg: FinetuneConfig, init: InitHead | None, n_classes: int):
 
 
 def _on_device(net: nn.Module, device: torch.device, procs: Dist):
-    """Move ``net`` to ``device``; ``(model, amp dtype, grad scaler)``: the model steps go through
-    (DDP-wrapped under torchrun), and on a GPU mixed precision (bf16 where supported, else fp16
-    with a scaler)."""
+    """``(model, amp dtype, grad scaler)`` of ``net`` moved to ``device``: DDP-wrapped under torchrun,
+    and on a GPU mixed precision (bf16 where supported, else fp16 with a scaler)."""
     cuda = device.type == "cuda"
     net.to(device)
     if cuda:
@@ -354,13 +312,12 @@ def _new_run_dir(procs: Dist, cfg: FinetuneConfig, out) -> Path:
 
 def _score_fitted_head(run: Setup, state: LoopState, run_dir: Path, reporter: Reporter) -> None:
     """LP-FT: the fitted head's own val score before any step ("epoch 0"). With --select-on val it
-    is also the first candidate: fine-tuned weights replace it only where they beat it on the
-    val labels (a choice on val, so optimistic). By default it is reported, never kept: the last
-    epoch is. (A resumed run has this score in its checkpoint.)"""
+    is also the first candidate, replaced only by epochs that beat it on the val labels; by
+    default it is reported, never kept. (A resumed run has it in its checkpoint.)"""
     training = run.training
     local = evaluate(training.net, run.val_loader, run.val_labels, training.normalize, training.precision)
-    scores = reduce_eval(training.procs, local, run.val_labels, len(run.split.classes), training.precision.device)
-    state.init_eval = {"val_accuracy": scores["val_accuracy"], "val_loss": scores["val_loss"]}
+    state.init_eval = reduce_eval(training.procs, local, run.val_labels, training.precision.device)
+    scores = state.init_eval
     if run.cfg.select_on == "val":
         state.improve(-1, scores["val_accuracy"], training.net, local)
         if training.procs.is_main:
@@ -384,7 +341,7 @@ def _run_epochs(
         started = time.perf_counter()
         trained, local, train_seconds = _train_and_evaluate(run, epoch, reporter, on_step)
         train_loss, n_train = reduce_train(procs, trained, training.precision.device)
-        scores = reduce_eval(procs, local, run.val_labels, len(run.split.classes), training.precision.device)
+        scores = reduce_eval(procs, local, run.val_labels, training.precision.device)
         skipped.update({run.split.train_paths[j]: reason for j, reason in trained["failures"]})
         skipped.update({run.val_paths[j]: reason for j, reason in local["failures"]})
         seconds = time.perf_counter() - started
@@ -443,7 +400,7 @@ def _train_and_evaluate(run: Setup, epoch: int, reporter: Reporter, on_step: Ste
 
 def _checkpoint_extra(run: Setup) -> dict:
     return {
-        "config": run.cfg.to_dict(),
+        "config": asdict(run.cfg),
         "cache": str(run.cache_path) if run.cache_path else "",
         "feature_space": run.space.to_dict(),
         "split": run.split.info,
@@ -454,7 +411,6 @@ def _finish(
     run: Setup, state: LoopState, run_dir: Path, skipped: dict[str, str], started: float, resumed_from: int | None
 ) -> FinetuneResult:
     """Evaluate the best weights once more with every probability, and write the run folder."""
-    from ..version import __version__
     from .report import write_run
 
     training, procs = run.training, run.training.procs
@@ -471,7 +427,7 @@ def _finish(
         order = np.concatenate([p[0] for p in parts])
         proba = np.concatenate([p[1] for p in parts])
         keep = np.argsort(order, kind="stable")
-        metrics = write_run(run, state, run_dir, order[keep], proba[keep], __version__)
+        metrics = write_run(run, state, run_dir, order[keep], proba[keep])
     barrier(procs)
     history = state.history
     seconds_per_epoch = float(np.mean([h["seconds"] for h in history])) if history else 0.0
