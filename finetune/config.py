@@ -164,6 +164,7 @@ def check_values(cfg: FinetuneConfig, world: int) -> None:
 
 def resolve_config(explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig, InitHead | None, Path | None]:
     """Fill the options not given: init-head run, most recent cache, defaults."""
+    from ..cache.catalog import default_cache_dir
     from ..extractor.registry import DEFAULT_BACKBONE
 
     values = dict(explicit)
@@ -174,6 +175,11 @@ def resolve_config(explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig, 
     if values.get("data") is None:
         source = f"the cache of {values['init_head']}" if cache_path is not None else "the most recent cache"
         cache_path = cache_path or newest_cache()
+        if cache_path is None:
+            raise CacheError(
+                f"no DATA given and no feature cache in {default_cache_dir()} to take the dataset from: "
+                "pass DATA (an image folder or CSV manifest), or run `tlx extract DATA` first"
+            )
         values["data"] = str(dataset_of_cache(cache_path))
         reporter.message(f"no DATA given: using {values['data']}, the dataset of {source} ({cache_path})")
     values = {k: normalize_option(k, v) for k, v in values.items() if v is not None}
@@ -260,18 +266,18 @@ def load_init_head(run_dir: str) -> InitHead:
     return InitHead(run, weight, bias, shift, scale, split, Path(cache) if cache and Path(cache).is_file() else None)
 
 
-def newest_cache() -> Path:
-    """The most recent cache in the default cache folder: where a run without DATA finds its dataset."""
+def newest_cache(dataset_root: Path | None = None) -> Path | None:
+    """The most recent cache in the default cache folder; with ``dataset_root``, the newest readable one of it."""
     from ..cache.catalog import default_cache_dir, list_caches
+    from ..cache.h5format import read_attrs
 
-    where = default_cache_dir()
-    caches = list_caches(where)
-    if not caches:
-        raise CacheError(
-            f"no DATA given and no feature cache in {where} to take the dataset from: "
-            "pass DATA (an image folder or CSV manifest), or run `tlx extract DATA` first"
-        )
-    return caches[0]
+    for path in list_caches(default_cache_dir()):
+        try:
+            if dataset_root is None or str(read_attrs(path).get("dataset_root", "")) == str(dataset_root):
+                return path
+        except (OSError, KeyError):
+            continue  # a damaged cache is not ours to report: fine-tuning reads images, not features
+    return None
 
 
 def dataset_of_cache(cache_path: Path) -> Path:
@@ -290,21 +296,6 @@ def dataset_of_cache(cache_path: Path) -> Path:
     if attrs.get("dataset_layout") == "csv":
         return Path(root) / f"{attrs.get('dataset_name', '')}.csv"
     return Path(root)
-
-
-def find_cache_of(dataset_root: Path) -> Path | None:
-    """The newest readable cache in the default cache folder made from ``dataset_root``."""
-    from ..cache.catalog import default_cache_dir, list_caches
-    from ..cache.h5format import read_attrs
-
-    where = default_cache_dir()
-    for path in list_caches(where) if where.is_dir() else []:
-        try:
-            if str(read_attrs(path).get("dataset_root", "")) == str(dataset_root):
-                return path
-        except (OSError, KeyError):
-            continue  # a damaged cache is not ours to report: fine-tuning reads images, not features
-    return None
 
 
 def selection_record(cfg: FinetuneConfig) -> dict:

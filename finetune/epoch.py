@@ -68,12 +68,9 @@ def train_one_epoch(
     reporter: Reporter | None = None,
     on_step: StepCallback | None = None,
 ) -> dict:
-    """One pass over this process's shard of the training set; returns local sums.
-
-    Unreadable images drop out of their batch. The processes first agree on how many images
-    the whole step has: none anywhere, and every process skips the step (no weight decay, no
-    optimizer or scheduler state change); some, and each process takes part, so DDP's gradient
-    all-reduces stay in step even on a process whose own images all failed."""
+    """One pass over this process's shard of the training set; returns local sums. Unreadable images
+    drop out of their batch. A step with no image on any process is skipped by all (no optimizer or
+    scheduler change); otherwise every process takes part, so DDP's all-reduces stay in step."""
     set_train_mode(training.net, training.trainable, training.train_bn)
     device = training.precision.device
     loss_sum, n, failures = 0.0, 0, []
@@ -116,11 +113,8 @@ class LossDiverged(TlxError):
 def _train_step(
     training: Training, indices: list[int], images: torch.Tensor, labels: np.ndarray, step_images: int
 ) -> float:
-    """Forward, backward and optimizer step; returns this process's summed (unscaled) loss.
-
-    DDP averages gradients over processes, so each process's summed loss is scaled by
-    ``world / step_images``: the gradient of the mean loss over the whole step, whatever
-    number of images each process had."""
+    """Forward, backward and optimizer step; returns this process's summed (unscaled) loss. DDP
+    averages gradients, so the loss is scaled by ``world / step_images``: the mean over the step."""
     device = training.precision.device
     if indices:
         y = torch.as_tensor(labels[indices], device=device)
@@ -143,9 +137,8 @@ def _train_step(
 
 
 def _zero_loss(training: Training) -> torch.Tensor:
-    """A zero loss that still runs through the wrapped model, so DDP's hooks fire and this
-    process sends its (zero) gradients to the all-reduce like the others. One blank image, with
-    the network in eval mode so that no BatchNorm statistic moves."""
+    """A zero loss through the wrapped model, so DDP's hooks fire and this process sends its (zero)
+    gradients like the others: one blank image in eval mode, so no BatchNorm statistic moves."""
     device = training.precision.device
     blank = torch.zeros(1, 3, training.input_size, training.input_size, device=device)
     training.net.eval()
@@ -158,24 +151,17 @@ def _zero_loss(training: Training) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(
-    net: FineTuneNet,
-    loader,
-    labels: np.ndarray,
-    normalize: nn.Module,
-    precision: Precision,
-    reporter: Reporter | None = None,
-) -> dict:
+def evaluate(training: Training, loader, labels: np.ndarray, reporter: Reporter | None = None) -> dict:
     """Probabilities for this process's shard of the validation set (no padding, no duplicates)."""
+    net, precision, device = training.net, training.precision, training.precision.device
     net.eval()
-    device = precision.device
     rows, probs, failures, loss_sum = [], [], [], 0.0
     for indices, images, failed in loader:
         failures += failed
         if indices:
             y = torch.as_tensor(labels[indices], device=device)
             with precision.autocast():
-                logits = net(to_device(images, normalize, device)).float()
+                logits = net(to_device(images, training.normalize, device)).float()
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             probs.append(torch.softmax(logits, dim=1).cpu().numpy())
             rows += list(indices)
@@ -188,8 +174,8 @@ def evaluate(
 def reduce_eval(procs: Dist, local: dict, labels: np.ndarray, device: torch.device) -> dict:
     """Val loss and accuracy over every process's images (all-reduced sums: exact, each image once)."""
     y = labels[local["indices"]]
-    hits = int((local["proba"].argmax(axis=1) == y).sum())
-    loss_sum, n, hits = _sums(procs, device, local["loss_sum"], len(y), hits)
+    own_hits = int((local["proba"].argmax(axis=1) == y).sum())
+    loss_sum, n, hits = _sums(procs, device, local["loss_sum"], len(y), own_hits)
     if not math.isfinite(loss_sum):  # every process has the same sums: all stop together
         raise TlxError(
             "the validation loss became NaN/inf: the network's outputs are not finite numbers (the weights "

@@ -41,9 +41,10 @@ def plot_learning_curve(history: list[dict], path: Path, best_epoch: int, init_e
     plt.close(fig)
 
 
-def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray) -> dict:
+def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, summary: dict) -> dict:
     """Write the run folder of ``run`` (a :class:`tlx.finetune.train.Setup`) from its loop state and
-    the val rows ``order`` (indices into ``run.split``'s val side) with their probabilities."""
+    the val rows ``order`` (indices into ``run.split``'s val side) with their probabilities;
+    ``summary`` holds the fields metrics.json shares with ``FinetuneResult``."""
     from safetensors.torch import save
 
     from ..common.mistakes import plot_top_losses
@@ -52,7 +53,7 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray) -
     split = run.split
     y_true = split.val_labels[order]
     scores = compute_metrics(y_true, proba, split.classes)
-    metrics = run_metrics(run, state, scores, len(y_true))
+    metrics = {**run_metrics(run, state, scores, len(y_true)), **summary}
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.best_weights.items()}
     write_bytes_atomic(run_dir / MODEL_FILE, save(tensors, metadata={"format": "pt", "tlx": "finetune"}))
     write_json_atomic(run_dir / CONFIG_FILE, network_record(run, state.best_epoch + 1))
@@ -86,20 +87,13 @@ def run_metrics(run, state, scores: dict, n_val_scored: int) -> dict:
         "cache": str(run.cache_path) if run.cache_path else "",
         "classes": list(split.classes),
         "split": split.info,
-        "n_train": len(split.train_paths),
-        "n_val": len(split.val_paths),
         "n_val_scored": n_val_scored,
         "created": now_iso(),
         "tlx_version": __version__,
-        "best_epoch": state.best_epoch + 1,
-        "epochs_done": len(history),
-        "early_stopped": bool(state.stopped),
-        "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3),
         "history": history,
         # With --init-head: the fitted head's own val accuracy before any step (best_epoch 0 = it won,
         # which only --select-on val allows).
         "init_head_val_accuracy": (state.init_eval or {}).get("val_accuracy"),
-        "selection": selection_record(cfg),
     }
 
 

@@ -8,7 +8,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from .config import (
     check_values,
     config_difference,
     explicit_options,
-    find_cache_of,
+    newest_cache,
     resolve_config,
     selection_record,
 )
@@ -55,9 +55,7 @@ class FinetuneResult:
     metrics: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        result = asdict(self)
-        result.pop("metrics")
-        return result
+        return {k: v for k, v in asdict(self).items() if k != "metrics"}
 
 
 @dataclass
@@ -161,17 +159,16 @@ def _open(
     resume: bool, out, explicit: dict, reporter: Reporter
 ) -> tuple[FinetuneConfig, InitHead | None, Path | None, dict | None]:
     """The config of a new run, or of the run in ``out`` with its last checkpoint (``resume``)."""
+    last_path = Path(out or ".") / ckpt.CHECKPOINT_DIR / ckpt.LAST
     if not resume:
-        if out is not None and (Path(out) / ckpt.CHECKPOINT_DIR / ckpt.LAST).is_file():
+        if out is not None and last_path.is_file():
             raise RunError(
                 f"--out {out} already holds a fine-tuning run: pass --resume to continue it, or choose another --out"
             )
-        cfg, init, cache_path = resolve_config(explicit, reporter)
-        return cfg, init, cache_path, None
+        return (*resolve_config(explicit, reporter), None)
     if out is None:
         raise TlxError("--resume needs --out RUN, the folder of the fine-tuning run to continue")
     run_dir = Path(out)
-    last_path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
     if not last_path.is_file():
         raise RunError(
             f"--resume: {run_dir} has no checkpoint ({ckpt.CHECKPOINT_DIR}/{ckpt.LAST}): it is not a fine-tuning "
@@ -196,7 +193,7 @@ def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache
     from .data import cache_failures, split_by_members, split_dataset
 
     index = discover(cfg.data)
-    cache_path = cache_path or find_cache_of(index.root)
+    cache_path = cache_path or newest_cache(index.root)
     exclude = cache_failures(index.root, cache_path)
     earlier = (saved or {}).get("split") or {}
     if "val_sha256" in earlier:
@@ -289,11 +286,9 @@ def _on_device(net: nn.Module, device: torch.device, procs: Dist):
     net.to(device)
     if cuda:
         net.to(memory_format=torch.channels_last)
-    model: nn.Module = (
-        nn.parallel.DistributedDataParallel(net, device_ids=[procs.local_rank] if cuda else None)
-        if procs.enabled
-        else net
-    )
+    model: nn.Module = net
+    if procs.enabled:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[procs.local_rank] if cuda else None)
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     return model, amp_dtype, scaler
@@ -315,7 +310,7 @@ def _score_fitted_head(run: Setup, state: LoopState, run_dir: Path, reporter: Re
     is also the first candidate, replaced only by epochs that beat it on the val labels; by
     default it is reported, never kept. (A resumed run has it in its checkpoint.)"""
     training = run.training
-    local = evaluate(training.net, run.val_loader, run.val_labels, training.normalize, training.precision)
+    local = evaluate(training, run.val_loader, run.val_labels)
     state.init_eval = reduce_eval(training.procs, local, run.val_labels, training.precision.device)
     scores = state.init_eval
     if run.cfg.select_on == "val":
@@ -392,7 +387,7 @@ def _train_and_evaluate(run: Setup, epoch: int, reporter: Reporter, on_step: Ste
     train_seconds = time.perf_counter() - started
     reporter.start(len(run.val_paths), f"epoch {epoch + 1}/{cfg.epochs} val")
     try:
-        local = evaluate(training.net, run.val_loader, run.val_labels, training.normalize, training.precision, reporter)
+        local = evaluate(training, run.val_loader, run.val_labels, reporter)
     finally:
         reporter.stop()
     return trained, local, train_seconds
@@ -419,7 +414,17 @@ def _finish(
     training.net.load_state_dict(state.best_weights)
     local = state.best_eval
     if local is None:
-        local = evaluate(training.net, run.val_loader, run.val_labels, training.normalize, training.precision)
+        local = evaluate(training, run.val_loader, run.val_labels)
+    history = state.history
+    summary: dict[str, Any] = {  # what metrics.json and the result share
+        "best_epoch": state.best_epoch + 1,
+        "epochs_done": len(history),
+        "early_stopped": bool(state.stopped),
+        "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3),
+        "n_train": len(run.split.train_paths),
+        "n_val": len(run.split.val_paths),
+        "selection": selection_record(run.cfg),
+    }
     # Shard k of each process is row k * world + rank of the whole val set: put them back in order.
     parts = all_gather_objects(procs, (local["indices"] * procs.world + procs.rank, local["proba"]))
     metrics = {}
@@ -427,22 +432,14 @@ def _finish(
         order = np.concatenate([p[0] for p in parts])
         proba = np.concatenate([p[1] for p in parts])
         keep = np.argsort(order, kind="stable")
-        metrics = write_run(run, state, run_dir, order[keep], proba[keep])
+        metrics = write_run(run, state, run_dir, order[keep], proba[keep], summary)
     barrier(procs)
-    history = state.history
-    seconds_per_epoch = float(np.mean([h["seconds"] for h in history])) if history else 0.0
     return FinetuneResult(
         run=str(run_dir),
         val_accuracy=float(metrics.get("val_accuracy", state.best_accuracy)),
-        best_epoch=state.best_epoch + 1,
-        epochs_done=len(history),
         seconds=round(time.perf_counter() - started, 3),
-        seconds_per_epoch=round(seconds_per_epoch, 3),
-        early_stopped=state.stopped,
         resumed_from=resumed_from,
-        n_train=len(run.split.train_paths),
-        n_val=len(run.split.val_paths),
         n_skipped=len(skipped),
-        selection=selection_record(run.cfg),
         metrics=metrics,
+        **summary,
     )
