@@ -121,21 +121,9 @@ class InitHead:
     """The fitted linear head of a `tlx fit-head` run, in the form fine-tuning folds in."""
 
     run: Run
-    weight: np.ndarray
-    bias: np.ndarray
-    shift: np.ndarray | None
-    scale: np.ndarray | None
+    linear: tuple  # (weight, bias, shift, scale) of ``softmax(((x - shift) / scale) @ weight.T + bias)``
     split: dict  # the head run's split, with the val_sha256 of its validation images
     cache: Path | None  # the head run's cache, where it still exists
-
-
-def config_difference(saved: dict, explicit: dict) -> list[str]:
-    """'key: saved -> asked' for every explicitly given option that differs from the checkpoint's."""
-    return [
-        f"{key}: {saved[key]!r} in the checkpoint, {value!r} now"
-        for key, value in explicit.items()
-        if key in saved and normalize_option(key, saved[key]) != value
-    ]
 
 
 def check_values(cfg: FinetuneConfig, world: int) -> None:
@@ -238,7 +226,7 @@ def load_init_head(run_dir: str) -> InitHead:
             "(a linear head on cached features)"
         )
     try:
-        weight, bias, shift, scale = run.head.linear_form()
+        linear = tuple(run.head.linear_form())
     except NotExportableError:
         if getattr(run.head, "l2norm", False):
             why, fix = "this head L2-normalizes each feature row (l2norm=true)", "refit it with --param l2norm=false"
@@ -263,7 +251,7 @@ def load_init_head(run_dir: str) -> InitHead:
             "fit the head again with `tlx fit-head`"
         )
     cache = run.info.get("cache")
-    return InitHead(run, weight, bias, shift, scale, split, Path(cache) if cache and Path(cache).is_file() else None)
+    return InitHead(run, linear, split, Path(cache) if cache and Path(cache).is_file() else None)
 
 
 def newest_cache(dataset_root: Path | None = None) -> Path | None:

@@ -5,7 +5,7 @@ the device. Unreadable images are skipped, not fatal."""
 from __future__ import annotations
 
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..cache.space import Preprocessing
-from ..errors import DatasetError, TlxError
+from ..errors import DatasetError
 from ..extractor.decode import load_image
 from ..extractor.discovery import DatasetIndex
 from ..extractor.engine import ImageFiles, collate_skipping_failures, lower_priority
@@ -52,8 +52,7 @@ class SplitData:
     val_paths: list[str]
     val_labels: np.ndarray
     classes: list[str]
-    info: dict = field(default_factory=dict)  # how the split was made, with its members' val_sha256
-    excluded: list[str] = field(default_factory=list)  # unreadable: part of neither side
+    info: dict  # how the split was made, with its members' val_sha256
 
 
 @dataclass
@@ -63,7 +62,6 @@ class _Rows:
     index: DatasetIndex
     items: list
     hashes: list[str]
-    excluded: list[str]
 
     def labels(self) -> np.ndarray:
         class_of = {c: k for k, c in enumerate(self.index.classes)}
@@ -75,30 +73,22 @@ class _Rows:
         train = [absolute[i] for i in train_idx]
         val = [absolute[i] for i in val_idx]
         classes = list(self.index.classes)
-        return SplitData(train, labels[train_idx], val, labels[val_idx], classes, info, self.excluded)
+        return SplitData(train, labels[train_idx], val, labels[val_idx], classes, info)
 
 
-def _readable_rows(index: DatasetIndex, exclude: frozenset[str] | set[str]) -> _Rows:
+def _readable_rows(index: DatasetIndex, exclude: set[str]) -> _Rows:
     """Every image minus those extraction could not read and those that cannot be read now."""
     from ..common.hashing import sha256_file
 
-    rows = _Rows(index, [], [], [])
-    for item in index.items:
-        content = None
-        if item.relpath not in exclude:
-            with suppress(OSError):  # a dangling link, a file deleted while running, no permission
-                content = sha256_file(index.abspath(item))
-        if content is None:
-            rows.excluded.append(item.relpath)
-        else:
+    rows = _Rows(index, [], [])
+    for item in (it for it in index.items if it.relpath not in exclude):
+        with suppress(OSError):  # a dangling link, a file deleted while running, no permission
+            rows.hashes.append(sha256_file(index.abspath(item)))
             rows.items.append(item)
-            rows.hashes.append(content)
     return rows
 
 
-def split_dataset(
-    index: DatasetIndex, val_fraction: float, seed: int, exclude: frozenset[str] | set[str] = frozenset()
-) -> SplitData:
+def split_dataset(index: DatasetIndex, val_fraction: float, seed: int, exclude: set[str]) -> SplitData:
     """Split exactly as stage two does (``split_indices`` on the content hashes of the readable images)."""
     from ..heads.training.split import split_indices
 
@@ -112,12 +102,7 @@ def split_dataset(
 
 
 def split_by_members(
-    index: DatasetIndex,
-    earlier: dict,
-    whose: str,
-    fix: str,
-    exclude: frozenset[str] | set[str] = frozenset(),
-    cache_path: Path | None = None,
+    index: DatasetIndex, earlier: dict, whose: str, fix: str, exclude: set[str], cache_path: Path | None
 ) -> SplitData:
     """Validate on exactly the images of an earlier split's ``val_sha256``; train on every other
     usable image, so nothing trained on before can score. "test" rows are never used, nor "val"
@@ -139,13 +124,18 @@ def split_by_members(
     return rows.split(train_idx, val_idx, earlier)
 
 
-def _path_in_cache(cache_path: Path | None, content_hash: str) -> str | None:
+def _cache_index(cache_path: Path | None):
+    """The index of ``cache_path``; None where there is none or it cannot be read."""
     from ..cache.index import read_index
 
     try:
-        cached = read_index(Path(cache_path)) if cache_path is not None else None
-    except TlxError:
+        return read_index(Path(cache_path)) if cache_path is not None else None
+    except Exception:
         return None
+
+
+def _path_in_cache(cache_path: Path | None, content_hash: str) -> str | None:
+    cached = _cache_index(cache_path)
     if cached is None or content_hash not in cached.hashes:
         return None
     return cached.paths[cached.hashes.index(content_hash)]
@@ -182,12 +172,7 @@ def eval_loader(paths, pre: Preprocessing, batch_size: int, workers: int, pin_me
 
 def cache_failures(dataset_root: Path, cache_path: Path | None) -> set[str]:
     """Relative paths that stage one recorded as unreadable in ``cache_path`` (if it is a cache of this dataset)."""
-    if cache_path is None:
+    idx = _cache_index(cache_path)
+    if idx is None or str(idx.attrs.get("dataset_root", "")) != str(dataset_root):
         return set()
-    from ..cache.index import read_index
-
-    try:
-        idx = read_index(Path(cache_path))
-    except Exception:
-        return set()
-    return set(idx.failed) if str(idx.attrs.get("dataset_root", "")) == str(dataset_root) else set()
+    return set(idx.failed)

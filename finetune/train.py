@@ -23,9 +23,9 @@ from .config import (
     FinetuneConfig,
     InitHead,
     check_values,
-    config_difference,
     explicit_options,
     newest_cache,
+    normalize_option,
     resolve_config,
     selection_record,
 )
@@ -175,14 +175,19 @@ def _open(
             "run or it was killed before its first epoch ended; start it again without --resume"
         )
     saved = ckpt.load(last_path)
-    diffs = config_difference(saved["config"], explicit)
+    config = saved["config"]
+    diffs = [
+        f"{key}: {config[key]!r} in the checkpoint, {value!r} now"
+        for key, value in explicit.items()
+        if key in config and normalize_option(key, config[key]) != value
+    ]
     if diffs:
         raise TlxError(
             f"--resume: the options differ from the checkpoint in {run_dir} ({'; '.join(diffs)}): "
             "drop them to continue as it was, or start a new run with another --out"
         )
     # The checkpoint holds the head and the split: the --init-head run need not exist any more.
-    return FinetuneConfig(**saved["config"]), None, Path(saved["cache"]) if saved.get("cache") else None, saved
+    return FinetuneConfig(**config), None, Path(saved["cache"]) if saved.get("cache") else None, saved
 
 
 def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache_path: Path | None, out):
@@ -275,7 +280,7 @@ def _network(cfg: FinetuneConfig, init: InitHead | None, n_classes: int):
     net = build_net(backbone, cfg.pool, n_classes)
     trainable = apply_freezing(net, backbone.stages, n_unfreeze)
     if init is not None:
-        fold_linear_head(net.head, init.weight, init.bias, init.shift, init.scale)
+        fold_linear_head(net.head, *init.linear)
     return backbone, net, n_unfreeze, trainable
 
 
@@ -325,11 +330,13 @@ def _score_fitted_head(run: Setup, state: LoopState, run_dir: Path, reporter: Re
 
 def _run_epochs(
     run: Setup, state: LoopState, run_dir: Path, reporter: Reporter, on_step: StepCallback | None
-) -> dict[str, str]:
+) -> set[str]:
     """Train and evaluate each remaining epoch, checkpointing after each; returns the images skipped."""
     cfg, training, procs = run.cfg, run.training, run.training.procs
     last_path, best_path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST, run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
-    skipped: dict[str, str] = {}
+    cache = str(run.cache_path) if run.cache_path else ""
+    extra = {"config": asdict(cfg), "cache": cache, "feature_space": run.space.to_dict(), "split": run.split.info}
+    skipped: set[str] = set()
     for epoch in range(state.next_epoch, cfg.epochs):
         if state.stopped:
             break
@@ -337,8 +344,8 @@ def _run_epochs(
         trained, local, train_seconds = _train_and_evaluate(run, epoch, reporter, on_step)
         train_loss, n_train = reduce_train(procs, trained, training.precision.device)
         scores = reduce_eval(procs, local, run.val_labels, training.precision.device)
-        skipped.update({run.split.train_paths[j]: reason for j, reason in trained["failures"]})
-        skipped.update({run.val_paths[j]: reason for j, reason in local["failures"]})
+        skipped.update(run.split.train_paths[j] for j, _ in trained["failures"])
+        skipped.update(run.val_paths[j] for j, _ in local["failures"])
         seconds = time.perf_counter() - started
         entry = {
             "epoch": epoch + 1,
@@ -358,7 +365,7 @@ def _run_epochs(
         state.bad_epochs = 0 if improved else state.bad_epochs + 1
         state.stopped = bool(cfg.early_stop) and state.bad_epochs >= cfg.early_stop and epoch + 1 < cfg.epochs
         if procs.is_main:
-            ckpt.save_last(last_path, training, epoch, state, _checkpoint_extra(run))
+            ckpt.save_last(last_path, training, epoch, state, extra)
             if kept:
                 ckpt.save_best(best_path, state)
         best = " (best)" if improved and cfg.select_on == "val" else ""
@@ -393,17 +400,8 @@ def _train_and_evaluate(run: Setup, epoch: int, reporter: Reporter, on_step: Ste
     return trained, local, train_seconds
 
 
-def _checkpoint_extra(run: Setup) -> dict:
-    return {
-        "config": asdict(run.cfg),
-        "cache": str(run.cache_path) if run.cache_path else "",
-        "feature_space": run.space.to_dict(),
-        "split": run.split.info,
-    }
-
-
 def _finish(
-    run: Setup, state: LoopState, run_dir: Path, skipped: dict[str, str], started: float, resumed_from: int | None
+    run: Setup, state: LoopState, run_dir: Path, skipped: set[str], started: float, resumed_from: int | None
 ) -> FinetuneResult:
     """Evaluate the best weights once more with every probability, and write the run folder."""
     from .report import write_run
