@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..heads.runs import Run
 
 OPTIMIZER_DEFAULTS = {"adamw": {"lr": 1e-4, "weight_decay": 0.01}, "sgd": {"lr": 1e-3, "weight_decay": 1e-4}}
+ADAMW = OPTIMIZER_DEFAULTS["adamw"]
 SELECT_ON = ("last", "val")
 
 
@@ -41,15 +42,11 @@ class FinetuneConfig:
         "1", "Train the last N stages of the backbone (0 = head only, all = the whole network).", kind="lowercase"
     )
     epochs: int = _option(10, "Epochs.")
-    lr: float = _option(
-        OPTIMIZER_DEFAULTS["adamw"]["lr"], "Peak learning rate of the unfrozen body.", "1e-4 adamw, 1e-3 sgd"
-    )
+    lr: float = _option(ADAMW["lr"], "Peak learning rate of the unfrozen body.", "1e-4 adamw, 1e-3 sgd")
     head_lr: float = _option(1e-3, "Peak learning rate of the head.", "--lr with --init-head, else 10x --lr")
     optimizer: str = _option("adamw", "AdamW, or SGD with Nesterov momentum 0.9.")
     weight_decay: float = _option(
-        OPTIMIZER_DEFAULTS["adamw"]["weight_decay"],
-        "Weight decay of weight matrices and kernels.",
-        "0.01 adamw, 1e-4 sgd",
+        ADAMW["weight_decay"], "Weight decay of weight matrices and kernels.", "0.01 adamw, 1e-4 sgd"
     )
     batch_size: int = _option(32, "Images per step, in total over all processes.")
     init_head: str = _option(

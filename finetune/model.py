@@ -73,8 +73,7 @@ def trainable_body_params(body: nn.Module, stages: list[list[str]], unfreeze: in
 def apply_freezing(net: FineTuneNet, stages: list[list[str]], unfreeze: int | None) -> set[str]:
     """Set ``requires_grad`` on the body by stage (the head always trains); returns the body's trainable names."""
     trainable = trainable_body_params(net.body, stages, unfreeze)
-    known = {name for name, _ in net.body.named_parameters()}
-    unknown = trainable - known
+    unknown = trainable - {name for name, _ in net.body.named_parameters()}
     if unknown:
         raise TlxError(
             f"internal error: the backbone's stages name parameters it does not have (first: {sorted(unknown)[0]!r})"
@@ -156,8 +155,7 @@ def load_finetuned(run_dir: str | Path):
         )
     backbone = get_backbone(cfg["backbone"]).build(weights=None, pretrained=False)
     net = FineTuneNet(backbone.body, cfg["pooling"], int(cfg["feature_dim"]), len(cfg["classes"]))
-    state = load_file(str(weights))
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing, unexpected = net.load_state_dict(load_file(str(weights)), strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         first = (missing or unexpected)[0]

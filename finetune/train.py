@@ -350,16 +350,14 @@ def _run_epochs(
         entry = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
-            "val_loss": scores["val_loss"],
-            "val_accuracy": scores["val_accuracy"],
+            **scores,  # val_loss, val_accuracy
             "lr": float(training.optimizer.param_groups[-1]["lr"]),
             "seconds": round(seconds, 3),
             "train_images_per_second": round(n_train / max(train_seconds, 1e-9), 2),
         }
         state.history.append(entry)
         improved = scores["val_accuracy"] > state.best_accuracy
-        # "last": every epoch replaces the kept weights, whatever the val labels say.
-        kept = improved if cfg.select_on == "val" else True
+        kept = improved or cfg.select_on == "last"  # "last": every epoch replaces the kept weights
         if kept:
             state.improve(epoch, scores["val_accuracy"], training.net, local)
         state.bad_epochs = 0 if improved else state.bad_epochs + 1
