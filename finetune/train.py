@@ -150,7 +150,19 @@ def _run(
         f"val images of {run.dataset_name}, {procs.world} process(es) on {device}; run folder {run_dir}"
     )
     if init is not None:
-        _score_fitted_head(run, state, run_dir, reporter)
+        # LP-FT: the fitted head's own val score before any step ("epoch 0"). With --select-on val it is
+        # also the first candidate, kept unless an epoch beats it on the val labels; by default it is
+        # only reported. (A resumed run has it in its checkpoint.)
+        local = evaluate(run.training, run.val_loader, run.val_labels)
+        scores = state.init_eval = reduce_eval(procs, local, run.val_labels, device)
+        if cfg.select_on == "val":
+            state.improve(-1, scores["val_accuracy"], run.training.net, local)
+            if procs.is_main:
+                ckpt.save_best(run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST, state)
+        reporter.message(
+            f"epoch 0 (the fitted head, before any step): val loss {scores['val_loss']:.4f}, "
+            f"val acc {scores['val_accuracy']:.4f}"
+        )
     skipped = _run_epochs(run, state, run_dir, reporter, on_step)
     return _finish(run, state, run_dir, skipped, started, resumed_from)
 
@@ -310,24 +322,6 @@ def _new_run_dir(procs: Dist, cfg: FinetuneConfig, out) -> Path:
     return Path(broadcast_object(procs, str(run_dir) if run_dir is not None else None))
 
 
-def _score_fitted_head(run: Setup, state: LoopState, run_dir: Path, reporter: Reporter) -> None:
-    """LP-FT: the fitted head's own val score before any step ("epoch 0"). With --select-on val it
-    is also the first candidate, replaced only by epochs that beat it on the val labels; by
-    default it is reported, never kept. (A resumed run has it in its checkpoint.)"""
-    training = run.training
-    local = evaluate(training, run.val_loader, run.val_labels)
-    state.init_eval = reduce_eval(training.procs, local, run.val_labels, training.precision.device)
-    scores = state.init_eval
-    if run.cfg.select_on == "val":
-        state.improve(-1, scores["val_accuracy"], training.net, local)
-        if training.procs.is_main:
-            ckpt.save_best(run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST, state)
-    reporter.message(
-        f"epoch 0 (the fitted head, before any step): val loss {scores['val_loss']:.4f}, "
-        f"val acc {scores['val_accuracy']:.4f}"
-    )
-
-
 def _run_epochs(
     run: Setup, state: LoopState, run_dir: Path, reporter: Reporter, on_step: StepCallback | None
 ) -> set[str]:
@@ -408,9 +402,7 @@ def _finish(
     if state.best_weights is None:
         raise RunError(f"{run_dir}: no epoch finished, nothing to report")
     training.net.load_state_dict(state.best_weights)
-    local = state.best_eval
-    if local is None:
-        local = evaluate(training, run.val_loader, run.val_labels)
+    local = state.best_eval or evaluate(training, run.val_loader, run.val_labels)
     history = state.history
     summary: dict[str, Any] = {  # what metrics.json and the result share
         "best_epoch": state.best_epoch + 1,
