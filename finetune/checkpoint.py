@@ -1,6 +1,5 @@
-"""Crash-safe checkpoints: written to a temporary file, fsynced and renamed (``os.replace`` is
-atomic), so a kill -9 leaves the previous checkpoint intact. Everything in them is tensors,
-numbers, strings, lists and dicts, so they load with ``torch.load(..., weights_only=True)``."""
+"""Crash-safe checkpoints (a kill -9 leaves the previous one intact) that hold only tensors, numbers,
+strings, lists and dicts, so they load with ``torch.load(..., weights_only=True)``."""
 
 from __future__ import annotations
 
@@ -42,18 +41,18 @@ def load(path: Path) -> dict:
 
 
 def rng_state() -> dict:
-    """Every RNG a training step may draw from, as tensors and ints only."""
-    np_state = cast(tuple, np.random.get_state(legacy=True))  # (name, keys, pos, has_gauss, gauss)
-    py_state = random.getstate()
+    """Every RNG a training step may draw from, as tensors and numbers (``weights_only`` loads them)."""
+    _, keys, pos, has_gauss, gauss = cast(tuple, np.random.get_state(legacy=True))
+    py_version, py_state, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_has_gauss": int(np_state[3]),
-        "numpy_gauss": float(np_state[4]),
-        "python": torch.tensor(py_state[1], dtype=torch.int64),
-        "python_version": int(py_state[0]),
-        "python_gauss": float(py_state[2]) if py_state[2] is not None else None,
+        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_pos": int(pos),
+        "numpy_has_gauss": int(has_gauss),
+        "numpy_gauss": float(gauss),
+        "python": torch.tensor(py_state, dtype=torch.int64),
+        "python_version": int(py_version),
+        "python_gauss": py_gauss,  # a float or None
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -62,23 +61,11 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(
-        (
-            "MT19937",
-            state["numpy_keys"].numpy().astype(np.uint32),
-            state["numpy_pos"],
-            state["numpy_has_gauss"],
-            state["numpy_gauss"],
-        )
-    )
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        states = state["cuda"]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-
-
-# --------------------------------------------------------------------------- the loop's state
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"]))
+    random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass

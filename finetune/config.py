@@ -1,12 +1,9 @@
-"""What a fine-tuning run computes, and how the options not given are filled in.
-
-Options resolve in one fixed order: the value given, then (with ``--init-head``) the head
-run's backbone, pooling and split, then the defaults of :class:`FinetuneConfig`.
-"""
+"""The fine-tuning options, declared once, and how those not given are filled in: the value given,
+then (with ``--init-head``) the head run's backbone, pooling and split, then the defaults."""
 
 from __future__ import annotations
 
-from dataclasses import Field, asdict, dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,52 +16,44 @@ from ..errors import CacheError, RunError, TlxError
 if TYPE_CHECKING:
     from ..heads.runs import Run
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZER_DEFAULTS = {"adamw": {"lr": 1e-4, "weight_decay": 0.01}, "sgd": {"lr": 1e-3, "weight_decay": 1e-4}}
+ADAMW = OPTIMIZER_DEFAULTS["adamw"]
 SELECT_ON = ("last", "val")
-DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-3}
-DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 1e-4}
 
 
 def _option(default, help: str, shown: str | None = None, kind: str = ""):
-    """A field of :class:`FinetuneConfig` with its meaning: ``help`` is the option's help text
-    (``tlx finetune --help`` shows it), ``shown`` the default as people read it when it depends
-    on other options, ``kind`` how a given value is normalized ("path", "lowercase")."""
+    """A field with its ``--help`` text, its default as people read it (``shown``) where other
+    options decide it, and how a given value is normalized (``kind``: "path", "lowercase")."""
     return field(default=default, metadata={"help": help, "shown": shown, "kind": kind})
 
 
 @dataclass
 class FinetuneConfig:
-    """Everything that decides what a run computes; a resumed run must have the same.
-
-    The one declaration of the fine-tuning options: their names, defaults and meaning. The
-    Python API (``finetune(data, epochs=...)``) takes exactly these names, and ``tlx finetune``
-    takes its help texts and defaults from here."""
+    """Everything that decides what a run computes (a resumed run must have the same): the one
+    declaration of the options, which ``finetune()`` takes by name and ``tlx finetune`` shows."""
 
     data: str = field(metadata={"kind": "path"})
     backbone: str = _option("", "Backbone name; see `tlx info --backbones`.", "--init-head's, else efficientnet_lite0")
     weights: str = _option(
-        "",
-        "Local weights file (.pth or .safetensors) to start from.",
-        "the backbone's pretrained ones",
-        kind="path",
+        "", "Local weights file (.pth or .safetensors) to start from.", "the backbone's pretrained ones", "path"
     )
     pool: str = _option("avg", "Global pooling before the head.", "--init-head's, else avg")
     unfreeze: str = _option(  # a number of stages, or "all"
         "1", "Train the last N stages of the backbone (0 = head only, all = the whole network).", kind="lowercase"
     )
     epochs: int = _option(10, "Epochs.")
-    lr: float = _option(DEFAULT_LR["adamw"], "Peak learning rate of the unfrozen body.", "1e-4 adamw, 1e-3 sgd")
+    lr: float = _option(ADAMW["lr"], "Peak learning rate of the unfrozen body.", "1e-4 adamw, 1e-3 sgd")
     head_lr: float = _option(1e-3, "Peak learning rate of the head.", "--lr with --init-head, else 10x --lr")
     optimizer: str = _option("adamw", "AdamW, or SGD with Nesterov momentum 0.9.")
     weight_decay: float = _option(
-        DEFAULT_WEIGHT_DECAY["adamw"], "Weight decay of weight matrices and kernels.", "0.01 adamw, 1e-4 sgd"
+        ADAMW["weight_decay"], "Weight decay of weight matrices and kernels.", "0.01 adamw, 1e-4 sgd"
     )
     batch_size: int = _option(32, "Images per step, in total over all processes.")
     init_head: str = _option(
         "",
         "Start from the linear head of this `tlx fit-head` run (LP-FT); backbone and pooling come from it.",
         "none",
-        kind="path",
+        "path",
     )
     augment: bool = _option(True, "Random resized crop + horizontal flip while training.", "on")
     train_bn: bool = _option(False, "Update BatchNorm statistics and parameters of the unfrozen stages.", "--freeze-bn")
@@ -84,14 +73,9 @@ class FinetuneConfig:
     )
     select_on: str = _option(
         "last",
-        # "last" is chosen without the val labels, so the val score is an honest estimate; "val"
-        # keeps the best val accuracy, the fitted head of an LP-FT run included as epoch 0.
         "Which epoch is kept and reported: last (chosen without the val labels, so its val score is honest) "
         "or val (the best val accuracy, --init-head's fitted head included as epoch 0: optimistic).",
     )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 OPTIONS: dict[str, Field] = {f.name: f for f in fields(FinetuneConfig)}
@@ -104,8 +88,8 @@ def option_help(name: str) -> str:
 
 
 def explicit_options(given: dict) -> dict:
-    """The options given (``None`` = not given), normalized; a name that is not a field of
-    :class:`FinetuneConfig` is refused as Python refuses an unknown keyword."""
+    """The options given (``None`` = not given), normalized; an unknown name is refused as Python
+    refuses an unknown keyword."""
     unknown = sorted(set(given) - set(OPTIONS))
     if unknown:
         raise TypeError(
@@ -115,48 +99,28 @@ def explicit_options(given: dict) -> dict:
     return {k: normalize_option(k, v) for k, v in given.items() if v is not None}
 
 
-@dataclass
-class InitHead:
-    """The fitted linear head of a `tlx fit-head` run, in the form fine-tuning folds in."""
-
-    run: Run
-    weight: np.ndarray
-    bias: np.ndarray
-    shift: np.ndarray | None
-    scale: np.ndarray | None
-
-    @property
-    def split(self) -> dict:
-        return dict(self.run.info.get("split") or {})
-
-    @property
-    def cache(self) -> Path | None:
-        path = self.run.info.get("cache")
-        return Path(path) if path and Path(path).is_file() else None
-
-
 def normalize_option(key: str, value):
     """``value`` in the type its :class:`FinetuneConfig` field declares (a path resolved)."""
     if value is None:
         return None
     if isinstance(value, Enum):  # a choice of the CLI
         value = value.value
-    spec = OPTIONS[key]
-    kind = spec.metadata.get("kind")
+    kind = OPTIONS[key].metadata.get("kind")
     if kind == "path":
         return str(Path(value).expanduser().resolve()) if str(value) else ""
     if kind == "lowercase":
         return str(value).strip().lower()
-    return {"float": float, "int": int, "bool": bool}.get(str(spec.type), str)(value)
+    return {"float": float, "int": int, "bool": bool}.get(str(OPTIONS[key].type), str)(value)
 
 
-def config_difference(saved: dict, explicit: dict) -> list[str]:
-    """'key: saved -> asked' for every explicitly given option that differs from the checkpoint's."""
-    diffs = []
-    for key, value in explicit.items():
-        if key in saved and normalize_option(key, saved[key]) != value:
-            diffs.append(f"{key}: {saved[key]!r} in the checkpoint, {value!r} now")
-    return diffs
+@dataclass
+class InitHead:
+    """The fitted linear head of a `tlx fit-head` run, in the form fine-tuning folds in."""
+
+    run: Run
+    linear: tuple  # (weight, bias, shift, scale) of ``softmax(((x - shift) / scale) @ weight.T + bias)``
+    split: dict  # the head run's split, with the val_sha256 of its validation images
+    cache: Path | None  # the head run's cache, where it still exists
 
 
 def check_values(cfg: FinetuneConfig, world: int) -> None:
@@ -185,6 +149,7 @@ def check_values(cfg: FinetuneConfig, world: int) -> None:
 
 def resolve_config(explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig, InitHead | None, Path | None]:
     """Fill the options not given: init-head run, most recent cache, defaults."""
+    from ..cache.catalog import default_cache_dir
     from ..extractor.registry import DEFAULT_BACKBONE
 
     values = dict(explicit)
@@ -193,44 +158,40 @@ def resolve_config(explicit: dict, reporter: Reporter) -> tuple[FinetuneConfig, 
         _take_from_head(values, init)
     cache_path = init.cache if init is not None else None
     if values.get("data") is None:
-        if cache_path is not None:
-            source = f"the cache of {values['init_head']}"
-        else:
-            cache_path = newest_cache()
-            source = "the most recent cache"
+        source = f"the cache of {values['init_head']}" if cache_path is not None else "the most recent cache"
+        cache_path = cache_path or newest_cache()
+        if cache_path is None:
+            raise CacheError(
+                f"no DATA given and no feature cache in {default_cache_dir()} to take the dataset from: "
+                "pass DATA (an image folder or CSV manifest), or run `tlx extract DATA` first"
+            )
         values["data"] = str(dataset_of_cache(cache_path))
         reporter.message(f"no DATA given: using {values['data']}, the dataset of {source} ({cache_path})")
-    values = {k: normalize_option(k, v) for k, v in values.items()}
-    opt = values.get("optimizer") or "adamw"
-    if opt not in OPTIMIZERS:
-        raise TlxError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {opt!r}")
-    values["optimizer"] = opt
-    if values.get("lr") is None:
-        values["lr"] = DEFAULT_LR[opt]
-    if values.get("head_lr") is None:
-        # A fitted head is already good: move it as gently as the body. A random one needs 10x.
-        values["head_lr"] = values["lr"] if values.get("init_head") else 10.0 * values["lr"]
-    if values.get("weight_decay") is None:
-        values["weight_decay"] = DEFAULT_WEIGHT_DECAY[opt]
+    values = {k: normalize_option(k, v) for k, v in values.items() if v is not None}
+    opt = values["optimizer"] = values.get("optimizer") or "adamw"
+    if opt not in OPTIMIZER_DEFAULTS:
+        raise TlxError(f"--optimizer must be one of {', '.join(OPTIMIZER_DEFAULTS)}, not {opt!r}")
+    values = {**OPTIMIZER_DEFAULTS[opt], **values}
+    # A fitted head is already good: move it as gently as the body. A random one needs 10x.
+    values.setdefault("head_lr", values["lr"] if values.get("init_head") else 10.0 * values["lr"])
     values["backbone"] = values.get("backbone") or DEFAULT_BACKBONE
-    cfg = FinetuneConfig(**{k: v for k, v in values.items() if v is not None})
-    return cfg, init, cache_path
+    return FinetuneConfig(**values), init, cache_path
 
 
 def _take_from_head(values: dict, init: InitHead) -> None:
     """Backbone, pooling, weights and split options from the head run; refuse ones that contradict it."""
-    run, where = init.run, values["init_head"]
-    if values.get("backbone") not in (None, run.space.backbone):
+    space, where = init.run.space, values["init_head"]
+    if values.get("backbone") not in (None, space.backbone):
         raise TlxError(
-            f"--backbone {values['backbone']} but the head in {where} was fitted on {run.space.backbone} features: "
+            f"--backbone {values['backbone']} but the head in {where} was fitted on {space.backbone} features: "
             f"drop --backbone, or fit a head on {values['backbone']} features"
         )
-    if values.get("pool") not in (None, run.space.pooling):
+    if values.get("pool") not in (None, space.pooling):
         raise TlxError(
-            f"--pool {values['pool']} but the head in {where} was fitted on {run.space.pooling}-pooled features: "
+            f"--pool {values['pool']} but the head in {where} was fitted on {space.pooling}-pooled features: "
             f"drop --pool, or fit a head on {values['pool']}-pooled features"
         )
-    values["backbone"], values["pool"] = run.space.backbone, run.space.pooling
+    values["backbone"], values["pool"] = space.backbone, space.pooling
     split = init.split
     if split.get("source") == "seeded":
         given = values.get("val_fraction")
@@ -243,10 +204,10 @@ def _take_from_head(values: dict, init: InitHead) -> None:
         values["val_fraction"] = split.get("val_fraction")
         if values.get("seed") is None:
             values["seed"] = split.get("seed")
-    if values.get("weights") is None and run.space.weights_id.startswith("file:"):
+    if values.get("weights") is None and space.weights_id.startswith("file:"):
         from ..heads.runs import weights_path_for
 
-        values["weights"] = weights_path_for(run)  # the file the head's features were made with
+        values["weights"] = weights_path_for(init.run)  # the file the head's features were made with
 
 
 def load_init_head(run_dir: str) -> InitHead:
@@ -262,7 +223,7 @@ def load_init_head(run_dir: str) -> InitHead:
             "(a linear head on cached features)"
         )
     try:
-        weight, bias, shift, scale = run.head.linear_form()
+        linear = tuple(run.head.linear_form())
     except NotExportableError:
         if getattr(run.head, "l2norm", False):
             why, fix = "this head L2-normalizes each feature row (l2norm=true)", "refit it with --param l2norm=false"
@@ -279,27 +240,29 @@ def load_init_head(run_dir: str) -> InitHead:
             f"--init-head {run_dir}: the head was fitted on {len(classes_)} of the run's {len(run.classes)} classes; "
             "fine-tuning needs a head that knows every class"
         )
-    if "val_sha256" not in (run.info.get("split") or {}):
+    split = dict(run.info.get("split") or {})
+    if "val_sha256" not in split:
         raise RunError(
             f"--init-head {run_dir} does not record which images the head was validated on (it was made by an "
             "older tlx), so fine-tuning cannot keep its training images out of validation: "
             "fit the head again with `tlx fit-head`"
         )
-    return InitHead(run, weight, bias, shift, scale)
+    cache = run.info.get("cache")
+    return InitHead(run, linear, split, Path(cache) if cache and Path(cache).is_file() else None)
 
 
-def newest_cache() -> Path:
-    """The most recent cache in the default cache folder: where a run without DATA finds its dataset."""
+def newest_cache(dataset_root: Path | None = None) -> Path | None:
+    """The most recent cache in the default cache folder; with ``dataset_root``, the newest readable one of it."""
     from ..cache.catalog import default_cache_dir, list_caches
+    from ..cache.h5format import read_attrs
 
-    where = default_cache_dir()
-    caches = list_caches(where)
-    if not caches:
-        raise CacheError(
-            f"no DATA given and no feature cache in {where} to take the dataset from: "
-            "pass DATA (an image folder or CSV manifest), or run `tlx extract DATA` first"
-        )
-    return caches[0]
+    for path in list_caches(default_cache_dir()):
+        try:
+            if dataset_root is None or str(read_attrs(path).get("dataset_root", "")) == str(dataset_root):
+                return path
+        except (OSError, KeyError):
+            continue  # a damaged cache is not ours to report: fine-tuning reads images, not features
+    return None
 
 
 def dataset_of_cache(cache_path: Path) -> Path:
@@ -312,33 +275,14 @@ def dataset_of_cache(cache_path: Path) -> Path:
             f"{cache_path} is not a readable feature cache ({type(exc).__name__}): "
             "pass DATA, or delete it and re-run `tlx extract`"
         ) from None
-    root = Path(str(attrs.get("dataset_root", "")))
-    if not str(attrs.get("dataset_root", "")):
+    root = str(attrs.get("dataset_root", ""))
+    if not root:
         raise CacheError(f"{cache_path} does not record its dataset: pass DATA, or re-run `tlx extract`")
     if attrs.get("dataset_layout") == "csv":
-        return root / f"{attrs.get('dataset_name', '')}.csv"
-    return root
-
-
-def find_cache_of(dataset_root: Path) -> Path | None:
-    """The newest readable cache in the default cache folder made from ``dataset_root``."""
-    from ..cache.catalog import default_cache_dir, list_caches
-    from ..cache.h5format import read_attrs
-
-    where = default_cache_dir()
-    if not where.is_dir():
-        return None
-    for path in list_caches(where):
-        try:
-            if str(read_attrs(path).get("dataset_root", "")) == str(dataset_root):
-                return path
-        except (OSError, KeyError):
-            continue  # a damaged cache is not ours to report: fine-tuning reads images, not features
-    return None
+        return Path(root) / f"{attrs.get('dataset_name', '')}.csv"
+    return Path(root)
 
 
 def selection_record(cfg: FinetuneConfig) -> dict:
     """What ``metrics.json`` and ``finetune.json`` say about how the reported epoch was chosen."""
-    if cfg.select_on == "val":
-        return {"on": "val", "optimistic": True}
-    return {"on": "last epoch", "optimistic": False}
+    return {"on": "val", "optimistic": True} if cfg.select_on == "val" else {"on": "last epoch", "optimistic": False}

@@ -1,22 +1,19 @@
-"""Images for fine-tuning: the dataset, the train/val split (stage two's, or with --init-head
-and --resume exactly the earlier run's), the transforms and the loaders.
-
-Workers decode and crop to uint8 tensors (as in stage one); normalization runs on the device.
-Training augmentation is a random resized crop plus a horizontal flip; evaluation uses the
-backbone's own preprocessing. Unreadable images are skipped, not fatal.
-"""
+"""Images for fine-tuning: the train/val split (stage two's, or exactly an earlier run's), the
+augmentation and the loaders. Workers decode and crop to uint8 tensors; normalization runs on
+the device. Unreadable images are skipped, not fatal."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..cache.space import Preprocessing
-from ..errors import DatasetError, TlxError
+from ..errors import DatasetError
 from ..extractor.decode import load_image
 from ..extractor.discovery import DatasetIndex
 from ..extractor.engine import ImageFiles, collate_skipping_failures, lower_priority
@@ -33,11 +30,10 @@ class TrainTransform:
         from torchvision import transforms
 
         self.min_size = 2 * pre.resize_size
+        interpolation = transforms.InterpolationMode(pre.interpolation)
         self.transform = transforms.Compose(
             [
-                transforms.RandomResizedCrop(
-                    pre.input_size, scale=CROP_SCALE, interpolation=transforms.InterpolationMode(pre.interpolation)
-                ),
+                transforms.RandomResizedCrop(pre.input_size, scale=CROP_SCALE, interpolation=interpolation),
                 transforms.RandomHorizontalFlip(),
                 transforms.PILToTensor(),
             ]
@@ -56,100 +52,64 @@ class SplitData:
     val_paths: list[str]
     val_labels: np.ndarray
     classes: list[str]
-    info: dict = field(default_factory=dict)  # how the split was made, with its members' val_sha256
-    excluded: list[str] = field(default_factory=list)  # unreadable: part of neither side
+    info: dict  # how the split was made, with its members' val_sha256
 
 
 @dataclass
 class _Rows:
-    """The readable images of a dataset with what the split keys on."""
+    """The readable images of a dataset with what the split keys on: their content hashes."""
 
+    index: DatasetIndex
     items: list
-    labels: np.ndarray
     hashes: list[str]
-    excluded: list[str]
 
-    @property
-    def tags(self) -> list[str]:
-        return [it.split for it in self.items]
+    def labels(self) -> np.ndarray:
+        class_of = {c: k for k, c in enumerate(self.index.classes)}
+        return np.array([class_of[it.label] for it in self.items], dtype=np.int64)
 
-
-def _readable_rows(index: DatasetIndex, exclude: frozenset[str] | set[str]) -> _Rows:
-    """Every image minus those extraction could not read and those that cannot be read now, with content hashes."""
-    hashes, unreadable = hash_items(index)
-    keep = [k for k, it in enumerate(index.items) if it.relpath not in exclude and it.relpath not in unreadable]
-    class_of = {c: k for k, c in enumerate(index.classes)}
-    items = [index.items[k] for k in keep]
-    labels = np.array([class_of[it.label] for it in items], dtype=np.int64)
-    excluded = [it.relpath for it in index.items if it.relpath in exclude or it.relpath in unreadable]
-    return _Rows(items, labels, [str(hashes[k]) for k in keep], excluded)  # unreadable files have no hash
+    def split(self, train_idx, val_idx, info: dict) -> SplitData:
+        absolute, labels = [str(self.index.abspath(it)) for it in self.items], self.labels()
+        info = {**info, "val_sha256": sorted(self.hashes[i] for i in val_idx)}
+        train = [absolute[i] for i in train_idx]
+        val = [absolute[i] for i in val_idx]
+        classes = list(self.index.classes)
+        return SplitData(train, labels[train_idx], val, labels[val_idx], classes, info)
 
 
-def hash_items(index: DatasetIndex) -> tuple[list[str | None], dict[str, str]]:
-    """Content hash of every image (what the split keys on); unreadable files become failures."""
+def _readable_rows(index: DatasetIndex, exclude: set[str]) -> _Rows:
+    """Every image minus those extraction could not read and those that cannot be read now."""
     from ..common.hashing import sha256_file
 
-    hashes: list[str | None] = []
-    failed: dict[str, str] = {}
-    for item in index.items:
-        try:
-            hashes.append(sha256_file(index.abspath(item)))
-        except FileNotFoundError:
-            hashes.append(None)
-            failed[item.relpath] = "file not found (a dangling link, or deleted while running)"
-        except OSError as exc:
-            hashes.append(None)
-            failed[item.relpath] = f"cannot read: {exc.strerror or exc}"
-    return hashes, failed
+    rows = _Rows(index, [], [])
+    for item in (it for it in index.items if it.relpath not in exclude):
+        with suppress(OSError):  # a dangling link, a file deleted while running, no permission
+            rows.hashes.append(sha256_file(index.abspath(item)))
+            rows.items.append(item)
+    return rows
 
 
-def _split_data(index: DatasetIndex, rows: _Rows, train_idx, val_idx, info: dict) -> SplitData:
-    train_idx, val_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)
-    absolute = [str(index.abspath(it)) for it in rows.items]
-    info = {**info, "val_sha256": sorted(rows.hashes[i] for i in val_idx)}
-    return SplitData(
-        [absolute[i] for i in train_idx],
-        rows.labels[train_idx],
-        [absolute[i] for i in val_idx],
-        rows.labels[val_idx],
-        list(index.classes),
-        info,
-        rows.excluded,
-    )
-
-
-def split_dataset(
-    index: DatasetIndex, val_fraction: float, seed: int, exclude: frozenset[str] | set[str] = frozenset()
-) -> SplitData:
-    """Split exactly as stage two does: ``tlx.heads.training.split.split_indices`` on the content hashes
-    of the images a cache of this dataset holds (the readable ones)."""
+def split_dataset(index: DatasetIndex, val_fraction: float, seed: int, exclude: set[str]) -> SplitData:
+    """Split exactly as stage two does (``split_indices`` on the content hashes of the readable images)."""
     from ..heads.training.split import split_indices
 
     rows = _readable_rows(index, exclude)
-    paths = [it.relpath for it in rows.items]
+    paths, tags = [it.relpath for it in rows.items], [it.split for it in rows.items]
+    classes = list(index.classes)
     train_idx, val_idx, info = split_indices(
-        paths, rows.labels, rows.tags, val_fraction, seed, hashes=rows.hashes, classes=list(index.classes)
+        paths, rows.labels(), tags, val_fraction, seed, hashes=rows.hashes, classes=classes
     )
-    return _split_data(index, rows, train_idx, val_idx, info)
+    return rows.split(train_idx, val_idx, info)
 
 
 def split_by_members(
-    index: DatasetIndex,
-    val_sha256: list[str],
-    info: dict,
-    whose: str,
-    fix: str,
-    exclude: frozenset[str] | set[str] = frozenset(),
-    cache_path: Path | None = None,
+    index: DatasetIndex, earlier: dict, whose: str, fix: str, exclude: set[str], cache_path: Path | None
 ) -> SplitData:
-    """Validate on exactly the images whose content is in ``val_sha256`` (an earlier split's
-    val side); train on every other usable image, so nothing trained on before can score.
-
-    "test" rows are never used, and when the earlier split was the data's own, neither are
-    "val" rows it did not have. Refuses, naming how many and which (by its path in
-    ``cache_path`` when the cache still lists it), when any is missing."""
+    """Validate on exactly the images of an earlier split's ``val_sha256``; train on every other
+    usable image, so nothing trained on before can score. "test" rows are never used, nor "val"
+    rows when the earlier split was the data's own. Refuses when any is missing, naming the first
+    by its path in ``cache_path`` where the cache still lists it."""
     rows = _readable_rows(index, exclude)
-    wanted = set(val_sha256)
+    wanted = set(earlier["val_sha256"])
     missing = sorted(wanted - set(rows.hashes))
     if missing:
         first = _path_in_cache(cache_path, missing[0]) or f"the one with sha256 {missing[0][:16]}..."
@@ -158,82 +118,61 @@ def split_by_members(
             f"(removed, unreadable or changed; first: {first}): fine-tuning validates on exactly those images "
             f"so that none of its training images can score; {fix}"
         )
-    unused = {"test", "val"} if info.get("source") == "data" else {"test"}
+    unused = {"test", "val"} if earlier.get("source") == "data" else {"test"}
     val_idx = [i for i, h in enumerate(rows.hashes) if h in wanted]
-    pairs = enumerate(zip(rows.hashes, rows.tags, strict=True))
-    train_idx = [i for i, (h, tag) in pairs if h not in wanted and tag not in unused]
-    return _split_data(index, rows, train_idx, val_idx, info)
+    train_idx = [i for i, it in enumerate(rows.items) if rows.hashes[i] not in wanted and it.split not in unused]
+    return rows.split(train_idx, val_idx, earlier)
 
 
-def _path_in_cache(cache_path: Path | None, content_hash: str) -> str | None:
+def _cache_index(cache_path: Path | None):
+    """The index of ``cache_path``; None where there is none or it cannot be read."""
     from ..cache.index import read_index
 
     try:
-        cached = read_index(Path(cache_path)) if cache_path is not None else None
-    except TlxError:
+        return read_index(Path(cache_path)) if cache_path is not None else None
+    except Exception:
         return None
+
+
+def _path_in_cache(cache_path: Path | None, content_hash: str) -> str | None:
+    cached = _cache_index(cache_path)
     if cached is None or content_hash not in cached.hashes:
         return None
     return cached.paths[cached.hashes.index(content_hash)]
 
 
+def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, **order) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+        worker_init_fn=None if pin_memory else lower_priority,  # on CPU, decoding yields to the training step
+        **order,
+    )
+
+
 def train_loader(
-    paths,
-    pre: Preprocessing,
-    batch_size: int,
-    workers: int,
-    augment: bool,
-    seed: int,
-    rank: int,
-    world: int,
-    pin_memory: bool,
+    paths, pre: Preprocessing, batch_size: int, workers: int, augment: bool, seed: int, rank: int, world: int, pin: bool
 ) -> tuple[DataLoader, DistributedSampler]:
     """Shuffled by a DistributedSampler in every case (``num_replicas=1`` alone), so one process
     and N processes see the same global order; call ``sampler.set_epoch(epoch)`` each epoch."""
     dataset = ImageFiles(paths, TrainTransform(pre) if augment else ResizeCrop(pre))
-    sampler: DistributedSampler = DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate_skipping_failures,
-        pin_memory=pin_memory,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-        worker_init_fn=None if pin_memory else lower_priority,  # on CPU, decoding yields to the training step
-        # Reseeded each epoch: the workers' augmentation seeds depend on (seed, epoch, rank) only.
-        generator=torch.Generator(),
-    )
-    return loader, sampler
+    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=seed)
+    # Reseeded each epoch: the workers' augmentation seeds depend on (seed, epoch, rank) only.
+    return _loader(dataset, batch_size, workers, pin, sampler=sampler, generator=torch.Generator()), sampler
 
 
 def eval_loader(paths, pre: Preprocessing, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
     """In order, no sampler: each process passes its own shard ``paths[rank::world]``."""
-    return DataLoader(
-        ImageFiles(paths, ResizeCrop(pre)),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_skipping_failures,
-        pin_memory=pin_memory,
-        prefetch_factor=4 if workers else None,
-        worker_init_fn=None if pin_memory else lower_priority,
-    )
+    return _loader(ImageFiles(paths, ResizeCrop(pre)), batch_size, workers, pin_memory, shuffle=False)
 
 
 def cache_failures(dataset_root: Path, cache_path: Path | None) -> set[str]:
     """Relative paths that stage one recorded as unreadable in ``cache_path`` (if it is a cache of this dataset)."""
-    if cache_path is None:
-        return set()
-    from ..cache.index import read_index
-
-    try:
-        idx = read_index(Path(cache_path))
-    except Exception:
-        return set()
-    if str(idx.attrs.get("dataset_root", "")) != str(dataset_root):
+    idx = _cache_index(cache_path)
+    if idx is None or str(idx.attrs.get("dataset_root", "")) != str(dataset_root):
         return set()
     return set(idx.failed)

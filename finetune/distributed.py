@@ -1,8 +1,5 @@
-"""torchrun detection (nanoGPT style) and the collectives fine-tuning needs.
-
-Under ``torchrun`` the environment has RANK / WORLD_SIZE / LOCAL_RANK; otherwise this is one
-process of a world of one and every collective below is a no-op.
-"""
+"""torchrun detection (nanoGPT style) and the collectives fine-tuning needs; outside torchrun
+this is a world of one and every collective is a no-op."""
 
 from __future__ import annotations
 
@@ -27,7 +24,7 @@ class Dist:
 
 def setup(device_type: str) -> Dist:
     """Join the torchrun process group (gloo on CPU, nccl on CUDA) when RANK is set."""
-    if int(os.environ.get("RANK", -1)) == -1:
+    if "RANK" not in os.environ:
         return Dist()
     rank, local_rank, world = (
         int(os.environ["RANK"]),
@@ -44,8 +41,7 @@ def setup(device_type: str) -> Dist:
 def cleanup(d: Dist, finished: bool = True) -> None:
     """Tear the process group down. After a normal finish the processes first meet at a barrier:
     gloo can abort ("terminate called without an active exception") when one process destroys
-    the group while another still uses it (rank 0 writing the run folder, say). After an error
-    they do not wait for each other, which could hang."""
+    the group while another still uses it. After an error they do not wait, which could hang."""
     if d.enabled and dist.is_initialized():
         if finished:
             dist.barrier()
@@ -53,7 +49,7 @@ def cleanup(d: Dist, finished: bool = True) -> None:
 
 
 def all_reduce_sum(d: Dist, tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over processes, in place (float64/int64 tensors on the collective's device)."""
+    """Sum over processes, in place."""
     if d.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
@@ -68,10 +64,9 @@ def all_gather_objects(d: Dist, obj) -> list:
 
 
 def broadcast_object(d: Dist, obj):
-    if not d.enabled:
-        return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    if d.enabled:
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 

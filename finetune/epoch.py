@@ -1,8 +1,5 @@
-"""One epoch of training and one pass of evaluation, as plain functions.
-
-Every process (one, or each under torchrun) calls them on its own shard; sums are combined
-with all-reduces, so each image counts exactly once whatever the number of processes.
-"""
+"""One epoch of training and one pass of evaluation, as plain functions. Each process runs them
+on its own shard; sums are all-reduced, so each image counts once whatever the number of processes."""
 
 from __future__ import annotations
 
@@ -57,9 +54,10 @@ def to_device(images: torch.Tensor, normalize: nn.Module, device: torch.device) 
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
-def _count_device(procs: Dist, device: torch.device) -> torch.device:
-    """Where the collectives' small tensors live: the GPU for nccl, else the CPU."""
-    return device if procs.enabled and device.type == "cuda" else torch.device("cpu")
+def _sums(procs: Dist, device: torch.device, *values: float) -> list[float]:
+    """``values`` summed over the processes, in float64 (exact for counts), on the GPU for nccl."""
+    where = device if procs.enabled and device.type == "cuda" else torch.device("cpu")
+    return all_reduce_sum(procs, torch.tensor(values, dtype=torch.float64, device=where)).tolist()
 
 
 def train_one_epoch(
@@ -70,22 +68,18 @@ def train_one_epoch(
     reporter: Reporter | None = None,
     on_step: StepCallback | None = None,
 ) -> dict:
-    """One pass over this process's shard of the training set; returns local sums.
-
-    Unreadable images drop out of their batch. The processes first agree on how many images
-    the whole step has: none anywhere, and every process skips the step (no weight decay, no
-    optimizer or scheduler state change); some, and each process takes part, so DDP's gradient
-    all-reduces stay in step even on a process whose own images all failed."""
+    """One pass over this process's shard of the training set; returns local sums. Unreadable images
+    drop out of their batch. A step with no image on any process is skipped by all (no optimizer or
+    scheduler change); otherwise every process takes part, so DDP's all-reduces stay in step."""
     set_train_mode(training.net, training.trainable, training.train_bn)
-    procs, device = training.procs, training.precision.device
+    device = training.precision.device
     loss_sum, n, failures = 0.0, 0, []
     diverged = 0  # the step at which this process's loss stopped being finite, plus one
     for step, (indices, images, failed) in enumerate(loader):
         failures += failed
         # The image count and the divergence flag share one all-reduce: every process learns
         # at the same step that one of them saw a NaN/inf loss, and all stop together.
-        counts = torch.tensor([len(indices), diverged], dtype=torch.int64, device=_count_device(procs, device))
-        step_images, bad_step = (int(v) for v in all_reduce_sum(procs, counts).tolist())
+        step_images, bad_step = (int(v) for v in _sums(training.procs, device, len(indices), diverged))
         if bad_step:
             raise LossDiverged(epoch, step - 1, training)
         if step_images:
@@ -98,15 +92,14 @@ def train_one_epoch(
             reporter.advance(len(indices) + len(failed))
         if on_step is not None:
             on_step(epoch, step)
-    flag = torch.tensor([0, diverged], dtype=torch.int64, device=_count_device(procs, device))
-    if int(all_reduce_sum(procs, flag)[1].item()):
+    if _sums(training.procs, device, diverged)[0]:
         raise LossDiverged(epoch, None, training)
     return {"loss_sum": loss_sum, "n": n, "failures": failures}
 
 
 class LossDiverged(TlxError):
-    """The training loss became NaN or infinite: the weights are no longer numbers, so the run
-    stops before they are evaluated, checkpointed or written as a finished run."""
+    """The training loss became NaN or infinite: the run stops before the weights, no longer
+    numbers, are evaluated, checkpointed or written as a finished run."""
 
     def __init__(self, epoch: int, step: int | None, training: Training):
         where = f"step {step + 1} of epoch {epoch + 1}" if step is not None else f"the last steps of epoch {epoch + 1}"
@@ -120,11 +113,8 @@ class LossDiverged(TlxError):
 def _train_step(
     training: Training, indices: list[int], images: torch.Tensor, labels: np.ndarray, step_images: int
 ) -> float:
-    """Forward, backward and optimizer step; returns this process's summed (unscaled) loss.
-
-    DDP averages gradients over processes, so each process's summed loss is scaled by
-    ``world / step_images``: the result is the gradient of the mean loss over the whole step,
-    whatever number of images each process had."""
+    """Forward, backward and optimizer step; returns this process's summed (unscaled) loss. DDP
+    averages gradients, so the loss is scaled by ``world / step_images``: the mean over the step."""
     device = training.precision.device
     if indices:
         y = torch.as_tensor(labels[indices], device=device)
@@ -147,9 +137,8 @@ def _train_step(
 
 
 def _zero_loss(training: Training) -> torch.Tensor:
-    """A zero loss that still runs through the wrapped model, so DDP's hooks fire and this
-    process sends its (zero) gradients to the all-reduce like the others. One blank image, with
-    the network in eval mode so that no BatchNorm statistic moves."""
+    """A zero loss through the wrapped model, so DDP's hooks fire and this process sends its (zero)
+    gradients like the others: one blank image in eval mode, so no BatchNorm statistic moves."""
     device = training.precision.device
     blank = torch.zeros(1, 3, training.input_size, training.input_size, device=device)
     training.net.eval()
@@ -162,25 +151,17 @@ def _zero_loss(training: Training) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(
-    net: FineTuneNet,
-    loader,
-    labels: np.ndarray,
-    normalize: nn.Module,
-    precision: Precision,
-    reporter: Reporter | None = None,
-) -> dict:
+def evaluate(training: Training, loader, labels: np.ndarray, reporter: Reporter | None = None) -> dict:
     """Probabilities for this process's shard of the validation set (no padding, no duplicates)."""
+    net, precision, device = training.net, training.precision, training.precision.device
     net.eval()
-    device = precision.device
     rows, probs, failures, loss_sum = [], [], [], 0.0
     for indices, images, failed in loader:
         failures += failed
         if indices:
             y = torch.as_tensor(labels[indices], device=device)
             with precision.autocast():
-                logits = net(to_device(images, normalize, device))
-            logits = logits.float()
+                logits = net(to_device(images, training.normalize, device)).float()
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             probs.append(torch.softmax(logits, dim=1).cpu().numpy())
             rows += list(indices)
@@ -190,37 +171,21 @@ def evaluate(
     return {"indices": np.asarray(rows, dtype=np.int64), "proba": proba, "loss_sum": loss_sum, "failures": failures}
 
 
-def reduce_eval(procs: Dist, local: dict, labels: np.ndarray, num_classes: int, device: torch.device) -> dict:
-    """Sum loss, hits and the confusion matrix over processes (all_reduce): exact, each image once."""
+def reduce_eval(procs: Dist, local: dict, labels: np.ndarray, device: torch.device) -> dict:
+    """Val loss and accuracy over every process's images (all-reduced sums: exact, each image once)."""
     y = labels[local["indices"]]
-    pred = local["proba"].argmax(axis=1) if len(y) else np.zeros(0, np.int64)
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (y, pred), 1)
-    where = _count_device(procs, device)
-    sums = all_reduce_sum(
-        procs, torch.tensor([local["loss_sum"], float(len(y))], dtype=torch.float64, device=where)
-    ).cpu()
-    confusion = all_reduce_sum(procs, torch.from_numpy(confusion).to(where)).cpu().numpy()
-    n = int(sums[1])
-    if not math.isfinite(float(sums[0])):  # every process has the same sums: all stop together
+    own_hits = int((local["proba"].argmax(axis=1) == y).sum())
+    loss_sum, n, hits = _sums(procs, device, local["loss_sum"], len(y), own_hits)
+    if not math.isfinite(loss_sum):  # every process has the same sums: all stop together
         raise TlxError(
             "the validation loss became NaN/inf: the network's outputs are not finite numbers (the weights "
             "diverged), so nothing was saved as a finished run (checkpoints of earlier epochs are kept); "
             "lower --lr and --head-lr"
         )
-    return {
-        "val_loss": float(sums[0]) / max(1, n),
-        "val_accuracy": float(np.trace(confusion)) / max(1, n),
-        "n": n,
-        "confusion_matrix": confusion,
-    }
+    return {"val_loss": loss_sum / max(1, n), "val_accuracy": hits / max(1, n)}
 
 
 def reduce_train(procs: Dist, local: dict, device: torch.device) -> tuple[float, int]:
     """The mean training loss over every process's images, and their number."""
-    where = _count_device(procs, device)
-    sums = all_reduce_sum(
-        procs, torch.tensor([local["loss_sum"], float(local["n"])], dtype=torch.float64, device=where)
-    ).cpu()
-    n = int(sums[1])
-    return float(sums[0]) / max(1, n), n
+    loss_sum, n = _sums(procs, device, local["loss_sum"], local["n"])
+    return loss_sum / max(1, n), int(n)

@@ -1,10 +1,6 @@
-"""The fine-tuned network: backbone body + global pooling + one linear layer, and its freezing rules.
-
-``--unfreeze N`` makes the last N entries of ``Backbone.stages`` trainable (0 = head only,
-``all`` = every parameter of the body). BatchNorm layers of frozen stages always run in eval
-mode (their running statistics stay the pretrained ones); BatchNorm layers of unfrozen stages
-train only with ``--train-bn``.
-"""
+"""The fine-tuned network (backbone body + global pooling + one linear layer) and its freezing
+rules: ``--unfreeze N`` trains the last N of ``Backbone.stages``; BatchNorm of frozen stages always,
+and of unfrozen stages unless ``--train-bn``, keeps its pretrained statistics (eval mode)."""
 
 from __future__ import annotations
 
@@ -71,17 +67,13 @@ def trainable_body_params(body: nn.Module, stages: list[list[str]], unfreeze: in
     """Names (relative to the body) of the parameters that ``unfreeze`` makes trainable."""
     if unfreeze is None:
         return {name for name, _ in body.named_parameters()}
-    names = set()
-    for stage in stages[len(stages) - unfreeze :] if unfreeze else []:
-        names.update(stage)
-    return names
+    return {name for stage in stages[len(stages) - unfreeze :] for name in stage}
 
 
 def apply_freezing(net: FineTuneNet, stages: list[list[str]], unfreeze: int | None) -> set[str]:
     """Set ``requires_grad`` on the body by stage (the head always trains); returns the body's trainable names."""
     trainable = trainable_body_params(net.body, stages, unfreeze)
-    known = {name for name, _ in net.body.named_parameters()}
-    unknown = trainable - known
+    unknown = trainable - {name for name, _ in net.body.named_parameters()}
     if unknown:
         raise TlxError(
             f"internal error: the backbone's stages name parameters it does not have (first: {sorted(unknown)[0]!r})"
@@ -92,20 +84,15 @@ def apply_freezing(net: FineTuneNet, stages: list[list[str]], unfreeze: int | No
     return trainable
 
 
-def _batchnorm_modules(body: nn.Module):
-    for name, module in body.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            yield name, module
-
-
 def set_train_mode(net: FineTuneNet, trainable: set[str], train_bn: bool) -> None:
-    """``net.train()`` except: a fully frozen body runs in eval mode; BatchNorm of frozen stages
-    always, and of unfrozen stages unless ``train_bn``, runs in eval mode."""
+    """``net.train()``, except a fully frozen body and the BatchNorm layers that must not train."""
     net.train()
     if not trainable:
         net.body.eval()
         return
-    for name, module in _batchnorm_modules(net.body):
+    for name, module in net.body.named_modules():
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue
         prefix = f"{name}." if name else ""
         own = [f"{prefix}{p}" for p, _ in module.named_parameters(recurse=False)]
         unfrozen = bool(own) and all(p in trainable for p in own)
@@ -124,7 +111,8 @@ def fold_linear_head(head: nn.Linear, W, b, shift=None, scale=None) -> None:
             f"{head.out_features} x {head.in_features}: fit the head on the same classes and feature space"
         )
     if scale is not None:
-        W = W / np.where(np.asarray(scale, dtype=np.float64) == 0, 1.0, np.asarray(scale, dtype=np.float64))[None, :]
+        scale = np.asarray(scale, dtype=np.float64)
+        W = W / np.where(scale == 0, 1.0, scale)[None, :]
     if shift is not None:
         b = b - W @ np.asarray(shift, dtype=np.float64)
     with torch.no_grad():
@@ -139,31 +127,26 @@ def build_net(backbone, pooling: str, num_classes: int) -> FineTuneNet:
     return FineTuneNet(backbone.body, pooling, width, num_classes)
 
 
-def read_finetune_config(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / CONFIG_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunError(
-            f"{run_dir} is not a finished fine-tuning run: {CONFIG_FILE} is missing "
-            f"(a killed run? continue it with `tlx finetune --out {run_dir} --resume`)"
-        ) from None
-    except ValueError as exc:
-        raise RunError(f"{path} is not valid JSON ({exc}): the run folder is damaged; re-run `tlx finetune`") from None
-
-
 def load_finetuned(run_dir: str | Path):
-    """``(module, preprocessing)`` of a fine-tuning run: ``module`` maps a normalized float batch
-    (N, 3, S, S) to class probabilities; ``preprocessing`` is the backbone's evaluation
-    preprocessing (``tlx.extractor.preprocess.ResizeCrop`` + ``Normalize`` give the input).
-    Built from the run folder alone: the backbone is a random init that the saved weights replace."""
+    """``(module, preprocessing)`` of a fine-tuning run: ``module`` maps a normalized batch to class
+    probabilities. Built from the run folder alone: the saved weights replace a random init."""
     from safetensors.torch import load_file
 
     from ..cache.space import Preprocessing
     from ..extractor.registry import get_backbone
 
     run_dir = Path(run_dir)
-    cfg = read_finetune_config(run_dir)
+    try:
+        cfg = json.loads((run_dir / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise RunError(
+            f"{run_dir} is not a finished fine-tuning run: {CONFIG_FILE} is missing "
+            f"(a killed run? continue it with `tlx finetune --out {run_dir} --resume`)"
+        ) from None
+    except ValueError as exc:
+        raise RunError(
+            f"{run_dir / CONFIG_FILE} is not valid JSON ({exc}): the run folder is damaged; re-run `tlx finetune`"
+        ) from None
     weights = run_dir / MODEL_FILE
     if not weights.is_file():
         raise RunError(
@@ -172,8 +155,7 @@ def load_finetuned(run_dir: str | Path):
         )
     backbone = get_backbone(cfg["backbone"]).build(weights=None, pretrained=False)
     net = FineTuneNet(backbone.body, cfg["pooling"], int(cfg["feature_dim"]), len(cfg["classes"]))
-    state = load_file(str(weights))
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing, unexpected = net.load_state_dict(load_file(str(weights)), strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         first = (missing or unexpected)[0]

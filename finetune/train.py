@@ -1,9 +1,6 @@
-"""``finetune()``: resolve the config, split the data, build the network, run the epochs with
-a checkpoint after each, and write the run folder.
-
-Epoch numbers are 0-based inside checkpoints (``resume`` starts at ``epoch + 1``) and
-1-based in everything people read (history, ``best_epoch``, messages).
-"""
+"""``finetune()``: resolve the config, split the data, build the network, run the epochs with a
+checkpoint after each, and write the run folder. Epochs are 0-based in checkpoints (``resume``
+starts at ``epoch + 1``) and 1-based in everything people read."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,9 +23,9 @@ from .config import (
     FinetuneConfig,
     InitHead,
     check_values,
-    config_difference,
     explicit_options,
-    find_cache_of,
+    newest_cache,
+    normalize_option,
     resolve_config,
     selection_record,
 )
@@ -58,9 +55,7 @@ class FinetuneResult:
     metrics: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        result = asdict(self)
-        result.pop("metrics")
-        return result
+        return {k: v for k, v in asdict(self).items() if k != "metrics"}
 
 
 @dataclass
@@ -96,15 +91,13 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune the top of a backbone with a linear head; see ``tlx finetune --help``.
 
-    ``options`` are the fields of :class:`FinetuneConfig` (``epochs=3, lr=1e-4, ...``), or
-    ``config`` gives them all at once (``options`` then override it). Options left at ``None``
-    resolve to: the checkpoint's value (``resume``), the ``init_head`` run's (backbone, pooling,
-    split), then the defaults of :class:`FinetuneConfig`. ``on_step(epoch, step)`` is called
-    after each training step."""
+    ``options`` are the fields of :class:`FinetuneConfig`, or ``config`` gives them all (``options``
+    override it); those left at ``None`` resolve to the checkpoint's (``resume``), the ``init_head``
+    run's, then the defaults. ``on_step(epoch, step)`` is called after each training step."""
     from ..common.device import check_device
     from ..extractor.engine import default_workers, resolve_device
 
-    given = {**(config.to_dict() if config is not None else {}), **options}
+    given = {**(asdict(config) if config is not None else {}), **options}
     if data is not None or "data" not in given:
         given["data"] = data
     explicit = explicit_options(given)  # before any work: an unknown option is a TypeError
@@ -116,13 +109,13 @@ def finetune(
         where = torch.device("cuda", procs.local_rank)
     reporter = reporter if (reporter is not None and procs.is_main) else Reporter()
     workers = default_workers() if workers is None else workers
-    finished = False
     try:
         result = _run(procs, where, reporter, started, resume, out, workers, explicit, on_step)
-        finished = True
-        return result
-    finally:
-        cleanup(procs, finished)
+    except BaseException:
+        cleanup(procs, finished=False)
+        raise
+    cleanup(procs)
+    return result
 
 
 def _run(
@@ -157,7 +150,19 @@ def _run(
         f"val images of {run.dataset_name}, {procs.world} process(es) on {device}; run folder {run_dir}"
     )
     if init is not None:
-        _score_fitted_head(run, state, run_dir, reporter)
+        # LP-FT: the fitted head's own val score before any step ("epoch 0"). With --select-on val it is
+        # also the first candidate, kept unless an epoch beats it on the val labels; by default it is
+        # only reported. (A resumed run has it in its checkpoint.)
+        local = evaluate(run.training, run.val_loader, run.val_labels)
+        scores = state.init_eval = reduce_eval(procs, local, run.val_labels, device)
+        if cfg.select_on == "val":
+            state.improve(-1, scores["val_accuracy"], run.training.net, local)
+            if procs.is_main:
+                ckpt.save_best(run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST, state)
+        reporter.message(
+            f"epoch 0 (the fitted head, before any step): val loss {scores['val_loss']:.4f}, "
+            f"val acc {scores['val_accuracy']:.4f}"
+        )
     skipped = _run_epochs(run, state, run_dir, reporter, on_step)
     return _finish(run, state, run_dir, skipped, started, resumed_from)
 
@@ -166,71 +171,60 @@ def _open(
     resume: bool, out, explicit: dict, reporter: Reporter
 ) -> tuple[FinetuneConfig, InitHead | None, Path | None, dict | None]:
     """The config of a new run, or of the run in ``out`` with its last checkpoint (``resume``)."""
+    last_path = Path(out or ".") / ckpt.CHECKPOINT_DIR / ckpt.LAST
     if not resume:
-        if out is not None and (Path(out) / ckpt.CHECKPOINT_DIR / ckpt.LAST).is_file():
+        if out is not None and last_path.is_file():
             raise RunError(
                 f"--out {out} already holds a fine-tuning run: pass --resume to continue it, or choose another --out"
             )
-        cfg, init, cache_path = resolve_config(explicit, reporter)
-        return cfg, init, cache_path, None
+        return (*resolve_config(explicit, reporter), None)
     if out is None:
         raise TlxError("--resume needs --out RUN, the folder of the fine-tuning run to continue")
     run_dir = Path(out)
-    last_path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
     if not last_path.is_file():
         raise RunError(
             f"--resume: {run_dir} has no checkpoint ({ckpt.CHECKPOINT_DIR}/{ckpt.LAST}): it is not a fine-tuning "
             "run or it was killed before its first epoch ended; start it again without --resume"
         )
     saved = ckpt.load(last_path)
-    diffs = config_difference(saved["config"], explicit)
+    config = saved["config"]
+    diffs = [
+        f"{key}: {config[key]!r} in the checkpoint, {value!r} now"
+        for key, value in explicit.items()
+        if key in config and normalize_option(key, config[key]) != value
+    ]
     if diffs:
         raise TlxError(
             f"--resume: the options differ from the checkpoint in {run_dir} ({'; '.join(diffs)}): "
             "drop them to continue as it was, or start a new run with another --out"
         )
     # The checkpoint holds the head and the split: the --init-head run need not exist any more.
-    return FinetuneConfig(**saved["config"]), None, Path(saved["cache"]) if saved.get("cache") else None, saved
+    return FinetuneConfig(**config), None, Path(saved["cache"]) if saved.get("cache") else None, saved
 
 
 def _split(cfg: FinetuneConfig, init: InitHead | None, saved: dict | None, cache_path: Path | None, out):
-    """The dataset, its split and the cache that lists its unreadable images.
-
-    A resumed run validates on exactly its checkpoint's val images, and an LP-FT run on exactly
-    its head run's: so no image the network (or the head) was trained on can score."""
+    """The dataset, its split and the cache that lists its unreadable images. A resumed run validates
+    on exactly its checkpoint's val images, an LP-FT run on exactly its head run's: so no image the
+    network (or the head) was trained on can score."""
     from ..extractor.discovery import discover
     from .data import cache_failures, split_by_members, split_dataset
 
     index = discover(cfg.data)
-    if cache_path is None:
-        cache_path = find_cache_of(index.root)
+    cache_path = cache_path or newest_cache(index.root)
     exclude = cache_failures(index.root, cache_path)
     earlier = (saved or {}).get("split") or {}
     if "val_sha256" in earlier:
-        split = split_by_members(
-            index,
-            earlier["val_sha256"],
-            earlier,
-            f"the checkpoint in {out}",
-            "restore them, or start a new run without --resume",
-            exclude,
-            cache_path,
-        )
+        whose, fix = f"the checkpoint in {out}", "restore them, or start a new run without --resume"
+        split = split_by_members(index, earlier, whose, fix, exclude, cache_path)
     elif init is not None:
         if list(init.run.classes) != list(index.classes):
             raise TlxError(
                 f"--init-head {cfg.init_head} was fitted on the classes {init.run.classes} but {cfg.data} has "
                 f"{index.classes}: fit a head on this dataset first"
             )
-        split = split_by_members(
-            index,
-            init.split["val_sha256"],
-            {**init.split, "init_head": cfg.init_head},
-            f"the head run {cfg.init_head}",
-            "restore them, or fit a new head on the current data (`tlx extract`, then `tlx fit-head`)",
-            exclude,
-            init.cache,
-        )
+        whose = f"the head run {cfg.init_head}"
+        fix = "restore them, or fit a new head on the current data (`tlx extract`, then `tlx fit-head`)"
+        split = split_by_members(index, {**init.split, "init_head": cfg.init_head}, whose, fix, exclude, init.cache)
     else:
         split = split_dataset(index, cfg.val_fraction, cfg.seed, exclude)
     if not len(split.train_paths) or not len(split.val_paths):
@@ -268,44 +262,23 @@ def _build(
     loader, sampler = train_loader(
         split.train_paths, pre, per_process, workers, cfg.augment, cfg.seed, procs.rank, procs.world, cuda
     )
-    val_paths = split.val_paths[procs.rank :: procs.world]
-    steps_per_epoch = len(loader)
     optimizer = make_optimizer(net, cfg)
-    warmup = round(min(cfg.warmup_epochs, cfg.epochs / 5) * steps_per_epoch)
-    scheduler = make_scheduler(optimizer, cfg.epochs * steps_per_epoch, warmup)
+    warmup = round(min(cfg.warmup_epochs, cfg.epochs / 5) * len(loader))
+    scheduler = make_scheduler(optimizer, cfg.epochs * len(loader), warmup)
+    normalize, precision = Normalize(pre).to(device), Precision(device, amp_dtype)
     training = Training(
-        net,
-        model,
-        optimizer,
-        scheduler,
-        scaler,
-        Normalize(pre).to(device),
-        Precision(device, amp_dtype),
-        trainable,
-        cfg.train_bn,
-        pre.input_size,
-        procs,
+        net, model, optimizer, scheduler, scaler, normalize, precision, trainable, cfg.train_bn, pre.input_size, procs
     )
-    return Setup(
-        cfg,
-        split,
-        index.name,
-        cache_path,
-        backbone,
-        FeatureSpace.from_backbone(backbone.cfg, cfg.pool),
-        n_unfreeze,
-        training,
-        loader,
-        sampler,
-        eval_loader(val_paths, pre, per_process, workers, cuda),
-        val_paths,
-        split.val_labels[procs.rank :: procs.world],
-    )
+    space = FeatureSpace.from_backbone(backbone.cfg, cfg.pool)
+    val_paths = split.val_paths[procs.rank :: procs.world]
+    val_loader = eval_loader(val_paths, pre, per_process, workers, cuda)
+    val_labels = split.val_labels[procs.rank :: procs.world]
+    shards = (loader, sampler, val_loader, val_paths, val_labels)
+    return Setup(cfg, split, index.name, cache_path, backbone, space, n_unfreeze, training, *shards)
 
 
 def _network(cfg: FinetuneConfig, init: InitHead | None, n_classes: int):
-    """``(backbone, net, n_unfreeze, trainable)``: the backbone (the head run's with ``init``), the
-    network with its linear head (folded from ``init``), and which stages train."""
+    """``(backbone, net, n_unfreeze, trainable)``, with the head run's backbone and folded head for ``init``."""
     from ..extractor.extract import backbone_for_space
     from ..extractor.registry import get_backbone
     from .model import apply_freezing, build_net, fold_linear_head, parse_unfreeze
@@ -319,23 +292,20 @@ def _network(cfg: FinetuneConfig, init: InitHead | None, n_classes: int):
     net = build_net(backbone, cfg.pool, n_classes)
     trainable = apply_freezing(net, backbone.stages, n_unfreeze)
     if init is not None:
-        fold_linear_head(net.head, init.weight, init.bias, init.shift, init.scale)
+        fold_linear_head(net.head, *init.linear)
     return backbone, net, n_unfreeze, trainable
 
 
 def _on_device(net: nn.Module, device: torch.device, procs: Dist):
-    """Move ``net`` to ``device``; ``(model, amp dtype, grad scaler)``: the model steps go through
-    (DDP-wrapped under torchrun), and on a GPU mixed precision (bf16 where supported, else fp16
-    with a scaler)."""
+    """``(model, amp dtype, grad scaler)`` of ``net`` moved to ``device``: DDP-wrapped under torchrun,
+    and on a GPU mixed precision (bf16 where supported, else fp16 with a scaler)."""
     cuda = device.type == "cuda"
     net.to(device)
     if cuda:
         net.to(memory_format=torch.channels_last)
-    model: nn.Module = (
-        nn.parallel.DistributedDataParallel(net, device_ids=[procs.local_rank] if cuda else None)
-        if procs.enabled
-        else net
-    )
+    model: nn.Module = net
+    if procs.enabled:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[procs.local_rank] if cuda else None)
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     return model, amp_dtype, scaler
@@ -352,61 +322,42 @@ def _new_run_dir(procs: Dist, cfg: FinetuneConfig, out) -> Path:
     return Path(broadcast_object(procs, str(run_dir) if run_dir is not None else None))
 
 
-def _score_fitted_head(run: Setup, state: LoopState, run_dir: Path, reporter: Reporter) -> None:
-    """LP-FT: the fitted head's own val score before any step ("epoch 0"). With --select-on val it
-    is also the first candidate: fine-tuned weights replace it only where they beat it on the
-    val labels (a choice on val, so optimistic). By default it is reported, never kept: the last
-    epoch is. (A resumed run has this score in its checkpoint.)"""
-    training = run.training
-    local = evaluate(training.net, run.val_loader, run.val_labels, training.normalize, training.precision)
-    scores = reduce_eval(training.procs, local, run.val_labels, len(run.split.classes), training.precision.device)
-    state.init_eval = {"val_accuracy": scores["val_accuracy"], "val_loss": scores["val_loss"]}
-    if run.cfg.select_on == "val":
-        state.improve(-1, scores["val_accuracy"], training.net, local)
-        if training.procs.is_main:
-            ckpt.save_best(run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST, state)
-    reporter.message(
-        f"epoch 0 (the fitted head, before any step): val loss {scores['val_loss']:.4f}, "
-        f"val acc {scores['val_accuracy']:.4f}"
-    )
-
-
 def _run_epochs(
     run: Setup, state: LoopState, run_dir: Path, reporter: Reporter, on_step: StepCallback | None
-) -> dict[str, str]:
+) -> set[str]:
     """Train and evaluate each remaining epoch, checkpointing after each; returns the images skipped."""
     cfg, training, procs = run.cfg, run.training, run.training.procs
     last_path, best_path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST, run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
-    skipped: dict[str, str] = {}
+    cache = str(run.cache_path) if run.cache_path else ""
+    extra = {"config": asdict(cfg), "cache": cache, "feature_space": run.space.to_dict(), "split": run.split.info}
+    skipped: set[str] = set()
     for epoch in range(state.next_epoch, cfg.epochs):
         if state.stopped:
             break
         started = time.perf_counter()
         trained, local, train_seconds = _train_and_evaluate(run, epoch, reporter, on_step)
         train_loss, n_train = reduce_train(procs, trained, training.precision.device)
-        scores = reduce_eval(procs, local, run.val_labels, len(run.split.classes), training.precision.device)
-        skipped.update({run.split.train_paths[j]: reason for j, reason in trained["failures"]})
-        skipped.update({run.val_paths[j]: reason for j, reason in local["failures"]})
+        scores = reduce_eval(procs, local, run.val_labels, training.precision.device)
+        skipped.update(run.split.train_paths[j] for j, _ in trained["failures"])
+        skipped.update(run.val_paths[j] for j, _ in local["failures"])
         seconds = time.perf_counter() - started
         entry = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
-            "val_loss": scores["val_loss"],
-            "val_accuracy": scores["val_accuracy"],
+            **scores,  # val_loss, val_accuracy
             "lr": float(training.optimizer.param_groups[-1]["lr"]),
             "seconds": round(seconds, 3),
             "train_images_per_second": round(n_train / max(train_seconds, 1e-9), 2),
         }
         state.history.append(entry)
         improved = scores["val_accuracy"] > state.best_accuracy
-        # "last": every epoch replaces the kept weights, whatever the val labels say.
-        kept = improved if cfg.select_on == "val" else True
+        kept = improved or cfg.select_on == "last"  # "last": every epoch replaces the kept weights
         if kept:
             state.improve(epoch, scores["val_accuracy"], training.net, local)
         state.bad_epochs = 0 if improved else state.bad_epochs + 1
         state.stopped = bool(cfg.early_stop) and state.bad_epochs >= cfg.early_stop and epoch + 1 < cfg.epochs
         if procs.is_main:
-            ckpt.save_last(last_path, training, epoch, state, _checkpoint_extra(run))
+            ckpt.save_last(last_path, training, epoch, state, extra)
             if kept:
                 ckpt.save_best(best_path, state)
         best = " (best)" if improved and cfg.select_on == "val" else ""
@@ -435,35 +386,33 @@ def _train_and_evaluate(run: Setup, epoch: int, reporter: Reporter, on_step: Ste
     train_seconds = time.perf_counter() - started
     reporter.start(len(run.val_paths), f"epoch {epoch + 1}/{cfg.epochs} val")
     try:
-        local = evaluate(training.net, run.val_loader, run.val_labels, training.normalize, training.precision, reporter)
+        local = evaluate(training, run.val_loader, run.val_labels, reporter)
     finally:
         reporter.stop()
     return trained, local, train_seconds
 
 
-def _checkpoint_extra(run: Setup) -> dict:
-    return {
-        "config": run.cfg.to_dict(),
-        "cache": str(run.cache_path) if run.cache_path else "",
-        "feature_space": run.space.to_dict(),
-        "split": run.split.info,
-    }
-
-
 def _finish(
-    run: Setup, state: LoopState, run_dir: Path, skipped: dict[str, str], started: float, resumed_from: int | None
+    run: Setup, state: LoopState, run_dir: Path, skipped: set[str], started: float, resumed_from: int | None
 ) -> FinetuneResult:
     """Evaluate the best weights once more with every probability, and write the run folder."""
-    from ..version import __version__
     from .report import write_run
 
     training, procs = run.training, run.training.procs
     if state.best_weights is None:
         raise RunError(f"{run_dir}: no epoch finished, nothing to report")
     training.net.load_state_dict(state.best_weights)
-    local = state.best_eval
-    if local is None:
-        local = evaluate(training.net, run.val_loader, run.val_labels, training.normalize, training.precision)
+    local = state.best_eval or evaluate(training, run.val_loader, run.val_labels)
+    history = state.history
+    summary: dict[str, Any] = {  # what metrics.json and the result share
+        "best_epoch": state.best_epoch + 1,
+        "epochs_done": len(history),
+        "early_stopped": bool(state.stopped),
+        "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3),
+        "n_train": len(run.split.train_paths),
+        "n_val": len(run.split.val_paths),
+        "selection": selection_record(run.cfg),
+    }
     # Shard k of each process is row k * world + rank of the whole val set: put them back in order.
     parts = all_gather_objects(procs, (local["indices"] * procs.world + procs.rank, local["proba"]))
     metrics = {}
@@ -471,22 +420,14 @@ def _finish(
         order = np.concatenate([p[0] for p in parts])
         proba = np.concatenate([p[1] for p in parts])
         keep = np.argsort(order, kind="stable")
-        metrics = write_run(run, state, run_dir, order[keep], proba[keep], __version__)
+        metrics = write_run(run, state, run_dir, order[keep], proba[keep], summary)
     barrier(procs)
-    history = state.history
-    seconds_per_epoch = float(np.mean([h["seconds"] for h in history])) if history else 0.0
     return FinetuneResult(
         run=str(run_dir),
         val_accuracy=float(metrics.get("val_accuracy", state.best_accuracy)),
-        best_epoch=state.best_epoch + 1,
-        epochs_done=len(history),
         seconds=round(time.perf_counter() - started, 3),
-        seconds_per_epoch=round(seconds_per_epoch, 3),
-        early_stopped=state.stopped,
         resumed_from=resumed_from,
-        n_train=len(run.split.train_paths),
-        n_val=len(run.split.val_paths),
         n_skipped=len(skipped),
-        selection=selection_record(run.cfg),
         metrics=metrics,
+        **summary,
     )

@@ -100,6 +100,6 @@ def test_a_non_finite_validation_loss_stops_the_run():
 
     local = {"indices": np.arange(2), "proba": np.full((2, 2), 0.5), "loss_sum": float("inf")}
     with pytest.raises(TlxError, match="validation loss became NaN/inf"):
-        reduce_eval(Dist(), local, np.array([0, 1]), 2, torch.device("cpu"))
+        reduce_eval(Dist(), local, np.array([0, 1]), torch.device("cpu"))
     local["loss_sum"] = 1.0
-    assert reduce_eval(Dist(), local, np.array([0, 1]), 2, torch.device("cpu"))["val_loss"] == 0.5
+    assert reduce_eval(Dist(), local, np.array([0, 1]), torch.device("cpu"))["val_loss"] == 0.5
