@@ -1,12 +1,6 @@
-"""``tlx cache compact``: rewrite a cache's live rows into one part, in row order.
-
-Incremental runs leave one part per run and rank, removals leave dead rows in their parts, and
-scattered additions split the virtual dataset into many mappings. Compaction copies the rows the
-index uses into a single new part (block by block: memory stays flat), commits an index that
-maps onto it in one piece, and deletes every other part. It holds the cache lock like an
-extract, so it never races one; a kill leaves the old index and its parts valid. Augmented
-views (``extract --views``) are kept as they are: the new index lists the same view parts.
-"""
+"""``tlx cache compact``: rewrite a cache's live rows into one part, in row order, under the
+cache lock, then commit an index that maps onto it in one piece and delete every other part.
+A kill leaves the old index and its parts valid; view parts are kept as they are."""
 
 from __future__ import annotations
 
@@ -61,37 +55,23 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
             raise CacheError(f"{path} is in the single-file format of an older tlx: re-run `tlx extract` to convert it")
         folder = parts_dir(path)
         known = {p.name for p in folder.glob("*.h5")} if folder.is_dir() else set()  # another writer's are not ours
-        before_parts = len(known)
-        before_bytes = cache_bytes(path)
+        bytes_before = cache_bytes(path)
         name = f"part-compact-{time.strftime('%Y%m%d%H%M%S')}-{time.time_ns() % 1_000_000:06d}.h5"
         _copy_rows(path, folder / name, index, block_rows)
-        rows = [
-            Row(p, int(label), split, h, tuple(st), name, i)
-            for i, (p, label, split, h, st) in enumerate(
-                zip(index.paths, index.labels.tolist(), index.splits, index.hashes, index.stats.tolist(), strict=True)
-            )
-        ]
-        attrs = {k: v for k, v in index.attrs.items() if k not in ("tlx_format", "feature_space", "n_images")}
-        attrs["updated"] = now_iso()
-        attrs = {k: v for k, v in attrs.items() if k not in ("views", "view_recipe")}  # write_index sets them
-        sizes = {name: len(rows)}
-        write_index(path, rows, index.classes, index.failures, index.space, attrs, sizes, index.views, base)
+        columns = zip(index.paths, index.labels.tolist(), index.splits, index.hashes, index.stats.tolist(), strict=True)
+        rows = [Row(p, label, split, h, tuple(st), name, i) for i, (p, label, split, h, st) in enumerate(columns)]
+        written = ("tlx_format", "feature_space", "n_images", "views", "view_recipe")  # write_index sets them
+        attrs = {k: v for k, v in index.attrs.items() if k not in written} | {"updated": now_iso()}
+        write_index(path, rows, index.classes, index.failures, index.space, attrs, {name: len(rows)}, index.views, base)
         remove_unused_parts(path, {name} if rows else set(), known | {name})
-    return CompactResult(
-        str(path),
-        len(rows),
-        before_parts,
-        1 if rows else 0,
-        before_bytes,
-        cache_bytes(path),
-        round(time.perf_counter() - started, 3),
-    )
+    seconds = round(time.perf_counter() - started, 3)
+    return CompactResult(str(path), len(rows), len(known), 1 if rows else 0, bytes_before, cache_bytes(path), seconds)
 
 
 def _copy_rows(path: Path, target: Path, index: CacheIndex, block_rows: int) -> None:
-    """Copy the index's rows, in order, into the new part ``target``, reading them from the parts
-    (through one snapshot: every chunk's checksum is checked on the way, so damage stops the
-    compaction with the part named instead of being copied into the new part)."""
+    """Copy the index's rows, in order, into the new part ``target``, reading them through one
+    snapshot: every chunk's checksum is checked on the way, so damage stops the compaction
+    with the part named instead of being copied into the new part."""
     n, width = len(index.paths), index.space.feature_dim
     with open_snapshot(path) as snap, h5_atomic(target) as out:
         part_datasets(out, n, width, index.space)

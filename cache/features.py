@@ -1,21 +1,12 @@
-"""``tlx.load_features``: the cached features as numpy arrays, for stage two and for anyone
-who brings their own estimator. Imports h5py and numpy only.
-
-``load_features(path, split="val")`` reads only that split's feature rows, and
-``load_features(path, lazy=True)`` reads none: ``X`` is then a ``CacheRows`` that reads rows
-on demand, and ``iter_chunks`` streams ``(X, y)`` blocks for code that learns out of core.
-A cache extracted with ``--views K`` also holds K augmented views of every image:
-``feats.views()`` returns those of the loaded rows (``feats.subset(...).views()`` of a subset).
-A ``Features`` holds the open snapshot it was loaded from (``tlx.cache.reader``): its lazy rows
-and its views come from that one committed version, whatever an extract or a compaction
-commits meanwhile.
-"""
+"""``tlx.load_features``: the cached features as numpy arrays, for stage two and for anyone who
+brings their own estimator (h5py and numpy only). Everything a ``Features`` reads, lazy rows and
+views included, comes from the one committed version of the cache it opened (``tlx.cache.reader``)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +32,7 @@ class Features:
     attrs: dict = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # images that could not be read -> why
     rows: np.ndarray | None = None  # the cache's row number of each row here (None: all, in order)
-    # the open version of the cache these rows came from: views() and lazy reads use it, so they
-    # see this version even after a later extract or compaction replaced it on disk
+    # the open version these rows came from: views() and lazy reads see it whatever is committed since
     snapshot: Snapshot | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -53,10 +43,6 @@ class Features:
         return self.attrs.get("dataset_root", "")
 
     @property
-    def has_split(self) -> bool:
-        return any(self.split)
-
-    @property
     def lazy(self) -> bool:
         return isinstance(self.X, CacheRows)
 
@@ -64,20 +50,14 @@ class Features:
         idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, dtype=np.int64)
         if self.lazy:
             idx = np.sort(idx)  # a CacheRows holds its rows in file order
-        X = self.X.subset(idx) if isinstance(self.X, CacheRows) else self.X[idx]
-        return Features(
-            X,
-            self.y[idx],
-            self.classes,
-            [self.paths[i] for i in idx],
-            [self.split[i] for i in idx],
-            [self.sha256[i] for i in idx],
-            self.space,
-            self.path,
-            self.attrs,
-            self.failed,
-            self.cache_rows()[idx],
-            self.snapshot,
+        return replace(
+            self,
+            X=self.X.subset(idx) if isinstance(self.X, CacheRows) else self.X[idx],
+            y=self.y[idx],
+            paths=[self.paths[i] for i in idx],
+            split=[self.split[i] for i in idx],
+            sha256=[self.sha256[i] for i in idx],
+            rows=self.cache_rows()[idx],
         )
 
     def cache_rows(self) -> np.ndarray:
@@ -85,10 +65,8 @@ class Features:
 
     @property
     def groups(self) -> np.ndarray:
-        """The image of each row, for scikit-learn's group-aware splitters
-        (``cross_val_score(head, feats.X, feats.y, groups=feats.groups, cv=StratifiedGroupKFold(3))``):
-        the row's number in the cache, so it stays the same in a subset; the views of these rows
-        (``views()``) belong to the groups ``feats.groups[views.image]``."""
+        """The image of each row for scikit-learn's group-aware splitters: its row number in the
+        cache, so it stays the same in a subset (the views' groups: ``feats.groups[views.image]``)."""
         return self.cache_rows()
 
     @property

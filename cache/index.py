@@ -1,12 +1,6 @@
-"""The index file, ``<cache>.h5``: the commit point of a cache.
-
-It lists every row (path, label, split, content hash, the stat of its file), the failures, the
-attributes, and where each row's vector lives in the parts (``source/part``, ``source/row``,
-``parts/names``, ``parts/rows``), plus ``features``, a virtual dataset over the parts for plain
-h5py users, and the ``views`` group (:mod:`tlx.cache.viewtable`) when the cache has views. It is
-written whole to a temporary file and atomically renamed; every index carries a ``commit_id``
-that the next commit checks it builds on.
-"""
+"""The index file, ``<cache>.h5``: the commit point of a cache. It lists every row, the
+failures, the attributes and where each row's vector lives in the parts; it is written whole to
+a temporary file and renamed, and carries a ``commit_id`` that the next commit checks."""
 
 from __future__ import annotations
 
@@ -30,15 +24,15 @@ from .h5format import (
     open_h5,
     parts_dir,
     read_attrs,
-    virtual_rows,
+    views_dir,
     write_array,
-    write_part_table,
+    write_sources,
     write_strings,
 )
 from .h5write import h5_atomic
 from .parts import unreferenced_parts
 from .space import FeatureSpace
-from .viewtable import ViewTable, check_view_parts, read_group, write_group
+from .viewtable import ViewTable, read_group, write_group
 
 
 @dataclass
@@ -70,9 +64,6 @@ class Failures:
         if sha256:
             self.hashes[relpath] = sha256
 
-    def same_as(self, other: Failures) -> bool:
-        return (self.reasons, self.stats, self.hashes) == (other.reasons, other.stats, other.hashes)
-
 
 @dataclass
 class CacheIndex:
@@ -88,7 +79,7 @@ class CacheIndex:
     failed: dict[str, str]
     attrs: dict
     format: int = FORMAT_VERSION
-    # the stat index (format 2): size, mtime_ns, inode and ctime_ns of each row's file, and of each failure
+    # the stat index (format 2): size, mtime_ns, inode and ctime_ns of each row's file
     stats: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STAT_FIELDS)), np.int64))
     failures: Failures | None = None  # the failures with their stats and hashes (format 2)
     stat_time_ns: int = 0  # when the run that took those stats started (racy-git check)
@@ -102,30 +93,26 @@ class CacheIndex:
     def row_of_hash(self) -> dict[str, int]:
         return {h: i for i, h in enumerate(self.hashes)}
 
+    def sources(self) -> list[tuple[str, int]]:
+        """(part file name, row) of each row's vector."""
+        rows = zip(self.source_part.tolist(), self.source_row.tolist(), strict=True)
+        return [(self.part_names[p], r) for p, r in rows]
+
     def source_of_hash(self) -> dict[str, tuple[str, int]]:
-        """Content hash -> (part file name, row) of every vector this index uses."""
-        names = self.part_names
-        return {
-            h: (names[p], int(r))
-            for h, p, r in zip(self.hashes, self.source_part.tolist(), self.source_row.tolist(), strict=True)
-        }
-
-
-# --------------------------------------------------------------------------- reading
+        return dict(zip(self.hashes, self.sources(), strict=True))
 
 
 def check_parts(f, path: Path) -> None:
     """Every part file the index names must be there: HDF5 would read a missing one as fill
     values (NaN here) without a word."""
-    check_view_parts(f, path)
-    if "parts" not in f:
-        return
-    folder = parts_dir(path)
-    for name in decode_strings(f["parts/names"]):
-        if not (folder / name).is_file():
-            raise UnreadableCacheError(
-                path, f"{path} is damaged: its part file {folder.name}/{name} is missing (deleted or not copied)"
-            )
+    for group, folder, kind in (("views/", views_dir(path), "view part"), ("", parts_dir(path), "part file")):
+        if group + "parts" not in f:
+            continue
+        for name in decode_strings(f[group + "parts/names"]):
+            if not (folder / name).is_file():
+                raise UnreadableCacheError(
+                    path, f"{path} is damaged: its {kind} {folder.name}/{name} is missing (deleted or not copied)"
+                )
 
 
 def read_index(path: Path) -> CacheIndex:
@@ -159,7 +146,6 @@ def index_of(f, path: Path) -> CacheIndex:
         )
         if fmt >= 2:
             _read_stat_index(f, index)
-            index.views = read_group(f)
         return index
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
@@ -167,17 +153,16 @@ def index_of(f, path: Path) -> CacheIndex:
 
 def _read_stat_index(f, index: CacheIndex) -> None:
     index.stats = _stat_columns(f["stat"], len(index.paths))
-    fs = _stat_columns(f["failed"], len(index.failed))
-    fh = decode_strings(f["failed/sha256"])
-    failures = Failures()
-    for (p, reason), st, h in zip(index.failed.items(), fs.tolist(), fh, strict=True):
-        failures.add(p, reason, tuple(st) if st[0] >= 0 else None, h)
-    index.failures = failures
+    failed_stats = _stat_columns(f["failed"], len(index.failed)).tolist()
+    index.failures = Failures()
+    for (p, reason), st, h in zip(index.failed.items(), failed_stats, decode_strings(f["failed/sha256"]), strict=True):
+        index.failures.add(p, reason, tuple(st) if st[0] >= 0 else None, h)
     index.stat_time_ns = int(index.attrs.get("stat_time_ns", 0))
     index.part_names = decode_strings(f["parts/names"])
     index.part_rows = f["parts/rows"][()].tolist()
     index.source_part = f["source/part"][()]
     index.source_row = f["source/row"][()]
+    index.views = read_group(f)
 
 
 def _stat_columns(group, n: int) -> np.ndarray:
@@ -196,9 +181,6 @@ def orphan_parts(path: Path, index: CacheIndex | None, space: FeatureSpace) -> d
         for row, h in enumerate(hashes):
             found.setdefault(h, (name, row))
     return found
-
-
-# --------------------------------------------------------------------------- committing
 
 
 def commit_id(path: Path) -> str | None:
@@ -221,7 +203,7 @@ class CommitConflict(CacheError):
     exit_code = 1
 
 
-def check_base(path: Path, base: str | None) -> None:
+def _check_base(path: Path, base: str | None) -> None:
     if commit_id(path) != base:
         raise CommitConflict(
             f"another process committed {path} while this run was updating it (its lock file was removed "
@@ -241,9 +223,8 @@ def write_index(
     base: str | None = UNCHECKED,
 ) -> None:
     """Write the index for ``rows`` to a temporary file and atomically put it at ``path``;
-    ``views``: the rows' augmented views, or None. ``base``: the :func:`commit_id` this commit
-    builds on, checked right before the rename."""
-    check = None if base == UNCHECKED else lambda: check_base(path, base)
+    ``base``: the :func:`commit_id` this commit builds on, checked right before the rename."""
+    check = None if base == UNCHECKED else lambda: _check_base(path, base)
     with h5_atomic(path, check) as f:
         _write_rows(f, path, rows, classes, space, part_sizes)
         _write_failures(f.create_group("failed"), failed)
@@ -261,30 +242,27 @@ def write_index(
 
 
 def _write_rows(f, path: Path, rows: list[Row], classes: list[str], space: FeatureSpace, sizes: dict[str, int]):
-    """The rows' metadata, their stat index, where their vectors live, and ``features``."""
     parts, part_rows = [r.part for r in rows], [r.part_row for r in rows]
-    virtual_rows(f, "features", parts_dir(path).name, parts, part_rows, sizes, space.feature_dim, space.store_dtype)
+    write_sources(f, parts_dir(path).name, parts, part_rows, sizes, space.feature_dim, space.store_dtype)
     write_strings(f, "paths", [r.path for r in rows])
     write_strings(f, "split", [r.split for r in rows])
     write_array(f, "content_sha256", np.array([r.sha256 for r in rows], dtype="S64"), HASH)
     write_array(f, "labels", np.array([r.label for r in rows], dtype=np.int64))
     write_strings(f, "classes", classes)
-    stats = np.array([r.stat for r in rows], dtype=np.int64).reshape(-1, len(STAT_FIELDS))
-    for k, name in enumerate(STAT_FIELDS):
-        write_array(f, f"stat/{name}", stats[:, k])
-    used = sorted(set(parts))
-    number = {name: k for k, name in enumerate(used)}
-    write_part_table(f, used, sizes, [number[p] for p in parts], part_rows)
+    _write_stats(f, "stat/", [r.stat for r in rows])
 
 
 def _write_failures(g, failed: Failures) -> None:
     write_strings(g, "paths", list(failed.reasons))
     write_strings(g, "reasons", list(failed.reasons.values()))
-    none = (-1,) * len(STAT_FIELDS)
-    fstats = np.array([failed.stats.get(p, none) for p in failed.reasons], dtype=np.int64).reshape(-1, len(none))
-    for k, name in enumerate(STAT_FIELDS):
-        write_array(g, name, fstats[:, k])
+    _write_stats(g, "", [failed.stats.get(p, (-1,) * len(STAT_FIELDS)) for p in failed.reasons])
     write_array(g, "sha256", np.array([failed.hashes.get(p, "") for p in failed.reasons], dtype="S64"), HASH)
+
+
+def _write_stats(group, prefix: str, stats: list) -> None:
+    columns = np.array(stats, dtype=np.int64).reshape(-1, len(STAT_FIELDS))
+    for k, name in enumerate(STAT_FIELDS):
+        write_array(group, prefix + name, columns[:, k])
 
 
 def remove_stale_temporaries(path: Path) -> None:

@@ -1,26 +1,12 @@
 """One committed version of a cache, held open for as long as it is read.
 
-A reader of a cache races the writers of it: ``tlx extract`` commits a new index with
-``os.replace`` and then deletes the parts no row uses any more, and ``tlx cache compact``
-rewrites every row into one new part and deletes the others. A reader that re-opened the index
-(or the parts, through the index's virtual dataset) by name on every read could take its paths
-and labels from one version and its vectors from another, without a word.
-
-So a reader takes a :class:`Snapshot`: it opens the index once and keeps the handle, reads the
-index's metadata through it, then opens every part file that index names and keeps those
-handles too. Vectors are then read from the parts directly, through the index's
-``source/part`` and ``source/row`` maps, never through the virtual dataset by name. Part files
-are immutable (a writer never rewrites one), and POSIX keeps an unlinked file readable while a
-handle on it is open, so whatever commits or compactions follow, the snapshot reads exactly the
-version it opened, whole. If a part vanished between opening the index and opening the part,
-a commit happened in between: the snapshot opens the now-current index and tries again (a few
-times at most). Readers take no lock, need no write access and never wait for a writer; the
-price is that a deleted part's disk space comes back only when the last reader holding it lets
-go, and that a snapshot holds one file handle per part (``tlx cache compact`` makes that one).
-
-Damage shows here too: parts are written with HDF5's fletcher32 checksum on every chunk, and a
-chunk whose bytes changed, or a part cut short, is reported as one line naming the part
-(:class:`DamagedPartError`), never read as numbers.
+Writers commit a new index with ``os.replace`` and then delete the parts no row uses, so a
+reader that re-opened files by name could mix one version's paths with another's vectors. A
+:class:`Snapshot` instead opens the index once, then every part it names, and reads vectors
+from those handles: parts are immutable and POSIX keeps an unlinked file readable while it is
+open, so the snapshot reads exactly the version it opened. Readers take no lock and never wait;
+a deleted part's disk space comes back when the last reader lets go. A chunk whose fletcher32
+checksum fails, or a part cut short, is reported as :class:`DamagedPartError`, never read as numbers.
 """
 
 from __future__ import annotations
@@ -35,7 +21,17 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError
-from .h5format import READABLE_FORMATS, UnreadableCacheError, decode_strings, not_a_cache, open_h5, parts_dir
+from .h5format import (
+    READABLE_FORMATS,
+    UnreadableCacheError,
+    attrs_of,
+    decode_strings,
+    first_line,
+    not_a_cache,
+    open_h5,
+    parts_dir,
+    views_dir,
+)
 
 OPEN_TRIES = 8  # commits racing one open; each retry means another writer committed meanwhile
 
@@ -55,9 +51,6 @@ class DamagedPartError(CacheError):
 
 class _PartGone(Exception):
     """A part named by the index vanished before it was opened (a commit happened meanwhile)."""
-
-    def __init__(self, part: Path):
-        self.part = part
 
 
 def read_sorted(ds, rows: np.ndarray) -> np.ndarray:
@@ -111,8 +104,7 @@ class RowMap:
                 out[r[0] : r[-1] + 1] = self._guarded(int(part[r[0]]), reader, row[r[0] : r[-1] + 1])
             return out
         order = np.lexsort((row, part))  # by part, then by row inside it
-        bounds = np.flatnonzero(np.diff(part[order])) + 1
-        for group in np.split(order, bounds):
+        for group in np.split(order, np.flatnonzero(np.diff(part[order])) + 1):
             out[group] = self._guarded(int(part[group[0]]), reader, row[group])
         return out
 
@@ -120,11 +112,7 @@ class RowMap:
         try:
             return reader(self.datasets[k], rows)
         except OSError as exc:  # HDF5 reports a bad checksum or a short file as an OSError
-            raise DamagedPartError(self.cache, self.files[k], _first_line(exc)) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DamagedPartError(self.cache, self.files[k], first_line(exc)) from None
 
 
 class Snapshot:
@@ -133,7 +121,7 @@ class Snapshot:
 
     def __init__(self, path: Path, index: h5py.File, tables: dict[str, RowMap], handles: list[h5py.File]):
         self.path, self.index, self.tables, self._handles = path, index, tables, handles
-        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in index.attrs.items()}
+        self.attrs = attrs_of(index)
 
     @property
     def is_cache(self) -> bool:
@@ -147,9 +135,8 @@ class Snapshot:
         return self.tables[dataset]
 
     def close(self) -> None:
-        for f in self._handles:
+        for f in [*self._handles, self.index]:
             f.close()
-        self.index.close()
 
     def __enter__(self) -> Snapshot:
         return self
@@ -168,17 +155,18 @@ def open_snapshot(path: str | Path) -> Snapshot:
         except FileNotFoundError:
             raise CacheError(f"{path} does not exist: pass a cache file that `tlx extract` wrote") from None
         except OSError as exc:
-            raise UnreadableCacheError(path, f"{path} is not a readable HDF5 file ({_first_line(exc)})") from None
+            raise UnreadableCacheError(path, f"{path} is not a readable HDF5 file ({first_line(exc)})") from None
         seen = _inode(index)
         try:
             return _snapshot(path, index)
         except _PartGone as gone:
             index.close()
-            if _current_inode(path) == seen:  # no commit since: the part is really missing
-                kind = "view part" if gone.part.parent.name.endswith(".views") else "part file"
+            if _inode(path) == seen:  # no commit since: the part is really missing
+                part: Path = gone.args[0]
+                kind = "view part" if part.parent.name.endswith(".views") else "part file"
                 raise UnreadableCacheError(
                     path,
-                    f"{path} is damaged: its {kind} {gone.part.parent.name}/{gone.part.name} is missing "
+                    f"{path} is damaged: its {kind} {part.parent.name}/{part.name} is missing "
                     "(deleted, or not copied with the cache)",
                 ) from None
         except BaseException:
@@ -187,17 +175,11 @@ def open_snapshot(path: str | Path) -> Snapshot:
     raise CacheError(f"{path} was rewritten {OPEN_TRIES} times while it was being opened: load it again")
 
 
-def _inode(f: h5py.File) -> int | None:
+def _inode(target: h5py.File | Path) -> int | None:
+    """The inode of an open file, or of the file at a path now; None when it cannot be told."""
     try:
-        return os.fstat(f.id.get_vfd_handle()).st_ino
+        return (target.stat() if isinstance(target, Path) else os.fstat(target.id.get_vfd_handle())).st_ino
     except (OSError, ValueError, TypeError):
-        return None
-
-
-def _current_inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
         return None
 
 
@@ -209,8 +191,7 @@ def _snapshot(path: Path, index: h5py.File) -> Snapshot:
         if fmt in READABLE_FORMATS and fmt >= 2:
             tables["features"] = _part_table(path, index, parts_dir(path), handles)
             if "views" in index:
-                folder = path.with_name(path.name + ".views")
-                tables["views/features"] = _part_table(path, index["views"], folder, handles)
+                tables["views/features"] = _part_table(path, index["views"], views_dir(path), handles)
         return Snapshot(path, index, tables, handles)
     except BaseException:
         for f in handles:
@@ -220,23 +201,19 @@ def _snapshot(path: Path, index: h5py.File) -> Snapshot:
 
 def _part_table(path: Path, group, folder: Path, handles: list[h5py.File]) -> RowMap:
     """Open every part ``group`` names (under ``folder``) and map its rows onto them."""
-    names = decode_strings(group["parts/names"])
     datasets, files = [], []
-    for name in names:
+    for name in decode_strings(group["parts/names"]):
         part = folder / name
         try:
             f = open_h5(part)
-        except FileNotFoundError:
-            raise _PartGone(part) from None
         except OSError as exc:
-            if not part.exists():  # unlinked while HDF5 was opening it: a writer has just committed
+            if isinstance(exc, FileNotFoundError) or not part.exists():  # a writer has just committed
                 raise _PartGone(part) from None
-            raise DamagedPartError(path, part, _first_line(exc)) from None
+            raise DamagedPartError(path, part, first_line(exc)) from None
         handles.append(f)
-        try:
-            datasets.append(f["features"])
-        except KeyError:
-            raise DamagedPartError(path, part, "it has no features") from None
+        if "features" not in f:
+            raise DamagedPartError(path, part, "it has no features")
+        datasets.append(f["features"])
         files.append(part)
     width = int(group.file.attrs["feature_dim"])
     source_part, source_row = group["source/part"][()].astype(np.int64), group["source/row"][()]

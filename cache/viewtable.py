@@ -1,8 +1,4 @@
-"""The ``views`` group of an index: which view vector of which row lives where.
-
-The index writes and reads it (:mod:`tlx.cache.index`); planning which views a run makes and
-where their vectors come from is :mod:`tlx.cache.views`, built on this.
-"""
+"""The ``views`` group of an index: which view vector of which row lives where."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .h5format import UnreadableCacheError, decode_strings, views_dir, virtual_rows, write_array, write_part_table
+from .h5format import decode_strings, views_dir, write_array, write_sources
 from .space import FeatureSpace
 
 Key = tuple[str, int]  # (content sha256, view index)
@@ -39,25 +35,18 @@ class ViewTable:
     def same_as(self, other: ViewTable | None) -> bool:
         return (
             other is not None
-            and self.recipe == other.recipe
-            and self.count == other.count
-            and np.array_equal(self.image, other.image)
-            and np.array_equal(self.view, other.view)
-            and self.part == other.part
-            and np.array_equal(self.part_row, other.part_row)
+            and (self.recipe, self.count, self.part) == (other.recipe, other.count, other.part)
+            and all(np.array_equal(getattr(self, a), getattr(other, a)) for a in ("image", "view", "part_row"))
         )
 
 
 def write_group(f, path: Path, table: ViewTable, space: FeatureSpace) -> None:
     """The index's ``views`` group (written by ``index.write_index`` inside its temporary file)."""
     g = f.create_group("views")
-    used = sorted(set(table.part))
-    number = {n: k for k, n in enumerate(used)}
-    folder, width = views_dir(path).name, space.feature_dim
-    virtual_rows(g, "features", folder, table.part, table.part_row, table.sizes, width, space.store_dtype)
+    folder = views_dir(path).name
+    write_sources(g, folder, table.part, table.part_row, table.sizes, space.feature_dim, space.store_dtype)
     write_array(g, "image", np.asarray(table.image, dtype=np.int64))
     write_array(g, "view", np.asarray(table.view, dtype=np.int16))
-    write_part_table(g, used, table.sizes, [number[p] for p in table.part], table.part_row)
     g.attrs["count"] = table.count
     g.attrs["recipe"] = json.dumps(table.recipe, sort_keys=True)
 
@@ -76,15 +65,3 @@ def read_group(f) -> ViewTable | None:
         part_row=g["source/row"][()].astype(np.int64),
         sizes=dict(zip(names, g["parts/rows"][()].tolist(), strict=True)),
     )
-
-
-def check_view_parts(f, path: Path) -> None:
-    """Every view part the index names must be there (a missing one would read as NaN)."""
-    if "views" not in f:
-        return
-    folder = views_dir(path)
-    for name in decode_strings(f["views/parts/names"]):
-        if not (folder / name).is_file():
-            raise UnreadableCacheError(
-                path, f"{path} is damaged: its view part {folder.name}/{name} is missing (deleted or not copied)"
-            )
