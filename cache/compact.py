@@ -72,9 +72,9 @@ def _copy_rows(path: Path, target: Path, index: CacheIndex, block_rows: int) -> 
     """Copy the index's rows, in order, into the new part ``target``, reading them through one
     snapshot: every chunk's checksum is checked on the way, so damage stops the compaction
     with the part named instead of being copied into the new part."""
-    n, width = len(index.paths), index.space.feature_dim
+    n = len(index.paths)
     with open_snapshot(path) as snap, h5_atomic(target) as out:
-        part_datasets(out, n, width, index.space)
+        part_datasets(out, n, index.space)
         table = snap.table("features")
         for start in range(0, n, block_rows):
             rows = np.arange(start, min(start + block_rows, n), dtype=np.int64)

@@ -1,13 +1,10 @@
 """Writing an HDF5 file so that a full or failing disk is an error, never a crash.
 
-When a write of HDF5's own file driver fails (no space left, I/O error), the library keeps the
-file open with metadata it cannot flush: h5py then reports the failure only while
-deallocating (a warning, so the half-written file looked complete and was renamed into
-place), and the process died with a segmentation fault when HDF5 tried again at exit. Here
-HDF5 writes through a Python file object instead (h5py's ``fileobj`` driver) that never fails
-towards HDF5: the first error is kept, later writes are dropped, HDF5 closes normally, and
-then the kept error is raised as a :class:`~tlx.errors.StorageError` for the final path while
-:func:`~tlx.common.atomic.atomic_path` removes the temporary file.
+When a write of HDF5's own file driver fails, the library keeps the file open with metadata it
+cannot flush: h5py then only warns while deallocating (so a half-written file looked complete)
+and the process segfaulted when HDF5 retried at exit. Here HDF5 writes through a Python file
+object (h5py's ``fileobj`` driver) that never fails towards HDF5: the first error is kept, later
+writes are dropped, HDF5 closes normally, and the kept error is then raised as a StorageError.
 """
 
 from __future__ import annotations
@@ -39,11 +36,7 @@ class _KeepFirstError(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
+    writable = seekable = readable
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]

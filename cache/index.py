@@ -144,25 +144,21 @@ def index_of(f, path: Path) -> CacheIndex:
             attrs=attrs,
             format=fmt,
         )
-        if fmt >= 2:
-            _read_stat_index(f, index)
+        if fmt < 2:
+            return index
+        index.stats = _stat_columns(f["stat"], len(index.paths))
+        index.failures = Failures()
+        failed_stats = _stat_columns(f["failed"], len(index.failed)).tolist()
+        for (p, why), st, h in zip(index.failed.items(), failed_stats, decode_strings(f["failed/sha256"]), strict=True):
+            index.failures.add(p, why, tuple(st) if st[0] >= 0 else None, h)
+        index.stat_time_ns = int(attrs.get("stat_time_ns", 0))
+        index.part_names = decode_strings(f["parts/names"])
+        index.part_rows = f["parts/rows"][()].tolist()
+        index.source_part, index.source_row = f["source/part"][()], f["source/row"][()]
+        index.views = read_group(f)
         return index
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
-
-
-def _read_stat_index(f, index: CacheIndex) -> None:
-    index.stats = _stat_columns(f["stat"], len(index.paths))
-    failed_stats = _stat_columns(f["failed"], len(index.failed)).tolist()
-    index.failures = Failures()
-    for (p, reason), st, h in zip(index.failed.items(), failed_stats, decode_strings(f["failed/sha256"]), strict=True):
-        index.failures.add(p, reason, tuple(st) if st[0] >= 0 else None, h)
-    index.stat_time_ns = int(index.attrs.get("stat_time_ns", 0))
-    index.part_names = decode_strings(f["parts/names"])
-    index.part_rows = f["parts/rows"][()].tolist()
-    index.source_part = f["source/part"][()]
-    index.source_row = f["source/row"][()]
-    index.views = read_group(f)
 
 
 def _stat_columns(group, n: int) -> np.ndarray:
@@ -203,14 +199,6 @@ class CommitConflict(CacheError):
     exit_code = 1
 
 
-def _check_base(path: Path, base: str | None) -> None:
-    if commit_id(path) != base:
-        raise CommitConflict(
-            f"another process committed {path} while this run was updating it (its lock file was removed "
-            "or not honoured); this run wrote nothing to the index: re-run the command"
-        )
-
-
 def write_index(
     path: Path,
     rows: list[Row],
@@ -224,9 +212,23 @@ def write_index(
 ) -> None:
     """Write the index for ``rows`` to a temporary file and atomically put it at ``path``;
     ``base``: the :func:`commit_id` this commit builds on, checked right before the rename."""
-    check = None if base == UNCHECKED else lambda: _check_base(path, base)
-    with h5_atomic(path, check) as f:
-        _write_rows(f, path, rows, classes, space, part_sizes)
+
+    def check_base() -> None:
+        if commit_id(path) != base:
+            raise CommitConflict(
+                f"another process committed {path} while this run was updating it (its lock file was removed "
+                "or not honoured); this run wrote nothing to the index: re-run the command"
+            )
+
+    with h5_atomic(path, None if base == UNCHECKED else check_base) as f:
+        parts, part_rows = [r.part for r in rows], [r.part_row for r in rows]
+        write_sources(f, parts_dir(path).name, parts, part_rows, part_sizes, space.feature_dim, space.store_dtype)
+        write_strings(f, "paths", [r.path for r in rows])
+        write_strings(f, "split", [r.split for r in rows])
+        write_array(f, "content_sha256", np.array([r.sha256 for r in rows], dtype="S64"), HASH)
+        write_array(f, "labels", np.array([r.label for r in rows], dtype=np.int64))
+        write_strings(f, "classes", classes)
+        _write_stats(f, "stat/", [r.stat for r in rows])
         _write_failures(f.create_group("failed"), failed)
         for key, value in attrs.items():
             f.attrs[key] = str(value) if isinstance(value, str) else value  # str subclasses confuse h5py
@@ -239,17 +241,6 @@ def write_index(
             write_group(f, path, views, space)
             f.attrs["views"] = views.count
             f.attrs["view_recipe"] = json.dumps(views.recipe, sort_keys=True)
-
-
-def _write_rows(f, path: Path, rows: list[Row], classes: list[str], space: FeatureSpace, sizes: dict[str, int]):
-    parts, part_rows = [r.part for r in rows], [r.part_row for r in rows]
-    write_sources(f, parts_dir(path).name, parts, part_rows, sizes, space.feature_dim, space.store_dtype)
-    write_strings(f, "paths", [r.path for r in rows])
-    write_strings(f, "split", [r.split for r in rows])
-    write_array(f, "content_sha256", np.array([r.sha256 for r in rows], dtype="S64"), HASH)
-    write_array(f, "labels", np.array([r.label for r in rows], dtype=np.int64))
-    write_strings(f, "classes", classes)
-    _write_stats(f, "stat/", [r.stat for r in rows])
 
 
 def _write_failures(g, failed: Failures) -> None:

@@ -1,6 +1,6 @@
-"""Part files: the immutable files that hold a cache's vectors, feature parts and view parts alike.
-A part is written once under a temporary name, fsynced and renamed, never modified afterwards;
-one :class:`PartWriter` writes both kinds, which differ only in their :class:`PartKind`."""
+"""Part files: the immutable files that hold a cache's vectors, feature parts and view parts
+alike (they differ only in their :class:`PartKind`). A part is written once under a temporary
+name, fsynced and renamed, and never modified afterwards."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from .space import FeatureSpace
 
 @dataclass(frozen=True)
 class PartKind:
-    """The key columns a kind of part stores beside its features (a key is a content hash, or a
-    tuple of the columns' values), and the attribute that marks the file."""
+    """The key columns a kind of part stores beside its features, and the attribute that marks
+    it. A key is a content hash (one column) or a tuple of the columns' values."""
 
-    marker: str  # the attribute that marks a part of this kind (``not_a_cache`` knows both)
+    marker: str
     marker_value: int
-    columns: tuple[str, ...]  # key columns: content_sha256 first
+    columns: tuple[str, ...]  # content_sha256 first
 
     def write_keys(self, f, keys: Sequence[Any]) -> None:
         if not keys:
@@ -48,10 +48,11 @@ FEATURE_PARTS = PartKind("tlx_part", FORMAT_VERSION, ("content_sha256",))
 VIEW_PARTS = PartKind("tlx_view_part", 1, ("content_sha256", "view"))  # view: the view index >= 1
 
 
-def part_datasets(f, n: int, width: int, space: FeatureSpace, kind: PartKind = FEATURE_PARTS, attrs=None) -> None:
-    """A part's datasets, each chunk with HDF5's fletcher32 checksum: a chunk whose bytes changed
-    on disk fails to read instead of reading as numbers. ``attrs``: what the part must match to be
-    taken back besides its space (a view recipe), stored as sorted JSON."""
+def part_datasets(f, n: int, space: FeatureSpace, kind: PartKind = FEATURE_PARTS, attrs=None) -> None:
+    """A part's datasets, every chunk with a fletcher32 checksum (changed bytes fail to read
+    instead of reading as numbers). ``attrs``: what the part must match to be taken back besides
+    its space (a view recipe)."""
+    width = space.feature_dim
     chunk = (min(rows_per_chunk(width), max(n, 1)), width)
     f.create_dataset(
         "features", shape=(n, width), maxshape=(None, width), dtype=space.store_dtype, chunks=chunk, fletcher32=True
@@ -70,9 +71,8 @@ def part_datasets(f, n: int, width: int, space: FeatureSpace, kind: PartKind = F
 def write_part(
     folder: Path, name: str, keys: Sequence, features: np.ndarray, space: FeatureSpace, kind=FEATURE_PARTS, attrs=None
 ) -> Path:
-    """One immutable part file, fsynced and renamed into place (the journal's unit of durability)."""
     with h5_atomic(folder / name) as f:
-        part_datasets(f, len(keys), space.feature_dim, space, kind, attrs)
+        part_datasets(f, len(keys), space, kind, attrs)
         if len(keys):
             f["features"][:] = features.astype(space.store_dtype, copy=False)
         kind.write_keys(f, keys)
@@ -83,11 +83,10 @@ def merge_parts(
     folder: Path, segments: list[tuple[str, list]], name: str, space: FeatureSpace, kind=FEATURE_PARTS, attrs=None
 ) -> list:
     """Concatenate the parts ``segments`` (name, keys) into the new part ``name``, one at a time,
-    then delete them; returns its keys. A kill in between leaves the segments, or both: either
-    way every vector is still in some complete part."""
+    then delete them; returns its keys. A kill in between leaves every vector in a complete part."""
     keys = [key for _, segment_keys in segments for key in segment_keys]
     with h5_atomic(folder / name) as out:
-        part_datasets(out, len(keys), space.feature_dim, space, kind, attrs)
+        part_datasets(out, len(keys), space, kind, attrs)
         at = 0
         for segment, segment_keys in segments:
             with open_h5(folder / segment) as f:
@@ -100,8 +99,8 @@ def merge_parts(
 
 
 def read_part_keys(path: Path, space: FeatureSpace, kind=FEATURE_PARTS, attrs=None) -> list | None:
-    """The keys of a complete part of ``space`` (and ``attrs``); None for a part of another
-    space or recipe, or a damaged file."""
+    """The keys of a complete part of ``space`` (and ``attrs``); None for another space or
+    recipe, or a damaged file."""
     try:
         with open_h5(path) as f:
             if json.loads(f.attrs["feature_space"]) != space.to_dict():
@@ -124,9 +123,8 @@ def part_sizes(path: Path, names: Sequence[str]) -> dict[str, int]:
 
 class PartWriter:
     """Buffers one process's new vectors and flushes them as a part every ``flush_rows`` rows or
-    ``flush_seconds`` seconds, whichever comes first: a crash loses at most that much work, and a
-    run writes a few parts, not one file (and one fsync) per batch. ``close`` merges the flushed
-    segments, so a run leaves one part per process."""
+    ``flush_seconds`` seconds (a crash loses at most that much work, and a run writes a few files,
+    not one per batch); ``close`` merges the segments, leaving one part per process."""
 
     def __init__(
         self,
@@ -167,22 +165,21 @@ class PartWriter:
         self._last = time.monotonic()
 
     def close(self) -> list[tuple[str, list]]:
-        """Flush and merge; returns ``[(part name, its keys)]`` (empty when nothing was added)."""
+        """Flush and merge; returns ``[(part name, its keys)]``."""
         self.flush()
         if len(self.parts) < 2:
             return list(self.parts)
         name = f"{self.prefix}.h5"
         try:
             return [(name, merge_parts(self.folder, self.parts, name, self.space, self.kind, self.attrs))]
-        except StorageError:
-            # merging only tidies up: the segments are complete parts, and the commit may still fit
+        except StorageError:  # merging only tidies up: the segments are complete parts
             return list(self.parts)
 
 
 @dataclass
 class Sources:
-    """Where the vector of each key lives: the previous index, parts a killed run left (resumed)
-    or the parts this run wrote (new); and the rows of every part."""
+    """Where the vector of each key lives: the previous index, parts a killed run left (resumed),
+    or this run's parts (new); and the rows of every part."""
 
     prev: dict[Any, tuple[str, int]] = field(default_factory=dict)
     resumed: dict[Any, tuple[str, int]] = field(default_factory=dict)
@@ -216,14 +213,12 @@ class Sources:
 
 
 def remove_unused_parts(path: Path, keep: set[str], among: set[str] | None = None) -> None:
-    """After a commit: delete the parts no row of the index uses."""
     remove_unused_files(parts_dir(path), keep, among)
 
 
 def remove_unused_files(folder: Path, keep: set[str], among: set[str] | None = None) -> None:
-    """Delete the part files in ``folder`` not named in ``keep``, and the folder once empty.
-    ``among``: only these names are candidates, the parts the committing run knew of; a part
-    another writer made meanwhile is not this run's to delete."""
+    """After a commit: delete the part files in ``folder`` not named in ``keep``, and the folder
+    once empty. ``among``: the parts the committing run knew of; another writer's new ones stay."""
     if not folder.is_dir():
         return
     for part in folder.glob("*.h5"):
@@ -236,14 +231,14 @@ def remove_unused_files(folder: Path, keep: set[str], among: set[str] | None = N
 def unreferenced_parts(
     folder: Path, used: set[str], space: FeatureSpace, kind=FEATURE_PARTS, attrs=None
 ) -> Iterator[tuple[str, list]]:
-    """``(part name, its keys)`` of each complete part in ``folder`` that ``used`` does not name
-    (work of a run that stopped before its commit), in name order. Half-written parts, parts of
-    another space or recipe, and damaged ones are deleted. Call under the lock."""
+    """``(name, keys)`` of each complete part in ``folder`` not in ``used`` (a run that stopped
+    before its commit), by name. Half-written parts, parts of another space or recipe, and damaged
+    ones are deleted. Call under the lock."""
     if not folder.is_dir():
         return
     for tmp in folder.glob(".*.tmp"):
         with suppress(OSError):  # on read-only media they stay, harmless
-            tmp.unlink(missing_ok=True)  # half-written parts of killed runs
+            tmp.unlink(missing_ok=True)
     for part in sorted(folder.glob("*.h5")):
         if part.name in used:
             continue

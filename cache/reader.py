@@ -119,9 +119,10 @@ class Snapshot:
     """An open, committed version of a cache (or of any HDF5 file holding a matrix): the index
     handle, the attributes, and the row maps of ``features`` and ``views/features``."""
 
-    def __init__(self, path: Path, index: h5py.File, tables: dict[str, RowMap], handles: list[h5py.File]):
-        self.path, self.index, self.tables, self._handles = path, index, tables, handles
-        self.attrs = attrs_of(index)
+    def __init__(self, path: Path, index: h5py.File):
+        self.path, self.index, self.attrs = path, index, attrs_of(index)
+        self.tables: dict[str, RowMap] = {}
+        self.handles: list[h5py.File] = []  # the open parts
 
     @property
     def is_cache(self) -> bool:
@@ -135,7 +136,7 @@ class Snapshot:
         return self.tables[dataset]
 
     def close(self) -> None:
-        for f in [*self._handles, self.index]:
+        for f in [*self.handles, self.index]:
             f.close()
 
     def __enter__(self) -> Snapshot:
@@ -151,17 +152,21 @@ def open_snapshot(path: str | Path) -> Snapshot:
     path = Path(path)
     for _ in range(OPEN_TRIES):
         try:
-            index = open_h5(path)
+            snap = Snapshot(path, open_h5(path))
         except FileNotFoundError:
             raise CacheError(f"{path} does not exist: pass a cache file that `tlx extract` wrote") from None
         except OSError as exc:
             raise UnreadableCacheError(path, f"{path} is not a readable HDF5 file ({first_line(exc)})") from None
-        seen = _inode(index)
         try:
-            return _snapshot(path, index)
+            if snap.is_cache and snap.attrs["tlx_format"] >= 2:
+                snap.tables["features"] = _part_table(snap, snap.index, parts_dir(path))
+                if "views" in snap.index:
+                    snap.tables["views/features"] = _part_table(snap, snap.index["views"], views_dir(path))
+            return snap
         except _PartGone as gone:
-            index.close()
-            if _inode(path) == seen:  # no commit since: the part is really missing
+            committed = _inode(snap.index) != _inode(path)
+            snap.close()
+            if not committed:  # the part is really missing
                 part: Path = gone.args[0]
                 kind = "view part" if part.parent.name.endswith(".views") else "part file"
                 raise UnreadableCacheError(
@@ -170,7 +175,7 @@ def open_snapshot(path: str | Path) -> Snapshot:
                     "(deleted, or not copied with the cache)",
                 ) from None
         except BaseException:
-            index.close()
+            snap.close()
             raise
     raise CacheError(f"{path} was rewritten {OPEN_TRIES} times while it was being opened: load it again")
 
@@ -183,23 +188,7 @@ def _inode(target: h5py.File | Path) -> int | None:
         return None
 
 
-def _snapshot(path: Path, index: h5py.File) -> Snapshot:
-    handles: list[h5py.File] = []
-    try:
-        tables: dict[str, RowMap] = {}
-        fmt = index.attrs.get("tlx_format")
-        if fmt in READABLE_FORMATS and fmt >= 2:
-            tables["features"] = _part_table(path, index, parts_dir(path), handles)
-            if "views" in index:
-                tables["views/features"] = _part_table(path, index["views"], views_dir(path), handles)
-        return Snapshot(path, index, tables, handles)
-    except BaseException:
-        for f in handles:
-            f.close()
-        raise
-
-
-def _part_table(path: Path, group, folder: Path, handles: list[h5py.File]) -> RowMap:
+def _part_table(snap: Snapshot, group, folder: Path) -> RowMap:
     """Open every part ``group`` names (under ``folder``) and map its rows onto them."""
     datasets, files = [], []
     for name in decode_strings(group["parts/names"]):
@@ -209,10 +198,10 @@ def _part_table(path: Path, group, folder: Path, handles: list[h5py.File]) -> Ro
         except OSError as exc:
             if isinstance(exc, FileNotFoundError) or not part.exists():  # a writer has just committed
                 raise _PartGone(part) from None
-            raise DamagedPartError(path, part, first_line(exc)) from None
-        handles.append(f)
+            raise DamagedPartError(snap.path, part, first_line(exc)) from None
+        snap.handles.append(f)
         if "features" not in f:
-            raise DamagedPartError(path, part, "it has no features")
+            raise DamagedPartError(snap.path, part, "it has no features")
         datasets.append(f["features"])
         files.append(part)
     width = int(group.file.attrs["feature_dim"])
@@ -221,51 +210,48 @@ def _part_table(path: Path, group, folder: Path, handles: list[h5py.File]) -> Ro
     np.maximum.at(last, source_part, source_row)  # the highest row the index maps onto each part
     for k, ds in enumerate(datasets):
         if ds.shape[1:] != (width,) or last[k] >= ds.shape[0]:
-            raise DamagedPartError(path, files[k], f"its features are {ds.shape}, less than the index maps onto it")
-    return RowMap(path, len(source_part), width, datasets, files, source_part, source_row)
+            raise DamagedPartError(
+                snap.path, files[k], f"its features are {ds.shape}, less than the index maps onto it"
+            )
+    return RowMap(snap.path, len(source_part), width, datasets, files, source_part, source_row)
 
 
 def read_summary(path: Path) -> dict:
     """What ``tlx info`` shows of a cache, from one open version of it, without reading its
-    features or paths; raises :class:`UnreadableCacheError` for a file that is not a complete
-    tlx cache (a missing or damaged part included)."""
+    features or paths; a file that is not a complete tlx cache raises UnreadableCacheError."""
     with open_snapshot(path) as snap:
         if not snap.is_cache:
             raise UnreadableCacheError(path, not_a_cache(path) or f"{path} is not a tlx feature cache")
         try:
-            return _summary(snap)
+            f, attrs = snap.index, snap.attrs
+            n = int(attrs["n_images"])
+            lengths = {name: len(f[name]) for name in ("labels", "paths", "split", "content_sha256")}
+            lengths["features"] = snap.table("features").n
+            if set(lengths.values()) != {n}:
+                raise UnreadableCacheError(
+                    path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
+                )
+            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
+            space = json.loads(attrs["feature_space"])
+            n_views = int(f["views"].attrs["count"]) if "views" in f else 0
+            return {
+                "path": str(path),
+                "dataset": attrs.get("dataset_name"),
+                "dataset_root": attrs.get("dataset_root"),
+                "backbone": attrs.get("backbone"),
+                "pooling": attrs.get("pooling"),
+                "stages": int(space.get("stages", 0)),
+                "precision": space.get("precision", "fp32"),
+                "n_images": n,
+                "feature_dim": int(attrs.get("feature_dim", 0)),
+                "updated": attrs.get("updated"),
+                "weights_sha256": space.get("weights_sha256"),
+                "format": int(attrs["tlx_format"]),
+                "n_parts": len(f["parts/names"]) if "parts" in f else 0,
+                "views": n_views,
+                "view_recipe": json.loads(attrs["view_recipe"])["name"] if n_views else None,
+                "n_failed": len(failed),
+                "failed": [{"path": p, "reason": r} for p, r in failed.items()],
+            }
         except (OSError, KeyError, ValueError) as exc:
             raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
-
-
-def _summary(snap: Snapshot) -> dict:
-    f, attrs, path = snap.index, snap.attrs, snap.path
-    n = int(attrs["n_images"])
-    lengths = {name: len(f[name]) for name in ("labels", "paths", "split", "content_sha256")}
-    lengths["features"] = snap.table("features").n
-    if set(lengths.values()) != {n}:
-        raise UnreadableCacheError(
-            path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
-        )
-    failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
-    space = json.loads(attrs["feature_space"])
-    n_views = int(f["views"].attrs["count"]) if "views" in f else 0
-    return {
-        "path": str(path),
-        "dataset": attrs.get("dataset_name"),
-        "dataset_root": attrs.get("dataset_root"),
-        "backbone": attrs.get("backbone"),
-        "pooling": attrs.get("pooling"),
-        "stages": int(space.get("stages", 0)),
-        "precision": space.get("precision", "fp32"),
-        "n_images": n,
-        "feature_dim": int(attrs.get("feature_dim", 0)),
-        "updated": attrs.get("updated"),
-        "weights_sha256": space.get("weights_sha256"),
-        "format": int(attrs["tlx_format"]),
-        "n_parts": len(f["parts/names"]) if "parts" in f else 0,
-        "views": n_views,
-        "view_recipe": json.loads(attrs["view_recipe"])["name"] if n_views else None,
-        "n_failed": len(failed),
-        "failed": [{"path": p, "reason": r} for p, r in failed.items()],
-    }

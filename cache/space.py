@@ -1,8 +1,5 @@
-"""What identifies a feature space: the preprocessing and the backbone, weights, pooling and
-precision that made a cache's vectors. Vectors of two different spaces never mix.
-
-Nothing in this module imports torch.
-"""
+"""What identifies a feature space: the preprocessing, backbone, weights, pooling and precision
+that made a cache's vectors. Vectors of two different spaces never mix. (No torch here.)"""
 
 from __future__ import annotations
 
@@ -12,14 +9,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-POOLINGS = ("avg", "max", "avgmax")
-
 
 def pool_label(pooling: str, stages: int = 0) -> str:
     return f"{pooling}-s{stages}" if stages else pooling
-
-
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
 
 
 def rgb(values) -> tuple[float, float, float]:
@@ -52,13 +44,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(
-            input_size=int(d["input_size"]),
-            crop_pct=float(d["crop_pct"]),
-            interpolation=str(d["interpolation"]),
-            mean=rgb(d["mean"]),
-            std=rgb(d["std"]),
-        )
+        return cls(int(d["input_size"]), float(d["crop_pct"]), str(d["interpolation"]), rgb(d["mean"]), rgb(d["std"]))
 
 
 class BackboneConfig(Protocol):
