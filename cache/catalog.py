@@ -23,8 +23,7 @@ def _slug(text: str) -> str:
 
 
 def cache_file_prefix(dataset_name: str, backbone: str, pooling: str) -> str:
-    """The part of a cache's file name known before the network is built (``pooling``: the
-    space's ``pool_label``, ``avg`` or ``avg-s3``)."""
+    """The part of a cache's file name known before the network is built."""
     return f"{_slug(dataset_name)}-{_slug(backbone)}-{pooling}-"
 
 
@@ -34,10 +33,9 @@ def cache_file_name(dataset_name: str, dataset_root: str, space: FeatureSpace) -
 
 
 def _scan(where: Path) -> list[tuple[Path, dict | None]]:
-    """The caches under a folder (or the file itself) with their attributes, newest first by the
-    ``updated`` time each index records (file times change on a copy; the record does not). Parts
-    and foreign .h5 files are left out; a file HDF5 cannot open (attributes None) comes last, so
-    that whoever reads it reports it as damaged."""
+    """The caches under a folder (or the file itself) and their attributes, newest first by the
+    recorded ``updated`` time (file times change on a copy). Parts and foreign files are left out;
+    one HDF5 cannot open (attributes None) comes last, so its reader reports it as damaged."""
     if where.is_file():
         return [(where, None)]
     found = []
@@ -67,9 +65,8 @@ def updated_time(attrs: dict) -> float:
 
 
 def pick_cache(where: Path) -> Path:
-    """The cache a command without ``--features`` uses, from a folder: the newest of the one
-    dataset the folder holds caches of; with several, the one named like the current working
-    folder, else a refusal listing the candidates."""
+    """The cache a command without ``--features`` uses: the newest of the folder's one dataset;
+    with several, the one named like the current working folder, else a refusal listing them."""
     caches = _scan(where)
     if not caches:
         raise CacheError(f"no feature cache found at {where}: run `tlx extract DATA` first, or pass --features FILE")

@@ -57,17 +57,14 @@ class Features:
             paths=[self.paths[i] for i in idx],
             split=[self.split[i] for i in idx],
             sha256=[self.sha256[i] for i in idx],
-            rows=self.cache_rows()[idx],
+            rows=self.groups[idx],
         )
-
-    def cache_rows(self) -> np.ndarray:
-        return np.arange(len(self.y), dtype=np.int64) if self.rows is None else self.rows
 
     @property
     def groups(self) -> np.ndarray:
         """The image of each row for scikit-learn's group-aware splitters: its row number in the
         cache, so it stays the same in a subset (the views' groups: ``feats.groups[views.image]``)."""
-        return self.cache_rows()
+        return np.arange(len(self.y), dtype=np.int64) if self.rows is None else self.rows
 
     @property
     def n_views(self) -> int:
@@ -76,17 +73,12 @@ class Features:
 
     def views(self, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
         """The stored views 1..``max_views`` (default: all) of the rows loaded here."""
-        return load_views(self.snapshot or self.path, self.cache_rows(), max_views, lazy)
+        return load_views(self.snapshot or self.path, self.groups, max_views, lazy)
 
     def iter_chunks(self, rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(X, y)`` blocks of at most ``rows`` rows, in order: memory stays bounded by one
-        block when the features were loaded with ``lazy=True``."""
-        if isinstance(self.X, CacheRows):
-            for positions, block in self.X.blocks(rows):
-                yield block, self.y[positions]
-        else:
-            for start in range(0, len(self.y), rows):
-                yield self.X[start : start + rows], self.y[start : start + rows]
+        """``(X, y)`` blocks of at most ``rows`` rows, in order (lazy: one block in memory)."""
+        for start in range(0, len(self.y), rows):
+            yield self.X[start : start + rows], self.y[start : start + rows]
 
 
 @dataclass
@@ -104,8 +96,8 @@ class ViewFeatures:
 
 
 def load_views(source: str | Path | Snapshot, rows, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
-    """Views 1..``max_views`` of the cache rows ``rows``, in the cache's order (by image row, then view).
-    ``source``: a cache file, or the snapshot its features were loaded from (the same version)."""
+    """Views 1..``max_views`` of the cache rows ``rows`` (by image row, then view), from a cache
+    file or from the snapshot its features were loaded from (the same version)."""
     snap = source if isinstance(source, Snapshot) else open_cache(Path(source))
     path, rows = snap.path, np.asarray(rows, dtype=np.int64)
     f = snap.index
@@ -129,12 +121,10 @@ def load_views(source: str | Path | Snapshot, rows, max_views: int | None = None
 
 
 def resolve_cache(path: str | Path | None) -> Path:
-    """A cache file from a file path, a folder or None (the default folder): see
-    :func:`tlx.cache.catalog.pick_cache` for how a folder's cache is chosen."""
+    """A cache file from a file path, a folder or None (the default folder)."""
     where = Path(path) if path is not None else default_cache_dir()
     if where.is_file():
-        reason = not_a_cache(where)
-        if reason:
+        if reason := not_a_cache(where):
             raise CacheError(reason)
         return where
     return pick_cache(where)
@@ -151,12 +141,27 @@ def open_cache(path: Path) -> Snapshot:
 
 def load_features(path: str | Path | None = None, split: str | None = None, lazy: bool = False) -> Features:
     """Load a feature cache written by ``tlx extract``; ``split`` keeps one split only (and
-    reads only its rows); ``lazy`` leaves the features on disk (``X`` is a ``CacheRows``).
-    Everything comes from one committed version of the cache (see ``tlx.cache.reader``)."""
+    reads only its rows); ``lazy`` leaves the features on disk (``X`` is a ``CacheRows``)."""
     path = resolve_cache(path)
     snap = open_cache(path)
     try:
-        feats = _features_of(snap)
+        f = snap.index
+        failed = {}
+        if "failed" in f:
+            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
+        feats = Features(
+            X=CacheRows(snap),
+            y=f["labels"][()].astype(np.int64, copy=False),
+            classes=decode_strings(f["classes"]),
+            paths=decode_strings(f["paths"]),
+            split=decode_strings(f["split"]),
+            sha256=decode_strings(f["content_sha256"]),
+            space=FeatureSpace.from_dict(json.loads(snap.attrs["feature_space"])),
+            path=snap.path,
+            attrs=snap.attrs,
+            failed=failed,
+            snapshot=snap,
+        )
     except (OSError, KeyError, ValueError) as exc:
         snap.close()
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
@@ -168,23 +173,3 @@ def load_features(path: str | Path | None = None, split: str | None = None, lazy
     if not lazy and isinstance(feats.X, CacheRows):
         feats.X = feats.X.to_array()
     return feats
-
-
-def _features_of(snap: Snapshot) -> Features:
-    f, attrs = snap.index, snap.attrs
-    failed = {}
-    if "failed" in f:
-        failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
-    return Features(
-        X=CacheRows(snap),
-        y=f["labels"][()].astype(np.int64, copy=False),
-        classes=decode_strings(f["classes"]),
-        paths=decode_strings(f["paths"]),
-        split=decode_strings(f["split"]),
-        sha256=decode_strings(f["content_sha256"]),
-        space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
-        path=snap.path,
-        attrs=attrs,
-        failed=failed,
-        snapshot=snap,
-    )

@@ -3,7 +3,6 @@ helpers every other cache module reads and writes with (it knows no parts, index
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -49,8 +48,7 @@ def decode_strings(ds) -> list[str]:
 
 
 def open_h5(path: Path) -> h5py.File:
-    """``h5py.File(path, "r")``, without HDF5's file locking where it fails (read-only mounts,
-    some network file systems): a reader needs no lock."""
+    """``h5py.File(path, "r")``, without HDF5's file locking where it fails (read-only mounts)."""
     try:
         return h5py.File(path, "r")
     except OSError as exc:
@@ -65,9 +63,8 @@ def read_attrs(path: Path) -> dict:
 
 
 class UnreadableCacheError(CacheError):
-    """A cache file that cannot be read (truncated, damaged). ``reason`` says what is wrong
-    without advice, for callers that act on it themselves (extract rebuilds it). The advice never
-    asks to delete anything: the file may be a user's, and extract rebuilds an index in place."""
+    """A cache file that cannot be read (truncated, damaged); ``reason`` without the advice, for
+    callers that act themselves. The advice deletes nothing: extract rebuilds an index in place."""
 
     def __init__(self, path: Path, reason: str):
         super().__init__(f"{reason}; run `tlx extract` on its data again to rebuild it")
@@ -132,35 +129,23 @@ def write_array(group, name: str, data: np.ndarray, dtype=None):
 
 
 def write_sources(group, folder: str, parts: list[str], part_rows, sizes: dict[str, int], width: int, dtype) -> None:
-    """Where row i's vector lives, row ``part_rows[i]`` of part ``parts[i]`` in ``folder``, as an
-    index stores it for feature and view parts alike: ``parts/names``, ``parts/rows`` (each part's
-    length), ``source/part`` (a number into ``parts/names``), ``source/row``, and ``features``."""
+    """Where row i's vector lives (row ``part_rows[i]`` of part ``parts[i]``) as an index stores
+    it: ``parts/names``, ``parts/rows``, ``source/part``, ``source/row``; and ``features``, a
+    virtual dataset over the parts for plain h5py (relative sources: the folder can be moved)."""
     names, numbers = np.unique(np.asarray(parts, dtype=str), return_inverse=True)
     write_array(group, "source/part", numbers.astype(np.int32))
     write_array(group, "source/row", np.asarray(part_rows, dtype=np.int64))
     write_strings(group, "parts/names", names.tolist())
     write_array(group, "parts/rows", np.array([sizes[n] for n in names.tolist()], dtype=np.int64))
-    _virtual_rows(group, folder, parts, part_rows, sizes, width, dtype)
-
-
-def _virtual_rows(group, folder: str, parts, part_rows, sizes: dict[str, int], width: int, dtype) -> None:
-    """``features``, a virtual dataset with one mapping per run of rows consecutive in one part.
-    Source names are relative to the index's folder, so a cache folder can be moved or copied
-    whole. A missing part reads as NaN (readers check the parts are there)."""
     if not len(parts):
         group.create_dataset("features", shape=(0, width), maxshape=(None, width), dtype=dtype, chunks=(1, width))
         return
     layout = h5py.VirtualLayout(shape=(len(parts), width), dtype=dtype)
     sources = {n: h5py.VirtualSource(f"{folder}/{n}", "features", shape=(sizes[n], width)) for n in set(parts)}
-    for start, stop, part, first in _runs(parts, part_rows):
-        layout[start:stop] = sources[part][first : first + (stop - start)]
-    group.create_virtual_dataset("features", layout, fillvalue=np.nan)
-
-
-def _runs(parts, part_rows) -> Iterator[tuple[int, int, str, int]]:
-    """``(start, stop, part, first part row)`` of each maximal run of consecutive rows."""
-    start, n = 0, len(parts)
-    for i in range(1, n + 1):
-        if i == n or parts[i] != parts[start] or part_rows[i] != part_rows[i - 1] + 1:
-            yield start, i, parts[start], int(part_rows[start])
+    start = 0
+    for i in range(1, len(parts) + 1):
+        if i == len(parts) or parts[i] != parts[start] or part_rows[i] != part_rows[i - 1] + 1:
+            first = int(part_rows[start])
+            layout[start:i] = sources[parts[start]][first : first + i - start]
             start = i
+    group.create_virtual_dataset("features", layout, fillvalue=np.nan)  # a missing part reads as NaN

@@ -1,10 +1,8 @@
 """Writing an HDF5 file so that a full or failing disk is an error, never a crash.
 
-When a write of HDF5's own file driver fails, the library keeps the file open with metadata it
-cannot flush: h5py then only warns while deallocating (so a half-written file looked complete)
-and the process segfaulted when HDF5 retried at exit. Here HDF5 writes through a Python file
-object (h5py's ``fileobj`` driver) that never fails towards HDF5: the first error is kept, later
-writes are dropped, HDF5 closes normally, and the kept error is then raised as a StorageError.
+When a write of HDF5's own driver fails, HDF5 keeps metadata it cannot flush: h5py only warned
+(a half-written file looked complete) and the process segfaulted at exit. So HDF5 writes through
+a Python file object that never fails towards HDF5; the first error is raised after it closes.
 """
 
 from __future__ import annotations
@@ -88,9 +86,8 @@ class _KeepFirstError(io.RawIOBase):
 
 @contextmanager
 def h5_atomic(path: Path, before_replace: Callable[[], object] | None = None) -> Iterator[h5py.File]:
-    """A new HDF5 file to fill; on success it is fsynced and renamed to ``path``, on failure
-    (the body's, or the disk's as :class:`StorageError`) nothing is left behind.
-    ``before_replace``: see :func:`~tlx.common.atomic.atomic_path`."""
+    """A new HDF5 file to fill, fsynced and renamed to ``path``; on failure (the body's, or the
+    disk's as :class:`StorageError`) nothing is left behind."""
     with atomic_path(path, before_replace) as tmp:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:

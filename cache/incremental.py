@@ -1,12 +1,6 @@
-"""Planning an incremental run against the previous cache, and assembling the next index.
-
-Before anything is read, each image falls in one of three groups: **known** (its stat matches
-the stat index and is not racy: its hash and vector are taken as they are, the file is not
-opened), **failed** (it cannot be stat'ed, or failed before with the same stat), and **to read**
-(new, changed or racy; changed files that were in the cache are re-hashed here first, and those
-whose bytes turn out known need no network). After the run, every row's vector is looked up by
-content hash in the previous index, in parts an unfinished run left (resumed), or in this run's.
-"""
+"""Planning an incremental run against the previous cache: which images are known (stat
+unchanged and not racy: not opened), failed, or to read; and where each row's vector comes
+from (the previous index, parts an unfinished run left, or this run's parts)."""
 
 from __future__ import annotations
 
@@ -116,9 +110,8 @@ def _recheck(index: Listing, positions: list[int], work: Work, known_hashes, fai
 
 
 def sources_for(path: Path, prev: CacheIndex | None, space) -> Sources:
-    """The previous index's vectors, and those of parts left by runs that did not finish. Every
-    part is read whole first (``tlx.cache.verify.check_part``): a damaged or truncated one is
-    left out, so its images are read again and only their vectors are computed anew."""
+    """The previous index's vectors, and those of parts left by runs that did not finish; a part
+    that fails :func:`~tlx.cache.verify.check_part` is left out, so only its images are read again."""
     src = Sources()
     prev = prev if prev is not None and prev.format >= 2 else None
     if prev is not None:

@@ -49,9 +49,8 @@ VIEW_PARTS = PartKind("tlx_view_part", 1, ("content_sha256", "view"))  # view: t
 
 
 def part_datasets(f, n: int, space: FeatureSpace, kind: PartKind = FEATURE_PARTS, attrs=None) -> None:
-    """A part's datasets, every chunk with a fletcher32 checksum (changed bytes fail to read
-    instead of reading as numbers). ``attrs``: what the part must match to be taken back besides
-    its space (a view recipe)."""
+    """A part's datasets, every chunk with a fletcher32 checksum (changed bytes fail to read);
+    ``attrs``: what the part must match to be taken back besides its space (a view recipe)."""
     width = space.feature_dim
     chunk = (min(rows_per_chunk(width), max(n, 1)), width)
     f.create_dataset(
@@ -99,8 +98,7 @@ def merge_parts(
 
 
 def read_part_keys(path: Path, space: FeatureSpace, kind=FEATURE_PARTS, attrs=None) -> list | None:
-    """The keys of a complete part of ``space`` (and ``attrs``); None for another space or
-    recipe, or a damaged file."""
+    """The keys of a complete part of ``space`` (and ``attrs``); None for any other part."""
     try:
         with open_h5(path) as f:
             if json.loads(f.attrs["feature_space"]) != space.to_dict():
@@ -231,9 +229,8 @@ def remove_unused_files(folder: Path, keep: set[str], among: set[str] | None = N
 def unreferenced_parts(
     folder: Path, used: set[str], space: FeatureSpace, kind=FEATURE_PARTS, attrs=None
 ) -> Iterator[tuple[str, list]]:
-    """``(name, keys)`` of each complete part in ``folder`` not in ``used`` (a run that stopped
-    before its commit), by name. Half-written parts, parts of another space or recipe, and damaged
-    ones are deleted. Call under the lock."""
+    """``(name, keys)`` of each part in ``folder`` not in ``used`` (a run that stopped before its
+    commit); half-written, damaged and other spaces' parts are deleted. Call under the lock."""
     if not folder.is_dir():
         return
     for tmp in folder.glob(".*.tmp"):

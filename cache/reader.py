@@ -1,12 +1,8 @@
 """One committed version of a cache, held open for as long as it is read.
 
-Writers commit a new index with ``os.replace`` and then delete the parts no row uses, so a
-reader that re-opened files by name could mix one version's paths with another's vectors. A
-:class:`Snapshot` instead opens the index once, then every part it names, and reads vectors
-from those handles: parts are immutable and POSIX keeps an unlinked file readable while it is
-open, so the snapshot reads exactly the version it opened. Readers take no lock and never wait;
-a deleted part's disk space comes back when the last reader lets go. A chunk whose fletcher32
-checksum fails, or a part cut short, is reported as :class:`DamagedPartError`, never read as numbers.
+A :class:`Snapshot` opens the index once, then every part it names, and reads vectors through
+those handles, never by name: parts are immutable and POSIX keeps an unlinked file readable
+while it is open, so whatever writers commit or delete meanwhile, it reads the version it opened.
 """
 
 from __future__ import annotations
@@ -54,9 +50,8 @@ class _PartGone(Exception):
 
 
 def read_sorted(ds, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (sorted) of ``ds`` as float32. The span they cover is read in contiguous
-    windows of at most twice their count (h5py reads ranges far faster than scattered
-    points), and the wanted rows are picked from each window."""
+    """Rows ``rows`` (sorted) of ``ds`` as float32, read in contiguous windows of at most twice
+    their count (h5py reads ranges far faster than scattered points)."""
     out = np.empty((len(rows), ds.shape[1]), dtype=np.float32)
     window = max(2 * len(rows), 1024)
     buffer = np.empty((min(window, ds.shape[0]), ds.shape[1]), dtype=ds.dtype)
@@ -116,8 +111,7 @@ class RowMap:
 
 
 class Snapshot:
-    """An open, committed version of a cache (or of any HDF5 file holding a matrix): the index
-    handle, the attributes, and the row maps of ``features`` and ``views/features``."""
+    """An open, committed version of a cache: the index, its attributes, and the row maps."""
 
     def __init__(self, path: Path, index: h5py.File):
         self.path, self.index, self.attrs = path, index, attrs_of(index)

@@ -1,10 +1,5 @@
-"""Some rows of a cache's feature matrix, read block by block: a matrix larger than memory.
-
-``CacheRows`` looks like a read-only ``(n, d)`` float32 matrix (``shape``, ``len``, slicing by
-row ranges) but holds only an open :class:`~tlx.cache.reader.Snapshot` and the row numbers:
-every read comes from the version the snapshot opened, one block at a time (float16 caches are
-widened per block), so loading never holds more than the result plus one block.
-"""
+"""``CacheRows``: some rows of a cache's feature matrix, read block by block from one open
+:class:`~tlx.cache.reader.Snapshot`, so a matrix larger than memory looks like a float32 array."""
 
 from __future__ import annotations
 

@@ -67,15 +67,9 @@ class FeatureSpace:
     preprocessing: Preprocessing
     pooling: str
     feature_dim: int  # width of the stored vectors (2x the map's channels for avgmax)
-    # The forward pass's autocast precision: fp16/bf16 vectors differ from fp32 ones by far more
-    # than rounding, so they are another feature space (records without it were made in fp32).
-    precision: str = "fp32"
-    # Multi-stage pooling: the pooled outputs of the body's last ``stages`` inner stages follow the
-    # final features in each vector (0: the final features alone, as every older cache).
-    stages: int = 0
-    # How the vectors are stored: float16 halves the cache; its vectors are the float32 ones
-    # rounded to half, so they are another (exactly reproducible) space with its own cache file.
-    store_dtype: str = "float32"
+    precision: str = "fp32"  # autocast: fp16/bf16 vectors differ from fp32 ones by far more than rounding
+    stages: int = 0  # the pooled outputs of the last ``stages`` inner stages follow the final features
+    store_dtype: str = "float32"  # float16 halves the cache: its vectors are the float32 ones rounded
 
     @classmethod
     def from_backbone(

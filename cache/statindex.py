@@ -47,9 +47,8 @@ def stat_files(paths: Sequence[str | os.PathLike]) -> list[Stat | str]:
 
 
 def read_and_hash(path: str | os.PathLike) -> tuple[bytes, str, Stat]:
-    """The bytes of a file, their sha256 and the file's stat, from one open and one read. The
-    stat is taken before reading, so a later change shows in the next run's stat; the hash is
-    always that of exactly the bytes returned (the bytes decoded)."""
+    """The bytes of a file, their sha256 and its stat (taken before reading: a later change
+    shows in the next run's stat), from one open and one read."""
     with open(path, "rb") as fh:
         st = stat_of(os.fstat(fh.fileno()))
         data = fh.read()

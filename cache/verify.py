@@ -103,7 +103,14 @@ def verify_cache(path: Path) -> CacheCheck:
             if index.format < 2:
                 report.parts.append(PartCheck(path.name, *check_part(path)))
                 return report
-            _check_index(f, report, len(index.paths))
+            lengths = {name: len(f[name]) for name in ("labels", "paths", "split", "content_sha256", "source/part")}
+            lengths["n_images"] = int(f.attrs.get("n_images", -1))
+            if set(lengths.values()) != {len(index.paths)}:
+                report.problems.append(f"the index's arrays disagree in length: {lengths}")
+            source = index.source_part
+            if len(source) and (int(source.min()) < 0 or int(source.max()) >= len(index.part_names)):
+                report.problems.append("the index maps rows onto parts it does not name")
+                return report
     except UnreadableCacheError as exc:
         report.problems.append(exc.reason)
         return report
@@ -118,15 +125,3 @@ def verify_cache(path: Path) -> CacheCheck:
         for name, expected in expected_hashes(sources, hashes).items():
             report.parts.append(PartCheck(f"{folder.name}/{name}", *check_part(folder / name, expected)))
     return report
-
-
-def _check_index(f, report: CacheCheck, n: int) -> None:
-    """The index's arrays agree with one another and with ``n_images``."""
-    lengths = {name: len(f[name]) for name in ("labels", "paths", "split", "content_sha256", "source/part")}
-    lengths["n_images"] = int(f.attrs.get("n_images", -1))
-    if set(lengths.values()) != {n}:
-        report.problems.append(f"the index's arrays disagree in length: {lengths}")
-    parts = len(f["parts/names"])
-    source = f["source/part"][()]
-    if len(source) and (int(source.min()) < 0 or int(source.max()) >= parts):
-        report.problems.append("the index maps rows onto parts it does not name")

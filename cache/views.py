@@ -1,6 +1,6 @@
 """Augmented view vectors: view parts (``<cache>.h5.views/*.h5``) written like feature parts,
 keyed by (content sha256, view index) and recording their recipe, and listed by the index's
-``views`` group (:mod:`tlx.cache.viewtable`). The main features are the same with or without views."""
+``views`` group (:class:`~tlx.cache.index.ViewTable`). The main features are the same with or without views."""
 
 from __future__ import annotations
 
@@ -9,18 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from .h5format import views_dir
-from .index import CacheIndex, Row
+from .index import CacheIndex, Row, ViewTable
 from .parts import VIEW_PARTS, PartWriter, Sources, unreferenced_parts
 from .space import FeatureSpace
 from .verify import damaged_parts
-from .viewtable import ViewTable
 
 ViewSources = Sources  # keyed by (sha256, view)
 
 
 class ViewWriter(PartWriter):
-    """The :class:`~tlx.cache.parts.PartWriter` of one process's new view vectors: keys are
-    (sha256, view) and the parts record ``recipe``; a part of another recipe is never taken back."""
+    """The PartWriter of view vectors: keys (sha256, view), parts that record their recipe."""
 
     def __init__(self, folder: Path, prefix: str, space, recipe: dict, flush_rows: int = 4096, flush_seconds=5.0):
         super().__init__(folder, prefix, space, flush_rows, flush_seconds, VIEW_PARTS, {"view_recipe": recipe})
