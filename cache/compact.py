@@ -35,7 +35,6 @@ class CompactResult:
 
 
 def cache_bytes(path: Path) -> int:
-    """Bytes on disk of an index and its parts."""
     folder = parts_dir(path)
     parts = sum(p.stat().st_size for p in folder.glob("*.h5")) if folder.is_dir() else 0
     return path.stat().st_size + parts

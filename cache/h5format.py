@@ -94,15 +94,6 @@ def not_a_cache(path: Path) -> str | None:
     )
 
 
-def check_format(path: Path, attrs: dict) -> int:
-    fmt = attrs.get("tlx_format")
-    if fmt not in READABLE_FORMATS:
-        raise UnreadableCacheError(
-            path, f"{path} is not a tlx feature cache (format {fmt!r}, expected {FORMAT_VERSION})"
-        )
-    return int(fmt)
-
-
 def write_strings(group, name: str, values: list[str]):
     """UTF-8 strings; a file name that is not UTF-8 on disk is stored as its own bytes
     (surrogateescape), not refused: every file of the data is one row, whatever its name."""
@@ -116,14 +107,14 @@ def write_array(group, name: str, data: np.ndarray, dtype=None):
     """A 1-D metadata array, gzip-compressed (hashes and stats shrink several times over)."""
     if not len(data):
         return group.create_dataset(name, shape=(0,), dtype=dtype or data.dtype, maxshape=(None,))
+    chunks = (min(len(data), 65536),)  # compression=1: gzip at level 1
     return group.create_dataset(
         name,
         data=data,
         dtype=dtype or data.dtype,
         maxshape=(None,),
-        chunks=(min(len(data), 65536),),
-        compression="gzip",
-        compression_opts=1,
+        chunks=chunks,
+        compression=1,
         shuffle=dtype is None,
     )
 

@@ -44,15 +44,19 @@ class _KeepFirstError(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
+    def _attempt(self, call: Callable, *args):
+        """``call(*args)``, or None once an error is kept: the first ``OSError`` is kept, not raised."""
+        if self.error is None:
+            try:
+                return call(*args)
+            except OSError as exc:
+                self.error = exc
+        return None
+
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         n = max(0, min(len(view), self.size - self.pos))
-        got = b""
-        if self.error is None and n:
-            try:
-                got = os.pread(self.fd, n, self.pos)
-            except OSError as exc:
-                self.error = exc
+        got = (self._attempt(os.pread, self.fd, n, self.pos) if n else None) or b""
         view[: len(got)] = got
         view[len(got) : n] = bytes(n - len(got))
         self.pos += n
@@ -62,26 +66,18 @@ class _KeepFirstError(io.RawIOBase):
         view = memoryview(data).cast("B")
         done = 0
         while self.error is None and done < len(view):
-            try:
-                done += os.pwrite(self.fd, view[done:], self.pos + done)
-            except OSError as exc:
-                self.error = exc
+            done += self._attempt(os.pwrite, self.fd, view[done:], self.pos + done) or 0
         self.pos += len(view)
         self.size = max(self.size, self.pos)
         return len(view)
 
     def truncate(self, size: int | None = None) -> int:
-        size = self.pos if size is None else size
-        if self.error is None:
-            try:
-                os.ftruncate(self.fd, size)
-            except OSError as exc:
-                self.error = exc
-        self.size = size
-        return size
+        self.size = self.pos if size is None else size
+        self._attempt(os.ftruncate, self.fd, self.size)
+        return self.size
 
     def flush(self) -> None:
-        return None  # unbuffered: every write went straight to the descriptor
+        pass  # unbuffered: every write went straight to the descriptor
 
 
 @contextmanager

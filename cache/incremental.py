@@ -126,7 +126,6 @@ def sources_for(path: Path, prev: CacheIndex | None, space) -> Sources:
 
 
 def _damaged_parts(path: Path, prev: CacheIndex) -> dict[str, str]:
-    """The parts the index names that fail verification: {name: why}."""
     return damaged_parts(parts_dir(path), expected_hashes(prev.sources(), prev.hashes))
 
 

@@ -18,10 +18,10 @@ from ..errors import CacheError
 from .h5format import (
     FORMAT_VERSION,
     HASH,
+    READABLE_FORMATS,
     STAT_FIELDS,
     UnreadableCacheError,
     attrs_of,
-    check_format,
     decode_strings,
     open_h5,
     parts_dir,
@@ -95,7 +95,6 @@ class ViewTable:
 
 
 def write_group(f, path: Path, table: ViewTable, space: FeatureSpace) -> None:
-    """The index's ``views`` group (written by ``index.write_index`` inside its temporary file)."""
     g = f.create_group("views")
     folder = views_dir(path).name
     write_sources(g, folder, table.part, table.part_row, table.sizes, space.feature_dim, space.store_dtype)
@@ -174,18 +173,21 @@ def read_index(path: Path) -> CacheIndex:
     """The index at ``path``, its parts checked present (for writers; readers take a Snapshot)."""
     try:
         with open_h5(path) as f:
-            check_format(path, attrs_of(f))
+            index = index_of(f, path)
             check_parts(f, path)
-            return index_of(f, path)
+            return index
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
 
 
 def index_of(f, path: Path) -> CacheIndex:
-    """The :class:`CacheIndex` of an open index file ``f``."""
     try:
         attrs = attrs_of(f)
-        fmt = check_format(path, attrs)
+        fmt = attrs.get("tlx_format")
+        if fmt not in READABLE_FORMATS:
+            raise UnreadableCacheError(
+                path, f"{path} is not a tlx feature cache (format {fmt!r}, expected {FORMAT_VERSION})"
+            )
         index = CacheIndex(
             path=path,
             space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
@@ -283,7 +285,11 @@ def write_index(
         write_array(f, "labels", np.array([r.label for r in rows], dtype=np.int64))
         write_strings(f, "classes", classes)
         _write_stats(f, "stat/", [r.stat for r in rows])
-        _write_failures(f.create_group("failed"), failed)
+        g = f.create_group("failed")
+        write_strings(g, "paths", list(failed.reasons))
+        write_strings(g, "reasons", list(failed.reasons.values()))
+        _write_stats(g, "", [failed.stats.get(p, (-1,) * len(STAT_FIELDS)) for p in failed.reasons])
+        write_array(g, "sha256", np.array([failed.hashes.get(p, "") for p in failed.reasons], dtype="S64"), HASH)
         for key, value in attrs.items():
             f.attrs[key] = str(value) if isinstance(value, str) else value  # str subclasses confuse h5py
         f.attrs["tlx_format"] = FORMAT_VERSION
@@ -295,13 +301,6 @@ def write_index(
             write_group(f, path, views, space)
             f.attrs["views"] = views.count
             f.attrs["view_recipe"] = json.dumps(views.recipe, sort_keys=True)
-
-
-def _write_failures(g, failed: Failures) -> None:
-    write_strings(g, "paths", list(failed.reasons))
-    write_strings(g, "reasons", list(failed.reasons.values()))
-    _write_stats(g, "", [failed.stats.get(p, (-1,) * len(STAT_FIELDS)) for p in failed.reasons])
-    write_array(g, "sha256", np.array([failed.hashes.get(p, "") for p in failed.reasons], dtype="S64"), HASH)
 
 
 def _write_stats(group, prefix: str, stats: list) -> None:

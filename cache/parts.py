@@ -111,7 +111,6 @@ def read_part_keys(path: Path, space: FeatureSpace, kind=FEATURE_PARTS, attrs=No
 
 
 def part_sizes(path: Path, names: Sequence[str]) -> dict[str, int]:
-    """Rows of each named feature part of the cache at ``path``."""
     sizes = {}
     for n in names:
         with open_h5(parts_dir(path) / n) as f:
@@ -119,28 +118,23 @@ def part_sizes(path: Path, names: Sequence[str]) -> dict[str, int]:
     return sizes
 
 
+@dataclass
 class PartWriter:
     """Buffers one process's new vectors and flushes them as a part every ``flush_rows`` rows or
     ``flush_seconds`` seconds (a crash loses at most that much work, and a run writes a few files,
     not one per batch); ``close`` merges the segments, leaving one part per process."""
 
-    def __init__(
-        self,
-        folder: Path,
-        prefix: str,
-        space: FeatureSpace,
-        flush_rows: int = 4096,
-        flush_seconds=5.0,
-        kind: PartKind = FEATURE_PARTS,
-        attrs: dict | None = None,
-    ):
-        self.folder, self.prefix, self.space = folder, prefix, space
-        self.kind, self.attrs = kind, attrs
-        self.flush_rows, self.flush_seconds = max(1, flush_rows), flush_seconds
-        self._keys: list = []
-        self._feats: list[np.ndarray] = []
-        self._last = time.monotonic()
-        self.parts: list[tuple[str, list]] = []  # the flushed segments and their keys
+    folder: Path
+    prefix: str
+    space: FeatureSpace
+    flush_rows: int = 4096
+    flush_seconds: float = 5.0
+    kind: PartKind = FEATURE_PARTS
+    attrs: dict | None = None
+    parts: list[tuple[str, list]] = field(default_factory=list, init=False)  # the flushed segments and their keys
+    _keys: list = field(default_factory=list, init=False, repr=False)
+    _feats: list[np.ndarray] = field(default_factory=list, init=False, repr=False)
+    _last: float = field(default_factory=time.monotonic, init=False, repr=False)
 
     @property
     def segments(self) -> list[str]:

@@ -29,7 +29,6 @@ class CacheRows:
 
     @property
     def nbytes(self) -> int:
-        """The size of this matrix as float32 in memory."""
         return len(self.rows) * self.width * 4
 
     def __len__(self) -> int:
