@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,7 @@ class RowMap:
             raise DamagedPartError(self.cache, self.files[k], first_line(exc)) from None
 
 
-class Snapshot:
+class Snapshot(AbstractContextManager):
     """An open, committed version of a cache: the index, its attributes, and the row maps."""
 
     def __init__(self, path: Path, index: h5py.File):
@@ -132,9 +133,6 @@ class Snapshot:
     def close(self) -> None:
         for f in [*self.handles, self.index]:
             f.close()
-
-    def __enter__(self) -> Snapshot:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

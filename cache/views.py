@@ -48,17 +48,11 @@ def plan_views(rows: list[Row], count: int, recipe: dict, src: Sources) -> tuple
     counts = {"reused": 0, "resumed": 0, "new": 0}
     if count == 0:
         return None, counts
-    image, view, part, part_row = [], [], [], []
-    for i, row in enumerate(rows):
-        for v in range(1, count + 1):
-            (p, r), kind = src.find((row.sha256, v))
-            counts[kind] += 1
-            image.append(i)
-            view.append(v)
-            part.append(p)
-            part_row.append(r)
-    sizes = {n: src.sizes[n] for n in set(part)}
-    table = ViewTable(
-        recipe, count, np.array(image, np.int64), np.array(view, np.int16), part, np.array(part_row, np.int64), sizes
-    )
-    return table, counts
+    image = np.repeat(np.arange(len(rows), dtype=np.int64), count)
+    view = np.tile(np.arange(1, count + 1, dtype=np.int16), len(rows))
+    found = [src.find((rows[i].sha256, v)) for i, v in zip(image.tolist(), view.tolist(), strict=True)]
+    for _, kind in found:
+        counts[kind] += 1
+    part = [p for (p, _), _ in found]
+    part_row = np.array([r for (_, r), _ in found], dtype=np.int64)
+    return ViewTable(recipe, count, image, view, part, part_row, {n: src.sizes[n] for n in set(part)}), counts
