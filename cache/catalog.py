@@ -47,21 +47,18 @@ def _scan(where: Path) -> list[tuple[Path, dict | None]]:
         except (OSError, ValueError):
             found.append((0.0, p.stat().st_mtime, p, None))
             continue
-        if attrs.get("tlx_format") in READABLE_FORMATS:
-            found.append((updated_time(attrs), p.stat().st_mtime, p, attrs))
+        if attrs.get("tlx_format") not in READABLE_FORMATS:
+            continue
+        try:
+            updated = datetime.strptime(str(attrs.get("updated", "")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        except ValueError:
+            updated = 0.0
+        found.append((updated, p.stat().st_mtime, p, attrs))
     return [(p, attrs) for _, _, p, attrs in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
 
 
 def list_caches(where: Path) -> list[Path]:
     return [p for p, _ in _scan(where)]
-
-
-def updated_time(attrs: dict) -> float:
-    """The index's recorded ``updated`` time as seconds since the epoch (0 when absent)."""
-    try:
-        return datetime.strptime(str(attrs.get("updated", "")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
-    except ValueError:
-        return 0.0
 
 
 def pick_cache(where: Path) -> Path:

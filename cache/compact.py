@@ -1,6 +1,5 @@
-"""``tlx cache compact``: rewrite a cache's live rows into one part, in row order, under the
-cache lock, then commit an index that maps onto it in one piece and delete every other part.
-A kill leaves the old index and its parts valid; view parts are kept as they are."""
+"""``tlx cache compact``: under the cache lock, rewrite a cache's rows into one part, commit an
+index onto it and delete the other parts (a kill leaves the old index valid; views are kept)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Copies of one photo that make a score dishonest, counted by content (sha256), not by rows:
-``train_val`` are contents both among the training and the held-out images (a head scored on
-a photo it was fitted on), ``cross_class`` are contents that carry two or more labels. Copies
-inside one side only weigh a photo double: they leak nothing and are not counted."""
+"""Copies of one photo that make a score dishonest, counted by content (sha256): ``train_val``
+(both among the training and the held-out images) and ``cross_class`` (under two or more labels).
+Copies inside one side only weigh a photo double: they leak nothing and are not counted."""
 
 from __future__ import annotations
 

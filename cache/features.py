@@ -1,6 +1,5 @@
-"""``tlx.load_features``: the cached features as numpy arrays, for stage two and for anyone who
-brings their own estimator (h5py and numpy only). Everything a ``Features`` reads, lazy rows and
-views included, comes from the one committed version of the cache it opened (``tlx.cache.reader``)."""
+"""``tlx.load_features``: the cached features as numpy arrays (h5py and numpy only). A
+``Features`` reads lazy rows and views from the one committed version of the cache it opened."""
 
 from __future__ import annotations
 

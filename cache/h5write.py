@@ -1,9 +1,7 @@
-"""Writing an HDF5 file so that a full or failing disk is an error, never a crash.
-
-When a write of HDF5's own driver fails, HDF5 keeps metadata it cannot flush: h5py only warned
-(a half-written file looked complete) and the process segfaulted at exit. So HDF5 writes through
-a Python file object that never fails towards HDF5; the first error is raised after it closes.
-"""
+"""Writing an HDF5 file so that a full or failing disk is an error, never a crash: when a write
+of HDF5's own driver failed, h5py only warned (a half-written file looked complete) and HDF5
+segfaulted at exit. So HDF5 writes through a file object that never fails towards it, and the
+first error is raised once HDF5 has closed."""
 
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ from typing import Protocol
 
 from .h5format import parts_dir
 from .index import CacheIndex, Failures, Row, orphan_parts
-from .parts import Sources, part_sizes
+from .parts import Sources
 from .statindex import Stat, is_racy, read_and_hash, stat_files
-from .verify import damaged_parts, expected_hashes
+from .verify import DAMAGED, MISSING, check_part, damaged_parts, expected_hashes
 
 
 class Entry(Protocol):
@@ -119,9 +119,12 @@ def sources_for(path: Path, prev: CacheIndex | None, space) -> Sources:
         src.prev = {h: s for h, s in prev.source_of_hash().items() if s[0] not in src.damaged}
         src.sizes.update(zip(prev.part_names, prev.part_rows, strict=True))
     resumed = {h: s for h, s in orphan_parts(path, prev, space).items() if h not in src.prev}
-    src.damaged.update(damaged_parts(parts_dir(path), dict.fromkeys(sorted({part for part, _ in resumed.values()}))))
+    for name in sorted({part for part, _ in resumed.values()}):
+        status, why, rows = check_part(parts_dir(path) / name)
+        if status in (DAMAGED, MISSING):
+            src.damaged[name] = why
+        src.sizes[name] = rows
     src.resumed = {h: s for h, s in resumed.items() if s[0] not in src.damaged}
-    src.sizes.update(part_sizes(path, sorted({part for part, _ in src.resumed.values()})))
     return src
 
 

@@ -1,7 +1,6 @@
-"""The index file, ``<cache>.h5``: the commit point of a cache. It lists every row, the
-failures, the attributes, where each row's vector lives in the parts, and the ``views`` group;
-it is written whole to a temporary file and renamed, and carries a ``commit_id`` that the next
-commit checks."""
+"""The index file, ``<cache>.h5``, the commit point of a cache: its rows, failures, attributes,
+where each row's vector lives in the parts, and the ``views`` group. It is written whole to a
+temporary file and renamed, and carries a ``commit_id`` that the next commit checks."""
 
 from __future__ import annotations
 

@@ -44,9 +44,8 @@ class CacheLock:
                     self._lock.acquire(timeout=0)
                 except filelock.Timeout:
                     if self.on_wait and not told:
-                        self.on_wait(
-                            f"another tlx extract is writing {self.path.with_suffix('')}; waiting for it to finish"
-                        )
+                        busy = self.path.with_suffix("")
+                        self.on_wait(f"another tlx extract is writing {busy}; waiting for it to finish")
                         told = True
                     self._lock.acquire()
                 if self._locks_the_file_at_path():

@@ -1,6 +1,5 @@
-"""Part files: the immutable files that hold a cache's vectors, feature parts and view parts
-alike (they differ only in their :class:`PartKind`). A part is written once under a temporary
-name, fsynced and renamed, and never modified afterwards."""
+"""Part files: the immutable files that hold a cache's vectors, feature and view parts alike
+(they differ only in their :class:`PartKind`), written once under a temporary name and renamed."""
 
 from __future__ import annotations
 
@@ -56,11 +55,10 @@ def part_datasets(f, n: int, space: FeatureSpace, kind: PartKind = FEATURE_PARTS
     f.create_dataset(
         "features", shape=(n, width), maxshape=(None, width), dtype=space.store_dtype, chunks=chunk, fletcher32=True
     )
+    rows = (max(1, min(n, 8192)),)
     for name in kind.columns:
         dtype = HASH if name == "content_sha256" else np.int16
-        f.create_dataset(
-            name, shape=(n,), dtype=dtype, maxshape=(None,), chunks=(max(1, min(n, 8192)),), fletcher32=True
-        )
+        f.create_dataset(name, shape=(n,), dtype=dtype, maxshape=(None,), chunks=rows, fletcher32=True)
     f.attrs[kind.marker] = kind.marker_value
     f.attrs["feature_space"] = json.dumps(space.to_dict())
     for key, value in (attrs or {}).items():
@@ -108,14 +106,6 @@ def read_part_keys(path: Path, space: FeatureSpace, kind=FEATURE_PARTS, attrs=No
             return kind.read_keys(f)
     except (OSError, KeyError, ValueError):
         return None
-
-
-def part_sizes(path: Path, names: Sequence[str]) -> dict[str, int]:
-    sizes = {}
-    for n in names:
-        with open_h5(parts_dir(path) / n) as f:
-            sizes[n] = len(f["content_sha256"])
-    return sizes
 
 
 @dataclass

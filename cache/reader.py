@@ -1,9 +1,7 @@
-"""One committed version of a cache, held open for as long as it is read.
-
-A :class:`Snapshot` opens the index once, then every part it names, and reads vectors through
-those handles, never by name: parts are immutable and POSIX keeps an unlinked file readable
-while it is open, so whatever writers commit or delete meanwhile, it reads the version it opened.
-"""
+"""One committed version of a cache, held open for as long as it is read: a :class:`Snapshot`
+opens the index, then every part it names, and reads vectors through those handles, never by
+name. Parts are immutable and POSIX keeps an unlinked file readable while it is open, so it
+reads the version it opened whatever writers commit or delete meanwhile."""
 
 from __future__ import annotations
 

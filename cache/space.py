@@ -38,9 +38,7 @@ class Preprocessing:
         return math.floor(self.input_size / self.crop_pct + 1e-6)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:

@@ -1,9 +1,7 @@
-"""The stat index: git's way of not re-reading files that did not change. Beside each content
-hash the cache keeps the (size, mtime_ns, inode, ctime_ns) of its file (ctime catches a restored
-mtime: ``touch -d``, ``cp -p``); a re-run re-hashes only files whose stat differs. A stat within
-``RACY_NS`` of the run that recorded it is "racily clean" in git's words (the file could change
-again in the same tick unseen): it is re-hashed, and recorded again with the new run's start time.
-"""
+"""The stat index, git's way of not re-reading files that did not change: each content hash keeps
+its file's (size, mtime_ns, inode, ctime_ns), and a re-run re-hashes only files whose stat differs.
+A stat within ``RACY_NS`` of the run that recorded it is "racily clean" (the file could change in
+the same tick unseen): it is re-hashed, then recorded again with the new run's start time."""
 
 from __future__ import annotations
 

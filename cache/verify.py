@@ -1,6 +1,5 @@
-"""``tlx cache verify``: is every byte of a cache still the one tlx wrote? Every chunk of every
-part is read, so HDF5 checks its fletcher32 checksum, and each part's content hashes must be the
-ones the index expects. ``extract`` leaves out the parts that fail, re-computing only their rows."""
+"""``tlx cache verify``: every chunk of every part is read (HDF5 checks its fletcher32 checksum)
+and each part's content hashes must be the ones the index expects."""
 
 from __future__ import annotations
 

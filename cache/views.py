@@ -1,6 +1,5 @@
-"""Augmented view vectors: view parts (``<cache>.h5.views/*.h5``) written like feature parts,
-keyed by (content sha256, view index) and recording their recipe, and listed by the index's
-``views`` group (:class:`~tlx.cache.index.ViewTable`). The main features are the same with or without views."""
+"""Augmented view vectors: view parts keyed by (content sha256, view index) that record their
+recipe, listed by the index's ``views`` group. The main features are the same with or without."""
 
 from __future__ import annotations
 
