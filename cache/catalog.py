@@ -33,9 +33,8 @@ def cache_file_name(dataset_name: str, dataset_root: str, space: FeatureSpace) -
 
 
 def _scan(where: Path) -> list[tuple[Path, dict | None]]:
-    """The caches under a folder (or the file itself) and their attributes, newest first by the
-    recorded ``updated`` time (file times change on a copy). Parts and foreign files are left out;
-    one HDF5 cannot open (attributes None) comes last, so its reader reports it as damaged."""
+    """The caches under a folder (or the file itself) and their attributes, newest first by their
+    recorded ``updated`` time; one HDF5 cannot open (None) comes last, for its reader to report."""
     if where.is_file():
         return [(where, None)]
     found = []

@@ -67,8 +67,7 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
 
 
 def _copy_rows(path: Path, target: Path, index: CacheIndex, block_rows: int) -> None:
-    """Copy the index's rows, in order, into the new part ``target`` through one snapshot (every
-    checksum is checked on the way: damage stops the compaction instead of being copied)."""
+    """Copy the index's rows into ``target`` through one snapshot: damage stops it, never copied."""
     n = len(index.paths)
     with open_snapshot(path) as snap, h5_atomic(target) as out:
         part_datasets(out, n, index.space)

@@ -10,8 +10,7 @@ import numpy as np
 
 
 def count_duplicates(hashes: Sequence[str], labels, train, held_out) -> dict[str, int]:
-    """``train`` and ``held_out``: row numbers (or boolean masks) of the training and held-out rows.
-    Rows without a content hash (empty) are never counted."""
+    """``train``, ``held_out``: row numbers or boolean masks; rows without a hash never count."""
     hashes = list(hashes)
     in_train = {hashes[i] for i in _rows(train) if hashes[i]}
     in_held = {hashes[i] for i in _rows(held_out) if hashes[i]}
@@ -19,10 +18,7 @@ def count_duplicates(hashes: Sequence[str], labels, train, held_out) -> dict[str
     for h, label in zip(hashes, np.asarray(labels).tolist(), strict=True):
         if h:
             labels_of.setdefault(h, set()).add(int(label))
-    return {
-        "train_val": len(in_train & in_held),
-        "cross_class": sum(1 for seen in labels_of.values() if len(seen) > 1),
-    }
+    return {"train_val": len(in_train & in_held), "cross_class": sum(len(seen) > 1 for seen in labels_of.values())}
 
 
 def split_duplicates(hashes: Sequence[str], labels, split: Sequence[str]) -> dict[str, int]:

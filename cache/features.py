@@ -95,8 +95,7 @@ class ViewFeatures:
 
 
 def load_views(source: str | Path | Snapshot, rows, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
-    """Views 1..``max_views`` of the cache rows ``rows`` (by image row, then view), from a cache
-    file or from the snapshot its features were loaded from (the same version)."""
+    """Views 1..``max_views`` of the cache rows ``rows``, from a cache file or a snapshot."""
     snap = source if isinstance(source, Snapshot) else open_cache(Path(source))
     path, rows = snap.path, np.asarray(rows, dtype=np.int64)
     f = snap.index

@@ -18,9 +18,8 @@ from ..errors import StorageError
 
 
 class _KeepFirstError(io.RawIOBase):
-    """An unbuffered read/write file over a descriptor that records its first ``OSError`` and
-    from then on only pretends: writes move the position as a write would, reads of what was
-    not written give zeros. No method raises, so HDF5 never sees a failed call."""
+    """A read/write file over a descriptor that keeps its first ``OSError`` and from then on only
+    pretends (writes move the position, unwritten reads give zeros): HDF5 never sees a failure."""
 
     def __init__(self, fd: int):
         super().__init__()

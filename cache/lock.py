@@ -13,10 +13,8 @@ from ..errors import StorageError
 
 
 class CacheLock:
-    """Advisory lock on ``<cache>.lock``: a second writer of the same cache waits its turn.
-    ``filelock`` uses the OS lock (flock, msvcrt), released when its holder dies, even by kill -9.
-    On a read-only file system nobody can write the cache: no lock is taken, and ``read_only``
-    holds the error a write would meet (a run with work raises it before it starts)."""
+    """Advisory OS lock on ``<cache>.lock`` (released when its holder dies, even by kill -9). On a
+    read-only file system nobody can write: no lock is taken, ``read_only`` holds the error."""
 
     def __init__(self, cache_path: Path, on_wait: Callable[[str], None] | None = None):
         self.path = cache_path.with_name(cache_path.name + ".lock")
@@ -58,11 +56,9 @@ class CacheLock:
         if not isinstance(fd, int):
             return True  # this filelock does not expose it; the commit's base check still holds
         try:
-            here = os.stat(self.path)
+            return os.path.samestat(os.stat(self.path), os.fstat(fd))
         except FileNotFoundError:
             return False
-        mine = os.fstat(fd)
-        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
     def __exit__(self, *exc):
         if self._lock is not None:

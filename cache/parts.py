@@ -21,8 +21,7 @@ from .space import FeatureSpace
 
 @dataclass(frozen=True)
 class PartKind:
-    """The key columns a kind of part stores beside its features, and the attribute that marks
-    it. A key is a content hash (one column) or a tuple of the columns' values."""
+    """A kind of part: its key columns (a key is a hash, or a tuple) and its marking attribute."""
 
     marker: str
     marker_value: int
@@ -110,9 +109,8 @@ def read_part_keys(path: Path, space: FeatureSpace, kind=FEATURE_PARTS, attrs=No
 
 @dataclass
 class PartWriter:
-    """Buffers one process's new vectors and flushes them as a part every ``flush_rows`` rows or
-    ``flush_seconds`` seconds (a crash loses at most that much work, and a run writes a few files,
-    not one per batch); ``close`` merges the segments, leaving one part per process."""
+    """Flushes one process's new vectors as a part every ``flush_rows`` rows or ``flush_seconds``
+    (a crash loses at most that much); ``close`` merges them into one part per process."""
 
     folder: Path
     prefix: str

@@ -89,13 +89,12 @@ class RowMap:
         if not len(rows):
             return out
         part, row = self.part[rows], self.row[rows]
-        starts = np.flatnonzero(np.diff(part)) + 1
-        runs = np.split(np.arange(len(rows)), starts)
-        if len(set(part[starts].tolist()) | {int(part[0])}) == len(runs) and all(
-            np.all(row[r[1:]] >= row[r[:-1]]) for r in runs
-        ):  # the usual layout: each part's rows in one ascending run (a fresh or compacted cache)
-            for r in runs:
-                out[r[0] : r[-1] + 1] = self._guarded(int(part[r[0]]), reader, row[r[0] : r[-1] + 1])
+        starts = np.r_[0, np.flatnonzero(np.diff(part)) + 1]
+        ends = np.r_[starts[1:], len(rows)]
+        # the usual layout: each part's rows in one ascending run (a fresh or compacted cache)
+        if len(np.unique(part[starts])) == len(starts) and np.all(np.diff(row)[np.diff(part) == 0] >= 0):
+            for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+                out[lo:hi] = self._guarded(int(part[lo]), reader, row[lo:hi])
             return out
         order = np.lexsort((row, part))  # by part, then by row inside it
         for group in np.split(order, np.flatnonzero(np.diff(part[order])) + 1):
@@ -137,8 +136,7 @@ class Snapshot(AbstractContextManager):
 
 
 def open_snapshot(path: str | Path) -> Snapshot:
-    """Open the current version of the cache at ``path`` and every part it names. A part that
-    vanished meanwhile means a writer committed: the new index is opened instead."""
+    """Open the cache at ``path`` and every part it names; a part gone meanwhile: open it again."""
     path = Path(path)
     for _ in range(OPEN_TRIES):
         try:

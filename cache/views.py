@@ -24,8 +24,7 @@ class ViewWriter(PartWriter):
 
 
 def view_sources(path: Path, prev: CacheIndex | None, space: FeatureSpace, recipe: dict) -> Sources:
-    """The previous index's views of this recipe, and the view parts of runs that did not finish.
-    Unreferenced view parts of another space or recipe, and half-written ones, are deleted."""
+    """The previous index's views of this recipe, and the view parts of runs that did not finish."""
     src = Sources()
     table = prev.views if prev is not None else None
     if prev is not None and table is not None and table.recipe == recipe:
