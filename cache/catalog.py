@@ -37,7 +37,7 @@ def _scan(where: Path) -> list[tuple[Path, dict | None]]:
     recorded ``updated`` time; one HDF5 cannot open (None) comes last, for its reader to report."""
     if where.is_file():
         return [(where, None)]
-    found = []
+    found: list[tuple[float, float, Path, dict | None]] = []
     for p in where.glob("*.h5") if where.is_dir() else []:
         if p.name.startswith(".") or not p.is_file():
             continue

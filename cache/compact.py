@@ -15,7 +15,7 @@ from .h5format import not_a_cache, parts_dir
 from .h5write import h5_atomic
 from .index import CacheIndex, Row, commit_id, read_index, write_index
 from .lock import CacheLock
-from .parts import part_datasets, remove_unused_parts
+from .parts import FEATURE_PARTS, part_datasets, remove_unused_parts
 from .reader import open_snapshot
 
 
@@ -44,8 +44,8 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
     path = Path(path)
     if not path.is_file():
         raise CacheError(f"{path} is not a cache file: pass one of the .h5 files `tlx info` lists")
-    if not_a_cache(path):
-        raise CacheError(not_a_cache(path))
+    if reason := not_a_cache(path):
+        raise CacheError(reason)
     with CacheLock(path, on_wait=on_wait):
         base = commit_id(path)  # checked again right before the commit
         index = read_index(path)
@@ -75,5 +75,4 @@ def _copy_rows(path: Path, target: Path, index: CacheIndex, block_rows: int) -> 
         for start in range(0, n, block_rows):
             rows = np.arange(start, min(start + block_rows, n), dtype=np.int64)
             out["features"][start : start + len(rows)] = table.read(rows).astype(index.space.store_dtype, copy=False)
-        if n:
-            out["content_sha256"][:] = np.array(index.hashes, dtype="S64")
+        FEATURE_PARTS.write_keys(out, index.hashes)

@@ -97,25 +97,22 @@ class ViewFeatures:
 def load_views(source: str | Path | Snapshot, rows, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
     """Views 1..``max_views`` of the cache rows ``rows``, from a cache file or a snapshot."""
     snap = source if isinstance(source, Snapshot) else open_cache(Path(source))
-    path, rows = snap.path, np.asarray(rows, dtype=np.int64)
-    f = snap.index
-    if "views" not in f:
-        raise CacheError(f"{path} has no augmented views: run `tlx extract DATA --views K` to add them")
-    g = f["views"]
+    if "views" not in snap.index:
+        raise CacheError(f"{snap.path} has no augmented views: run `tlx extract DATA --views K` to add them")
+    g = snap.index["views"]
     stored = int(g.attrs["count"])
     if max_views is not None and not 0 <= max_views <= stored:
         raise CacheError(
-            f"{path} holds {stored} views per image, not {max_views}: ask for at most {stored}, "
+            f"{snap.path} holds {stored} views per image, not {max_views}: ask for at most {stored}, "
             f"or run `tlx extract DATA --views {max_views}` first"
         )
-    image, view = g["image"][()], g["view"][()]
-    recipe = json.loads(g.attrs["recipe"])
+    rows, image, view = np.asarray(rows, dtype=np.int64), g["image"][()], g["view"][()]
     position = np.full(max(int(rows.max(initial=-1)), int(image.max(initial=-1))) + 1, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
     keep = np.flatnonzero((position[image] >= 0) & (view <= (stored if max_views is None else max_views)))
     on_disk = CacheRows(snap, keep, dataset="views/features")
     X: np.ndarray | CacheRows = on_disk if lazy else on_disk.to_array()
-    return ViewFeatures(X, position[image[keep]], view[keep].astype(np.int16), recipe)
+    return ViewFeatures(X, position[image[keep]], view[keep].astype(np.int16), json.loads(g.attrs["recipe"]))
 
 
 def resolve_cache(path: str | Path | None) -> Path:

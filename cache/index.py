@@ -65,9 +65,6 @@ class Failures:
             self.hashes[relpath] = sha256
 
 
-Key = tuple[str, int]  # (content sha256, view index)
-
-
 @dataclass
 class ViewTable:
     """The views an index lists: for each view row, its main row, its index and its source."""
@@ -80,7 +77,7 @@ class ViewTable:
     part_row: np.ndarray  # int64 row in that part
     sizes: dict[str, int] = field(default_factory=dict)  # rows of each part named
 
-    def sources(self, hashes: Sequence[str]) -> dict[Key, tuple[str, int]]:
+    def sources(self, hashes: Sequence[str]) -> dict[tuple[str, int], tuple[str, int]]:
         """(sha256, view) -> (part, row), given the index's content hashes."""
         rows = zip(self.image.tolist(), self.view.tolist(), self.part, self.part_row.tolist(), strict=True)
         return {(hashes[i], int(v)): (p, int(r)) for i, v, p, r in rows}
