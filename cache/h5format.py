@@ -68,8 +68,7 @@ class UnreadableCacheError(CacheError):
 
     def __init__(self, path: Path, reason: str):
         super().__init__(f"{reason}; run `tlx extract` on its data again to rebuild it")
-        self.path = path
-        self.reason = reason
+        self.path, self.reason = path, reason
 
 
 def not_a_cache(path: Path) -> str | None:

@@ -41,7 +41,6 @@ class DamagedPartError(CacheError):
             f"{cache}: its part {part.parent.name}/{part.name} is damaged ({what}); "
             "run `tlx extract` on its data again: it re-computes that part's rows and keeps the rest"
         )
-        self.cache, self.part = cache, part
 
 
 class _PartGone(Exception):
