@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 
 from ..errors import CacheError
@@ -21,67 +23,54 @@ def _slug(text: str) -> str:
 
 
 def cache_file_prefix(dataset_name: str, backbone: str, pooling: str) -> str:
-    """The part of a cache's file name known before the network is built (``pooling`` is the
-    space's ``pool_label``: ``avg``, or ``avg-s3`` with three stages)."""
+    """The part of a cache's file name known before the network is built."""
     return f"{_slug(dataset_name)}-{_slug(backbone)}-{pooling}-"
 
 
 def cache_file_name(dataset_name: str, dataset_root: str, space: FeatureSpace) -> str:
-    import hashlib
-
     ident = hashlib.sha256(f"{space.key}|{dataset_root}".encode()).hexdigest()[:10]
     return f"{cache_file_prefix(dataset_name, space.backbone, space.pool_label)}{ident}.h5"
 
 
-def list_caches(where: Path) -> list[Path]:
-    """The caches under a folder (or the file itself), newest first by the ``updated`` time each
-    index records (file times change on a copy or a touch; the record does not). Part files and
-    foreign .h5 files are not caches and are never listed; a file HDF5 cannot open is listed
-    (last), so that whoever reads it reports it as damaged."""
+def _scan(where: Path) -> list[tuple[Path, dict | None]]:
+    """The caches under a folder (or the file itself) and their attributes, newest first by their
+    recorded ``updated`` time; one HDF5 cannot open (None) comes last, for its reader to report."""
     if where.is_file():
-        return [where]
-    if not where.is_dir():
-        return []
-    found = []
-    for p in where.glob("*.h5"):
+        return [(where, None)]
+    found: list[tuple[float, float, Path, dict | None]] = []
+    for p in where.glob("*.h5") if where.is_dir() else []:
         if p.name.startswith(".") or not p.is_file():
             continue
         try:
             attrs = read_attrs(p)
         except (OSError, ValueError):
-            found.append((0.0, p.stat().st_mtime, p))  # unreadable: possibly a damaged cache
+            found.append((0.0, p.stat().st_mtime, p, None))
             continue
-        if attrs.get("tlx_format") in READABLE_FORMATS:
-            found.append((updated_time(attrs), p.stat().st_mtime, p))
-    return [p for _, _, p in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
+        if attrs.get("tlx_format") not in READABLE_FORMATS:
+            continue
+        try:
+            updated = datetime.strptime(str(attrs.get("updated", "")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        except ValueError:
+            updated = 0.0
+        found.append((updated, p.stat().st_mtime, p, attrs))
+    return [(p, attrs) for _, _, p, attrs in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
 
 
-def updated_time(attrs: dict) -> float:
-    """The index's recorded ``updated`` time as seconds since the epoch (0 when absent)."""
-    from datetime import datetime
-
-    try:
-        return datetime.strptime(str(attrs.get("updated", "")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
-    except ValueError:
-        return 0.0
+def list_caches(where: Path) -> list[Path]:
+    return [p for p, _ in _scan(where)]
 
 
 def pick_cache(where: Path) -> Path:
-    """The cache a command without ``--features`` uses, from a folder: the newest (by recorded
-    ``updated`` time) of the one dataset the folder holds caches of; with several datasets, the
-    one named like the current working folder, else a refusal listing the candidates."""
-    caches = list_caches(where)
+    """The cache a command without ``--features`` uses: the newest of the folder's one dataset;
+    with several, the one named like the current working folder, else a refusal listing them."""
+    caches = _scan(where)
     if not caches:
         raise CacheError(f"no feature cache found at {where}: run `tlx extract DATA` first, or pass --features FILE")
     datasets: dict[str, list[Path]] = {}
-    for p in caches:
-        try:
-            name = str(read_attrs(p).get("dataset_name", ""))
-        except (OSError, ValueError):
-            name = ""  # unreadable: its reader reports it, if it is the one taken
-        datasets.setdefault(name, []).append(p)
+    for p, attrs in caches:
+        datasets.setdefault(str((attrs or {}).get("dataset_name", "")), []).append(p)
     if len(datasets) == 1:
-        return caches[0]
+        return caches[0][0]
     here = Path.cwd().name
     if here in datasets:
         return datasets[here][0]

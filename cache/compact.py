@@ -1,12 +1,5 @@
-"""``tlx cache compact``: rewrite a cache's live rows into one part, in row order.
-
-Incremental runs leave one part per run and rank, removals leave dead rows in their parts, and
-scattered additions split the virtual dataset into many mappings. Compaction copies the rows the
-index uses into a single new part (block by block: memory stays flat), commits an index that
-maps onto it in one piece, and deletes every other part. It holds the cache lock like an
-extract, so it never races one; a kill leaves the old index and its parts valid. Augmented
-views (``extract --views``) are kept as they are: the new index lists the same view parts.
-"""
+"""``tlx cache compact``: under the cache lock, rewrite a cache's rows into one part, commit an
+index onto it and delete the other parts (a kill leaves the old index valid; views are kept)."""
 
 from __future__ import annotations
 
@@ -22,7 +15,7 @@ from .h5format import not_a_cache, parts_dir
 from .h5write import h5_atomic
 from .index import CacheIndex, Row, commit_id, read_index, write_index
 from .lock import CacheLock
-from .parts import part_datasets, remove_unused_parts
+from .parts import FEATURE_PARTS, part_datasets, remove_unused_parts
 from .reader import open_snapshot
 
 
@@ -41,7 +34,6 @@ class CompactResult:
 
 
 def cache_bytes(path: Path) -> int:
-    """Bytes on disk of an index and its parts."""
     folder = parts_dir(path)
     parts = sum(p.stat().st_size for p in folder.glob("*.h5")) if folder.is_dir() else 0
     return path.stat().st_size + parts
@@ -52,8 +44,8 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
     path = Path(path)
     if not path.is_file():
         raise CacheError(f"{path} is not a cache file: pass one of the .h5 files `tlx info` lists")
-    if not_a_cache(path):
-        raise CacheError(not_a_cache(path))
+    if reason := not_a_cache(path):
+        raise CacheError(reason)
     with CacheLock(path, on_wait=on_wait):
         base = commit_id(path)  # checked again right before the commit
         index = read_index(path)
@@ -61,43 +53,26 @@ def compact(path: str | Path, block_rows: int = 16384, on_wait=None) -> CompactR
             raise CacheError(f"{path} is in the single-file format of an older tlx: re-run `tlx extract` to convert it")
         folder = parts_dir(path)
         known = {p.name for p in folder.glob("*.h5")} if folder.is_dir() else set()  # another writer's are not ours
-        before_parts = len(known)
-        before_bytes = cache_bytes(path)
+        bytes_before = cache_bytes(path)
         name = f"part-compact-{time.strftime('%Y%m%d%H%M%S')}-{time.time_ns() % 1_000_000:06d}.h5"
         _copy_rows(path, folder / name, index, block_rows)
-        rows = [
-            Row(p, int(label), split, h, tuple(st), name, i)
-            for i, (p, label, split, h, st) in enumerate(
-                zip(index.paths, index.labels.tolist(), index.splits, index.hashes, index.stats.tolist(), strict=True)
-            )
-        ]
-        attrs = {k: v for k, v in index.attrs.items() if k not in ("tlx_format", "feature_space", "n_images")}
-        attrs["updated"] = now_iso()
-        attrs = {k: v for k, v in attrs.items() if k not in ("views", "view_recipe")}  # write_index sets them
-        sizes = {name: len(rows)}
-        write_index(path, rows, index.classes, index.failures, index.space, attrs, sizes, index.views, base)
+        columns = zip(index.paths, index.labels.tolist(), index.splits, index.hashes, index.stats.tolist(), strict=True)
+        rows = [Row(p, label, split, h, tuple(st), name, i) for i, (p, label, split, h, st) in enumerate(columns)]
+        written = ("tlx_format", "feature_space", "n_images", "views", "view_recipe")  # write_index sets them
+        attrs = {k: v for k, v in index.attrs.items() if k not in written} | {"updated": now_iso()}
+        write_index(path, rows, index.classes, index.failures, index.space, attrs, {name: len(rows)}, index.views, base)
         remove_unused_parts(path, {name} if rows else set(), known | {name})
-    return CompactResult(
-        str(path),
-        len(rows),
-        before_parts,
-        1 if rows else 0,
-        before_bytes,
-        cache_bytes(path),
-        round(time.perf_counter() - started, 3),
-    )
+    seconds = round(time.perf_counter() - started, 3)
+    return CompactResult(str(path), len(rows), len(known), 1 if rows else 0, bytes_before, cache_bytes(path), seconds)
 
 
 def _copy_rows(path: Path, target: Path, index: CacheIndex, block_rows: int) -> None:
-    """Copy the index's rows, in order, into the new part ``target``, reading them from the parts
-    (through one snapshot: every chunk's checksum is checked on the way, so damage stops the
-    compaction with the part named instead of being copied into the new part)."""
-    n, width = len(index.paths), index.space.feature_dim
+    """Copy the index's rows into ``target`` through one snapshot: damage stops it, never copied."""
+    n = len(index.paths)
     with open_snapshot(path) as snap, h5_atomic(target) as out:
-        part_datasets(out, n, width, index.space)
+        part_datasets(out, n, index.space)
         table = snap.table("features")
         for start in range(0, n, block_rows):
             rows = np.arange(start, min(start + block_rows, n), dtype=np.int64)
             out["features"][start : start + len(rows)] = table.read(rows).astype(index.space.store_dtype, copy=False)
-        if n:
-            out["content_sha256"][:] = np.array(index.hashes, dtype="S64")
+        FEATURE_PARTS.write_keys(out, index.hashes)

@@ -1,21 +1,11 @@
-"""``tlx.load_features``: the cached features as numpy arrays, for stage two and for anyone
-who brings their own estimator. Imports h5py and numpy only.
-
-``load_features(path, split="val")`` reads only that split's feature rows, and
-``load_features(path, lazy=True)`` reads none: ``X`` is then a ``CacheRows`` that reads rows
-on demand, and ``iter_chunks`` streams ``(X, y)`` blocks for code that learns out of core.
-A cache extracted with ``--views K`` also holds K augmented views of every image:
-``feats.views()`` returns those of the loaded rows (``feats.subset(...).views()`` of a subset).
-A ``Features`` holds the open snapshot it was loaded from (``tlx.cache.reader``): its lazy rows
-and its views come from that one committed version, whatever an extract or a compaction
-commits meanwhile.
-"""
+"""``tlx.load_features``: the cached features as numpy arrays (h5py and numpy only). A
+``Features`` reads lazy rows and views from the one committed version of the cache it opened."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +31,7 @@ class Features:
     attrs: dict = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # images that could not be read -> why
     rows: np.ndarray | None = None  # the cache's row number of each row here (None: all, in order)
-    # the open version of the cache these rows came from: views() and lazy reads use it, so they
-    # see this version even after a later extract or compaction replaced it on disk
+    # the open version these rows came from: views() and lazy reads see it whatever is committed since
     snapshot: Snapshot | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -53,10 +42,6 @@ class Features:
         return self.attrs.get("dataset_root", "")
 
     @property
-    def has_split(self) -> bool:
-        return any(self.split)
-
-    @property
     def lazy(self) -> bool:
         return isinstance(self.X, CacheRows)
 
@@ -64,32 +49,21 @@ class Features:
         idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, dtype=np.int64)
         if self.lazy:
             idx = np.sort(idx)  # a CacheRows holds its rows in file order
-        X = self.X.subset(idx) if isinstance(self.X, CacheRows) else self.X[idx]
-        return Features(
-            X,
-            self.y[idx],
-            self.classes,
-            [self.paths[i] for i in idx],
-            [self.split[i] for i in idx],
-            [self.sha256[i] for i in idx],
-            self.space,
-            self.path,
-            self.attrs,
-            self.failed,
-            self.cache_rows()[idx],
-            self.snapshot,
+        return replace(
+            self,
+            X=self.X.subset(idx) if isinstance(self.X, CacheRows) else self.X[idx],
+            y=self.y[idx],
+            paths=[self.paths[i] for i in idx],
+            split=[self.split[i] for i in idx],
+            sha256=[self.sha256[i] for i in idx],
+            rows=self.groups[idx],
         )
-
-    def cache_rows(self) -> np.ndarray:
-        return np.arange(len(self.y), dtype=np.int64) if self.rows is None else self.rows
 
     @property
     def groups(self) -> np.ndarray:
-        """The image of each row, for scikit-learn's group-aware splitters
-        (``cross_val_score(head, feats.X, feats.y, groups=feats.groups, cv=StratifiedGroupKFold(3))``):
-        the row's number in the cache, so it stays the same in a subset; the views of these rows
-        (``views()``) belong to the groups ``feats.groups[views.image]``."""
-        return self.cache_rows()
+        """The image of each row for scikit-learn's group-aware splitters: its row number in the
+        cache, so it stays the same in a subset (the views' groups: ``feats.groups[views.image]``)."""
+        return np.arange(len(self.y), dtype=np.int64) if self.rows is None else self.rows
 
     @property
     def n_views(self) -> int:
@@ -98,17 +72,12 @@ class Features:
 
     def views(self, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
         """The stored views 1..``max_views`` (default: all) of the rows loaded here."""
-        return load_views(self.snapshot or self.path, self.cache_rows(), max_views, lazy)
+        return load_views(self.snapshot or self.path, self.groups, max_views, lazy)
 
     def iter_chunks(self, rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(X, y)`` blocks of at most ``rows`` rows, in order: memory stays bounded by one
-        block when the features were loaded with ``lazy=True``."""
-        if isinstance(self.X, CacheRows):
-            for positions, block in self.X.blocks(rows):
-                yield block, self.y[positions]
-        else:
-            for start in range(0, len(self.y), rows):
-                yield self.X[start : start + rows], self.y[start : start + rows]
+        """``(X, y)`` blocks of at most ``rows`` rows, in order (lazy: one block in memory)."""
+        for start in range(0, len(self.y), rows):
+            yield self.X[start : start + rows], self.y[start : start + rows]
 
 
 @dataclass
@@ -126,37 +95,31 @@ class ViewFeatures:
 
 
 def load_views(source: str | Path | Snapshot, rows, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
-    """Views 1..``max_views`` of the cache rows ``rows``, in the cache's order (by image row, then view).
-    ``source``: a cache file, or the snapshot its features were loaded from (the same version)."""
+    """Views 1..``max_views`` of the cache rows ``rows``, from a cache file or a snapshot."""
     snap = source if isinstance(source, Snapshot) else open_cache(Path(source))
-    path, rows = snap.path, np.asarray(rows, dtype=np.int64)
-    f = snap.index
-    if "views" not in f:
-        raise CacheError(f"{path} has no augmented views: run `tlx extract DATA --views K` to add them")
-    g = f["views"]
+    if "views" not in snap.index:
+        raise CacheError(f"{snap.path} has no augmented views: run `tlx extract DATA --views K` to add them")
+    g = snap.index["views"]
     stored = int(g.attrs["count"])
     if max_views is not None and not 0 <= max_views <= stored:
         raise CacheError(
-            f"{path} holds {stored} views per image, not {max_views}: ask for at most {stored}, "
+            f"{snap.path} holds {stored} views per image, not {max_views}: ask for at most {stored}, "
             f"or run `tlx extract DATA --views {max_views}` first"
         )
-    image, view = g["image"][()], g["view"][()]
-    recipe = json.loads(g.attrs["recipe"])
+    rows, image, view = np.asarray(rows, dtype=np.int64), g["image"][()], g["view"][()]
     position = np.full(max(int(rows.max(initial=-1)), int(image.max(initial=-1))) + 1, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
     keep = np.flatnonzero((position[image] >= 0) & (view <= (stored if max_views is None else max_views)))
     on_disk = CacheRows(snap, keep, dataset="views/features")
     X: np.ndarray | CacheRows = on_disk if lazy else on_disk.to_array()
-    return ViewFeatures(X, position[image[keep]], view[keep].astype(np.int16), recipe)
+    return ViewFeatures(X, position[image[keep]], view[keep].astype(np.int16), json.loads(g.attrs["recipe"]))
 
 
 def resolve_cache(path: str | Path | None) -> Path:
-    """A cache file from a file path, a folder or None (the default folder): see
-    :func:`tlx.cache.catalog.pick_cache` for how a folder's cache is chosen."""
+    """A cache file from a file path, a folder or None (the default folder)."""
     where = Path(path) if path is not None else default_cache_dir()
     if where.is_file():
-        reason = not_a_cache(where)
-        if reason:
+        if reason := not_a_cache(where):
             raise CacheError(reason)
         return where
     return pick_cache(where)
@@ -173,12 +136,27 @@ def open_cache(path: Path) -> Snapshot:
 
 def load_features(path: str | Path | None = None, split: str | None = None, lazy: bool = False) -> Features:
     """Load a feature cache written by ``tlx extract``; ``split`` keeps one split only (and
-    reads only its rows); ``lazy`` leaves the features on disk (``X`` is a ``CacheRows``).
-    Everything comes from one committed version of the cache (see ``tlx.cache.reader``)."""
+    reads only its rows); ``lazy`` leaves the features on disk (``X`` is a ``CacheRows``)."""
     path = resolve_cache(path)
     snap = open_cache(path)
     try:
-        feats = _features_of(snap)
+        f = snap.index
+        failed = {}
+        if "failed" in f:
+            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
+        feats = Features(
+            X=CacheRows(snap),
+            y=f["labels"][()].astype(np.int64, copy=False),
+            classes=decode_strings(f["classes"]),
+            paths=decode_strings(f["paths"]),
+            split=decode_strings(f["split"]),
+            sha256=decode_strings(f["content_sha256"]),
+            space=FeatureSpace.from_dict(json.loads(snap.attrs["feature_space"])),
+            path=snap.path,
+            attrs=snap.attrs,
+            failed=failed,
+            snapshot=snap,
+        )
     except (OSError, KeyError, ValueError) as exc:
         snap.close()
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
@@ -190,23 +168,3 @@ def load_features(path: str | Path | None = None, split: str | None = None, lazy
     if not lazy and isinstance(feats.X, CacheRows):
         feats.X = feats.X.to_array()
     return feats
-
-
-def _features_of(snap: Snapshot) -> Features:
-    f, attrs = snap.index, snap.attrs
-    failed = {}
-    if "failed" in f:
-        failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
-    return Features(
-        X=CacheRows(snap),
-        y=f["labels"][()].astype(np.int64, copy=False),
-        classes=decode_strings(f["classes"]),
-        paths=decode_strings(f["paths"]),
-        split=decode_strings(f["split"]),
-        sha256=decode_strings(f["content_sha256"]),
-        space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
-        path=snap.path,
-        attrs=attrs,
-        failed=failed,
-        snapshot=snap,
-    )

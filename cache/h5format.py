@@ -1,14 +1,8 @@
-"""The bottom of the cache: the HDF5 format's constants, where a cache's files live, and the
-small helpers every module of the cache writes and reads datasets with.
-
-Nothing here knows what a part, an index or a view is; :mod:`tlx.cache.parts`,
-:mod:`tlx.cache.index`, :mod:`tlx.cache.viewtable` and :mod:`tlx.cache.reader` build on it,
-so the cache's imports run one way (see the package docstring, ``tlx.cache``, for the whole layout).
-"""
+"""The bottom of the cache: format constants, where a cache's files live, and the dataset
+helpers every other cache module reads and writes with (it knows no parts, index or views)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -24,12 +18,10 @@ STAT_FIELDS = ("size", "mtime_ns", "ino", "ctime_ns")  # the stat index's column
 
 
 def parts_dir(cache_path: Path) -> Path:
-    """The folder of a cache's feature parts, ``<cache>.h5.parts``."""
     return cache_path.with_name(cache_path.name + ".parts")
 
 
 def views_dir(cache_path: Path) -> Path:
-    """The folder of a cache's view parts, ``<cache>.h5.views``."""
     return cache_path.with_name(cache_path.name + ".views")
 
 
@@ -42,23 +34,25 @@ def attrs_of(f) -> dict:
     return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
 
 
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def decode_strings(ds) -> list[str]:
-    """The strings of ``ds``; bytes that are not UTF-8 (a file name in another encoding, read by
-    Python as surrogate escapes) come back as the same surrogate escapes, so the name round-trips."""
+    """The strings of ``ds``; bytes that are not UTF-8 come back as the surrogate escapes they
+    were written from, so a file name in another encoding round-trips."""
     if not len(ds):
         return []
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr(errors="surrogateescape")[()]]
 
 
 def open_h5(path: Path) -> h5py.File:
-    """``h5py.File(path, "r")``; on media where HDF5's file locking fails (read-only mounts,
-    some network file systems) the file is opened without it: a reader needs no lock."""
+    """``h5py.File(path, "r")``, without HDF5's file locking where it fails (read-only mounts)."""
     try:
         return h5py.File(path, "r")
-    except FileNotFoundError:
-        raise
     except OSError as exc:
-        if "lock" not in str(exc).lower():
+        if isinstance(exc, FileNotFoundError) or "lock" not in str(exc).lower():
             raise
         return h5py.File(path, "r", locking=False)
 
@@ -69,15 +63,12 @@ def read_attrs(path: Path) -> dict:
 
 
 class UnreadableCacheError(CacheError):
-    """A cache file that cannot be read (truncated, damaged). ``reason`` says what is wrong
-    without advice, for callers that act on it themselves (extract rebuilds it). The advice
-    never asks to delete anything: the file may be a user's, and extract rebuilds an index in
-    place, taking back the vectors its parts still hold."""
+    """A cache file that cannot be read (truncated, damaged); ``reason`` without the advice, for
+    callers that act themselves. The advice deletes nothing: extract rebuilds an index in place."""
 
     def __init__(self, path: Path, reason: str):
         super().__init__(f"{reason}; run `tlx extract` on its data again to rebuild it")
-        self.path = path
-        self.reason = reason
+        self.path, self.reason = path, reason
 
 
 def not_a_cache(path: Path) -> str | None:
@@ -102,18 +93,6 @@ def not_a_cache(path: Path) -> str | None:
     )
 
 
-def check_format(path: Path, attrs: dict) -> int:
-    fmt = attrs.get("tlx_format")
-    if fmt not in READABLE_FORMATS:
-        raise UnreadableCacheError(
-            path, f"{path} is not a tlx feature cache (format {fmt!r}, expected {FORMAT_VERSION})"
-        )
-    return int(fmt)
-
-
-# --------------------------------------------------------------------------- writing
-
-
 def write_strings(group, name: str, values: list[str]):
     """UTF-8 strings; a file name that is not UTF-8 on disk is stored as its own bytes
     (surrogateescape), not refused: every file of the data is one row, whatever its name."""
@@ -127,47 +106,36 @@ def write_array(group, name: str, data: np.ndarray, dtype=None):
     """A 1-D metadata array, gzip-compressed (hashes and stats shrink several times over)."""
     if not len(data):
         return group.create_dataset(name, shape=(0,), dtype=dtype or data.dtype, maxshape=(None,))
+    chunks = (min(len(data), 65536),)  # compression=1: gzip at level 1
     return group.create_dataset(
         name,
         data=data,
         dtype=dtype or data.dtype,
         maxshape=(None,),
-        chunks=(min(len(data), 65536),),
-        compression="gzip",
-        compression_opts=1,
+        chunks=chunks,
+        compression=1,
         shuffle=dtype is None,
     )
 
 
-def virtual_rows(group, name: str, folder: str, parts, part_rows, sizes: dict[str, int], width: int, dtype) -> None:
-    """A virtual dataset whose row i is row ``part_rows[i]`` of part ``parts[i]`` in ``folder``:
-    one mapping per run of rows that are consecutive in one part (one per part after a fresh
-    run or a compaction). Source names are relative to the index's folder, so a cache folder can
-    be moved or copied whole. A missing part reads as NaN."""
+def write_sources(group, folder: str, parts: list[str], part_rows, sizes: dict[str, int], width: int, dtype) -> None:
+    """Where row i's vector lives (row ``part_rows[i]`` of part ``parts[i]``) as an index stores
+    it: ``parts/names``, ``parts/rows``, ``source/part``, ``source/row``; and ``features``, a
+    virtual dataset over the parts for plain h5py (relative sources: the folder can be moved)."""
+    names, numbers = np.unique(np.asarray(parts, dtype=str), return_inverse=True)
+    write_array(group, "source/part", numbers.astype(np.int32))
+    write_array(group, "source/row", np.asarray(part_rows, dtype=np.int64))
+    write_strings(group, "parts/names", names.tolist())
+    write_array(group, "parts/rows", np.array([sizes[n] for n in names.tolist()], dtype=np.int64))
     if not len(parts):
-        group.create_dataset(name, shape=(0, width), maxshape=(None, width), dtype=dtype, chunks=(1, width))
+        group.create_dataset("features", shape=(0, width), maxshape=(None, width), dtype=dtype, chunks=(1, width))
         return
     layout = h5py.VirtualLayout(shape=(len(parts), width), dtype=dtype)
     sources = {n: h5py.VirtualSource(f"{folder}/{n}", "features", shape=(sizes[n], width)) for n in set(parts)}
-    for start, stop, part, first in _runs(parts, part_rows):
-        layout[start:stop] = sources[part][first : first + (stop - start)]
-    group.create_virtual_dataset(name, layout, fillvalue=np.nan)
-
-
-def _runs(parts, part_rows) -> Iterator[tuple[int, int, str, int]]:
-    """``(start, stop, part, first part row)`` of each maximal run of consecutive rows."""
-    start, n = 0, len(parts)
-    for i in range(1, n + 1):
-        if i == n or parts[i] != parts[start] or part_rows[i] != part_rows[i - 1] + 1:
-            yield start, i, parts[start], int(part_rows[start])
+    start = 0
+    for i in range(1, len(parts) + 1):
+        if i == len(parts) or parts[i] != parts[start] or part_rows[i] != part_rows[i - 1] + 1:
+            first = int(part_rows[start])
+            layout[start:i] = sources[parts[start]][first : first + i - start]
             start = i
-
-
-def write_part_table(group, names: list[str], sizes: dict[str, int], source_part, source_row) -> None:
-    """Where each row's vector lives, as an index stores it for feature and view parts alike:
-    ``parts/names``, ``parts/rows`` (each part's length), ``source/part`` (a number into
-    ``parts/names``) and ``source/row``."""
-    write_array(group, "source/part", np.asarray(source_part, dtype=np.int32))
-    write_array(group, "source/row", np.asarray(source_row, dtype=np.int64))
-    write_strings(group, "parts/names", names)
-    write_array(group, "parts/rows", np.array([sizes[n] for n in names], dtype=np.int64))
+    group.create_virtual_dataset("features", layout, fillvalue=np.nan)  # a missing part reads as NaN

@@ -1,14 +1,7 @@
-"""Writing an HDF5 file so that a full or failing disk is an error, never a crash.
-
-When a write of HDF5's own file driver fails (no space left, I/O error), the library keeps the
-file open with metadata it cannot flush: h5py then reports the failure only while
-deallocating (a warning, so the half-written file looked complete and was renamed into
-place), and the process died with a segmentation fault when HDF5 tried again at exit. Here
-HDF5 writes through a Python file object instead (h5py's ``fileobj`` driver) that never fails
-towards HDF5: the first error is kept, later writes are dropped, HDF5 closes normally, and
-then the kept error is raised as a :class:`~tlx.errors.StorageError` for the final path while
-:func:`~tlx.common.atomic.atomic_path` removes the temporary file.
-"""
+"""Writing an HDF5 file so that a full or failing disk is an error, never a crash: when a write
+of HDF5's own driver failed, h5py only warned (a half-written file looked complete) and HDF5
+segfaulted at exit. So HDF5 writes through a file object that never fails towards it, and the
+first error is raised once HDF5 has closed."""
 
 from __future__ import annotations
 
@@ -25,9 +18,8 @@ from ..errors import StorageError
 
 
 class _KeepFirstError(io.RawIOBase):
-    """An unbuffered read/write file over a descriptor that records its first ``OSError`` and
-    from then on only pretends: writes move the position as a write would, reads of what was
-    not written give zeros. No method raises, so HDF5 never sees a failed call."""
+    """A read/write file over a descriptor that keeps its first ``OSError`` and from then on only
+    pretends (writes move the position, unwritten reads give zeros): HDF5 never sees a failure."""
 
     def __init__(self, fd: int):
         super().__init__()
@@ -39,11 +31,7 @@ class _KeepFirstError(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
+    writable = seekable = readable
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
@@ -53,15 +41,19 @@ class _KeepFirstError(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
+    def _attempt(self, call: Callable, *args):
+        """``call(*args)``, or None once an error is kept: the first ``OSError`` is kept, not raised."""
+        if self.error is None:
+            try:
+                return call(*args)
+            except OSError as exc:
+                self.error = exc
+        return None
+
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         n = max(0, min(len(view), self.size - self.pos))
-        got = b""
-        if self.error is None and n:
-            try:
-                got = os.pread(self.fd, n, self.pos)
-            except OSError as exc:
-                self.error = exc
+        got = (self._attempt(os.pread, self.fd, n, self.pos) if n else None) or b""
         view[: len(got)] = got
         view[len(got) : n] = bytes(n - len(got))
         self.pos += n
@@ -71,33 +63,24 @@ class _KeepFirstError(io.RawIOBase):
         view = memoryview(data).cast("B")
         done = 0
         while self.error is None and done < len(view):
-            try:
-                done += os.pwrite(self.fd, view[done:], self.pos + done)
-            except OSError as exc:
-                self.error = exc
+            done += self._attempt(os.pwrite, self.fd, view[done:], self.pos + done) or 0
         self.pos += len(view)
         self.size = max(self.size, self.pos)
         return len(view)
 
     def truncate(self, size: int | None = None) -> int:
-        size = self.pos if size is None else size
-        if self.error is None:
-            try:
-                os.ftruncate(self.fd, size)
-            except OSError as exc:
-                self.error = exc
-        self.size = size
-        return size
+        self.size = self.pos if size is None else size
+        self._attempt(os.ftruncate, self.fd, self.size)
+        return self.size
 
     def flush(self) -> None:
-        return None  # unbuffered: every write went straight to the descriptor
+        pass  # unbuffered: every write went straight to the descriptor
 
 
 @contextmanager
 def h5_atomic(path: Path, before_replace: Callable[[], object] | None = None) -> Iterator[h5py.File]:
-    """A new HDF5 file to fill; on success it is fsynced and renamed to ``path``, on failure
-    (the body's, or the disk's as :class:`StorageError`) nothing is left behind.
-    ``before_replace``: see :func:`~tlx.common.atomic.atomic_path`."""
+    """A new HDF5 file to fill, fsynced and renamed to ``path``; on failure (the body's, or the
+    disk's as :class:`StorageError`) nothing is left behind."""
     with atomic_path(path, before_replace) as tmp:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:

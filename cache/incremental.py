@@ -1,16 +1,6 @@
-"""Planning an incremental run against the previous cache, and assembling the next index.
-
-Before anything is read, each image of the dataset falls in one of three groups:
-
-* **known**: its stat matches the stat index (and is not racy), so its hash, and the vector
-  under that hash, are taken as they are; the file is not opened;
-* **failed**: it cannot be stat'ed, or it failed before and its stat is unchanged;
-* **to read**: new, changed, or racy. Changed files whose path was in the cache are first
-  re-hashed here (no decoding); those whose bytes turn out to be known need no network.
-
-After the run, every row's vector is looked up by content hash in the previous index, in parts
-left by an unfinished run (resumed), or in the parts this run wrote (new).
-"""
+"""Planning an incremental run against the previous cache: which images are known (stat
+unchanged and not racy: not opened), failed, or to read; and where each row's vector comes
+from (the previous index, parts an unfinished run left, or this run's parts)."""
 
 from __future__ import annotations
 
@@ -20,12 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import CacheError
 from .h5format import parts_dir
 from .index import CacheIndex, Failures, Row, orphan_parts
-from .parts import part_sizes
+from .parts import Sources
 from .statindex import Stat, is_racy, read_and_hash, stat_files
-from .verify import DAMAGED, MISSING, check_part
+from .verify import DAMAGED, MISSING, check_part, damaged_parts, expected_hashes
 
 
 class Entry(Protocol):
@@ -33,10 +22,8 @@ class Entry(Protocol):
 
     @property
     def relpath(self) -> str: ...
-
     @property
     def label(self) -> str: ...
-
     @property
     def split(self) -> str: ...
 
@@ -46,10 +33,8 @@ class Listing(Protocol):
 
     @property
     def items(self) -> Sequence[Entry]: ...
-
     @property
     def classes(self) -> list[str]: ...
-
     def abspath(self, item) -> Path: ...
 
 
@@ -75,20 +60,20 @@ def classify(index: Listing, prev: CacheIndex | None, known_hashes, rehash: bool
     stat_time = prev.stat_time_ns if prev else 0
     recheck: list[int] = []
     for k, (item, st) in enumerate(zip(index.items, stats, strict=True)):
+        rel = item.relpath
         if isinstance(st, str):
-            work.failed.add(item.relpath, st)
+            work.failed.add(rel, st)
             continue
-        i = row_of.get(item.relpath)
+        i = row_of.get(rel)
         fresh = not is_racy(st, stat_time)
         if i is not None and prev is not None and tuple(prev.stats[i]) == st and fresh:
             if prev.hashes[i] in known_hashes:
                 work.known[k] = (prev.hashes[i], st)
             else:  # unchanged file, but its vector was in a damaged part: read it again
                 work.to_read.append(k)
-        elif item.relpath in failures.reasons and failures.stats.get(item.relpath) == st and fresh:
-            rel = item.relpath
+        elif rel in failures.reasons and failures.stats.get(rel) == st and fresh:
             work.failed.add(rel, failures.reasons[rel], st, failures.hashes.get(rel, ""))
-        elif i is not None or item.relpath in failures.reasons or (rehash and prev is not None):
+        elif i is not None or rel in failures.reasons or (rehash and prev is not None):
             recheck.append(k)  # was there before: most likely the same bytes (touched, copied back)
         else:
             work.to_read.append(k)
@@ -113,76 +98,38 @@ def _recheck(index: Listing, positions: list[int], work: Work, known_hashes, fai
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, positions))
     failed_hash_reason = {failures.hashes[p]: r for p, r in failures.reasons.items() if p in failures.hashes}
-    back = []
+    work.n_rehashed += len(results)
     for k, digest, st in results:
-        work.n_rehashed += 1
         if digest and digest in known_hashes:
             work.known[k] = (digest, st)
         elif digest and digest in failed_hash_reason:
             work.failed.add(index.items[k].relpath, failed_hash_reason[digest], st, digest)
         else:
-            back.append(k)
-    work.to_read = sorted(work.to_read + back)
-
-
-@dataclass
-class Sources:
-    """Where the vector of each content hash lives, and the row count of every part."""
-
-    prev: dict[str, tuple[str, int]] = field(default_factory=dict)
-    resumed: dict[str, tuple[str, int]] = field(default_factory=dict)
-    new: dict[str, tuple[str, int]] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)
-    damaged: dict[str, str] = field(default_factory=dict)  # parts left out as damaged: name -> why
-
-    def known_hashes(self) -> set[str]:
-        return set(self.prev) | set(self.resumed)
-
-    def add_new(self, parts: list[tuple[str, list[str]]]) -> None:
-        for name, hashes in parts:
-            self.sizes[name] = len(hashes)
-            for row, h in enumerate(hashes):
-                self.new.setdefault(h, (name, row))
-
-    def find(self, h: str) -> tuple[tuple[str, int], str]:
-        for kind, table in (("reused", self.prev), ("resumed", self.resumed), ("new", self.new)):
-            if h in table:
-                return table[h], kind
-        raise CacheError(f"internal error: no vector for content {h[:12]}")
+            work.to_read.append(k)
+    work.to_read.sort()
 
 
 def sources_for(path: Path, prev: CacheIndex | None, space) -> Sources:
-    """The previous index's vectors, and those of parts left by runs that did not finish. Every
-    part is read whole first (``tlx.cache.verify.check_part``): a damaged or truncated one is
-    left out, so its images are read again and only their vectors are computed anew."""
+    """The previous index's vectors, and those of parts left by runs that did not finish; a part
+    that fails :func:`~tlx.cache.verify.check_part` is left out, so only its images are read again."""
     src = Sources()
-    if prev is not None and prev.format >= 2:
-        src.prev = prev.source_of_hash()
-        src.sizes.update(zip(prev.part_names, prev.part_rows, strict=True))
+    prev = prev if prev is not None and prev.format >= 2 else None
+    if prev is not None:
         src.damaged = _damaged_parts(path, prev)
-        src.prev = {h: s for h, s in src.prev.items() if s[0] not in src.damaged}
-    orphans = orphan_parts(path, prev if prev is not None and prev.format >= 2 else None, space)
-    resumed = {h: s for h, s in orphans.items() if h not in src.prev}
+        src.prev = {h: s for h, s in prev.source_of_hash().items() if s[0] not in src.damaged}
+        src.sizes.update(zip(prev.part_names, prev.part_rows, strict=True))
+    resumed = {h: s for h, s in orphan_parts(path, prev, space).items() if h not in src.prev}
     for name in sorted({part for part, _ in resumed.values()}):
-        status, why, _ = check_part(parts_dir(path) / name)
+        status, why, rows = check_part(parts_dir(path) / name)
         if status in (DAMAGED, MISSING):
             src.damaged[name] = why
+        src.sizes[name] = rows
     src.resumed = {h: s for h, s in resumed.items() if s[0] not in src.damaged}
-    src.sizes.update(part_sizes(path, sorted({part for part, _ in src.resumed.values()})))
     return src
 
 
 def _damaged_parts(path: Path, prev: CacheIndex) -> dict[str, str]:
-    """The parts the index names that fail verification: {name: why}."""
-    expected: list[list[tuple[int, str]]] = [[] for _ in prev.part_names]
-    for p, r, h in zip(prev.source_part.tolist(), prev.source_row.tolist(), prev.hashes, strict=True):
-        expected[p].append((r, h))
-    damaged = {}
-    for name, hashes in zip(prev.part_names, expected, strict=True):
-        status, why, _ = check_part(parts_dir(path) / name, hashes)
-        if status in (DAMAGED, MISSING):
-            damaged[name] = why
-    return damaged
+    return damaged_parts(parts_dir(path), expected_hashes(prev.sources(), prev.hashes))
 
 
 def plan_rows(index: Listing, found: dict[int, tuple[str, Stat]], failed: Failures, src: Sources):
@@ -199,19 +146,17 @@ def plan_rows(index: Listing, found: dict[int, tuple[str, Stat]], failed: Failur
     return rows, counts
 
 
-def same_index(prev: CacheIndex | None, rows: list[Row], classes: list[str], failed) -> bool:
+def same_index(prev: CacheIndex | None, rows: list[Row], classes: list[str], failed: Failures) -> bool:
     """Would ``rows`` make exactly the index ``prev`` is (stats and sources included)?"""
     if prev is None or prev.format < 2 or prev.failures is None:
         return False
-    names = prev.part_names
     return (
         [r.path for r in rows] == prev.paths
         and [r.sha256 for r in rows] == prev.hashes
         and [r.label for r in rows] == prev.labels.tolist()
         and [r.split for r in rows] == prev.splits
         and [r.stat for r in rows] == [tuple(s) for s in prev.stats.tolist()]
-        and [(r.part, r.part_row) for r in rows]
-        == [(names[p], r) for p, r in zip(prev.source_part.tolist(), prev.source_row.tolist(), strict=True)]
+        and [(r.part, r.part_row) for r in rows] == prev.sources()
         and classes == prev.classes
-        and failed.same_as(prev.failures)
+        and failed == prev.failures
     )

@@ -1,17 +1,12 @@
-"""The index file, ``<cache>.h5``: the commit point of a cache.
-
-It lists every row (path, label, split, content hash, the stat of its file), the failures, the
-attributes, and where each row's vector lives in the parts (``source/part``, ``source/row``,
-``parts/names``, ``parts/rows``), plus ``features``, a virtual dataset over the parts for plain
-h5py users, and the ``views`` group (:mod:`tlx.cache.viewtable`) when the cache has views. It is
-written whole to a temporary file and atomically renamed; every index carries a ``commit_id``
-that the next commit checks it builds on.
-"""
+"""The index file, ``<cache>.h5``, the commit point of a cache: its rows, failures, attributes,
+where each row's vector lives in the parts, and the ``views`` group. It is written whole to a
+temporary file and renamed, and carries a ``commit_id`` that the next commit checks."""
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,23 +17,22 @@ from ..errors import CacheError
 from .h5format import (
     FORMAT_VERSION,
     HASH,
+    READABLE_FORMATS,
     STAT_FIELDS,
     UnreadableCacheError,
     attrs_of,
-    check_format,
     decode_strings,
     open_h5,
     parts_dir,
     read_attrs,
-    virtual_rows,
+    views_dir,
     write_array,
-    write_part_table,
+    write_sources,
     write_strings,
 )
 from .h5write import h5_atomic
 from .parts import unreferenced_parts
 from .space import FeatureSpace
-from .viewtable import ViewTable, check_view_parts, read_group, write_group
 
 
 @dataclass
@@ -70,8 +64,56 @@ class Failures:
         if sha256:
             self.hashes[relpath] = sha256
 
-    def same_as(self, other: Failures) -> bool:
-        return (self.reasons, self.stats, self.hashes) == (other.reasons, other.stats, other.hashes)
+
+@dataclass
+class ViewTable:
+    """The views an index lists: for each view row, its main row, its index and its source."""
+
+    recipe: dict  # ViewRecipe.to_dict()
+    count: int  # K: views 1..K of every row
+    image: np.ndarray  # int64 main row of each view row
+    view: np.ndarray  # int16 view index (1..K)
+    part: list[str]  # part file name of each view row
+    part_row: np.ndarray  # int64 row in that part
+    sizes: dict[str, int] = field(default_factory=dict)  # rows of each part named
+
+    def sources(self, hashes: Sequence[str]) -> dict[tuple[str, int], tuple[str, int]]:
+        """(sha256, view) -> (part, row), given the index's content hashes."""
+        rows = zip(self.image.tolist(), self.view.tolist(), self.part, self.part_row.tolist(), strict=True)
+        return {(hashes[i], int(v)): (p, int(r)) for i, v, p, r in rows}
+
+    def same_as(self, other: ViewTable | None) -> bool:
+        return (
+            other is not None
+            and (self.recipe, self.count, self.part) == (other.recipe, other.count, other.part)
+            and all(np.array_equal(getattr(self, a), getattr(other, a)) for a in ("image", "view", "part_row"))
+        )
+
+
+def write_group(f, path: Path, table: ViewTable, space: FeatureSpace) -> None:
+    g = f.create_group("views")
+    folder = views_dir(path).name
+    write_sources(g, folder, table.part, table.part_row, table.sizes, space.feature_dim, space.store_dtype)
+    write_array(g, "image", np.asarray(table.image, dtype=np.int64))
+    write_array(g, "view", np.asarray(table.view, dtype=np.int16))
+    g.attrs["count"] = table.count
+    g.attrs["recipe"] = json.dumps(table.recipe, sort_keys=True)
+
+
+def read_group(f) -> ViewTable | None:
+    if "views" not in f:
+        return None
+    g = f["views"]
+    names = decode_strings(g["parts/names"])
+    return ViewTable(
+        recipe=json.loads(g.attrs["recipe"]),
+        count=int(g.attrs["count"]),
+        image=g["image"][()].astype(np.int64),
+        view=g["view"][()].astype(np.int16),
+        part=[names[k] for k in g["source/part"][()].tolist()],
+        part_row=g["source/row"][()].astype(np.int64),
+        sizes=dict(zip(names, g["parts/rows"][()].tolist(), strict=True)),
+    )
 
 
 @dataclass
@@ -88,7 +130,7 @@ class CacheIndex:
     failed: dict[str, str]
     attrs: dict
     format: int = FORMAT_VERSION
-    # the stat index (format 2): size, mtime_ns, inode and ctime_ns of each row's file, and of each failure
+    # the stat index (format 2): size, mtime_ns, inode and ctime_ns of each row's file
     stats: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STAT_FIELDS)), np.int64))
     failures: Failures | None = None  # the failures with their stats and hashes (format 2)
     stat_time_ns: int = 0  # when the run that took those stats started (racy-git check)
@@ -102,49 +144,46 @@ class CacheIndex:
     def row_of_hash(self) -> dict[str, int]:
         return {h: i for i, h in enumerate(self.hashes)}
 
+    def sources(self) -> list[tuple[str, int]]:
+        """(part file name, row) of each row's vector."""
+        rows = zip(self.source_part.tolist(), self.source_row.tolist(), strict=True)
+        return [(self.part_names[p], r) for p, r in rows]
+
     def source_of_hash(self) -> dict[str, tuple[str, int]]:
-        """Content hash -> (part file name, row) of every vector this index uses."""
-        names = self.part_names
-        return {
-            h: (names[p], int(r))
-            for h, p, r in zip(self.hashes, self.source_part.tolist(), self.source_row.tolist(), strict=True)
-        }
-
-
-# --------------------------------------------------------------------------- reading
+        return dict(zip(self.hashes, self.sources(), strict=True))
 
 
 def check_parts(f, path: Path) -> None:
-    """Every part file the index names must be there: HDF5 would read a missing one as fill
-    values (NaN here) without a word."""
-    check_view_parts(f, path)
-    if "parts" not in f:
-        return
-    folder = parts_dir(path)
-    for name in decode_strings(f["parts/names"]):
-        if not (folder / name).is_file():
-            raise UnreadableCacheError(
-                path, f"{path} is damaged: its part file {folder.name}/{name} is missing (deleted or not copied)"
-            )
+    """Every part the index names must be there: HDF5 would read a missing one as NaN, silently."""
+    for group, folder, kind in (("views/", views_dir(path), "view part"), ("", parts_dir(path), "part file")):
+        if group + "parts" not in f:
+            continue
+        for name in decode_strings(f[group + "parts/names"]):
+            if not (folder / name).is_file():
+                raise UnreadableCacheError(
+                    path, f"{path} is damaged: its {kind} {folder.name}/{name} is missing (deleted or not copied)"
+                )
 
 
 def read_index(path: Path) -> CacheIndex:
-    """The index at ``path``, its part files checked present (for writers, under the lock;
-    readers take a ``tlx.cache.reader.Snapshot`` and :func:`index_of` its open index)."""
+    """The index at ``path``, its parts checked present (for writers; readers take a Snapshot)."""
     try:
         with open_h5(path) as f:
-            check_format(path, attrs_of(f))
+            index = index_of(f, path)
             check_parts(f, path)
-            return index_of(f, path)
+            return index
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
 
 
 def index_of(f, path: Path) -> CacheIndex:
-    """The :class:`CacheIndex` of an open index file ``f``."""
     try:
         attrs = attrs_of(f)
-        fmt = check_format(path, attrs)
+        fmt = attrs.get("tlx_format")
+        if fmt not in READABLE_FORMATS:
+            raise UnreadableCacheError(
+                path, f"{path} is not a tlx feature cache (format {fmt!r}, expected {FORMAT_VERSION})"
+            )
         index = CacheIndex(
             path=path,
             space=FeatureSpace.from_dict(json.loads(attrs["feature_space"])),
@@ -157,27 +196,21 @@ def index_of(f, path: Path) -> CacheIndex:
             attrs=attrs,
             format=fmt,
         )
-        if fmt >= 2:
-            _read_stat_index(f, index)
-            index.views = read_group(f)
+        if fmt < 2:
+            return index
+        index.stats = _stat_columns(f["stat"], len(index.paths))
+        index.failures = Failures()
+        failed_stats = _stat_columns(f["failed"], len(index.failed)).tolist()
+        for (p, why), st, h in zip(index.failed.items(), failed_stats, decode_strings(f["failed/sha256"]), strict=True):
+            index.failures.add(p, why, tuple(st) if st[0] >= 0 else None, h)
+        index.stat_time_ns = int(attrs.get("stat_time_ns", 0))
+        index.part_names = decode_strings(f["parts/names"])
+        index.part_rows = f["parts/rows"][()].tolist()
+        index.source_part, index.source_row = f["source/part"][()], f["source/row"][()]
+        index.views = read_group(f)
         return index
     except (OSError, KeyError, ValueError) as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
-
-
-def _read_stat_index(f, index: CacheIndex) -> None:
-    index.stats = _stat_columns(f["stat"], len(index.paths))
-    fs = _stat_columns(f["failed"], len(index.failed))
-    fh = decode_strings(f["failed/sha256"])
-    failures = Failures()
-    for (p, reason), st, h in zip(index.failed.items(), fs.tolist(), fh, strict=True):
-        failures.add(p, reason, tuple(st) if st[0] >= 0 else None, h)
-    index.failures = failures
-    index.stat_time_ns = int(index.attrs.get("stat_time_ns", 0))
-    index.part_names = decode_strings(f["parts/names"])
-    index.part_rows = f["parts/rows"][()].tolist()
-    index.source_part = f["source/part"][()]
-    index.source_row = f["source/row"][()]
 
 
 def _stat_columns(group, n: int) -> np.ndarray:
@@ -196,9 +229,6 @@ def orphan_parts(path: Path, index: CacheIndex | None, space: FeatureSpace) -> d
         for row, h in enumerate(hashes):
             found.setdefault(h, (name, row))
     return found
-
-
-# --------------------------------------------------------------------------- committing
 
 
 def commit_id(path: Path) -> str | None:
@@ -221,14 +251,6 @@ class CommitConflict(CacheError):
     exit_code = 1
 
 
-def check_base(path: Path, base: str | None) -> None:
-    if commit_id(path) != base:
-        raise CommitConflict(
-            f"another process committed {path} while this run was updating it (its lock file was removed "
-            "or not honoured); this run wrote nothing to the index: re-run the command"
-        )
-
-
 def write_index(
     path: Path,
     rows: list[Row],
@@ -241,12 +263,29 @@ def write_index(
     base: str | None = UNCHECKED,
 ) -> None:
     """Write the index for ``rows`` to a temporary file and atomically put it at ``path``;
-    ``views``: the rows' augmented views, or None. ``base``: the :func:`commit_id` this commit
-    builds on, checked right before the rename."""
-    check = None if base == UNCHECKED else lambda: check_base(path, base)
-    with h5_atomic(path, check) as f:
-        _write_rows(f, path, rows, classes, space, part_sizes)
-        _write_failures(f.create_group("failed"), failed)
+    ``base``: the :func:`commit_id` this commit builds on, checked right before the rename."""
+
+    def check_base() -> None:
+        if commit_id(path) != base:
+            raise CommitConflict(
+                f"another process committed {path} while this run was updating it (its lock file was removed "
+                "or not honoured); this run wrote nothing to the index: re-run the command"
+            )
+
+    with h5_atomic(path, None if base == UNCHECKED else check_base) as f:
+        parts, part_rows = [r.part for r in rows], [r.part_row for r in rows]
+        write_sources(f, parts_dir(path).name, parts, part_rows, part_sizes, space.feature_dim, space.store_dtype)
+        write_strings(f, "paths", [r.path for r in rows])
+        write_strings(f, "split", [r.split for r in rows])
+        write_array(f, "content_sha256", np.array([r.sha256 for r in rows], dtype="S64"), HASH)
+        write_array(f, "labels", np.array([r.label for r in rows], dtype=np.int64))
+        write_strings(f, "classes", classes)
+        _write_stats(f, "stat/", [r.stat for r in rows])
+        g = f.create_group("failed")
+        write_strings(g, "paths", list(failed.reasons))
+        write_strings(g, "reasons", list(failed.reasons.values()))
+        _write_stats(g, "", [failed.stats.get(p, (-1,) * len(STAT_FIELDS)) for p in failed.reasons])
+        write_array(g, "sha256", np.array([failed.hashes.get(p, "") for p in failed.reasons], dtype="S64"), HASH)
         for key, value in attrs.items():
             f.attrs[key] = str(value) if isinstance(value, str) else value  # str subclasses confuse h5py
         f.attrs["tlx_format"] = FORMAT_VERSION
@@ -260,31 +299,10 @@ def write_index(
             f.attrs["view_recipe"] = json.dumps(views.recipe, sort_keys=True)
 
 
-def _write_rows(f, path: Path, rows: list[Row], classes: list[str], space: FeatureSpace, sizes: dict[str, int]):
-    """The rows' metadata, their stat index, where their vectors live, and ``features``."""
-    parts, part_rows = [r.part for r in rows], [r.part_row for r in rows]
-    virtual_rows(f, "features", parts_dir(path).name, parts, part_rows, sizes, space.feature_dim, space.store_dtype)
-    write_strings(f, "paths", [r.path for r in rows])
-    write_strings(f, "split", [r.split for r in rows])
-    write_array(f, "content_sha256", np.array([r.sha256 for r in rows], dtype="S64"), HASH)
-    write_array(f, "labels", np.array([r.label for r in rows], dtype=np.int64))
-    write_strings(f, "classes", classes)
-    stats = np.array([r.stat for r in rows], dtype=np.int64).reshape(-1, len(STAT_FIELDS))
+def _write_stats(group, prefix: str, stats: list) -> None:
+    columns = np.array(stats, dtype=np.int64).reshape(-1, len(STAT_FIELDS))
     for k, name in enumerate(STAT_FIELDS):
-        write_array(f, f"stat/{name}", stats[:, k])
-    used = sorted(set(parts))
-    number = {name: k for k, name in enumerate(used)}
-    write_part_table(f, used, sizes, [number[p] for p in parts], part_rows)
-
-
-def _write_failures(g, failed: Failures) -> None:
-    write_strings(g, "paths", list(failed.reasons))
-    write_strings(g, "reasons", list(failed.reasons.values()))
-    none = (-1,) * len(STAT_FIELDS)
-    fstats = np.array([failed.stats.get(p, none) for p in failed.reasons], dtype=np.int64).reshape(-1, len(none))
-    for k, name in enumerate(STAT_FIELDS):
-        write_array(g, name, fstats[:, k])
-    write_array(g, "sha256", np.array([failed.hashes.get(p, "") for p in failed.reasons], dtype="S64"), HASH)
+        write_array(group, prefix + name, columns[:, k])
 
 
 def remove_stale_temporaries(path: Path) -> None:

@@ -13,16 +13,8 @@ from ..errors import StorageError
 
 
 class CacheLock:
-    """Advisory lock on ``<cache>.lock``: a second extract on the same cache waits its turn.
-
-    ``filelock`` uses the operating system's lock (flock on POSIX, msvcrt on Windows), which is
-    released when its holder dies, even by kill -9, so a stale lock cannot block the next run.
-    It is imported here, not at the top, so that reading a cache needs no locking at all.
-
-    On a read-only file system no process can write the cache, so there is nothing to lock
-    against: the lock is not taken and ``read_only`` holds the error a write would meet (a run
-    with nothing to write still succeeds; one with work raises it before it starts).
-    """
+    """Advisory OS lock on ``<cache>.lock`` (released when its holder dies, even by kill -9). On a
+    read-only file system nobody can write: no lock is taken, ``read_only`` holds the error."""
 
     def __init__(self, cache_path: Path, on_wait: Callable[[str], None] | None = None):
         self.path = cache_path.with_name(cache_path.name + ".lock")
@@ -40,7 +32,7 @@ class CacheLock:
         return self
 
     def _acquire(self) -> None:
-        import filelock
+        import filelock  # here, not at the top: reading a cache needs no locking at all
 
         with storage_errors(self.path, "create the lock file"):
             told = False
@@ -59,19 +51,15 @@ class CacheLock:
                 self._lock.release()  # removed or replaced while this process waited: lock the new one
 
     def _locks_the_file_at_path(self) -> bool:
-        """Is the file this process locked still the one at the lock's path? A lock on a file
-        someone deleted excludes nobody: the next process creates a new file and locks that."""
+        """A lock on a file someone deleted excludes nobody: the next process locks a new file."""
         fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
         if not isinstance(fd, int):
             return True  # this filelock does not expose it; the commit's base check still holds
         try:
-            here = os.stat(self.path)
+            return os.path.samestat(os.stat(self.path), os.fstat(fd))
         except FileNotFoundError:
             return False
-        mine = os.fstat(fd)
-        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
     def __exit__(self, *exc):
         if self._lock is not None:
             self._lock.release()
-        return False

@@ -1,12 +1,5 @@
-"""Part files: the immutable files that hold a cache's vectors, feature parts and view parts alike.
-
-A part holds ``features`` (n x D) and the key columns that say whose each vector is: a feature
-part keys a row by ``content_sha256``, a view part by ``content_sha256`` and ``view`` (the view
-index). Every dataset is chunked with HDF5's fletcher32 checksum, and a part is written once
-under a temporary name, fsynced and renamed (:func:`~tlx.cache.h5write.h5_atomic`), never
-modified afterwards. One :class:`PartWriter` writes both kinds: what differs is a
-:class:`PartKind`, never a second copy of the code.
-"""
+"""Part files: the immutable files that hold a cache's vectors, feature and view parts alike
+(they differ only in their :class:`PartKind`), written once under a temporary name and renamed."""
 
 from __future__ import annotations
 
@@ -14,13 +7,13 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import StorageError
+from ..errors import CacheError, StorageError
 from .h5format import FORMAT_VERSION, HASH, decode_strings, open_h5, parts_dir, rows_per_chunk
 from .h5write import h5_atomic
 from .space import FeatureSpace
@@ -28,21 +21,20 @@ from .space import FeatureSpace
 
 @dataclass(frozen=True)
 class PartKind:
-    """What a kind of part stores beside its features: the key columns of each row and the
-    attribute that marks the file. A key is a content hash (one column) or a tuple of the
-    columns' values (several)."""
+    """A kind of part: its key columns (a key is a hash, or a tuple) and its marking attribute."""
 
-    marker: str  # the attribute that marks a part of this kind (``not_a_cache`` knows both)
+    marker: str
     marker_value: int
-    columns: tuple[str, ...]  # key columns: content_sha256 first
+    columns: tuple[str, ...]  # content_sha256 first
 
-    def pack(self, keys: Sequence[Any]) -> dict[str, np.ndarray]:
-        """The column arrays of ``keys``."""
-        rows = [(k,) for k in keys] if len(self.columns) == 1 else [tuple(k) for k in keys]
-        return {name: _column(name, [r[c] for r in rows]) for c, name in enumerate(self.columns)}
+    def write_keys(self, f, keys: Sequence[Any]) -> None:
+        if not keys:
+            return
+        values = [keys] if len(self.columns) == 1 else list(zip(*keys, strict=True))
+        for name, column in zip(self.columns, values, strict=True):
+            f[name][:] = np.array(column, dtype="S64" if name == "content_sha256" else np.int16)
 
-    def unpack(self, f) -> list[Any]:
-        """The keys of an open part."""
+    def read_keys(self, f) -> list[Any]:
         hashes = decode_strings(f["content_sha256"])
         if len(self.columns) == 1:
             return hashes
@@ -50,19 +42,14 @@ class PartKind:
         return list(zip(hashes, *others, strict=True))
 
 
-def _column(name: str, values: list) -> np.ndarray:
-    return np.array(values, dtype="S64") if name == "content_sha256" else np.array(values, dtype=np.int16)
-
-
 FEATURE_PARTS = PartKind("tlx_part", FORMAT_VERSION, ("content_sha256",))
 VIEW_PARTS = PartKind("tlx_view_part", 1, ("content_sha256", "view"))  # view: the view index >= 1
 
 
-def part_datasets(f, n: int, width: int, space: FeatureSpace, kind: PartKind = FEATURE_PARTS, attrs=None) -> None:
-    """A part's datasets, each chunk with HDF5's fletcher32 checksum: a chunk whose bytes changed
-    on disk fails to read (``tlx.cache.reader`` names the part) instead of reading as numbers.
-    ``attrs``: what the part must match to be taken back besides its space (a view recipe),
-    stored as sorted JSON."""
+def part_datasets(f, n: int, space: FeatureSpace, kind: PartKind = FEATURE_PARTS, attrs=None) -> None:
+    """A part's datasets, every chunk with a fletcher32 checksum (changed bytes fail to read);
+    ``attrs``: what the part must match to be taken back besides its space (a view recipe)."""
+    width = space.feature_dim
     chunk = (min(rows_per_chunk(width), max(n, 1)), width)
     f.create_dataset(
         "features", shape=(n, width), maxshape=(None, width), dtype=space.store_dtype, chunks=chunk, fletcher32=True
@@ -80,102 +67,65 @@ def part_datasets(f, n: int, width: int, space: FeatureSpace, kind: PartKind = F
 def write_part(
     folder: Path, name: str, keys: Sequence, features: np.ndarray, space: FeatureSpace, kind=FEATURE_PARTS, attrs=None
 ) -> Path:
-    """One immutable part file, fsynced and renamed into place (the journal's unit of durability)."""
-    n = len(keys)
     with h5_atomic(folder / name) as f:
-        part_datasets(f, n, space.feature_dim, space, kind, attrs)
-        if n:
+        part_datasets(f, len(keys), space, kind, attrs)
+        if len(keys):
             f["features"][:] = features.astype(space.store_dtype, copy=False)
-            for column, values in kind.pack(keys).items():
-                f[column][:] = values
+        kind.write_keys(f, keys)
     return folder / name
 
 
 def merge_parts(
-    folder: Path, sources: Sequence[str], name: str, space: FeatureSpace, kind=FEATURE_PARTS, attrs=None
+    folder: Path, segments: list[tuple[str, list]], name: str, space: FeatureSpace, kind=FEATURE_PARTS, attrs=None
 ) -> list:
-    """Concatenate part files into one new part (block by block), then delete the sources.
-    Returns the merged part's keys. A kill in between leaves the sources or both: either way
-    every vector is still in some complete part."""
-    keys: list = []
-    sizes = []
-    for s in sources:
-        with open_h5(folder / s) as f:
-            found = kind.unpack(f)
-        keys += found
-        sizes.append(len(found))
+    """Concatenate the parts ``segments`` (name, keys) into the new part ``name``, one at a time,
+    then delete them; returns its keys. A kill in between leaves every vector in a complete part."""
+    keys = [key for _, segment_keys in segments for key in segment_keys]
     with h5_atomic(folder / name) as out:
-        part_datasets(out, len(keys), space.feature_dim, space, kind, attrs)
+        part_datasets(out, len(keys), space, kind, attrs)
         at = 0
-        for s, n in zip(sources, sizes, strict=True):
-            with open_h5(folder / s) as f:
-                out["features"][at : at + n] = f["features"][()]
-            at += n
-        if keys:
-            for column, values in kind.pack(keys).items():
-                out[column][:] = values
-    for s in sources:
-        (folder / s).unlink(missing_ok=True)
+        for segment, segment_keys in segments:
+            with open_h5(folder / segment) as f:
+                out["features"][at : at + len(segment_keys)] = f["features"][()]
+            at += len(segment_keys)
+        kind.write_keys(out, keys)
+    for segment, _ in segments:
+        (folder / segment).unlink(missing_ok=True)
     return keys
 
 
 def read_part_keys(path: Path, space: FeatureSpace, kind=FEATURE_PARTS, attrs=None) -> list | None:
-    """The keys of a complete part of ``space`` (and ``attrs``); None for a part of another
-    space or recipe, or a damaged file."""
+    """The keys of a complete part of ``space`` (and ``attrs``); None for any other part."""
     try:
         with open_h5(path) as f:
             if json.loads(f.attrs["feature_space"]) != space.to_dict():
                 return None
             if any(json.loads(f.attrs[key]) != value for key, value in (attrs or {}).items()):
                 return None
-            return kind.unpack(f)
+            return kind.read_keys(f)
     except (OSError, KeyError, ValueError):
         return None
 
 
-def read_part_hashes(path: Path, space: FeatureSpace) -> list[str] | None:
-    """The hashes of a complete feature part of ``space``; None for another space or a damaged file."""
-    return read_part_keys(path, space)
-
-
-def part_sizes(path: Path, names: Sequence[str]) -> dict[str, int]:
-    """Rows of each named feature part of the cache at ``path``."""
-    sizes = {}
-    for n in names:
-        with open_h5(parts_dir(path) / n) as f:
-            sizes[n] = len(f["content_sha256"])
-    return sizes
-
-
+@dataclass
 class PartWriter:
-    """Buffers one process's new vectors and flushes them as a part every ``flush_rows`` rows or
-    ``flush_seconds`` seconds, whichever comes first: a crash loses at most that much work, and
-    a run writes a few parts, not one file (and one fsync) per batch. ``close`` merges the
-    flushed segments into one part, so a run leaves one part per process. ``kind`` and
-    ``attrs``: which key columns the parts store (feature parts by default)."""
+    """Flushes one process's new vectors as a part every ``flush_rows`` rows or ``flush_seconds``
+    (a crash loses at most that much); ``close`` merges them into one part per process."""
 
-    def __init__(
-        self,
-        folder: Path,
-        prefix: str,
-        space: FeatureSpace,
-        flush_rows: int = 4096,
-        flush_seconds=5.0,
-        kind: PartKind = FEATURE_PARTS,
-        attrs: dict | None = None,
-    ):
-        self.folder, self.prefix, self.space = folder, prefix, space
-        self.kind, self.attrs = kind, attrs
-        self.flush_rows, self.flush_seconds = max(1, flush_rows), flush_seconds
-        self._keys: list = []
-        self._feats: list[np.ndarray] = []
-        self._last = time.monotonic()
-        self.parts: list[tuple[str, list]] = []  # the flushed segments and their keys
-        self.n_rows = 0
+    folder: Path
+    prefix: str
+    space: FeatureSpace
+    flush_rows: int = 4096
+    flush_seconds: float = 5.0
+    kind: PartKind = FEATURE_PARTS
+    attrs: dict | None = None
+    parts: list[tuple[str, list]] = field(default_factory=list, init=False)  # the flushed segments and their keys
+    _keys: list = field(default_factory=list, init=False, repr=False)
+    _feats: list[np.ndarray] = field(default_factory=list, init=False, repr=False)
+    _last: float = field(default_factory=time.monotonic, init=False, repr=False)
 
     @property
     def segments(self) -> list[str]:
-        """The names of the parts flushed so far."""
         return [name for name, _ in self.parts]
 
     def add(self, keys: Sequence, features: np.ndarray) -> None:
@@ -183,64 +133,91 @@ class PartWriter:
             return
         self._keys += list(keys)
         self._feats.append(np.asarray(features, dtype=np.float32))
-        self.n_rows += len(keys)
         if len(self._keys) >= self.flush_rows or time.monotonic() - self._last >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
         if self._keys:
             name = f"{self.prefix}-{len(self.parts):06d}.h5"
-            feats = np.concatenate(self._feats)
-            write_part(self.folder, name, self._keys, feats, self.space, self.kind, self.attrs)
+            write_part(self.folder, name, self._keys, np.concatenate(self._feats), self.space, self.kind, self.attrs)
             self.parts.append((name, self._keys))
             self._keys, self._feats = [], []
         self._last = time.monotonic()
 
     def close(self) -> list[tuple[str, list]]:
-        """Flush and merge; returns ``[(part name, its keys)]`` (empty when nothing was added)."""
+        """Flush and merge; returns ``[(part name, its keys)]``."""
         self.flush()
         if len(self.parts) < 2:
             return list(self.parts)
         name = f"{self.prefix}.h5"
         try:
-            return [(name, merge_parts(self.folder, self.segments, name, self.space, self.kind, self.attrs))]
-        except StorageError:
-            # merging only tidies up: the segments are complete parts, and the commit may still fit
+            return [(name, merge_parts(self.folder, self.parts, name, self.space, self.kind, self.attrs))]
+        except StorageError:  # merging only tidies up: the segments are complete parts
             return list(self.parts)
 
 
-def remove_unused_parts(path: Path, keep: set[str], among: set[str] | None = None) -> int:
-    """After a commit: delete the parts no row of the index uses. Returns how many were deleted."""
-    return remove_unused_files(parts_dir(path), keep, among)
+@dataclass
+class Sources:
+    """Where the vector of each key lives: the previous index, parts a killed run left (resumed),
+    or this run's parts (new); and the rows of every part."""
+
+    prev: dict[Any, tuple[str, int]] = field(default_factory=dict)
+    resumed: dict[Any, tuple[str, int]] = field(default_factory=dict)
+    new: dict[Any, tuple[str, int]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)  # parts left out as damaged: name -> why
+
+    def known_hashes(self) -> set:
+        return set(self.prev) | set(self.resumed)
+
+    def have(self) -> dict[str, int]:
+        """For view keys (sha256, view): sha256 -> bit mask of the views whose vectors exist."""
+        masks: dict[str, int] = {}
+        for h, v in self.known_hashes():
+            masks[h] = masks.get(h, 0) | (1 << v)
+        return masks
+
+    def add_new(self, parts: list[tuple[str, list]]) -> None:
+        for name, keys in parts:
+            self.sizes[name] = len(keys)
+            for row, key in enumerate(keys):
+                self.new.setdefault(key, (name, row))
+
+    def find(self, key) -> tuple[tuple[str, int], str]:
+        """``((part, row), "reused" | "resumed" | "new")`` of a key's vector."""
+        for kind, table in (("reused", self.prev), ("resumed", self.resumed), ("new", self.new)):
+            if key in table:
+                return table[key], kind
+        what = f"view {key[1]} of content {key[0][:12]}" if isinstance(key, tuple) else f"content {key[:12]}"
+        raise CacheError(f"internal error: no vector for {what}")
 
 
-def remove_unused_files(folder: Path, keep: set[str], among: set[str] | None = None) -> int:
-    """Delete the part files in ``folder`` not named in ``keep``, and the folder once empty.
-    ``among``: only these names are candidates, the parts the committing run knew of; a part
-    another writer made meanwhile is not this run's to delete."""
+def remove_unused_parts(path: Path, keep: set[str], among: set[str] | None = None) -> None:
+    remove_unused_files(parts_dir(path), keep, among)
+
+
+def remove_unused_files(folder: Path, keep: set[str], among: set[str] | None = None) -> None:
+    """After a commit: delete the part files in ``folder`` not named in ``keep``, and the folder
+    once empty. ``among``: the parts the committing run knew of; another writer's new ones stay."""
     if not folder.is_dir():
-        return 0
-    gone = 0
+        return
     for part in folder.glob("*.h5"):
         if part.name not in keep and (among is None or part.name in among):
             part.unlink(missing_ok=True)
-            gone += 1
     if not any(folder.iterdir()):
         folder.rmdir()
-    return gone
 
 
 def unreferenced_parts(
     folder: Path, used: set[str], space: FeatureSpace, kind=FEATURE_PARTS, attrs=None
 ) -> Iterator[tuple[str, list]]:
-    """``(part name, its keys)`` of each complete part in ``folder`` that ``used`` does not name
-    (work of a run that stopped before its commit), in name order. Half-written parts, parts of
-    another space or recipe, and damaged ones are deleted. Call under the lock."""
+    """``(name, keys)`` of each part in ``folder`` not in ``used`` (a run that stopped before its
+    commit); half-written, damaged and other spaces' parts are deleted. Call under the lock."""
     if not folder.is_dir():
         return
     for tmp in folder.glob(".*.tmp"):
         with suppress(OSError):  # on read-only media they stay, harmless
-            tmp.unlink(missing_ok=True)  # half-written parts of killed runs
+            tmp.unlink(missing_ok=True)
     for part in sorted(folder.glob("*.h5")):
         if part.name in used:
             continue

@@ -1,33 +1,14 @@
-"""One committed version of a cache, held open for as long as it is read.
-
-A reader of a cache races the writers of it: ``tlx extract`` commits a new index with
-``os.replace`` and then deletes the parts no row uses any more, and ``tlx cache compact``
-rewrites every row into one new part and deletes the others. A reader that re-opened the index
-(or the parts, through the index's virtual dataset) by name on every read could take its paths
-and labels from one version and its vectors from another, without a word.
-
-So a reader takes a :class:`Snapshot`: it opens the index once and keeps the handle, reads the
-index's metadata through it, then opens every part file that index names and keeps those
-handles too. Vectors are then read from the parts directly, through the index's
-``source/part`` and ``source/row`` maps, never through the virtual dataset by name. Part files
-are immutable (a writer never rewrites one), and POSIX keeps an unlinked file readable while a
-handle on it is open, so whatever commits or compactions follow, the snapshot reads exactly the
-version it opened, whole. If a part vanished between opening the index and opening the part,
-a commit happened in between: the snapshot opens the now-current index and tries again (a few
-times at most). Readers take no lock, need no write access and never wait for a writer; the
-price is that a deleted part's disk space comes back only when the last reader holding it lets
-go, and that a snapshot holds one file handle per part (``tlx cache compact`` makes that one).
-
-Damage shows here too: parts are written with HDF5's fletcher32 checksum on every chunk, and a
-chunk whose bytes changed, or a part cut short, is reported as one line naming the part
-(:class:`DamagedPartError`), never read as numbers.
-"""
+"""One committed version of a cache, held open for as long as it is read: a :class:`Snapshot`
+opens the index, then every part it names, and reads vectors through those handles, never by
+name. Parts are immutable and POSIX keeps an unlinked file readable while it is open, so it
+reads the version it opened whatever writers commit or delete meanwhile."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +16,17 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError
-from .h5format import READABLE_FORMATS, UnreadableCacheError, decode_strings, not_a_cache, open_h5, parts_dir
+from .h5format import (
+    READABLE_FORMATS,
+    UnreadableCacheError,
+    attrs_of,
+    decode_strings,
+    first_line,
+    not_a_cache,
+    open_h5,
+    parts_dir,
+    views_dir,
+)
 
 OPEN_TRIES = 8  # commits racing one open; each retry means another writer committed meanwhile
 
@@ -50,20 +41,15 @@ class DamagedPartError(CacheError):
             f"{cache}: its part {part.parent.name}/{part.name} is damaged ({what}); "
             "run `tlx extract` on its data again: it re-computes that part's rows and keeps the rest"
         )
-        self.cache, self.part = cache, part
 
 
 class _PartGone(Exception):
     """A part named by the index vanished before it was opened (a commit happened meanwhile)."""
 
-    def __init__(self, part: Path):
-        self.part = part
-
 
 def read_sorted(ds, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (sorted) of ``ds`` as float32. The span they cover is read in contiguous
-    windows of at most twice their count (h5py reads ranges far faster than scattered
-    points), and the wanted rows are picked from each window."""
+    """Rows ``rows`` (sorted) of ``ds`` as float32, read in contiguous windows of at most twice
+    their count (h5py reads ranges far faster than scattered points)."""
     out = np.empty((len(rows), ds.shape[1]), dtype=np.float32)
     window = max(2 * len(rows), 1024)
     buffer = np.empty((min(window, ds.shape[0]), ds.shape[1]), dtype=ds.dtype)
@@ -102,17 +88,15 @@ class RowMap:
         if not len(rows):
             return out
         part, row = self.part[rows], self.row[rows]
-        starts = np.flatnonzero(np.diff(part)) + 1
-        runs = np.split(np.arange(len(rows)), starts)
-        if len(set(part[starts].tolist()) | {int(part[0])}) == len(runs) and all(
-            np.all(row[r[1:]] >= row[r[:-1]]) for r in runs
-        ):  # the usual layout: each part's rows in one ascending run (a fresh or compacted cache)
-            for r in runs:
-                out[r[0] : r[-1] + 1] = self._guarded(int(part[r[0]]), reader, row[r[0] : r[-1] + 1])
+        starts = np.r_[0, np.flatnonzero(np.diff(part)) + 1]
+        ends = np.r_[starts[1:], len(rows)]
+        # the usual layout: each part's rows in one ascending run (a fresh or compacted cache)
+        if len(np.unique(part[starts])) == len(starts) and np.all(np.diff(row)[np.diff(part) == 0] >= 0):
+            for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+                out[lo:hi] = self._guarded(int(part[lo]), reader, row[lo:hi])
             return out
         order = np.lexsort((row, part))  # by part, then by row inside it
-        bounds = np.flatnonzero(np.diff(part[order])) + 1
-        for group in np.split(order, bounds):
+        for group in np.split(order, np.flatnonzero(np.diff(part[order])) + 1):
             out[group] = self._guarded(int(part[group[0]]), reader, row[group])
         return out
 
@@ -120,20 +104,16 @@ class RowMap:
         try:
             return reader(self.datasets[k], rows)
         except OSError as exc:  # HDF5 reports a bad checksum or a short file as an OSError
-            raise DamagedPartError(self.cache, self.files[k], _first_line(exc)) from None
+            raise DamagedPartError(self.cache, self.files[k], first_line(exc)) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+class Snapshot(AbstractContextManager):
+    """An open, committed version of a cache: the index, its attributes, and the row maps."""
 
-
-class Snapshot:
-    """An open, committed version of a cache (or of any HDF5 file holding a matrix): the index
-    handle, the attributes, and the row maps of ``features`` and ``views/features``."""
-
-    def __init__(self, path: Path, index: h5py.File, tables: dict[str, RowMap], handles: list[h5py.File]):
-        self.path, self.index, self.tables, self._handles = path, index, tables, handles
-        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in index.attrs.items()}
+    def __init__(self, path: Path, index: h5py.File):
+        self.path, self.index, self.attrs = path, index, attrs_of(index)
+        self.tables: dict[str, RowMap] = {}
+        self.handles: list[h5py.File] = []  # the open parts
 
     @property
     def is_cache(self) -> bool:
@@ -147,96 +127,69 @@ class Snapshot:
         return self.tables[dataset]
 
     def close(self) -> None:
-        for f in self._handles:
+        for f in [*self.handles, self.index]:
             f.close()
-        self.index.close()
-
-    def __enter__(self) -> Snapshot:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
 def open_snapshot(path: str | Path) -> Snapshot:
-    """Open the current version of the cache at ``path`` and every part it names. A part that
-    vanished meanwhile means a writer committed: the new index is opened instead."""
+    """Open the cache at ``path`` and every part it names; a part gone meanwhile: open it again."""
     path = Path(path)
     for _ in range(OPEN_TRIES):
         try:
-            index = open_h5(path)
+            snap = Snapshot(path, open_h5(path))
         except FileNotFoundError:
             raise CacheError(f"{path} does not exist: pass a cache file that `tlx extract` wrote") from None
         except OSError as exc:
-            raise UnreadableCacheError(path, f"{path} is not a readable HDF5 file ({_first_line(exc)})") from None
-        seen = _inode(index)
+            raise UnreadableCacheError(path, f"{path} is not a readable HDF5 file ({first_line(exc)})") from None
         try:
-            return _snapshot(path, index)
+            if snap.is_cache and snap.attrs["tlx_format"] >= 2:
+                snap.tables["features"] = _part_table(snap, snap.index, parts_dir(path))
+                if "views" in snap.index:
+                    snap.tables["views/features"] = _part_table(snap, snap.index["views"], views_dir(path))
+            return snap
         except _PartGone as gone:
-            index.close()
-            if _current_inode(path) == seen:  # no commit since: the part is really missing
-                kind = "view part" if gone.part.parent.name.endswith(".views") else "part file"
+            committed = _inode(snap.index) != _inode(path)
+            snap.close()
+            if not committed:  # the part is really missing
+                part: Path = gone.args[0]
+                kind = "view part" if part.parent.name.endswith(".views") else "part file"
                 raise UnreadableCacheError(
                     path,
-                    f"{path} is damaged: its {kind} {gone.part.parent.name}/{gone.part.name} is missing "
+                    f"{path} is damaged: its {kind} {part.parent.name}/{part.name} is missing "
                     "(deleted, or not copied with the cache)",
                 ) from None
         except BaseException:
-            index.close()
+            snap.close()
             raise
     raise CacheError(f"{path} was rewritten {OPEN_TRIES} times while it was being opened: load it again")
 
 
-def _inode(f: h5py.File) -> int | None:
+def _inode(target: h5py.File | Path) -> int | None:
+    """The inode of an open file, or of the file at a path now; None when it cannot be told."""
     try:
-        return os.fstat(f.id.get_vfd_handle()).st_ino
+        return (target.stat() if isinstance(target, Path) else os.fstat(target.id.get_vfd_handle())).st_ino
     except (OSError, ValueError, TypeError):
         return None
 
 
-def _current_inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
-
-
-def _snapshot(path: Path, index: h5py.File) -> Snapshot:
-    handles: list[h5py.File] = []
-    try:
-        tables: dict[str, RowMap] = {}
-        fmt = index.attrs.get("tlx_format")
-        if fmt in READABLE_FORMATS and fmt >= 2:
-            tables["features"] = _part_table(path, index, parts_dir(path), handles)
-            if "views" in index:
-                folder = path.with_name(path.name + ".views")
-                tables["views/features"] = _part_table(path, index["views"], folder, handles)
-        return Snapshot(path, index, tables, handles)
-    except BaseException:
-        for f in handles:
-            f.close()
-        raise
-
-
-def _part_table(path: Path, group, folder: Path, handles: list[h5py.File]) -> RowMap:
+def _part_table(snap: Snapshot, group, folder: Path) -> RowMap:
     """Open every part ``group`` names (under ``folder``) and map its rows onto them."""
-    names = decode_strings(group["parts/names"])
     datasets, files = [], []
-    for name in names:
+    for name in decode_strings(group["parts/names"]):
         part = folder / name
         try:
             f = open_h5(part)
-        except FileNotFoundError:
-            raise _PartGone(part) from None
         except OSError as exc:
-            if not part.exists():  # unlinked while HDF5 was opening it: a writer has just committed
+            if isinstance(exc, FileNotFoundError) or not part.exists():  # a writer has just committed
                 raise _PartGone(part) from None
-            raise DamagedPartError(path, part, _first_line(exc)) from None
-        handles.append(f)
-        try:
-            datasets.append(f["features"])
-        except KeyError:
-            raise DamagedPartError(path, part, "it has no features") from None
+            raise DamagedPartError(snap.path, part, first_line(exc)) from None
+        snap.handles.append(f)
+        if "features" not in f:
+            raise DamagedPartError(snap.path, part, "it has no features")
+        datasets.append(f["features"])
         files.append(part)
     width = int(group.file.attrs["feature_dim"])
     source_part, source_row = group["source/part"][()].astype(np.int64), group["source/row"][()]
@@ -244,51 +197,48 @@ def _part_table(path: Path, group, folder: Path, handles: list[h5py.File]) -> Ro
     np.maximum.at(last, source_part, source_row)  # the highest row the index maps onto each part
     for k, ds in enumerate(datasets):
         if ds.shape[1:] != (width,) or last[k] >= ds.shape[0]:
-            raise DamagedPartError(path, files[k], f"its features are {ds.shape}, less than the index maps onto it")
-    return RowMap(path, len(source_part), width, datasets, files, source_part, source_row)
+            raise DamagedPartError(
+                snap.path, files[k], f"its features are {ds.shape}, less than the index maps onto it"
+            )
+    return RowMap(snap.path, len(source_part), width, datasets, files, source_part, source_row)
 
 
 def read_summary(path: Path) -> dict:
     """What ``tlx info`` shows of a cache, from one open version of it, without reading its
-    features or paths; raises :class:`UnreadableCacheError` for a file that is not a complete
-    tlx cache (a missing or damaged part included)."""
+    features or paths; a file that is not a complete tlx cache raises UnreadableCacheError."""
     with open_snapshot(path) as snap:
         if not snap.is_cache:
             raise UnreadableCacheError(path, not_a_cache(path) or f"{path} is not a tlx feature cache")
         try:
-            return _summary(snap)
+            f, attrs = snap.index, snap.attrs
+            n = int(attrs["n_images"])
+            lengths = {name: len(f[name]) for name in ("labels", "paths", "split", "content_sha256")}
+            lengths["features"] = snap.table("features").n
+            if set(lengths.values()) != {n}:
+                raise UnreadableCacheError(
+                    path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
+                )
+            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
+            space = json.loads(attrs["feature_space"])
+            n_views = int(f["views"].attrs["count"]) if "views" in f else 0
+            return {
+                "path": str(path),
+                "dataset": attrs.get("dataset_name"),
+                "dataset_root": attrs.get("dataset_root"),
+                "backbone": attrs.get("backbone"),
+                "pooling": attrs.get("pooling"),
+                "stages": int(space.get("stages", 0)),
+                "precision": space.get("precision", "fp32"),
+                "n_images": n,
+                "feature_dim": int(attrs.get("feature_dim", 0)),
+                "updated": attrs.get("updated"),
+                "weights_sha256": space.get("weights_sha256"),
+                "format": int(attrs["tlx_format"]),
+                "n_parts": len(f["parts/names"]) if "parts" in f else 0,
+                "views": n_views,
+                "view_recipe": json.loads(attrs["view_recipe"])["name"] if n_views else None,
+                "n_failed": len(failed),
+                "failed": [{"path": p, "reason": r} for p, r in failed.items()],
+            }
         except (OSError, KeyError, ValueError) as exc:
             raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
-
-
-def _summary(snap: Snapshot) -> dict:
-    f, attrs, path = snap.index, snap.attrs, snap.path
-    n = int(attrs["n_images"])
-    lengths = {name: len(f[name]) for name in ("labels", "paths", "split", "content_sha256")}
-    lengths["features"] = snap.table("features").n
-    if set(lengths.values()) != {n}:
-        raise UnreadableCacheError(
-            path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
-        )
-    failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
-    space = json.loads(attrs["feature_space"])
-    n_views = int(f["views"].attrs["count"]) if "views" in f else 0
-    return {
-        "path": str(path),
-        "dataset": attrs.get("dataset_name"),
-        "dataset_root": attrs.get("dataset_root"),
-        "backbone": attrs.get("backbone"),
-        "pooling": attrs.get("pooling"),
-        "stages": int(space.get("stages", 0)),
-        "precision": space.get("precision", "fp32"),
-        "n_images": n,
-        "feature_dim": int(attrs.get("feature_dim", 0)),
-        "updated": attrs.get("updated"),
-        "weights_sha256": space.get("weights_sha256"),
-        "format": int(attrs["tlx_format"]),
-        "n_parts": len(f["parts/names"]) if "parts" in f else 0,
-        "views": n_views,
-        "view_recipe": json.loads(attrs["view_recipe"])["name"] if n_views else None,
-        "n_failed": len(failed),
-        "failed": [{"path": p, "reason": r} for p, r in failed.items()],
-    }

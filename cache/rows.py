@@ -1,12 +1,5 @@
-"""Some rows of a cache's feature matrix, read block by block: a matrix larger than memory.
-
-``CacheRows`` looks like a read-only ``(n, d)`` float32 matrix (``shape``, ``len``, slicing by
-row ranges) but holds only an open :class:`~tlx.cache.reader.Snapshot` of the cache and the row
-numbers: every read comes from the version the snapshot opened, whatever a writer committed
-since. Each block is read when it is asked for, float16 caches are widened to float32 one block
-at a time, and ``to_array`` fills one preallocated array, so loading never holds more than the
-result plus one block.
-"""
+"""``CacheRows``: some rows of a cache's feature matrix, read block by block from one open
+:class:`~tlx.cache.reader.Snapshot`, so a matrix larger than memory looks like a float32 array."""
 
 from __future__ import annotations
 
@@ -36,7 +29,6 @@ class CacheRows:
 
     @property
     def nbytes(self) -> int:
-        """The size of this matrix as float32 in memory."""
         return len(self.rows) * self.width * 4
 
     def __len__(self) -> int:
@@ -44,11 +36,7 @@ class CacheRows:
 
     def subset(self, positions) -> CacheRows:
         """The rows at ``positions`` of this view (a new view of the same snapshot; nothing is read)."""
-        view = object.__new__(CacheRows)
-        view.snapshot, view.path, view.dataset, view.width = self.snapshot, self.path, self.dataset, self.width
-        view._table = self._table
-        view.rows = np.sort(self.rows[np.asarray(positions, dtype=np.int64)])
-        return view
+        return CacheRows(self.snapshot, self.rows[np.asarray(positions, dtype=np.int64)], self.dataset)
 
     def block_rows(self, block_bytes: int = BLOCK_BYTES) -> int:
         return max(1, block_bytes // (4 * max(self.width, 1)))

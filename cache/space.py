@@ -1,8 +1,5 @@
-"""What identifies a feature space: the preprocessing and the backbone, weights, pooling and
-precision that made a cache's vectors. Vectors of two different spaces never mix.
-
-Nothing in this module imports torch.
-"""
+"""What identifies a feature space: the preprocessing, backbone, weights, pooling and precision
+that made a cache's vectors. Vectors of two different spaces never mix. (No torch here.)"""
 
 from __future__ import annotations
 
@@ -12,14 +9,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-POOLINGS = ("avg", "max", "avgmax")
-
 
 def pool_label(pooling: str, stages: int = 0) -> str:
     return f"{pooling}-s{stages}" if stages else pooling
-
-
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
 
 
 def rgb(values) -> tuple[float, float, float]:
@@ -46,19 +38,11 @@ class Preprocessing:
         return math.floor(self.input_size / self.crop_pct + 1e-6)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(
-            input_size=int(d["input_size"]),
-            crop_pct=float(d["crop_pct"]),
-            interpolation=str(d["interpolation"]),
-            mean=rgb(d["mean"]),
-            std=rgb(d["std"]),
-        )
+        return cls(int(d["input_size"]), float(d["crop_pct"]), str(d["interpolation"]), rgb(d["mean"]), rgb(d["std"]))
 
 
 class BackboneConfig(Protocol):
@@ -81,15 +65,9 @@ class FeatureSpace:
     preprocessing: Preprocessing
     pooling: str
     feature_dim: int  # width of the stored vectors (2x the map's channels for avgmax)
-    # The forward pass's autocast precision: fp16/bf16 vectors differ from fp32 ones by far more
-    # than rounding, so they are another feature space (records without it were made in fp32).
-    precision: str = "fp32"
-    # Multi-stage pooling: the pooled outputs of the body's last ``stages`` inner stages follow the
-    # final features in each vector (0: the final features alone, as every older cache).
-    stages: int = 0
-    # How the vectors are stored: float16 halves the cache; its vectors are the float32 ones
-    # rounded to half, so they are another (exactly reproducible) space with its own cache file.
-    store_dtype: str = "float32"
+    precision: str = "fp32"  # autocast: fp16/bf16 vectors differ from fp32 ones by far more than rounding
+    stages: int = 0  # the pooled outputs of the last ``stages`` inner stages follow the final features
+    store_dtype: str = "float32"  # float16 halves the cache: its vectors are the float32 ones rounded
 
     @classmethod
     def from_backbone(

@@ -1,14 +1,7 @@
-"""The stat index: git's way of not re-reading files that did not change.
-
-Beside each content hash the cache keeps the (size, mtime_ns, inode, ctime_ns) of the file it was
-computed from (ctime catches what a restored mtime hides: ``touch -d``, ``cp -p`` over a file).
-A re-run stats every file and re-hashes only those whose stat differs, so a run where
-nothing changed opens no image file. A stat taken within ``RACY_NS`` of the run that recorded
-it is not trusted ("racily clean" in git's words): the file could have changed again in the
-same timestamp tick without its stat showing it, so it is re-hashed; when its bytes turn out
-unchanged the run records it again with its own start time, so it is clean from then on (git's
-racy-clean rule: a re-check that found nothing new still refreshes the index). Standard library only.
-"""
+"""The stat index, git's way of not re-reading files that did not change: each content hash keeps
+its file's (size, mtime_ns, inode, ctime_ns), and a re-run re-hashes only files whose stat differs.
+A stat within ``RACY_NS`` of the run that recorded it is "racily clean" (the file could change in
+the same tick unseen): it is re-hashed, then recorded again with the new run's start time."""
 
 from __future__ import annotations
 
@@ -23,6 +16,7 @@ Stat = tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
 RACY_NS = 2_000_000_000
 NOT_FOUND = "file not found (a dangling link, or deleted while running)"
 PARALLEL_STAT_FROM = 20_000  # below this, a plain loop is faster than starting threads
+STAT_THREADS = 8
 
 
 def stat_of(st: os.stat_result) -> Stat:
@@ -39,23 +33,20 @@ def stat_file(path: str | os.PathLike) -> Stat | str:
         return f"cannot read: {exc.strerror or exc}"
 
 
-def stat_files(paths: Sequence[str | os.PathLike], threads: int = 8) -> list[Stat | str]:
+def stat_files(paths: Sequence[str | os.PathLike]) -> list[Stat | str]:
     """:func:`stat_file` of every path. On network file systems each stat is a round trip, so
     large lists are split over threads (a stat releases the GIL while it waits)."""
-    if len(paths) < PARALLEL_STAT_FROM or threads <= 1:
+    if len(paths) < PARALLEL_STAT_FROM:
         return [stat_file(p) for p in paths]
-    step = -(-len(paths) // threads)
-    with ThreadPoolExecutor(threads) as pool:
+    step = -(-len(paths) // STAT_THREADS)
+    with ThreadPoolExecutor(STAT_THREADS) as pool:
         parts = pool.map(lambda lo: [stat_file(p) for p in paths[lo : lo + step]], range(0, len(paths), step))
         return [s for part in parts for s in part]
 
 
 def read_and_hash(path: str | os.PathLike) -> tuple[bytes, str, Stat]:
-    """The bytes of a file, their sha256 and the file's stat, from one open and one read.
-
-    The stat is taken from the open file before reading: if the file changes later, its stat
-    will differ from the recorded one and the next run re-reads it. The hash is always the hash
-    of exactly the bytes returned (which are the bytes decoded), whatever happens meanwhile."""
+    """The bytes of a file, their sha256 and its stat (taken before reading: a later change
+    shows in the next run's stat), from one open and one read."""
     with open(path, "rb") as fh:
         st = stat_of(os.fstat(fh.fileno()))
         data = fh.read()
@@ -63,6 +54,5 @@ def read_and_hash(path: str | os.PathLike) -> tuple[bytes, str, Stat]:
 
 
 def is_racy(stat: Stat, stat_time_ns: int) -> bool:
-    """Was the file modified so close to the moment its stat was recorded that a later change
-    in the same timestamp tick could leave the stat unchanged?"""
+    """Could a later change in the same timestamp tick leave this recorded stat unchanged?"""
     return stat[1] >= stat_time_ns - RACY_NS

@@ -1,26 +1,16 @@
-"""``tlx cache verify``: is every byte of a cache still the one tlx wrote?
-
-Each part (feature parts and view parts) is opened and every chunk of every dataset is read:
-HDF5 checks each chunk's fletcher32 checksum on the way, so a flipped byte fails the read, and a
-file cut short fails to open or to read. The part's content hashes must be the ones the index
-expects at the rows it maps onto the part, and the index's own arrays must agree in length.
-Parts written by a tlx older than the checksums are reported as having none: their bytes can
-be read, but not checked.
-
-``extract`` uses :func:`check_part` too: a part the index names that fails it is left out of
-the sources of the next index, so its images are read and their vectors computed again, and
-nothing else is.
-"""
+"""``tlx cache verify``: every chunk of every part is read (HDF5 checks its fletcher32 checksum)
+and each part's content hashes must be the ones the index expects."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .h5format import READABLE_FORMATS, UnreadableCacheError, decode_strings, open_h5, parts_dir, views_dir
+from .h5format import READABLE_FORMATS, UnreadableCacheError, decode_strings, first_line, open_h5, parts_dir, views_dir
 from .index import index_of
 
 OK, DAMAGED, MISSING, NO_CHECKSUM = "ok", "damaged", "missing", "no checksum (written by an older tlx)"
@@ -50,8 +40,8 @@ class CacheCheck:
 
 
 def check_part(path: Path, hashes: list[tuple[int, str]] | None = None) -> tuple[str, str, int]:
-    """``(status, detail, rows)`` of one part file: every chunk of every dataset read (checksums
-    checked by HDF5); ``hashes``: ``(part row, content hash the index expects there)`` pairs."""
+    """``(status, detail, rows)`` of one part file, every chunk of every dataset read;
+    ``hashes``: ``(part row, content hash the index expects there)`` pairs."""
     if not path.is_file():
         return MISSING, "the file is not there", 0
     try:
@@ -64,14 +54,13 @@ def check_part(path: Path, hashes: list[tuple[int, str]] | None = None) -> tuple
             rows = len(f["content_sha256"])
             if f["features"].shape[0] != rows:
                 return DAMAGED, f"{f['features'].shape[0]} vectors but {rows} content hashes", rows
-            if hashes:
-                stored = decode_strings(f["content_sha256"])
-                wrong = [r for r, h in hashes if r >= rows or stored[r] != h]
-                if wrong:
-                    return DAMAGED, f"{len(wrong)} of its rows hold other content than the index says", rows
+            stored = decode_strings(f["content_sha256"]) if hashes else []
+            wrong = [r for r, h in hashes or [] if r >= rows or stored[r] != h]
+            if wrong:
+                return DAMAGED, f"{len(wrong)} of its rows hold other content than the index says", rows
             checked = all(f[name].fletcher32 for name in names)
     except OSError as exc:  # a bad checksum, a short file, a damaged header
-        return DAMAGED, _first_line(exc), 0
+        return DAMAGED, first_line(exc), 0
     return (OK if checked else NO_CHECKSUM), "", rows
 
 
@@ -87,9 +76,18 @@ def _read_all(ds) -> None:
         ds[start : start + step]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def expected_hashes(sources: list[tuple[str, int]], hashes: list[str]) -> dict[str, list[tuple[int, str]]]:
+    """Part name -> the ``(part row, content hash)`` pairs the index expects there, by name."""
+    expected: dict[str, list[tuple[int, str]]] = {}
+    for (name, row), h in zip(sources, hashes, strict=True):
+        expected.setdefault(name, []).append((row, h))
+    return dict(sorted(expected.items()))
+
+
+def damaged_parts(folder: Path, expected: Mapping[str, list[tuple[int, str]] | None]) -> dict[str, str]:
+    """{name: why} of the parts in ``folder`` (name -> expected hashes) that fail :func:`check_part`."""
+    checks = {name: check_part(folder / name, hashes) for name, hashes in expected.items()}
+    return {name: why for name, (status, why, _) in checks.items() if status in (DAMAGED, MISSING)}
 
 
 def verify_cache(path: Path) -> CacheCheck:
@@ -102,49 +100,27 @@ def verify_cache(path: Path) -> CacheCheck:
                 return report
             index = index_of(f, path)
             if index.format < 2:
-                status, detail, rows = check_part(path)
-                report.parts.append(PartCheck(path.name, status, detail, rows))
+                report.parts.append(PartCheck(path.name, *check_part(path)))
                 return report
-            _check_index(f, report, len(index.paths))
-            view_names = decode_strings(f["views/parts/names"]) if "views" in f else []
+            lengths = {name: len(f[name]) for name in ("labels", "paths", "split", "content_sha256", "source/part")}
+            lengths["n_images"] = int(f.attrs.get("n_images", -1))
+            if set(lengths.values()) != {len(index.paths)}:
+                report.problems.append(f"the index's arrays disagree in length: {lengths}")
+            source = index.source_part
+            if len(source) and (int(source.min()) < 0 or int(source.max()) >= len(index.part_names)):
+                report.problems.append("the index maps rows onto parts it does not name")
+                return report
     except UnreadableCacheError as exc:
         report.problems.append(exc.reason)
         return report
     except OSError as exc:
-        report.problems.append(f"{path} cannot be read as HDF5 ({_first_line(exc)})")
+        report.problems.append(f"{path} cannot be read as HDF5 ({first_line(exc)})")
         return report
-    for name, expected in _expected_hashes(index.part_names, index.source_part, index.source_row, index.hashes):
-        _add(report, parts_dir(path) / name, expected)
-    if index.views is not None:
-        table = index.views
-        number = {n: k for k, n in enumerate(view_names)}
-        image_hashes = [index.hashes[i] for i in table.image.tolist()]
-        source = np.array([number[p] for p in table.part], dtype=np.int64)
-        for name, expected in _expected_hashes(view_names, source, table.part_row, image_hashes):
-            _add(report, views_dir(path) / name, expected)
+    tables = [(parts_dir(path), index.sources(), index.hashes)]
+    if (views := index.views) is not None:
+        image_hashes = [index.hashes[i] for i in views.image.tolist()]
+        tables.append((views_dir(path), list(zip(views.part, views.part_row.tolist(), strict=True)), image_hashes))
+    for folder, sources, hashes in tables:
+        for name, expected in expected_hashes(sources, hashes).items():
+            report.parts.append(PartCheck(f"{folder.name}/{name}", *check_part(folder / name, expected)))
     return report
-
-
-def _add(report: CacheCheck, part: Path, expected: list[tuple[int, str]]) -> None:
-    status, detail, rows = check_part(part, expected)
-    report.parts.append(PartCheck(f"{part.parent.name}/{part.name}", status, detail, rows))
-
-
-def _expected_hashes(names, source_part, source_row, hashes):
-    """``(part name, [(part row, hash)])`` for every part named."""
-    expected: list[list[tuple[int, str]]] = [[] for _ in names]
-    for p, r, h in zip(np.asarray(source_part).tolist(), np.asarray(source_row).tolist(), hashes, strict=True):
-        expected[p].append((r, h))
-    return zip(names, expected, strict=True)
-
-
-def _check_index(f, report: CacheCheck, n: int) -> None:
-    """The index's arrays agree with one another and with ``n_images``."""
-    lengths = {name: len(f[name]) for name in ("labels", "paths", "split", "content_sha256", "source/part")}
-    lengths["n_images"] = int(f.attrs.get("n_images", -1))
-    if set(lengths.values()) != {n}:
-        report.problems.append(f"the index's arrays disagree in length: {lengths}")
-    parts = len(f["parts/names"])
-    source = f["source/part"][()]
-    if len(source) and (int(source.min()) < 0 or int(source.max()) >= parts):
-        report.problems.append("the index maps rows onto parts it does not name")

@@ -141,3 +141,13 @@ def test_a_damaged_view_part_is_refused_named_and_its_views_recomputed(tmp_path,
     assert (again.n_new, again.n_views_new) == (0, 4 * 2)  # the vectors were sound; the views are read again
     assert cli("cache", "verify", path).exit_code == 0
     np.testing.assert_allclose(np.array(tlx.load_features(path).views().X), good_X, rtol=1e-5, atol=1e-6)
+
+
+def test_verify_reports_an_index_that_maps_rows_onto_parts_it_does_not_name(tmp_path, cli):
+    path = tmp_path / "cache" / "c.h5"
+    path.parent.mkdir()
+    commit(path, names_of_round(0), "a")
+    with h5py.File(path, "r+") as f:
+        f["source/part"][0] = len(f["parts/names"])  # one past the last part the index names
+    out = cli("cache", "verify", path)
+    assert out.exit_code == 1 and "the index maps rows onto parts it does not name" in out.stdout
