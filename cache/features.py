@@ -56,13 +56,18 @@ class Features:
             paths=[self.paths[i] for i in idx],
             split=[self.split[i] for i in idx],
             sha256=[self.sha256[i] for i in idx],
-            rows=self.groups[idx],
+            rows=self._cache_rows()[idx],
         )
 
     @property
     def groups(self) -> np.ndarray:
-        """The image of each row for scikit-learn's group-aware splitters: its row number in the
-        cache, so it stays the same in a subset (the views' groups: ``feats.groups[views.image]``)."""
+        """The content of each row for scikit-learn's group-aware splitters: copies of an image
+        share a group (the first 60 bits of its sha256), so no fold is scored on a copy of what it
+        trained on, and a row keeps its group in any subset (views: ``feats.groups[views.image]``)."""
+        return np.array([int(digest[:15], 16) for digest in self.sha256], dtype=np.int64)
+
+    def _cache_rows(self) -> np.ndarray:
+        """The cache's row number of each row here."""
         return np.arange(len(self.y), dtype=np.int64) if self.rows is None else self.rows
 
     @property
@@ -72,7 +77,7 @@ class Features:
 
     def views(self, max_views: int | None = None, lazy: bool = False) -> ViewFeatures:
         """The stored views 1..``max_views`` (default: all) of the rows loaded here."""
-        return load_views(self.snapshot or self.path, self.groups, max_views, lazy)
+        return load_views(self.snapshot or self.path, self._cache_rows(), max_views, lazy)
 
     def iter_chunks(self, rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(X, y)`` blocks of at most ``rows`` rows, in order (lazy: one block in memory)."""

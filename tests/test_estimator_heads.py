@@ -162,6 +162,20 @@ def test_features_groups_feed_group_kfold(cache):
     assert scores.shape == (3,)
 
 
+def test_copies_of_an_image_share_a_group(tmp_path):
+    import shutil
+
+    import tlx
+    from tlx.extractor.extract import extract
+
+    data = make_folder_dataset(tmp_path / "data", per_class=4)
+    shutil.copy(data / "ants" / "ants_0.png", data / "ants" / "copy_of_ants_0.png")
+    feats = tlx.load_features(extract(data, backbone="tiny_cnn", cache_dir=tmp_path / "cache", workers=0).path)
+    group = dict(zip(feats.paths, feats.groups.tolist(), strict=True))
+    assert group["ants/ants_0.png"] == group["ants/copy_of_ants_0.png"]
+    assert len(set(feats.groups.tolist())) == len(feats.y) - 1  # every other image is a group of its own
+
+
 def test_fit_head_takes_an_estimator_or_a_pipeline_object(cache, tmp_path):
     import tlx
     from tlx.heads.io import load_head
