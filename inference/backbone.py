@@ -1,5 +1,4 @@
-"""The frozen backbone of a run's feature space, rebuilt for images not in its cache, and kept
-per process so that predicting in rounds builds it once."""
+"""The frozen backbone of a run's feature space, rebuilt for images not in its cache."""
 
 from __future__ import annotations
 
@@ -13,8 +12,8 @@ _BACKBONES: dict[tuple, object] = {}  # (feature space key, weights path) -> net
 
 
 def backbone_for(run):
-    """The backbone of one feature space (of a run, or of one block of a fused run), built once
-    per process: ``tlx predict`` computes new images in rounds and must not rebuild it each time."""
+    """The backbone of one feature space, built once per process: ``tlx predict`` computes new
+    images in rounds and must not rebuild it each time."""
     key = (run.space.key, str(weights_path_for(run)))
     if key not in _BACKBONES:
         if len(_BACKBONES) >= 4:  # a long-lived process predicting with many runs
@@ -24,9 +23,8 @@ def backbone_for(run):
 
 
 def rebuild_backbone(run):
-    """The run's backbone, for images not in its cache. The run fixes the weights (the file it
-    records, or the pretrained ones), so no error may suggest a --weights option: predict and
-    export have none."""
+    """The run's backbone. The run fixes the weights, so no error may suggest a --weights option:
+    predict and export have none."""
     from ..extractor.extract import backbone_for_space
 
     weights = weights_path_for(run)

@@ -1,5 +1,5 @@
-"""Predictions on disk: the CSV writers (whole, or streamed round by round) and the check
-that ``--out`` names a file tlx may write."""
+"""Predictions on disk: the CSV writer (streamed round by round) and the check that ``--out``
+names a file tlx may write."""
 
 from __future__ import annotations
 
@@ -9,44 +9,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.atomic import write_atomic
+from ..common.outputs import check_output_file
 from ..errors import DatasetError
 from .rows import Predictions
-
-
-def write_csv(rows: list[dict], columns: list[str], out) -> None:
-    """Write rows to a path, or to an open text stream (``sys.stdout``). Probabilities get six
-    decimals; a file is written to a temporary name first and renamed into place."""
-
-    def fmt(v):
-        return f"{v:.6f}" if isinstance(v, float) else v
-
-    def dump(fh):
-        w = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: fmt(v) for k, v in r.items()})
-
-    if hasattr(out, "write"):
-        dump(out)
-        return
-    write_atomic(out, dump)
-
-
-CSV_HEADER = "path,label,score"
 
 
 def check_predictions_out(out) -> None:
     """Refuse an ``--out`` that is an image, a cache or a run's file, or any existing file but a
     predictions CSV that tlx wrote (that one may be replaced: re-running a prediction is normal)."""
-    from ..common.outputs import check_output_file
-
     check_output_file(Path(out), "--out", may_replace=_is_predictions_csv)
 
 
 def _is_predictions_csv(path: Path) -> bool:
     try:
         with open(path, encoding="utf-8") as fh:
-            return fh.readline().startswith(CSV_HEADER)
+            return fh.readline().startswith("path,label,score")
     except (OSError, UnicodeDecodeError):
         return False
 

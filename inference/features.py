@@ -1,6 +1,5 @@
-"""Feature vectors of the images to predict, in the run's (possibly fused) feature space: from
-the run's cache when it holds the content, else computed with the run's backbone (mirrored for
-the flip half of ``--tta``)."""
+"""Feature vectors of the images to predict, in the run's (possibly fused) feature space: from the
+run's cache when it holds the content, else computed with the run's backbone."""
 
 from __future__ import annotations
 
@@ -15,8 +14,8 @@ from .cached import cached_features
 
 @dataclass
 class ComputeSettings:
-    """How features are computed: the loader's settings, whether to reuse the cache, and
-    whether the images are mirrored (the flip half of --tta)."""
+    """How features are computed: the loader's settings, whether to reuse the cache, and whether
+    the images are mirrored (the flip half of --tta)."""
 
     batch_size: int
     workers: int | None
@@ -29,15 +28,20 @@ class ComputeSettings:
 
 
 def head_features(run, paths, hashes, failed, how: ComputeSettings):
-    """``({input index: vector}, n_reused, n_computed)`` in the run's (possibly fused) space."""
-    blocks = fused_blocks(run)
-    if blocks is None:
+    """``({input index: vector}, n_reused, n_computed)`` in the run's feature space."""
+    fused = run.info.get("fused")
+    if not fused:
         feats, n_reused, n_computed, _ = block_features(run, paths, hashes, failed, how)
         return feats, n_reused, n_computed
     # a fused run: each block from its own cache or backbone, side by side, standardized
+    from ..cache.space import FeatureSpace
     from ..heads.training.fusion import load_standardization
 
-    parts = [block_features(b, paths, hashes, failed, how) for b in blocks]
+    parts = []
+    for b in fused["blocks"]:
+        info = {"cache": b["cache"], "weights_path": b.get("weights_path", "")}
+        block = replace(run, info=info, space=FeatureSpace.from_dict(b["feature_space"]))
+        parts.append(block_features(block, paths, hashes, failed, how))
     mean, scale = load_standardization(run.path)
     ok_all = [i for i in parts[0][0] if all(i in p[0] for p in parts) and i not in failed]
     feats = {i: (np.concatenate([p[0][i] for p in parts]) - mean) / scale for i in ok_all}
@@ -45,39 +49,20 @@ def head_features(run, paths, hashes, failed, how: ComputeSettings):
     return feats, n_reused, len(ok_all) - n_reused
 
 
-def fused_blocks(run) -> list | None:
-    """For a fused run, one run-like record per block (its space, cache and weights); else None."""
-    fused = run.info.get("fused")
-    if not fused:
-        return None
-    from ..cache.space import FeatureSpace
-
-    return [
-        replace(
-            run,
-            info={"cache": b["cache"], "weights_path": b.get("weights_path", "")},
-            space=FeatureSpace.from_dict(b["feature_space"]),
-        )
-        for b in fused["blocks"]
-    ]
-
-
 def block_features(run, paths, hashes, failed, how: ComputeSettings):
-    """``({input index: vector}, n_reused, n_computed, reused indices)`` of one feature space:
-    from the run's cache when it holds the content, else through the backbone. ``failed`` gains
-    the images that could not be read."""
+    """``({input index: vector}, n_reused, n_computed, reused indices)`` of one feature space.
+    ``failed`` gains the images that could not be read."""
     cached, note = cached_features(run, hashes) if how.reuse_cache else ({}, "")
     if note:
         how.reporter.message(f"note: {note}")
     feats: dict[int, np.ndarray] = dict(cached)
-    # Compute each distinct new content once.
-    first_of: dict[str, int] = {}
+    first_of: dict[str, int] = {}  # each distinct new content is computed once
     for i, h in enumerate(hashes):
         if h is not None and i not in cached:
             first_of.setdefault(h, i)
     todo = sorted(first_of.values())
     if todo:
-        _compute(run, [str(paths[i]) for i in todo], how, feats, failed, todo)
+        _compute(run, paths, todo, how, feats, failed)
         for i, h in enumerate(hashes):  # duplicates of a computed (or failed) content
             if h is not None and i not in feats and i not in failed:
                 src = first_of[h]
@@ -88,33 +73,28 @@ def block_features(run, paths, hashes, failed, how: ComputeSettings):
     return feats, len(cached), sum(1 for i in todo if i in feats), set(cached)
 
 
-def _compute(run, todo_paths: list[str], how: ComputeSettings, feats: dict, failed: dict, todo: list[int]) -> None:
-    """Run ``todo_paths`` through the run's backbone; vector ``j`` goes to ``feats[todo[j]]``,
-    an unreadable image's reason to ``failed[todo[j]]``."""
-    from ..extractor.engine import FeatureRunner
+def _compute(run, paths, todo: list[int], how: ComputeSettings, feats: dict, failed: dict) -> None:
+    """Run ``paths[todo]`` through the run's backbone into ``feats`` (unreadable ones into ``failed``)."""
+    from ..extractor.engine import FeatureRunner, ImageFiles
+    from ..extractor.preprocess import ResizeCrop
 
+    todo_paths = [str(paths[i]) for i in todo]
     reporter = how.reporter
-    # the run's own precision: an fp16 feature space is computed in fp16 here too
     runner = FeatureRunner(
         backbone_for(run),
         run.space.pooling,
         device=how.device,
-        precision=run.space.precision,
+        precision=run.space.precision,  # an fp16 feature space is computed in fp16 here too
         stages=run.space.stages,
         engine=how.engine,
         note=reporter.message,
     )
-    files = None
-    if how.flip:  # the mirror view of --tta
-        from ..extractor.engine import ImageFiles
-        from ..extractor.preprocess import ResizeCrop
-
-        files = ImageFiles(todo_paths, ResizeCrop(run.space.preprocessing, flip=True))
-    what = "mirrored images" if how.flip else "features"
-    reporter.start(len(todo_paths), f"computing {what} with {run.space.backbone}")
+    files = ImageFiles(todo_paths, ResizeCrop(run.space.preprocessing, flip=True)) if how.flip else None
+    reporter.start(
+        len(todo_paths), f"computing {'mirrored images' if how.flip else 'features'} with {run.space.backbone}"
+    )
     try:
-        batches = runner.run(todo_paths, how.batch_size, how.workers, on_batch=reporter.advance, files=files)
-        for batch in batches:
+        for batch in runner.run(todo_paths, how.batch_size, how.workers, on_batch=reporter.advance, files=files):
             for j, reason in batch.failures:
                 failed[todo[j]] = reason
             # as the cache stores them: a float16 cache holds float32 vectors rounded to half

@@ -1,5 +1,5 @@
-"""A head run's probabilities: the head applied to the images' features, one column per class
-of the run, averaged with the mirror view under ``--tta``."""
+"""A head run's probabilities: the head applied to the images' features, one column per class of
+the run, averaged with the mirror view under ``--tta``."""
 
 from __future__ import annotations
 
@@ -13,30 +13,25 @@ from .images import hash_images
 
 
 def head_proba(run, paths, how: ComputeSettings, tta: bool = False):
-    """With ``tta``, the probabilities of the center view and of its mirror image are averaged;
-    the mirror is never in a cache, so it always goes through the backbone."""
+    """``(proba_of, failed, n_reused, n_computed)``. The mirror view of ``tta`` is never in a
+    cache, so it always goes through the backbone."""
     hashes, failed = hash_images(paths)
     feats, n_reused, n_computed = head_features(run, paths, hashes, failed, how)
     flipped = head_features(run, paths, hashes, failed, replace(how, reuse_cache=False, flip=True))[0] if tta else {}
     ok = sorted(i for i in feats if i not in failed and (not tta or i in flipped))
-    proba_of = {}
-    if ok:
-        X = np.stack([feats[i] for i in ok]).astype(np.float32, copy=False)
-        proba = full_proba(run, X)
-        if tta:
-            proba = (proba + full_proba(run, np.stack([flipped[i] for i in ok]).astype(np.float32))) / 2
-        proba_of = dict(zip(ok, proba, strict=False))
-    return proba_of, failed, n_reused, n_computed
+    if not ok:
+        return {}, failed, n_reused, n_computed
+    proba = full_proba(run, np.stack([feats[i] for i in ok]).astype(np.float32, copy=False))
+    if tta:
+        proba = (proba + full_proba(run, np.stack([flipped[i] for i in ok]).astype(np.float32))) / 2
+    return dict(zip(ok, proba, strict=True)), failed, n_reused, n_computed
 
 
 def full_proba(run, X: np.ndarray) -> np.ndarray:
-    """The head's probabilities with one column per class of the run (a class the head never saw
-    in training gets probability 0)."""
-    head = run.head
-    p = np.asarray(head.predict_proba(X), dtype=np.float64)
-    cols = head_class_indices(run)
+    """The head's probabilities with one column per class of the run (0 for a class the head
+    never saw in training)."""
     out = np.zeros((len(X), len(run.classes)), dtype=np.float64)
-    out[:, cols] = p
+    out[:, head_class_indices(run)] = np.asarray(run.head.predict_proba(X), dtype=np.float64)
     return out
 
 

@@ -1,19 +1,15 @@
 """``tlx predict``: class probabilities for image files, from a run folder.
 
-For a head run, an image's features come from the run's feature cache when the cache already
-holds an image with the same bytes (looked up by content sha256, so a copied or renamed file is
-still found), and are computed with the run's feature space otherwise; then the head is applied.
-Reused features are the very vectors the head was validated on, so predicting the cache's
-validation images reproduces the accuracy ``tlx fit-head`` reported. A fine-tuning run changed
-the backbone, so its images always go through the fine-tuned network.
-
-Everything here is a plain function; ``tlx.cli.predict`` is a thin layer over it.
+A head run reuses the cache's vector for an image whose bytes it holds (so predicting the cache's
+validation images reproduces the accuracy ``tlx fit-head`` reported) and computes the rest; a
+fine-tuning run changed the backbone, so its images always go through the fine-tuned network.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,35 +23,18 @@ from .rows import Predictions
 CHUNK = 8192  # images per round: memory holds one round's rows, however many images there are
 
 
-def predict_paths(
-    run,
-    paths: Sequence,
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str | None = "auto",
-    reporter=None,
-    reuse_cache: bool = True,
-    tta: bool = False,
-    engine: str = "auto",
-) -> Predictions:
-    """Predict image files, and the images in folders, with a loaded run (``tlx.heads.runs.load_run``).
-    ``tta``: average the probabilities of each image's center view and its mirror image (head runs).
-
-    Unreadable images are skipped and listed in ``failed``; the others keep their input order.
-    ``reporter`` is a ``tlx.common.progress.Reporter`` (progress over the images that need a network).
-    For very many images, :func:`predict_chunks` yields the same in rounds of bounded size."""
-    chunks = list(predict_chunks(run, paths, batch_size, workers, device, reporter, reuse_cache, tta, engine))
-    if not chunks:
-        return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))))
+def predict_paths(run, paths: Sequence, **options: Any) -> Predictions:
+    """Predict image files, and the images in folders, with a loaded run (``tlx.heads.runs.load_run``):
+    :func:`predict_chunks` in one piece. Unreadable images are skipped and listed in ``failed``."""
+    chunks = list(predict_chunks(run, paths, **options))
     return Predictions(
         classes=list(run.classes),
         paths=[p for c in chunks for p in c.paths],
-        proba=np.concatenate([c.proba for c in chunks]),
+        proba=np.concatenate([c.proba for c in chunks]) if chunks else np.zeros((0, len(run.classes))),
         failed=[f for c in chunks for f in c.failed],
         n_reused=sum(c.n_reused for c in chunks),
         n_computed=sum(c.n_computed for c in chunks),
         seconds=round(sum(c.seconds for c in chunks), 3),
-        rank=chunks[0].rank,
         engine=next((c.engine for c in chunks if c.engine), {}),
     )
 
@@ -72,17 +51,17 @@ def predict_chunks(
     engine: str = "auto",
     chunk: int = CHUNK,
 ) -> Iterator[Predictions]:
-    """:func:`predict_paths` in rounds of ``chunk`` images, in input order: a caller that writes
-    each round out (``tlx predict`` does) holds one round's rows at a time. The network is built
-    once for all rounds. Under torchrun each round is shared among the ranks and gathered on
-    rank 0; the other ranks yield empty rounds."""
+    """Predictions in rounds of ``chunk`` images, in input order, so that a caller writing each round
+    out holds one round's rows. ``tta``: average each image's center view and its mirror (head runs).
+    ``reporter``: a ``tlx.common.progress.Reporter``. Under torchrun each round is shared among
+    the ranks and gathered on rank 0; the other ranks yield empty rounds."""
     from ..common.device import check_device
     from ..common.progress import Reporter
+    from ..extractor import distributed
     from ..extractor.engines import check_engine
 
     check_device(device)
     check_engine(engine, device)
-    reporter = reporter or Reporter()
     paths = expand_folders(paths)
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
@@ -90,15 +69,12 @@ def predict_chunks(
         raise TlxError(
             f"--tta averages cached-feature views and works with head runs; {run.path} is a fine-tuning run: drop --tta"
         )
-    from ..extractor import distributed
-
-    ranks = distributed.setup(device)  # under torchrun: each rank predicts a contiguous share
+    how = ComputeSettings(batch_size, workers, device, reporter or Reporter(), reuse_cache, engine=engine)
+    ranks = distributed.setup(device)
     finished = False
     try:
         for start in range(0, len(paths), chunk):
-            round_paths = paths[start : start + chunk]
-            how = ComputeSettings(batch_size, workers, device, reporter, reuse_cache, engine=engine)
-            yield _predict_round(run, round_paths, ranks, how, tta)
+            yield _predict_round(run, paths[start : start + chunk], ranks, how, tta)
         finished = True
     finally:
         distributed.teardown(ranks, finished)
@@ -108,12 +84,10 @@ def _predict_round(run, paths, ranks, how: ComputeSettings, tta: bool) -> Predic
     from ..extractor import distributed
 
     started = time.perf_counter()
-    mine = distributed.shard(len(paths), ranks)
+    mine = distributed.shard(len(paths), ranks)  # this rank's contiguous share
     share = [paths[i] for i in mine]
-    if run.kind == "finetune":  # its network is trained and has the head inside: always eager
-        proba_of, failed, n_computed = finetuned_proba(
-            run, share, how.batch_size, how.workers, how.device, how.reporter
-        )
+    if run.kind == "finetune":  # its network is trained and has the head inside
+        proba_of, failed, n_computed = finetuned_proba(run, share, how)
         n_reused = 0
     else:
         proba_of, failed, n_reused, n_computed = head_proba(run, share, how, tta)
@@ -122,18 +96,17 @@ def _predict_round(run, paths, ranks, how: ComputeSettings, tta: bool) -> Predic
         ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
     )
     if not ranks.is_main:
-        return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))), rank=ranks.rank)
+        return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))))
     proba_of, failed, n_reused, n_computed = {}, {}, 0, 0
     for start, p_of, f_of, reused, computed in shares:  # back to positions in ``paths``
         proba_of.update({start + i: v for i, v in p_of.items()})
         failed.update({start + i: r for i, r in f_of.items()})
         n_reused, n_computed = n_reused + reused, n_computed + computed
     ok = [i for i in range(len(paths)) if i in proba_of]
-    proba = np.stack([proba_of[i] for i in ok]) if ok else np.zeros((0, len(run.classes)))
     return Predictions(
         classes=list(run.classes),
         paths=[str(paths[i]) for i in ok],
-        proba=proba,
+        proba=np.stack([proba_of[i] for i in ok]) if ok else np.zeros((0, len(run.classes))),
         failed=[{"path": str(paths[i]), "reason": failed[i]} for i in sorted(failed)],
         n_reused=n_reused,
         n_computed=n_computed,
@@ -143,8 +116,8 @@ def _predict_round(run, paths, ranks, how: ComputeSettings, tta: bool) -> Predic
 
 
 def _fail_non_finite(proba_of: dict, failed: dict, run) -> None:
-    """Rows whose probabilities are NaN or infinite get no label (argmax of NaN is a class
-    picked by accident): they move to the failures, with the reason."""
+    """Rows whose probabilities are NaN or infinite get no label (argmax of NaN is a class picked
+    by accident): they move to the failures, with the reason."""
     for i in [i for i, p in proba_of.items() if not np.all(np.isfinite(p))]:
         del proba_of[i]
         failed[i] = (

@@ -1,5 +1,4 @@
-"""The rows of a prediction: :class:`Predictions` (probabilities in input order, and the
-images that failed) and their ``path, label, score, p_<class>...`` form."""
+"""The rows of a prediction: :class:`Predictions` and their ``path, label, score, p_<class>...`` form."""
 
 from __future__ import annotations
 
@@ -23,59 +22,40 @@ class Predictions:
     n_reused: int = 0  # features taken from the run's cache
     n_computed: int = 0  # images run through a network
     seconds: float = 0.0
-    rank: int = 0  # under torchrun, only rank 0's Predictions hold the rows of every rank
     engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
 
     @property
     def labels(self) -> list[str]:
         return [self.classes[i] for i in self.proba.argmax(axis=1)] if len(self.paths) else []
 
-    @property
-    def scores(self) -> np.ndarray:
-        return self.proba.max(axis=1) if len(self.paths) else np.zeros(0)
-
     def rows(self, top_k: int = 1) -> list[dict]:
-        """CSV rows: ``path, label, score, p_<class>...`` plus ``top<i>, top<i>_score`` for
-        ``i = 2..top_k``."""
-        return prediction_rows(self.paths, self.proba, self.classes, top_k)
+        """CSV rows: ``path, label, score, p_<class>...`` plus ``top<i>, top<i>_score`` for ``i = 2..top_k``."""
+        if top_k < 1:
+            raise TlxError(f"--top-k must be at least 1, not {top_k}")
+        rows = []
+        for path, p in zip(self.paths, self.proba, strict=False):
+            order = np.argsort(-p, kind="stable")
+            row = {"path": printable_path(path), "label": self.classes[order[0]], "score": float(p[order[0]])}
+            row.update({f"p_{c}": float(v) for c, v in zip(self.classes, p, strict=False)})
+            for i in range(1, min(top_k, len(self.classes))):
+                row[f"top{i + 1}"] = self.classes[order[i]]
+                row[f"top{i + 1}_score"] = float(p[order[i]])
+            rows.append(row)
+        return rows
 
     def folder_accuracy(self) -> float | None:
         """Accuracy against the images' parent folder names, when every image sits in a folder
-        named after one of the run's classes (for example the ``val/<class>/`` folders of the
-        data the head was fitted on); None otherwise."""
-        if not self.paths:
-            return None
+        named after one of the run's classes (``val/<class>/``, say); None otherwise."""
         truth = [Path(p).parent.name for p in self.paths]
-        if not all(t in self.classes for t in truth):
+        if not truth or not all(t in self.classes for t in truth):
             return None
         return float(np.mean([t == label for t, label in zip(truth, self.labels, strict=False)]))
 
 
 def printable_path(path) -> str:
-    """``path`` as UTF-8 text: a file name whose bytes are not UTF-8 (Python holds them as
-    surrogate escapes) gets backslash escapes (``caf\\xe9.jpg``), so the CSV stays UTF-8."""
-    text = str(path)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def prediction_rows(paths: Sequence[str], proba: np.ndarray, classes: Sequence[str], top_k: int = 1) -> list[dict]:
-    if top_k < 1:
-        raise TlxError(f"--top-k must be at least 1, not {top_k}")
-    k = min(top_k, len(classes))
-    rows = []
-    for path, p in zip(paths, proba, strict=False):
-        order = np.argsort(-p, kind="stable")
-        row = {"path": printable_path(path), "label": classes[order[0]], "score": float(p[order[0]])}
-        row.update({f"p_{c}": float(v) for c, v in zip(classes, p, strict=False)})
-        for i in range(1, k):
-            row[f"top{i + 1}"] = classes[order[i]]
-            row[f"top{i + 1}_score"] = float(p[order[i]])
-        rows.append(row)
-    return rows
+    """``path`` as UTF-8 text: a file name whose bytes are not UTF-8 (held as surrogate escapes)
+    gets backslash escapes (``caf\\xe9.jpg``), so the CSV stays UTF-8."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def csv_columns(classes: Sequence[str], top_k: int = 1) -> list[str]:
