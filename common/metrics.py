@@ -1,19 +1,9 @@
-"""Classification metrics in numpy: what ``metrics.json`` records for every run.
-
-Each number is the one scikit-learn's ``sklearn.metrics`` gives (tests/test_metrics.py checks
-them all, edge cases included), computed here because importing scikit-learn costs about a
-second of a ``tlx fit-head --clf linear`` call. Which classes count, as scikit-learn counts them:
-
-* ``macro_f1`` = ``f1_score(y_true, y_pred, average="macro", zero_division=0)`` with
-  scikit-learn's default labels: the classes present in ``y_true`` or ``y_pred``. A class with
-  no validation image that is never predicted is left out, not counted as an F1 of 0 (which
-  would punish a split for leaving a class out of val, not the head);
-* ``balanced_accuracy`` = ``balanced_accuracy_score``: mean recall over the classes present in
-  ``y_true``;
-* ``per_class`` = ``precision_recall_fscore_support(labels=range(k), zero_division=0)``: every
-  class, 0 where undefined;
-* ``log_loss`` = ``log_loss(y_true, proba, labels=range(k))``: probabilities clipped to
-  ``[eps, 1 - eps]`` (float64's machine epsilon).
+"""Classification metrics in numpy for ``metrics.json``, each the number ``sklearn.metrics`` gives
+(tests/test_metrics.py checks edge cases) without its import, which costs ``tlx fit-head --clf linear``
+about a second. As scikit-learn counts: ``macro_f1`` (``zero_division=0``) averages over the classes
+in ``y_true`` or ``y_pred`` (a class absent from val and never predicted is left out, not an F1 of 0);
+``balanced_accuracy`` averages recall over the classes in ``y_true``; ``per_class`` covers every class,
+0 where undefined; ``log_loss`` clips probabilities to ``[eps, 1 - eps]`` (float64's eps).
 """
 
 from __future__ import annotations
@@ -38,9 +28,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def compute_metrics(y_true, proba, classes: Sequence[Any]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1/support, the
-    confusion matrix and log loss. ``y_true`` holds indices into ``classes``; ``proba`` has one
-    column per class."""
+    """The metrics of ``metrics.json``; ``y_true`` holds indices into ``classes``."""
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     k = len(classes)

@@ -1,9 +1,5 @@
-"""The confusion-matrix picture, drawn with Pillow.
-
-matplotlib draws it too, but importing it and laying out a figure costs about half a second,
-which a ``tlx fit-head`` call that fits in a tenth of that should not pay. Pillow is already
-loaded for images and draws this grid in milliseconds.
-"""
+"""The confusion-matrix picture, drawn with Pillow: matplotlib would cost about half a second of
+import and layout, which a ``tlx fit-head`` that fits in a tenth of that should not pay."""
 
 from __future__ import annotations
 
@@ -27,8 +23,7 @@ def _font(size: int):
 
 
 def plot_confusion(cm, classes: Sequence[object], path) -> Path:
-    """Write the confusion matrix as a PNG: counts in the cells, rows = true class, columns =
-    predicted class, darker for larger counts."""
+    """Write the confusion matrix as a PNG: rows = true class, columns = predicted class."""
     from PIL import Image, ImageDraw
 
     cm = np.asarray(cm, dtype=np.int64)
@@ -48,14 +43,9 @@ def plot_confusion(cm, classes: Sequence[object], path) -> Path:
             color = tuple(int(v) for v in LIGHT + (DARK - LIGHT) * share)
             x, y = margin + j * cell, 16 + i * cell
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=color)
-            if k <= 30:
-                draw.text(
-                    (x + cell / 2, y + cell / 2),
-                    str(cm[i, j]),
-                    font=font,
-                    anchor="mm",
-                    fill="white" if share > 0.5 else "black",
-                )
+            if k <= 30:  # beyond that the counts would not fit their cells
+                ink = "white" if share > 0.5 else "black"
+                draw.text((x + cell / 2, y + cell / 2), str(cm[i, j]), font=font, anchor="mm", fill=ink)
     for i, name in enumerate(names):  # true classes down the left
         draw.text((margin - 6, 16 + i * cell + cell / 2), name, font=font, anchor="rm", fill="black")
     columns = Image.new("RGB", (label_w, k * cell), "white")  # predicted classes, written sideways

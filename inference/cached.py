@@ -13,8 +13,8 @@ from ..heads.runs import run_cache
 
 
 def cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarray], str]:
-    """``({input index: vector}, note)`` for the inputs whose content the cache holds, hashes and
-    vectors taken from one open version of the cache (``tlx.cache.reader``)."""
+    """``({input index: vector}, note)`` for the inputs whose content the cache holds, all read from
+    one open version of the cache."""
     cache = run_cache(run)
     if cache is None:
         return {}, f"the run's cache {run.info.get('cache')!r} is gone; computing every image"

@@ -1,5 +1,4 @@
-"""Predictions on disk: the CSV writer (streamed round by round) and the check that ``--out``
-names a file tlx may write."""
+"""Predictions on disk: the CSV writer and the check that ``--out`` names a file tlx may write."""
 
 from __future__ import annotations
 
@@ -15,8 +14,7 @@ from .rows import Predictions
 
 
 def check_predictions_out(out) -> None:
-    """Refuse an ``--out`` that is an image, a cache or a run's file, or any existing file but a
-    predictions CSV that tlx wrote (that one may be replaced: re-running a prediction is normal)."""
+    """Refuse an ``--out`` that exists, but for a predictions CSV (re-running a prediction is normal)."""
     check_output_file(Path(out), "--out", may_replace=_is_predictions_csv)
 
 
@@ -60,10 +58,8 @@ class StreamTotals:
 
 
 def write_csv_stream(rounds: Iterable[Predictions], columns: list[str], out, top_k: int = 1) -> StreamTotals:
-    """Write each round's rows as it comes (memory holds one round), to a path (a temporary file
-    renamed into place at the end: an interrupted run leaves no half CSV), an open text stream,
-    or nowhere (``out=None``, for ``--json`` alone). Raises DatasetError, writing nothing, when no
-    image at all could be read."""
+    """Write each round's rows as it comes, to a path (atomically: an interrupted run leaves no half
+    CSV), an open text stream, or nowhere (``None``); DatasetError, writing nothing, when no image could be read."""
     totals = StreamTotals()
 
     def dump(fh) -> None:

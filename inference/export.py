@@ -1,9 +1,5 @@
-"""``tlx export``: one self-contained module per run, for serving without tlx.
-
-The module maps preprocessed images (float32 (N, 3, S, S), as the sidecar JSON describes) to class
-probabilities (N, C): the backbone, pooling and a head with a linear form (the same probabilities as
-``tlx predict``), or the fine-tuned network. The written file is loaded back and checked against it.
-"""
+"""``tlx export``: a run as one module (preprocessed images in, probabilities out) for serving
+without tlx, as TorchScript or ONNX, checked against the eager module after writing."""
 
 from __future__ import annotations
 
@@ -58,18 +54,16 @@ def _linear_probe(W, b, shift, scale):
     import torch
     from torch import nn
 
+    def f32(value):
+        return torch.tensor(np.asarray(value, dtype=np.float32))
+
     class LinearProbe(nn.Module):
         def __init__(self):
             super().__init__()
-            d = W.shape[1]
-            self.linear = nn.Linear(d, W.shape[0])
-            with torch.no_grad():
-                self.linear.weight.copy_(torch.as_tensor(np.asarray(W, dtype=np.float32)))
-                self.linear.bias.copy_(torch.as_tensor(np.asarray(b, dtype=np.float32)))
-            shift_ = np.zeros(d) if shift is None else shift
-            scale_ = np.ones(d) if scale is None else scale
-            self.register_buffer("shift", torch.tensor(np.asarray(shift_, dtype=np.float32).reshape(d)))
-            self.register_buffer("scale", torch.tensor(np.asarray(scale_, dtype=np.float32).reshape(d)))
+            self.linear = nn.Linear(W.shape[1], W.shape[0])
+            self.linear.load_state_dict({"weight": f32(W), "bias": f32(b)})
+            self.register_buffer("shift", f32(0.0 if shift is None else shift))
+            self.register_buffer("scale", f32(1.0 if scale is None else scale))
 
         def forward(self, features):
             return torch.softmax(self.linear((features - self.shift) / self.scale), dim=1)
@@ -116,8 +110,7 @@ def linear_form(run):
 
 
 def export_run(run, fmt: str, out=None) -> ExportResult:
-    """Write the run's module as ``fmt`` to ``out`` (default: inside the run folder) plus the
-    sidecar JSON, and check the written file against the eager module."""
+    """Write the run's module as ``fmt`` to ``out`` (default: inside the run folder) and its sidecar JSON."""
     started = time.perf_counter()
     if fmt not in SUFFIX:
         raise TlxError(f"--format must be one of {', '.join(SUFFIX)}, not {fmt!r}")
@@ -154,23 +147,19 @@ def export_run(run, fmt: str, out=None) -> ExportResult:
 
 
 def check_export_out(out: Path) -> None:
-    """Refuse an ``--out`` that would replace an input, a run's file or a cache. An earlier
-    export (a file with its sidecar beside it, inside or outside the run) may be replaced."""
-    check_output_file(out, "--out", may_replace=_is_export)
-    check_output_file(sidecar_path(out), "--out's sidecar", may_replace=_is_sidecar)
+    """Refuse an ``--out`` that exists, but for an earlier export (a file with its sidecar beside it)."""
+    check_output_file(out, "--out", may_replace=lambda p: _sidecar_record(sidecar_path(p)).get("file") == p.name)
+    check_output_file(sidecar_path(out), "--out's sidecar", may_replace=lambda p: bool(_sidecar_record(p)))
 
 
-def _is_sidecar(path: Path) -> bool:
+def _sidecar_record(path: Path) -> dict:
+    """The export sidecar at ``path``, or {} where there is none."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and {"file", "format", "classes", "tlx_version"} <= record.keys()
-
-
-def _is_export(path: Path) -> bool:
-    side = sidecar_path(path)
-    return side.is_file() and _is_sidecar(side) and json.loads(side.read_text()).get("file") == path.name
+        return {}
+    is_sidecar = isinstance(record, dict) and {"file", "format", "classes", "tlx_version"} <= record.keys()
+    return record if is_sidecar else {}
 
 
 def sidecar(run, fmt: str, out: Path, classes: list[str], pre) -> dict:
@@ -179,16 +168,12 @@ def sidecar(run, fmt: str, out: Path, classes: list[str], pre) -> dict:
     from ..version import __version__
 
     size = pre.input_size
+    meaning = "class probabilities (softmax), columns in the order of 'classes'"
     return {
         "file": out.name,
         "format": fmt,
         "input": {"name": INPUT_NAME, "shape": ["N", 3, size, size], "dtype": "float32", "layout": "NCHW, RGB"},
-        "output": {
-            "name": OUTPUT_NAME,
-            "shape": ["N", len(classes)],
-            "dtype": "float32",
-            "meaning": "class probabilities (softmax), columns in the order of 'classes'",
-        },
+        "output": {"name": OUTPUT_NAME, "shape": ["N", len(classes)], "dtype": "float32", "meaning": meaning},
         "classes": classes,
         "preprocessing": {
             **pre.to_dict(),

@@ -1,5 +1,4 @@
-"""Feature vectors of the images to predict, in the run's (possibly fused) feature space: from the
-run's cache when it holds the content, else computed with the run's backbone."""
+"""Feature vectors of the images to predict: from the run's cache when it holds the content, else computed."""
 
 from __future__ import annotations
 
@@ -14,15 +13,14 @@ from .cached import cached_features
 
 @dataclass
 class ComputeSettings:
-    """How features are computed: the loader's settings, whether to reuse the cache, and whether
-    the images are mirrored (the flip half of --tta)."""
+    """How features are computed."""
 
     batch_size: int
     workers: int | None
     device: str | None
     reporter: Any  # a tlx.common.progress.Reporter
     reuse_cache: bool
-    flip: bool = False
+    flip: bool = False  # the mirror half of --tta
     engine: str = "auto"  # --engine for the frozen forward pass
     used: dict = field(default_factory=dict)  # the engine that ran and its equality check
 
@@ -50,8 +48,7 @@ def head_features(run, paths, hashes, failed, how: ComputeSettings):
 
 
 def block_features(run, paths, hashes, failed, how: ComputeSettings):
-    """``({input index: vector}, n_reused, n_computed, reused indices)`` of one feature space.
-    ``failed`` gains the images that could not be read."""
+    """``({input index: vector}, n_reused, n_computed, reused indices)`` of one feature space."""
     cached, note = cached_features(run, hashes) if how.reuse_cache else ({}, "")
     if note:
         how.reporter.message(f"note: {note}")

@@ -1,5 +1,4 @@
-"""A fine-tuning run's probabilities: its images always go through the fine-tuned network (the
-backbone changed, so no cached vector applies)."""
+"""A fine-tuning run's probabilities, from its fine-tuned network."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from .features import ComputeSettings
 
 
 def finetuned_proba(run, paths, how: ComputeSettings):
-    """``({input index: probabilities}, {input index: reason}, n_computed)`` of ``paths``."""
+    """``(proba_of, failed, n_reused=0, n_computed)`` of ``paths``, as :func:`..head.head_proba` gives."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -45,4 +44,4 @@ def finetuned_proba(run, paths, how: ComputeSettings):
                 how.reporter.advance(len(indices) + len(failures))
     finally:
         how.reporter.stop()
-    return proba_of, failed, len(paths) - len(failed)
+    return proba_of, failed, 0, len(paths) - len(failed)

@@ -1,5 +1,4 @@
-"""A head run's probabilities: the head applied to the images' features, one column per class of
-the run, averaged with the mirror view under ``--tta``."""
+"""A head run's probabilities: the head applied to the images' features (and their mirror under ``--tta``)."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ from .images import hash_images
 
 
 def head_proba(run, paths, how: ComputeSettings, tta: bool = False):
-    """``(proba_of, failed, n_reused, n_computed)``. The mirror view of ``tta`` is never in a
-    cache, so it always goes through the backbone."""
+    """``(proba_of, failed, n_reused, n_computed)``; the mirror view is never in a cache."""
     hashes, failed = hash_images(paths)
     feats, n_reused, n_computed = head_features(run, paths, hashes, failed, how)
     flipped = head_features(run, paths, hashes, failed, replace(how, reuse_cache=False, flip=True))[0] if tta else {}
@@ -28,8 +26,7 @@ def head_proba(run, paths, how: ComputeSettings, tta: bool = False):
 
 
 def full_proba(run, X: np.ndarray) -> np.ndarray:
-    """The head's probabilities with one column per class of the run (0 for a class the head
-    never saw in training)."""
+    """The head's probabilities, one column per class of the run (0 for a class it never saw)."""
     out = np.zeros((len(X), len(run.classes)), dtype=np.float64)
     out[:, head_class_indices(run)] = np.asarray(run.head.predict_proba(X), dtype=np.float64)
     return out

@@ -1,5 +1,4 @@
-"""The images to predict: folders expanded with the extract rules, files named twice taken once,
-and each file's content hash (the key of the run's cache)."""
+"""The images to predict, and each file's content hash (the key of the run's cache)."""
 
 from __future__ import annotations
 
@@ -21,9 +20,8 @@ def expand_folders(inputs: Iterable) -> list[Path]:
 
 
 def collect_images(inputs: Iterable) -> list[Path]:
-    """Image files from files and folders (hidden files and folders and files without an image
-    extension are not images). A file named explicitly is always taken, so a mislabelled one is
-    reported rather than silently dropped. The same file named twice is predicted once."""
+    """Image files from files and folders, each once. A file named explicitly is always taken, so a
+    mislabelled one is reported rather than silently dropped."""
     inputs = list(inputs)
     if not inputs:
         raise DatasetError("no images given: pass image files or folders to predict")

@@ -1,9 +1,4 @@
-"""``tlx predict``: class probabilities for image files, from a run folder.
-
-A head run reuses the cache's vector for an image whose bytes it holds (so predicting the cache's
-validation images reproduces the accuracy ``tlx fit-head`` reported) and computes the rest; a
-fine-tuning run changed the backbone, so its images always go through the fine-tuned network.
-"""
+"""``tlx predict``: class probabilities for image files, from a run folder (head or fine-tuning)."""
 
 from __future__ import annotations
 
@@ -24,8 +19,7 @@ CHUNK = 8192  # images per round: memory holds one round's rows, however many im
 
 
 def predict_paths(run, paths: Sequence, **options: Any) -> Predictions:
-    """Predict image files, and the images in folders, with a loaded run (``tlx.heads.runs.load_run``):
-    :func:`predict_chunks` in one piece. Unreadable images are skipped and listed in ``failed``."""
+    """:func:`predict_chunks` in one piece."""
     chunks = list(predict_chunks(run, paths, **options))
     return Predictions(
         classes=list(run.classes),
@@ -49,12 +43,10 @@ def predict_chunks(
     reuse_cache: bool = True,
     tta: bool = False,
     engine: str = "auto",
-    chunk: int = CHUNK,
 ) -> Iterator[Predictions]:
-    """Predictions in rounds of ``chunk`` images, in input order, so that a caller writing each round
-    out holds one round's rows. ``tta``: average each image's center view and its mirror (head runs).
-    ``reporter``: a ``tlx.common.progress.Reporter``. Under torchrun each round is shared among
-    the ranks and gathered on rank 0; the other ranks yield empty rounds."""
+    """Predict image files and folders with a loaded run, in rounds of :data:`CHUNK` images in input
+    order (unreadable ones go to ``failed``). ``tta``: average each image's center view and its mirror.
+    Under torchrun each round is shared among the ranks and gathered on rank 0; the others yield empty rounds."""
     from ..common.device import check_device
     from ..common.progress import Reporter
     from ..extractor import distributed
@@ -73,8 +65,8 @@ def predict_chunks(
     ranks = distributed.setup(device)
     finished = False
     try:
-        for start in range(0, len(paths), chunk):
-            yield _predict_round(run, paths[start : start + chunk], ranks, how, tta)
+        for start in range(0, len(paths), CHUNK):
+            yield _predict_round(run, paths[start : start + CHUNK], ranks, how, tta)
         finished = True
     finally:
         distributed.teardown(ranks, finished)
@@ -86,11 +78,9 @@ def _predict_round(run, paths, ranks, how: ComputeSettings, tta: bool) -> Predic
     started = time.perf_counter()
     mine = distributed.shard(len(paths), ranks)  # this rank's contiguous share
     share = [paths[i] for i in mine]
-    if run.kind == "finetune":  # its network is trained and has the head inside
-        proba_of, failed, n_computed = finetuned_proba(run, share, how)
-        n_reused = 0
-    else:
-        proba_of, failed, n_reused, n_computed = head_proba(run, share, how, tta)
+    # a fine-tuning changed the backbone: no cached vector applies, its images go through its network
+    outcome = finetuned_proba(run, share, how) if run.kind == "finetune" else head_proba(run, share, how, tta)
+    proba_of, failed, n_reused, n_computed = outcome
     _fail_non_finite(proba_of, failed, run)
     shares = distributed.gather(
         ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
@@ -116,8 +106,7 @@ def _predict_round(run, paths, ranks, how: ComputeSettings, tta: bool) -> Predic
 
 
 def _fail_non_finite(proba_of: dict, failed: dict, run) -> None:
-    """Rows whose probabilities are NaN or infinite get no label (argmax of NaN is a class picked
-    by accident): they move to the failures, with the reason."""
+    """Rows with NaN or infinite probabilities move to the failures (argmax of NaN picks a class by accident)."""
     for i in [i for i, p in proba_of.items() if not np.all(np.isfinite(p))]:
         del proba_of[i]
         failed[i] = (

@@ -44,8 +44,7 @@ class Predictions:
         return rows
 
     def folder_accuracy(self) -> float | None:
-        """Accuracy against the images' parent folder names, when every image sits in a folder
-        named after one of the run's classes (``val/<class>/``, say); None otherwise."""
+        """Accuracy against the parent folder names, when each is one of the run's classes; else None."""
         truth = [Path(p).parent.name for p in self.paths]
         if not truth or not all(t in self.classes for t in truth):
             return None
