@@ -1,9 +1,5 @@
-"""tlx: cached-feature, two-stage transfer learning for image classification.
-
-Stage one (``tlx.extractor``) runs a frozen pretrained base once and caches pooled features in
-HDF5; stage two (``tlx.heads``) fits classifiers on them in seconds; ``tlx.finetune`` unfreezes the
-top of the base. Importing ``tlx`` is cheap: torch, torchvision and timm are imported where used.
-"""
+"""tlx: cached-feature, two-stage transfer learning for image classification. Importing ``tlx``
+is cheap: torch, torchvision and timm are imported where they are used."""
 
 __all__ = ["Features", "__version__", "audit", "fit_head", "load_features"]
 

@@ -43,10 +43,6 @@ def is_image(path: Path) -> bool:
     return head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
-def is_hdf5(path: Path) -> bool:
-    return _head(path, len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
-
-
 def is_run_folder(folder: Path, damaged: bool = False) -> bool:
     """tlx's markers of a run: a ``metrics.json`` of kind head or finetune beside its run record, or
     a fine-tuning's checkpoints. ``damaged``: an unreadable ``metrics.json`` beside a run record
@@ -94,7 +90,7 @@ def check_output_file(out: Path, option: str, may_replace: Callable[[Path], bool
         raise OutputError(f"{option} {out} exists and is not a regular file (a FIFO or a device): {fix}")
     if is_image(real):
         raise OutputError(f"{option} {out} is an image, maybe an input (a shell glob?); it was left as it is: {fix}")
-    if is_hdf5(real):
+    if _head(real, len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
         raise OutputError(f"{option} {out} is an HDF5 file (a feature cache?); it was left as it is: {fix}")
     if may_replace(real):
         return

@@ -33,8 +33,7 @@ def plot_confusion(cm, classes: Sequence[object], path) -> Path:
     font = _font(max(8, min(16, cell // 3)))
     label_w = int(min(220, 12 + max((font.getlength(n) for n in names), default=0)))
     margin = label_w + 24
-    size = (max(margin + k * cell + 16, 230), margin + k * cell + 16)
-    image = Image.new("RGB", size, "white")
+    image = Image.new("RGB", (max(margin + k * cell + 16, 230), 24 + k * cell + label_w), "white")
     draw = ImageDraw.Draw(image)
     top = cm.max() if cm.size else 0
     for i in range(k):
@@ -46,14 +45,12 @@ def plot_confusion(cm, classes: Sequence[object], path) -> Path:
             if k <= 30:  # beyond that the counts would not fit their cells
                 ink = "white" if share > 0.5 else "black"
                 draw.text((x + cell / 2, y + cell / 2), str(cm[i, j]), font=font, anchor="mm", fill=ink)
-    for i, name in enumerate(names):  # true classes down the left
-        draw.text((margin - 6, 16 + i * cell + cell / 2), name, font=font, anchor="rm", fill="black")
     columns = Image.new("RGB", (label_w, k * cell), "white")  # predicted classes, written sideways
     column_draw = ImageDraw.Draw(columns)
-    for j, name in enumerate(names):
-        column_draw.text((label_w - 6, j * cell + cell / 2), name, font=font, anchor="rm", fill="black")
+    for i, name in enumerate(names):  # true classes down the left, predicted ones along the bottom
+        draw.text((margin - 6, 16 + i * cell + cell / 2), name, font=font, anchor="rm", fill="black")
+        column_draw.text((label_w - 6, i * cell + cell / 2), name, font=font, anchor="rm", fill="black")
     image.paste(columns.rotate(90, expand=True), (margin, 16 + k * cell + 4))
     draw.text((4, 2), "rows: true class, columns: predicted", font=_font(11), fill="gray")
-    image = image.crop((0, 0, size[0], min(size[1] + label_w, 16 + k * cell + 8 + label_w)))
     write_atomic(path, lambda fh: image.save(fh, format="PNG"), mode="wb")
     return Path(path)

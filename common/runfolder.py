@@ -7,6 +7,7 @@ import json
 import os
 import time
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +125,7 @@ def _root_of(record: dict) -> str:
 
 def dataset_of(record: dict) -> str | None:
     """The name of the dataset a run was fitted on, from its record."""
-    if record.get("dataset"):
-        return str(record["dataset"])
-    root = _root_of(record)
-    return Path(root).name if root else None
+    return str(record.get("dataset") or Path(_root_of(record)).name) or None
 
 
 def _on_dataset(record: dict, name: str) -> bool:
@@ -141,8 +139,6 @@ def _number(value) -> float:
 
 
 def _timestamp(text) -> float:
-    from datetime import datetime
-
     for parse in (datetime.fromisoformat, lambda t: datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z")):
         try:
             return parse(str(text)).timestamp()

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from ..errors import RunError, TlxError
+from ..extractor.extract import backbone_for_space
 from ..heads.runs import weights_path_for
 
 _BACKBONES: dict[tuple, object] = {}  # (feature space key, weights path) -> network, across rounds
@@ -25,8 +26,6 @@ def backbone_for(run):
 def rebuild_backbone(run):
     """The run's backbone. The run fixes the weights, so no error may suggest a --weights option:
     predict and export have none."""
-    from ..extractor.extract import backbone_for_space
-
     weights = weights_path_for(run)
     if weights and not Path(weights).is_file():
         raise RunError(

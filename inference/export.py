@@ -16,6 +16,11 @@ import numpy as np
 from ..common.atomic import atomic_path, write_json_atomic
 from ..common.outputs import check_output_file
 from ..errors import TlxError
+from ..heads.base import NotExportableError
+from ..heads.runs import run_cache
+from ..version import __version__
+from .backbone import rebuild_backbone
+from .head import head_class_indices
 
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}  # the formats, with the default file's suffix
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
@@ -81,8 +86,6 @@ def build_module(run):
     from torch import nn
 
     from ..extractor.pooling import FeatureExtractor, stage_taps
-    from .backbone import rebuild_backbone
-    from .head import head_class_indices
 
     net = rebuild_backbone(run)
     extractor = FeatureExtractor(net.body, run.space.pooling, stage_taps(net, run.space.stages))
@@ -94,8 +97,6 @@ def build_module(run):
 def linear_form(run):
     """The head's ``(W, b, shift, scale)``, or NotExportableError naming the run (numpy only, so a
     refusal costs no torch import)."""
-    from ..heads.base import NotExportableError
-
     fused = run.info.get("fused") if run.kind == "head" else None
     if fused:
         names = " + ".join(b["feature_space"]["backbone"] for b in fused["blocks"])
@@ -117,7 +118,9 @@ def export_run(run, fmt: str, out=None) -> ExportResult:
     out = Path(out) if out is not None else Path(run.path) / f"model{SUFFIX[fmt]}"
     if out.is_dir():
         raise TlxError(f"--out {out} is a folder: give a file name, for example {out / ('model' + SUFFIX[fmt])}")
-    check_export_out(out)
+    # an existing file is replaced only when it is an earlier export (a file with its sidecar beside it)
+    check_output_file(out, "--out", may_replace=lambda p: _sidecar_record(sidecar_path(p)).get("file") == p.name)
+    check_output_file(sidecar_path(out), "--out's sidecar", may_replace=lambda p: bool(_sidecar_record(p)))
     if run.kind == "head":
         linear_form(run)  # refuse a head without a linear form before torch is imported (seconds)
     import torch
@@ -146,12 +149,6 @@ def export_run(run, fmt: str, out=None) -> ExportResult:
     )
 
 
-def check_export_out(out: Path) -> None:
-    """Refuse an ``--out`` that exists, but for an earlier export (a file with its sidecar beside it)."""
-    check_output_file(out, "--out", may_replace=lambda p: _sidecar_record(sidecar_path(p)).get("file") == p.name)
-    check_output_file(sidecar_path(out), "--out's sidecar", may_replace=lambda p: bool(_sidecar_record(p)))
-
-
 def _sidecar_record(path: Path) -> dict:
     """The export sidecar at ``path``, or {} where there is none."""
     try:
@@ -164,8 +161,6 @@ def _sidecar_record(path: Path) -> dict:
 
 def sidecar(run, fmt: str, out: Path, classes: list[str], pre) -> dict:
     import torch
-
-    from ..version import __version__
 
     size = pre.input_size
     meaning = "class probabilities (softmax), columns in the order of 'classes'"
@@ -263,7 +258,6 @@ def check_batch(run, pre, n: int = 3):
     import torch
 
     from ..extractor.preprocess import preprocess_image
-    from ..heads.runs import run_cache
 
     images = []
     cache = run_cache(run)

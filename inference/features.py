@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cache.space import FeatureSpace
 from .backbone import backbone_for
 from .cached import cached_features
 
@@ -32,7 +33,6 @@ def head_features(run, paths, hashes, failed, how: ComputeSettings):
         feats, n_reused, n_computed, _ = block_features(run, paths, hashes, failed, how)
         return feats, n_reused, n_computed
     # a fused run: each block from its own cache or backbone, side by side, standardized
-    from ..cache.space import FeatureSpace
     from ..heads.training.fusion import load_standardization
 
     parts = []

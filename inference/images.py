@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..common.hashing import sha256_file
 from ..errors import DatasetError
 from ..extractor.discovery import IMAGE_EXTENSIONS, not_regular, walk_images
 
@@ -40,8 +41,6 @@ def collect_images(inputs: Iterable) -> list[Path]:
 
 def hash_images(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]]:
     """Each file's sha256 (None for a file that cannot be read), and why those failed."""
-    from ..common.hashing import sha256_file
-
     hashes: list[str | None] = []
     failed: dict[int, str] = {}
     for i, p in enumerate(paths):

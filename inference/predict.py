@@ -8,7 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from ..common.device import check_device
+from ..common.progress import Reporter
 from ..errors import TlxError
+from ..extractor import distributed
+from ..extractor.engines import check_engine
 from .features import ComputeSettings
 from .finetuned import finetuned_proba
 from .head import head_proba
@@ -20,17 +24,7 @@ CHUNK = 8192  # images per round: memory holds one round's rows, however many im
 
 def predict_paths(run, paths: Sequence, **options: Any) -> Predictions:
     """:func:`predict_chunks` in one piece."""
-    chunks = list(predict_chunks(run, paths, **options))
-    return Predictions(
-        classes=list(run.classes),
-        paths=[p for c in chunks for p in c.paths],
-        proba=np.concatenate([c.proba for c in chunks]) if chunks else np.zeros((0, len(run.classes))),
-        failed=[f for c in chunks for f in c.failed],
-        n_reused=sum(c.n_reused for c in chunks),
-        n_computed=sum(c.n_computed for c in chunks),
-        seconds=round(sum(c.seconds for c in chunks), 3),
-        engine=next((c.engine for c in chunks if c.engine), {}),
-    )
+    return Predictions.join(run.classes, list(predict_chunks(run, paths, **options)))
 
 
 def predict_chunks(
@@ -47,11 +41,6 @@ def predict_chunks(
     """Predict image files and folders with a loaded run, in rounds of :data:`CHUNK` images in input
     order (unreadable ones go to ``failed``). ``tta``: average each image's center view and its mirror.
     Under torchrun each round is shared among the ranks and gathered on rank 0; the others yield empty rounds."""
-    from ..common.device import check_device
-    from ..common.progress import Reporter
-    from ..extractor import distributed
-    from ..extractor.engines import check_engine
-
     check_device(device)
     check_engine(engine, device)
     paths = expand_folders(paths)
@@ -73,43 +62,27 @@ def predict_chunks(
 
 
 def _predict_round(run, paths, ranks, how: ComputeSettings, tta: bool) -> Predictions:
-    from ..extractor import distributed
-
     started = time.perf_counter()
-    mine = distributed.shard(len(paths), ranks)  # this rank's contiguous share
-    share = [paths[i] for i in mine]
+    share = [paths[i] for i in distributed.shard(len(paths), ranks)]  # contiguous: rank order is input order
     # a fine-tuning changed the backbone: no cached vector applies, its images go through its network
     outcome = finetuned_proba(run, share, how) if run.kind == "finetune" else head_proba(run, share, how, tta)
     proba_of, failed, n_reused, n_computed = outcome
-    _fail_non_finite(proba_of, failed, run)
-    shares = distributed.gather(
-        ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
-    )
-    if not ranks.is_main:
-        return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))))
-    proba_of, failed, n_reused, n_computed = {}, {}, 0, 0
-    for start, p_of, f_of, reused, computed in shares:  # back to positions in ``paths``
-        proba_of.update({start + i: v for i, v in p_of.items()})
-        failed.update({start + i: r for i, r in f_of.items()})
-        n_reused, n_computed = n_reused + reused, n_computed + computed
-    ok = [i for i in range(len(paths)) if i in proba_of]
-    return Predictions(
-        classes=list(run.classes),
-        paths=[str(paths[i]) for i in ok],
-        proba=np.stack([proba_of[i] for i in ok]) if ok else np.zeros((0, len(run.classes))),
-        failed=[{"path": str(paths[i]), "reason": failed[i]} for i in sorted(failed)],
-        n_reused=n_reused,
-        n_computed=n_computed,
-        seconds=round(time.perf_counter() - started, 3),
-        engine=dict(how.used),
-    )
-
-
-def _fail_non_finite(proba_of: dict, failed: dict, run) -> None:
-    """Rows with NaN or infinite probabilities move to the failures (argmax of NaN picks a class by accident)."""
-    for i in [i for i, p in proba_of.items() if not np.all(np.isfinite(p))]:
+    for i in [i for i, p in proba_of.items() if not np.all(np.isfinite(p))]:  # argmax of NaN: a class by accident
         del proba_of[i]
         failed[i] = (
             f"the run {run.path} gave NaN/inf probabilities for this image (its weights or features are not "
             "finite numbers): no label; fit or fine-tune the run again"
         )
+    ok = sorted(proba_of)
+    mine = Predictions(
+        classes=list(run.classes),
+        paths=[str(share[i]) for i in ok],
+        proba=np.stack([proba_of[i] for i in ok]) if ok else np.zeros((0, len(run.classes))),
+        failed=[{"path": str(share[i]), "reason": failed[i]} for i in sorted(failed)],
+        n_reused=n_reused,
+        n_computed=n_computed,
+        engine=dict(how.used),
+    )
+    joined = Predictions.join(run.classes, distributed.gather(ranks, mine, "collecting the predictions"))
+    joined.seconds = round(time.perf_counter() - started, 3)
+    return joined

@@ -24,6 +24,20 @@ class Predictions:
     seconds: float = 0.0
     engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
 
+    @classmethod
+    def join(cls, classes: Sequence[str], parts: list[Predictions]) -> Predictions:
+        """The parts of one prediction (rounds, or the shares of the ranks), in order, as one."""
+        return cls(
+            classes=list(classes),
+            paths=[p for part in parts for p in part.paths],
+            proba=np.concatenate([part.proba for part in parts]) if parts else np.zeros((0, len(classes))),
+            failed=[f for part in parts for f in part.failed],
+            n_reused=sum(part.n_reused for part in parts),
+            n_computed=sum(part.n_computed for part in parts),
+            seconds=round(sum(part.seconds for part in parts), 3),
+            engine=next((part.engine for part in parts if part.engine), {}),
+        )
+
     @property
     def labels(self) -> list[str]:
         return [self.classes[i] for i in self.proba.argmax(axis=1)] if len(self.paths) else []
