@@ -3,9 +3,8 @@ is cheap: torch, torchvision and timm are imported where they are used."""
 
 __all__ = ["Features", "__version__", "audit", "fit_head", "load_features"]
 
-# Resolved on first use, so that ``import tlx.common`` (or ``tlx --version``) loads no stage. (No
-# import at the top either: the test runner may import this file alone, as a module without a
-# package, when the checkout's folder name is not a Python identifier.)
+# Resolved on first use, so that ``import tlx.common`` loads no stage (and no import at the top: pytest
+# may import this file alone, as a module without a package, when the checkout's name is no identifier).
 _LAZY = {
     "__version__": ".version",
     "Features": ".cache.features",

@@ -15,8 +15,7 @@ from ..errors import STORAGE_ERRNOS, StorageError
 
 @contextmanager
 def storage_errors(path: str | os.PathLike[str], action: str = "write", every: bool = False) -> Iterator[None]:
-    """Turn an ``OSError`` of the disk (full, read-only, permission, I/O; with ``every``, any
-    ``OSError``) into a one-line :class:`StorageError` naming ``path``; other errors pass unchanged."""
+    """Turn an ``OSError`` of the disk (with ``every``, any ``OSError``) into a :class:`StorageError`."""
     try:
         yield
     except OSError as exc:
@@ -54,8 +53,7 @@ def atomic_path(path: str | os.PathLike[str], before_replace: Callable[[], objec
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[Any]], object], mode: str = "w") -> Path:
     """Call ``write(fh)`` on a temporary file opened with ``mode`` (text: UTF-8), then put it at ``path``."""
-    binary = "b" in mode
-    encoding, newline = (None, None) if binary else ("utf-8", "")
+    encoding, newline = (None, None) if "b" in mode else ("utf-8", "")
     with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding, newline=newline) as fh:
         write(fh)
     return Path(path)

@@ -14,7 +14,6 @@ import numpy as np
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """``num / den``, 0 where ``den`` is 0 (scikit-learn's ``zero_division=0``)."""
-    num, den = num.astype(np.float64), den.astype(np.float64)
     return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
 
 

@@ -1,7 +1,5 @@
-"""Where tlx may write: an ``--out`` never replaces an input (a photo, a file of a run, a feature
-cache) and never puts a run inside another run. Files are recognised by tlx's own markers and by
-their signatures (a photo named ``preds.csv`` is still a photo). Nothing here imports h5py, torch or PIL.
-"""
+"""Where tlx may write: an ``--out`` never replaces an input (a photo, a file of a run, a feature cache)
+and never puts a run inside another run. Files are known by tlx's markers and by their signatures."""
 
 from __future__ import annotations
 
@@ -37,16 +35,14 @@ def _head(path: Path, n: int = 16) -> bytes:
 
 def is_image(path: Path) -> bool:
     """An image by its name or by its first bytes (a photo renamed ``x.csv`` is still one)."""
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
-        return True
     head = _head(path)
-    return head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return path.suffix.lower() in _IMAGE_SUFFIXES or head.startswith(_IMAGE_SIGNATURES) or webp
 
 
 def is_run_folder(folder: Path, damaged: bool = False) -> bool:
-    """tlx's markers of a run: a ``metrics.json`` of kind head or finetune beside its run record, or
-    a fine-tuning's checkpoints. ``damaged``: an unreadable ``metrics.json`` beside a run record
-    counts too (where the question is whether writing there could destroy a run)."""
+    """tlx's markers of a run: a ``metrics.json`` of a known kind beside its run record, or checkpoints.
+    ``damaged``: an unreadable ``metrics.json`` counts too (could writing there destroy a run?)."""
     if any((folder / "checkpoints" / name).is_file() for name in ("last.pt", "best.pt")):
         return True
     if not any((folder / name).is_file() for name in RUN_RECORDS):

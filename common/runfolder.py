@@ -1,5 +1,4 @@
-"""Run folders: one per fitted head or fine-tuning, holding its model, ``metrics.json`` (the run's
-record, and the only file ``tlx runs`` reads) and plots."""
+"""Run folders: one per fitted head or fine-tuning, with its model, plots and ``metrics.json`` (its record)."""
 
 from __future__ import annotations
 
@@ -20,9 +19,7 @@ from .plots import plot_confusion as plot_confusion
 
 METRICS_FILE = "metrics.json"
 SORTS = ("accuracy", "balanced", "n_val", "created")
-# A fine-tuning run writes metrics.json when it finishes; until then its folder holds only the
-# per-epoch checkpoint (tlx.finetune.checkpoint names it: common cannot import finetune).
-LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
+LAST_CHECKPOINT = Path("checkpoints") / "last.pt"  # all an unfinished fine-tuning has (finetune.checkpoint)
 
 
 def default_runs_dir() -> Path:
@@ -77,11 +74,9 @@ def read_metrics(run_dir) -> dict:
 
 
 def list_runs(root=None, dataset: str | None = None, sort: str = "accuracy") -> list[dict]:
-    """Every run directly under ``root``, from the ``metrics.json`` files alone: the record plus
-    ``run``, ``dataset`` and ``status`` (``done``, ``interrupted``: a checkpoint and no record, or
-    ``damaged``, with a ``problem``). ``dataset``: its name or root, or the cache or its name.
-    ``sort``: ``accuracy`` or ``balanced`` (best first within each dataset, datasets by name: scores
-    on different data do not compare), ``n_val`` (largest first) or ``created`` (newest first)."""
+    """Every run under ``root`` from its ``metrics.json``, plus ``run``, ``dataset`` and ``status``
+    (``done``, ``interrupted`` or ``damaged``). ``accuracy`` and ``balanced`` sort best first within
+    each dataset, datasets by name: scores on different data do not compare."""
     if sort not in SORTS:
         raise RunError(f"--sort must be one of {', '.join(SORTS)}, not {sort!r}")
     root = Path(root) if root is not None else default_runs_dir()
@@ -112,9 +107,8 @@ def list_runs(root=None, dataset: str | None = None, sort: str = "accuracy") -> 
 
 
 def _unfinished(folder: Path, status: str, stamp: Path, **extra) -> dict:
-    """A run folder without a readable record: listed (never hidden), dated by ``stamp``'s mtime.
-    Only a fine-tuning leaves a checkpoint; a damaged run is of no known kind."""
-    kind = "finetune" if status == "interrupted" else "?"
+    """A run folder without a readable record: listed (never hidden), dated by ``stamp``'s mtime."""
+    kind = "finetune" if status == "interrupted" else "?"  # only a fine-tuning leaves a checkpoint
     created = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(stamp.stat().st_mtime))
     return dict(kind=kind, clf=kind, params={}, run=str(folder), dataset=None, status=status, created=created, **extra)
 

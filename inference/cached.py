@@ -1,5 +1,4 @@
-"""Vectors the run's feature cache already holds: an image whose bytes are in the cache is not
-run through a network again, and gets the very vector the head was validated on."""
+"""Vectors the run's cache already holds: an image whose bytes are there gets the vector the head was validated on."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ from ..heads.runs import run_cache
 
 
 def cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarray], str]:
-    """``({input index: vector}, note)`` for the inputs whose content the cache holds, all read from
-    one open version of the cache."""
+    """``({input index: vector}, note)`` for the inputs the cache holds, read from one version of it."""
     cache = run_cache(run)
     if cache is None:
         return {}, f"the run's cache {run.info.get('cache')!r} is gone; computing every image"
@@ -38,8 +36,7 @@ def cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarray
 
 
 def read_rows(cache, rows: Sequence[int], block: int = 4096) -> np.ndarray:
-    """``features[rows]`` of a cache (a path, or an open ``Snapshot``), in the order asked,
-    ``block`` rows at a time (memory stays flat however large the cache is)."""
+    """``features[rows]`` of a cache (a path or an open ``Snapshot``), ``block`` rows at a time (flat memory)."""
     from ..cache.reader import Snapshot, open_snapshot
 
     with nullcontext(cache) if isinstance(cache, Snapshot) else open_snapshot(cache) as snap:

@@ -19,8 +19,7 @@ from ..errors import TlxError
 from ..heads.base import NotExportableError
 from ..heads.runs import run_cache
 from ..version import __version__
-from .backbone import rebuild_backbone
-from .head import head_class_indices
+from .head import head_class_indices, rebuild_backbone
 
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}  # the formats, with the default file's suffix
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
@@ -252,9 +251,8 @@ def _to_onnx(module, example, path: Path) -> None:
 
 
 def check_batch(run, pre, n: int = 3):
-    """``n`` preprocessed images to check an export on: real ones from the run's dataset when its
-    files are still there (on random noise a softmax saturates to 0/1, which would hide differences),
-    random ones otherwise. ``n`` differs from the traced batch size, so the dynamic axis is checked too."""
+    """``n`` (not the traced batch size) images to check on: the run's own when they are still there
+    (on random noise a softmax saturates to 0/1, which would hide differences), else random ones."""
     import torch
 
     from ..extractor.preprocess import preprocess_image

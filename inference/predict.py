@@ -13,9 +13,7 @@ from ..common.progress import Reporter
 from ..errors import TlxError
 from ..extractor import distributed
 from ..extractor.engines import check_engine
-from .features import ComputeSettings
-from .finetuned import finetuned_proba
-from .head import head_proba
+from .head import ComputeSettings, head_proba
 from .images import expand_folders
 from .rows import Predictions
 
@@ -38,9 +36,8 @@ def predict_chunks(
     tta: bool = False,
     engine: str = "auto",
 ) -> Iterator[Predictions]:
-    """Predict image files and folders with a loaded run, in rounds of :data:`CHUNK` images in input
-    order (unreadable ones go to ``failed``). ``tta``: average each image's center view and its mirror.
-    Under torchrun each round is shared among the ranks and gathered on rank 0; the others yield empty rounds."""
+    """Predict image files and folders with a loaded run, in rounds of :data:`CHUNK` images in input order
+    (``tta``: the mirror view averaged in). Under torchrun rank 0 gathers each round; the others yield empty ones."""
     check_device(device)
     check_engine(engine, device)
     paths = expand_folders(paths)
@@ -86,3 +83,43 @@ def _predict_round(run, paths, ranks, how: ComputeSettings, tta: bool) -> Predic
     joined = Predictions.join(run.classes, distributed.gather(ranks, mine, "collecting the predictions"))
     joined.seconds = round(time.perf_counter() - started, 3)
     return joined
+
+
+def finetuned_proba(run, paths, how: ComputeSettings):
+    """A fine-tuning run's ``(proba_of, failed, n_reused=0, n_computed)``, as :func:`.head.head_proba` gives."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..extractor.engine import ImageFiles, collate_skipping_failures, default_workers, resolve_device
+    from ..extractor.preprocess import Normalize, ResizeCrop
+    from ..finetune.model import load_finetuned
+
+    if "_finetuned" not in vars(run):  # built once per loaded run, across rounds
+        vars(run)["_finetuned"] = load_finetuned(run.path)
+    module, pre = vars(run)["_finetuned"]
+    dev = resolve_device(how.device)
+    module = module.eval().to(dev)
+    normalize = Normalize(pre).to(dev)
+    failed: dict[int, str] = {}
+    proba_of: dict[int, np.ndarray] = {}
+    workers = default_workers() if how.workers is None else how.workers
+    loader = DataLoader(
+        ImageFiles([str(p) for p in paths], ResizeCrop(pre)),
+        batch_size=how.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        prefetch_factor=4 if workers else None,
+    )
+    how.reporter.start(len(paths), f"predicting with the fine-tuned {run.space.backbone}")
+    try:
+        with torch.inference_mode():
+            for indices, images, failures in loader:
+                failed.update(failures)
+                if indices:
+                    p = module(normalize(images.to(dev))).double().cpu().numpy()
+                    proba_of.update(zip(indices, p, strict=False))
+                how.reporter.advance(len(indices) + len(failures))
+    finally:
+        how.reporter.stop()
+    return proba_of, failed, 0, len(paths) - len(failed)
