@@ -132,9 +132,8 @@ def _compute(run, paths, todo: list[int], how: ComputeSettings, feats: dict, fai
         note=reporter.message,
     )
     files = ImageFiles(todo_paths, ResizeCrop(run.space.preprocessing, flip=True)) if how.flip else None
-    reporter.start(
-        len(todo_paths), f"computing {'mirrored images' if how.flip else 'features'} with {run.space.backbone}"
-    )
+    what = "mirrored images" if how.flip else "features"
+    reporter.start(len(todo_paths), f"computing {what} with {run.space.backbone}")
     try:
         for batch in runner.run(todo_paths, how.batch_size, how.workers, on_batch=reporter.advance, files=files):
             for j, reason in batch.failures:
