@@ -27,17 +27,13 @@ class RunError(TlxError):
 
 
 class StorageError(TlxError):
-    """A file could not be written: the disk is full, read-only, denies access or failed.
-
-    Exit code 1, not 2: the request was right and the environment failed it. Whatever was
-    committed before stays intact and the next run in good conditions picks up from there."""
+    """A file could not be written: the disk is full, read-only, denies access or failed."""
 
     exit_code = 1
 
     def __init__(self, path, exc: OSError, action: str = "write"):
         self.path, self.errno, self.cause = path, exc.errno, exc
-        cause = exc.strerror or str(exc)
-        super().__init__(f"cannot {action} {path}: {cause}; {storage_advice(exc.errno)}")
+        super().__init__(f"cannot {action} {path}: {exc.strerror or exc}; {storage_advice(exc.errno)}")
 
 
 # The errors of a write that the disk, not tlx, causes: reported as one line, never a traceback.

@@ -1,4 +1,3 @@
-"""The version of tlx, in a module of its own so that any layer can read it without importing the
-package face (``tlx/__init__.py``), which sits above every stage."""
+"""The version of tlx, in a module of its own: any layer reads it without importing the package face."""
 
 __version__ = "0.1.0"

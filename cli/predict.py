@@ -60,10 +60,9 @@ def predict_command(
     from ..extractor.distributed import env_rank
     from ..extractor.engines import check_engine
     from ..heads.runs import load_run
-    from ..inference.csvfile import check_predictions_out, write_csv_stream
     from ..inference.images import collect_images
     from ..inference.predict import predict_chunks
-    from ..inference.rows import csv_columns
+    from ..inference.rows import check_predictions_out, csv_columns, write_csv_stream
 
     check_device(device)  # before the run is loaded or any image read
     check_engine(engine, device)

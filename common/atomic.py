@@ -1,11 +1,5 @@
-"""One way to write a file so that a reader, or a crash, never sees half of it.
-
-The content goes to a temporary name in the same folder, is flushed and fsynced, then
-``os.replace`` puts it at the final name (atomic on POSIX and Windows). A kill -9 at any
-moment leaves either the old file or the new one, never a mix. A write the disk refuses (full,
-read-only, no permission, I/O error) raises :class:`~tlx.errors.StorageError` naming the final
-path, and the temporary file is removed: the old file, if any, is untouched.
-"""
+"""One way to write a file so that a reader, or a crash, never sees half of it: a temporary file
+beside it, fsynced, then ``os.replace`` (atomic on POSIX and Windows) to the final name."""
 
 from __future__ import annotations
 
@@ -16,36 +10,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import STORAGE_ERRNOS, StorageError, TlxError
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (a no-op where folders cannot be opened, as on Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def temporary_name(path: Path) -> Path:
-    """A hidden name beside ``path`` that no other process picks (the pid keeps writers apart)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+from ..errors import STORAGE_ERRNOS, StorageError
 
 
 @contextmanager
 def storage_errors(path: str | os.PathLike[str], action: str = "write", every: bool = False) -> Iterator[None]:
-    """Turn an ``OSError`` of the disk (full, read-only, permission, I/O; with ``every``, any
-    ``OSError``) into a one-line :class:`StorageError` naming ``path``; other errors pass unchanged."""
+    """Turn an ``OSError`` of the disk (with ``every``, any ``OSError``) into a :class:`StorageError`."""
     try:
         yield
-    except TlxError:
-        raise
     except OSError as exc:
         if exc.errno not in STORAGE_ERRNOS and not every:
             raise
@@ -54,13 +26,10 @@ def storage_errors(path: str | os.PathLike[str], action: str = "write", every: b
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], before_replace: Callable[[], object] | None = None) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it becomes ``path``, on failure it is removed.
-
-    The caller writes and closes the file; this fsyncs it before the rename. A disk error while
-    writing, syncing or renaming raises :class:`StorageError` for ``path``. ``before_replace``
-    runs last before the rename: a commit checks there that its base is still current."""
+    """Yield a temporary path to write and close; on success it becomes ``path``, on failure it is
+    removed. ``before_replace`` runs just before the rename: a commit checks there that its base is current."""
     path = Path(path)
-    tmp = temporary_name(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden; the pid keeps writers apart
     try:
         with storage_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,10 +40,23 @@ def atomic_path(path: str | os.PathLike[str], before_replace: Callable[[], objec
             if before_replace is not None:
                 before_replace()
             os.replace(tmp, path)
-        fsync_dir(path.parent)
+        with suppress(OSError):  # make the rename durable (folders cannot be opened on Windows)
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     finally:
         with suppress(OSError):  # a cleanup that fails (read-only disk) must not hide the real error
             tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[Any]], object], mode: str = "w") -> Path:
+    """Call ``write(fh)`` on a temporary file opened with ``mode`` (text: UTF-8), then put it at ``path``."""
+    encoding, newline = (None, None) if "b" in mode else ("utf-8", "")
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding, newline=newline) as fh:
+        write(fh)
+    return Path(path)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:
@@ -82,23 +64,5 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | bytearray | m
     return write_atomic(path, lambda fh: fh.write(data), mode="wb")
 
 
-def _open(path: Path, mode: str) -> IO[Any]:
-    """``open(path, mode)``, as UTF-8 without newline translation when ``mode`` is a text mode."""
-    if "b" in mode:
-        return open(path, mode)
-    return open(path, mode, encoding="utf-8", newline="")
-
-
-def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[Any]], object], mode: str = "w") -> Path:
-    """Call ``write(fh)`` on a temporary file opened with ``mode``, then put it at ``path``."""
-    with atomic_path(path) as tmp, _open(tmp, mode) as fh:
-        write(fh)
-    return Path(path)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    return write_atomic(path, lambda fh: fh.write(text))
-
-
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, default: Callable[[Any], Any] | None = None) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=default) + "\n")
+    return write_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2, default=default) + "\n"))

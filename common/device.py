@@ -6,10 +6,7 @@ from ..errors import TlxError
 
 
 def check_device(device: str | None) -> None:
-    """Refuse a CUDA device that torch cannot see, before data is read or a network is built.
-
-    ``None``, ``auto`` and ``cpu`` need no check, and so no torch import (a command that will
-    not need torch stays fast)."""
+    """Refuse a CUDA device that torch cannot see, before any work (``auto`` and ``cpu`` import no torch)."""
     if device in (None, "auto", "cpu"):
         return
     if not str(device).startswith("cuda"):

@@ -1,5 +1,4 @@
-"""Content hashes: the identity of image files (cache rows), weights files (feature spaces)
-and head files (tamper checks). Standard library only."""
+"""Content hashes: the identity of image files (cache rows), weights files and head files."""
 
 from __future__ import annotations
 
@@ -7,9 +6,9 @@ import hashlib
 import os
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()

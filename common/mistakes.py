@@ -1,9 +1,5 @@
-"""Looking at the mistakes: the most confused class pairs and the images a model got most
-confidently wrong, drawn as a grid (fastai's ``plot_top_losses``) with Pillow.
-
-An image that has moved or gone since the run is drawn as a labelled placeholder and counted,
-so a run on data that was reorganized still gets its picture and says what is missing.
-"""
+"""Looking at the mistakes: the most confused class pairs and the most confidently wrong images,
+drawn as a grid (fastai's ``plot_top_losses``) with Pillow."""
 
 from __future__ import annotations
 
@@ -27,8 +23,7 @@ def most_confused(cm, classes: Sequence[object], top: int = 10) -> list[dict]:
 
 
 def top_losses(y_true: np.ndarray, proba: np.ndarray, k: int = 16) -> np.ndarray:
-    """Indices of the wrongly predicted rows with the highest loss (the lowest probability of the
-    true class, so the most confident mistakes), at most ``k``."""
+    """Indices of the at most ``k`` wrongly predicted rows with the highest loss, largest first."""
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     wrong = np.flatnonzero(proba.argmax(axis=1) != y_true)
@@ -37,8 +32,8 @@ def top_losses(y_true: np.ndarray, proba: np.ndarray, k: int = 16) -> np.ndarray
 
 
 def plot_top_losses(paths: Sequence[str | Path], y_true, proba, classes: Sequence[object], path, k: int = 16) -> dict:
-    """Write ``path`` (a PNG grid of the top losses: true and predicted class and the predicted
-    probability under each image). Returns ``{"shown": n, "missing": [paths not found]}``."""
+    """Write the grid of the top losses as a PNG at ``path``: ``{"shown": n, "missing": [paths]}``. An
+    image moved or gone since the run is drawn as a labelled placeholder and counted."""
     from PIL import Image, ImageDraw, ImageFont, ImageOps
 
     rows = top_losses(y_true, proba, k)
@@ -64,11 +59,7 @@ def plot_top_losses(paths: Sequence[str | Path], y_true, proba, classes: Sequenc
         predicted = int(np.argmax(proba[row]))
         caption = f"{classes[int(y_true[row])]} / {classes[predicted]}"
         draw.text((x + 4, y + TILE + 2), caption[:26], font=font, fill="black")
-        draw.text(
-            (x + 4, y + TILE + 16),
-            f"p={float(proba[row][predicted]):.2f}  {Path(paths[row]).name[:14]}",
-            font=font,
-            fill="firebrick",
-        )
+        score = f"p={float(proba[row][predicted]):.2f}  {Path(paths[row]).name[:14]}"
+        draw.text((x + 4, y + TILE + 16), score, font=font, fill="firebrick")
     write_atomic(path, lambda fh: sheet.save(fh, format="PNG"), mode="wb")
     return {"shown": len(rows), "missing": missing}

@@ -1,10 +1,5 @@
-"""Where tlx may write: an ``--out`` never replaces an input (a photo, a file of a run, a feature
-cache) and never puts a run inside another run.
-
-The checks look at what is on disk, by tlx's own markers and by file signatures (a photo named
-``preds.csv`` is still a photo), so a shell glob that made a photo the ``--out`` target is
-refused before anything is written. Nothing here imports h5py, torch or PIL.
-"""
+"""Where tlx may write: an ``--out`` never replaces an input (a photo, a file of a run, a feature cache)
+and never puts a run inside another run. Files are known by tlx's markers and by their signatures."""
 
 from __future__ import annotations
 
@@ -16,23 +11,13 @@ from pathlib import Path
 
 from ..errors import TlxError
 
-# Signatures of the image formats tlx reads (extractor/discovery.py), and of HDF5 (a cache).
-_IMAGE_SIGNATURES = (
-    b"\xff\xd8\xff",  # JPEG
-    b"\x89PNG\r\n\x1a\n",
-    b"GIF87a",
-    b"GIF89a",
-    b"II*\x00",  # TIFF, little-endian
-    b"MM\x00*",  # TIFF, big-endian
-    b"BM",  # BMP
-)
+# Signatures of the image formats tlx reads: JPEG, PNG, GIF, TIFF (both byte orders), BMP; and of HDF5.
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib"}
-)
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib")
 # What the cache writes beside an index ``NAME.h5`` (cache/h5format.py, cache/parts.py).
 _CACHE_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts", ".h5.views", ".h5.stat")
-RUN_RECORDS = ("head.json", "finetune.json")
+RUN_RECORDS = ("head.json", "finetune.json")  # what heads/io.py and finetune/report.py write beside metrics
 RUN_KINDS = ("head", "finetune")
 
 
@@ -50,22 +35,15 @@ def _head(path: Path, n: int = 16) -> bytes:
 
 def is_image(path: Path) -> bool:
     """An image by its name or by its first bytes (a photo renamed ``x.csv`` is still one)."""
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
-        return True
     head = _head(path)
-    return head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
-
-
-def is_hdf5(path: Path) -> bool:
-    return _head(path, len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+    webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return path.suffix.lower() in _IMAGE_SUFFIXES or head.startswith(_IMAGE_SIGNATURES) or webp
 
 
 def is_run_folder(folder: Path, damaged: bool = False) -> bool:
-    """tlx's markers of a run: a ``metrics.json`` whose kind is head or finetune beside its
-    ``head.json``/``finetune.json``, or a fine-tuning's checkpoint folder (a run not finished).
-    ``damaged``: a ``metrics.json`` that cannot be read beside a run record counts too (where
-    the question is whether writing there could destroy a run, not whether it is intact)."""
-    if (folder / "checkpoints" / "last.pt").is_file() or (folder / "checkpoints" / "best.pt").is_file():
+    """tlx's markers of a run: a ``metrics.json`` of a known kind beside its run record, or checkpoints.
+    ``damaged``: an unreadable ``metrics.json`` counts too (could writing there destroy a run?)."""
+    if any((folder / "checkpoints" / name).is_file() for name in ("last.pt", "best.pt")):
         return True
     if not any((folder / name).is_file() for name in RUN_RECORDS):
         return False
@@ -79,28 +57,17 @@ def is_run_folder(folder: Path, damaged: bool = False) -> bool:
 
 def enclosing_run(path: Path) -> Path | None:
     """The run folder that holds ``path`` (``path`` itself when it is one), if any."""
-    for folder in [path, *path.parents]:
-        if folder.is_dir() and is_run_folder(folder, damaged=True):
-            return folder
-    return None
+    return next((f for f in [path, *path.parents] if f.is_dir() and is_run_folder(f, damaged=True)), None)
 
 
 def enclosing_cache(path: Path) -> Path | None:
     """The cache folder (``NAME.h5.parts`` and its siblings) that holds ``path``, if any."""
-    for folder in [path, *path.parents]:
-        if folder.name.endswith(_CACHE_SUFFIXES) and folder.is_dir():
-            return folder
-    return None
+    return next((f for f in [path, *path.parents] if f.name.endswith(_CACHE_SUFFIXES) and f.is_dir()), None)
 
 
-def check_output_file(
-    out: Path,
-    option: str = "--out",
-    may_replace: Callable[[Path], bool] = lambda _p: False,
-) -> None:
-    """Refuse ``out`` when writing it would destroy something: an image, a feature cache file,
-    a file of a run or any other existing file, unless ``may_replace`` recognises it as the
-    caller's own earlier output (a predictions CSV, an export with its sidecar), wherever it is."""
+def check_output_file(out: Path, option: str, may_replace: Callable[[Path], bool]) -> None:
+    """Refuse ``out`` when writing it would destroy something: an image, a cache file, a file of a
+    run or any other existing file but the caller's own earlier output (``may_replace`` says)."""
     out = Path(out)
     real = out.resolve()
     fix = "choose a new file name"
@@ -119,7 +86,7 @@ def check_output_file(
         raise OutputError(f"{option} {out} exists and is not a regular file (a FIFO or a device): {fix}")
     if is_image(real):
         raise OutputError(f"{option} {out} is an image, maybe an input (a shell glob?); it was left as it is: {fix}")
-    if is_hdf5(real):
+    if _head(real, len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
         raise OutputError(f"{option} {out} is an HDF5 file (a feature cache?); it was left as it is: {fix}")
     if may_replace(real):
         return
@@ -132,16 +99,15 @@ def check_output_file(
     )
 
 
-def check_output_folder(out: Path, option: str = "--out") -> None:
-    """Refuse a run folder ``out`` inside another run or a feature cache (where it would hide
-    among that run's files, or be taken for them)."""
+def check_output_folder(out: Path) -> None:
+    """Refuse a run folder ``out`` inside another run or a feature cache."""
     real = Path(out).resolve()
     cache = enclosing_cache(real)
     if cache is not None:
-        raise OutputError(f"{option} {out} is inside the feature cache {cache}: choose a folder outside it")
+        raise OutputError(f"--out {out} is inside the feature cache {cache}: choose a folder outside it")
     run = enclosing_run(real)
     if run is not None:
         where = "is" if run == real else "is inside"
         raise OutputError(
-            f"{option} {out} {where} the run {run}: a run is never written into another; choose a new folder"
+            f"--out {out} {where} the run {run}: a run is never written into another; choose a new folder"
         )

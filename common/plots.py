@@ -1,9 +1,5 @@
-"""The confusion-matrix picture, drawn with Pillow.
-
-matplotlib draws it too, but importing it and laying out a figure costs about half a second,
-which a ``tlx fit-head`` call that fits in a tenth of that should not pay. Pillow is already
-loaded for images and draws this grid in milliseconds.
-"""
+"""The confusion-matrix picture, drawn with Pillow: matplotlib would cost about half a second of
+import and layout, which a ``tlx fit-head`` that fits in a tenth of that should not pay."""
 
 from __future__ import annotations
 
@@ -27,8 +23,7 @@ def _font(size: int):
 
 
 def plot_confusion(cm, classes: Sequence[object], path) -> Path:
-    """Write the confusion matrix as a PNG: counts in the cells, rows = true class, columns =
-    predicted class, darker for larger counts."""
+    """Write the confusion matrix as a PNG: rows = true class, columns = predicted class."""
     from PIL import Image, ImageDraw
 
     cm = np.asarray(cm, dtype=np.int64)
@@ -38,8 +33,7 @@ def plot_confusion(cm, classes: Sequence[object], path) -> Path:
     font = _font(max(8, min(16, cell // 3)))
     label_w = int(min(220, 12 + max((font.getlength(n) for n in names), default=0)))
     margin = label_w + 24
-    size = (max(margin + k * cell + 16, 230), margin + k * cell + 16)
-    image = Image.new("RGB", size, "white")
+    image = Image.new("RGB", (max(margin + k * cell + 16, 230), 24 + k * cell + label_w), "white")
     draw = ImageDraw.Draw(image)
     top = cm.max() if cm.size else 0
     for i in range(k):
@@ -48,22 +42,15 @@ def plot_confusion(cm, classes: Sequence[object], path) -> Path:
             color = tuple(int(v) for v in LIGHT + (DARK - LIGHT) * share)
             x, y = margin + j * cell, 16 + i * cell
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=color)
-            if k <= 30:
-                draw.text(
-                    (x + cell / 2, y + cell / 2),
-                    str(cm[i, j]),
-                    font=font,
-                    anchor="mm",
-                    fill="white" if share > 0.5 else "black",
-                )
-    for i, name in enumerate(names):  # true classes down the left
-        draw.text((margin - 6, 16 + i * cell + cell / 2), name, font=font, anchor="rm", fill="black")
+            if k <= 30:  # beyond that the counts would not fit their cells
+                ink = "white" if share > 0.5 else "black"
+                draw.text((x + cell / 2, y + cell / 2), str(cm[i, j]), font=font, anchor="mm", fill=ink)
     columns = Image.new("RGB", (label_w, k * cell), "white")  # predicted classes, written sideways
     column_draw = ImageDraw.Draw(columns)
-    for j, name in enumerate(names):
-        column_draw.text((label_w - 6, j * cell + cell / 2), name, font=font, anchor="rm", fill="black")
+    for i, name in enumerate(names):  # true classes down the left, predicted ones along the bottom
+        draw.text((margin - 6, 16 + i * cell + cell / 2), name, font=font, anchor="rm", fill="black")
+        column_draw.text((label_w - 6, i * cell + cell / 2), name, font=font, anchor="rm", fill="black")
     image.paste(columns.rotate(90, expand=True), (margin, 16 + k * cell + 4))
     draw.text((4, 2), "rows: true class, columns: predicted", font=_font(11), fill="gray")
-    image = image.crop((0, 0, size[0], min(size[1] + label_w, 16 + k * cell + 8 + label_w)))
     write_atomic(path, lambda fh: image.save(fh, format="PNG"), mode="wb")
     return Path(path)

@@ -1,9 +1,9 @@
-"""Vectors the run's feature cache already holds: an image whose bytes are in the cache is
-not run through a network again, and gets the very vector the head was validated on."""
+"""Vectors the run's cache already holds: an image whose bytes are there gets the vector the head was validated on."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -12,8 +12,7 @@ from ..heads.runs import run_cache
 
 
 def cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarray], str]:
-    """Rows of the run's cache for the inputs whose content it holds: {input index: vector},
-    hashes and vectors taken from one open version of the cache (``tlx.cache.reader``)."""
+    """``({input index: vector}, note)`` for the inputs the cache holds, read from one version of it."""
     cache = run_cache(run)
     if cache is None:
         return {}, f"the run's cache {run.info.get('cache')!r} is gone; computing every image"
@@ -24,11 +23,8 @@ def cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarray
         with open_snapshot(cache) as snap:
             index = index_of(snap.index, cache)
             if index.space.identity() != run.space.identity():
-                return (
-                    {},
-                    f"{cache} now holds another feature space ({run.space.difference(index.space)}); "
-                    "computing every image",
-                )
+                changed = run.space.difference(index.space)
+                return {}, f"{cache} now holds another feature space ({changed}); computing every image"
             row_of = index.row_of_hash()
             wanted = {i: row_of[h] for i, h in enumerate(hashes) if h is not None and h in row_of}
             if not wanted:
@@ -40,12 +36,10 @@ def cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarray
 
 
 def read_rows(cache, rows: Sequence[int], block: int = 4096) -> np.ndarray:
-    """``features[rows]`` of a cache (a path, or an open ``Snapshot`` of it), in the order asked,
-    reading ``block`` rows at a time (memory stays flat however large the cache is)."""
+    """``features[rows]`` of a cache (a path or an open ``Snapshot``), ``block`` rows at a time (flat memory)."""
     from ..cache.reader import Snapshot, open_snapshot
 
-    snap = cache if isinstance(cache, Snapshot) else open_snapshot(cache)
-    try:
+    with nullcontext(cache) if isinstance(cache, Snapshot) else open_snapshot(cache) as snap:
         table = snap.table("features")
         idx = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(idx), table.width), dtype=np.float32)
@@ -54,6 +48,3 @@ def read_rows(cache, rows: Sequence[int], block: int = 4096) -> np.ndarray:
             mine = order[start : start + block]
             out[mine] = table.read(idx[mine])
         return out
-    finally:
-        if snap is not cache:
-            snap.close()

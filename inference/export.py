@@ -1,16 +1,5 @@
-"""``tlx export``: one self-contained module per run, for serving without tlx.
-
-The module takes a batch of preprocessed images (float32 (N, 3, S, S), resized, center-cropped
-and normalized as the sidecar JSON says) and returns class probabilities (N, C). For a head run
-it is the run's backbone body + global pooling + the head's standardization + one linear layer
-+ softmax, so it gives the same probabilities as ``tlx predict``; for a fine-tuning run it is the
-fine-tuned network. Heads without a linear form (knn, rf, ...) cannot be folded in and are
-refused with :class:`tlx.heads.base.NotExportableError`.
-
-Formats: TorchScript (``torch.jit.trace``) and ONNX (``torch.onnx.export``, the TorchScript-based
-exporter first for a plain graph, the dynamo exporter as a fallback), both with a dynamic batch
-axis. After writing, the file is loaded back and checked against the eager module.
-"""
+"""``tlx export``: a run as one module (preprocessed images in, probabilities out) for serving
+without tlx, as TorchScript or ONNX, checked against the eager module after writing."""
 
 from __future__ import annotations
 
@@ -18,6 +7,7 @@ import io
 import json
 import time
 import warnings
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,9 +16,12 @@ import numpy as np
 from ..common.atomic import atomic_path, write_json_atomic
 from ..common.outputs import check_output_file
 from ..errors import TlxError
+from ..heads.base import NotExportableError
+from ..heads.runs import run_cache
+from ..version import __version__
+from .head import head_class_indices, rebuild_backbone
 
-FORMATS = ("torchscript", "onnx")
-SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
+SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}  # the formats, with the default file's suffix
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 CHECK_ATOL = 1e-4
 
@@ -55,51 +48,31 @@ class ExportResult:
         return asdict(self)
 
 
-def default_export_path(run, fmt: str) -> Path:
-    return Path(run.path) / f"model{SUFFIX[fmt]}"
-
-
 def sidecar_path(out) -> Path:
     """``model.onnx`` -> ``model.onnx.json``: next to the file, unmistakably its own."""
-    out = Path(out)
-    return out.with_name(out.name + ".json")
+    return Path(out).with_name(Path(out).name + ".json")
 
 
-def _torch_modules():
+def _linear_probe(W, b, shift, scale):
+    """Pooled features -> probabilities: ``softmax(((x - shift) / scale) @ W.T + b)``."""
     import torch
     from torch import nn
 
-    class LinearProbe(nn.Module):
-        """Pooled features -> probabilities: ``softmax(((x - shift) / scale) @ W.T + b)``."""
+    def f32(value):
+        return torch.tensor(np.asarray(value, dtype=np.float32))
 
-        def __init__(self, W, b, shift=None, scale=None):
+    class LinearProbe(nn.Module):
+        def __init__(self):
             super().__init__()
-            W = torch.as_tensor(np.asarray(W, dtype=np.float32))
             self.linear = nn.Linear(W.shape[1], W.shape[0])
-            with torch.no_grad():
-                self.linear.weight.copy_(W)
-                self.linear.bias.copy_(torch.as_tensor(np.asarray(b, dtype=np.float32)))
-            d = W.shape[1]
-            shift = np.zeros(d, np.float32) if shift is None else np.asarray(shift, dtype=np.float32).reshape(d)
-            scale = np.ones(d, np.float32) if scale is None else np.asarray(scale, dtype=np.float32).reshape(d)
-            self.register_buffer("shift", torch.as_tensor(shift).clone())
-            self.register_buffer("scale", torch.as_tensor(scale).clone())
+            self.linear.load_state_dict({"weight": f32(W), "bias": f32(b)})
+            self.register_buffer("shift", f32(0.0 if shift is None else shift))
+            self.register_buffer("scale", f32(1.0 if scale is None else scale))
 
         def forward(self, features):
             return torch.softmax(self.linear((features - self.shift) / self.scale), dim=1)
 
-    class ImageClassifier(nn.Module):
-        """Normalized images (N, 3, S, S) -> class probabilities (N, C)."""
-
-        def __init__(self, features: nn.Module, probe: nn.Module):
-            super().__init__()
-            self.features = features
-            self.probe = probe
-
-        def forward(self, images):
-            return self.probe(self.features(images))
-
-    return LinearProbe, ImageClassifier
+    return LinearProbe()
 
 
 def build_module(run):
@@ -109,25 +82,20 @@ def build_module(run):
 
         module, pre = load_finetuned(run.path)
         return module.eval().requires_grad_(False), list(run.classes), pre
+    from torch import nn
 
     from ..extractor.pooling import FeatureExtractor, stage_taps
-    from .backbone import rebuild_backbone
-    from .head import head_class_indices
 
-    W, b, shift, scale = linear_form(run)
-    classes = [run.classes[i] for i in head_class_indices(run)]
-    LinearProbe, ImageClassifier = _torch_modules()
     net = rebuild_backbone(run)
     extractor = FeatureExtractor(net.body, run.space.pooling, stage_taps(net, run.space.stages))
-    module = ImageClassifier(extractor, LinearProbe(W, b, shift, scale))
+    module = nn.Sequential(extractor, _linear_probe(*linear_form(run)))
+    classes = [run.classes[i] for i in head_class_indices(run)]
     return module.eval().requires_grad_(False), classes, run.space.preprocessing
 
 
 def linear_form(run):
-    """The head's ``(W, b, shift, scale)``; a head without one raises NotExportableError naming
-    the run. numpy only, so a refusal costs no torch import."""
-    from ..heads.base import NotExportableError
-
+    """The head's ``(W, b, shift, scale)``, or NotExportableError naming the run (numpy only, so a
+    refusal costs no torch import)."""
     fused = run.info.get("fused") if run.kind == "head" else None
     if fused:
         names = " + ".join(b["feature_space"]["backbone"] for b in fused["blocks"])
@@ -141,32 +109,28 @@ def linear_form(run):
         raise NotExportableError(f"{run.path} is not exportable: {exc}") from None
 
 
-def export_run(run, fmt: str, out=None, check: bool = True) -> ExportResult:
-    """Write the run's module as ``fmt`` to ``out`` (default: inside the run folder) plus the
-    sidecar JSON, and check the written file against the eager module."""
+def export_run(run, fmt: str, out=None) -> ExportResult:
+    """Write the run's module as ``fmt`` to ``out`` (default: inside the run folder) and its sidecar JSON."""
     started = time.perf_counter()
-    if fmt not in FORMATS:
-        raise TlxError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    out = Path(out) if out is not None else default_export_path(run, fmt)
+    if fmt not in SUFFIX:
+        raise TlxError(f"--format must be one of {', '.join(SUFFIX)}, not {fmt!r}")
+    out = Path(out) if out is not None else Path(run.path) / f"model{SUFFIX[fmt]}"
     if out.is_dir():
         raise TlxError(f"--out {out} is a folder: give a file name, for example {out / ('model' + SUFFIX[fmt])}")
-    check_export_out(out)
+    # an existing file is replaced only when it is an earlier export (a file with its sidecar beside it)
+    check_output_file(out, "--out", may_replace=lambda p: _sidecar_record(sidecar_path(p)).get("file") == p.name)
+    check_output_file(sidecar_path(out), "--out's sidecar", may_replace=lambda p: bool(_sidecar_record(p)))
     if run.kind == "head":
         linear_form(run)  # refuse a head without a linear form before torch is imported (seconds)
     import torch
 
     module, classes, pre = build_module(run)
-    size = pre.input_size
-    gen = torch.Generator().manual_seed(0)
-    example = torch.randn(2, 3, size, size, generator=gen)
+    example = torch.randn(2, 3, pre.input_size, pre.input_size, generator=torch.Generator().manual_seed(0))
     with atomic_path(out) as tmp:
         try:
             with torch.inference_mode(False), torch.no_grad():
-                if fmt == "torchscript":
-                    _to_torchscript(module, example, tmp)
-                else:
-                    _to_onnx(module, example, tmp)
-            diff, how = _check(module, tmp, fmt, check_batch(run, pre)) if check else (None, "not checked")
+                (_to_torchscript if fmt == "torchscript" else _to_onnx)(module, example, tmp)
+            diff, how = _check(module, tmp, fmt, check_batch(run, pre))
         finally:
             for extra in tmp.parent.glob(tmp.name + "?*"):  # onnx external-data leftovers, if any
                 extra.unlink(missing_ok=True)
@@ -177,53 +141,33 @@ def export_run(run, fmt: str, out=None, check: bool = True) -> ExportResult:
         format=fmt,
         kind=run.kind,
         classes=classes,
-        input_shape=["N", 3, size, size],
+        input_shape=["N", 3, pre.input_size, pre.input_size],
         max_abs_diff=diff,
         checked_with=how,
         seconds=round(time.perf_counter() - started, 3),
     )
 
 
-def check_export_out(out: Path) -> None:
-    """Refuse an ``--out`` that would replace an input, a run's file or a cache. An earlier
-    export (a file with its sidecar beside it, both inside or outside the run) may be replaced."""
-    check_output_file(out, "--out", may_replace=_is_export)
-    check_output_file(sidecar_path(out), "--out's sidecar", may_replace=_is_sidecar)
-
-
-def _is_sidecar(path: Path) -> bool:
+def _sidecar_record(path: Path) -> dict:
+    """The export sidecar at ``path``, or {} where there is none."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and {"file", "format", "classes", "tlx_version"} <= record.keys()
-
-
-def _is_export(path: Path) -> bool:
-    side = sidecar_path(path)
-    return side.is_file() and _is_sidecar(side) and json.loads(side.read_text()).get("file") == path.name
+        return {}
+    is_sidecar = isinstance(record, dict) and {"file", "format", "classes", "tlx_version"} <= record.keys()
+    return record if is_sidecar else {}
 
 
 def sidecar(run, fmt: str, out: Path, classes: list[str], pre) -> dict:
     import torch
 
-    from ..version import __version__
-
+    size = pre.input_size
+    meaning = "class probabilities (softmax), columns in the order of 'classes'"
     return {
         "file": out.name,
         "format": fmt,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["N", 3, pre.input_size, pre.input_size],
-            "dtype": "float32",
-            "layout": "NCHW, RGB",
-        },
-        "output": {
-            "name": OUTPUT_NAME,
-            "shape": ["N", len(classes)],
-            "dtype": "float32",
-            "meaning": "class probabilities (softmax), columns in the order of 'classes'",
-        },
+        "input": {"name": INPUT_NAME, "shape": ["N", 3, size, size], "dtype": "float32", "layout": "NCHW, RGB"},
+        "output": {"name": OUTPUT_NAME, "shape": ["N", len(classes)], "dtype": "float32", "meaning": meaning},
         "classes": classes,
         "preprocessing": {
             **pre.to_dict(),
@@ -231,7 +175,7 @@ def sidecar(run, fmt: str, out: Path, classes: list[str], pre) -> dict:
             "steps": [
                 "decode to RGB (EXIF orientation applied)",
                 f"resize the shorter side to {pre.resize_size} px ({pre.interpolation})",
-                f"center-crop {pre.input_size} x {pre.input_size}",
+                f"center-crop {size} x {size}",
                 "scale to [0, 1] (divide by 255)",
                 "subtract mean and divide by std, per channel",
             ],
@@ -261,13 +205,15 @@ def _to_torchscript(module, example, path: Path) -> None:
 
 
 def _to_onnx(module, example, path: Path) -> None:
+    """The TorchScript-based exporter first (one plain graph with the weights inside), the dynamo
+    exporter where that one is removed or fails; both with a dynamic batch axis."""
     import torch
 
     errors = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         buffer = io.BytesIO()  # in memory first, so that a disk error is not taken for an exporter's
-        try:  # the TorchScript-based exporter: one plain graph with the weights inside
+        try:
             torch.onnx.export(
                 module,
                 (example,),
@@ -277,22 +223,20 @@ def _to_onnx(module, example, path: Path) -> None:
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 opset_version=17,
-                do_constant_folding=True,
             )
-        except Exception as exc:  # removed or failing in this torch: fall back to dynamo
+        except Exception as exc:
             errors.append(f"dynamo=False: {type(exc).__name__}: {exc}")
         else:
             path.write_bytes(buffer.getbuffer())
             return
         try:
-            batch = torch.export.Dim("batch", min=1)
             program = torch.onnx.export(
                 module,
                 (example,),
                 dynamo=True,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                 external_data=False,
             )
             assert program is not None  # dynamo=True always returns an ONNXProgram
@@ -307,33 +251,26 @@ def _to_onnx(module, example, path: Path) -> None:
 
 
 def check_batch(run, pre, n: int = 3):
-    """``n`` preprocessed images to check an export on: real ones from the run's dataset when
-    its files are still there (on random noise a classifier's softmax saturates to 0/1, which
-    would hide differences), random ones otherwise. ``n`` differs from the traced batch size,
-    so the dynamic batch axis is checked too."""
+    """``n`` (not the traced batch size) images to check on: the run's own when they are still there
+    (on random noise a softmax saturates to 0/1, which would hide differences), else random ones."""
     import torch
 
     from ..extractor.preprocess import preprocess_image
-    from ..heads.runs import run_cache
 
     images = []
     cache = run_cache(run)
     if cache is not None:
         from ..cache.index import read_index
 
-        try:
+        with suppress(TlxError):
             index = read_index(cache)
             root = Path(index.attrs.get("dataset_root", ""))
-            order = sorted(range(len(index.paths)), key=lambda i: (index.splits[i] != "val", i))
-            for i in order[: 4 * n]:
-                try:
+            val_first = sorted(range(len(index.paths)), key=lambda i: (index.splits[i] != "val", i))
+            for i in val_first[: 4 * n]:
+                with suppress(Exception):
                     images.append(preprocess_image(root / index.paths[i], pre))
-                except Exception:
-                    continue
                 if len(images) == n:
                     break
-        except TlxError:
-            pass
     gen = torch.Generator().manual_seed(1)
     while len(images) < n:
         images.append(torch.randn(3, pre.input_size, pre.input_size, generator=gen))

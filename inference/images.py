@@ -1,5 +1,4 @@
-"""The images to predict: folders expanded with the extract rules, files named twice taken
-once, and each file's content hash (the key of the run's cache)."""
+"""The images to predict, and each file's content hash (the key of the run's cache)."""
 
 from __future__ import annotations
 
@@ -7,6 +6,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..common.hashing import sha256_file
 from ..errors import DatasetError
 from ..extractor.discovery import IMAGE_EXTENSIONS, not_regular, walk_images
 
@@ -21,53 +21,41 @@ def expand_folders(inputs: Iterable) -> list[Path]:
 
 
 def collect_images(inputs: Iterable) -> list[Path]:
-    """Image files from files and folders (folders recursively, with the extract rules: hidden
-    files and folders and files without an image extension are not images). A file named
-    explicitly is always taken, so a mislabelled one is reported rather than silently dropped.
-    The same file named twice is predicted once."""
-    found, seen = [], set()
+    """Image files from files and folders, each once. A file named explicitly is always taken, so a
+    mislabelled one is reported rather than silently dropped."""
     inputs = list(inputs)
     if not inputs:
         raise DatasetError("no images given: pass image files or folders to predict")
     for item in inputs:
         p = Path(item).expanduser()
-        if p.is_dir():
-            files = walk_images(p)
-        elif p.exists() or p.is_symlink():
-            files = [p]
-        else:
+        if not (p.exists() or p.is_symlink()):
             raise DatasetError(f"{p} does not exist: pass image files or folders of images")
-        for f in files:
-            key = os.path.normcase(os.path.abspath(f))
-            if key not in seen:
-                seen.add(key)
-                found.append(f)
+    found: dict[str, Path] = {}
+    for f in expand_folders(inputs):
+        found.setdefault(os.path.normcase(os.path.abspath(f)), f)
     if not found:
         shown = ", ".join(str(i) for i in inputs[:3]) + (" ..." if len(inputs) > 3 else "")
         raise DatasetError(f"no images found in {shown} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return found
+    return list(found.values())
 
 
 def hash_images(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]]:
-    from ..common.hashing import sha256_file
-
+    """Each file's sha256 (None for a file that cannot be read), and why those failed."""
     hashes: list[str | None] = []
     failed: dict[int, str] = {}
     for i, p in enumerate(paths):
-        why = not_regular(p)
-        if why:  # a FIFO named on the command line would block the read forever
-            hashes.append(None)
+        digest: str | None = None
+        why = not_regular(p)  # a FIFO named on the command line would block the read forever
+        if not why:
+            try:
+                digest = sha256_file(p)
+            except FileNotFoundError:
+                why = "file not found (a dangling link, or deleted while running)"
+            except IsADirectoryError:
+                why = "is a folder"
+            except OSError as exc:
+                why = f"cannot read: {exc.strerror or exc}"
+        hashes.append(digest)
+        if why:
             failed[i] = why
-            continue
-        try:
-            hashes.append(sha256_file(p))
-        except FileNotFoundError:
-            hashes.append(None)
-            failed[i] = "file not found (a dangling link, or deleted while running)"
-        except IsADirectoryError:
-            hashes.append(None)
-            failed[i] = "is a folder"
-        except OSError as exc:
-            hashes.append(None)
-            failed[i] = f"cannot read: {exc.strerror or exc}"
     return hashes, failed

@@ -1,63 +1,28 @@
-"""``tlx predict``: class probabilities for image files, from a run folder.
-
-For a head run, an image's features come from the run's feature cache when the cache already
-holds an image with the same bytes (looked up by content sha256, so a copied or renamed file is
-still found), and are computed with the run's feature space otherwise; then the head is applied.
-Reused features are the very vectors the head was validated on, so predicting the cache's
-validation images reproduces the accuracy ``tlx fit-head`` reported. A fine-tuning run changed
-the backbone, so its images always go through the fine-tuned network.
-
-Everything here is a plain function; ``tlx.cli.predict`` is a thin layer over it.
-"""
+"""``tlx predict``: class probabilities for image files, from a run folder (head or fine-tuning)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..common.device import check_device
+from ..common.progress import Reporter
 from ..errors import TlxError
-from .features import ComputeSettings
-from .finetuned import finetuned_proba
-from .head import head_proba
+from ..extractor import distributed
+from ..extractor.engines import check_engine
+from .head import ComputeSettings, head_proba
 from .images import expand_folders
 from .rows import Predictions
 
 CHUNK = 8192  # images per round: memory holds one round's rows, however many images there are
 
 
-def predict_paths(
-    run,
-    paths: Sequence,
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str | None = "auto",
-    reporter=None,
-    reuse_cache: bool = True,
-    tta: bool = False,
-    engine: str = "auto",
-) -> Predictions:
-    """Predict image files, and the images in folders, with a loaded run (``tlx.heads.runs.load_run``).
-    ``tta``: average the probabilities of each image's center view and its mirror image (head runs).
-
-    Unreadable images are skipped and listed in ``failed``; the others keep their input order.
-    ``reporter`` is a ``tlx.common.progress.Reporter`` (progress over the images that need a network).
-    For very many images, :func:`predict_chunks` yields the same in rounds of bounded size."""
-    chunks = list(predict_chunks(run, paths, batch_size, workers, device, reporter, reuse_cache, tta, engine))
-    if not chunks:
-        return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))))
-    return Predictions(
-        classes=list(run.classes),
-        paths=[p for c in chunks for p in c.paths],
-        proba=np.concatenate([c.proba for c in chunks]),
-        failed=[f for c in chunks for f in c.failed],
-        n_reused=sum(c.n_reused for c in chunks),
-        n_computed=sum(c.n_computed for c in chunks),
-        seconds=round(sum(c.seconds for c in chunks), 3),
-        rank=chunks[0].rank,
-        engine=next((c.engine for c in chunks if c.engine), {}),
-    )
+def predict_paths(run, paths: Sequence, **options: Any) -> Predictions:
+    """:func:`predict_chunks` in one piece."""
+    return Predictions.join(run.classes, list(predict_chunks(run, paths, **options)))
 
 
 def predict_chunks(
@@ -70,19 +35,11 @@ def predict_chunks(
     reuse_cache: bool = True,
     tta: bool = False,
     engine: str = "auto",
-    chunk: int = CHUNK,
 ) -> Iterator[Predictions]:
-    """:func:`predict_paths` in rounds of ``chunk`` images, in input order: a caller that writes
-    each round out (``tlx predict`` does) holds one round's rows at a time. The network is built
-    once for all rounds. Under torchrun each round is shared among the ranks and gathered on
-    rank 0; the other ranks yield empty rounds."""
-    from ..common.device import check_device
-    from ..common.progress import Reporter
-    from ..extractor.engines import check_engine
-
+    """Predict image files and folders with a loaded run, in rounds of :data:`CHUNK` images in input order
+    (``tta``: the mirror view averaged in). Under torchrun rank 0 gathers each round; the others yield empty ones."""
     check_device(device)
     check_engine(engine, device)
-    reporter = reporter or Reporter()
     paths = expand_folders(paths)
     if batch_size < 1:
         raise TlxError(f"--batch-size must be at least 1, not {batch_size}")
@@ -90,64 +47,79 @@ def predict_chunks(
         raise TlxError(
             f"--tta averages cached-feature views and works with head runs; {run.path} is a fine-tuning run: drop --tta"
         )
-    from ..extractor import distributed
-
-    ranks = distributed.setup(device)  # under torchrun: each rank predicts a contiguous share
+    how = ComputeSettings(batch_size, workers, device, reporter or Reporter(), reuse_cache, engine=engine)
+    ranks = distributed.setup(device)
     finished = False
     try:
-        for start in range(0, len(paths), chunk):
-            round_paths = paths[start : start + chunk]
-            how = ComputeSettings(batch_size, workers, device, reporter, reuse_cache, engine=engine)
-            yield _predict_round(run, round_paths, ranks, how, tta)
+        for start in range(0, len(paths), CHUNK):
+            yield _predict_round(run, paths[start : start + CHUNK], ranks, how, tta)
         finished = True
     finally:
         distributed.teardown(ranks, finished)
 
 
 def _predict_round(run, paths, ranks, how: ComputeSettings, tta: bool) -> Predictions:
-    from ..extractor import distributed
-
     started = time.perf_counter()
-    mine = distributed.shard(len(paths), ranks)
-    share = [paths[i] for i in mine]
-    if run.kind == "finetune":  # its network is trained and has the head inside: always eager
-        proba_of, failed, n_computed = finetuned_proba(
-            run, share, how.batch_size, how.workers, how.device, how.reporter
-        )
-        n_reused = 0
-    else:
-        proba_of, failed, n_reused, n_computed = head_proba(run, share, how, tta)
-    _fail_non_finite(proba_of, failed, run)
-    shares = distributed.gather(
-        ranks, (mine.start, proba_of, failed, n_reused, n_computed), "collecting the predictions"
-    )
-    if not ranks.is_main:
-        return Predictions(list(run.classes), [], np.zeros((0, len(run.classes))), rank=ranks.rank)
-    proba_of, failed, n_reused, n_computed = {}, {}, 0, 0
-    for start, p_of, f_of, reused, computed in shares:  # back to positions in ``paths``
-        proba_of.update({start + i: v for i, v in p_of.items()})
-        failed.update({start + i: r for i, r in f_of.items()})
-        n_reused, n_computed = n_reused + reused, n_computed + computed
-    ok = [i for i in range(len(paths)) if i in proba_of]
-    proba = np.stack([proba_of[i] for i in ok]) if ok else np.zeros((0, len(run.classes)))
-    return Predictions(
-        classes=list(run.classes),
-        paths=[str(paths[i]) for i in ok],
-        proba=proba,
-        failed=[{"path": str(paths[i]), "reason": failed[i]} for i in sorted(failed)],
-        n_reused=n_reused,
-        n_computed=n_computed,
-        seconds=round(time.perf_counter() - started, 3),
-        engine=dict(how.used),
-    )
-
-
-def _fail_non_finite(proba_of: dict, failed: dict, run) -> None:
-    """Rows whose probabilities are NaN or infinite get no label (argmax of NaN is a class
-    picked by accident): they move to the failures, with the reason."""
-    for i in [i for i, p in proba_of.items() if not np.all(np.isfinite(p))]:
+    share = [paths[i] for i in distributed.shard(len(paths), ranks)]  # contiguous: rank order is input order
+    # a fine-tuning changed the backbone: no cached vector applies, its images go through its network
+    outcome = finetuned_proba(run, share, how) if run.kind == "finetune" else head_proba(run, share, how, tta)
+    proba_of, failed, n_reused, n_computed = outcome
+    for i in [i for i, p in proba_of.items() if not np.all(np.isfinite(p))]:  # argmax of NaN: a class by accident
         del proba_of[i]
         failed[i] = (
             f"the run {run.path} gave NaN/inf probabilities for this image (its weights or features are not "
             "finite numbers): no label; fit or fine-tune the run again"
         )
+    ok = sorted(proba_of)
+    mine = Predictions(
+        classes=list(run.classes),
+        paths=[str(share[i]) for i in ok],
+        proba=np.stack([proba_of[i] for i in ok]) if ok else np.zeros((0, len(run.classes))),
+        failed=[{"path": str(share[i]), "reason": failed[i]} for i in sorted(failed)],
+        n_reused=n_reused,
+        n_computed=n_computed,
+        engine=dict(how.used),
+    )
+    joined = Predictions.join(run.classes, distributed.gather(ranks, mine, "collecting the predictions"))
+    joined.seconds = round(time.perf_counter() - started, 3)
+    return joined
+
+
+def finetuned_proba(run, paths, how: ComputeSettings):
+    """A fine-tuning run's ``(proba_of, failed, n_reused=0, n_computed)``, as :func:`.head.head_proba` gives."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..extractor.engine import ImageFiles, collate_skipping_failures, default_workers, resolve_device
+    from ..extractor.preprocess import Normalize, ResizeCrop
+    from ..finetune.model import load_finetuned
+
+    if "_finetuned" not in vars(run):  # built once per loaded run, across rounds
+        vars(run)["_finetuned"] = load_finetuned(run.path)
+    module, pre = vars(run)["_finetuned"]
+    dev = resolve_device(how.device)
+    module = module.eval().to(dev)
+    normalize = Normalize(pre).to(dev)
+    failed: dict[int, str] = {}
+    proba_of: dict[int, np.ndarray] = {}
+    workers = default_workers() if how.workers is None else how.workers
+    loader = DataLoader(
+        ImageFiles([str(p) for p in paths], ResizeCrop(pre)),
+        batch_size=how.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        prefetch_factor=4 if workers else None,
+    )
+    how.reporter.start(len(paths), f"predicting with the fine-tuned {run.space.backbone}")
+    try:
+        with torch.inference_mode():
+            for indices, images, failures in loader:
+                failed.update(failures)
+                if indices:
+                    p = module(normalize(images.to(dev))).double().cpu().numpy()
+                    proba_of.update(zip(indices, p, strict=False))
+                how.reporter.advance(len(indices) + len(failures))
+    finally:
+        how.reporter.stop()
+    return proba_of, failed, 0, len(paths) - len(failed)
