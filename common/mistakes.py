@@ -34,7 +34,7 @@ def top_losses(y_true: np.ndarray, proba: np.ndarray, k: int = 16) -> np.ndarray
 def plot_top_losses(paths: Sequence[str | Path], y_true, proba, classes: Sequence[object], path, k: int = 16) -> dict:
     """Write the grid of the top losses as a PNG at ``path``: ``{"shown": n, "missing": [paths]}``. An
     image moved or gone since the run is drawn as a labelled placeholder and counted."""
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from PIL import Image, ImageDraw, ImageFont
 
     rows = top_losses(y_true, proba, k)
     columns = max(1, min(4, len(rows)))
@@ -47,19 +47,30 @@ def plot_top_losses(paths: Sequence[str | Path], y_true, proba, classes: Sequenc
     missing: list[str] = []
     for slot, row in enumerate(rows):
         x, y = (slot % columns) * TILE, 20 + (slot // columns) * (TILE + CAPTION)
-        try:
-            with Image.open(paths[row]) as image:
-                thumb = ImageOps.exif_transpose(image).convert("RGB")
-                thumb.thumbnail((TILE - 6, TILE - 6))
-            sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
-        except OSError:
+        if not paste_thumbnail(sheet, draw, font, paths[row], x, y):
             missing.append(str(paths[row]))
-            draw.rectangle([x + 3, y + 3, x + TILE - 4, y + TILE - 4], outline="gray")
-            draw.text((x + TILE / 2, y + TILE / 2), "image moved or gone", font=font, anchor="mm", fill="gray")
         predicted = int(np.argmax(proba[row]))
         caption = f"{classes[int(y_true[row])]} / {classes[predicted]}"
         draw.text((x + 4, y + TILE + 2), caption[:26], font=font, fill="black")
         score = f"p={float(proba[row][predicted]):.2f}  {Path(paths[row]).name[:14]}"
         draw.text((x + 4, y + TILE + 16), score, font=font, fill="firebrick")
-    write_atomic(path, lambda fh: sheet.save(fh, format="PNG"), mode="wb")
+    write_atomic(path, lambda fh: sheet.save(fh, format="PNG", compress_level=1), mode="wb")
     return {"shown": len(rows), "missing": missing}
+
+
+def paste_thumbnail(sheet, draw, font, path, x: int, y: int) -> bool:
+    """Paste the image at ``path`` as a thumbnail centered in the tile at (x, y), upright; draw a
+    placeholder and return False if it has moved or gone or cannot be read."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (TILE, TILE))  # a JPEG decodes at 1/2..1/8 scale: a thumbnail needs no more
+            thumb = ImageOps.exif_transpose(image).convert("RGB")
+            thumb.thumbnail((TILE - 6, TILE - 6))
+    except OSError:
+        draw.rectangle([x + 3, y + 3, x + TILE - 4, y + TILE - 4], outline="gray")
+        draw.text((x + TILE / 2, y + TILE / 2), "image moved or gone", font=font, anchor="mm", fill="gray")
+        return False
+    sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
+    return True

@@ -52,5 +52,5 @@ def plot_confusion(cm, classes: Sequence[object], path) -> Path:
         column_draw.text((label_w - 6, i * cell + cell / 2), name, font=font, anchor="rm", fill="black")
     image.paste(columns.rotate(90, expand=True), (margin, 16 + k * cell + 4))
     draw.text((4, 2), "rows: true class, columns: predicted", font=_font(11), fill="gray")
-    write_atomic(path, lambda fh: image.save(fh, format="PNG"), mode="wb")
+    write_atomic(path, lambda fh: image.save(fh, format="PNG", compress_level=1), mode="wb")
     return Path(path)

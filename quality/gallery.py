@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..common.mistakes import CAPTION, TILE
+from ..common.atomic import write_atomic
+from ..common.mistakes import CAPTION, TILE, paste_thumbnail
 
 COLUMNS = 4
 LABEL_TILES = 8
@@ -16,7 +17,7 @@ KIND_ORDER = ["across classes", "across splits", "within class"]
 
 def plot_audit(report, path) -> list[str]:
     """Draw ``path``; returns the images that have moved or gone."""
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from PIL import Image, ImageDraw, ImageFont
 
     root = Path(report.dataset_root)
     issues = report.label_issues[:LABEL_TILES]
@@ -32,15 +33,8 @@ def plot_audit(report, path) -> list[str]:
 
     def tile(image_path: Path, x: int, y: int, caption: str, note: str = "") -> None:
         """The image as a thumbnail centered in its tile (a placeholder if it has moved or gone), captioned."""
-        try:
-            with Image.open(root / image_path) as image:
-                thumb = ImageOps.exif_transpose(image).convert("RGB")
-                thumb.thumbnail((TILE - 6, TILE - 6))
-            sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
-        except OSError:
+        if not paste_thumbnail(sheet, draw, font, root / image_path, x, y):
             missing.append(str(root / image_path))
-            draw.rectangle([x + 3, y + 3, x + TILE - 4, y + TILE - 4], outline="gray")
-            draw.text((x + TILE / 2, y + TILE / 2), "image moved or gone", font=font, anchor="mm", fill="gray")
         draw.text((x + 4, y + TILE + 2), caption[:26], font=font, fill="black")
         draw.text((x + 4, y + TILE + 16), note, font=font, fill="firebrick")
 
@@ -61,5 +55,5 @@ def plot_audit(report, path) -> list[str]:
             x = ((slot % (COLUMNS // 2)) * 2 + side) * TILE
             note = f"{pair['kind']} {pair['match']} {pair['score']:.2f}"[:52] if side == 0 else ""
             tile(pair["paths"][side], x, y, f"{pair['splits'][side] or '-'}/{pair['labels'][side]}", note)
-    sheet.save(path, format="PNG")
+    write_atomic(path, lambda fh: sheet.save(fh, format="PNG", compress_level=1), mode="wb")
     return missing
