@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache.features import Features, load_features
+from ..common.atomic import write_json_atomic
 from .duplicates import NEAR_THRESHOLD, exact_duplicates, hash_groups, near_duplicates
 from .label_issues import MAX_FOLDS, label_issues, neighbor_vote, out_of_fold_proba
 from .neighbors import SEARCH_DIMS, find_neighbors
@@ -41,13 +42,11 @@ class AuditReport:
 
     def write(self, out: str | Path) -> dict:
         """``out/audit.json`` and ``out/audit.png``; returns their paths."""
-        import json
-
         from .gallery import plot_audit
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "audit.json").write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        write_json_atomic(out / "audit.json", self.to_dict())
         missing = plot_audit(self, out / "audit.png")
         return {"json": str(out / "audit.json"), "png": str(out / "audit.png"), "missing_images": missing}
 
