@@ -1,14 +1,11 @@
-"""Finding the images of a dataset: class folders, split folders, or a CSV manifest.
-
-Nothing here decodes an image; it only decides which files belong to the dataset and
-with which label and split. Hidden files and files without an image extension are not
-part of a dataset (they are ignored, not failures).
-"""
+"""Finding the images of a dataset (class folders, split folders, or a CSV manifest) and their
+label and split, without decoding any. Hidden files and other extensions are not data."""
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import stat
 from dataclasses import dataclass, field
@@ -78,8 +75,7 @@ def not_regular(path: str | os.PathLike) -> str:
 
 
 def walk_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted), each real file once, skipping hidden
-    entries, tlx's own output and files that are not regular files (see :class:`_Walker`)."""
+    """Image files under ``folder`` (recursively, sorted), each real file once (see :class:`_Walker`)."""
     walker = _Walker(Path(folder).resolve(), [])
     return [Path(p) for p in sorted({c.path for c in walker.walk(Path(folder))})]
 
@@ -95,17 +91,11 @@ Found = list[tuple[Item, _Found]]  # what a walk found, labelled, before one row
 
 
 class _Walker:
-    """Walks folders as they lie on disk.
-
-    * Each real folder is entered once (device, inode): loops end, two links to one folder list
-      its files once.
-    * A link to a folder INSIDE the data root is not followed: its images are data where they
-      really sit (a link ``loop -> ..`` would count every image twice otherwise). A link to a
-      folder OUTSIDE the data root is followed, its images labelled by the class folder holding
-      the link (data spread over disks, linked into one tree).
-    * A link to a file is that file: :func:`_one_per_file` keeps one row per real file.
-    * FIFOs, devices and sockets are never opened (``open`` on a FIFO blocks): they are reported.
-    * tlx's own run folders and caches met inside a class folder are skipped and reported."""
+    """Walks folders as they lie on disk. Each real folder is entered once (device, inode), so
+    loops end. A link to a folder inside the data root is not followed (its images count where
+    they sit); one outside it is (data spread over disks, linked into one tree). FIFOs, devices
+    and sockets are never opened (``open`` on a FIFO blocks); tlx's own output is skipped. Both
+    are reported."""
 
     def __init__(self, root: Path, notes: list[str]):
         self.root, self.notes = root, notes
@@ -188,13 +178,12 @@ class _Walker:
             self.notes.append(
                 f"warning: skipped {_plural(len(self.not_regular), 'entry')} with an image name that "
                 f"{'is' if len(self.not_regular) == 1 else 'are'} not a regular file (a FIFO, device or socket; "
-                f"not opened): {', '.join(self.not_regular[:3])}{', ...' if len(self.not_regular) > 3 else ''}"
+                f"not opened): {_listing(self.not_regular)}"
             )
         if self.inner_links:
             self.notes.append(
                 f"ignored {_plural(len(self.inner_links), 'link')} to folders inside the data (their images "
-                f"count once, where they are): {', '.join(self.inner_links[:3])}"
-                f"{', ...' if len(self.inner_links) > 3 else ''}"
+                f"count once, where they are): {_listing(self.inner_links)}"
             )
 
 
@@ -313,9 +302,16 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
 
 
-def _some_names(paths: list[Path], shown: int = 3) -> str:
-    names = ", ".join(p.name for p in paths[:shown])
-    return f"{names}, ..." if len(paths) > shown else names
+def _listing(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def _some_names(paths: list[Path]) -> str:
+    return _listing([p.name for p in paths])
+
+
+def _loose_note(loose: list[Path], where: str, inside: str) -> str:
+    return f"ignored {_plural(len(loose), 'image')} directly in {where} ({_some_names(loose)}): not inside {inside}"
 
 
 def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
@@ -356,11 +352,7 @@ def _class_folder_items(root: Path, folder: Path, split: str, notes: list[str], 
             items.append((Item(walker.rel(found.path), class_dir.name, split), found))
     loose = _loose_images(folder)
     if loose and folder != root:
-        rel = folder.relative_to(root).as_posix()
-        notes.append(
-            f"ignored {_plural(len(loose), 'image')} directly in {rel}/ ({_some_names(loose)}): "
-            "not inside a class folder"
-        )
+        notes.append(_loose_note(loose, f"{folder.relative_to(root).as_posix()}/", "a class folder"))
     return items
 
 
@@ -378,7 +370,7 @@ def _one_per_file(found: list[tuple[Item, _Found]], notes: list[str]) -> list[It
     if dropped:
         notes.append(
             f"ignored {_plural(len(dropped), 'path')} to images already in the data (links or hard links; "
-            f"each file is one row): {', '.join(sorted(dropped)[:3])}{', ...' if len(dropped) > 3 else ''}"
+            f"each file is one row): {_listing(sorted(dropped))}"
         )
     return items
 
@@ -409,10 +401,7 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
         items = _one_per_file(_from_split_folders(root, split_dirs, others, notes, walker), notes)
         walker.report()
         if loose:
-            notes.append(
-                f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): "
-                "not inside a split folder"
-            )
+            notes.append(_loose_note(loose, "the data folder", "a split folder"))
         return "split", items, notes
     items = _one_per_file(_class_folder_items(root, root, "", notes, walker), notes)
     walker.report()
@@ -420,10 +409,7 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
         are = "is" if len(loose) == 1 else "are"
         raise DatasetError(f"{root}: {_plural(len(loose), 'image')} {are} not inside class folders; {LAYOUT_HELP}")
     if loose:
-        notes.append(
-            f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): "
-            "not inside a class folder"
-        )
+        notes.append(_loose_note(loose, "the data folder", "a class folder"))
     labels = sorted({it.label for it in items})
     if labels and all(label.lower() in SPLIT_ALIASES for label in labels):
         found = ", ".join(f"{label}/" for label in labels)
@@ -480,11 +466,7 @@ def _from_manifest(csv_path: Path) -> list[Item]:
     reader.fieldnames = columns
     items = []
     for line_no, row in enumerate(reader, start=2):
-        path, label, split = (
-            (row.get("path") or "").strip(),
-            (row.get("label") or "").strip(),
-            (row.get("split") or "").strip(),
-        )
+        path, label, split = ((row.get(column) or "").strip() for column in ("path", "label", "split"))
         if not path or not label:
             raise DatasetError(f"{csv_path} line {line_no}: empty path or label; every row needs both")
         p = Path(path)
@@ -519,11 +501,9 @@ def discover(data: str | os.PathLike) -> DatasetIndex:
         )
     # One order everywhere (cache rows, splits, fine-tuning): sorted by path.
     items.sort(key=lambda it: it.relpath)
-    seen = set()
-    for it in items:
-        if it.relpath in seen:
+    for before, it in itertools.pairwise(items):
+        if it.relpath == before.relpath:
             raise DatasetError(f"{it.relpath} is listed twice in {data}; each image may appear once")
-        seen.add(it.relpath)
     classes = sorted({it.label for it in items})
     clash = _case_note(classes)
     if clash:

