@@ -233,13 +233,9 @@ def _is_cache_folder(folder: Path, names: list[str]) -> bool:
 
 
 def tlx_output_kind(folder: Path) -> str | None:
-    """What tlx wrote ``folder`` as ("run", "runs", "cache", "cache-part", "demo"), or None.
-
-    A run folder holds ``metrics.json`` of kind head/finetune (or a damaged one) beside
-    ``head.json`` or ``finetune.json``, or a fine-tuning's checkpoints; a cache folder holds only ``*.h5``
-    indexes (one with tlx's ``tlx_format`` attribute) and their siblings; a part folder is
-    ``NAME.h5.parts`` beside ``NAME.h5``; a demo folder holds ``digits/`` and a cache folder
-    ``cache/``; a folder of runs holds only run folders."""
+    """What tlx wrote ``folder`` as ("run", "runs", "cache", "cache-part", "demo"), or None: a cache
+    folder holds only ``NAME.h5`` indexes (one of them tlx's) and their siblings, a demo folder
+    ``digits/`` and a cache folder ``cache/``, a folder of runs only run folders."""
     from ..common.outputs import is_run_folder
 
     if is_run_folder(folder, damaged=True):
@@ -284,7 +280,7 @@ def _skipped_output(rel: str, folder: Path, kind: str) -> str:
         return f"ignored {rel}/: {_OUTPUT_WORDS[kind]} (tlx's own output), not data"
     return (
         f"warning: ignored {rel}/: {_OUTPUT_WORDS[kind]}, yet it holds {_plural(len(stray), 'image')} "
-        f"tlx did not write ({_some_names(stray)}): move them into a class folder if they are data"
+        f"tlx did not write ({_listing([p.name for p in stray])}): move them into a class folder if they are data"
     )
 
 
@@ -306,18 +302,14 @@ def _listing(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
-def _some_names(paths: list[Path]) -> str:
-    return _listing([p.name for p in paths])
-
-
 def _loose_note(loose: list[Path], where: str, inside: str) -> str:
-    return f"ignored {_plural(len(loose), 'image')} directly in {where} ({_some_names(loose)}): not inside {inside}"
+    names = _listing([p.name for p in loose])
+    return f"ignored {_plural(len(loose), 'image')} directly in {where} ({names}): not inside {inside}"
 
 
 def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
-    """Sub-folders that may hold data. tlx's own output is left out, and said so; loudly when
-    images that tlx did not write sit inside it. A link to another folder of the data is not a
-    class of its own: its images are read once, under the folder they really sit in."""
+    """Sub-folders that may hold data, leaving out (and saying so) tlx's own output and links to
+    another folder of the data (its images are read once, where they really sit)."""
     keep: list[Path] = []
     real_of: dict[str, str] = {}
     for d in _subdirs(folder):
@@ -327,7 +319,7 @@ def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
             notes.append(_skipped_output(rel, d, kind))
             continue
         real = os.path.realpath(d)
-        if d.is_symlink() and (_inside(real, root) and real != str(root)):
+        if d.is_symlink() and real.startswith(str(root).rstrip(os.sep) + os.sep):
             notes.append(
                 f"ignored {rel}/: a link to {Path(real).relative_to(root).as_posix()}/ inside the data, not a class "
                 "of its own (its images count once, where they are)"
@@ -339,10 +331,6 @@ def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
         real_of[real] = rel
         keep.append(d)
     return keep
-
-
-def _inside(real: str, root: Path) -> bool:
-    return real.startswith(str(root).rstrip(os.sep) + os.sep)
 
 
 def _class_folder_items(root: Path, folder: Path, split: str, notes: list[str], walker: _Walker) -> Found:

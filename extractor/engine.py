@@ -112,7 +112,7 @@ class FeatureRunner:
         # The stages tap the same network: a compiled graph with taps is another artefact.
         label = pool_label(pooling, stages)
         spec = EngineSpec(cfg.name, cfg.weights_sha256, label, self.pre.input_size, self.device.type, precision)
-        self.forward = ForwardPass(self.model, spec, engine, Artefacts(artefact_dir), note=note)
+        self.forward = ForwardPass(self.model, spec, engine, Artefacts(artefact_dir), note or (lambda _msg: None))
 
     @torch.inference_mode()
     def forward_uint8(self, images: torch.Tensor) -> np.ndarray:

@@ -1,10 +1,6 @@
-"""Engines for the frozen forward pass: the same pooled features, computed faster.
-
-``eager`` (plain PyTorch, the reference), ``compile`` (AOTInductor), ``onnxruntime`` and
-``openvino`` (an ONNX export; ``pip install "tlx[fast]"``). :class:`ForwardPass` checks an engine
-on its first batch, and a few rows of every :data:`RECHECK_EVERY`-th batch after it, against eager
-and refuses it beyond :data:`TOLERANCE`. Exports are kept on disk (:class:`Artefacts`).
-"""
+"""Engines for the frozen forward pass: the same pooled features as eager PyTorch, faster
+(AOTInductor, or an ONNX export run by onnxruntime or openvino: ``pip install "tlx[fast]"``),
+checked against eager by :class:`ForwardPass` for the whole run."""
 
 from __future__ import annotations
 
@@ -47,12 +43,7 @@ AUTO_ORDER = {"cpu": ("openvino", "onnxruntime", "compile", "eager"), "cuda": ("
 # run) or its loading (later runs), plus the eager probe: break-even counts (first, later) measured
 # with benchmarks/engines.py on 2 CPU cores with efficientnet_lite0. A first compile costs a minute
 # or more for about 1.5x eager's rate, so it pays only on big jobs.
-AUTO_MIN_IMAGES: dict[str, tuple[int, int]] = {
-    "onnxruntime": (64, 16),
-    "openvino": (64, 16),
-    "compile": (20000, 64),
-    "eager": (0, 0),
-}
+AUTO_MIN_IMAGES = {"onnxruntime": (64, 16), "openvino": (64, 16), "compile": (20000, 64), "eager": (0, 0)}
 
 
 class EngineError(TlxError):
@@ -108,13 +99,6 @@ class Artefacts:
                 leftover.unlink(missing_ok=True)
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 _ENGINES: dict[str, type[Engine]] = {}
 
 
@@ -146,7 +130,8 @@ class Engine:
         self.model = model  # FeatureExtractor, eval, on the device
         self.spec = spec
         self.artefacts = artefacts
-        self.threads = threads or max(1, cpu_count() // self.cores_per_thread)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.threads = threads or max(1, cores // self.cores_per_thread)
         self.from_cache = False  # whether prepare() found its artefact on disk
 
     @classmethod
@@ -189,11 +174,9 @@ class Engine:
 
 @register_engine
 class CompiledEngine(Engine):
-    """AOTInductor: ``torch.export`` with a dynamic batch axis, compiled once per backbone,
-    weights, input size, device and precision into a package that later runs load in seconds
-    (reduced precision is exported inside autocast, as eager runs it). ``torch.compile`` re-traced
-    the model on every run despite its caches (45 s on efficientnet_lite0, 2 cores) and needed
-    the last batch padded."""
+    """AOTInductor: ``torch.export`` with a dynamic batch axis (inside autocast at reduced
+    precision), compiled once into a package later runs load in seconds. ``torch.compile``
+    re-traced the model on every run despite its caches (45 s on efficientnet_lite0, 2 cores)."""
 
     name = "compile"
     memory_format = "contiguous_format"  # measured: AOTInductor's kernels are faster on NCHW input
@@ -396,18 +379,9 @@ class ForwardPass:
     first batch, then runs every batch through it. An explicit engine that cannot run or fails
     its check is an error; ``auto`` tries the installed engines of ``AUTO_ORDER`` in turn."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        spec: EngineSpec,
-        choice: str = "auto",
-        artefacts: Artefacts | None = None,
-        note: Callable[[str], None] | None = None,
-    ):
+    def __init__(self, model, spec: EngineSpec, choice: str, artefacts: Artefacts, note: Callable[[str], None]):
         check_engine(choice, spec.device, spec.precision)
-        self.model, self.spec, self.choice = model, spec, choice
-        self.artefacts = artefacts or Artefacts()
-        self.note = note or (lambda _msg: None)
+        self.model, self.spec, self.choice, self.artefacts, self.note = model, spec, choice, artefacts, note
         self.tolerance = REDUCED_TOLERANCE.get(spec.precision, TOLERANCE)
         self.engine: Engine | None = None
         self.report: EngineReport | None = None
