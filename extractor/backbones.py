@@ -80,15 +80,8 @@ def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Ba
 
     model: Any = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     stage_sizes = [len(stage) for stage in model.blocks]
-    cfg = BackboneCfg(
-        name=f"efficientnet_lite{variant}",
-        architecture=f"timm:tf_efficientnet_lite{variant}",
-        feature_dim=model.num_features,
-        preprocessing=timm_preprocessing(model.pretrained_cfg),
-        weights_id="random-init",
-        weights_sha256="",
-        license="apache-2.0",
-    )
+    arch, pre = f"timm:tf_efficientnet_lite{variant}", timm_preprocessing(model.pretrained_cfg)
+    cfg = BackboneCfg(f"efficientnet_lite{variant}", arch, model.num_features, pre, "random-init", "", "apache-2.0")
 
     def convert(state: dict) -> dict:
         return lukemelas_to_timm(state, stage_sizes) if any(k.startswith("_conv_stem") for k in state) else state
@@ -132,15 +125,8 @@ def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
             "list them with python -c 'import timm; print(timm.list_models(pretrained=True))'"
         ) from None
     pcfg = dict(model.pretrained_cfg)
-    cfg = BackboneCfg(
-        name=f"timm:{arch}",
-        architecture=f"timm:{pcfg.get('architecture', arch)}",
-        feature_dim=model.num_features,
-        preprocessing=timm_preprocessing(pcfg),
-        weights_id="random-init",
-        weights_sha256="",
-        license=str(pcfg.get("license", "unknown")),
-    )
+    architecture, license = f"timm:{pcfg.get('architecture', arch)}", str(pcfg.get("license", "unknown"))
+    cfg = BackboneCfg(f"timm:{arch}", architecture, model.num_features, timm_preprocessing(pcfg), "", "", license)
     if weights is not None:
         cfg = _from_file(model, cfg, weights)
     elif pretrained:

@@ -208,10 +208,9 @@ def is_tlx_cache_index(path: Path) -> bool:
         with open(path, "rb") as fh:
             if fh.read(8) != b"\x89HDF\r\n\x1a\n":
                 return False
-        import h5py
+        from ..cache.h5format import read_attrs
 
-        with h5py.File(path, "r") as f:
-            return "tlx_format" in f.attrs or "feature_space" in f.attrs
+        return bool({"tlx_format", "feature_space"} & set(read_attrs(path)))
     except (OSError, ValueError):
         return False
 
@@ -266,7 +265,7 @@ def _stray_images(folder: Path, kind: str) -> list[Path]:
 def _walk_all(folder: Path) -> list[Path]:
     return sorted(
         Path(d) / f
-        for d, dirs, files in os.walk(folder)
+        for d, _, files in os.walk(folder)
         for f in files
         if is_image_file(f) and not any(part.startswith(".") for part in Path(d).parts)
     )
@@ -363,17 +362,6 @@ def _one_per_file(found: list[tuple[Item, _Found]], notes: list[str]) -> list[It
     return items
 
 
-def _from_split_folders(root: Path, split_dirs: list[Path], others: list[Path], notes: list[str], walker) -> Found:
-    found: Found = []
-    for split_dir in split_dirs:
-        found += _class_folder_items(root, split_dir, SPLIT_ALIASES[split_dir.name.lower()], notes, walker)
-    for d in others:
-        n = len(walk_images(d))
-        why = "a split folder without class folders" if d.name.lower() in SPLIT_ALIASES else "not a split folder"
-        notes.append(f"ignored {d.name}/ ({_plural(n, 'image')}): {why}; expected DATA/<split>/<class>/<image>")
-    return found
-
-
 def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
     """The split layout when split folders with class folders are there, else class folders.
     Nothing else is turned into a class: stray entries are reported in the notes."""
@@ -385,8 +373,14 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES and _subdirs(d)]
     if split_dirs:
         notes += top_notes
-        others = [d for d in subdirs if d not in split_dirs]
-        items = _one_per_file(_from_split_folders(root, split_dirs, others, notes, walker), notes)
+        found: Found = []
+        for split_dir in split_dirs:
+            found += _class_folder_items(root, split_dir, SPLIT_ALIASES[split_dir.name.lower()], notes, walker)
+        for d in (d for d in subdirs if d not in split_dirs):
+            n = len(walk_images(d))
+            why = "a split folder without class folders" if d.name.lower() in SPLIT_ALIASES else "not a split folder"
+            notes.append(f"ignored {d.name}/ ({_plural(n, 'image')}): {why}; expected DATA/<split>/<class>/<image>")
+        items = _one_per_file(found, notes)
         walker.report()
         if loose:
             notes.append(_loose_note(loose, "the data folder", "a split folder"))
@@ -407,18 +401,17 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
     return "folder", items, notes
 
 
-def _case_note(classes: list[str]) -> str | None:
+def _note_case_clashes(classes: list[str], notes: list[str]) -> None:
     """Class names that differ only in case are two classes here, and one on some file systems."""
     by_fold: dict[str, list[str]] = {}
     for c in classes:
         by_fold.setdefault(c.casefold(), []).append(c)
     clashes = ["/".join(names) for names in by_fold.values() if len(names) > 1]
-    if not clashes:
-        return None
-    return (
-        f"warning: class names that differ only in case are different classes: {', '.join(clashes)}; "
-        "rename the folders (or labels) to one spelling if they mean the same class"
-    )
+    if clashes:
+        notes.append(
+            f"warning: class names that differ only in case are different classes: {', '.join(clashes)}; "
+            "rename the folders (or labels) to one spelling if they mean the same class"
+        )
 
 
 def _read_manifest_text(csv_path: Path) -> str:
@@ -493,9 +486,7 @@ def discover(data: str | os.PathLike) -> DatasetIndex:
         if it.relpath == before.relpath:
             raise DatasetError(f"{it.relpath} is listed twice in {data}; each image may appear once")
     classes = sorted({it.label for it in items})
-    clash = _case_note(classes)
-    if clash:
-        notes.append(clash)
+    _note_case_clashes(classes, notes)
     if len(classes) < 2:
         raise DatasetError(
             f"{data} has a single class {classes[0]!r} ({len(items)} images): "

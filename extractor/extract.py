@@ -664,11 +664,8 @@ def backbone_for_space(space: FeatureSpace, weights=None):
     net = get_backbone(space.backbone).build(weights=weights or None)
     rebuilt = space_for(net, space.pooling, space.precision, space.stages, space.store_dtype)
     if rebuilt.identity() != space.identity():
-        hint = (
-            f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})"
-            if space.weights_id.startswith("file:")
-            else ""
-        )
+        hint = f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})"
+        hint = hint if space.weights_id.startswith("file:") else ""
         raise CacheError(f"cannot rebuild the feature space {space.backbone}: {space.difference(rebuilt)}{hint}")
     return net
 

@@ -3,6 +3,8 @@ optionally the last K inner stages of the body (multi-stage pooling), all from o
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -80,13 +82,9 @@ class Autocast(nn.Module):
 
 def _stage_module(stage: list[str]) -> str:
     """The deepest module holding every parameter of a stage ('' when only the root does)."""
-    owners = [name.rsplit(".", 1)[0].split(".") if "." in name else [] for name in stage]
-    common: list[str] = []
-    for parts in zip(*owners, strict=False):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    return ".".join(common)
+    owners = [name.split(".")[:-1] for name in stage]
+    common = itertools.takewhile(lambda names: len(set(names)) == 1, zip(*owners, strict=False))
+    return ".".join(names[0] for names in common)
 
 
 def stage_taps(backbone, stages: int) -> list[str]:
@@ -95,11 +93,7 @@ def stage_taps(backbone, stages: int) -> list[str]:
     if stages == 0:
         return []
     inner = [_stage_module(s) for s in backbone.stages[:-1]]
-    usable = 0
-    for name in reversed(inner):  # the contiguous run of stages that are modules of their own
-        if not name:
-            break
-        usable += 1
+    usable = len(list(itertools.takewhile(bool, reversed(inner))))  # the last stages that are modules of their own
     if not 0 < stages <= usable:
         raise TlxError(
             f"--stages {stages}: {backbone.cfg.name} has {usable} inner stage(s) that can be pooled besides its "

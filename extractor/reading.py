@@ -8,11 +8,11 @@ import io
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch.utils.data import Dataset
 
 from ..cache.statindex import NOT_FOUND, read_and_hash
 from .decode import ImageDecodeError, load_image
 from .discovery import not_regular
+from .engine import ImageFiles
 from .preprocess import ResizeCrop
 
 NO_VIEWS: tuple[list[int], None] = ([], None)
@@ -30,7 +30,7 @@ class ViewRequest:
         return [v for v in range(1, self.count + 1) if not (mask >> v) & 1]
 
 
-class HashedImageFiles(Dataset):
+class HashedImageFiles(ImageFiles):
     """Index -> (index, uint8 image or None, failure reason or '', (sha256, stat), (view indices, views)).
     Bytes the cache knows (``known``: a renamed, copied or touched file) are not decoded (no image,
     no reason) unless views of them are missing; bytes that failed before (``known_failed``) get
@@ -44,14 +44,8 @@ class HashedImageFiles(Dataset):
         known_failed: Mapping[str, str] | None = None,
         views: ViewRequest | None = None,
     ):
-        self.paths = list(paths)
-        self.resize_crop = resize_crop
-        self.known = known
-        self.known_failed = dict(known_failed or {})
-        self.views = views
-
-    def __len__(self) -> int:
-        return len(self.paths)
+        super().__init__(paths, resize_crop)
+        self.known, self.known_failed, self.views = known, dict(known_failed or {}), views
 
     def __getitem__(self, i: int):
         why = not_regular(self.paths[i])
