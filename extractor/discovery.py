@@ -394,9 +394,9 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
         notes.append(_loose_note(loose, "the data folder", "a class folder"))
     labels = sorted({it.label for it in items})
     if labels and all(label.lower() in SPLIT_ALIASES for label in labels):
-        found = ", ".join(f"{label}/" for label in labels)
+        folders = ", ".join(f"{label}/" for label in labels)
         raise DatasetError(
-            f"{root} has split folders {found} holding images directly, not class folders: {LAYOUT_HELP}"
+            f"{root} has split folders {folders} holding images directly, not class folders: {LAYOUT_HELP}"
         )
     return "folder", items, notes
 
