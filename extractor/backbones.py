@@ -187,12 +187,12 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
 def tiny_cnn(weights=None, pretrained: bool = True) -> Backbone:
     import torch
 
-    from .networks import Backbone, TinyCNN, sha256_state_dict
+    from .networks import Backbone, sha256_state_dict, tiny_cnn_body
 
     # The weights are a fixed function of a seed, so two processes build the same network.
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(0)
-    model = TinyCNN()
+    model = tiny_cnn_body()
     torch.random.set_rng_state(gen_state)
     pre = Preprocessing(32, 0.875, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     cfg = BackboneCfg("tiny_cnn", "tlx:TinyCNN", 32, pre, "seed-0", "", "apache-2.0")

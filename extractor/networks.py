@@ -201,14 +201,10 @@ def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module 
         cut = names.index("avgpool")
         # nn.Sequential keeps names only from an OrderedDict (a plain dict is taken as one module)
         body = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if names.index(n) < cut))
-        fc = model.fc
-        assert isinstance(fc, nn.Module)
-        return body, fc
+        return body, model.get_submodule("fc")
     if "features" in names:  # VGG, AlexNet, MobileNet, EfficientNet, DenseNet, SqueezeNet, ConvNeXt...
         # The children of `features` become the body's own children, so each can be a stage.
-        features = model.features
-        assert isinstance(features, nn.Module)
-        body = nn.Sequential(OrderedDict(features.named_children()))
+        body = nn.Sequential(OrderedDict(model.get_submodule("features").named_children()))
         if arch.startswith("densenet"):  # DenseNet applies its final ReLU in forward()
             body.add_module("relu", nn.ReLU())
         classifier = getattr(model, "classifier", None)
@@ -273,18 +269,12 @@ def torchvision_weights_file(arch: str, weights_enum) -> str:
         ) from None
 
 
-class TinyCNN(nn.Module):
+def tiny_cnn_body(width: int = 32) -> nn.Sequential:
     """Three strided conv stages, 32-wide: a fast stand-in with the real interface."""
 
-    def __init__(self, width: int = 32):
-        super().__init__()
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-        def block(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-        self.stem = block(3, width // 4)
-        self.stage1 = block(width // 4, width // 2)
-        self.stage2 = block(width // 2, width)
-
-    def forward(self, x):
-        return self.stage2(self.stage1(self.stem(x)))
+    return nn.Sequential(
+        OrderedDict(stem=block(3, width // 4), stage1=block(width // 4, width // 2), stage2=block(width // 2, width))
+    )
