@@ -574,14 +574,13 @@ def _cache_attrs(index: DatasetIndex, space: FeatureSpace, net, prev, request: d
     """The index's attributes. Without a network (only renames, removals or touched files), what
     describes the network is carried over from the previous index."""
     before = prev.attrs if prev is not None else {}
+    license, weights_file = before.get("license", "unknown"), before.get("weights_file", "")
+    torch_version = before.get("torch_version", "")
     if net is not None:
         import torch
 
         license, weights_file = net.cfg.license, net.cfg.extra.get("weights_file", "")
         torch_version = str(torch.__version__)
-    else:
-        license, weights_file = before.get("license", "unknown"), before.get("weights_file", "")
-        torch_version = before.get("torch_version", "")
     return {
         "dataset_name": index.name,
         "dataset_root": str(index.root),
