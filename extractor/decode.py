@@ -37,14 +37,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(path, min_size: int | None = None) -> Image.Image:
     """Open ``path`` as an upright RGB image (EXIF orientation applied, first frame of animations).
-
-    ``min_size`` lets JPEG decoding downscale in the DCT domain while both sides stay at least
-    that large, which makes very large photos several times cheaper to decode.
-    """
+    ``min_size``: JPEG may downscale in the DCT domain while both sides stay that large (much
+    cheaper on big photos)."""
     try:
-        # Pillow warns between MAX_IMAGE_PIXELS and twice that, and raises beyond; tlx treats
-        # any image past the limit as a decompression bomb and skips it. The filter is set
-        # here, not at import, so importing tlx leaves the process's warning filters alone.
+        # Pillow warns between MAX_IMAGE_PIXELS and twice that, and raises beyond; tlx skips any
+        # image past the limit as a bomb. Set here, not at import, to leave the process's filters alone.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
@@ -56,9 +53,7 @@ def load_image(path, min_size: int | None = None) -> Image.Image:
                 return to_rgb(upright if upright is not None else img)
     except FileNotFoundError:
         raise ImageDecodeError("file not found (a dangling link, or deleted while running)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"decompression bomb: {exc}") from None
-    except Image.DecompressionBombWarning as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb: {exc}") from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError("not an image Pillow can identify (empty, corrupt or another file type)") from None

@@ -1,11 +1,5 @@
-"""The embedded demo dataset: scikit-learn's handwritten digits written as PNG class folders.
-
-``sklearn.datasets.load_digits`` ships 1,797 real 8x8 grayscale scans (16 levels) with
-scikit-learn, so the demo needs no download. Each digit is drawn dark on white (like ink on
-paper, closer to photos than white-on-black), padded by a pixel so the backbone's center crop
-keeps the whole stroke, and upscaled smoothly; the result is the split layout
-``DATA/{train,val}/<digit>/<image>.png`` that ``tlx extract`` reads.
-"""
+"""The demo dataset: scikit-learn's handwritten digits (1,797 real 8x8 scans shipped with it, so
+no download) written as the split layout ``DATA/{train,val}/<digit>/<image>.png``."""
 
 from __future__ import annotations
 
@@ -14,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-CLASS_NAMES = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+CLASS_NAMES = tuple("0123456789")
 
 
 @dataclass
@@ -22,7 +16,6 @@ class DemoData:
     root: Path
     n_train: int
     n_val: int
-    classes: list[str]
 
     @property
     def n_images(self) -> int:
@@ -30,11 +23,12 @@ class DemoData:
 
 
 def digit_image(pixels: np.ndarray, size: int = 64):
-    """One 8x8 scan (values 0..16) -> an RGB PIL image of ``size`` px, dark ink on white."""
+    """One 8x8 scan (values 0..16) -> an RGB PIL image of ``size`` px, dark ink on white (closer to
+    photos than white on black), padded by a pixel so the backbone's center crop keeps the stroke."""
     from PIL import Image
 
     ink = np.clip(pixels.reshape(8, 8), 0, 16) / 16.0
-    gray = np.pad(255.0 * (1.0 - ink), 1, constant_values=255.0)  # 10x10 with a white margin
+    gray = np.pad(255.0 * (1.0 - ink), 1, constant_values=255.0)
     img = Image.fromarray(gray.round().astype(np.uint8), mode="L")
     return img.resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
 
@@ -42,8 +36,8 @@ def digit_image(pixels: np.ndarray, size: int = 64):
 def write_digits(
     out: str | Path, per_class_train: int = 30, per_class_val: int = 15, size: int = 64, seed: int = 0
 ) -> DemoData:
-    """Write a balanced train/val split of the digits under ``out`` (existing files are rewritten
-    byte-identically, so re-running the demo reuses the feature cache)."""
+    """Write a balanced train/val split under ``out``; existing files are kept as they are, so
+    re-running the demo reuses the feature cache."""
     from sklearn.datasets import load_digits
 
     if per_class_train < 1 or per_class_val < 1:
@@ -51,7 +45,6 @@ def write_digits(
     digits = load_digits()
     rng = np.random.default_rng(seed)
     root = Path(out)
-    n_train = n_val = 0
     for label, name in enumerate(CLASS_NAMES):
         idx = np.flatnonzero(digits.target == label)
         need = per_class_train + per_class_val
@@ -65,8 +58,4 @@ def write_digits(
                 path = folder / f"digit-{i:04d}.png"
                 if not path.exists():
                     digit_image(digits.images[i], size).save(path, optimize=False)
-            if split == "train":
-                n_train += len(chosen)
-            else:
-                n_val += len(chosen)
-    return DemoData(root, n_train, n_val, list(CLASS_NAMES))
+    return DemoData(root, per_class_train * len(CLASS_NAMES), per_class_val * len(CLASS_NAMES))

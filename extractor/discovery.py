@@ -1,14 +1,11 @@
-"""Finding the images of a dataset: class folders, split folders, or a CSV manifest.
-
-Nothing here decodes an image; it only decides which files belong to the dataset and
-with which label and split. Hidden files and files without an image extension are not
-part of a dataset (they are ignored, not failures).
-"""
+"""Finding the images of a dataset (class folders, split folders, or a CSV manifest) and their
+label and split, without decoding any. Hidden files and other extensions are not data."""
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import stat
 from dataclasses import dataclass, field
@@ -78,8 +75,7 @@ def not_regular(path: str | os.PathLike) -> str:
 
 
 def walk_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted), each real file once, skipping hidden
-    entries, tlx's own output and files that are not regular files (see :class:`_Walker`)."""
+    """Image files under ``folder`` (recursively, sorted), each real file once (see :class:`_Walker`)."""
     walker = _Walker(Path(folder).resolve(), [])
     return [Path(p) for p in sorted({c.path for c in walker.walk(Path(folder))})]
 
@@ -95,17 +91,11 @@ Found = list[tuple[Item, _Found]]  # what a walk found, labelled, before one row
 
 
 class _Walker:
-    """Walks folders as they lie on disk.
-
-    * Each real folder is entered once (device, inode): loops end, two links to one folder list
-      its files once.
-    * A link to a folder INSIDE the data root is not followed: its images are data where they
-      really sit (a link ``loop -> ..`` would count every image twice otherwise). A link to a
-      folder OUTSIDE the data root is followed, its images labelled by the class folder holding
-      the link (data spread over disks, linked into one tree).
-    * A link to a file is that file: :func:`_one_per_file` keeps one row per real file.
-    * FIFOs, devices and sockets are never opened (``open`` on a FIFO blocks): they are reported.
-    * tlx's own run folders and caches met inside a class folder are skipped and reported."""
+    """Walks folders as they lie on disk. Each real folder is entered once (device, inode), so
+    loops end. A link to a folder inside the data root is not followed (its images count where
+    they sit); one outside it is (data spread over disks, linked into one tree). FIFOs, devices
+    and sockets are never opened (``open`` on a FIFO blocks); tlx's own output is skipped. Both
+    are reported."""
 
     def __init__(self, root: Path, notes: list[str]):
         self.root, self.notes = root, notes
@@ -188,13 +178,12 @@ class _Walker:
             self.notes.append(
                 f"warning: skipped {_plural(len(self.not_regular), 'entry')} with an image name that "
                 f"{'is' if len(self.not_regular) == 1 else 'are'} not a regular file (a FIFO, device or socket; "
-                f"not opened): {', '.join(self.not_regular[:3])}{', ...' if len(self.not_regular) > 3 else ''}"
+                f"not opened): {_listing(self.not_regular)}"
             )
         if self.inner_links:
             self.notes.append(
                 f"ignored {_plural(len(self.inner_links), 'link')} to folders inside the data (their images "
-                f"count once, where they are): {', '.join(self.inner_links[:3])}"
-                f"{', ...' if len(self.inner_links) > 3 else ''}"
+                f"count once, where they are): {_listing(self.inner_links)}"
             )
 
 
@@ -219,10 +208,9 @@ def is_tlx_cache_index(path: Path) -> bool:
         with open(path, "rb") as fh:
             if fh.read(8) != b"\x89HDF\r\n\x1a\n":
                 return False
-        import h5py
+        from ..cache.h5format import read_attrs
 
-        with h5py.File(path, "r") as f:
-            return "tlx_format" in f.attrs or "feature_space" in f.attrs
+        return bool({"tlx_format", "feature_space"} & set(read_attrs(path)))
     except (OSError, ValueError):
         return False
 
@@ -244,13 +232,9 @@ def _is_cache_folder(folder: Path, names: list[str]) -> bool:
 
 
 def tlx_output_kind(folder: Path) -> str | None:
-    """What tlx wrote ``folder`` as ("run", "runs", "cache", "cache-part", "demo"), or None.
-
-    A run folder holds ``metrics.json`` of kind head/finetune (or a damaged one) beside
-    ``head.json`` or ``finetune.json``, or a fine-tuning's checkpoints; a cache folder holds only ``*.h5``
-    indexes (one with tlx's ``tlx_format`` attribute) and their siblings; a part folder is
-    ``NAME.h5.parts`` beside ``NAME.h5``; a demo folder holds ``digits/`` and a cache folder
-    ``cache/``; a folder of runs holds only run folders."""
+    """What tlx wrote ``folder`` as ("run", "runs", "cache", "cache-part", "demo"), or None: a cache
+    folder holds only ``NAME.h5`` indexes (one of them tlx's) and their siblings, a demo folder
+    ``digits/`` and a cache folder ``cache/``, a folder of runs only run folders."""
     from ..common.outputs import is_run_folder
 
     if is_run_folder(folder, damaged=True):
@@ -281,7 +265,7 @@ def _stray_images(folder: Path, kind: str) -> list[Path]:
 def _walk_all(folder: Path) -> list[Path]:
     return sorted(
         Path(d) / f
-        for d, dirs, files in os.walk(folder)
+        for d, _, files in os.walk(folder)
         for f in files
         if is_image_file(f) and not any(part.startswith(".") for part in Path(d).parts)
     )
@@ -295,7 +279,7 @@ def _skipped_output(rel: str, folder: Path, kind: str) -> str:
         return f"ignored {rel}/: {_OUTPUT_WORDS[kind]} (tlx's own output), not data"
     return (
         f"warning: ignored {rel}/: {_OUTPUT_WORDS[kind]}, yet it holds {_plural(len(stray), 'image')} "
-        f"tlx did not write ({_some_names(stray)}): move them into a class folder if they are data"
+        f"tlx did not write ({_listing([p.name for p in stray])}): move them into a class folder if they are data"
     )
 
 
@@ -313,15 +297,18 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
 
 
-def _some_names(paths: list[Path], shown: int = 3) -> str:
-    names = ", ".join(p.name for p in paths[:shown])
-    return f"{names}, ..." if len(paths) > shown else names
+def _listing(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def _loose_note(loose: list[Path], where: str, inside: str) -> str:
+    names = _listing([p.name for p in loose])
+    return f"ignored {_plural(len(loose), 'image')} directly in {where} ({names}): not inside {inside}"
 
 
 def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
-    """Sub-folders that may hold data. tlx's own output is left out, and said so; loudly when
-    images that tlx did not write sit inside it. A link to another folder of the data is not a
-    class of its own: its images are read once, under the folder they really sit in."""
+    """Sub-folders that may hold data, leaving out (and saying so) tlx's own output and links to
+    another folder of the data (its images are read once, where they really sit)."""
     keep: list[Path] = []
     real_of: dict[str, str] = {}
     for d in _subdirs(folder):
@@ -331,7 +318,7 @@ def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
             notes.append(_skipped_output(rel, d, kind))
             continue
         real = os.path.realpath(d)
-        if d.is_symlink() and (_inside(real, root) and real != str(root)):
+        if d.is_symlink() and real.startswith(str(root).rstrip(os.sep) + os.sep):
             notes.append(
                 f"ignored {rel}/: a link to {Path(real).relative_to(root).as_posix()}/ inside the data, not a class "
                 "of its own (its images count once, where they are)"
@@ -345,10 +332,6 @@ def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
     return keep
 
 
-def _inside(real: str, root: Path) -> bool:
-    return real.startswith(str(root).rstrip(os.sep) + os.sep)
-
-
 def _class_folder_items(root: Path, folder: Path, split: str, notes: list[str], walker: _Walker) -> Found:
     items: Found = []
     for class_dir in _data_subdirs(folder, root, notes):
@@ -356,11 +339,7 @@ def _class_folder_items(root: Path, folder: Path, split: str, notes: list[str], 
             items.append((Item(walker.rel(found.path), class_dir.name, split), found))
     loose = _loose_images(folder)
     if loose and folder != root:
-        rel = folder.relative_to(root).as_posix()
-        notes.append(
-            f"ignored {_plural(len(loose), 'image')} directly in {rel}/ ({_some_names(loose)}): "
-            "not inside a class folder"
-        )
+        notes.append(_loose_note(loose, f"{folder.relative_to(root).as_posix()}/", "a class folder"))
     return items
 
 
@@ -378,20 +357,9 @@ def _one_per_file(found: list[tuple[Item, _Found]], notes: list[str]) -> list[It
     if dropped:
         notes.append(
             f"ignored {_plural(len(dropped), 'path')} to images already in the data (links or hard links; "
-            f"each file is one row): {', '.join(sorted(dropped)[:3])}{', ...' if len(dropped) > 3 else ''}"
+            f"each file is one row): {_listing(sorted(dropped))}"
         )
     return items
-
-
-def _from_split_folders(root: Path, split_dirs: list[Path], others: list[Path], notes: list[str], walker) -> Found:
-    found: Found = []
-    for split_dir in split_dirs:
-        found += _class_folder_items(root, split_dir, SPLIT_ALIASES[split_dir.name.lower()], notes, walker)
-    for d in others:
-        n = len(walk_images(d))
-        why = "a split folder without class folders" if d.name.lower() in SPLIT_ALIASES else "not a split folder"
-        notes.append(f"ignored {d.name}/ ({_plural(n, 'image')}): {why}; expected DATA/<split>/<class>/<image>")
-    return found
 
 
 def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
@@ -405,14 +373,17 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES and _subdirs(d)]
     if split_dirs:
         notes += top_notes
-        others = [d for d in subdirs if d not in split_dirs]
-        items = _one_per_file(_from_split_folders(root, split_dirs, others, notes, walker), notes)
+        found: Found = []
+        for split_dir in split_dirs:
+            found += _class_folder_items(root, split_dir, SPLIT_ALIASES[split_dir.name.lower()], notes, walker)
+        for d in (d for d in subdirs if d not in split_dirs):
+            n = len(walk_images(d))
+            why = "a split folder without class folders" if d.name.lower() in SPLIT_ALIASES else "not a split folder"
+            notes.append(f"ignored {d.name}/ ({_plural(n, 'image')}): {why}; expected DATA/<split>/<class>/<image>")
+        items = _one_per_file(found, notes)
         walker.report()
         if loose:
-            notes.append(
-                f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): "
-                "not inside a split folder"
-            )
+            notes.append(_loose_note(loose, "the data folder", "a split folder"))
         return "split", items, notes
     items = _one_per_file(_class_folder_items(root, root, "", notes, walker), notes)
     walker.report()
@@ -420,31 +391,27 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
         are = "is" if len(loose) == 1 else "are"
         raise DatasetError(f"{root}: {_plural(len(loose), 'image')} {are} not inside class folders; {LAYOUT_HELP}")
     if loose:
-        notes.append(
-            f"ignored {_plural(len(loose), 'image')} directly in the data folder ({_some_names(loose)}): "
-            "not inside a class folder"
-        )
+        notes.append(_loose_note(loose, "the data folder", "a class folder"))
     labels = sorted({it.label for it in items})
     if labels and all(label.lower() in SPLIT_ALIASES for label in labels):
-        found = ", ".join(f"{label}/" for label in labels)
+        folders = ", ".join(f"{label}/" for label in labels)
         raise DatasetError(
-            f"{root} has split folders {found} holding images directly, not class folders: {LAYOUT_HELP}"
+            f"{root} has split folders {folders} holding images directly, not class folders: {LAYOUT_HELP}"
         )
     return "folder", items, notes
 
 
-def _case_note(classes: list[str]) -> str | None:
+def _note_case_clashes(classes: list[str], notes: list[str]) -> None:
     """Class names that differ only in case are two classes here, and one on some file systems."""
     by_fold: dict[str, list[str]] = {}
     for c in classes:
         by_fold.setdefault(c.casefold(), []).append(c)
     clashes = ["/".join(names) for names in by_fold.values() if len(names) > 1]
-    if not clashes:
-        return None
-    return (
-        f"warning: class names that differ only in case are different classes: {', '.join(clashes)}; "
-        "rename the folders (or labels) to one spelling if they mean the same class"
-    )
+    if clashes:
+        notes.append(
+            f"warning: class names that differ only in case are different classes: {', '.join(clashes)}; "
+            "rename the folders (or labels) to one spelling if they mean the same class"
+        )
 
 
 def _read_manifest_text(csv_path: Path) -> str:
@@ -480,11 +447,7 @@ def _from_manifest(csv_path: Path) -> list[Item]:
     reader.fieldnames = columns
     items = []
     for line_no, row in enumerate(reader, start=2):
-        path, label, split = (
-            (row.get("path") or "").strip(),
-            (row.get("label") or "").strip(),
-            (row.get("split") or "").strip(),
-        )
+        path, label, split = ((row.get(column) or "").strip() for column in ("path", "label", "split"))
         if not path or not label:
             raise DatasetError(f"{csv_path} line {line_no}: empty path or label; every row needs both")
         p = Path(path)
@@ -519,15 +482,11 @@ def discover(data: str | os.PathLike) -> DatasetIndex:
         )
     # One order everywhere (cache rows, splits, fine-tuning): sorted by path.
     items.sort(key=lambda it: it.relpath)
-    seen = set()
-    for it in items:
-        if it.relpath in seen:
+    for before, it in itertools.pairwise(items):
+        if it.relpath == before.relpath:
             raise DatasetError(f"{it.relpath} is listed twice in {data}; each image may appear once")
-        seen.add(it.relpath)
     classes = sorted({it.label for it in items})
-    clash = _case_note(classes)
-    if clash:
-        notes.append(clash)
+    _note_case_clashes(classes, notes)
     if len(classes) < 2:
         raise DatasetError(
             f"{data} has a single class {classes[0]!r} ({len(items)} images): "

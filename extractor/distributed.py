@@ -1,11 +1,6 @@
 """Stage one under ``torchrun``: which rank this process is, and the few collectives it needs.
-
-``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / MASTER_PORT); without them,
-or with a world of one, this is a single process and every collective is a no-op. Ranks talk
-through ``torch.distributed`` (gloo on CPU, nccl on CUDA, each rank on GPU ``LOCAL_RANK``) with a
-bounded timeout (``TLX_DIST_TIMEOUT`` seconds, default 1800): when a rank dies, the others stop
-with a clear error instead of waiting forever. torch is imported only when a group is started.
-"""
+Without torchrun's RANK / WORLD_SIZE, or with a world of one, every collective is a no-op. The
+timeout (``TLX_DIST_TIMEOUT`` seconds) makes the others stop with a clear error when a rank dies."""
 
 from __future__ import annotations
 
@@ -28,11 +23,11 @@ class RankLost(TlxError):
 @dataclass
 class Ranks:
     rank: int = 0
-    local_rank: int = 0
     world: int = 1
     enabled: bool = False
     owned: bool = False  # this module started the process group (and ends it)
     timeout_s: float = DEFAULT_TIMEOUT_S
+    told: bool = False  # rank 0 sent the others its last word (done, or stop)
 
     @property
     def is_main(self) -> bool:
@@ -65,19 +60,19 @@ def setup(device: str | None) -> Ranks:
     import torch
     import torch.distributed as dist
 
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0") or 0)
-    timeout = timeout_seconds()
+    rank, timeout = int(os.environ["RANK"]), timeout_seconds()
     if dist.is_initialized():
-        return Ranks(rank, local_rank, dist.get_world_size(), True, False, timeout)
+        return Ranks(rank, dist.get_world_size(), True, False, timeout)
     cuda = device == "cuda" or (device in (None, "auto") and torch.cuda.is_available())
     if cuda:
-        torch.cuda.set_device(local_rank)  # before the group: each rank on its own GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0") or 0))  # before the group: a GPU per rank
     try:
         dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
     except Exception as exc:
-        others = f"the other {world - 1} rank(s)"
-        raise RankLost(f"rank {rank}: could not join {others} within {timeout:g} s: {exc}") from None
-    return Ranks(rank, local_rank, world, True, True, timeout)
+        raise RankLost(
+            f"rank {rank}: could not join the other {world - 1} rank(s) within {timeout:g} s: {exc}"
+        ) from None
+    return Ranks(rank, world, True, True, timeout)
 
 
 def teardown(r: Ranks, finished: bool = False) -> None:

@@ -38,8 +38,7 @@ class ImageFiles(Dataset):
     """Index -> (index, uint8 image tensor or None, failure reason or '')."""
 
     def __init__(self, paths: Sequence[str], resize_crop: ResizeCrop | Any):
-        """``resize_crop``: anything with ``load(path) -> uint8 tensor`` (a ResizeCrop, or
-        fine-tuning's augmenting TrainTransform)."""
+        # resize_crop: anything with load(path) -> uint8 tensor (fine-tuning passes its augmenting one)
         self.paths = list(paths)
         self.resize_crop = resize_crop
 
@@ -59,13 +58,9 @@ class ImageFiles(Dataset):
 
 
 def lower_priority(_worker_id: int) -> None:
-    """Decode at a lower CPU priority than the forward pass.
-
-    On a CPU-only machine the decoding workers and torch's intra-op threads share the same
-    cores. The forward pass synchronizes its threads many times per batch, so a thread
-    preempted by a decoder stalls all the others; niced workers run in the gaps instead, and
-    the prefetch queue absorbs their delay.
-    """
+    """Decode at a lower CPU priority than the forward pass: it synchronizes its threads many
+    times per batch, so one preempted by a decoder stalls all the others; niced workers run in
+    the gaps instead, and the prefetch queue absorbs their delay."""
     with suppress(OSError):
         os.nice(19)
 
@@ -104,24 +99,20 @@ class FeatureRunner:
     ):
         from .engines import Artefacts, EngineSpec, ForwardPass
 
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
         self.device = resolve_device(device)
         self.pre = backbone.cfg.preprocessing
         taps = stage_taps(backbone, stages)  # multi-stage pooling: the same forward pass, hooked
         self.model = FeatureExtractor(backbone.body, pooling, taps).eval().requires_grad_(False)
-        self.normalize = Normalize(self.pre)
+        self.normalize = Normalize(self.pre).to(self.device)
         # torch's stubs leave out Module.to's memory_format keyword, which it accepts
         self.model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.normalize.to(self.device)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
-        self.precision = precision
         cfg = backbone.cfg
         # The stages tap the same network: a compiled graph with taps is another artefact.
         label = pool_label(pooling, stages)
         spec = EngineSpec(cfg.name, cfg.weights_sha256, label, self.pre.input_size, self.device.type, precision)
-        # The engine (eager, compiled, ONNX Runtime, OpenVINO) runs the model; it is chosen and
-        # checked against eager on the first batch.
-        self.forward = ForwardPass(self.model, spec, engine, Artefacts(artefact_dir), note=note)
+        self.forward = ForwardPass(self.model, spec, engine, Artefacts(artefact_dir), note or (lambda _msg: None))
 
     @torch.inference_mode()
     def forward_uint8(self, images: torch.Tensor) -> np.ndarray:
@@ -159,18 +150,13 @@ class FeatureRunner:
             # A 5th field carries augmented views (extract --views): they share the forward pass
             # with the center crops, in slices of at most batch_size (the shape engines planned).
             keys, view_images = extra[1] if len(extra) > 1 else ([], None)
+            feats, view_feats = np.empty((0, 0), np.float32), None
             if keys:
-                everything = torch.cat([images.reshape(-1, *view_images.shape[1:]), view_images])
-                feats = self.forward_chunks(everything, batch_size)
-                yield Batch(indices, feats[: len(indices)], failures, extra[0], keys, feats[len(indices) :])
-                if on_batch:
-                    on_batch(len(indices) + len(failures))
-                continue
-            feats = self.forward_uint8(images) if indices else np.empty((0, 0), np.float32)
+                both = torch.cat([images.reshape(-1, *view_images.shape[1:]), view_images])
+                chunks = [self.forward_uint8(both[s : s + batch_size]) for s in range(0, len(both), batch_size)]
+                feats, view_feats = np.split(np.concatenate(chunks), [len(indices)])
+            elif indices:
+                feats = self.forward_uint8(images)
             if on_batch:
                 on_batch(len(indices) + len(failures))
-            yield Batch(indices, feats, failures, extra[0] if extra else {})
-
-    def forward_chunks(self, images: torch.Tensor, batch_size: int) -> np.ndarray:
-        chunks = [self.forward_uint8(images[s : s + batch_size]) for s in range(0, len(images), batch_size)]
-        return np.concatenate(chunks)
+            yield Batch(indices, feats, failures, extra[0] if extra else {}, keys, view_feats)

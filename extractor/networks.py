@@ -1,16 +1,11 @@
-"""The torch side of the backbones: the ``Backbone`` module, weight-file loading, and the
-pieces each family needs (timm bodies, torchvision bodies, the tiny test CNN).
-
-``backbones.py`` registers the builders and imports this module inside them, so listing the
-registry (``tlx info --backbones``) does not import torch.
-"""
+"""The torch side of the backbones: the ``Backbone`` module, weight-file loading, and the pieces
+each family needs. ``backbones.py`` imports it inside the builders, so listing them imports no torch."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from collections import OrderedDict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +28,7 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.body = body
         self.stages = [list(s) for s in stages if s]
-        # The original 1000-way classifier on average-pooled features, kept only to prove
-        # that pretrained weights are real; tlx never trains it.
+        # The 1000-way ImageNet classifier, kept only to prove that pretrained weights are real.
         self.imagenet_head = imagenet_head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -98,13 +92,6 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     model.load_state_dict(matched, strict=False)
 
 
-def random_init_cfg(cfg: BackboneCfg, model: nn.Module) -> BackboneCfg:
-    return replace(cfg, weights_id="random-init", weights_sha256=sha256_state_dict(model))
-
-
-# --------------------------------------------------------------------------- timm-based
-
-
 class TimmBody(nn.Module):
     """A timm model whose forward is ``forward_features`` (the map before global pooling); its
     parameters keep timm's names under ``model.`` (stage lists, saved fine-tunes)."""
@@ -162,13 +149,9 @@ LUKEMELAS_IR_BLOCK = {
 
 
 def lukemelas_to_timm(state: dict[str, torch.Tensor], stage_sizes: list[int]) -> dict[str, torch.Tensor]:
-    """Rename an EfficientNet-PyTorch (lukemelas) state dict to timm's names, key by key.
-
-    lukemelas numbers the blocks flat (``_blocks.7._bn1.weight``); timm nests them by stage
-    (``blocks.3.1.bn2.weight``): ``stage_sizes`` gives the blocks per stage of the timm model.
-    A key that fits no rule is refused by name, so a foreign file fails here rather than load
-    into the wrong place; ``load_state_dict(strict=True)`` then checks that nothing is missing.
-    """
+    """Rename a lukemelas state dict to timm's names: flat blocks (``_blocks.7._bn1.weight``) nest by
+    stage (``blocks.3.1.bn2.weight``, ``stage_sizes`` blocks per stage). A key that fits no rule is
+    refused by name, so a foreign file fails here rather than load into the wrong place."""
     position = [(stage, j) for stage, size in enumerate(stage_sizes) for j in range(size)]
     renamed = {}
     for key, tensor in state.items():
@@ -211,9 +194,6 @@ def hf_weights_file(arch: str, pretrained_cfg) -> str:
     )
 
 
-# --------------------------------------------------------------------------- torchvision
-
-
 def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module | None]:
     """Split a torchvision classifier into (feature-map body, ImageNet classifier)."""
     names = [n for n, _ in model.named_children()]
@@ -221,14 +201,10 @@ def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module 
         cut = names.index("avgpool")
         # nn.Sequential keeps names only from an OrderedDict (a plain dict is taken as one module)
         body = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if names.index(n) < cut))
-        fc = model.fc
-        assert isinstance(fc, nn.Module)
-        return body, fc
+        return body, model.get_submodule("fc")
     if "features" in names:  # VGG, AlexNet, MobileNet, EfficientNet, DenseNet, SqueezeNet, ConvNeXt...
         # The children of `features` become the body's own children, so each can be a stage.
-        features = model.features
-        assert isinstance(features, nn.Module)
-        body = nn.Sequential(OrderedDict(features.named_children()))
+        body = nn.Sequential(OrderedDict(model.get_submodule("features").named_children()))
         if arch.startswith("densenet"):  # DenseNet applies its final ReLU in forward()
             body.add_module("relu", nn.ReLU())
         classifier = getattr(model, "classifier", None)
@@ -247,13 +223,10 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def sequential_stages(body: nn.Module) -> list[list[str]]:
-    """Parameter names of a torchvision ``features`` sequence, stage by stage, shallow to deep.
-
-    A block (a child with children of its own: an inverted residual, a dense block, a Fire
-    module, a ConvNeXt stage) is a stage. Single layers are grouped up to the next pooling, so
-    VGG's and AlexNet's conv blocks are stages too; a trailing lone norm (DenseNet's norm5)
-    joins the last block rather than make `--unfreeze 1` train a norm layer alone.
-    """
+    """Parameter names of a torchvision ``features`` sequence, stage by stage, shallow to deep. A
+    child with children (an inverted residual, a dense block, a Fire module) is a stage; single
+    layers group up to the next pooling (VGG's conv blocks); a trailing lone norm (DenseNet's
+    norm5) joins the last block rather than make `--unfreeze 1` train a norm layer alone."""
     stages: list[list[str]] = []
     group: list[str] = []
     norms_only = True
@@ -296,21 +269,12 @@ def torchvision_weights_file(arch: str, weights_enum) -> str:
         ) from None
 
 
-# --------------------------------------------------------------------------- tiny, for tests
-
-
-class TinyCNN(nn.Module):
+def tiny_cnn_body(width: int = 32) -> nn.Sequential:
     """Three strided conv stages, 32-wide: a fast stand-in with the real interface."""
 
-    def __init__(self, width: int = 32):
-        super().__init__()
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-        def block(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-        self.stem = block(3, width // 4)
-        self.stage1 = block(width // 4, width // 2)
-        self.stage2 = block(width // 2, width)
-
-    def forward(self, x):
-        return self.stage2(self.stage1(self.stem(x)))
+    return nn.Sequential(
+        OrderedDict(stem=block(3, width // 4), stage1=block(width // 4, width // 2), stage2=block(width // 2, width))
+    )

@@ -3,6 +3,8 @@ optionally the last K inner stages of the body (multi-stage pooling), all from o
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -11,10 +13,8 @@ from ..errors import TlxError
 
 
 class GlobalPool(nn.Module):
-    """``avg``, ``max`` or ``avgmax`` (both concatenated, so twice as wide).
-
-    Accepts convolutional maps (N, C, H, W) and transformer tokens (N, L, C).
-    """
+    """``avg``, ``max`` or ``avgmax`` (both concatenated, so twice as wide), over convolutional
+    maps (N, C, H, W) or transformer tokens (N, L, C)."""
 
     def __init__(self, mode: str = "avg"):
         super().__init__()
@@ -33,11 +33,9 @@ class GlobalPool(nn.Module):
 
 class FeatureExtractor(nn.Module):
     """Backbone body followed by global pooling: images in, pooled pre-logits features out.
-
     ``taps`` name submodules of the body (``stage_taps``) whose outputs are pooled too and
-    concatenated after the final features, in the order given. Forward hooks catch them during
-    the body's own forward pass, so the stages cost no second pass and no change to the body.
-    """
+    concatenated after the final features; forward hooks catch them during the body's own
+    pass, so the stages cost no second pass and no change to the body."""
 
     def __init__(self, body: nn.Module, pooling: str = "avg", taps: list[str] | tuple[str, ...] = ()):
         super().__init__()
@@ -64,7 +62,6 @@ class FeatureExtractor(nn.Module):
         """Detach the hooks from the body (which may be shared with another extractor)."""
         for handle in self._hooks:
             handle.remove()
-        self._hooks, self.taps = [], []
 
 
 class Autocast(nn.Module):
@@ -85,13 +82,9 @@ class Autocast(nn.Module):
 
 def _stage_module(stage: list[str]) -> str:
     """The deepest module holding every parameter of a stage ('' when only the root does)."""
-    owners = [name.rsplit(".", 1)[0].split(".") if "." in name else [] for name in stage]
-    common: list[str] = []
-    for parts in zip(*owners, strict=False):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    return ".".join(common)
+    owners = [name.split(".")[:-1] for name in stage]
+    common = itertools.takewhile(lambda names: len(set(names)) == 1, zip(*owners, strict=False))
+    return ".".join(names[0] for names in common)
 
 
 def stage_taps(backbone, stages: int) -> list[str]:
@@ -100,11 +93,7 @@ def stage_taps(backbone, stages: int) -> list[str]:
     if stages == 0:
         return []
     inner = [_stage_module(s) for s in backbone.stages[:-1]]
-    usable = 0
-    for name in reversed(inner):  # the contiguous run of stages that are modules of their own
-        if not name:
-            break
-        usable += 1
+    usable = len(list(itertools.takewhile(bool, reversed(inner))))  # the last stages that are modules of their own
     if not 0 < stages <= usable:
         raise TlxError(
             f"--stages {stages}: {backbone.cfg.name} has {usable} inner stage(s) that can be pooled besides its "
@@ -116,31 +105,20 @@ def stage_taps(backbone, stages: int) -> list[str]:
 @torch.inference_mode()
 def stage_widths(backbone, taps: list[str]) -> tuple[int, ...]:
     """Channels of each tapped stage, from one forward pass of a blank image."""
-    if not taps:
-        return ()
     size = backbone.cfg.preprocessing.input_size
-    extractor = FeatureExtractor(backbone.body, "avg", [])
-    shapes: dict[str, int] = {}
-    hooks = [
-        backbone.body.get_submodule(name).register_forward_hook(
-            lambda _m, _i, out, name=name: shapes.__setitem__(name, extractor.pool(out).shape[1])
-        )
-        for name in taps
-    ]
+    extractor = FeatureExtractor(backbone.body, "avg", taps)
     was_training = backbone.body.training
     try:
-        extractor.eval()(torch.zeros(1, 3, size, size))
+        backbone.body.eval()(torch.zeros(1, 3, size, size))
+        return tuple(int(extractor.pool(extractor._caught[name]).shape[1]) for name in taps)
     finally:
         backbone.body.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return tuple(int(shapes[name]) for name in taps)
+        extractor.remove_taps()
 
 
 def space_for(
     backbone, pooling: str, precision: str = "fp32", stages: int = 0, store_dtype: str = "float32"
 ) -> FeatureSpace:
-    """The feature space a backbone makes with this pooling, precision, number of stages and
-    storage type."""
+    """The feature space a backbone makes with these settings."""
     widths = stage_widths(backbone, stage_taps(backbone, stages)) if stages else ()
     return FeatureSpace.from_backbone(backbone.cfg, pooling, precision, widths, store_dtype)

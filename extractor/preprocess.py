@@ -19,11 +19,8 @@ _RESAMPLE = {
 
 
 class ResizeCrop:
-    """PIL image -> uint8 tensor (3, S, S): shorter side to ``resize_size``, then center crop.
-
-    Matches torchvision's ``Resize(int)`` + ``CenterCrop`` on PIL images, which is what
-    timm's and torchvision's evaluation transforms do.
-    """
+    """PIL image -> uint8 tensor (3, S, S): shorter side to ``resize_size``, then center crop, as
+    torchvision's ``Resize(int)`` + ``CenterCrop`` (timm's and torchvision's evaluation transforms)."""
 
     def __init__(self, pre: Preprocessing, flip: bool = False):
         self.resize_size = pre.resize_size
@@ -37,12 +34,9 @@ class ResizeCrop:
         new_short, new_long = self.resize_size, int(self.resize_size * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         top, left = round((new_h - self.crop) / 2.0), round((new_w - self.crop) / 2.0)
-        # Pillow resizes in two separable passes, horizontal first, rounding to uint8 in
-        # between. Doing those passes ourselves lets the vertical one skip the columns the
-        # crop drops, with the same pixels as a full resize + crop. (A single
-        # ``resize(box=...)`` is cheaper but not equal: Pillow may run the vertical pass
-        # first for a box, and it rounds box corners to float32; that moved pixels by up to
-        # 13/255 on some ants/bees photos.)
+        # Pillow's two separable passes (horizontal first, uint8 in between) done here, so the
+        # vertical one skips the columns the crop drops: the same pixels as resize + crop.
+        # ``resize(box=...)`` is not equal (pass order, float32 box corners: up to 13/255 off).
         if new_w != w:
             img = img.resize((new_w, h), self.resample)
         img = img.crop((left, 0, left + self.crop, h))
@@ -54,8 +48,7 @@ class ResizeCrop:
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def load(self, path) -> torch.Tensor:
-        # Let JPEG decoding shrink huge photos, keeping at least twice the target resolution
-        # so the final antialiased resize still decides the pixels.
+        # JPEG may shrink huge photos to twice the target: the antialiased resize still decides the pixels.
         return self(load_image(path, min_size=2 * self.resize_size))
 
 

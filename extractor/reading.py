@@ -1,7 +1,6 @@
-"""Reading image files once: the DataLoader worker reads a file's bytes, hashes them and decodes
-those same bytes, so the hash recorded for a vector is the hash of the pixels it came from (a
-file rewritten between a hash and a decode can no longer pair new pixels with old bytes), and
-each image costs one read instead of two."""
+"""Reading image files once: a DataLoader worker hashes a file's bytes and decodes those same
+bytes, so a vector's recorded hash is that of its pixels (a file rewritten in between cannot pair
+new pixels with old bytes), and each image costs one read instead of two."""
 
 from __future__ import annotations
 
@@ -9,15 +8,13 @@ import io
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch.utils.data import Dataset
 
-from ..cache.statindex import NOT_FOUND, Stat, read_and_hash
+from ..cache.statindex import NOT_FOUND, read_and_hash
 from .decode import ImageDecodeError, load_image
 from .discovery import not_regular
+from .engine import ImageFiles
 from .preprocess import ResizeCrop
 
-# What a worker returns beside the image: (sha256 or "", stat or None)
-Meta = tuple[str, Stat | None]
 NO_VIEWS: tuple[list[int], None] = ([], None)
 
 
@@ -33,14 +30,11 @@ class ViewRequest:
         return [v for v in range(1, self.count + 1) if not (mask >> v) & 1]
 
 
-class HashedImageFiles(Dataset):
+class HashedImageFiles(ImageFiles):
     """Index -> (index, uint8 image or None, failure reason or '', (sha256, stat), (view indices, views)).
-
-    A file whose bytes hash to a vector the cache already has (``known``: a renamed, copied or
-    touched file) is not decoded: it comes back with no image and no reason, unless ``views``
-    asks for views of it that do not exist yet: it is then decoded for those views alone. A
-    file whose bytes already failed (``known_failed``) comes back with that reason, without
-    decoding. An image is decoded once for its center crop and all its views."""
+    Bytes the cache knows (``known``: a renamed, copied or touched file) are not decoded (no image,
+    no reason) unless views of them are missing; bytes that failed before (``known_failed``) get
+    that reason without decoding. An image is decoded once for its center crop and its views."""
 
     def __init__(
         self,
@@ -50,14 +44,8 @@ class HashedImageFiles(Dataset):
         known_failed: Mapping[str, str] | None = None,
         views: ViewRequest | None = None,
     ):
-        self.paths = list(paths)
-        self.resize_crop = resize_crop
-        self.known = known
-        self.known_failed = dict(known_failed or {})
-        self.views = views
-
-    def __len__(self) -> int:
-        return len(self.paths)
+        super().__init__(paths, resize_crop)
+        self.known, self.known_failed, self.views = known, dict(known_failed or {}), views
 
     def __getitem__(self, i: int):
         why = not_regular(self.paths[i])
@@ -65,12 +53,9 @@ class HashedImageFiles(Dataset):
             return i, None, why, ("", None), NO_VIEWS
         try:
             data, digest, st = read_and_hash(self.paths[i])
-        except FileNotFoundError:
-            return i, None, NOT_FOUND, ("", None), NO_VIEWS
-        except IsADirectoryError:
-            return i, None, "is a folder", ("", None), NO_VIEWS
         except OSError as exc:
-            return i, None, f"cannot read: {exc.strerror or exc}", ("", None), NO_VIEWS
+            reasons = {FileNotFoundError: NOT_FOUND, IsADirectoryError: "is a folder"}
+            return i, None, reasons.get(type(exc), f"cannot read: {exc.strerror or exc}"), ("", None), NO_VIEWS
         if digest in self.known_failed:
             return i, None, self.known_failed[digest], (digest, st), NO_VIEWS
         wanted = self.views.missing(digest) if self.views is not None else []

@@ -1,11 +1,7 @@
-"""Registry of backbones, in the manner of timm's model registry.
-
-Fixed names (``efficientnet_lite0``) are registered by decorating a builder; whole families
-(``torchvision:<model>``, ``timm:<model>``) by decorating a builder that takes the model name.
-Adding a backbone is one decorated function in ``backbones.py``; nothing else to edit. This
-module holds the dicts and decorators only: ``tlx.extractor`` imports ``backbones`` to fill them
-(as timm's ``_registry`` is filled by its model modules), so the two never import each other.
-"""
+"""Registry of backbones, in the manner of timm's model registry: fixed names
+(``efficientnet_lite0``) and whole families (``timm:<model>``) are registered by decorating a
+builder in ``backbones.py``. This module holds only the dicts and decorators, so the two never
+import each other."""
 
 from __future__ import annotations
 
@@ -18,7 +14,8 @@ from ..errors import TlxError
 _BACKBONES: dict[str, Callable] = {}
 _FAMILIES: dict[str, Callable] = {}
 _DESCRIPTIONS: dict[str, str] = {}
-_WEIGHTS_STATUS: dict[str, Callable[[], str]] = {}  # name -> "installed ..." / "not installed: ..."
+# name -> "installed ..." / "not installed: ...", said without building anything (`tlx info --backbones`)
+_WEIGHTS_STATUS: dict[str, Callable[[], str]] = {}
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -27,28 +24,21 @@ class UnknownBackboneError(TlxError):
     pass
 
 
-def register_backbone(name: str, description: str = "", weights_status: Callable[[], str] | None = None):
-    """``weights_status`` says, without building anything, whether the pretrained weights are
-    there (``tlx info --backbones``)."""
-
+def register_backbone(name: str, description: str, weights_status: Callable[[], str]):
     def decorate(fn: Callable) -> Callable:
         if name in _BACKBONES:
             raise ValueError(f"backbone {name!r} is registered twice")
         _BACKBONES[name] = fn
-        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
-        if weights_status is not None:
-            _WEIGHTS_STATUS[name] = weights_status
+        _DESCRIPTIONS[name], _WEIGHTS_STATUS[name] = description, weights_status
         return fn
 
     return decorate
 
 
-def register_family(prefix: str, description: str = "", weights_status: Callable[[], str] | None = None):
+def register_family(prefix: str, description: str, weights_status: Callable[[], str]):
     def decorate(fn: Callable) -> Callable:
         _FAMILIES[prefix] = fn
-        _DESCRIPTIONS[f"{prefix}:<model>"] = description or (fn.__doc__ or "").strip().splitlines()[0]
-        if weights_status is not None:
-            _WEIGHTS_STATUS[f"{prefix}:<model>"] = weights_status
+        _DESCRIPTIONS[f"{prefix}:<model>"], _WEIGHTS_STATUS[f"{prefix}:<model>"] = description, weights_status
         return fn
 
     return decorate
@@ -61,10 +51,7 @@ def list_backbones() -> dict[str, str]:
 
 def weights_status() -> dict[str, str]:
     """Name -> where its weights stand (installed, to download, random), for every registered entry."""
-    status = {name: "" for name in _DESCRIPTIONS}
-    for name, check in _WEIGHTS_STATUS.items():
-        status[name] = check()
-    return status
+    return {name: check() for name, check in _WEIGHTS_STATUS.items()}
 
 
 @dataclass(frozen=True)
@@ -74,10 +61,9 @@ class BackboneRef:
     arch: str | None  # the model name inside a family, None for fixed names
 
     def build(self, weights=None, pretrained: bool = True):
-        """Build the network; ``pretrained=False`` gives a random init (tests, arch-only loads)."""
-        if self.arch is None:
-            return self.builder(weights=weights, pretrained=pretrained)
-        return self.builder(self.arch, weights=weights, pretrained=pretrained)
+        """Build the network; ``pretrained=False`` gives a random init (arch-only loads)."""
+        args = () if self.arch is None else (self.arch,)
+        return self.builder(*args, weights=weights, pretrained=pretrained)
 
 
 def get_backbone(name: str) -> BackboneRef:
