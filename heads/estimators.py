@@ -115,7 +115,12 @@ class EstimatorSpec(HeadSpec):
 
     @property
     def exportable(self) -> bool:
-        return False
+        """A linear classifier: export and --init-head fold its linear form (``HeadPipeline``)."""
+        if _is_pipeline(self.template):
+            return False
+        from sklearn.linear_model._base import LinearClassifierMixin
+
+        return issubclass(self.cls.load(), LinearClassifierMixin)
 
     @property
     def supports_class_weight(self) -> bool:

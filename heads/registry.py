@@ -131,7 +131,7 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 def parse_value(key: str, text: str, default: Any, head: str) -> Any:
     """Parse ``text`` with the type of the parameter's default value."""
     if not isinstance(text, str):
-        return coerce_value(key, text, default, head)
+        return coerce_value(text, default)
     low = text.strip().lower()
     if low in {"none", "null"}:
         return None
@@ -160,7 +160,7 @@ def parse_value(key: str, text: str, default: Any, head: str) -> Any:
         raise ParamError(f"--param {key}={text}: {head} expects a {kind} (default {default!r})") from None
 
 
-def coerce_value(key: str, value: Any, default: Any, head: str) -> Any:
+def coerce_value(value: Any, default: Any) -> Any:
     """Values read back from JSON: lists become tuples where the default is a tuple."""
     if isinstance(default, tuple) and isinstance(value, list):
         return tuple(value)
