@@ -2,7 +2,7 @@
 
 ``head.json`` describes the head (name, parameters, classes, width) and names its file:
 
-* ``head.safetensors`` for a linear head: tlx's ``linear`` (the arrays of ``tensor_names()``), or a
+* ``head.safetensors`` for a linear head: tlx's ``linear`` (its ``tensors``), or a
   linear scikit-learn pipeline (``logreg``, ``ridge``, ...), whose steps, classes and parameters
   ``head.json`` records (``HeadPipeline.to_arrays``);
 * ``head.skops`` for any other scikit-learn head. The file's own list of the types skops does
@@ -49,8 +49,8 @@ def save_head(head, run_dir) -> Path:
         "classes": np.asarray(head.classes_).tolist(),
         "n_features_in": int(head.n_features_in_),
     }
-    if hasattr(head, "tensor_names"):  # tlx's linear head
-        arrays = {name: getattr(head, name) for name in head.tensor_names() if getattr(head, name) is not None}
+    if hasattr(head, "tensors"):  # tlx's linear head
+        arrays = {name: getattr(head, name) for name in head.tensors if getattr(head, name) is not None}
         file = _save_arrays(arrays, run_dir, head.name)
     elif state := head.to_arrays():
         steps, arrays = state
@@ -183,21 +183,21 @@ def _read_tensors(file: Path) -> dict[str, np.ndarray]:
 
 
 def _load_arrays(file: Path, meta: dict, meta_path: Path):
-    from .registry import coerce_value, get_head
+    from .registry import get_head, parse_value
 
     try:
         spec = get_head(meta["head"])
         defaults = spec.defaults()
-        params = {k: coerce_value(v, defaults.get(k)) for k, v in meta["params"].items()}
+        params = {k: parse_value(k, v, defaults.get(k), spec.name) for k, v in meta["params"].items()}
         head = spec.build(**params)
     except TlxError as exc:
         raise RunError(f"{meta_path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{meta_path} is incomplete ({exc}): fit the head again") from None
-    if not hasattr(head, "tensor_names"):
+    if not hasattr(head, "tensors"):
         raise RunError(f"{meta_path}: a {spec.name} head is not saved as arrays: refusing a foreign file")
     tensors = _read_tensors(file)
-    for name in head.tensor_names():
+    for name in head.tensors:
         setattr(head, name, tensors.get(name))
     head.classes_ = np.asarray(meta["classes"])
     head.n_features_in_ = int(meta["n_features_in"])
