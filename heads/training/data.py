@@ -1,15 +1,10 @@
 """The rows a head trains and validates on, read once for every head of a ``fit-head`` call.
 
-Only the rows of each part are read, each into one preallocated array, so the training
-matrix exists once in memory. When the training rows are larger than ``max_memory`` they stay
-on disk (a ``CacheRows``) and only heads that stream (``linear``, ``logreg``, ``ridge``) can be
-fitted; they then hold one block at a time.
-
-With augmented views (``tlx extract --views K``, ``fit-head --views N``) the split is drawn on
-images exactly as without them; the training matrix is the center rows of the training images
-followed by their views 1..N, and validation (and test) use the center rows of their images
-only: no view of a held-out image is ever read. ``train_group`` maps each training row to its
-image, so cross-validation keeps an image and its views on the same side of every fold.
+The training matrix exists once in memory; above ``max_memory`` the rows stay on disk (a
+``CacheRows``) and only heads that stream can be fitted. With augmented views (``--views N``) the
+training matrix is the center rows of the training images followed by their views 1..N;
+validation and test use center rows only, and ``train_group`` maps each training row to its image
+so that cross-validation keeps an image and its views in one fold.
 """
 
 from __future__ import annotations
@@ -96,9 +91,8 @@ def load_training_data(
     exclude=None,
 ) -> TrainingData:
     """``features``: a cache, a folder (its newest cache), None (the default folder), or a list of
-    caches; two or more are fused (``tlx.heads.training.fusion``). ``views``: train on views 1..N of the
-    training images too (None: all the cache has; 0: none). ``exclude``: files listing images to
-    leave out of train, val and test (see :func:`drop_excluded`)."""
+    caches (two or more are fused). ``views``: train on views 1..N of the training images too
+    (None: all the cache has). ``exclude``: files of images to leave out (:func:`drop_excluded`)."""
     if isinstance(features, (list, tuple)):
         if len(features) > 1:
             if views:
@@ -134,8 +128,7 @@ def load_training_data(
 
 
 def _split(meta: Features, val_fraction: float, seed: int, exclude, log):
-    """``(train, val, test, split_info)`` of the cache's rows, without the excluded images, checked
-    to hold a usable training set."""
+    """``(train, val, test, split_info)``, without the excluded images, checked to be usable."""
     train, val, test, split_info = split_rows(
         meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
     )
@@ -187,12 +180,10 @@ def _load_fused(
 
 
 def drop_excluded(meta: Features, sides: dict[str, np.ndarray], split_info: dict, exclude, log) -> dict:
-    """``sides`` (``{"train": rows, "val": rows, "test": rows}``) without the images listed in the
-    ``exclude`` files (``fit-head --exclude``), recorded in ``split_info["excluded"]`` (so in the
-    run's metrics.json). Each file is an ``audit.json`` written by ``tlx audit`` (its ``exclude``
-    list), a JSON list of paths, or a text file of one path per line; a path is relative to the data
-    set's root, as the cache holds it, or absolute under that root. The split is drawn first, so the
-    other images keep their side."""
+    """``sides`` (side -> rows) without the images the ``exclude`` files list, recorded in
+    ``split_info["excluded"]``. A file is ``tlx audit``'s audit.json, a JSON list of paths, or one
+    path per line; paths are relative to the data set's root, or absolute under it. The split is
+    drawn first, so the other images keep their side."""
     if not exclude:
         return sides
     listed = _read_exclusions(exclude)
@@ -254,7 +245,7 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _add_test_and_duplicates(data: TrainingData, test: np.ndarray, Xte) -> None:
-    """The test rows, and the copies that make held-out scores dishonest (counted on the split used)."""
+    """The test rows, and the copies that make held-out scores dishonest."""
     from ...cache.duplicates import count_duplicates
 
     data.test, data.Xte, data.yte = test, Xte, data.meta.y[test]

@@ -1,11 +1,8 @@
 """Fused feature spaces: two or more caches of the same images, concatenated side by side.
 
-``tlx fit-head --features A.h5 --features B.h5`` matches the caches' rows by content hash (so
-the caches may list the images in any order, under any names), reports every image that is
-missing from some cache instead of dropping it silently, and standardizes each block with the
-training rows' mean and standard deviation, so no block dominates by scale alone (a distance or
-kernel head would otherwise see mostly the block with the larger values). The blocks, the
-standardization and the missing images are recorded in the run; ``predict`` rebuilds each block
+Rows are matched by content hash (any order, any names); an image missing from some cache is
+reported, not dropped silently; each column is standardized with the training rows' statistics so
+that no block dominates a distance or kernel head by scale alone. ``predict`` rebuilds each block
 and applies the same standardization.
 """
 
