@@ -1,8 +1,6 @@
 """Stage two: heads fitted on the cached features in seconds, loading their runs, and splits.
 
-Importing this package registers the heads (tlx's ``linear``; scikit-learn's estimators by
-name) without importing torch or scikit-learn: the linear head's ``fit`` imports torch only on
-a GPU, and a scikit-learn head imports its estimator when it is built.
+Importing it registers the heads without importing torch or scikit-learn.
 """
 
 from . import estimators as estimators  # registers logreg, ridge, knn, svm, rf, mlp and sklearn:<name>

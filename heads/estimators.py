@@ -1,14 +1,6 @@
 """scikit-learn's own classifiers as heads: short names for six of them, ``sklearn:<ClassName>``
-for any classifier scikit-learn lists, and a user's estimator object (``tlx.fit_head(clf=...)``).
-
-A built head is ``make_pipeline(StandardScaler(), estimator)`` (a ``HeadPipeline``). Nothing here
-imports scikit-learn at module level: the estimator is imported when a head is built. Where a
-short name deviates from scikit-learn's defaults: ``logreg`` has ``max_iter=1000`` (100 stops
-before L-BFGS converges on 1,000+ features); ``svm`` is wrapped in
-``CalibratedClassifierCV(ensemble=False)`` for probabilities, as scikit-learn advises now that
-``SVC(probability=True)`` is deprecated; ``rf`` and ``mlp`` have ``random_state=0``, so the same
-command gives the same run.
-"""
+for any classifier scikit-learn lists, and a user's estimator object (``tlx.fit_head(clf=...)``),
+each behind a StandardScaler. scikit-learn is imported when a head is built, never at import."""
 
 from __future__ import annotations
 
@@ -147,7 +139,11 @@ def _is_pipeline(obj) -> bool:
     return obj is not None and hasattr(obj, "steps")
 
 
-# name: (module, class, main parameter, its grid, tlx's changes to the defaults, a note)
+# name: (module, class, main parameter, its grid, tlx's changes to the defaults, a note). Why the
+# changes: logreg's default 100 iterations stop before L-BFGS converges on 1,000+ features; rf and
+# mlp get random_state=0 so that the same command gives the same run; svm's probabilities come
+# from CalibratedClassifierCV(ensemble=False), as scikit-learn advises now that
+# SVC(probability=True) is deprecated.
 SHORT_NAMES = {
     "logreg": ("linear_model", "LogisticRegression", "C", np.logspace(-4, 4, 9), {"max_iter": 1000}, ""),
     "ridge": ("linear_model", "RidgeClassifier", "alpha", np.logspace(4, -3, 8), {}, "; probabilities: softmax"),

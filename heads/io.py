@@ -1,16 +1,9 @@
 """Saving and loading fitted heads without ever running code from a file.
 
-``head.json`` describes the head (name, parameters, classes, width) and names its file:
-
-* ``head.safetensors`` for a linear head: tlx's ``linear`` (its ``tensors``), or a
-  linear scikit-learn pipeline (``logreg``, ``ridge``, ...), whose steps, classes and parameters
-  ``head.json`` records (``HeadPipeline.to_arrays``);
-* ``head.skops`` for any other scikit-learn head. The file's own list of the types skops does
-  not trust by default is recorded at save; at load the file's list must be within that record
-  and come from scikit-learn, numpy or scipy before skops is asked to build exactly those types.
-
-The sha256 in ``head.json`` is an integrity check against damage, not a proof of authorship; the
-guarantees (no code run, only allow-listed types built) come from the loaders.
+Linear heads (tlx's ``linear``; logreg, ridge and scikit-learn's other linear classifiers) are
+arrays in ``head.safetensors``; any other head is ``head.skops``, loaded only when every type the
+file holds is one tlx recorded at save and comes from scikit-learn, numpy or scipy. The sha256 in
+``head.json`` catches damage; it proves nothing about who wrote the file.
 """
 
 from __future__ import annotations
@@ -52,12 +45,14 @@ def save_head(head, run_dir) -> Path:
     if hasattr(head, "tensors"):  # tlx's linear head
         arrays = {name: getattr(head, name) for name in head.tensors if getattr(head, name) is not None}
         file = _save_arrays(arrays, run_dir, head.name)
-    elif state := head.to_arrays():
-        steps, arrays = state
-        file = _save_arrays(arrays, run_dir, head.name)
-        record.update(steps=steps, model_path=head.model_path, balance_classes=bool(head.balance_classes))
-    else:
-        file = _save_skops(head, run_dir, record)
+    else:  # a scikit-learn pipeline
+        record.update(model_path=head.model_path, balance_classes=bool(head.balance_classes))
+        state = head.to_arrays()
+        if state is None:
+            file = _save_skops(head, run_dir, record)
+        else:
+            record["steps"], arrays = state
+            file = _save_arrays(arrays, run_dir, head.name)
     record.update(file=file.name, sha256=sha256_file(file))
     return write_json_atomic(run_dir / HEAD_JSON, record)
 
@@ -102,11 +97,7 @@ def _save_skops(head, run_dir: Path, record: dict) -> Path:
     file = run_dir / "head.skops"
     data = sio.dumps(Pipeline(head.steps))
     write_bytes_atomic(file, data)
-    record.update(
-        untrusted_types=sorted(sio.get_untrusted_types(data=data)),
-        model_path=head.model_path,
-        balance_classes=bool(head.balance_classes),
-    )
+    record["untrusted_types"] = sorted(sio.get_untrusted_types(data=data))
     return file
 
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+HISTORY = 10  # curvature pairs kept
+MAX_BACKTRACKS = 30  # halvings of a step before giving up
+FTOL = 1e-9  # stop when an iteration lowers the value by less than this, relative to it
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]  # theta -> (value, gradient)
 
 
@@ -29,16 +32,13 @@ def minimize_lbfgs(
     x0: np.ndarray,
     max_iter: int = 200,
     gtol: float = 1e-4,
-    ftol: float = 1e-9,
-    history: int = 10,
-    max_backtracks: int = 30,
 ) -> LbfgsResult:
     """Minimize ``fun`` from ``x0``. Stops when the largest gradient entry is at most ``gtol``
     (as torch's ``LBFGS(tolerance_grad)`` and scipy's ``gtol``), when an iteration lowers the
-    value by less than ``ftol`` relative to it, or after ``max_iter`` iterations."""
+    value by less than ``FTOL`` relative to it, or after ``max_iter`` iterations."""
     x = np.array(x0, dtype=np.float64)
     f, g = fun(x)
-    pairs: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=history)  # (s, y, 1 / y.s)
+    pairs: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=HISTORY)  # (s, y, 1 / y.s)
     for it in range(1, max_iter + 1):
         if np.max(np.abs(g)) <= gtol:
             return LbfgsResult(x, f, it - 1, True)
@@ -48,7 +48,7 @@ def minimize_lbfgs(
             pairs.clear()
             d, slope = -g, -float(g @ g)
         step = 1.0 if pairs else min(1.0, 1.0 / max(np.sum(np.abs(g)), 1e-12))
-        for _ in range(max_backtracks):
+        for _ in range(MAX_BACKTRACKS):
             x_new = x + step * d
             f_new, g_new = fun(x_new)
             if np.isfinite(f_new) and f_new <= f + 1e-4 * step * slope:
@@ -62,7 +62,7 @@ def minimize_lbfgs(
             pairs.append((s, y, 1.0 / sy))
         decrease = f - f_new
         x, f, g = x_new, f_new, g_new
-        if decrease <= ftol * max(abs(f), 1.0):
+        if decrease <= FTOL * max(abs(f), 1.0):
             return LbfgsResult(x, f, it, True)
     return LbfgsResult(x, f, max_iter, np.max(np.abs(g)) <= gtol)
 

@@ -1,11 +1,7 @@
-"""The default head: softmax (multinomial logistic) regression by full-batch L-BFGS, minimizing
-``mean cross-entropy + weight_decay / 2 * ||W||^2`` over standardized features.
-
-On the CPU the objective is numpy (``linear_objective.py``, ``lbfgs.py``: neither torch nor scipy
-is imported) and the training matrix may be a ``CacheRows`` streamed from disk; with
-``device=cuda`` torch's L-BFGS minimizes the same objective. Two classes still get a C x D
-weight, so the head drops into the backbone as an ``nn.Linear(D, C)``.
-"""
+"""The default head: softmax regression by full-batch L-BFGS with L2 weight decay on standardized
+features, in numpy on the CPU (no torch, no scipy; the training matrix may be streamed from disk)
+and with torch on a GPU. Two classes still get a C x D weight: it drops into the backbone as an
+``nn.Linear(D, C)``."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""The linear head's objective: weighted softmax cross-entropy plus an L2 penalty on the weights,
-over standardized features, evaluated block by block.
-
-Standardization is folded into the weights instead of applied to the data
-(``((X - shift) / scale) @ W.T + b == X @ (W / scale).T + (b - (W / scale) @ shift)``), so the
-training matrix, in memory or streamed from disk (``CacheRows``), is never copied.
-"""
+"""The linear head's objective, weighted softmax cross-entropy plus L2, evaluated block by block
+with the standardization folded into the weights, so the training matrix (in memory or streamed
+from disk) is never copied."""
 
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
 """The built scikit-learn head: a ``Pipeline`` (StandardScaler, then the estimator) that also
-speaks the few words tlx's fit-head run asks of every head.
-
-It adds to scikit-learn's ``Pipeline``: ``set_params`` by the estimator's bare parameter names
-(what the sweep sets), ``fit(sample_weight=...)`` times balanced class weights where the estimator
-has no ``class_weight`` of its own, ``predict_proba`` for an estimator without one (the softmax of
-its decision scores; two classes: the logistic), and, when the estimator is linear, its linear
-form and its state as plain arrays (``to_arrays`` / ``from_arrays``: saved without skops).
+speaks what tlx's fit-head run asks of every head: ``set_params`` by the estimator's bare names
+(the sweep's), balanced class weights through ``sample_weight``, ``predict_proba`` for estimators
+without one (the softmax of the decision scores), and for a linear estimator its linear form and
+its state as plain arrays (saved without skops).
 """
 
 from __future__ import annotations
@@ -144,11 +141,12 @@ class HeadPipeline(Pipeline):
                 # Anything else (SGDClassifier's loss object) is left out: the check below proves
                 # that predicting does without it.
             steps.append(record)
-        return (steps, arrays) if self._predicts_like(self.from_arrays(steps, arrays)) else None
+        return (steps, arrays) if self._rebuilt_predicts_the_same(steps, arrays) else None
 
-    def _predicts_like(self, other: HeadPipeline) -> bool:
+    def _rebuilt_predicts_the_same(self, steps: list[dict], arrays: dict[str, np.ndarray]) -> bool:
         probe = np.random.default_rng(0).normal(size=(8, self.n_features_in_))
         try:
+            other = self.from_arrays(steps, arrays)  # a class of the user's own is refused here
             same = np.array_equal(self.predict(probe), other.predict(probe))
             for method in ("decision_function", "predict_proba"):
                 same = same and np.allclose(getattr(self, method)(probe), getattr(other, method)(probe), rtol=1e-9)

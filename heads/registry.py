@@ -1,13 +1,11 @@
-"""Registry of heads, in the manner of the backbone registry, and the parsing of ``--param``.
-
-It imports no head: tlx's ``linear`` registers itself with :func:`register_head`, scikit-learn's
-estimators (``estimators.py``) by short name and as the ``sklearn:<ClassName>`` family. Grids run
-from the strongest regularization to the weakest, so that a tie goes to the simpler model.
-"""
+"""Registry of heads and the parsing of ``--param``; it imports no head (``linear`` and the
+scikit-learn estimators register themselves). Grids run from the strongest regularization to the
+weakest, so that a tie goes to the simpler model."""
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -172,20 +170,13 @@ def parse_params(spec: HeadSpec, items) -> dict[str, Any]:
 
 
 def jsonable_params(params: dict) -> dict:
-    """Parameters as JSON can hold them: tuples as lists, objects (an estimator) as their repr."""
-    return {k: _jsonable(v) for k, v in params.items()}
+    """Parameters as JSON holds them: tuples as lists, numpy scalars as numbers, objects (an
+    estimator) as their repr."""
+    return json.loads(json.dumps(params, default=_plain))
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy scalar
-        return value.item()
-    return repr(value)
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else repr(value)
 
 
 def validate_params(spec: HeadSpec, params: dict) -> None:

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO, make_folder_dataset, subprocess_env
+from sklearn.linear_model import LogisticRegression
 
 from tlx.errors import RunError
 from tlx.heads import get_head, softmax
@@ -147,3 +148,16 @@ def test_finetune_init_head_starts_from_a_logreg_or_ridge_head(cli, cache, tmp_p
     # evaluated as "epoch 0", before any step: the folded head predicts as the fitted one did
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert metrics["init_head_val_accuracy"] == pytest.approx(head_acc)
+
+
+class _OwnLogisticRegression(LogisticRegression):
+    """A user's subclass: not scikit-learn's, so not rebuilt from arrays."""
+
+
+def test_a_users_own_linear_class_is_saved_with_skops(tmp_path):
+    from tlx.heads.estimators import spec_from_estimator
+
+    X, y = problem(2)
+    head = spec_from_estimator(_OwnLogisticRegression()).build().fit(X, y)
+    save_head(head, tmp_path)
+    assert json.loads((tmp_path / "head.json").read_text())["file"] == "head.skops"

@@ -1,11 +1,7 @@
-"""The rows a head trains and validates on, read once for every head of a ``fit-head`` call.
-
-The training matrix exists once in memory; above ``max_memory`` the rows stay on disk (a
-``CacheRows``) and only heads that stream can be fitted. With augmented views (``--views N``) the
-training matrix is the center rows of the training images followed by their views 1..N;
-validation and test use center rows only, and ``train_group`` maps each training row to its image
-so that cross-validation keeps an image and its views in one fold.
-"""
+"""The rows a head trains and validates on, read once for every head of a ``fit-head`` call: in
+memory, or on disk (a ``CacheRows``) above ``max_memory`` for the heads that stream; with
+``--views N`` the training images' views follow their center rows (``train_group`` maps a row to
+its image, so a fold keeps an image with its views)."""
 
 from __future__ import annotations
 
@@ -107,21 +103,18 @@ def load_training_data(
     assert isinstance(meta.X, CacheRows)
     rows, val_rows, test_rows = meta.X.subset(train), meta.X.subset(val), meta.X.subset(test)
     limit = default_max_memory() if max_memory is None else max_memory
-    Xtr: np.ndarray | CacheRows = rows
-    Xva: np.ndarray | CacheRows = val_rows
-    Xte: np.ndarray | CacheRows = test_rows
+    matrices: tuple = (rows, val_rows, test_rows)
     wanted = meta.n_views if views is None else views
     held_bytes = val_rows.nbytes + test_rows.nbytes
     if rows.nbytes * (1 + wanted) + held_bytes <= limit:
-        Xtr, Xva, Xte = rows.to_array(), val_rows.to_array(), test_rows.to_array()
+        matrices = (rows.to_array(), val_rows.to_array(), test_rows.to_array())
     else:  # all stay on disk: the heads that stream read them one block at a time
         log(
             f"the {len(train)} training and {len(val) + len(test)} held-out rows take "
             f"{(rows.nbytes + held_bytes) / 2**30:.2f} GiB, more than --max-memory "
             f"{limit / 2**30:.2f} GiB: streaming them from {path} block by block"
         )
-    data = TrainingData(meta, train, val, split_info, Xtr, meta.y[train], Xva, meta.y[val])
-    _add_test_and_duplicates(data, test, Xte)
+    data = _training_data(meta, (train, val, test), split_info, matrices)
     if wanted:
         _add_views(data, wanted)
     return data
@@ -174,9 +167,7 @@ def _load_fused(
         )
     fusion.standardize(meta.X, train)  # with the training rows only: val stays unseen
     X = meta.X
-    data = TrainingData(meta, train, val, split_info, X[train], meta.y[train], X[val], meta.y[val], fusion)
-    _add_test_and_duplicates(data, test, X[test])
-    return data
+    return _training_data(meta, (train, val, test), split_info, (X[train], X[val], X[test]), fusion)
 
 
 def drop_excluded(meta: Features, sides: dict[str, np.ndarray], split_info: dict, exclude, log) -> dict:
@@ -244,13 +235,18 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _add_test_and_duplicates(data: TrainingData, test: np.ndarray, Xte) -> None:
-    """The test rows, and the copies that make held-out scores dishonest."""
+def _training_data(meta: Features, sides: tuple, split_info: dict, matrices: tuple, fusion=None) -> TrainingData:
+    """The rows and matrices of train, val and test, with the copies that make held-out scores
+    dishonest counted."""
     from ...cache.duplicates import count_duplicates
 
-    data.test, data.Xte, data.yte = test, Xte, data.meta.y[test]
-    held = np.concatenate([data.val, test])
-    data.duplicates = count_duplicates(data.meta.sha256, data.meta.y, data.train, held)
+    train, val, test = sides
+    Xtr, Xva, Xte = matrices
+    duplicates = count_duplicates(meta.sha256, meta.y, train, np.concatenate([val, test]))
+    y = meta.y
+    return TrainingData(
+        meta, train, val, split_info, Xtr, y[train], Xva, y[val], fusion, test, Xte, y[test], duplicates
+    )
 
 
 def check_training_set(meta: Features, train: np.ndarray, val: np.ndarray, test=()) -> None:

@@ -43,7 +43,15 @@ SIDE_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "per_class
 
 
 # What FitResult.to_dict takes from the run's metrics.json record, after run, clf and val_accuracy.
-SUMMARY = ("cv_accuracy", "test_accuracy", "fit_seconds", "params", "balanced_accuracy", "macro_f1", "n_train")
+SUMMARY: tuple[str, ...] = (
+    "cv_accuracy",
+    "test_accuracy",
+    "fit_seconds",
+    "params",
+    "balanced_accuracy",
+    "macro_f1",
+    "n_train",
+)
 SUMMARY += ("n_val", "n_test", "n_train_views", "cache", "sweep", "selection", "duplicates")
 
 

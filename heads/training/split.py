@@ -1,12 +1,7 @@
-"""Which cached images train a head, which validate it and which test it.
-
-The data's own split when it has one (train/val/test rows as tagged; a train/ + test/ dataset has
-no val and is never re-split). Otherwise a seeded split of the rows not tagged "test": each image
-goes to val when a number drawn from sha256(seed, its content hash) is below ``val_fraction``, so
-its side depends on its content and the seed alone (other images added, removed or renamed never
-move it). A class whose draws leave a side empty gets its lowest-drawn image moved to val, or its
-highest-drawn one to train.
-"""
+"""Which cached images train a head, which validate it and which test it: the data's own split
+when it has one, otherwise a seeded draw per image from sha256(seed, its content hash), so that an
+image's side depends on its content and the seed alone (other images added, removed or renamed
+never move it)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,7 @@
 """Choosing without the held-out labels: the sweep of a head's main parameter, and the score that
-ranks several heads.
-
-By default (``--select-on cv``) every choice is made by scikit-learn's ``StratifiedGroupKFold(k,
-shuffle=True)`` over the training images, k = min(5, the smallest class's count of distinct
-images), grouped by content: an image, its views and any byte-identical copy stay in one fold, so
-the val and test scores reported afterwards are honest. ``--select-on val`` chooses on the val
-labels instead (the CLIP linear-probe protocol), and every record says that score is optimistic.
-Grids are made at most half a decade per step and run from the strongest regularization to the
-weakest; ties go to the first. Heads with ``warm_start`` start from the previous value's solution.
+ranks several heads: by default (``--select-on cv``) grouped k-fold cross-validation on the
+training images, so that the val and test scores reported afterwards are honest; ``--select-on
+val`` chooses on the val labels (the CLIP linear-probe protocol), and every record says so.
 """
 
 from __future__ import annotations
@@ -91,10 +85,8 @@ class Selection:
         return float(np.mean(accs))
 
 
-def plan_selection(select_on: str, data, seed: int, why: str, classes: Sequence[str] | None = None) -> Selection:
+def plan_selection(select_on: str, data, seed: int, why: str) -> Selection:
     """The selection ``why`` (e.g. "--sweep") will use on ``data`` (a ``TrainingData``)."""
-    if select_on not in SELECT_ON:
-        raise SelectionError(f"--select-on must be cv or val, not {select_on!r}")
     if select_on == "val":
         if not len(data.yva):
             raise SelectionError(
@@ -103,15 +95,16 @@ def plan_selection(select_on: str, data, seed: int, why: str, classes: Sequence[
             )
         return Selection("val", data.Xtr, data.ytr, data.Xva, data.yva)
     hashes = [data.meta.sha256[i] for i in data.train]
-    folds = grouped_folds(data.ytr, hashes, data.train_group, seed, why, classes or data.meta.classes)
+    folds = grouped_folds(data.ytr, hashes, data.train_group, seed, why, data.meta.classes)
     return Selection("cv", data.Xtr, data.ytr, folds=folds)
 
 
 def grouped_folds(
     ytr: np.ndarray, hashes: Sequence[str], train_group, seed: int, why: str, classes: Sequence[str]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(fit rows, score rows)`` of the training matrix per fold: a fold fits its images' center
-    rows and views and is scored on the center rows of its held-out images."""
+    """``(fit rows, score rows)`` of the training matrix per fold of ``StratifiedGroupKFold`` over the
+    training images, k = min(5, the smallest class's distinct images), grouped by content: an image,
+    its views and any byte-identical copy stay in one fold. Scored on center rows only."""
     n_images = len(hashes)
     y_img = np.asarray(ytr[:n_images])
     # Rows without a hash are their own group: only equal non-empty contents are held together.
