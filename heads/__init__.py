@@ -6,27 +6,16 @@ Importing it registers the heads without importing torch or scikit-learn.
 from . import estimators as estimators  # registers logreg, ridge, knn, svm, rf, mlp and sklearn:<name>
 from . import linear as linear  # registers linear (first: the default)
 from .base import Head, HeadError, NotExportableError, softmax
-from .registry import (
-    DEFAULT_HEAD,
-    HeadSpec,
-    ParamError,
-    UnknownHeadError,
-    get_head,
-    list_heads,
-    parse_params,
-    register_head,
-)
-from .runs import Run, load_run
+from .registry import HeadSpec, ParamError, UnknownHeadError, get_head, list_heads, parse_params, register_head
+from .runs import load_run
 from .training.split import split_indices
 
 __all__ = [
-    "DEFAULT_HEAD",
     "Head",
     "HeadError",
     "HeadSpec",
     "NotExportableError",
     "ParamError",
-    "Run",
     "UnknownHeadError",
     "get_head",
     "list_heads",

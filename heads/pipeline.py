@@ -127,8 +127,8 @@ class HeadPipeline(Pipeline):
             except (TypeError, ValueError):  # an object (a RandomState)
                 return None
             cls = type(step)
-            record = {"name": name, "class": f"{cls.__module__.split('._')[0]}.{cls.__name__}", "params": params}
-            record.update(attributes={}, binarizers={})
+            path = f"{cls.__module__.split('._')[0]}.{cls.__name__}"  # its public home: sklearn.linear_model
+            record: dict = {"name": name, "class": path, "params": params, "attributes": {}, "binarizers": {}}
             for key, value in vars(step).items():
                 if key in params:
                     continue
