@@ -1,29 +1,13 @@
 """scikit-learn's own classifiers as heads: short names for six of them, ``sklearn:<ClassName>``
-for any classifier scikit-learn lists, and a user's estimator object (``tlx.fit_head(clf=...)``).
-
-A built head is ``make_pipeline(StandardScaler(), estimator)`` (a :class:`~tlx.heads.pipeline.
-HeadPipeline`), so standardization is scikit-learn's, fitted on the training rows only. Nothing
-here imports scikit-learn at module level: the short names are registered as module and class
-names, and the estimator is imported when a head is built, so ``tlx heads`` and the linear head
-never pay for it.
-
-Where a short name deviates from scikit-learn's defaults, and why:
-
-* ``logreg``: ``max_iter=1000`` (the default 100 stops before L-BFGS converges on 1,000+
-  standardized features, with a ConvergenceWarning);
-* ``svm``: ``SVC`` inside ``CalibratedClassifierCV(ensemble=False)`` for probabilities, as
-  scikit-learn 1.9 advises now that ``SVC(probability=True)`` is deprecated;
-* ``rf`` and ``mlp``: ``random_state=0``, so that the same command gives the same run;
-* ``ridge`` has no ``predict_proba``: its probabilities are the softmax (two classes: the
-  logistic) of its decision scores, which keeps its predictions.
-"""
+for any classifier scikit-learn lists, and a user's estimator object (``tlx.fit_head(clf=...)``),
+each behind a StandardScaler. scikit-learn is imported when a head is built, never at import."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,7 +25,6 @@ class EstimatorClass:
     module: str
     class_name: str
     streams = False  # the training rows must be in memory
-    has_linear_form = False
 
     def load(self) -> type:
         return getattr(importlib.import_module(self.module), self.class_name)
@@ -78,12 +61,9 @@ class EstimatorSpec(HeadSpec):
             return {}
         est = self._estimator({})
         params = est.get_params(deep=False)
-        return {
-            k: v
-            for k, v in params.items()
-            if not (isinstance(v, str) and v == "deprecated")
-            and not (k == "warm_start" and type(est).__name__ not in WARM_STARTS)
-        }
+        if type(est).__name__ not in WARM_STARTS:
+            params.pop("warm_start", None)
+        return {k: v for k, v in params.items() if not (isinstance(v, str) and v == "deprecated")}
 
     def build(self, **params):
         from sklearn.pipeline import make_pipeline
@@ -94,28 +74,28 @@ class EstimatorSpec(HeadSpec):
         if _is_pipeline(self.template):
             from sklearn.base import clone
 
-            steps = clone(self.template).steps
-            return HeadPipeline(steps, name=self.name, balance_classes=params.get("class_weight") == "balanced")
-        params = dict(params)
-        balance = False
-        if "class_weight" in params and not self._takes("class_weight"):
-            balance = params.pop("class_weight") == "balanced"
-        est = self._estimator(params)
-        final = est
-        if self.calibrate:  # imported only here: it pulls in model_selection (0.15 s)
+            balance = params.get("class_weight") == "balanced"
+            return HeadPipeline(clone(self.template).steps, name=self.name, balance_classes=balance)
+        params, balance = dict(params), False
+        if "class_weight" in params and "class_weight" not in self._estimator({}).get_params(deep=False):
+            balance = params.pop("class_weight") == "balanced"  # through sample_weight instead
+        final = self._estimator(params)
+        if self.calibrate:  # imported only here: it pulls in model_selection
             from sklearn.calibration import CalibratedClassifierCV
 
-            final = CalibratedClassifierCV(est, ensemble=False)
+            final = CalibratedClassifierCV(final, ensemble=False)
         steps = make_pipeline(StandardScaler(), final).steps
         model_path = f"{steps[-1][0]}__estimator" if self.calibrate else None
         return HeadPipeline(steps, model_path=model_path, balance_classes=balance, name=self.name)
 
-    def _takes(self, param: str) -> bool:
-        return param in self._estimator({}).get_params(deep=False)
-
     @property
     def exportable(self) -> bool:
-        return False
+        """A linear classifier: export and --init-head fold its linear form (``HeadPipeline``)."""
+        if _is_pipeline(self.template):
+            return False
+        from sklearn.linear_model._base import LinearClassifierMixin
+
+        return issubclass(self.cls.load(), LinearClassifierMixin)
 
     @property
     def supports_class_weight(self) -> bool:
@@ -159,70 +139,37 @@ def _is_pipeline(obj) -> bool:
     return obj is not None and hasattr(obj, "steps")
 
 
-# -- the short names ------------------------------------------------------------------------------
-def _short(name: str, module: str, cls: str, main: str, grid, description: str, **options) -> None:
-    register_spec(EstimatorSpec(name, EstimatorClass(module, cls), main, tuple(grid), description, **options))
+# name: (module, class, main parameter, its grid, tlx's changes to the defaults, a note). Why the
+# changes: logreg's default 100 iterations stop before L-BFGS converges on 1,000+ features; rf and
+# mlp get random_state=0 so that the same command gives the same run; svm's probabilities come
+# from CalibratedClassifierCV(ensemble=False), as scikit-learn advises now that
+# SVC(probability=True) is deprecated.
+SHORT_NAMES = {
+    "logreg": ("linear_model", "LogisticRegression", "C", np.logspace(-4, 4, 9), {"max_iter": 1000}, ""),
+    "ridge": ("linear_model", "RidgeClassifier", "alpha", np.logspace(4, -3, 8), {}, "; probabilities: softmax"),
+    "knn": ("neighbors", "KNeighborsClassifier", "n_neighbors", [32, 16, 8, 4, 2, 1], {}, ""),
+    "svm": ("svm", "SVC", "C", np.logspace(-3, 3, 7), {}, "; probabilities: CalibratedClassifierCV(ensemble=False)"),
+    "rf": ("ensemble", "RandomForestClassifier", "min_samples_leaf", [32, 16, 8, 4, 2, 1], {"random_state": 0}, ""),
+    "mlp": ("neural_network", "MLPClassifier", "alpha", np.logspace(1, -5, 7), {"random_state": 0}, ""),
+}
 
 
-_short(
-    "logreg",
-    "sklearn.linear_model",
-    "LogisticRegression",
-    "C",
-    np.logspace(-4, 4, 9).tolist(),
-    "scikit-learn's LogisticRegression (max_iter=1000), standardized",
-    overrides={"max_iter": 1000},
-)
-_short(
-    "ridge",
-    "sklearn.linear_model",
-    "RidgeClassifier",
-    "alpha",
-    np.logspace(4, -3, 8).tolist(),
-    "scikit-learn's RidgeClassifier, standardized; probabilities = softmax of its scores",
-)
-_short(
-    "knn",
-    "sklearn.neighbors",
-    "KNeighborsClassifier",
-    "n_neighbors",
-    [32, 16, 8, 4, 2, 1],
-    "scikit-learn's KNeighborsClassifier, standardized",
-)
-_short(
-    "svm",
-    "sklearn.svm",
-    "SVC",
-    "C",
-    np.logspace(-3, 3, 7).tolist(),
-    "scikit-learn's SVC in CalibratedClassifierCV(ensemble=False) for probabilities, standardized",
-    calibrate=True,
-)
-_short(
-    "rf",
-    "sklearn.ensemble",
-    "RandomForestClassifier",
-    "min_samples_leaf",
-    [32, 16, 8, 4, 2, 1],
-    "scikit-learn's RandomForestClassifier (random_state=0), standardized",
-    overrides={"random_state": 0},
-)
-_short(
-    "mlp",
-    "sklearn.neural_network",
-    "MLPClassifier",
-    "alpha",
-    np.logspace(1, -5, 7).tolist(),
-    "scikit-learn's MLPClassifier (random_state=0), standardized",
-    overrides={"random_state": 0},
-)
+def _register_short_names() -> None:
+    for name, (module, cls, main, grid, overrides, note) in SHORT_NAMES.items():
+        changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        description = f"scikit-learn's {cls}{f' ({changed})' if changed else ''}, standardized{note}"
+        grid = tuple(np.asarray(grid).tolist())
+        spec = EstimatorSpec(name, EstimatorClass(f"sklearn.{module}", cls), main, grid, description, overrides)
+        register_spec(replace(spec, calibrate=name == "svm"))
 
 
-# -- sklearn:<ClassName> ----------------------------------------------------------------------------
+_register_short_names()
+
+
 def find_classifier(class_name: str) -> type | None:
     """The public scikit-learn class of that name, looked up in scikit-learn's public
-    subpackages (``sklearn.__all__``) one by one: cheaper than ``all_estimators`` (which imports
-    every private module too) and the same classes (tests/test_estimator_heads.py checks it)."""
+    subpackages (``sklearn.__all__``): cheaper than ``all_estimators``, which imports every
+    private module too, and the same classes (tests/test_estimator_heads.py checks it)."""
     import sklearn
 
     for module in sklearn.__all__:
@@ -261,9 +208,8 @@ register_family(
 
 
 def spec_from_estimator(estimator) -> EstimatorSpec:
-    """A head spec for a user's scikit-learn classifier or pipeline (the Python API:
-    ``tlx.fit_head(features, clf=estimator)``). An estimator is standardized first, as the named
-    heads are; a pipeline is taken as it is. It is cloned for each fit, never changed."""
+    """A head spec for a user's scikit-learn classifier (standardized first, as the named heads
+    are) or pipeline (taken as it is), cloned for each fit, never changed."""
     from sklearn.base import is_classifier
 
     if not is_classifier(estimator):

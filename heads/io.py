@@ -1,25 +1,9 @@
 """Saving and loading fitted heads without ever running code from a file.
 
-Two kinds of head file, both described by ``head.json``:
-
-* tlx's linear head is a set of arrays: ``head.safetensors`` (the arrays it names in
-  ``tensor_names()``); loading builds the head from its registered class and parameters, fills
-  in the arrays and checks their shapes against the classes and width.
-* a scikit-learn head is saved with skops (``head.skops``, never pickle). At save time the
-  file's own list of types that skops does not trust by default
-  (``skops.io.get_untrusted_types``) is recorded in ``head.json``; at load the file's list must
-  be within that record, and each type must come from scikit-learn, numpy or scipy, before
-  ``skops.io.load(file, trusted=...)`` is called with exactly those types.
-
-Runs saved by tlx's earlier numpy look-alikes (``svm``, ``rf``, ``mlp``, ``logreg``, ``ridge``,
-``knn`` as ``head.safetensors``) or by the skops heads before them (no type record) are refused
-with one line saying how to refit.
-
-``head.json`` holds the head's name, parameters, classes, feature width and the sha256 of the
-head file, an integrity check: a file damaged or changed since it was written is refused. It
-proves nothing about who wrote the file (whoever can rewrite the head can rewrite the hash
-beside it); the guarantees that matter, no code run from a file and only allow-listed types
-built, come from the loaders above.
+Linear heads (tlx's ``linear``; logreg, ridge and scikit-learn's other linear classifiers) are
+arrays in ``head.safetensors``; any other head is ``head.skops``, loaded only when every type the
+file holds is one tlx recorded at save and comes from scikit-learn, numpy or scipy. The sha256 in
+``head.json`` catches damage; it proves nothing about who wrote the file.
 """
 
 from __future__ import annotations
@@ -58,11 +42,17 @@ def save_head(head, run_dir) -> Path:
         "classes": np.asarray(head.classes_).tolist(),
         "n_features_in": int(head.n_features_in_),
     }
-    if hasattr(head, "tensor_names"):
-        file = _save_arrays(head, run_dir)
-    else:
-        file, extra = _save_skops(head, run_dir)
-        record.update(extra)
+    if hasattr(head, "tensors"):  # tlx's linear head
+        arrays = {name: getattr(head, name) for name in head.tensors if getattr(head, name) is not None}
+        file = _save_arrays(arrays, run_dir, head.name)
+    else:  # a scikit-learn pipeline
+        record.update(model_path=head.model_path, balance_classes=bool(head.balance_classes))
+        state = head.to_arrays()
+        if state is None:
+            file = _save_skops(head, run_dir, record)
+        else:
+            record["steps"], arrays = state
+            file = _save_arrays(arrays, run_dir, head.name)
     record.update(file=file.name, sha256=sha256_file(file))
     return write_json_atomic(run_dir / HEAD_JSON, record)
 
@@ -70,13 +60,10 @@ def save_head(head, run_dir) -> Path:
 def skops_io():
     """``skops.io``, imported without its walk over scikit-learn.
 
-    On import, skops.io builds its default list of trusted types from
-    ``sklearn.utils.all_estimators()``, which imports every scikit-learn module and, through
-    ``array_api_compat``, torch: 4 to 8 s here, more than any head's fit. tlx does not rely on
-    that list: it records each file's untrusted types at save and checks them against its own
-    allow-list at load. So the first import runs with ``all_estimators`` answering no estimator;
-    the only effect is that skops trusts no scikit-learn estimator by default (more types are
-    reported untrusted, and tlx records and checks them): stricter, never looser."""
+    On import, skops.io builds its default trusted types from ``sklearn.utils.all_estimators()``,
+    which imports every scikit-learn module and, through ``array_api_compat``, torch: 4 to 8 s.
+    tlx does not rely on that list (it records and checks each file's types), so the first import
+    sees no estimator: skops then trusts fewer types by default, stricter, never looser."""
     import sys
 
     if "skops.io" in sys.modules:
@@ -92,73 +79,53 @@ def skops_io():
     return skops.io
 
 
-def _save_arrays(head, run_dir: Path) -> Path:
+def _save_arrays(arrays: dict, run_dir: Path, name: str) -> Path:
     from safetensors.numpy import save
 
     file = run_dir / "head.safetensors"
-    tensors = {
-        name: np.ascontiguousarray(getattr(head, name))
-        for name in head.tensor_names()
-        if getattr(head, name, None) is not None
-    }
+    tensors = {key: np.ascontiguousarray(value) for key, value in arrays.items()}
     # serialised in memory, then written whole or not at all (a full disk leaves no half file)
-    write_bytes_atomic(file, save(tensors, metadata={"format": FORMAT, "head": head.name}))
+    write_bytes_atomic(file, save(tensors, metadata={"format": FORMAT, "head": name}))
     return file
 
 
-def _save_skops(head, run_dir: Path) -> tuple[Path, dict]:
+def _save_skops(head, run_dir: Path, record: dict) -> Path:
     """The pipeline as a plain scikit-learn ``Pipeline`` (no tlx type in the file)."""
     from sklearn.pipeline import Pipeline
 
     sio = skops_io()
     file = run_dir / "head.skops"
     data = sio.dumps(Pipeline(head.steps))
-    write_bytes_atomic(file, data)  # whole or not at all, as every file tlx writes
-    return file, {
-        "untrusted_types": sorted(sio.get_untrusted_types(data=data)),
-        "model_path": head.model_path,
-        "balance_classes": bool(head.balance_classes),
-    }
+    write_bytes_atomic(file, data)
+    record["untrusted_types"] = sorted(sio.get_untrusted_types(data=data))
+    return file
 
 
 def load_head(run_dir):
     """Load the head saved in ``run_dir``; a foreign or damaged file, or one that fails the
     integrity check, raises RunError."""
-
     run_dir = Path(run_dir)
     meta_path = run_dir / HEAD_JSON
     if not meta_path.is_file():
         raise RunError(f"{run_dir} has no {HEAD_JSON}: it is not a head run (fit one with `tlx fit-head`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-        ok = isinstance(meta, dict) and meta.get("format") == FORMAT
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        ok = False
-    if not ok:
-        raise RunError(f"{meta_path} is not a tlx head description: the run is damaged or foreign; fit the head again")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise RunError(
-            f"{meta_path} has head format version {meta.get('format_version')!r} "
-            f"but this tlx reads {FORMAT_VERSION}: fit the head again"
-        )
-    saved = str(meta.get("file", ""))
+    meta = _read_meta(meta_path)
     name = str(meta.get("head"))
-    if saved.endswith(".skops") and "untrusted_types" not in meta:
+    suffix = Path(str(meta.get("file"))).suffix
+    if suffix == ".skops" and "untrusted_types" not in meta:
         raise RunError(
-            f"{run_dir / Path(saved).name} is a {name} head saved with skops by an earlier tlx, without the "
+            f"{run_dir / meta['file']} is a {name} head saved with skops by an earlier tlx, without the "
             f"record of its types that this version checks: refit it with `tlx fit-head --clf {name}`"
         )
-    if saved.endswith(".safetensors") and name in LOOKALIKES:
+    if suffix == ".safetensors" and name in LOOKALIKES and "steps" not in meta:
         raise RunError(
-            f"{run_dir / Path(saved).name} is a {name} head saved by an earlier tlx, whose {name} was a numpy "
+            f"{run_dir / meta['file']} is a {name} head saved by an earlier tlx, whose {name} was a numpy "
             f"imitation of scikit-learn's; this version fits scikit-learn's own: refit it with "
             f"`tlx fit-head --clf {name}`"
         )
     try:
-        file = run_dir / Path(meta["file"]).name
+        classes, width = np.asarray(meta["classes"]), int(meta["n_features_in"])
         expected_hash = meta["sha256"]
-        classes = np.asarray(meta["classes"])
-        width = int(meta["n_features_in"])
+        file = run_dir / Path(meta["file"]).name
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{meta_path} is incomplete ({exc}): fit the head again") from None
     if not file.is_file():
@@ -170,6 +137,8 @@ def load_head(run_dir):
         )
     if file.suffix == ".skops":
         head = _load_skops(file, meta)
+    elif file.suffix == ".safetensors" and "steps" in meta:
+        head = _load_sklearn_arrays(file, meta)
     elif file.suffix == ".safetensors":
         head = _load_arrays(file, meta, meta_path)
     else:
@@ -179,37 +148,75 @@ def load_head(run_dir):
     return head
 
 
-def _load_arrays(file: Path, meta: dict, meta_path: Path):
+def _read_meta(meta_path: Path) -> dict:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise RunError(f"{meta_path} is not a tlx head description: the run is damaged or foreign; fit the head again")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise RunError(
+            f"{meta_path} has head format version {meta.get('format_version')!r} "
+            f"but this tlx reads {FORMAT_VERSION}: fit the head again"
+        )
+    return meta
+
+
+def _read_tensors(file: Path) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from .registry import coerce_value, get_head
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunError(f"{file} is not a readable safetensors file ({exc}): fit the head again") from None
+
+
+def _load_arrays(file: Path, meta: dict, meta_path: Path):
+    from .registry import get_head, parse_value
 
     try:
         spec = get_head(meta["head"])
         defaults = spec.defaults()
-        params = {k: coerce_value(k, v, defaults.get(k), spec.name) for k, v in meta["params"].items()}
+        params = {k: parse_value(k, v, defaults.get(k), spec.name) for k, v in meta["params"].items()}
         head = spec.build(**params)
     except TlxError as exc:
         raise RunError(f"{meta_path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{meta_path} is incomplete ({exc}): fit the head again") from None
-    if not hasattr(head, "tensor_names"):
+    if not hasattr(head, "tensors"):
         raise RunError(f"{meta_path}: a {spec.name} head is not saved as arrays: refusing a foreign file")
-    try:
-        tensors = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise RunError(f"{file} is not a readable safetensors file ({exc}): fit the head again") from None
-    for name in head.tensor_names():
+    tensors = _read_tensors(file)
+    for name in head.tensors:
         setattr(head, name, tensors.get(name))
-    classes = np.asarray(meta["classes"])
-    head.classes_ = classes
+    head.classes_ = np.asarray(meta["classes"])
     head.n_features_in_ = int(meta["n_features_in"])
-    if not head.arrays_fit(len(classes), head.n_features_in_):
+    coef = getattr(head, "coef_", None)
+    if coef is None or coef.shape != (len(head.classes_), head.n_features_in_):
         raise RunError(
-            f"{file} does not hold a {len(classes)} x {head.n_features_in_} {spec.name} head: refusing a foreign file"
+            f"{file} does not hold a {len(head.classes_)} x {head.n_features_in_} {spec.name} head: "
+            "refusing a foreign file"
         )
     return head
+
+
+def _load_sklearn_arrays(file: Path, meta: dict):
+    """A linear scikit-learn pipeline rebuilt from its arrays: only a StandardScaler and
+    scikit-learn's linear classifiers can be named (``HeadPipeline.from_arrays``)."""
+    from .pipeline import HeadPipeline
+
+    tensors = _read_tensors(file)
+    try:
+        return HeadPipeline.from_arrays(
+            meta["steps"],
+            tensors,
+            model_path=meta.get("model_path"),
+            balance_classes=bool(meta.get("balance_classes")),
+            name=str(meta["head"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, ImportError) as exc:
+        raise RunError(f"{file} is not a linear scikit-learn head tlx saved ({exc}): refusing it") from None
 
 
 def _load_skops(file: Path, meta: dict):
@@ -223,8 +230,7 @@ def _load_skops(file: Path, meta: dict):
         found = sio.get_untrusted_types(file=file)
     except Exception as exc:  # not a skops zip at all
         raise RunError(f"{file} is not a readable skops file ({type(exc).__name__}): fit the head again") from None
-    recorded = set(meta.get("untrusted_types") or [])
-    unexpected = sorted(set(found) - recorded)
+    unexpected = sorted(set(found) - set(meta.get("untrusted_types") or []))
     if unexpected:
         raise RunError(f"{file} holds types that tlx did not save ({', '.join(unexpected[:3])}): refusing it")
     foreign = [t for t in found if not t.startswith(SKOPS_TYPE_PREFIXES)]

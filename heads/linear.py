@@ -1,16 +1,7 @@
-"""The default head: softmax (multinomial logistic) regression.
-
-Full-batch L-BFGS on the whole cached matrix, minimizing
-``mean cross-entropy + weight_decay / 2 * ||W||^2`` over standardized features (the bias is not
-decayed). Two classes still get a two-way softmax (a C x D weight), so the head drops into the
-backbone as an ``nn.Linear(D, C)``.
-
-On the CPU the objective and its gradient are computed in numpy (``heads/linear_objective.py``)
-and minimized by ``heads/lbfgs.py``, so fitting imports neither torch nor scipy; the training
-matrix may be an array or a ``CacheRows`` streamed from disk block by block. With
-``device=cuda`` the same objective is minimized by ``torch.optim.LBFGS`` on the GPU. The fitted
-head predicts with numpy either way.
-"""
+"""The default head: softmax regression by full-batch L-BFGS with L2 weight decay on standardized
+features, in numpy on the CPU (no torch, no scipy; the training matrix may be streamed from disk)
+and with torch on a GPU. Two classes still get a C x D weight: it drops into the backbone as an
+``nn.Linear(D, C)``."""
 
 from __future__ import annotations
 
@@ -26,63 +17,8 @@ from .registry import ParamError, register_head
 PREDICT_BLOCK = 65536  # rows per block when predicting: no standardized copy of X is made
 
 
-class SoftmaxHead(Head):
-    """A softmax over a linear map: standardization kept as ``shift_`` / ``scale_``, prediction
-    block by block with the standardization folded into the weights, the linear form, and
-    streaming: it accepts a ``CacheRows`` training matrix that does not fit in memory."""
-
-    _tensors = ("coef_", "intercept_", "shift_", "scale_")
-    coef_: np.ndarray  # C x D, on standardized features
-    intercept_: np.ndarray
-    shift_: np.ndarray | None
-    scale_: np.ndarray | None
-    streams = True
-    has_linear_form = True  # export folds it into the backbone (``linear_form``)
-    standardize = True
-    l2norm = False
-
-    def _problem(self, X, y: np.ndarray, weights: np.ndarray | None) -> SoftmaxProblem:
-        """The objective on this data, standardized when asked; sets ``shift_`` and ``scale_``."""
-        problem = SoftmaxProblem(X, np.searchsorted(self.classes_, y), len(self.classes_), weights, l2norm=self.l2norm)
-        if self.standardize:
-            problem.standardize()
-        self.shift_ = problem.shift if self.standardize else None
-        self.scale_ = problem.scale if self.standardize else None
-        return problem
-
-    def _start(self) -> np.ndarray | None:
-        """The warm start: the previous fit's weights in standardized space (``warm_start=True``)."""
-        if not getattr(self, "warm_start", False) or getattr(self, "coef_", None) is None:
-            return None
-        return np.concatenate([self.coef_.astype(np.float64).ravel(), self.intercept_.astype(np.float64)])
-
-    def _raw_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """Weights on the raw (unstandardized) features: the standardization folded in."""
-        if self.shift_ is None:
-            return self.coef_, self.intercept_
-        W = self.coef_ / self.scale_
-        return W.astype(np.float32), (self.intercept_ - W @ self.shift_).astype(np.float32)
-
-    def decision_function(self, X) -> np.ndarray:
-        X = self._check_X(X)
-        W, b = self._raw_weights()
-        out = np.empty((len(X), W.shape[0]), dtype=np.float64)
-        for start in range(0, len(X), PREDICT_BLOCK):
-            block = X[start : start + PREDICT_BLOCK]
-            out[start : start + len(block)] = (l2_normalize(block) if self.l2norm else block) @ W.T + b
-        return out
-
-    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax(self.decision_function(X))
-
-    def linear_form(self):
-        self._check_X(np.zeros((1, getattr(self, "n_features_in_", 1)), np.float32))
-        return self.coef_.astype(np.float32), self.intercept_.astype(np.float32), self.shift_, self.scale_
-
-
 def _number(value, low: float, strict: bool = False, integral: bool = False) -> bool:
-    kind = Integral if integral else Real
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, Integral if integral else Real) or isinstance(value, bool):
         return False
     return float(value) > low if strict else float(value) >= low
 
@@ -106,9 +42,16 @@ RULES = {
     grid=np.logspace(0, -6, 7).tolist(),
     description="softmax regression, full-batch L-BFGS (default)",
 )
-class LinearHead(SoftmaxHead):
+class LinearHead(Head):
     """Softmax regression, full-batch L-BFGS, L2 weight decay."""
 
+    tensors = ("coef_", "intercept_", "shift_", "scale_")  # what io.save_head stores
+    coef_: np.ndarray  # C x D, on standardized features
+    intercept_: np.ndarray
+    shift_: np.ndarray | None
+    scale_: np.ndarray | None
+    streams = True  # fits a CacheRows training matrix that does not fit in memory
+    has_linear_form = True
     valid_values: ClassVar[dict[str, str]] = {key: wanted for key, (_, wanted) in RULES.items()}
 
     def __init__(
@@ -132,7 +75,6 @@ class LinearHead(SoftmaxHead):
         self.warm_start = warm_start
 
     def _validate_params(self) -> None:
-        """Out-of-range values raise ParamError naming the parameter, before any data is read."""
         defaults = type(self)().get_params()
         for key, (ok, wanted) in RULES.items():
             value = getattr(self, key)
@@ -142,13 +84,20 @@ class LinearHead(SoftmaxHead):
                 )
 
     def _fit(self, X, y: np.ndarray, weights: np.ndarray | None = None) -> None:
-        start = self._start()
-        balance = self._class_weights(y)
-        if balance is not None:
+        # the warm start: the previous fit's weights, in standardized space
+        warm = self.warm_start and getattr(self, "coef_", None) is not None
+        start = np.concatenate([self.coef_.ravel(), self.intercept_]).astype(np.float64) if warm else None
+        if self.class_weight == "balanced":  # n / (k * n_c) per row
+            _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+            balance = (len(y) / (len(counts) * counts))[inverse]
             weights = balance if weights is None else weights * balance
         if weights is not None and not weights.sum() > 0:
             raise HeadError("sample_weight sums to 0: at least one row needs a positive weight")
-        problem = self._problem(X, y, weights)
+        problem = SoftmaxProblem(X, np.searchsorted(self.classes_, y), len(self.classes_), weights, self.l2norm)
+        if self.standardize:
+            problem.standardize()
+        self.shift_ = problem.shift if self.standardize else None
+        self.scale_ = problem.scale if self.standardize else None
         lam, max_iter, tol = float(self.weight_decay), int(self.max_iter), float(self.tol)
         if str(self.device).startswith("cuda"):
             W, b, self.n_iter_ = fit_torch(problem, lam, max_iter, tol, self.device)
@@ -158,10 +107,27 @@ class LinearHead(SoftmaxHead):
         self.loss_ = getattr(problem, "last_loss", None) or problem.loss(W, b, lam)
         self.coef_, self.intercept_ = W.astype(np.float32), b.astype(np.float32)
 
+    def decision_function(self, X) -> np.ndarray:
+        """Block by block, with the standardization folded into the weights."""
+        X = self._check_X(X)
+        W, b = self.coef_, self.intercept_
+        if self.shift_ is not None:
+            W = (self.coef_ / self.scale_).astype(np.float32)
+            b = (self.intercept_ - W @ self.shift_).astype(np.float32)
+        out = np.empty((len(X), W.shape[0]), dtype=np.float64)
+        for start in range(0, len(X), PREDICT_BLOCK):
+            block = X[start : start + PREDICT_BLOCK]
+            out[start : start + len(block)] = (l2_normalize(block) if self.l2norm else block) @ W.T + b
+        return out
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return softmax(self.decision_function(X))
+
     def linear_form(self):
         if self.l2norm:
             raise NotExportableError(
                 "this linear head L2-normalizes each feature row (l2norm=true), which has no linear form: "
                 "refit with --param l2norm=false to export it"
             )
-        return super().linear_form()
+        self._check_X(np.zeros((1, getattr(self, "n_features_in_", 1)), np.float32))  # fitted?
+        return self.coef_.astype(np.float32), self.intercept_.astype(np.float32), self.shift_, self.scale_

@@ -1,12 +1,6 @@
-"""The linear head's objective: weighted softmax cross-entropy plus an L2 penalty on the weights,
-over standardized features, evaluated block by block.
-
-Standardization is folded into the weights instead of applied to the data:
-``((X - shift) / scale) @ W.T + b == X @ (W / scale).T + (b - (W / scale) @ shift)``.
-So the training matrix is never copied, whatever its size; each evaluation only holds one
-block's logits. The same code serves a matrix in memory and one streamed from disk block by
-block (``CacheRows``), where memory stays bounded by the block size.
-"""
+"""The linear head's objective, weighted softmax cross-entropy plus L2, evaluated block by block
+with the standardization folded into the weights, so the training matrix (in memory or streamed
+from disk) is never copied."""
 
 from __future__ import annotations
 
@@ -24,9 +18,8 @@ def l2_normalize(X: np.ndarray) -> np.ndarray:
 
 
 class SoftmaxProblem:
-    """``targets`` are class indices in ``range(n_classes)``; ``weights`` optional per-row weights
-    (``class_weight='balanced'``). The loss is ``sum(w_i * ce_i) / n + lam / 2 * ||W||^2``
-    (``w_i = 1`` without weights, so it is the mean cross-entropy)."""
+    """The loss ``sum(w_i * ce_i) / n + lam / 2 * ||W||^2`` (``w_i = 1`` without weights) of
+    ``targets``, class indices in ``range(n_classes)``."""
 
     def __init__(
         self,
@@ -47,8 +40,7 @@ class SoftmaxProblem:
         self.scale = np.ones(self.d, np.float32)
 
     def blocks(self) -> Iterator[tuple[slice, np.ndarray]]:
-        """``(rows, float32 block)``: slices of an array in memory, or the blocks a lazy matrix
-        (``tlx.cache.rows.CacheRows``) reads from disk."""
+        """``(rows, float32 block)``: slices of an array, or the blocks a ``CacheRows`` reads."""
         if hasattr(self.X, "blocks"):
             source = self.X.blocks(self.block_rows)
         else:
@@ -58,8 +50,8 @@ class SoftmaxProblem:
             yield rows, (l2_normalize(X).astype(np.float32) if self.l2norm else X)
 
     def standardize(self) -> None:
-        """Per-feature mean and standard deviation from one pass over the blocks (float64 sums);
-        constant features keep a scale of 1."""
+        """Per-feature mean and standard deviation in one pass (float64 sums); a constant feature
+        keeps a scale of 1."""
         total, squares = np.zeros(self.d), np.zeros(self.d)
         for _, X in self.blocks():
             total += X.sum(axis=0, dtype=np.float64)
@@ -98,8 +90,8 @@ class SoftmaxProblem:
     def fit(
         self, lam: float, max_iter: int, tol: float, x0: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Minimize with numpy L-BFGS from ``x0`` (flattened W then b; zeros when None or of
-        another shape); returns ``(W, b, iterations)`` and keeps the final loss in ``last_loss``."""
+        """``(W, b, iterations)`` by numpy L-BFGS from ``x0`` (W then b, flattened; zeros when None
+        or of another shape); the final loss is kept in ``last_loss``."""
         c, d = self.n_classes, self.d
 
         def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -115,8 +107,8 @@ class SoftmaxProblem:
 def fit_torch(
     problem: SoftmaxProblem, lam: float, max_iter: int, tol: float, device: str
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """The same objective minimized by ``torch.optim.LBFGS`` on ``device`` (a GPU): the data is
-    standardized once on the device, where it is fast, rather than folded into the weights."""
+    """The same objective by ``torch.optim.LBFGS`` on ``device``; the data is standardized once
+    on the device, where that is fast, rather than folded into the weights."""
     import torch
 
     dev = torch.device(device)

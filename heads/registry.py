@@ -1,16 +1,11 @@
-"""Registry of heads, in the manner of the backbone registry (``tlx.extractor.registry``).
-
-This module holds the dict, the decorators and the parsing of ``--param``; it imports no head.
-The heads register themselves when ``tlx.heads`` imports their modules: tlx's own ``linear``
-head (``linear.py``, by :func:`register_head`) and scikit-learn's estimators under short names
-(``estimators.py``, which also resolves ``sklearn:<ClassName>`` through :func:`register_family`).
-Grids run from the strongest regularization to the weakest, so that a tie in validation
-accuracy goes to the simpler model. Nothing here imports torch or scikit-learn.
-"""
+"""Registry of heads and the parsing of ``--param``; it imports no head (``linear`` and the
+scikit-learn estimators register themselves). Grids run from the strongest regularization to the
+weakest, so that a tie goes to the simpler model."""
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +15,7 @@ from ..errors import TlxError
 DEFAULT_HEAD = "linear"
 
 _HEADS: dict[str, HeadSpec] = {}
-_FAMILIES: dict[str, Callable[[str], HeadSpec]] = {}  # prefix -> resolver(name after the colon)
-_FAMILY_HELP: dict[str, str] = {}
+_FAMILIES: dict[str, tuple[Callable[[str], HeadSpec], str]] = {}  # prefix -> (resolver, help)
 
 
 class UnknownHeadError(TlxError):
@@ -69,13 +63,11 @@ def register_head(name: str, main_param: str, grid, description: str = ""):
     """Class decorator for tlx's own heads."""
 
     def decorate(cls):
-        if name in _HEADS:
-            raise ValueError(f"head {name!r} is registered twice")
-        cls.name = name
         if main_param not in inspect.signature(cls).parameters:
             raise ValueError(f"head {name!r}: main parameter {main_param!r} is not an __init__ parameter")
+        cls.name = name
         doc = description or (cls.__doc__ or "").strip().splitlines()[0]
-        _HEADS[name] = HeadSpec(name, cls, main_param, tuple(grid), doc)
+        register_spec(HeadSpec(name, cls, main_param, tuple(grid), doc))
         return cls
 
     return decorate
@@ -91,8 +83,7 @@ def register_spec(spec: HeadSpec, replace: bool = False) -> HeadSpec:
 
 def register_family(prefix: str, resolver: Callable[[str], HeadSpec], help_text: str) -> None:
     """``<prefix>:<name>`` heads, resolved on first use by ``resolver(name)``."""
-    _FAMILIES[prefix] = resolver
-    _FAMILY_HELP[prefix] = help_text
+    _FAMILIES[prefix] = (resolver, help_text)
 
 
 def _named() -> list[HeadSpec]:
@@ -107,7 +98,7 @@ def list_heads() -> dict[str, str]:
 
 def family_help() -> dict[str, str]:
     """``<prefix>:<name>`` -> how to use that family (``tlx heads``)."""
-    return {f"{prefix}:<name>": text for prefix, text in _FAMILY_HELP.items()}
+    return {f"{prefix}:<name>": text for prefix, (_, text) in _FAMILIES.items()}
 
 
 def get_head(name: str) -> HeadSpec:
@@ -115,7 +106,7 @@ def get_head(name: str) -> HeadSpec:
         return _HEADS[name]
     prefix, sep, rest = name.partition(":")
     if sep and prefix in _FAMILIES and rest:
-        return register_spec(_FAMILIES[prefix](rest), replace=True)
+        return register_spec(_FAMILIES[prefix][0](rest), replace=True)
     known = ", ".join([*list_heads(), *family_help()])
     raise UnknownHeadError(f"unknown head {name!r}: expected one of {known} (see `tlx heads`)")
 
@@ -124,47 +115,37 @@ def exportable_heads() -> list[str]:
     return [spec.name for spec in _named() if spec.exportable]
 
 
-# -- --param KEY=VALUE ---------------------------------------------------------------------------
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
-def parse_value(key: str, text: str, default: Any, head: str) -> Any:
+def parse_value(key: str, text: Any, default: Any, head: str) -> Any:
     """Parse ``text`` with the type of the parameter's default value."""
-    if not isinstance(text, str):
-        return coerce_value(key, text, default, head)
+    if not isinstance(text, str):  # from the Python API or JSON: only lists need a tuple back
+        return tuple(text) if isinstance(default, tuple) and isinstance(text, list) else text
     low = text.strip().lower()
     if low in {"none", "null"}:
         return None
     try:
         if isinstance(default, bool):
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError
+            if low not in _TRUE | _FALSE:
+                raise ValueError
+            return low in _TRUE
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float):
             return float(text)
         if isinstance(default, tuple):
             return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-        if default is None or isinstance(default, str):  # a number if it looks like one (gamma=0.5, max_features=0.3)
-            for cast in (int, float):
-                try:
-                    return cast(text)
-                except ValueError:
-                    pass
-        return text
     except ValueError:
         kind = type(default).__name__ if not isinstance(default, tuple) else "comma-separated ints"
         raise ParamError(f"--param {key}={text}: {head} expects a {kind} (default {default!r})") from None
-
-
-def coerce_value(key: str, value: Any, default: Any, head: str) -> Any:
-    """Values read back from JSON: lists become tuples where the default is a tuple."""
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    return value
+    if default is None or isinstance(default, str):  # a number if it looks like one (gamma=0.5, max_features=0.3)
+        for cast in (int, float):
+            try:
+                return cast(text)
+            except ValueError:
+                pass
+    return text
 
 
 def parse_params(spec: HeadSpec, items) -> dict[str, Any]:
@@ -189,49 +170,38 @@ def parse_params(spec: HeadSpec, items) -> dict[str, Any]:
 
 
 def jsonable_params(params: dict) -> dict:
-    """Parameters as JSON can hold them: tuples as lists, objects (an estimator) as their repr."""
-    return {k: _jsonable(v) for k, v in params.items()}
+    """Parameters as JSON holds them: tuples as lists, numpy scalars as numbers, objects (an
+    estimator) as their repr."""
+    return json.loads(json.dumps(params, default=_plain))
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy scalar
-        return value.item()
-    return repr(value)
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else repr(value)
 
 
 def validate_params(spec: HeadSpec, params: dict) -> None:
-    """Refuse out-of-range parameter values (``C=-1``, ``max_iter=0``) before any data is read,
-    in one line naming the parameter (scikit-learn's own check for its estimators)."""
+    """Refuse out-of-range values (``C=-1``) before any data is read, in one line naming the
+    parameter (scikit-learn's own check for its estimators)."""
     spec.validate(params)
 
 
 def describe_heads() -> list[dict[str, Any]]:
-    """One row per head for listings (``tlx heads``): name, description, whether it is the
-    default, exportable and takes class weights, the sweep's parameter and grid, and every
-    parameter with its default and valid values."""
+    """One row per head for ``tlx heads``: what it is, whether it is the default, exportable and
+    takes class weights, its sweep, and every parameter with its default and valid values."""
     rows = []
     for spec in _named():
-        name = spec.name
         valid = spec.describe_params()
+        params = jsonable_params(spec.defaults())
         rows.append(
             {
-                "name": name,
+                "name": spec.name,
                 "description": spec.description,
-                "default": name == DEFAULT_HEAD,
+                "default": spec.name == DEFAULT_HEAD,
                 "exportable": spec.exportable,
                 "class_weight": spec.supports_class_weight,
                 "sweep_param": spec.main_param,
                 "sweep_grid": list(spec.grid),
-                "params": [
-                    {"name": key, "default": value, "valid": valid.get(key, "")}
-                    for key, value in jsonable_params(spec.defaults()).items()
-                ],
+                "params": [{"name": k, "default": v, "valid": valid.get(k, "")} for k, v in params.items()],
             }
         )
     return rows

@@ -1,8 +1,4 @@
-"""A run folder loaded for use: its record, classes, feature space and, for a head run, the head.
-
-The folder's files (``metrics.json``, plots) are handled by ``tlx.common.runfolder``; this
-module adds what needs stage two: the feature space and the safely loaded head.
-"""
+"""A run folder loaded for use: its record, classes, feature space and, for a head run, the head."""
 
 from __future__ import annotations
 
@@ -13,6 +9,7 @@ from typing import Any
 from ..cache.space import FeatureSpace
 from ..common.runfolder import METRICS_FILE, read_metrics
 from ..errors import RunError
+from .io import load_head
 
 
 @dataclass
@@ -36,21 +33,14 @@ def load_run(run_dir) -> Run:
         raise RunError(
             f"{run_dir / METRICS_FILE} lacks a valid {exc} entry: the run is incomplete; fit it again"
         ) from None
-    head = None
-    if info["kind"] == "head":
-        from .io import load_head
-
-        head = load_head(run_dir)
+    head = load_head(run_dir) if info["kind"] == "head" else None
     return Run(path=run_dir, info=info, kind=info["kind"], classes=classes, space=space, head=head)
 
 
 def run_cache(run) -> Path | None:
     """The run's feature cache, when it still exists."""
     cache = run.info.get("cache")
-    if not cache:
-        return None
-    path = Path(cache)
-    return path if path.is_file() else None
+    return Path(cache) if cache and Path(cache).is_file() else None
 
 
 def weights_path_for(run) -> str | None:

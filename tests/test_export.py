@@ -120,7 +120,9 @@ def test_a_finetuning_run_exports_its_network(cli, tmp_path):
 
 
 def test_the_registry_has_exportable_and_non_exportable_heads():
-    assert _heads(exportable=True) == ["linear"] and {"logreg", "knn", "rf"} <= set(_heads(exportable=False))
+    assert _heads(exportable=True) == ["linear", "logreg", "ridge"] and {"knn", "svm", "rf", "mlp"} <= set(
+        _heads(exportable=False)
+    )
 
 
 @pytest.mark.parametrize("clf", _heads(exportable=False))

@@ -92,7 +92,7 @@ def test_fit_head_sweep_on_data_split(cli, caches, runs_dir, tmp_path):
     )
     assert r.exit_code == 0, r.stderr
     info = json.loads((out_dir / "metrics.json").read_text())
-    assert (out_dir / "sweep.png").is_file() and (out_dir / "head.skops").is_file()
+    assert (out_dir / "sweep.png").is_file() and (out_dir / "head.safetensors").is_file()
     assert info["split"]["source"] == "data" and (info["n_train"], info["n_val"]) == (10, 4)
     sweep = info["sweep"]
     # chosen by cross-validation on the 10 training images, although the data has its own val split

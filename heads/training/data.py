@@ -1,16 +1,7 @@
-"""The rows a head trains and validates on, read once for every head of a ``fit-head`` call.
-
-Only the rows of each part are read, each into one preallocated array, so the training
-matrix exists once in memory. When the training rows are larger than ``max_memory`` they stay
-on disk (a ``CacheRows``) and only heads that stream (``linear``, ``logreg``, ``ridge``) can be
-fitted; they then hold one block at a time.
-
-With augmented views (``tlx extract --views K``, ``fit-head --views N``) the split is drawn on
-images exactly as without them; the training matrix is the center rows of the training images
-followed by their views 1..N, and validation (and test) use the center rows of their images
-only: no view of a held-out image is ever read. ``train_group`` maps each training row to its
-image, so cross-validation keeps an image and its views on the same side of every fold.
-"""
+"""The rows a head trains and validates on, read once for every head of a ``fit-head`` call: in
+memory, or on disk (a ``CacheRows``) above ``max_memory`` for the heads that stream; with
+``--views N`` the training images' views follow their center rows (``train_group`` maps a row to
+its image, so a fold keeps an image with its views)."""
 
 from __future__ import annotations
 
@@ -96,9 +87,8 @@ def load_training_data(
     exclude=None,
 ) -> TrainingData:
     """``features``: a cache, a folder (its newest cache), None (the default folder), or a list of
-    caches; two or more are fused (``tlx.heads.training.fusion``). ``views``: train on views 1..N of the
-    training images too (None: all the cache has; 0: none). ``exclude``: files listing images to
-    leave out of train, val and test (see :func:`drop_excluded`)."""
+    caches (two or more are fused). ``views``: train on views 1..N of the training images too
+    (None: all the cache has). ``exclude``: files of images to leave out (:func:`drop_excluded`)."""
     if isinstance(features, (list, tuple)):
         if len(features) > 1:
             if views:
@@ -113,29 +103,25 @@ def load_training_data(
     assert isinstance(meta.X, CacheRows)
     rows, val_rows, test_rows = meta.X.subset(train), meta.X.subset(val), meta.X.subset(test)
     limit = default_max_memory() if max_memory is None else max_memory
-    Xtr: np.ndarray | CacheRows = rows
-    Xva: np.ndarray | CacheRows = val_rows
-    Xte: np.ndarray | CacheRows = test_rows
+    matrices: tuple = (rows, val_rows, test_rows)
     wanted = meta.n_views if views is None else views
     held_bytes = val_rows.nbytes + test_rows.nbytes
     if rows.nbytes * (1 + wanted) + held_bytes <= limit:
-        Xtr, Xva, Xte = rows.to_array(), val_rows.to_array(), test_rows.to_array()
+        matrices = (rows.to_array(), val_rows.to_array(), test_rows.to_array())
     else:  # all stay on disk: the heads that stream read them one block at a time
         log(
             f"the {len(train)} training and {len(val) + len(test)} held-out rows take "
             f"{(rows.nbytes + held_bytes) / 2**30:.2f} GiB, more than --max-memory "
             f"{limit / 2**30:.2f} GiB: streaming them from {path} block by block"
         )
-    data = TrainingData(meta, train, val, split_info, Xtr, meta.y[train], Xva, meta.y[val])
-    _add_test_and_duplicates(data, test, Xte)
+    data = _training_data(meta, (train, val, test), split_info, matrices)
     if wanted:
         _add_views(data, wanted)
     return data
 
 
 def _split(meta: Features, val_fraction: float, seed: int, exclude, log):
-    """``(train, val, test, split_info)`` of the cache's rows, without the excluded images, checked
-    to hold a usable training set."""
+    """``(train, val, test, split_info)``, without the excluded images, checked to be usable."""
     train, val, test, split_info = split_rows(
         meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
     )
@@ -181,18 +167,14 @@ def _load_fused(
         )
     fusion.standardize(meta.X, train)  # with the training rows only: val stays unseen
     X = meta.X
-    data = TrainingData(meta, train, val, split_info, X[train], meta.y[train], X[val], meta.y[val], fusion)
-    _add_test_and_duplicates(data, test, X[test])
-    return data
+    return _training_data(meta, (train, val, test), split_info, (X[train], X[val], X[test]), fusion)
 
 
 def drop_excluded(meta: Features, sides: dict[str, np.ndarray], split_info: dict, exclude, log) -> dict:
-    """``sides`` (``{"train": rows, "val": rows, "test": rows}``) without the images listed in the
-    ``exclude`` files (``fit-head --exclude``), recorded in ``split_info["excluded"]`` (so in the
-    run's metrics.json). Each file is an ``audit.json`` written by ``tlx audit`` (its ``exclude``
-    list), a JSON list of paths, or a text file of one path per line; a path is relative to the data
-    set's root, as the cache holds it, or absolute under that root. The split is drawn first, so the
-    other images keep their side."""
+    """``sides`` (side -> rows) without the images the ``exclude`` files list, recorded in
+    ``split_info["excluded"]``. A file is ``tlx audit``'s audit.json, a JSON list of paths, or one
+    path per line; paths are relative to the data set's root, or absolute under it. The split is
+    drawn first, so the other images keep their side."""
     if not exclude:
         return sides
     listed = _read_exclusions(exclude)
@@ -253,13 +235,18 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _add_test_and_duplicates(data: TrainingData, test: np.ndarray, Xte) -> None:
-    """The test rows, and the copies that make held-out scores dishonest (counted on the split used)."""
+def _training_data(meta: Features, sides: tuple, split_info: dict, matrices: tuple, fusion=None) -> TrainingData:
+    """The rows and matrices of train, val and test, with the copies that make held-out scores
+    dishonest counted."""
     from ...cache.duplicates import count_duplicates
 
-    data.test, data.Xte, data.yte = test, Xte, data.meta.y[test]
-    held = np.concatenate([data.val, test])
-    data.duplicates = count_duplicates(data.meta.sha256, data.meta.y, data.train, held)
+    train, val, test = sides
+    Xtr, Xva, Xte = matrices
+    duplicates = count_duplicates(meta.sha256, meta.y, train, np.concatenate([val, test]))
+    y = meta.y
+    return TrainingData(
+        meta, train, val, split_info, Xtr, y[train], Xva, y[val], fusion, test, Xte, y[test], duplicates
+    )
 
 
 def check_training_set(meta: Features, train: np.ndarray, val: np.ndarray, test=()) -> None:

@@ -1,16 +1,7 @@
-"""``fit_heads``: load a cache once, split it, then for each head asked for optionally sweep, fit
-it and write its run folder (``fit_head`` does one).
-
-How choices are made without the held-out labels (the sweep's value, the ranking of several
-heads) is ``tlx.heads.training.sweep``: k-fold cross-validation on the training images by
-default, also when the data has its own val split; ``select_on="val"`` chooses on val instead,
-and every record of that run says its score is optimistic.
-
-Each head is then refitted on the whole training split and scored on val, and on test when the
-data has a test/ split (a train/ + test/ dataset has no val: train trains, test is reported as
-test; train is never re-split when the data holds images out itself). Copies of one photo on
-both sides of the split, or under two labels, are counted (``tlx.cache.duplicates``), printed
-as a warning and recorded.
+"""``fit_heads``: load a cache once, split it, then for each head optionally sweep, fit it and
+write its run folder (``fit_head`` does one). Choices (the sweep's value, the ranking of several
+heads) are made without the held-out labels (``sweep.py``); each head is then refitted on the
+whole training split and scored on val, and on test when the data has a test/ split.
 """
 
 from __future__ import annotations
@@ -47,7 +38,21 @@ from .sweep import SELECT_ON, Selection, SelectionError, plan_selection, plot_sw
 # fit-head --views default: 0 (center rows only). Measured on ants/bees (README, benchmarks/
 # accuracy.py), the views did not buy accuracy, so they are used only when asked for.
 DEFAULT_VIEWS: int | None = 0
-SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
+# The scores of a side (val, test) that metrics.json records.
+SIDE_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "per_class", "confusion_matrix", "most_confused")
+
+
+# What FitResult.to_dict takes from the run's metrics.json record, after run, clf and val_accuracy.
+SUMMARY: tuple[str, ...] = (
+    "cv_accuracy",
+    "test_accuracy",
+    "fit_seconds",
+    "params",
+    "balanced_accuracy",
+    "macro_f1",
+    "n_train",
+)
+SUMMARY += ("n_val", "n_test", "n_train_views", "cache", "sweep", "selection", "duplicates")
 
 
 @dataclass
@@ -68,25 +73,8 @@ class FitResult:
         return self.metrics.get("test_accuracy")
 
     def to_dict(self) -> dict:
-        return {
-            "run": str(self.run),
-            "clf": self.clf,
-            "val_accuracy": self.val_accuracy,
-            "cv_accuracy": self.cv_accuracy,
-            "test_accuracy": self.test_accuracy,
-            "fit_seconds": self.fit_seconds,
-            "params": self.params,
-            "balanced_accuracy": self.metrics.get("balanced_accuracy"),
-            "macro_f1": self.metrics.get("macro_f1"),
-            "n_train": self.metrics.get("n_train"),
-            "n_val": self.metrics.get("n_val"),
-            "n_test": self.metrics.get("n_test", 0),
-            "n_train_views": self.metrics.get("n_train_views", 0),
-            "cache": self.metrics.get("cache"),
-            "sweep": self.metrics.get("sweep"),
-            "selection": self.metrics.get("selection"),
-            "duplicates": self.metrics.get("duplicates"),
-        }
+        summary = {key: self.metrics.get(key) for key in SUMMARY}
+        return {"run": str(self.run), "clf": self.clf, "val_accuracy": self.val_accuracy, **summary}
 
 
 def parse_heads(clf) -> list[str]:
@@ -151,10 +139,9 @@ def fit_heads(
     exclude=None,
 ) -> list[FitResult]:
     """Fit each head of ``clf`` (a name, a comma-separated list, or "all") on one load of a
-    feature cache (a file, a folder or None = newest in the cache dir), each into its own run
-    folder: ``out`` itself for one head, ``out/<head>`` for several. ``views``: also train on
-    views 1..N of the training images (None: all the cache holds; 0: none). ``select_on``: how the
-    sweep and the ranking of several heads choose, "cv" (on the training images) or "val".
+    feature cache (a file, a folder or None = newest in the cache dir), into ``out`` for one head,
+    ``out/<head>`` for several. ``views``: also train on views 1..N of the training images (None:
+    all the cache holds). ``select_on``: how the sweep and the ranking choose, "cv" or "val".
     ``exclude``: files listing images to leave out (``tlx audit``'s audit.json or a list of paths)."""
     log = log or (lambda _msg: None)
     names = parse_heads(clf)
@@ -244,8 +231,8 @@ def _fit_one(
 
 
 def _evaluate(head, data: TrainingData, run_dir: Path, log) -> dict:
-    """Scores on val and on test (each None when the data has none); the plots and the most
-    confused pairs are of val, or of test when there is no val."""
+    """Scores on val and on test (None where the data has none); the plots are of val, or of test
+    when there is no val."""
     classes = data.meta.classes
     sides = {"val": (data.Xva, data.yva, data.val), "test": (data.Xte, data.yte, data.test)}
     scores: dict = {"val": None, "test": None}
@@ -281,13 +268,8 @@ def _record(spec, used, chosen, scores, fit_seconds, sweep_seconds, sweep_record
         "test_accuracy": test["accuracy"] if test else None,
         # The scores below, the confusion matrix and the plots are of this side: val, or test without val.
         "evaluated_on": scores["shown"],
-        "balanced_accuracy": main["balanced_accuracy"],
-        "macro_f1": main["macro_f1"],
-        "per_class": main["per_class"],
-        "confusion_matrix": main["confusion_matrix"],
-        "most_confused": main["most_confused"],
-        "log_loss": main["log_loss"],
-        "test": _side_record(test),
+        **{key: main[key] for key in SIDE_KEYS if key != "accuracy"},
+        "test": {key: test[key] for key in SIDE_KEYS} if test else None,
         "fit_seconds": fit_seconds,
         "sweep_seconds": sweep_seconds,
         "streamed": data.streamed,
@@ -311,13 +293,6 @@ def _record(spec, used, chosen, scores, fit_seconds, sweep_seconds, sweep_record
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tlx_version": __version__,
     }
-
-
-def _side_record(scores: dict | None) -> dict | None:
-    if scores is None:
-        return None
-    keep = (*SCORES, "per_class", "confusion_matrix", "most_confused")
-    return {k: scores[k] for k in keep}
 
 
 def _full_proba(head, X: np.ndarray | CacheRows, n_classes: int) -> np.ndarray:

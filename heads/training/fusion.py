@@ -1,13 +1,6 @@
-"""Fused feature spaces: two or more caches of the same images, concatenated side by side.
-
-``tlx fit-head --features A.h5 --features B.h5`` matches the caches' rows by content hash (so
-the caches may list the images in any order, under any names), reports every image that is
-missing from some cache instead of dropping it silently, and standardizes each block with the
-training rows' mean and standard deviation, so no block dominates by scale alone (a distance or
-kernel head would otherwise see mostly the block with the larger values). The blocks, the
-standardization and the missing images are recorded in the run; ``predict`` rebuilds each block
-and applies the same standardization.
-"""
+"""Fused feature spaces: caches of the same images, matched by content hash and concatenated side
+by side; an image some cache lacks is reported, and each column is standardized on the training
+rows so that no block dominates a distance or kernel head by scale alone."""
 
 from __future__ import annotations
 
@@ -61,14 +54,10 @@ def load_standardization(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return arrays["mean"], arrays["scale"]
 
 
-def _label_of(meta: Features, row: int) -> str:
-    return meta.classes[int(meta.y[row])]
-
-
 def _read(meta: Features, rows: np.ndarray) -> np.ndarray:
     """``meta.X[rows]`` in the order given (a CacheRows reads sorted unique rows)."""
     unique = np.unique(rows)
-    block = meta.X.subset(unique).to_array() if not isinstance(meta.X, np.ndarray) else meta.X[unique]
+    block = meta.X[unique] if isinstance(meta.X, np.ndarray) else meta.X.subset(unique).to_array()
     return block[np.searchsorted(unique, rows)]
 
 
@@ -111,14 +100,16 @@ def load_fused(features: list, log=lambda _msg: None) -> tuple[Features, Fusion]
             f"extract the same DATA with each backbone ({', '.join(p.name for p in paths)})"
         )
     blocks, columns = [], []
+    ref_labels = [ref.classes[c] for c in ref.y[keep]]
     for meta, rows_by_hash in zip(metas, row_of, strict=True):
         rows = np.array([rows_by_hash[ref.sha256[i]] for i in keep], dtype=np.int64)
-        for i, r in zip(keep[:], rows, strict=True):
-            if _label_of(meta, int(r)) != _label_of(ref, int(i)):
-                raise DatasetError(
-                    f"{ref.paths[i]} is class {_label_of(ref, int(i))!r} in {ref.path.name} but "
-                    f"{_label_of(meta, int(r))!r} in {meta.path.name}: fuse caches of the same labelled data"
-                )
+        labels = [meta.classes[c] for c in meta.y[rows]]
+        wrong = [i for i, (a, b) in enumerate(zip(ref_labels, labels, strict=True)) if a != b]
+        if wrong:
+            raise DatasetError(
+                f"{ref.paths[keep[wrong[0]]]} is class {ref_labels[wrong[0]]!r} in {ref.path.name} but "
+                f"{labels[wrong[0]]!r} in {meta.path.name}: fuse caches of the same labelled data"
+            )
         columns.append(_read(meta, rows))
         blocks.append(
             {

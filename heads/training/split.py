@@ -1,18 +1,7 @@
-"""Which cached images train a head, which validate it and which test it.
-
-* The data's own split when it has one (some rows "train" and some "val" or "test"): train =
-  the "train" rows, val = the "val" rows, test = the "test" rows (``split_rows``). Train is never
-  re-split when the data holds images out itself: a train/ + test/ dataset has no val, and its
-  test images are scored as test.
-* Otherwise a seeded split of the remaining rows ("test" rows are never used). Each image
-  draws a number in [0, 1) from sha256(seed, its content hash) and goes to validation when
-  that number is below ``val_fraction``. An image's side therefore depends on its own content
-  and the seed only: adding, removing or renaming other images never moves it, and a larger
-  fraction only moves images from train to val. Per class, the share in val is close to the
-  fraction, not exact; a class whose draws leave one side empty gets its lowest-drawn image
-  moved to val, or its highest-drawn one to train, so each side has at least one per class.
-  Rows without a content hash draw from their path instead.
-"""
+"""Which cached images train a head, which validate it and which test it: the data's own split
+when it has one, otherwise a seeded draw per image from sha256(seed, its content hash), so that an
+image's side depends on its content and the seed alone (other images added, removed or renamed
+never move it)."""
 
 from __future__ import annotations
 
@@ -34,11 +23,9 @@ def split_indices(
     hashes: Sequence[str | None],
     classes: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Return ``(train_idx, val_idx, info)``: sorted row indices and how the split was made.
-
-    ``hashes`` are the rows' content sha256 (what the seeded split keys on); ``classes``
-    (optional) names the labels in error messages.
-    """
+    """``(train_idx, val_idx, info)``: sorted row indices and how the split was made. ``hashes``
+    are the rows' content sha256 (rows without one draw from their path); ``classes`` name the
+    labels in error messages."""
     labels = np.asarray(labels)
     n = len(labels)
     if len(paths) != n or len(split) != n or len(hashes) != n:

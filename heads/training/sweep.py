@@ -1,22 +1,7 @@
 """Choosing without the held-out labels: the sweep of a head's main parameter, and the score that
-ranks several heads.
-
-Every choice (a sweep's value, the order of ``--clf all``) is made by k-fold cross-validation on
-the training images alone (``--select-on cv``, the default), also when the data has its own val
-split, so the val and test scores reported afterwards are honest estimates of a model nobody
-tuned on them. The folds are scikit-learn's ``StratifiedGroupKFold(k, shuffle=True)`` over the
-training images, k = min(5, the smallest class's count of distinct training images), grouped by
-content: an image, its augmented views and any byte-identical copy of it stay in one fold, so no
-fold is scored on a photo it was fitted on. A fold fits its images' center rows and views and is
-scored on the center rows of its held-out images.
-
-``--select-on val`` chooses on the val labels instead, as the CLIP linear-probe protocol does;
-the val score of that choice is optimistic (the maximum of several noisy scores) and every
-record of it says so.
-
-Grids: the registry's grid of a head, made at most half a decade per step (``densify``), run
-from the strongest regularization to the weakest; ties go to the first, the strongest. Heads
-that allow it (``warm_start`` in their defaults) start each fit from the previous value's solution.
+ranks several heads: by default (``--select-on cv``) grouped k-fold cross-validation on the
+training images, so that the val and test scores reported afterwards are honest; ``--select-on
+val`` chooses on the val labels (the CLIP linear-probe protocol), and every record says so.
 """
 
 from __future__ import annotations
@@ -44,8 +29,8 @@ class SelectionError(TlxError):
 
 
 def densify(grid: Sequence) -> list:
-    """The grid with geometric midpoints inserted wherever two neighbours are more than half a
-    decade apart (integers stay integers; grids with a value <= 0 are returned as they are)."""
+    """Geometric midpoints inserted wherever two neighbours are more than half a decade apart
+    (integers stay integers; a grid with a value <= 0 is returned as it is)."""
     values = list(grid)
     if len(values) < 2 or any(not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 for v in values):
         return values
@@ -76,10 +61,6 @@ class Selection:
     def k(self) -> int:
         return len(self.folds)
 
-    @property
-    def optimistic(self) -> bool:
-        return self.on == "val"
-
     def describe(self) -> str:
         return f"{self.k}-fold CV on train" if self.on == "cv" else "val, optimistic"
 
@@ -104,10 +85,8 @@ class Selection:
         return float(np.mean(accs))
 
 
-def plan_selection(select_on: str, data, seed: int, why: str, classes: Sequence[str] | None = None) -> Selection:
+def plan_selection(select_on: str, data, seed: int, why: str) -> Selection:
     """The selection ``why`` (e.g. "--sweep") will use on ``data`` (a ``TrainingData``)."""
-    if select_on not in SELECT_ON:
-        raise SelectionError(f"--select-on must be cv or val, not {select_on!r}")
     if select_on == "val":
         if not len(data.yva):
             raise SelectionError(
@@ -116,14 +95,16 @@ def plan_selection(select_on: str, data, seed: int, why: str, classes: Sequence[
             )
         return Selection("val", data.Xtr, data.ytr, data.Xva, data.yva)
     hashes = [data.meta.sha256[i] for i in data.train]
-    folds = grouped_folds(data.ytr, hashes, data.train_group, seed, why, classes or data.meta.classes)
+    folds = grouped_folds(data.ytr, hashes, data.train_group, seed, why, data.meta.classes)
     return Selection("cv", data.Xtr, data.ytr, folds=folds)
 
 
 def grouped_folds(
     ytr: np.ndarray, hashes: Sequence[str], train_group, seed: int, why: str, classes: Sequence[str]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(fit rows, score rows)`` of the training matrix for each fold (see the module's docstring)."""
+    """``(fit rows, score rows)`` of the training matrix per fold of ``StratifiedGroupKFold`` over the
+    training images, k = min(5, the smallest class's distinct images), grouped by content: an image,
+    its views and any byte-identical copy stay in one fold. Scored on center rows only."""
     n_images = len(hashes)
     y_img = np.asarray(ytr[:n_images])
     # Rows without a hash are their own group: only equal non-empty contents are held together.
@@ -149,8 +130,7 @@ def grouped_folds(
 
 
 def run_sweep(spec: HeadSpec, params: dict, selection: Selection, log=None) -> dict[str, Any]:
-    """Score every value of the head's (densified) grid; returns ``{param, grid, scores, best,
-    selection}``, best being the first of the best scores."""
+    """Score every value of the head's densified grid: ``{param, grid, scores, best, selection}``."""
     log = log or (lambda _msg: None)
     grid = densify(spec.grid)
     warm = {"warm_start": True} if "warm_start" in spec.defaults() else {}
