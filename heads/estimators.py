@@ -44,6 +44,10 @@ class EstimatorSpec(HeadSpec):
     template: Any = None  # a user's estimator or pipeline object, cloned for each build
 
     def _estimator(self, params: dict):
+        # skops, which saves the heads that are not linear, finds the module of each of scipy's ~400
+        # ufuncs by scanning sys.modules in import order. scipy.special imported before scikit-learn
+        # (which imports it anyway) sits earlier in that order, and skops' import is shorter.
+        import scipy.special  # noqa: F401
         from sklearn.base import clone
 
         if self.template is not None:
