@@ -12,7 +12,7 @@ from .common import JsonOpt, QuietOpt, handle_errors, info, print_table, report
 
 HELP = {
     "features": "Feature cache written by `tlx extract`, or a folder of caches "
-    "[default: the most recent cache in $TLX_CACHE_DIR or ./cache].",
+    "[default: the most recent cache in $TLX_CACHE_DIR or ./tlx-cache].",
     "out": "Folder to write audit.json and audit.png into.",
     "near_threshold": "Cosine similarity of the centered features above which two images are near duplicates "
     "(0.80 calibrated on ants/bees: JPEG q70 0.8x copies scored 0.85-0.95, distinct photos at most 0.70).",

@@ -9,7 +9,7 @@ import typer
 
 from .common import JsonOpt, QuietOpt, handle_errors, info, report
 
-CACHES_HELP = "A cache file, or a folder whose caches are all {} [default: $TLX_CACHE_DIR or ./cache]."
+CACHES_HELP = "A cache file, or a folder whose caches are all {} [default: $TLX_CACHE_DIR or ./tlx-cache]."
 cache_app = typer.Typer(help="Maintain feature caches (see `tlx info` to list them).", no_args_is_help=True)
 
 

@@ -37,7 +37,7 @@ HELP = {
     "`fit-head --views` trains on them. [default: keep the cache's views; 0 drops them]",
     "view_recipe": "How views are made: crop (RandomResizedCrop scale 0.7-1 + flip), crop:S (scale S-1), "
     "flip (the mirror image; one view). [default: the cache's recipe, else crop]",
-    "cache_dir": "Where feature caches live [default: $TLX_CACHE_DIR or ./cache].",
+    "cache_dir": "Where feature caches live [default: $TLX_CACHE_DIR or ./tlx-cache].",
     "strict": "Fail (exit 1) on the first image that cannot be read instead of skipping it.",
     "rehash": "Read and hash every image again instead of trusting unchanged file stats.",
 }

@@ -12,10 +12,10 @@ from .common import JsonOpt, QuietOpt, emit_json, fmt, handle_errors, info, prin
 
 HELP = {
     "features": "Feature cache file written by `tlx extract`, or a folder of caches [default: the most recent cache "
-    "in $TLX_CACHE_DIR or ./cache]. Repeat it to fit on the concatenation of several caches of the same images "
+    "in $TLX_CACHE_DIR or ./tlx-cache]. Repeat it to fit on the concatenation of several caches of the same images "
     "(matched by content, each block standardized).",
-    "clf": "Head: linear (default: tlx's softmax regression, exportable), or scikit-learn's own logreg, ridge, "
-    "knn, svm, rf, mlp, or any scikit-learn classifier as sklearn:<ClassName> (`tlx heads` lists them); "
+    "clf": "Head: linear (default: tlx's softmax regression), or scikit-learn's own logreg, ridge, knn, svm, rf, "
+    "mlp, or any scikit-learn classifier as sklearn:<ClassName> (`tlx heads` lists them; linear ones export); "
     "several separated by commas, or all: each is fitted on one load of the cache, into its own run folder, "
     "and ranked.",
     "param": "Head hyper-parameter KEY=VALUE (repeatable), e.g. --param C=0.1.",

@@ -17,7 +17,7 @@ COLUMNS = ["file", "dataset", "backbone", "pool", "images", "width", "failed", "
 @handle_errors
 def info_command(
     cache: Annotated[
-        Path | None, typer.Argument(help="A cache file or a folder of caches [default: $TLX_CACHE_DIR or ./cache].")
+        Path | None, typer.Argument(help="A cache file or a folder of caches [default: $TLX_CACHE_DIR or ./tlx-cache].")
     ] = None,
     backbones: Annotated[bool, typer.Option("--backbones", help="List the registered backbones instead.")] = False,
     heads: Annotated[
