@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import CacheError
 from .catalog import default_cache_dir, pick_cache
-from .h5format import UnreadableCacheError, decode_strings, not_a_cache
+from .h5format import UnreadableCacheError, decode_strings, not_a_cache, read_failed
 from .reader import Snapshot, open_snapshot
 from .rows import CacheRows
 from .space import FeatureSpace
@@ -146,9 +146,6 @@ def load_features(path: str | Path | None = None, split: str | None = None, lazy
     snap = open_cache(path)
     try:
         f = snap.index
-        failed = {}
-        if "failed" in f:
-            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
         feats = Features(
             X=CacheRows(snap),
             y=f["labels"][()].astype(np.int64, copy=False),
@@ -159,7 +156,7 @@ def load_features(path: str | Path | None = None, split: str | None = None, lazy
             space=FeatureSpace.from_dict(json.loads(snap.attrs["feature_space"])),
             path=snap.path,
             attrs=snap.attrs,
-            failed=failed,
+            failed=read_failed(f) if "failed" in f else {},
             snapshot=snap,
         )
     except (OSError, KeyError, ValueError) as exc:

@@ -71,6 +71,19 @@ class UnreadableCacheError(CacheError):
         self.path, self.reason = path, reason
 
 
+def missing_part(cache: Path, part: Path) -> UnreadableCacheError:
+    """A part the index names is not there (HDF5 would read it as NaN, silently)."""
+    kind = "view part" if part.parent.name.endswith(".views") else "part file"
+    return UnreadableCacheError(
+        cache, f"{cache} is damaged: its {kind} {part.parent.name}/{part.name} is missing (deleted or not copied)"
+    )
+
+
+def read_failed(f) -> dict[str, str]:
+    """The images an index records as unreadable: relative path -> why."""
+    return dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
+
+
 def not_a_cache(path: Path) -> str | None:
     """Why ``path`` (an existing file) is not a tlx cache index, naming what it is instead; None
     when it is one, or when it cannot be told (an unreadable file is reported by its reader)."""

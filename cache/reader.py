@@ -22,9 +22,11 @@ from .h5format import (
     attrs_of,
     decode_strings,
     first_line,
+    missing_part,
     not_a_cache,
     open_h5,
     parts_dir,
+    read_failed,
     views_dir,
 )
 
@@ -154,13 +156,7 @@ def open_snapshot(path: str | Path) -> Snapshot:
             committed = _inode(snap.index) != _inode(path)
             snap.close()
             if not committed:  # the part is really missing
-                part: Path = gone.args[0]
-                kind = "view part" if part.parent.name.endswith(".views") else "part file"
-                raise UnreadableCacheError(
-                    path,
-                    f"{path} is damaged: its {kind} {part.parent.name}/{part.name} is missing "
-                    "(deleted, or not copied with the cache)",
-                ) from None
+                raise missing_part(path, gone.args[0]) from None
         except BaseException:
             snap.close()
             raise
@@ -218,7 +214,7 @@ def read_summary(path: Path) -> dict:
                 raise UnreadableCacheError(
                     path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
                 )
-            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
+            failed = read_failed(f)
             space = json.loads(attrs["feature_space"])
             n_views = int(f["views"].attrs["count"]) if "views" in f else 0
             return {

@@ -13,9 +13,7 @@ import numpy as np
 
 from ..errors import RunError
 from .atomic import storage_errors, write_json_atomic
-from .metrics import compute_metrics as compute_metrics  # re-exported: the stages import it from here
 from .outputs import RUN_KINDS, RUN_RECORDS, check_output_folder
-from .plots import plot_confusion as plot_confusion
 
 METRICS_FILE = "metrics.json"
 SORTS = ("accuracy", "balanced", "n_val", "created")

@@ -253,15 +253,12 @@ def load_init_head(run_dir: str) -> InitHead:
 
 def newest_cache(dataset_root: Path | None = None) -> Path | None:
     """The most recent cache in the default cache folder; with ``dataset_root``, the newest readable one of it."""
-    from ..cache.catalog import default_cache_dir, list_caches
-    from ..cache.h5format import read_attrs
+    from ..cache.catalog import default_cache_dir, scan_caches
 
-    for path in list_caches(default_cache_dir()):
-        try:
-            if dataset_root is None or str(read_attrs(path).get("dataset_root", "")) == str(dataset_root):
-                return path
-        except (OSError, KeyError):
-            continue  # a damaged cache is not ours to report: fine-tuning reads images, not features
+    for path, attrs in scan_caches(default_cache_dir()):
+        # a damaged cache (no attrs) is not ours to report: fine-tuning reads images, not features
+        if attrs is not None and (dataset_root is None or str(attrs.get("dataset_root", "")) == str(dataset_root)):
+            return path
     return None
 
 

@@ -47,8 +47,10 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, s
     ``summary`` holds the fields metrics.json shares with ``FinetuneResult``."""
     from safetensors.torch import save
 
+    from ..common.metrics import compute_metrics
     from ..common.mistakes import plot_top_losses
-    from ..common.runfolder import compute_metrics, plot_confusion, write_metrics
+    from ..common.plots import plot_confusion
+    from ..common.runfolder import write_metrics
 
     split = run.split
     y_true = split.val_labels[order]
