@@ -131,6 +131,8 @@ def check_values(cfg: FinetuneConfig, world: int) -> None:
             f"--batch-size {cfg.batch_size} must be a positive multiple of the number of processes ({world}): "
             "it is the total over all of them"
         )
+    if cfg.unfreeze != "all" and not cfg.unfreeze.isdecimal():
+        raise TlxError(f"--unfreeze must be a number of stages (0 = head only) or 'all', not {cfg.unfreeze!r}")
     if cfg.pool not in ("avg", "max", "avgmax"):
         raise TlxError(f"--pool must be avg, max or avgmax, not {cfg.pool!r}")
     for name in ("lr", "head_lr"):
