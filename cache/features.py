@@ -14,7 +14,7 @@ from ..errors import CacheError
 from .catalog import default_cache_dir, pick_cache
 from .h5format import not_a_cache
 from .index import index_of
-from .reader import Snapshot, open_snapshot
+from .reader import Snapshot, open_cache
 from .rows import CacheRows
 from .space import FeatureSpace
 
@@ -129,15 +129,6 @@ def resolve_cache(path: str | Path | None) -> Path:
             raise CacheError(reason)
         return where
     return pick_cache(where)
-
-
-def open_cache(path: Path) -> Snapshot:
-    """An open snapshot of the cache at ``path``; one clear line for a file that is not one."""
-    snap = open_snapshot(path)
-    if not snap.is_cache:
-        snap.close()
-        raise CacheError(not_a_cache(path) or f"{path} is not a tlx feature cache")
-    return snap
 
 
 def load_features(path: str | Path | None = None, split: str | None = None, lazy: bool = False) -> Features:

@@ -163,6 +163,15 @@ def open_snapshot(path: str | Path) -> Snapshot:
     raise CacheError(f"{path} was rewritten {OPEN_TRIES} times while it was being opened: load it again")
 
 
+def open_cache(path: Path) -> Snapshot:
+    """An open snapshot of the cache at ``path``; one clear line for a file that is not one."""
+    snap = open_snapshot(path)
+    if not snap.is_cache:
+        snap.close()
+        raise CacheError(not_a_cache(path) or f"{path} is not a tlx feature cache")
+    return snap
+
+
 def _inode(target: h5py.File | Path) -> int | None:
     """The inode of an open file, or of the file at a path now; None when it cannot be told."""
     try:
@@ -201,10 +210,8 @@ def _part_table(snap: Snapshot, group, folder: Path) -> RowMap:
 
 def read_summary(path: Path) -> dict:
     """What ``tlx info`` shows of a cache, from one open version of it, without reading its
-    features or paths; a file that is not a complete tlx cache raises UnreadableCacheError."""
-    with open_snapshot(path) as snap:
-        if not snap.is_cache:
-            raise UnreadableCacheError(path, not_a_cache(path) or f"{path} is not a tlx feature cache")
+    features or paths; a file that is not a complete tlx cache raises CacheError."""
+    with open_cache(path) as snap:
         try:
             f, attrs = snap.index, snap.attrs
             n = int(attrs["n_images"])
