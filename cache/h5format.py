@@ -117,18 +117,9 @@ def write_strings(group, name: str, values: list[str]):
 
 def write_array(group, name: str, data: np.ndarray, dtype=None):
     """A 1-D metadata array, gzip-compressed (hashes and stats shrink several times over)."""
-    if not len(data):
-        return group.create_dataset(name, shape=(0,), dtype=dtype or data.dtype, maxshape=(None,))
-    chunks = (min(len(data), 65536),)  # compression=1: gzip at level 1
-    return group.create_dataset(
-        name,
-        data=data,
-        dtype=dtype or data.dtype,
-        maxshape=(None,),
-        chunks=chunks,
-        compression=1,
-        shuffle=dtype is None,
-    )
+    # gzip at level 1; an empty array gets h5py's default chunks
+    gzip = {"chunks": (min(len(data), 65536),), "compression": 1, "shuffle": dtype is None} if len(data) else {}
+    return group.create_dataset(name, data=data, dtype=dtype or data.dtype, maxshape=(None,), **gzip)
 
 
 def write_sources(group, folder: str, parts: list[str], part_rows, sizes: dict[str, int], width: int, dtype) -> None:
