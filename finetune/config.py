@@ -258,8 +258,9 @@ def newest_cache(dataset_root: Path | None = None) -> Path | None:
     from ..cache.catalog import default_cache_dir, scan_caches
 
     for path, attrs in scan_caches(default_cache_dir()):
-        # a damaged cache (no attrs) is not ours to report: fine-tuning reads images, not features
-        if attrs is not None and (dataset_root is None or str(attrs.get("dataset_root", "")) == str(dataset_root)):
+        # without DATA the newest is the one, damaged or not (dataset_of_cache says so); with it, a
+        # damaged cache is not ours to report: fine-tuning reads images, not features
+        if dataset_root is None or str((attrs or {}).get("dataset_root", "")) == str(dataset_root):
             return path
     return None
 
