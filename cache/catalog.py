@@ -32,7 +32,7 @@ def cache_file_name(dataset_name: str, dataset_root: str, space: FeatureSpace) -
     return f"{cache_file_prefix(dataset_name, space.backbone, space.pool_label)}{ident}.h5"
 
 
-def _scan(where: Path) -> list[tuple[Path, dict | None]]:
+def scan_caches(where: Path) -> list[tuple[Path, dict | None]]:
     """The caches under a folder (or the file itself) and their attributes, newest first by their
     recorded ``updated`` time; one HDF5 cannot open (None) comes last, for its reader to report."""
     if where.is_file():
@@ -57,13 +57,13 @@ def _scan(where: Path) -> list[tuple[Path, dict | None]]:
 
 
 def list_caches(where: Path) -> list[Path]:
-    return [p for p, _ in _scan(where)]
+    return [p for p, _ in scan_caches(where)]
 
 
 def pick_cache(where: Path) -> Path:
     """The cache a command without ``--features`` uses: the newest of the folder's one dataset;
     with several, the one named like the current working folder, else a refusal listing them."""
-    caches = _scan(where)
+    caches = scan_caches(where)
     if not caches:
         raise CacheError(f"no feature cache found at {where}: run `tlx extract DATA` first, or pass --features FILE")
     datasets: dict[str, list[Path]] = {}

@@ -4,7 +4,7 @@ index onto it and delete the other parts (a kill leaves the old index valid; vie
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,6 @@ class CompactResult:
     bytes_before: int
     bytes_after: int
     seconds: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def cache_bytes(path: Path) -> int:

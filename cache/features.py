@@ -12,8 +12,9 @@ import numpy as np
 
 from ..errors import CacheError
 from .catalog import default_cache_dir, pick_cache
-from .h5format import UnreadableCacheError, decode_strings, not_a_cache
-from .reader import Snapshot, open_snapshot
+from .h5format import not_a_cache
+from .index import index_of
+from .reader import Snapshot, open_cache
 from .rows import CacheRows
 from .space import FeatureSpace
 
@@ -130,41 +131,29 @@ def resolve_cache(path: str | Path | None) -> Path:
     return pick_cache(where)
 
 
-def open_cache(path: Path) -> Snapshot:
-    """An open snapshot of the cache at ``path``; one clear line for a file that is not one."""
-    snap = open_snapshot(path)
-    if not snap.is_cache:
-        snap.close()
-        raise CacheError(not_a_cache(path) or f"{path} is not a tlx feature cache")
-    return snap
-
-
 def load_features(path: str | Path | None = None, split: str | None = None, lazy: bool = False) -> Features:
     """Load a feature cache written by ``tlx extract``; ``split`` keeps one split only (and
     reads only its rows); ``lazy`` leaves the features on disk (``X`` is a ``CacheRows``)."""
     path = resolve_cache(path)
     snap = open_cache(path)
     try:
-        f = snap.index
-        failed = {}
-        if "failed" in f:
-            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
-        feats = Features(
-            X=CacheRows(snap),
-            y=f["labels"][()].astype(np.int64, copy=False),
-            classes=decode_strings(f["classes"]),
-            paths=decode_strings(f["paths"]),
-            split=decode_strings(f["split"]),
-            sha256=decode_strings(f["content_sha256"]),
-            space=FeatureSpace.from_dict(json.loads(snap.attrs["feature_space"])),
-            path=snap.path,
-            attrs=snap.attrs,
-            failed=failed,
-            snapshot=snap,
-        )
-    except (OSError, KeyError, ValueError) as exc:
+        index = index_of(snap.index, path)
+    except CacheError:
         snap.close()
-        raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
+        raise
+    feats = Features(
+        X=CacheRows(snap),
+        y=index.labels.astype(np.int64, copy=False),
+        classes=index.classes,
+        paths=index.paths,
+        split=index.splits,
+        sha256=index.hashes,
+        space=index.space,
+        path=snap.path,
+        attrs=index.attrs,
+        failed=index.failed,
+        snapshot=snap,
+    )
     if split is not None:
         if split not in set(feats.split):
             have = sorted(set(feats.split) - {""}) or ["none"]

@@ -71,6 +71,19 @@ class UnreadableCacheError(CacheError):
         self.path, self.reason = path, reason
 
 
+def missing_part(cache: Path, part: Path) -> UnreadableCacheError:
+    """A part the index names is not there (HDF5 would read it as NaN, silently)."""
+    kind = "view part" if part.parent.name.endswith(".views") else "part file"
+    return UnreadableCacheError(
+        cache, f"{cache} is damaged: its {kind} {part.parent.name}/{part.name} is missing (deleted or not copied)"
+    )
+
+
+def read_failed(f) -> dict[str, str]:
+    """The images an index records as unreadable: relative path -> why."""
+    return dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
+
+
 def not_a_cache(path: Path) -> str | None:
     """Why ``path`` (an existing file) is not a tlx cache index, naming what it is instead; None
     when it is one, or when it cannot be told (an unreadable file is reported by its reader)."""
@@ -104,18 +117,9 @@ def write_strings(group, name: str, values: list[str]):
 
 def write_array(group, name: str, data: np.ndarray, dtype=None):
     """A 1-D metadata array, gzip-compressed (hashes and stats shrink several times over)."""
-    if not len(data):
-        return group.create_dataset(name, shape=(0,), dtype=dtype or data.dtype, maxshape=(None,))
-    chunks = (min(len(data), 65536),)  # compression=1: gzip at level 1
-    return group.create_dataset(
-        name,
-        data=data,
-        dtype=dtype or data.dtype,
-        maxshape=(None,),
-        chunks=chunks,
-        compression=1,
-        shuffle=dtype is None,
-    )
+    # gzip at level 1; an empty array gets h5py's default chunks
+    gzip = {"chunks": (min(len(data), 65536),), "compression": 1, "shuffle": dtype is None} if len(data) else {}
+    return group.create_dataset(name, data=data, dtype=dtype or data.dtype, maxshape=(None,), **gzip)
 
 
 def write_sources(group, folder: str, parts: list[str], part_rows, sizes: dict[str, int], width: int, dtype) -> None:

@@ -22,9 +22,11 @@ from .h5format import (
     UnreadableCacheError,
     attrs_of,
     decode_strings,
+    missing_part,
     open_h5,
     parts_dir,
     read_attrs,
+    read_failed,
     views_dir,
     write_array,
     write_sources,
@@ -154,15 +156,12 @@ class CacheIndex:
 
 
 def check_parts(f, path: Path) -> None:
-    """Every part the index names must be there: HDF5 would read a missing one as NaN, silently."""
-    for group, folder, kind in (("views/", views_dir(path), "view part"), ("", parts_dir(path), "part file")):
-        if group + "parts" not in f:
-            continue
-        for name in decode_strings(f[group + "parts/names"]):
-            if not (folder / name).is_file():
-                raise UnreadableCacheError(
-                    path, f"{path} is damaged: its {kind} {folder.name}/{name} is missing (deleted or not copied)"
-                )
+    """Every part the index names must be there."""
+    for group, folder in (("views/", views_dir(path)), ("", parts_dir(path))):
+        names = decode_strings(f[group + "parts/names"]) if group + "parts" in f else []
+        for part in (folder / name for name in names):
+            if not part.is_file():
+                raise missing_part(path, part)
 
 
 def read_index(path: Path) -> CacheIndex:
@@ -192,7 +191,7 @@ def index_of(f, path: Path) -> CacheIndex:
             labels=f["labels"][()],
             splits=decode_strings(f["split"]),
             classes=decode_strings(f["classes"]),
-            failed=dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=False)),
+            failed=read_failed(f),
             attrs=attrs,
             format=fmt,
         )

@@ -22,9 +22,11 @@ from .h5format import (
     attrs_of,
     decode_strings,
     first_line,
+    missing_part,
     not_a_cache,
     open_h5,
     parts_dir,
+    read_failed,
     views_dir,
 )
 
@@ -154,17 +156,20 @@ def open_snapshot(path: str | Path) -> Snapshot:
             committed = _inode(snap.index) != _inode(path)
             snap.close()
             if not committed:  # the part is really missing
-                part: Path = gone.args[0]
-                kind = "view part" if part.parent.name.endswith(".views") else "part file"
-                raise UnreadableCacheError(
-                    path,
-                    f"{path} is damaged: its {kind} {part.parent.name}/{part.name} is missing "
-                    "(deleted, or not copied with the cache)",
-                ) from None
+                raise missing_part(path, gone.args[0]) from None
         except BaseException:
             snap.close()
             raise
     raise CacheError(f"{path} was rewritten {OPEN_TRIES} times while it was being opened: load it again")
+
+
+def open_cache(path: Path) -> Snapshot:
+    """An open snapshot of the cache at ``path``; one clear line for a file that is not one."""
+    snap = open_snapshot(path)
+    if not snap.is_cache:
+        snap.close()
+        raise CacheError(not_a_cache(path) or f"{path} is not a tlx feature cache")
+    return snap
 
 
 def _inode(target: h5py.File | Path) -> int | None:
@@ -205,10 +210,8 @@ def _part_table(snap: Snapshot, group, folder: Path) -> RowMap:
 
 def read_summary(path: Path) -> dict:
     """What ``tlx info`` shows of a cache, from one open version of it, without reading its
-    features or paths; a file that is not a complete tlx cache raises UnreadableCacheError."""
-    with open_snapshot(path) as snap:
-        if not snap.is_cache:
-            raise UnreadableCacheError(path, not_a_cache(path) or f"{path} is not a tlx feature cache")
+    features or paths; a file that is not a complete tlx cache raises CacheError."""
+    with open_cache(path) as snap:
         try:
             f, attrs = snap.index, snap.attrs
             n = int(attrs["n_images"])
@@ -218,7 +221,7 @@ def read_summary(path: Path) -> dict:
                 raise UnreadableCacheError(
                     path, f"{path} is damaged: it should hold {n} images but its datasets hold {lengths}"
                 )
-            failed = dict(zip(decode_strings(f["failed/paths"]), decode_strings(f["failed/reasons"]), strict=True))
+            failed = read_failed(f)
             space = json.loads(attrs["feature_space"])
             n_views = int(f["views"].attrs["count"]) if "views" in f else 0
             return {

@@ -23,14 +23,18 @@ def stat_of(st: os.stat_result) -> Stat:
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
+def read_error(exc: OSError) -> str:
+    """Why a file cannot be read, as an image's failure reason."""
+    reasons = {FileNotFoundError: NOT_FOUND, IsADirectoryError: "is a folder"}
+    return reasons.get(type(exc), f"cannot read: {exc.strerror or exc}")
+
+
 def stat_file(path: str | os.PathLike) -> Stat | str:
     """The file's stat (links followed), or why it cannot be read."""
     try:
         return stat_of(os.stat(path))
-    except FileNotFoundError:
-        return NOT_FOUND
     except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}"
+        return read_error(exc)
 
 
 def stat_files(paths: Sequence[str | os.PathLike]) -> list[Stat | str]:

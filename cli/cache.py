@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +47,7 @@ def compact_command(
         f"{r.bytes_before / 1e6:.1f} MB -> {r.bytes_after / 1e6:.1f} MB; {r.seconds:.1f} s"
         for r in results
     ]
-    report("\n".join(lines), {"caches": [r.to_dict() for r in results]}, json_out, quiet)
+    report("\n".join(lines), {"caches": [asdict(r) for r in results]}, json_out, quiet)
 
 
 @cache_app.command("verify")

@@ -21,12 +21,6 @@ HELP = {
 }
 
 
-def _unfreeze(value: str | None) -> str | None:
-    if value is None or value.strip().lower() == "all" or value.strip().isdecimal():
-        return value
-    raise typer.BadParameter(f"expected a number of stages (0 = head only) or 'all', not {value!r}")
-
-
 def _config_option(name: str, *flags: str, **settings) -> Any:
     """The option of FinetuneConfig field ``name``, with the config's help text and default."""
     return typer.Option(*flags, help=option_help(name), **settings)
@@ -39,7 +33,7 @@ def finetune_command(
     backbone: Annotated[str | None, _config_option("backbone")] = None,
     weights: Annotated[Path | None, _config_option("weights", exists=True, dir_okay=False)] = None,
     pool: Annotated[Pool | None, _config_option("pool")] = None,
-    unfreeze: Annotated[str | None, _config_option("unfreeze", callback=_unfreeze, metavar="N|all")] = None,
+    unfreeze: Annotated[str | None, _config_option("unfreeze", metavar="N|all")] = None,
     epochs: Annotated[int | None, _config_option("epochs", min=1)] = None,
     lr: Annotated[float | None, _config_option("lr")] = None,
     head_lr: Annotated[float | None, _config_option("head_lr")] = None,

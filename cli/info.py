@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..cache.space import pool_label
 from .cache import find_caches
 from .common import JsonOpt, emit_json, handle_errors, info, print_table
 from .heads import heads_command
@@ -74,7 +75,7 @@ def _cells(r: dict) -> list[str]:
         Path(r["path"]).name,
         str(r["dataset"]),
         str(r["backbone"]),
-        str(r["pooling"]) + (f"-s{r['stages']}" if r.get("stages") else ""),
+        pool_label(r["pooling"], r["stages"]),
         str(r["n_images"]) + (f" x{1 + r['views']} ({r['view_recipe']} views)" if r.get("views") else ""),
         str(r["feature_dim"]),
         str(r["n_failed"]),

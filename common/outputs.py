@@ -40,7 +40,7 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in _IMAGE_SUFFIXES or head.startswith(_IMAGE_SIGNATURES) or webp
 
 
-def is_run_folder(folder: Path, damaged: bool = False) -> bool:
+def is_run_folder(folder: Path, damaged: bool = True) -> bool:
     """tlx's markers of a run: a ``metrics.json`` of a known kind beside its run record, or checkpoints.
     ``damaged``: an unreadable ``metrics.json`` counts too (could writing there destroy a run?)."""
     if any((folder / "checkpoints" / name).is_file() for name in ("last.pt", "best.pt")):
@@ -57,7 +57,7 @@ def is_run_folder(folder: Path, damaged: bool = False) -> bool:
 
 def enclosing_run(path: Path) -> Path | None:
     """The run folder that holds ``path`` (``path`` itself when it is one), if any."""
-    return next((f for f in [path, *path.parents] if f.is_dir() and is_run_folder(f, damaged=True)), None)
+    return next((f for f in [path, *path.parents] if f.is_dir() and is_run_folder(f)), None)
 
 
 def enclosing_cache(path: Path) -> Path | None:

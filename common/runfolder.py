@@ -13,9 +13,7 @@ import numpy as np
 
 from ..errors import RunError
 from .atomic import storage_errors, write_json_atomic
-from .metrics import compute_metrics as compute_metrics  # re-exported: the stages import it from here
 from .outputs import RUN_KINDS, RUN_RECORDS, check_output_folder
-from .plots import plot_confusion as plot_confusion
 
 METRICS_FILE = "metrics.json"
 SORTS = ("accuracy", "balanced", "n_val", "created")
@@ -98,10 +96,9 @@ def list_runs(root=None, dataset: str | None = None, sort: str = "accuracy") -> 
             records.append(_unfinished(folder, "damaged", folder, problem=why))
     if dataset is not None:
         records = [r for r in records if _on_dataset(r, dataset)]
-    if sort == "created":
-        return sorted(records, key=lambda r: (-_timestamp(r.get("created")), r["run"]))
-    if sort == "n_val":
-        return sorted(records, key=lambda r: (-_number(r.get("n_val")), r["run"]))
+    if sort in ("created", "n_val"):  # across datasets: newest or largest first
+        value = _timestamp if sort == "created" else _number
+        return sorted(records, key=lambda r: (-value(r.get(sort)), r["run"]))
     metric = "val_accuracy" if sort == "accuracy" else "balanced_accuracy"
     return sorted(records, key=lambda r: (r["dataset"] is None, r["dataset"] or "", -_number(r.get(metric)), r["run"]))
 

@@ -131,6 +131,8 @@ def check_values(cfg: FinetuneConfig, world: int) -> None:
             f"--batch-size {cfg.batch_size} must be a positive multiple of the number of processes ({world}): "
             "it is the total over all of them"
         )
+    if cfg.unfreeze != "all" and not cfg.unfreeze.isdecimal():
+        raise TlxError(f"--unfreeze must be a number of stages (0 = head only) or 'all', not {cfg.unfreeze!r}")
     if cfg.pool not in ("avg", "max", "avgmax"):
         raise TlxError(f"--pool must be avg, max or avgmax, not {cfg.pool!r}")
     for name in ("lr", "head_lr"):
@@ -253,15 +255,13 @@ def load_init_head(run_dir: str) -> InitHead:
 
 def newest_cache(dataset_root: Path | None = None) -> Path | None:
     """The most recent cache in the default cache folder; with ``dataset_root``, the newest readable one of it."""
-    from ..cache.catalog import default_cache_dir, list_caches
-    from ..cache.h5format import read_attrs
+    from ..cache.catalog import default_cache_dir, scan_caches
 
-    for path in list_caches(default_cache_dir()):
-        try:
-            if dataset_root is None or str(read_attrs(path).get("dataset_root", "")) == str(dataset_root):
-                return path
-        except (OSError, KeyError):
-            continue  # a damaged cache is not ours to report: fine-tuning reads images, not features
+    for path, attrs in scan_caches(default_cache_dir()):
+        # without DATA the newest is the one, damaged or not (dataset_of_cache says so); with it, a
+        # damaged cache is not ours to report: fine-tuning reads images, not features
+        if dataset_root is None or str((attrs or {}).get("dataset_root", "")) == str(dataset_root):
+            return path
     return None
 
 

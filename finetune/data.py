@@ -136,9 +136,7 @@ def _cache_index(cache_path: Path | None):
 
 def _path_in_cache(cache_path: Path | None, content_hash: str) -> str | None:
     cached = _cache_index(cache_path)
-    if cached is None or content_hash not in cached.hashes:
-        return None
-    return cached.paths[cached.hashes.index(content_hash)]
+    return dict(zip(cached.hashes, cached.paths, strict=True)).get(content_hash) if cached is not None else None
 
 
 def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, **order) -> DataLoader:

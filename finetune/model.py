@@ -46,15 +46,10 @@ class ProbaModel(nn.Module):
 
 
 def parse_unfreeze(value: str | int, n_stages: int, backbone: str) -> int | None:
-    """``"all"`` -> None (everything), else an int in 0..n_stages; anything else is a TlxError."""
-    if isinstance(value, str) and value.strip().lower() == "all":
+    """``"all"`` -> None (everything), else an int in 0..n_stages (``check_values`` checked the form)."""
+    if value == "all":
         return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise TlxError(f"--unfreeze must be a number of stages (0..{n_stages}) or 'all', not {value!r}") from None
-    if n < 0:
-        raise TlxError(f"--unfreeze must be at least 0 (0 = train the head only), not {n}")
+    n = int(value)
     if n > n_stages:
         raise TlxError(
             f"--unfreeze {n} but {backbone} has only {n_stages} stages: "

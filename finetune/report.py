@@ -47,8 +47,10 @@ def write_run(run, state, run_dir: Path, order: np.ndarray, proba: np.ndarray, s
     ``summary`` holds the fields metrics.json shares with ``FinetuneResult``."""
     from safetensors.torch import save
 
+    from ..common.metrics import compute_metrics
     from ..common.mistakes import plot_top_losses
-    from ..common.runfolder import compute_metrics, plot_confusion, write_metrics
+    from ..common.plots import plot_confusion
+    from ..common.runfolder import write_metrics
 
     split = run.split
     y_true = split.val_labels[order]
@@ -76,12 +78,8 @@ def run_metrics(run, state, scores: dict, n_val_scored: int) -> dict:
         "clf": "finetune",
         "params": asdict(cfg),
         "val_accuracy": scores["accuracy"],
-        "balanced_accuracy": scores["balanced_accuracy"],
-        "macro_f1": scores["macro_f1"],
-        "per_class": scores["per_class"],
-        "confusion_matrix": scores["confusion_matrix"],
+        **{k: v for k, v in scores.items() if k != "accuracy"},  # balanced_accuracy, macro_f1, per_class...
         "most_confused": most_confused(scores["confusion_matrix"], split.classes),
-        "log_loss": scores["log_loss"],
         "fit_seconds": round(float(sum(h["seconds"] for h in history)), 3),
         "feature_space": run.space.to_dict(),
         "cache": str(run.cache_path) if run.cache_path else "",

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..cache.statindex import read_error
 from ..common.hashing import sha256_file
 from ..errors import DatasetError
 from ..extractor.discovery import IMAGE_EXTENSIONS, not_regular, walk_images
@@ -49,12 +50,8 @@ def hash_images(paths: Sequence[Path]) -> tuple[list[str | None], dict[int, str]
         if not why:
             try:
                 digest = sha256_file(p)
-            except FileNotFoundError:
-                why = "file not found (a dangling link, or deleted while running)"
-            except IsADirectoryError:
-                why = "is a folder"
             except OSError as exc:
-                why = f"cannot read: {exc.strerror or exc}"
+                why = read_error(exc)
         hashes.append(digest)
         if why:
             failed[i] = why

@@ -88,10 +88,10 @@ def _predict_round(run, paths, ranks, how: ComputeSettings, tta: bool) -> Predic
 def finetuned_proba(run, paths, how: ComputeSettings):
     """A fine-tuning run's ``(proba_of, failed, n_reused=0, n_computed)``, as :func:`.head.head_proba` gives."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from ..extractor.engine import ImageFiles, collate_skipping_failures, default_workers, resolve_device
-    from ..extractor.preprocess import Normalize, ResizeCrop
+    from ..extractor.engine import default_workers, resolve_device
+    from ..extractor.preprocess import Normalize
+    from ..finetune.data import eval_loader
     from ..finetune.model import load_finetuned
 
     if "_finetuned" not in vars(run):  # built once per loaded run, across rounds
@@ -103,14 +103,7 @@ def finetuned_proba(run, paths, how: ComputeSettings):
     failed: dict[int, str] = {}
     proba_of: dict[int, np.ndarray] = {}
     workers = default_workers() if how.workers is None else how.workers
-    loader = DataLoader(
-        ImageFiles([str(p) for p in paths], ResizeCrop(pre)),
-        batch_size=how.batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_skipping_failures,
-        prefetch_factor=4 if workers else None,
-    )
+    loader = eval_loader([str(p) for p in paths], pre, how.batch_size, workers, pin_memory=dev.type == "cuda")
     how.reporter.start(len(paths), f"predicting with the fine-tuned {run.space.backbone}")
     try:
         with torch.inference_mode():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import REPO, RUN_KEYS, make_folder_dataset, subprocess_env
 
-from tlx.common.runfolder import compute_metrics, list_runs, new_run_dir, write_metrics
+from tlx.common.metrics import compute_metrics
+from tlx.common.runfolder import list_runs, new_run_dir, write_metrics
 from tlx.errors import RunError
 from tlx.heads import Head, HeadSpec, load_run, split_indices
 from tlx.heads.training.sweep import Selection, grouped_folds, run_sweep

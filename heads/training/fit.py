@@ -17,8 +17,10 @@ import numpy as np
 
 from ...cache.duplicates import duplicates_warning
 from ...cache.rows import CacheRows
+from ...common.metrics import compute_metrics
 from ...common.mistakes import most_confused, plot_top_losses, top_losses
-from ...common.runfolder import compute_metrics, new_run_dir, plot_confusion, write_metrics
+from ...common.plots import plot_confusion
+from ...common.runfolder import new_run_dir, write_metrics
 from ...errors import TlxError
 from ...version import __version__
 from ..registry import (
