@@ -90,9 +90,6 @@ class LoopState:
         self.best_eval = evaluation
 
 
-SAVED_STATE = ("history", "best_epoch", "best_accuracy", "bad_epochs", "stopped", "init_eval")  # in last.pt
-
-
 def save_last(path: Path, training, epoch: int, state: LoopState, extra: dict) -> None:
     """``extra``: the config, cache, feature space and split, saved as they are."""
     save_atomic(
@@ -103,7 +100,11 @@ def save_last(path: Path, training, epoch: int, state: LoopState, extra: dict) -
             "scaler": training.scaler.state_dict() if training.scaler is not None else {},
             "epoch": epoch,
             "rng": rng_state(),
-            "loop": {name: getattr(state, name) for name in SAVED_STATE},
+            "history": state.history,
+            "best": {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy},
+            "bad_epochs": state.bad_epochs,
+            "stopped": state.stopped,
+            "init_eval": state.init_eval or {},
             **extra,
         },
         path,
@@ -124,7 +125,15 @@ def restore(saved: dict, training, run_dir: Path, is_main: bool) -> LoopState:
         training.scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"])
     last_epoch = int(saved["epoch"])
-    state = LoopState(next_epoch=last_epoch + 1, **saved["loop"])
+    state = LoopState(
+        next_epoch=last_epoch + 1,
+        history=list(saved["history"]),
+        best_epoch=int(saved["best"]["epoch"]),
+        best_accuracy=float(saved["best"]["val_accuracy"]),
+        bad_epochs=int(saved["bad_epochs"]),
+        stopped=bool(saved["stopped"]),
+        init_eval=saved.get("init_eval") or None,
+    )
     best_path = run_dir / CHECKPOINT_DIR / BEST
     saved_best = load(best_path) if best_path.is_file() else None
     if saved_best is not None and int(saved_best["epoch"]) == state.best_epoch:

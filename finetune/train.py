@@ -187,8 +187,6 @@ def _open(
             "run or it was killed before its first epoch ended; start it again without --resume"
         )
     saved = ckpt.load(last_path)
-    if "loop" not in saved:  # the layout of tlx before the loop state was saved whole
-        raise RunError(f"--resume: {last_path} was written by an older tlx and cannot be continued; start a new run")
     config = saved["config"]
     diffs = [
         f"{key}: {config[key]!r} in the checkpoint, {value!r} now"

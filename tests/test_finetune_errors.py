@@ -49,14 +49,3 @@ def test_device_cuda_without_a_gpu_is_refused_before_any_work(cli, folder_data, 
     )
     assert "--device cuda" in line and "no CUDA GPU" in line, line
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
-
-
-def test_resuming_a_checkpoint_of_an_older_layout_is_one_line(cli, folder_data, tmp_path):
-    import torch
-
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    old = {"config": {"data": str(folder_data)}, "epoch": 0, "history": [], "best": {"epoch": 0, "val_accuracy": 0.5}}
-    torch.save(old, run / "checkpoints" / "last.pt")
-    line = _one_line(cli("finetune", "--resume", "--out", run))
-    assert "older tlx" in line and "new run" in line, line
