@@ -27,7 +27,6 @@ class Ranks:
     enabled: bool = False
     owned: bool = False  # this module started the process group (and ends it)
     timeout_s: float = DEFAULT_TIMEOUT_S
-    told: bool = False  # rank 0 sent the others its last word (done, or stop)
 
     @property
     def is_main(self) -> bool:
