@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -382,9 +383,9 @@ def builds(monkeypatch):
 
     def counting(*args, **kwargs):
         calls.append(1)
-        return real(*args, **kwargs)
+        return real.builder(*args, **kwargs)
 
-    monkeypatch.setitem(registry._BACKBONES, "tiny_cnn", counting)
+    monkeypatch.setitem(registry._BACKBONES, "tiny_cnn", dataclasses.replace(real, builder=counting))
     return calls
 
 
