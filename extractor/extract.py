@@ -187,20 +187,6 @@ def _request(opts: Options) -> dict:
     return request
 
 
-def _build(opts: Options, space: FeatureSpace | None = None):
-    """The network this run asks for, and its feature space (checked against ``space`` if given)."""
-    from .pooling import space_for
-
-    net = get_backbone(opts.backbone).build(weights=opts.weights)
-    built = space_for(net, opts.pooling, opts.precision, opts.stages, opts.store_dtype)
-    if space is not None and built.identity() != space.identity():
-        raise CacheError(
-            f"the network built for this run is not the one that made {space.backbone}'s cache "
-            f"({space.difference(built)}); pass the same --backbone/--weights/--pool/--stages/--precision on every rank"
-        )
-    return net, built
-
-
 def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
     """Rank 0 (or the only process): plan under the cache lock, read a share, commit the index."""
     started_ns = time.time_ns()
@@ -228,7 +214,7 @@ def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
         if reading and lock.read_only is not None:  # before any image is read: nowhere to store them
             raise StorageError(path, lock.read_only.cause, f"add {len(reading)} new or changed image(s) to")
         if reading and net is None:
-            net, _ = _build(opts, space)
+            net = backbone_for_space(space, opts.weights)
         files = [str(index.abspath(index.items[k])) for k in reading]
         known_failed = _known_failures(work, prev)
         plan = Plan(space.to_dict(), str(path), _run_id(), files, sorted(src.known_hashes()), known_failed)
@@ -270,7 +256,10 @@ def _cache_for(index, opts: Options, request: dict):
     found = _find_by_request(index, request, opts.cache_dir)
     if found is not None:
         return (*found, None)
-    net, space = _build(opts)
+    from .pooling import space_for
+
+    net = get_backbone(opts.backbone).build(weights=opts.weights)
+    space = space_for(net, opts.pooling, opts.precision, opts.stages, opts.store_dtype)
     return opts.cache_dir / cache_file_name(index.name, str(index.root), space), space, net
 
 
@@ -391,9 +380,9 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     t0 = time.perf_counter()
     space = FeatureSpace.from_dict(plan.space)
     if net is None:
-        net, _ = _build(opts, space)
+        net = backbone_for_space(space, opts.weights)  # rank 0's space: the same network, checked
     runner = FeatureRunner(
-        net, opts.pooling, opts.device, opts.precision, space.stages, opts.engine, note=reporter.message
+        net, space.pooling, opts.device, space.precision, space.stages, opts.engine, note=reporter.message
     )
     prefix = f"part-{plan.run_id}-r{ranks.rank:03d}"
     writer = PartWriter(parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
@@ -450,11 +439,11 @@ def _refuse_non_finite(batch, opts: Options, space: FeatureSpace, runner, n_befo
     hints = [f"check {weights}"]
     if engine != "eager":
         hints.append("try --engine eager")
-    if opts.precision != "fp32":
+    if space.precision != "fp32":
         hints.append("try --precision fp32")
     raise NonFiniteFeatures(
         f"the network produced NaN/inf features for {bad} image(s) of a batch of {len(batch.meta)} "
-        f"({space.backbone}, engine {engine}, precision {opts.precision}; {n_before} images before it were fine); "
+        f"({space.backbone}, engine {engine}, precision {space.precision}; {n_before} images before it were fine); "
         f"nothing from them was written to the cache: {', '.join(hints)}"
     )
 
