@@ -382,11 +382,11 @@ class ForwardPass:
         self.report: EngineReport | None = None
         self.skipped: list[str] = []  # why each engine `auto` tried before was passed over
         self.batches = 0  # batches run so far
-        self.plan(None, 32)
+        self.plan(None)
 
-    def plan(self, n_images: int | None, batch_size: int) -> list[str]:
-        """The engines to try, best first, for ``n_images`` images (None: as many as it takes).
-        Every artefact serves any ``batch_size``."""
+    def plan(self, n_images: int | None) -> list[str]:
+        """The engines to try, best first, for ``n_images`` images (None: as many as it takes);
+        every artefact serves any batch size."""
         self.candidates = [self.choice]
         if self.choice == "auto":
             self.candidates = [name for name in AUTO_ORDER[self.spec.device] if self._earns_back(name, n_images)]
