@@ -133,7 +133,7 @@ class ShardOutcome:
         }
 
 
-def extract(data, reporter: Reporter | None = None, **options) -> ExtractResult:
+def extract(data, *, reporter: Reporter | None = None, **options) -> ExtractResult:
     """Extract (or update) the features of ``data``; ``options`` are the fields of :class:`Options`
     (``None``: not given). ``views``: None keeps the cache's views, 0 drops them. Under ``torchrun``
     every rank calls this alike: rank 0 plans and commits, every rank reads and runs its contiguous

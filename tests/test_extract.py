@@ -523,6 +523,8 @@ def test_load_features_has_the_failures(folder_data, tmp_path):
 def test_an_unknown_option_is_refused_like_an_unknown_keyword(tmp_path):
     with pytest.raises(TypeError, match=r"unknown option.*pool\b.*the options are backbone, weights, pooling"):
         extract(tmp_path, backbone="tiny_cnn", pool="max", cache_dir=tmp_path / "cache")
+    with pytest.raises(TypeError, match="positional"):  # options are keywords: no reporter taken for a backbone
+        extract(tmp_path, "tiny_cnn", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 
 
