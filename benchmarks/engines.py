@@ -45,7 +45,7 @@ def forward_rates(backbone: str, engines: list[str], paths: list[str], batch: in
     runners, feats = {}, {}
     for e in engines:
         r = FeatureRunner(net, "avg", device="cpu", engine=e, artefact_dir=art)
-        r.forward.plan(None, batch)
+        r.forward.plan(None)
         feats[e] = np.concatenate([r.forward_uint8(decoded[i : i + batch]) for i in range(0, len(decoded), batch)])
         runners[e] = r
     rates: dict[str, list[float]] = {e: [] for e in engines}

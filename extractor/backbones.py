@@ -187,7 +187,7 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
 def tiny_cnn(weights=None, pretrained: bool = True) -> Backbone:
     import torch
 
-    from .networks import Backbone, sha256_state_dict, tiny_cnn_body
+    from .networks import Backbone, sequential_stages, sha256_state_dict, tiny_cnn_body
 
     # The weights are a fixed function of a seed, so two processes build the same network.
     gen_state = torch.random.get_rng_state()
@@ -200,5 +200,4 @@ def tiny_cnn(weights=None, pretrained: bool = True) -> Backbone:
         cfg = _from_file(model, cfg, weights)
     else:
         cfg = replace(cfg, weights_sha256=sha256_state_dict(model))
-    stages = [[f"{child}.{p}" for p, _ in module.named_parameters()] for child, module in model.named_children()]
-    return Backbone(cfg, model.eval(), stages)
+    return Backbone(cfg, model.eval(), sequential_stages(model))

@@ -1,6 +1,7 @@
-"""Stage one under ``torchrun``: which rank this process is, and the few collectives it needs.
-Without torchrun's RANK / WORLD_SIZE, or with a world of one, every collective is a no-op. The
-timeout (``TLX_DIST_TIMEOUT`` seconds) makes the others stop with a clear error when a rank dies."""
+"""Under ``torchrun`` (extract, predict, finetune): which rank this process is, and the few
+collectives they need. Without torchrun's RANK / WORLD_SIZE, or with a world of one, every
+collective is a no-op. The timeout (``TLX_DIST_TIMEOUT`` seconds) makes the others stop with a
+clear error when a rank dies."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class Ranks:
     enabled: bool = False
     owned: bool = False  # this module started the process group (and ends it)
     timeout_s: float = DEFAULT_TIMEOUT_S
-    told: bool = False  # rank 0 sent the others its last word (done, or stop)
+    local_rank: int = 0  # the GPU of this process on its machine
 
     @property
     def is_main(self) -> bool:
@@ -60,24 +61,25 @@ def setup(device: str | None) -> Ranks:
     import torch
     import torch.distributed as dist
 
-    rank, timeout = int(os.environ["RANK"]), timeout_seconds()
+    rank, local, timeout = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0") or 0), timeout_seconds()
     if dist.is_initialized():
-        return Ranks(rank, dist.get_world_size(), True, False, timeout)
+        return Ranks(rank, dist.get_world_size(), True, False, timeout, local)
     cuda = device == "cuda" or (device in (None, "auto") and torch.cuda.is_available())
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0") or 0))  # before the group: a GPU per rank
+        torch.cuda.set_device(local)  # before the group: a GPU per rank
     try:
         dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
     except Exception as exc:
         raise RankLost(
             f"rank {rank}: could not join the other {world - 1} rank(s) within {timeout:g} s: {exc}"
         ) from None
-    return Ranks(rank, world, True, True, timeout)
+    return Ranks(rank, world, True, True, timeout, local)
 
 
-def teardown(r: Ranks, finished: bool = False) -> None:
-    """Tear the process group down; after a normal finish the ranks first meet at a barrier, as
-    gloo can abort when one rank destroys the group while another still uses it."""
+def teardown(r: Ranks, finished: bool = True) -> None:
+    """Tear the process group down. After a normal finish the ranks first meet at a barrier: gloo
+    can abort ("terminate called without an active exception") when one rank destroys the group
+    while another still uses it. After an error they do not wait, which could hang."""
     if r.owned:
         import torch.distributed as dist
 
@@ -122,6 +124,13 @@ def gather(r: Ranks, obj: Any, what: str) -> list[Any]:
     except Exception as exc:
         raise _lost(r, what, exc) from None
     return out
+
+
+def barrier(r: Ranks) -> None:
+    if r.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def shard(n: int, r: Ranks) -> range:

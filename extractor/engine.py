@@ -134,7 +134,7 @@ class FeatureRunner:
         dataset (extract passes one that hashes the bytes it decodes; its collate adds a 4th
         field, returned as ``Batch.meta``)."""
         workers = default_workers() if workers is None else workers
-        self.forward.plan(len(paths), batch_size)
+        self.forward.plan(len(paths))
         loader = DataLoader(
             files if files is not None else ImageFiles(paths, ResizeCrop(self.pre)),
             batch_size=batch_size,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..common.atomic import atomic_path
 from ..errors import TlxError
 
 if TYPE_CHECKING:  # torch is imported where it is used: `tlx extract` checks --engine before it needs torch
@@ -86,17 +87,6 @@ class Artefacts:
         key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.backbone)
         return self.root / f"{engine}-{safe}-{spec.pooling}-{spec.input_size}-{key}{suffix}"
-
-    def write(self, target: Path, write: Callable[[Path], object]) -> None:
-        """``write(tmp)`` then rename into place, so a killed run never leaves half a file."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            write(tmp)
-            os.replace(tmp, target)
-        finally:
-            for leftover in tmp.parent.glob(tmp.name + "*"):
-                leftover.unlink(missing_ok=True)
 
 
 _ENGINES: dict[str, type[Engine]] = {}
@@ -194,7 +184,8 @@ class CompiledEngine(Engine):
         path = self.artefact()
         self.from_cache = path.is_file()
         if not self.from_cache:
-            self.artefacts.write(path, self._compile)
+            with atomic_path(path) as tmp:  # a killed run never leaves half a package
+                self._compile(tmp)
         self.package = torch._inductor.aoti_load_package(str(path))
 
     def _compile(self, tmp: Path) -> None:
@@ -210,8 +201,11 @@ class CompiledEngine(Engine):
             warnings.simplefilter("ignore")
             program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
             package = tmp.with_name(tmp.name + ".pt2")  # the compiler insists on the suffix
-            torch._inductor.aoti_compile_and_package(program, package_path=str(package))
-        os.replace(package, tmp)
+            try:
+                torch._inductor.aoti_compile_and_package(program, package_path=str(package))
+                os.replace(package, tmp)
+            finally:
+                package.unlink(missing_ok=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch
@@ -247,7 +241,8 @@ class OnnxEngine(Engine):
             import torch
 
             example = torch.zeros(2, 3, self.spec.input_size, self.spec.input_size)
-            self.artefacts.write(path, lambda tmp: export_onnx(self.model, example, tmp))
+            with atomic_path(path) as tmp:
+                export_onnx(self.model, example, tmp)
         return path
 
     def numpy_input(self, x: torch.Tensor):
@@ -387,11 +382,11 @@ class ForwardPass:
         self.report: EngineReport | None = None
         self.skipped: list[str] = []  # why each engine `auto` tried before was passed over
         self.batches = 0  # batches run so far
-        self.plan(None, 32)
+        self.plan(None)
 
-    def plan(self, n_images: int | None, batch_size: int) -> list[str]:
-        """The engines to try, best first, for ``n_images`` images (None: as many as it takes).
-        Every artefact serves any ``batch_size``."""
+    def plan(self, n_images: int | None) -> list[str]:
+        """The engines to try, best first, for ``n_images`` images (None: as many as it takes);
+        every artefact serves any batch size."""
         self.candidates = [self.choice]
         if self.choice == "auto":
             self.candidates = [name for name in AUTO_ORDER[self.spec.device] if self._earns_back(name, n_images)]

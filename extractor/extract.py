@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..cache import views as viewstore
-from ..cache.catalog import cache_file_name, cache_file_prefix, default_cache_dir, list_caches, now_iso
+from ..cache.catalog import cache_file_name, cache_file_prefix, list_caches, now_iso
 from ..cache.duplicates import duplicates_warning, split_duplicates
 from ..cache.h5format import FORMAT_VERSION, UnreadableCacheError, parts_dir, read_attrs
 from ..cache.incremental import classify, plan_rows, same_index, sources_for
@@ -26,6 +25,7 @@ from ..errors import CacheError, StorageError, TlxError
 from . import distributed
 from .discovery import DatasetIndex, discover
 from .engines import EngineDrift, check_engine
+from .options import OPTIONS, Options
 from .registry import DEFAULT_BACKBONE, get_backbone
 
 ENGINE_RECORDS = 100  # the newest runs' engine records kept in an index
@@ -97,29 +97,6 @@ def library_versions(backbone: str = DEFAULT_BACKBONE) -> dict[str, str]:
 
 
 @dataclass
-class Options:
-    """One extract request, as every rank received it on its command line."""
-
-    backbone: str
-    weights: object
-    pooling: str
-    batch_size: int
-    workers: int | None
-    device: str | None
-    precision: str
-    store_dtype: str
-    flush_rows: int  # how many rows, or seconds, a part may wait before it is written
-    flush_seconds: float
-    stages: int
-    engine: str
-    views: int | None  # None: keep what the cache has
-    view_recipe: str | None  # None: the cache's recipe, or the default one
-    cache_dir: Path
-    strict: bool
-    rehash: bool
-
-
-@dataclass
 class Plan:
     """What rank 0 decided, sent to every rank: the images to read and how to recognise known bytes."""
 
@@ -156,91 +133,41 @@ class ShardOutcome:
         }
 
 
-def extract(
-    data,
-    backbone: str = DEFAULT_BACKBONE,
-    weights=None,
-    pooling: str = "avg",
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str | None = "auto",
-    cache_dir=None,
-    strict: bool = False,
-    precision: str = "fp32",
-    store_dtype: str = "float32",
-    reporter: Reporter | None = None,
-    rehash: bool = False,
-    flush_rows: int | None = None,
-    flush_seconds: float | None = None,
-    stages: int = 0,
-    engine: str = "auto",
-    views: int | None = None,
-    view_recipe: str | None = None,
-) -> ExtractResult:
-    """Extract (or update) the features of ``data``; ``views``: None keeps the cache's views, 0 drops
-    them. Under ``torchrun`` every rank calls this alike: rank 0 plans and commits, every rank
-    reads and runs its contiguous share of the images that need the network."""
+def extract(data, *, reporter: Reporter | None = None, **options) -> ExtractResult:
+    """Extract (or update) the features of ``data``; ``options`` are the fields of :class:`Options`
+    (``None``: not given). ``views``: None keeps the cache's views, 0 drops them. Under ``torchrun``
+    every rank calls this alike: rank 0 plans and commits, every rank reads and runs its contiguous
+    share of the images that need the network."""
     started = time.perf_counter()
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"extract() got unknown option(s) {', '.join(unknown)}: the options are {', '.join(OPTIONS)}")
+    opts = Options(**{name: value for name, value in options.items() if value is not None})
     reporter = reporter or Reporter()
-    check_device(device)  # --device cuda without a GPU fails here, before any work
-    check_engine(engine, device, precision)
-    opts = Options(
-        backbone,
-        weights,
-        pooling,
-        batch_size,
-        workers,
-        device,
-        precision,
-        store_dtype,
-        flush_rows if flush_rows is not None else int(os.environ.get("TLX_FLUSH_ROWS", "4096")),
-        flush_seconds if flush_seconds is not None else float(os.environ.get("TLX_FLUSH_SECONDS", "5")),
-        stages,
-        engine,
-        views,
-        view_recipe,
-        Path(cache_dir) if cache_dir is not None else default_cache_dir(),
-        strict,
-        rehash,
-    )
-    _check_options(opts)
-    ranks = distributed.setup(device)
+    check_device(opts.device)  # --device cuda without a GPU fails here, before any work
+    check_engine(opts.engine, opts.device, opts.precision)
+    opts.check()
+    ranks = distributed.setup(opts.device)
+    finished = False  # only then do the ranks meet at a barrier before the group goes (see teardown)
     try:
         if not ranks.is_main:
-            return _follow(ranks, opts, reporter)
-        try:
-            result = _lead(ranks, data, opts, reporter, started)
-        except BaseException as exc:
-            # every rank waits for a word from rank 0: tell them to stop, then fail here
-            _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}", getattr(exc, "exit_code", 1)))
-            raise
-        _tell_followers(ranks, ("done", result.to_dict()))
+            result = _follow(ranks, opts, reporter)
+        else:
+            try:
+                result = _lead(ranks, data, opts, reporter, started)
+            except BaseException as exc:
+                # every rank waits for a word from rank 0: tell them to stop, then fail here
+                _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}", getattr(exc, "exit_code", 1)))
+                raise
+            _tell_followers(ranks, ("done", result.to_dict()))
+        finished = True
         return result
     finally:
-        distributed.teardown(ranks)
-
-
-def _check_options(opts: Options) -> None:
-    """Refuse a bad value before any work, naming its option."""
-    if opts.pooling not in ("avg", "max", "avgmax"):
-        raise TlxError(f"--pool must be avg, max or avgmax, not {opts.pooling!r}")
-    if opts.precision not in ("fp32", "fp16", "bf16"):
-        raise TlxError(f"--precision must be fp32, fp16 or bf16, not {opts.precision!r}")
-    if opts.store_dtype not in ("float32", "float16"):
-        raise TlxError(f"--store-dtype must be float32 or float16, not {opts.store_dtype!r}")
-    if opts.batch_size < 1:
-        raise TlxError(f"--batch-size must be at least 1, not {opts.batch_size}")
-    if opts.stages < 0:
-        raise TlxError(f"--stages must be 0 (the final features alone) or more, not {opts.stages}")
-    if opts.views is not None or opts.view_recipe is not None:
-        from .augment import check_count, parse_recipe
-
-        check_count(opts.views or 0, parse_recipe(opts.view_recipe))
+        distributed.teardown(ranks, finished)
 
 
 def _tell_followers(ranks: distributed.Ranks, message: tuple) -> None:
-    if ranks.enabled and not ranks.told:
-        ranks.told = True
+    if ranks.enabled:
         with suppress(distributed.RankLost):
             distributed.broadcast(ranks, message, "sending the result")
 
@@ -250,7 +177,7 @@ def _request(opts: Options) -> dict:
         "backbone": opts.backbone,
         "pooling": opts.pooling,
         "precision": opts.precision,
-        "weights_path": str(Path(opts.weights).resolve()) if opts.weights is not None else "",  # type: ignore[arg-type]
+        "weights_path": str(Path(opts.weights).resolve()) if opts.weights is not None else "",
         "versions": library_versions(opts.backbone),
     }
     if opts.stages:  # only when used, so the requests recorded in older caches still match
@@ -258,20 +185,6 @@ def _request(opts: Options) -> dict:
     if opts.store_dtype != "float32":
         request["store_dtype"] = opts.store_dtype
     return request
-
-
-def _build(opts: Options, space: FeatureSpace | None = None):
-    """The network this run asks for, and its feature space (checked against ``space`` if given)."""
-    from .pooling import space_for
-
-    net = get_backbone(opts.backbone).build(weights=opts.weights)
-    built = space_for(net, opts.pooling, opts.precision, opts.stages, opts.store_dtype)
-    if space is not None and built.identity() != space.identity():
-        raise CacheError(
-            f"the network built for this run is not the one that made {space.backbone}'s cache "
-            f"({space.difference(built)}); pass the same --backbone/--weights/--pool/--stages/--precision on every rank"
-        )
-    return net, built
 
 
 def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
@@ -301,7 +214,7 @@ def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
         if reading and lock.read_only is not None:  # before any image is read: nowhere to store them
             raise StorageError(path, lock.read_only.cause, f"add {len(reading)} new or changed image(s) to")
         if reading and net is None:
-            net, _ = _build(opts, space)
+            net = backbone_for_space(space, opts.weights)
         files = [str(index.abspath(index.items[k])) for k in reading]
         known_failed = _known_failures(work, prev)
         plan = Plan(space.to_dict(), str(path), _run_id(), files, sorted(src.known_hashes()), known_failed)
@@ -343,7 +256,10 @@ def _cache_for(index, opts: Options, request: dict):
     found = _find_by_request(index, request, opts.cache_dir)
     if found is not None:
         return (*found, None)
-    net, space = _build(opts)
+    from .pooling import space_for
+
+    net = get_backbone(opts.backbone).build(weights=opts.weights)
+    space = space_for(net, opts.pooling, opts.precision, opts.stages, opts.store_dtype)
     return opts.cache_dir / cache_file_name(index.name, str(index.root), space), space, net
 
 
@@ -464,9 +380,9 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     t0 = time.perf_counter()
     space = FeatureSpace.from_dict(plan.space)
     if net is None:
-        net, _ = _build(opts, space)
+        net = backbone_for_space(space, opts.weights)  # rank 0's space: the same network, checked
     runner = FeatureRunner(
-        net, opts.pooling, opts.device, opts.precision, space.stages, opts.engine, note=reporter.message
+        net, space.pooling, opts.device, space.precision, space.stages, opts.engine, note=reporter.message
     )
     prefix = f"part-{plan.run_id}-r{ranks.rank:03d}"
     writer = PartWriter(parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
@@ -523,11 +439,11 @@ def _refuse_non_finite(batch, opts: Options, space: FeatureSpace, runner, n_befo
     hints = [f"check {weights}"]
     if engine != "eager":
         hints.append("try --engine eager")
-    if opts.precision != "fp32":
+    if space.precision != "fp32":
         hints.append("try --precision fp32")
     raise NonFiniteFeatures(
         f"the network produced NaN/inf features for {bad} image(s) of a batch of {len(batch.meta)} "
-        f"({space.backbone}, engine {engine}, precision {opts.precision}; {n_before} images before it were fine); "
+        f"({space.backbone}, engine {engine}, precision {space.precision}; {n_before} images before it were fine); "
         f"nothing from them was written to the cache: {', '.join(hints)}"
     )
 

@@ -10,13 +10,6 @@ from PIL import Image
 from ..cache.space import Preprocessing
 from .decode import load_image
 
-_RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
 
 class ResizeCrop:
     """PIL image -> uint8 tensor (3, S, S): shorter side to ``resize_size``, then center crop, as
@@ -25,7 +18,7 @@ class ResizeCrop:
     def __init__(self, pre: Preprocessing, flip: bool = False):
         self.resize_size = pre.resize_size
         self.crop = pre.input_size
-        self.resample = _RESAMPLE[pre.interpolation]
+        self.resample = Image.Resampling[pre.interpolation.upper()]  # bicubic, bilinear, nearest, lanczos
         self.flip = flip  # mirror the crop left-right (test-time augmentation)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:

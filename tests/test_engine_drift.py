@@ -54,7 +54,7 @@ def _runner(engine: str):
     from tlx.extractor.registry import get_backbone
 
     r = FeatureRunner(get_backbone("tiny_cnn").build(), "avg", device="cpu", engine=engine)
-    r.forward.plan(None, 4)
+    r.forward.plan(None)
     return r
 
 

@@ -44,7 +44,7 @@ def runner(net, engine: str, artefact_dir=None, **kw):
     from tlx.extractor.engine import FeatureRunner
 
     r = FeatureRunner(net, "avg", device="cpu", engine=engine, artefact_dir=artefact_dir, **kw)
-    r.forward.plan(None, 8)
+    r.forward.plan(None)
     return r
 
 
@@ -128,7 +128,7 @@ def test_auto_falls_back_when_the_optional_packages_are_missing(tiny, monkeypatc
         "cpu", "fp32"
     )
     r = runner(tiny, "auto")
-    assert r.forward.plan(100, 8) == ["eager"]  # compile is there, but 100 images would not earn it back
+    assert r.forward.plan(100) == ["eager"]  # compile is there, but 100 images would not earn it back
     r.forward_uint8(images(2, tiny.cfg.preprocessing.input_size))
     assert r.forward.report.engine == "eager"
     with pytest.raises(E.EngineError, match="--engine openvino cannot run here: openvino is not installed"):
@@ -140,13 +140,13 @@ def test_auto_needs_enough_images_to_earn_the_export_back(tiny, artefact_dir):
     best = FAST[0]
     cold, warm = E.AUTO_MIN_IMAGES[best]
     r = runner(tiny, "auto", artefact_dir)
-    assert r.forward.plan(cold - 1, 8) == ["eager"]  # too few: no export
-    assert r.forward.plan(cold, 8)[0] == best
+    assert r.forward.plan(cold - 1) == ["eager"]  # too few: no export
+    assert r.forward.plan(cold)[0] == best
     r.forward_uint8(images(3, tiny.cfg.preprocessing.input_size))  # exports, so later runs find it
     assert r.forward.report.engine == best and not r.forward.report.from_cache
     again = runner(tiny, "auto", artefact_dir)
-    assert again.forward.plan(warm, 8)[0] == best  # cached now: fewer images earn the load back
-    assert again.forward.plan(warm - 1, 8) == ["eager"]
+    assert again.forward.plan(warm)[0] == best  # cached now: fewer images earn the load back
+    assert again.forward.plan(warm - 1) == ["eager"]
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.own_process)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -382,9 +383,9 @@ def builds(monkeypatch):
 
     def counting(*args, **kwargs):
         calls.append(1)
-        return real(*args, **kwargs)
+        return real.builder(*args, **kwargs)
 
-    monkeypatch.setitem(registry._BACKBONES, "tiny_cnn", counting)
+    monkeypatch.setitem(registry._BACKBONES, "tiny_cnn", dataclasses.replace(real, builder=counting))
     return calls
 
 
@@ -517,3 +518,44 @@ def test_load_features_has_the_failures(folder_data, tmp_path):
     for name, words in expected.items():
         assert words in feats.failed[f"bees/{name}"]
     assert feats.subset(np.arange(2)).failed == feats.failed
+
+
+def test_an_unknown_option_is_refused_like_an_unknown_keyword(tmp_path):
+    with pytest.raises(TypeError, match=r"unknown option.*pool\b.*the options are backbone, weights, pooling"):
+        extract(tmp_path, backbone="tiny_cnn", pool="max", cache_dir=tmp_path / "cache")
+    with pytest.raises(TypeError, match="positional"):  # options are keywords: no reporter taken for a backbone
+        extract(tmp_path, "tiny_cnn", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_options_not_given_take_their_defaults(folder_data, tmp_path, monkeypatch):
+    """``None`` means not given (as from the CLI), and the flush sizes come from the environment."""
+    from tlx.extractor import extract as extract_module
+
+    class Planned(Exception):
+        pass
+
+    def lead(ranks, data, opts, *rest):
+        raise Planned(opts)
+
+    monkeypatch.setattr(extract_module, "_lead", lead)
+    monkeypatch.setenv("TLX_FLUSH_ROWS", "7")
+    monkeypatch.setenv("TLX_CACHE_DIR", str(tmp_path / "env-cache"))
+    with pytest.raises(Planned) as planned:
+        extract(folder_data, backbone=None, pooling=None, device=None, batch_size=None, cache_dir=None)
+    opts = planned.value.args[0]
+    assert (opts.backbone, opts.pooling, opts.device, opts.batch_size) == ("efficientnet_lite0", "avg", "auto", 32)
+    assert (opts.flush_rows, opts.cache_dir) == (7, tmp_path / "env-cache")
+
+
+def test_the_ranks_meet_before_leaving_only_after_a_normal_finish(folder_data, tmp_path, monkeypatch):
+    """As predict and finetune: a rank that tears the group down while another is still in the last
+    broadcast can abort gloo, so a finished extract passes the barrier; a failed one does not wait."""
+    from tlx.extractor import distributed
+
+    finished = []
+    monkeypatch.setattr(distributed, "teardown", lambda ranks, done=False: finished.append(done))
+    run(folder_data, tmp_path / "cache")
+    with pytest.raises(tlx.errors.DatasetError):
+        run(tmp_path / "no-such-data", tmp_path / "cache")
+    assert finished == [True, False]
