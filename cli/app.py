@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated
 
 import typer
@@ -45,6 +46,11 @@ def main_options(
 ) -> None:
     """Cached-feature, two-stage transfer learning: extract features once, fit heads in seconds,
     fine-tune when it pays."""
+    # A command is one process that imports large libraries (scikit-learn, scipy, torch). At
+    # CPython's default gen-0 threshold of 700 allocations, the objects those imports create are
+    # traversed by hundreds of collections: 0.17 s of `fit-head --clf svm`, 0.07 s after this.
+    # Collecting every 10,000 allocations still collects cycles all through a long run.
+    gc.set_threshold(10_000, 10, 10)
 
 
 main = app  # the console script `tlx` (pyproject.toml) and `python -m tlx`
