@@ -15,7 +15,7 @@ from .h5format import not_a_cache, parts_dir
 from .h5write import h5_atomic
 from .index import CacheIndex, Row, commit_id, read_index, write_index
 from .lock import CacheLock
-from .parts import FEATURE_PARTS, part_datasets, remove_unused_parts
+from .parts import part_datasets, remove_unused_parts
 from .reader import open_snapshot
 
 
@@ -67,9 +67,8 @@ def _copy_rows(path: Path, target: Path, index: CacheIndex, block_rows: int) -> 
     """Copy the index's rows into ``target`` through one snapshot: damage stops it, never copied."""
     n = len(index.paths)
     with open_snapshot(path) as snap, h5_atomic(target) as out:
-        part_datasets(out, n, index.space)
+        part_datasets(out, index.hashes, index.space)
         table = snap.table("features")
         for start in range(0, n, block_rows):
             rows = np.arange(start, min(start + block_rows, n), dtype=np.int64)
             out["features"][start : start + len(rows)] = table.read(rows).astype(index.space.store_dtype, copy=False)
-        FEATURE_PARTS.write_keys(out, index.hashes)

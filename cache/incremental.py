@@ -115,7 +115,7 @@ def sources_for(path: Path, prev: CacheIndex | None, space) -> Sources:
     src = Sources()
     prev = prev if prev is not None and prev.format >= 2 else None
     if prev is not None:
-        src.damaged = _damaged_parts(path, prev)
+        src.damaged = damaged_parts(parts_dir(path), expected_hashes(prev.sources(), prev.hashes))
         src.prev = {h: s for h, s in prev.source_of_hash().items() if s[0] not in src.damaged}
         src.sizes.update(zip(prev.part_names, prev.part_rows, strict=True))
     resumed = {h: s for h, s in orphan_parts(path, prev, space).items() if h not in src.prev}
@@ -126,10 +126,6 @@ def sources_for(path: Path, prev: CacheIndex | None, space) -> Sources:
         src.sizes[name] = rows
     src.resumed = {h: s for h, s in resumed.items() if s[0] not in src.damaged}
     return src
-
-
-def _damaged_parts(path: Path, prev: CacheIndex) -> dict[str, str]:
-    return damaged_parts(parts_dir(path), expected_hashes(prev.sources(), prev.hashes))
 
 
 def plan_rows(index: Listing, found: dict[int, tuple[str, Stat]], failed: Failures, src: Sources):

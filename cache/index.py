@@ -98,8 +98,8 @@ def write_group(f, path: Path, table: ViewTable, space: FeatureSpace) -> None:
     write_sources(g, folder, table.part, table.part_row, table.sizes, space.feature_dim, space.store_dtype)
     write_array(g, "image", np.asarray(table.image, dtype=np.int64))
     write_array(g, "view", np.asarray(table.view, dtype=np.int16))
-    g.attrs["count"] = table.count
-    g.attrs["recipe"] = json.dumps(table.recipe, sort_keys=True)
+    g.attrs["count"] = f.attrs["views"] = table.count
+    g.attrs["recipe"] = f.attrs["view_recipe"] = json.dumps(table.recipe, sort_keys=True)
 
 
 def read_group(f) -> ViewTable | None:
@@ -143,9 +143,6 @@ class CacheIndex:
     source_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     views: ViewTable | None = None  # when the cache has augmented views
 
-    def row_of_hash(self) -> dict[str, int]:
-        return {h: i for i, h in enumerate(self.hashes)}
-
     def sources(self) -> list[tuple[str, int]]:
         """(part file name, row) of each row's vector."""
         rows = zip(self.source_part.tolist(), self.source_row.tolist(), strict=True)
@@ -155,24 +152,18 @@ class CacheIndex:
         return dict(zip(self.hashes, self.sources(), strict=True))
 
 
-def check_parts(f, path: Path) -> None:
-    """Every part the index names must be there."""
-    for group, folder in (("views/", views_dir(path)), ("", parts_dir(path))):
-        names = decode_strings(f[group + "parts/names"]) if group + "parts" in f else []
-        for part in (folder / name for name in names):
-            if not part.is_file():
-                raise missing_part(path, part)
-
-
 def read_index(path: Path) -> CacheIndex:
     """The index at ``path``, its parts checked present (for writers; readers take a Snapshot)."""
     try:
         with open_h5(path) as f:
             index = index_of(f, path)
-            check_parts(f, path)
-            return index
-    except (OSError, KeyError, ValueError) as exc:
+    except OSError as exc:
         raise UnreadableCacheError(path, f"{path} is not a readable tlx feature cache ({exc})") from None
+    view_parts = [views_dir(path) / name for name in index.views.sizes] if index.views is not None else []
+    for part in [*view_parts, *(parts_dir(path) / name for name in index.part_names)]:
+        if not part.is_file():
+            raise missing_part(path, part)
+    return index
 
 
 def index_of(f, path: Path) -> CacheIndex:
@@ -294,8 +285,6 @@ def write_index(
         f.attrs["commit_id"] = secrets.token_hex(8)
         if views is not None:
             write_group(f, path, views, space)
-            f.attrs["views"] = views.count
-            f.attrs["view_recipe"] = json.dumps(views.recipe, sort_keys=True)
 
 
 def _write_stats(group, prefix: str, stats: list) -> None:

@@ -27,13 +27,6 @@ class PartKind:
     marker_value: int
     columns: tuple[str, ...]  # content_sha256 first
 
-    def write_keys(self, f, keys: Sequence[Any]) -> None:
-        if not keys:
-            return
-        values = [keys] if len(self.columns) == 1 else list(zip(*keys, strict=True))
-        for name, column in zip(self.columns, values, strict=True):
-            f[name][:] = np.array(column, dtype="S64" if name == "content_sha256" else np.int16)
-
     def read_keys(self, f) -> list[Any]:
         hashes = decode_strings(f["content_sha256"])
         if len(self.columns) == 1:
@@ -46,18 +39,21 @@ FEATURE_PARTS = PartKind("tlx_part", FORMAT_VERSION, ("content_sha256",))
 VIEW_PARTS = PartKind("tlx_view_part", 1, ("content_sha256", "view"))  # view: the view index >= 1
 
 
-def part_datasets(f, n: int, space: FeatureSpace, kind: PartKind = FEATURE_PARTS, attrs=None) -> None:
-    """A part's datasets, every chunk with a fletcher32 checksum (changed bytes fail to read);
-    ``attrs``: what the part must match to be taken back besides its space (a view recipe)."""
-    width = space.feature_dim
+def part_datasets(f, keys: Sequence, space: FeatureSpace, kind: PartKind = FEATURE_PARTS, attrs=None) -> None:
+    """A part's datasets, its keys written, every chunk with a fletcher32 checksum (changed bytes fail
+    to read); ``attrs``: what the part must match to be taken back besides its space (a view recipe)."""
+    n, width = len(keys), space.feature_dim
     chunk = (min(rows_per_chunk(width), max(n, 1)), width)
     f.create_dataset(
         "features", shape=(n, width), maxshape=(None, width), dtype=space.store_dtype, chunks=chunk, fletcher32=True
     )
     rows = (max(1, min(n, 8192)),)
-    for name in kind.columns:
-        dtype = HASH if name == "content_sha256" else np.int16
-        f.create_dataset(name, shape=(n,), dtype=dtype, maxshape=(None,), chunks=rows, fletcher32=True)
+    for k, name in enumerate(kind.columns):
+        column = keys if len(kind.columns) == 1 else [key[k] for key in keys]
+        data = np.array(column, dtype="S64" if k == 0 else np.int16)
+        f.create_dataset(
+            name, data=data, dtype=HASH if k == 0 else None, maxshape=(None,), chunks=rows, fletcher32=True
+        )
     f.attrs[kind.marker] = kind.marker_value
     f.attrs["feature_space"] = json.dumps(space.to_dict())
     for key, value in (attrs or {}).items():
@@ -68,10 +64,9 @@ def write_part(
     folder: Path, name: str, keys: Sequence, features: np.ndarray, space: FeatureSpace, kind=FEATURE_PARTS, attrs=None
 ) -> Path:
     with h5_atomic(folder / name) as f:
-        part_datasets(f, len(keys), space, kind, attrs)
+        part_datasets(f, keys, space, kind, attrs)
         if len(keys):
             f["features"][:] = features.astype(space.store_dtype, copy=False)
-        kind.write_keys(f, keys)
     return folder / name
 
 
@@ -82,13 +77,12 @@ def merge_parts(
     then delete them; returns its keys. A kill in between leaves every vector in a complete part."""
     keys = [key for _, segment_keys in segments for key in segment_keys]
     with h5_atomic(folder / name) as out:
-        part_datasets(out, len(keys), space, kind, attrs)
+        part_datasets(out, keys, space, kind, attrs)
         at = 0
         for segment, segment_keys in segments:
             with open_h5(folder / segment) as f:
                 out["features"][at : at + len(segment_keys)] = f["features"][()]
             at += len(segment_keys)
-        kind.write_keys(out, keys)
     for segment, _ in segments:
         (folder / segment).unlink(missing_ok=True)
     return keys

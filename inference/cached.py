@@ -25,7 +25,7 @@ def cached_features(run, hashes: list[str | None]) -> tuple[dict[int, np.ndarray
             if index.space.identity() != run.space.identity():
                 changed = run.space.difference(index.space)
                 return {}, f"{cache} now holds another feature space ({changed}); computing every image"
-            row_of = index.row_of_hash()
+            row_of = {h: i for i, h in enumerate(index.hashes)}
             wanted = {i: row_of[h] for i, h in enumerate(hashes) if h is not None and h in row_of}
             if not wanted:
                 return {}, ""
