@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..cache import views as viewstore
-from ..cache.catalog import cache_file_name, cache_file_prefix, list_caches, now_iso
+from ..cache.catalog import cache_file_name, cache_file_prefix, now_iso, scan_caches
 from ..cache.duplicates import duplicates_warning, split_duplicates
 from ..cache.h5format import FORMAT_VERSION, UnreadableCacheError, parts_dir, read_attrs
 from ..cache.incremental import classify, plan_rows, same_index, sources_for
@@ -29,6 +30,7 @@ from .options import OPTIONS, Options
 from .registry import DEFAULT_BACKBONE, get_backbone
 
 ENGINE_RECORDS = 100  # the newest runs' engine records kept in an index
+SPACE_ATTRS = ("backbone", "weights_id", "weights_sha256", "pooling", "stages", "precision")  # copied to the index
 
 
 class ExtractionFailed(TlxError):
@@ -167,9 +169,8 @@ def extract(data, *, reporter: Reporter | None = None, **options) -> ExtractResu
 
 
 def _tell_followers(ranks: distributed.Ranks, message: tuple) -> None:
-    if ranks.enabled:
-        with suppress(distributed.RankLost):
-            distributed.broadcast(ranks, message, "sending the result")
+    with suppress(distributed.RankLost):  # a no-op without torchrun
+        distributed.broadcast(ranks, message, "sending the result")
 
 
 def _request(opts: Options) -> dict:
@@ -217,7 +218,8 @@ def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
             net = backbone_for_space(space, opts.weights)
         files = [str(index.abspath(index.items[k])) for k in reading]
         known_failed = _known_failures(work, prev)
-        plan = Plan(space.to_dict(), str(path), _run_id(), files, sorted(src.known_hashes()), known_failed)
+        run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+        plan = Plan(space.to_dict(), str(path), run_id, files, sorted(src.known_hashes()), known_failed)
         if count:
             plan.views = {"count": count, "recipe": recipe, "have": have}
         distributed.broadcast(ranks, ("plan", plan), "sending the plan")
@@ -361,12 +363,6 @@ def _word_of_lead(ranks, what: str):
     return body[0]
 
 
-def _run_id() -> str:
-    import secrets
-
-    return f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
-
-
 def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome:
     """Read, hash, decode and run this rank's share of ``plan.files``; new vectors go to parts."""
     mine = distributed.shard(len(plan.files), ranks)
@@ -388,7 +384,7 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     writer = PartWriter(parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
     paths = plan.files[mine.start : mine.stop]
     resize_crop = ResizeCrop(space.preprocessing)
-    request, views = _view_request(plan, resize_crop, ranks, opts)
+    request, views = _view_request(plan, space, resize_crop, ranks, opts)
     files = HashedImageFiles(paths, resize_crop, frozenset(plan.known), plan.known_failed, request)
     where = f" (rank {ranks.rank}/{ranks.world})" if ranks.enabled else ""
     reporter.start(len(paths), f"extracting with {space.backbone}{where}")
@@ -428,9 +424,8 @@ def _refuse_non_finite(batch, opts: Options, space: FeatureSpace, runner, n_befo
     would be reused by every later extract and break every head fitted on it."""
     import numpy as np
 
-    bad = int((~np.isfinite(batch.features)).any(axis=1).sum()) if len(batch.indices) else 0
-    if batch.view_features is not None and len(batch.view_features):
-        bad += int((~np.isfinite(batch.view_features)).any(axis=1).sum())
+    vectors = [batch.features] if batch.view_features is None else [batch.features, batch.view_features]
+    bad = sum(int((~np.isfinite(v)).any(axis=1).sum()) for v in vectors)
     if not bad:
         return
     report = runner.forward.report
@@ -448,7 +443,7 @@ def _refuse_non_finite(batch, opts: Options, space: FeatureSpace, runner, n_befo
     )
 
 
-def _view_request(plan: Plan, resize_crop, ranks, opts: Options):
+def _view_request(plan: Plan, space: FeatureSpace, resize_crop, ranks, opts: Options):
     """The views this rank's workers make, and the writer of their vectors (None, None: no views)."""
     if not plan.views:
         return None, None
@@ -459,7 +454,6 @@ def _view_request(plan: Plan, resize_crop, ranks, opts: Options):
     request = ViewRequest(ViewMaker(parse_recipe(recipe["name"]), resize_crop), plan.views["count"], plan.views["have"])
     folder = viewstore.views_dir(Path(plan.path))
     prefix = f"views-{plan.run_id}-r{ranks.rank:03d}"
-    space = FeatureSpace.from_dict(plan.space)
     return request, viewstore.ViewWriter(folder, prefix, space, recipe, opts.flush_rows, opts.flush_seconds)
 
 
@@ -501,15 +495,10 @@ def _cache_attrs(index: DatasetIndex, space: FeatureSpace, net, prev, request: d
         "dataset_name": index.name,
         "dataset_root": str(index.root),
         "dataset_layout": index.layout,
-        "backbone": space.backbone,
-        "weights_id": space.weights_id,
-        "weights_sha256": space.weights_sha256,
+        **{name: getattr(space, name) for name in SPACE_ATTRS},
         "weights_path": request["weights_path"],
         "weights_file": weights_file,  # where pretrained weights were read, to know them again unbuilt
         "preprocessing": json.dumps(space.preprocessing.to_dict()),
-        "pooling": space.pooling,
-        "stages": space.stages,
-        "precision": space.precision,
         "license": license,
         "tlx_version": request["versions"]["tlx"],
         "torch_version": torch_version,
@@ -542,17 +531,11 @@ def _engines_record(prev, outcomes: list[ShardOutcome], run_id: str) -> str:
 def _find_by_request(index: DatasetIndex, request: dict, cache_dir: Path):
     """``(cache, feature space)`` of a cache that this same request made for this dataset, so
     the space (and the cache's name) are known without building the network (seconds, a GB)."""
-    if not cache_dir.is_dir():
-        return None
     label = pool_label(request["pooling"], request.get("stages", 0))
     prefix = cache_file_prefix(index.name, request["backbone"], label)
     wanted = json.dumps(request, sort_keys=True)
-    for path in list_caches(cache_dir):
-        if not path.name.startswith(prefix):
-            continue
-        try:
-            attrs = read_attrs(path)
-        except OSError:
+    for path, attrs in scan_caches(cache_dir):  # attrs None: a file that cannot be opened
+        if attrs is None or not path.name.startswith(prefix):
             continue
         made = attrs.get("tlx_format"), attrs.get("dataset_root"), attrs.get("request")
         if made != (FORMAT_VERSION, str(index.root), wanted):
