@@ -116,12 +116,12 @@ class Engine:
     # workers run niced in its gaps).
     cores_per_thread = 1
 
-    def __init__(self, model: torch.nn.Module, spec: EngineSpec, artefacts: Artefacts, threads: int | None = None):
+    def __init__(self, model: torch.nn.Module, spec: EngineSpec, artefacts: Artefacts):
         self.model = model  # FeatureExtractor, eval, on the device
         self.spec = spec
         self.artefacts = artefacts
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.threads = threads or max(1, cores // self.cores_per_thread)
+        self.threads = max(1, cores // self.cores_per_thread)
         self.from_cache = False  # whether prepare() found its artefact on disk
 
     @classmethod

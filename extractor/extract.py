@@ -159,7 +159,7 @@ def extract(data, *, reporter: Reporter | None = None, **options) -> ExtractResu
                 result = _lead(ranks, data, opts, reporter, started)
             except BaseException as exc:
                 # every rank waits for a word from rank 0: tell them to stop, then fail here
-                _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}", getattr(exc, "exit_code", 1)))
+                _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}"))
                 raise
             _tell_followers(ranks, ("done", result.to_dict()))
         finished = True
@@ -357,10 +357,10 @@ def _follow(ranks, opts: Options, reporter) -> ExtractResult:
 
 
 def _word_of_lead(ranks, what: str):
-    kind, *body = distributed.broadcast(ranks, None, what)
+    kind, body = distributed.broadcast(ranks, None, what)
     if kind == "error":
-        raise distributed.RankLost(f"rank {ranks.rank}: {body[0]}")
-    return body[0]
+        raise distributed.RankLost(f"rank {ranks.rank}: {body}")
+    return body
 
 
 def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome:
