@@ -66,10 +66,9 @@ def lower_priority(_worker_id: int) -> None:
 
 
 def collate_skipping_failures(batch):
-    ok = [(i, x) for i, x, _ in batch if x is not None]
+    indices = [i for i, x, _ in batch if x is not None]
+    images = torch.stack([x for _, x, _ in batch if x is not None]) if indices else torch.empty(0, dtype=torch.uint8)
     failures = [(i, reason) for i, x, reason in batch if x is None]
-    indices = [i for i, _ in ok]
-    images = torch.stack([x for _, x in ok]) if ok else torch.empty(0, dtype=torch.uint8)
     return indices, images, failures
 
 

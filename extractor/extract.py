@@ -108,7 +108,7 @@ class Plan:
     files: list[str]
     known: list[str]
     known_failed: dict[str, str]
-    views: dict = field(default_factory=dict)  # count, recipe (dict) and have (sha256 -> view bit mask)
+    views: dict  # count, recipe (dict) and have (sha256 -> view bit mask); empty: no views
 
 
 @dataclass
@@ -219,9 +219,8 @@ def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
         files = [str(index.abspath(index.items[k])) for k in reading]
         known_failed = _known_failures(work, prev)
         run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
-        plan = Plan(space.to_dict(), str(path), run_id, files, sorted(src.known_hashes()), known_failed)
-        if count:
-            plan.views = {"count": count, "recipe": recipe, "have": have}
+        views = {"count": count, "recipe": recipe, "have": have} if count else {}
+        plan = Plan(space.to_dict(), str(path), run_id, files, sorted(src.known_hashes()), known_failed, views)
         distributed.broadcast(ranks, ("plan", plan), "sending the plan")
         outcomes = distributed.gather(ranks, _read_shard(ranks, plan, opts, net, reporter), "collecting the shares")
         for o in outcomes:
@@ -246,8 +245,7 @@ def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
             _remove_unused(path, rows, table, known_parts, outcomes)
     done = (rows, counts, table, vcounts)
     result = _result(path, index, space, prev, done, work, outcomes, ranks, started, written, files)
-    warning = duplicates_warning(result.duplicates)
-    if warning:
+    if warning := duplicates_warning(result.duplicates):
         reporter.message(warning)
     return result
 
@@ -428,8 +426,7 @@ def _refuse_non_finite(batch, opts: Options, space: FeatureSpace, runner, n_befo
     bad = sum(int((~np.isfinite(v)).any(axis=1).sum()) for v in vectors)
     if not bad:
         return
-    report = runner.forward.report
-    engine = report.engine if report is not None else opts.engine
+    engine = runner.forward.report.engine  # set: the batch went through a forward pass
     weights = f"--weights {opts.weights}" if opts.weights is not None else f"the weights of {space.backbone}"
     hints = [f"check {weights}"]
     if engine != "eager":
