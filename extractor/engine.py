@@ -137,12 +137,10 @@ class FeatureRunner:
         loader = DataLoader(
             files if files is not None else ImageFiles(paths, ResizeCrop(self.pre)),
             batch_size=batch_size,
-            shuffle=False,
             num_workers=workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if workers else None,
-            persistent_workers=False,
             worker_init_fn=lower_priority if self.device.type == "cpu" else None,
         )
         for indices, images, failures, *extra in loader:

@@ -27,7 +27,7 @@ from . import distributed
 from .discovery import DatasetIndex, discover
 from .engines import EngineDrift, check_engine
 from .options import OPTIONS, Options
-from .registry import DEFAULT_BACKBONE, get_backbone
+from .registry import get_backbone
 
 ENGINE_RECORDS = 100  # the newest runs' engine records kept in an index
 SPACE_ATTRS = ("backbone", "weights_id", "weights_sha256", "pooling", "stages", "precision")  # copied to the index
@@ -79,7 +79,7 @@ class ExtractResult:
         return asdict(self)
 
 
-def library_versions(backbone: str = DEFAULT_BACKBONE) -> dict[str, str]:
+def library_versions(backbone: str) -> dict[str, str]:
     """Versions of what makes a backbone's config and weights, from package metadata (no torch
     import). Only the asked backbone's weights package counts, so installing another one does not
     make every cache look like another request."""
