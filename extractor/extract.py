@@ -250,12 +250,21 @@ def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
     return result
 
 
-def _cache_for(index, opts: Options, request: dict):
-    """``(path, space, net)`` of the cache this run updates; ``net`` is None when the same request
-    made a cache before (its feature space is then known without building the network)."""
-    found = _find_by_request(index, request, opts.cache_dir)
-    if found is not None:
-        return (*found, None)
+def _cache_for(index: DatasetIndex, opts: Options, request: dict):
+    """``(path, space, net)`` of the cache this run updates. When this same request made a cache for
+    this dataset, its space (and name) are known without building the network (seconds, a GB): ``net``
+    is then None."""
+    prefix = cache_file_prefix(index.name, opts.backbone, pool_label(opts.pooling, opts.stages))
+    wanted = json.dumps(request, sort_keys=True)
+    for path, attrs in scan_caches(opts.cache_dir):  # attrs None: a file that cannot be opened
+        if attrs is None or not path.name.startswith(prefix):
+            continue
+        made = attrs.get("tlx_format"), attrs.get("dataset_root"), attrs.get("request")
+        if made != (FORMAT_VERSION, str(index.root), wanted):
+            continue
+        space = FeatureSpace.from_dict(json.loads(attrs["feature_space"]))
+        if _same_weights(space, request, attrs.get("weights_file", "")):
+            return path, space, None
     from .pooling import space_for
 
     net = get_backbone(opts.backbone).build(weights=opts.weights)
@@ -523,24 +532,6 @@ def _engines_record(prev, outcomes: list[ShardOutcome], run_id: str) -> str:
                 {"run": run_id, "rank": o.rank, "n_vectors": o.n_new + o.n_views_new, **{k: e.get(k) for k in keep}}
             )
     return json.dumps(records[-ENGINE_RECORDS:])
-
-
-def _find_by_request(index: DatasetIndex, request: dict, cache_dir: Path):
-    """``(cache, feature space)`` of a cache that this same request made for this dataset, so
-    the space (and the cache's name) are known without building the network (seconds, a GB)."""
-    label = pool_label(request["pooling"], request.get("stages", 0))
-    prefix = cache_file_prefix(index.name, request["backbone"], label)
-    wanted = json.dumps(request, sort_keys=True)
-    for path, attrs in scan_caches(cache_dir):  # attrs None: a file that cannot be opened
-        if attrs is None or not path.name.startswith(prefix):
-            continue
-        made = attrs.get("tlx_format"), attrs.get("dataset_root"), attrs.get("request")
-        if made != (FORMAT_VERSION, str(index.root), wanted):
-            continue
-        space = FeatureSpace.from_dict(json.loads(attrs["feature_space"]))
-        if _same_weights(space, request, attrs.get("weights_file", "")):
-            return path, space
-    return None
 
 
 def _same_weights(space: FeatureSpace, request: dict, weights_file: str) -> bool:
