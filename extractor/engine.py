@@ -66,10 +66,9 @@ def lower_priority(_worker_id: int) -> None:
 
 
 def collate_skipping_failures(batch):
-    ok = [(i, x) for i, x, _ in batch if x is not None]
+    indices = [i for i, x, _ in batch if x is not None]
+    images = torch.stack([x for _, x, _ in batch if x is not None]) if indices else torch.empty(0, dtype=torch.uint8)
     failures = [(i, reason) for i, x, reason in batch if x is None]
-    indices = [i for i, _ in ok]
-    images = torch.stack([x for _, x in ok]) if ok else torch.empty(0, dtype=torch.uint8)
     return indices, images, failures
 
 
@@ -138,12 +137,10 @@ class FeatureRunner:
         loader = DataLoader(
             files if files is not None else ImageFiles(paths, ResizeCrop(self.pre)),
             batch_size=batch_size,
-            shuffle=False,
             num_workers=workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if workers else None,
-            persistent_workers=False,
             worker_init_fn=lower_priority if self.device.type == "cpu" else None,
         )
         for indices, images, failures, *extra in loader:

@@ -116,12 +116,12 @@ class Engine:
     # workers run niced in its gaps).
     cores_per_thread = 1
 
-    def __init__(self, model: torch.nn.Module, spec: EngineSpec, artefacts: Artefacts, threads: int | None = None):
+    def __init__(self, model: torch.nn.Module, spec: EngineSpec, artefacts: Artefacts):
         self.model = model  # FeatureExtractor, eval, on the device
         self.spec = spec
         self.artefacts = artefacts
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.threads = threads or max(1, cores // self.cores_per_thread)
+        self.threads = max(1, cores // self.cores_per_thread)
         self.from_cache = False  # whether prepare() found its artefact on disk
 
     @classmethod
@@ -225,17 +225,14 @@ class OnnxEngine(Engine):
     # 2 workers: 1 thread 37.5 img/s end to end, 2 threads 29.6.
     cores_per_thread = 2
 
-    def onnx_path(self) -> Path:
+    def artefact(self) -> Path:
         from importlib.metadata import version
 
         return self.artefacts.path("onnx", self.spec, ".onnx", onnx=version("onnx"))
 
-    def artefact(self) -> Path:
-        return self.onnx_path()
-
     def onnx_file(self) -> Path:
         """The export, made now if no earlier run left it on disk."""
-        path = self.onnx_path()
+        path = OnnxEngine.artefact(self)  # openvino's own artefact is the IR made from it
         self.from_cache = path.is_file()
         if not self.from_cache:
             import torch
@@ -310,13 +307,11 @@ class OpenVinoEngine(OnnxEngine):
         xml = self.artefact()
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(xml.with_suffix(".kernels"))})
-        if xml.is_file():
-            model = core.read_model(str(xml))
-            self.from_cache = True
-        else:
-            model = core.read_model(str(self.onnx_file()))
+        from_ir = xml.is_file()
+        model = core.read_model(str(xml if from_ir else self.onnx_file()))
+        if not from_ir:
             save_ir(ov, model, xml)
-            self.from_cache = False
+        self.from_cache = from_ir  # onnx_file() said whether the export was cached, not the IR
         config = {
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",
@@ -409,10 +404,14 @@ class ForwardPass:
             self._recheck(x, out)
         return out
 
-    def _eager_diff(self, x: torch.Tensor, out: torch.Tensor, rows) -> float:
-        """Max abs difference of ``out[rows]`` from eager's features of ``x[rows]``."""
+    def _check(self, report: EngineReport, x: torch.Tensor, out: torch.Tensor, rows: list[int]) -> float:
+        """Max abs difference of ``out[rows]`` from eager's features of ``x[rows]``, counted in ``report``."""
         reference = Engine(self.model, self.spec, self.artefacts).forward(x[rows])
-        return float((out[rows].to(reference.device) - reference).abs().max())
+        diff = float((out[rows].to(reference.device) - reference).abs().max())
+        report.checks += 1
+        report.probe_images += len(rows)
+        report.max_abs_diff = max(report.max_abs_diff or 0.0, diff)
+        return diff
 
     def _recheck(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """A later batch against eager: an engine that drifts out of tolerance stops the run
@@ -423,11 +422,7 @@ class ForwardPass:
             return
         # k rows spread over the batch, first and last included
         rows = [len(x) // 2] if k == 1 else sorted({round(i * (len(x) - 1) / (k - 1)) for i in range(k)})
-        diff = self._eager_diff(x, out, rows)
-        report = self.report
-        report.checks += 1
-        report.probe_images += k
-        report.max_abs_diff = max(report.max_abs_diff or 0.0, diff)
+        diff = self._check(self.report, x, out, rows)
         if not diff <= self.tolerance:  # also refuses NaN
             raise EngineDrift(
                 f"engine {self.engine.name} gave features up to {diff:.2e} away from eager on batch {self.batches} "
@@ -449,8 +444,7 @@ class ForwardPass:
             report = EngineReport(name, self.choice, tolerance=self.tolerance, from_cache=engine.from_cache)
             report.prepare_seconds = time.perf_counter() - started
             if name != "eager":  # eager is the reference itself
-                diff = self._eager_diff(x, out, slice(0, k)) if k else 0.0
-                report.max_abs_diff, report.probe_images, report.checks = diff, k, 1
+                diff = self._check(report, x, out, list(range(k))) if k else 0.0
                 if not diff <= self.tolerance:  # also refuses NaN
                     precision = "fp32" if self.spec.precision == "fp32" else f"{self.spec.precision} autocast"
                     self._pass_over(
@@ -475,14 +469,13 @@ class ForwardPass:
 def check_engine(choice: str, device: str | None, precision: str = "fp32") -> None:
     """Refuse an unknown or unusable ``--engine`` before any work is done (imports no torch
     unless ``device`` is ``auto``, which must ask torch whether there is a GPU)."""
-    if choice not in CHOICES:
-        raise EngineError(f"--engine must be one of {', '.join(CHOICES)}, not {choice!r}")
     if choice == "auto":
         return
+    engine = get_engine(choice)  # an unknown name fails here, before torch is imported
     if device in (None, "auto"):
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    why = get_engine(choice).unusable(str(device).split(":")[0], precision)
+    why = engine.unusable(str(device).split(":")[0], precision)
     if why:
         raise EngineError(f"--engine {choice} cannot run here: {why}; use --engine auto or eager")

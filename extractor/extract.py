@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..cache import views as viewstore
-from ..cache.catalog import cache_file_name, cache_file_prefix, list_caches, now_iso
+from ..cache.catalog import cache_file_name, cache_file_prefix, now_iso, scan_caches
 from ..cache.duplicates import duplicates_warning, split_duplicates
 from ..cache.h5format import FORMAT_VERSION, UnreadableCacheError, parts_dir, read_attrs
 from ..cache.incremental import classify, plan_rows, same_index, sources_for
@@ -26,9 +27,10 @@ from . import distributed
 from .discovery import DatasetIndex, discover
 from .engines import EngineDrift, check_engine
 from .options import OPTIONS, Options
-from .registry import DEFAULT_BACKBONE, get_backbone
+from .registry import get_backbone
 
 ENGINE_RECORDS = 100  # the newest runs' engine records kept in an index
+SPACE_ATTRS = ("backbone", "weights_id", "weights_sha256", "pooling", "stages", "precision")  # copied to the index
 
 
 class ExtractionFailed(TlxError):
@@ -77,7 +79,7 @@ class ExtractResult:
         return asdict(self)
 
 
-def library_versions(backbone: str = DEFAULT_BACKBONE) -> dict[str, str]:
+def library_versions(backbone: str) -> dict[str, str]:
     """Versions of what makes a backbone's config and weights, from package metadata (no torch
     import). Only the asked backbone's weights package counts, so installing another one does not
     make every cache look like another request."""
@@ -106,7 +108,7 @@ class Plan:
     files: list[str]
     known: list[str]
     known_failed: dict[str, str]
-    views: dict = field(default_factory=dict)  # count, recipe (dict) and have (sha256 -> view bit mask)
+    views: dict  # count, recipe (dict) and have (sha256 -> view bit mask); empty: no views
 
 
 @dataclass
@@ -157,7 +159,7 @@ def extract(data, *, reporter: Reporter | None = None, **options) -> ExtractResu
                 result = _lead(ranks, data, opts, reporter, started)
             except BaseException as exc:
                 # every rank waits for a word from rank 0: tell them to stop, then fail here
-                _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}", getattr(exc, "exit_code", 1)))
+                _tell_followers(ranks, ("error", f"rank 0 stopped: {exc}"))
                 raise
             _tell_followers(ranks, ("done", result.to_dict()))
         finished = True
@@ -167,9 +169,8 @@ def extract(data, *, reporter: Reporter | None = None, **options) -> ExtractResu
 
 
 def _tell_followers(ranks: distributed.Ranks, message: tuple) -> None:
-    if ranks.enabled:
-        with suppress(distributed.RankLost):
-            distributed.broadcast(ranks, message, "sending the result")
+    with suppress(distributed.RankLost):  # a no-op without torchrun
+        distributed.broadcast(ranks, message, "sending the result")
 
 
 def _request(opts: Options) -> dict:
@@ -217,9 +218,9 @@ def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
             net = backbone_for_space(space, opts.weights)
         files = [str(index.abspath(index.items[k])) for k in reading]
         known_failed = _known_failures(work, prev)
-        plan = Plan(space.to_dict(), str(path), _run_id(), files, sorted(src.known_hashes()), known_failed)
-        if count:
-            plan.views = {"count": count, "recipe": recipe, "have": have}
+        run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+        views = {"count": count, "recipe": recipe, "have": have} if count else {}
+        plan = Plan(space.to_dict(), str(path), run_id, files, sorted(src.known_hashes()), known_failed, views)
         distributed.broadcast(ranks, ("plan", plan), "sending the plan")
         outcomes = distributed.gather(ranks, _read_shard(ranks, plan, opts, net, reporter), "collecting the shares")
         for o in outcomes:
@@ -244,18 +245,26 @@ def _lead(ranks, data, opts: Options, reporter, started) -> ExtractResult:
             _remove_unused(path, rows, table, known_parts, outcomes)
     done = (rows, counts, table, vcounts)
     result = _result(path, index, space, prev, done, work, outcomes, ranks, started, written, files)
-    warning = duplicates_warning(result.duplicates)
-    if warning:
+    if warning := duplicates_warning(result.duplicates):
         reporter.message(warning)
     return result
 
 
-def _cache_for(index, opts: Options, request: dict):
-    """``(path, space, net)`` of the cache this run updates; ``net`` is None when the same request
-    made a cache before (its feature space is then known without building the network)."""
-    found = _find_by_request(index, request, opts.cache_dir)
-    if found is not None:
-        return (*found, None)
+def _cache_for(index: DatasetIndex, opts: Options, request: dict):
+    """``(path, space, net)`` of the cache this run updates. When this same request made a cache for
+    this dataset, its space (and name) are known without building the network (seconds, a GB): ``net``
+    is then None."""
+    prefix = cache_file_prefix(index.name, opts.backbone, pool_label(opts.pooling, opts.stages))
+    wanted = json.dumps(request, sort_keys=True)
+    for path, attrs in scan_caches(opts.cache_dir):  # attrs None: a file that cannot be opened
+        if attrs is None or not path.name.startswith(prefix):
+            continue
+        made = attrs.get("tlx_format"), attrs.get("dataset_root"), attrs.get("request")
+        if made != (FORMAT_VERSION, str(index.root), wanted):
+            continue
+        space = FeatureSpace.from_dict(json.loads(attrs["feature_space"]))
+        if _same_weights(space, request, attrs.get("weights_file", "")):
+            return path, space, None
     from .pooling import space_for
 
     net = get_backbone(opts.backbone).build(weights=opts.weights)
@@ -355,16 +364,10 @@ def _follow(ranks, opts: Options, reporter) -> ExtractResult:
 
 
 def _word_of_lead(ranks, what: str):
-    kind, *body = distributed.broadcast(ranks, None, what)
+    kind, body = distributed.broadcast(ranks, None, what)
     if kind == "error":
-        raise distributed.RankLost(f"rank {ranks.rank}: {body[0]}")
-    return body[0]
-
-
-def _run_id() -> str:
-    import secrets
-
-    return f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+        raise distributed.RankLost(f"rank {ranks.rank}: {body}")
+    return body
 
 
 def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome:
@@ -388,7 +391,7 @@ def _read_shard(ranks, plan: Plan, opts: Options, net, reporter) -> ShardOutcome
     writer = PartWriter(parts_dir(Path(plan.path)), prefix, space, opts.flush_rows, opts.flush_seconds)
     paths = plan.files[mine.start : mine.stop]
     resize_crop = ResizeCrop(space.preprocessing)
-    request, views = _view_request(plan, resize_crop, ranks, opts)
+    request, views = _view_request(plan, space, resize_crop, ranks, opts)
     files = HashedImageFiles(paths, resize_crop, frozenset(plan.known), plan.known_failed, request)
     where = f" (rank {ranks.rank}/{ranks.world})" if ranks.enabled else ""
     reporter.start(len(paths), f"extracting with {space.backbone}{where}")
@@ -428,13 +431,11 @@ def _refuse_non_finite(batch, opts: Options, space: FeatureSpace, runner, n_befo
     would be reused by every later extract and break every head fitted on it."""
     import numpy as np
 
-    bad = int((~np.isfinite(batch.features)).any(axis=1).sum()) if len(batch.indices) else 0
-    if batch.view_features is not None and len(batch.view_features):
-        bad += int((~np.isfinite(batch.view_features)).any(axis=1).sum())
+    vectors = [batch.features] if batch.view_features is None else [batch.features, batch.view_features]
+    bad = sum(int((~np.isfinite(v)).any(axis=1).sum()) for v in vectors)
     if not bad:
         return
-    report = runner.forward.report
-    engine = report.engine if report is not None else opts.engine
+    engine = runner.forward.report.engine  # set: the batch went through a forward pass
     weights = f"--weights {opts.weights}" if opts.weights is not None else f"the weights of {space.backbone}"
     hints = [f"check {weights}"]
     if engine != "eager":
@@ -448,7 +449,7 @@ def _refuse_non_finite(batch, opts: Options, space: FeatureSpace, runner, n_befo
     )
 
 
-def _view_request(plan: Plan, resize_crop, ranks, opts: Options):
+def _view_request(plan: Plan, space: FeatureSpace, resize_crop, ranks, opts: Options):
     """The views this rank's workers make, and the writer of their vectors (None, None: no views)."""
     if not plan.views:
         return None, None
@@ -459,7 +460,6 @@ def _view_request(plan: Plan, resize_crop, ranks, opts: Options):
     request = ViewRequest(ViewMaker(parse_recipe(recipe["name"]), resize_crop), plan.views["count"], plan.views["have"])
     folder = viewstore.views_dir(Path(plan.path))
     prefix = f"views-{plan.run_id}-r{ranks.rank:03d}"
-    space = FeatureSpace.from_dict(plan.space)
     return request, viewstore.ViewWriter(folder, prefix, space, recipe, opts.flush_rows, opts.flush_seconds)
 
 
@@ -501,15 +501,10 @@ def _cache_attrs(index: DatasetIndex, space: FeatureSpace, net, prev, request: d
         "dataset_name": index.name,
         "dataset_root": str(index.root),
         "dataset_layout": index.layout,
-        "backbone": space.backbone,
-        "weights_id": space.weights_id,
-        "weights_sha256": space.weights_sha256,
+        **{name: getattr(space, name) for name in SPACE_ATTRS},
         "weights_path": request["weights_path"],
         "weights_file": weights_file,  # where pretrained weights were read, to know them again unbuilt
         "preprocessing": json.dumps(space.preprocessing.to_dict()),
-        "pooling": space.pooling,
-        "stages": space.stages,
-        "precision": space.precision,
         "license": license,
         "tlx_version": request["versions"]["tlx"],
         "torch_version": torch_version,
@@ -537,30 +532,6 @@ def _engines_record(prev, outcomes: list[ShardOutcome], run_id: str) -> str:
                 {"run": run_id, "rank": o.rank, "n_vectors": o.n_new + o.n_views_new, **{k: e.get(k) for k in keep}}
             )
     return json.dumps(records[-ENGINE_RECORDS:])
-
-
-def _find_by_request(index: DatasetIndex, request: dict, cache_dir: Path):
-    """``(cache, feature space)`` of a cache that this same request made for this dataset, so
-    the space (and the cache's name) are known without building the network (seconds, a GB)."""
-    if not cache_dir.is_dir():
-        return None
-    label = pool_label(request["pooling"], request.get("stages", 0))
-    prefix = cache_file_prefix(index.name, request["backbone"], label)
-    wanted = json.dumps(request, sort_keys=True)
-    for path in list_caches(cache_dir):
-        if not path.name.startswith(prefix):
-            continue
-        try:
-            attrs = read_attrs(path)
-        except OSError:
-            continue
-        made = attrs.get("tlx_format"), attrs.get("dataset_root"), attrs.get("request")
-        if made != (FORMAT_VERSION, str(index.root), wanted):
-            continue
-        space = FeatureSpace.from_dict(json.loads(attrs["feature_space"]))
-        if _same_weights(space, request, attrs.get("weights_file", "")):
-            return path, space
-    return None
 
 
 def _same_weights(space: FeatureSpace, request: dict, weights_file: str) -> bool:
