@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,39 +44,26 @@ DEFAULT_VIEWS: int | None = 0
 SIDE_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "per_class", "confusion_matrix", "most_confused")
 
 
-# What FitResult.to_dict takes from the run's metrics.json record, after run, clf and val_accuracy.
-SUMMARY: tuple[str, ...] = (
-    "cv_accuracy",
-    "test_accuracy",
-    "fit_seconds",
-    "params",
-    "balanced_accuracy",
-    "macro_f1",
-    "n_train",
-)
-SUMMARY += ("n_val", "n_test", "n_train_views", "cache", "sweep", "selection", "duplicates")
+# What a FitResult reads from its metrics.json record as attributes, and what its --json line holds.
+ATTRIBUTES = ("clf", "val_accuracy", "cv_accuracy", "test_accuracy", "fit_seconds", "params")
+SUMMARY: tuple[str, ...] = (*ATTRIBUTES, "balanced_accuracy", "macro_f1", "n_train", "n_val", "n_test")
+SUMMARY += ("n_train_views", "cache", "sweep", "selection", "duplicates")
 
 
 @dataclass
 class FitResult:
+    """A fitted head's run folder and its metrics.json record (val_accuracy is None without val)."""
+
     run: Path
-    clf: str
-    val_accuracy: float | None  # None: the data has no val split (train + test)
-    fit_seconds: float
-    params: dict
-    metrics: dict = field(default_factory=dict)  # the whole metrics.json record
+    metrics: dict
 
-    @property
-    def cv_accuracy(self) -> float | None:
-        return self.metrics.get("cv_accuracy")
-
-    @property
-    def test_accuracy(self) -> float | None:
-        return self.metrics.get("test_accuracy")
+    def __getattr__(self, key: str) -> Any:
+        if key in ATTRIBUTES:
+            return self.metrics.get(key)
+        raise AttributeError(key)
 
     def to_dict(self) -> dict:
-        summary = {key: self.metrics.get(key) for key in SUMMARY}
-        return {"run": str(self.run), "clf": self.clf, "val_accuracy": self.val_accuracy, **summary}
+        return {"run": str(self.run), **{key: self.metrics.get(key) for key in SUMMARY}}
 
 
 def parse_heads(clf) -> list[str]:
@@ -229,7 +216,7 @@ def _fit_one(
     record["cv_accuracy"] = cv_accuracy
     record["selection"] = selection.record() if selection is not None else None
     write_metrics(run_dir, record)
-    return FitResult(run_dir, spec.name, record["val_accuracy"], fit_seconds, record["params"], record)
+    return FitResult(run_dir, record)
 
 
 def _evaluate(head, data: TrainingData, run_dir: Path, log) -> dict:

@@ -90,7 +90,7 @@ def plan_selection(select_on: str, data, seed: int, why: str) -> Selection:
     if select_on == "val":
         if not len(data.yva):
             raise SelectionError(
-                f"--select-on val: {data.path} has no val images to choose on (only train and test): "
+                f"--select-on val: {data.meta.path} has no val images to choose on (only train and test): "
                 "use --select-on cv, which chooses on the training images alone"
             )
         return Selection("val", data.Xtr, data.ytr, data.Xva, data.yva)
