@@ -35,7 +35,7 @@ from ..registry import (
     validate_params,
 )
 from .data import TrainingData, load_training_data, parse_memory
-from .sweep import SELECT_ON, Selection, SelectionError, plan_selection, plot_sweep, run_sweep, selection_score
+from .sweep import SELECT_ON, Selection, SelectionError, plan_selection, plot_sweep, run_sweep
 
 # fit-head --views default: 0 (center rows only). Measured on ants/bees (README, benchmarks/
 # accuracy.py), the views did not buy accuracy, so they are used only when asked for.
@@ -187,7 +187,7 @@ def _fit_one(
             chosen[spec.main_param] = sweep_record["best"]
             best_score = max(sweep_record["scores"])
         else:
-            best_score = selection_score(spec, chosen, selection)
+            best_score = selection.score([spec.build(**chosen) for _ in range(selection.slots())])
         if selection.on == "cv":
             cv_accuracy = best_score
         sweep_seconds = time.perf_counter() - t0
