@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,17 +52,16 @@ class TrainingData:
     meta: Features  # the cache's labels, paths, split and feature space; X stays on disk
     train: np.ndarray  # row numbers in the cache
     val: np.ndarray
+    test: np.ndarray  # the data's own test rows (a test/ folder): scored beside val, never chosen on
     split_info: dict
-    Xtr: np.ndarray | CacheRows  # a CacheRows when streamed
+    Xtr: np.ndarray | CacheRows  # CacheRows when streamed, as are Xva and Xte
     ytr: np.ndarray
-    Xva: np.ndarray | CacheRows  # a CacheRows when streamed
+    Xva: np.ndarray | CacheRows
     yva: np.ndarray
-    fusion: Fusion | None = None  # several caches side by side (``tlx.heads.training.fusion``)
-    # The data's own test rows (a test/ folder): scored beside val, never trained or chosen on.
-    test: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    Xte: np.ndarray | CacheRows | None = None
-    yte: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    duplicates: dict = field(default_factory=dict)  # train_val, cross_class (tlx.cache.duplicates)
+    Xte: np.ndarray | CacheRows
+    yte: np.ndarray
+    fusion: Fusion | None  # several caches side by side (``tlx.heads.training.fusion``)
+    duplicates: dict  # train_val, cross_class (tlx.cache.duplicates)
     # With views: the image (position in ``train``) of each row of Xtr; the first len(train) rows
     # are the center rows, in order. None: no views, one row per image.
     train_group: np.ndarray | None = None
@@ -109,7 +108,7 @@ def load_training_data(
     y = meta.y
     duplicates = count_duplicates(meta.sha256, y, train, np.concatenate([val, test]))
     data = TrainingData(
-        meta, train, val, split_info, Xtr, y[train], Xva, y[val], fusion, test, Xte, y[test], duplicates
+        meta, train, val, test, split_info, Xtr, y[train], Xva, y[val], Xte, y[test], fusion, duplicates
     )
     if wanted:
         _add_views(data, wanted)

@@ -1,8 +1,6 @@
-"""``fit_heads``: load a cache once, split it, then for each head optionally sweep, fit it and
-write its run folder (``fit_head`` does one). Choices (the sweep's value, the ranking of several
-heads) are made without the held-out labels (``sweep.py``); each head is then refitted on the
-whole training split and scored on val, and on test when the data has a test/ split.
-"""
+"""``fit_heads``: load a cache once, split it, then for each head optionally sweep (choices are made
+without the held-out labels, ``sweep.py``), fit it on the whole training split and write its run
+folder, scored on val, and on test when the data has a test/ split."""
 
 from __future__ import annotations
 
@@ -99,15 +97,13 @@ def _params_for(spec: HeadSpec, items, sweep: bool, class_weight: str | None, se
             f"--param {spec.main_param}={chosen[spec.main_param]} and --sweep both set {spec.main_param}: "
             f"drop --sweep to fit with that value, or drop the --param to let the sweep choose it"
         )
-    if class_weight is not None:
-        if class_weight != "balanced":
-            raise ParamError(f"--class-weight must be 'balanced', got {class_weight!r}")
-        if not spec.supports_class_weight:
-            able = [n for n in list_heads() if get_head(n).supports_class_weight]
-            if several:
-                return chosen  # the option is for the heads that have it
-            raise ParamError(f"{spec.name} has no class weights: --class-weight works with {', '.join(able)}")
+    if class_weight not in (None, "balanced"):
+        raise ParamError(f"--class-weight must be 'balanced', got {class_weight!r}")
+    if class_weight and spec.supports_class_weight:
         chosen["class_weight"] = class_weight
+    elif class_weight and not several:  # with several heads, the option is for the heads that have it
+        able = [n for n in list_heads() if get_head(n).supports_class_weight]
+        raise ParamError(f"{spec.name} has no class weights: --class-weight works with {', '.join(able)}")
     validate_params(spec, chosen)  # before any data is read
     return chosen
 
@@ -226,7 +222,7 @@ def _evaluate(head, data: TrainingData, run_dir: Path, log) -> dict:
     sides = {"val": (data.Xva, data.yva, data.val), "test": (data.Xte, data.yte, data.test)}
     scores: dict = {"val": None, "test": None}
     for side, (X, y, rows) in sides.items():
-        if X is None or not len(y):
+        if not len(y):
             continue
         proba = _full_proba(head, X, len(classes))
         scores[side] = compute_metrics(y, proba, classes)
