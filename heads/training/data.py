@@ -5,6 +5,7 @@ its image, so a fold keeps an image with its views)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -216,8 +217,6 @@ def drop_excluded(meta: Features, sides: dict[str, np.ndarray], split_info: dict
 
 
 def _read_exclusions(files) -> list[str]:
-    import json
-
     listed: list[str] = []
     for file in files:
         file = Path(file)
