@@ -58,12 +58,9 @@ def save_head(head, run_dir) -> Path:
 
 
 def skops_io():
-    """``skops.io``, imported without its walk over scikit-learn.
-
-    On import, skops.io builds its default trusted types from ``sklearn.utils.all_estimators()``,
-    which imports every scikit-learn module and, through ``array_api_compat``, torch: 4 to 8 s.
-    tlx does not rely on that list (it records and checks each file's types), so the first import
-    sees no estimator: skops then trusts fewer types by default, stricter, never looser."""
+    """``skops.io``, imported without its walk over scikit-learn: its default trusted types come from
+    ``sklearn.utils.all_estimators()``, which imports all of scikit-learn and torch (4 to 8 s). tlx
+    records and checks each file's types itself; with no estimator listed skops trusts fewer types."""
     import sys
 
     if "skops.io" in sys.modules:
@@ -99,6 +96,13 @@ def _save_skops(head, run_dir: Path, record: dict) -> Path:
     write_bytes_atomic(file, data)
     record["untrusted_types"] = sorted(sio.get_untrusted_types(data=data))
     return file
+
+
+def _pipeline_options(meta: dict) -> dict:
+    """A scikit-learn head's own settings, as head.json records them."""
+    return dict(
+        model_path=meta.get("model_path"), balance_classes=bool(meta.get("balance_classes")), name=str(meta["head"])
+    )
 
 
 def load_head(run_dir):
@@ -208,13 +212,7 @@ def _load_sklearn_arrays(file: Path, meta: dict):
 
     tensors = _read_tensors(file)
     try:
-        return HeadPipeline.from_arrays(
-            meta["steps"],
-            tensors,
-            model_path=meta.get("model_path"),
-            balance_classes=bool(meta.get("balance_classes")),
-            name=str(meta["head"]),
-        )
+        return HeadPipeline.from_arrays(meta["steps"], tensors, **_pipeline_options(meta))
     except (KeyError, TypeError, ValueError, AttributeError, ImportError) as exc:
         raise RunError(f"{file} is not a linear scikit-learn head tlx saved ({exc}): refusing it") from None
 
@@ -246,9 +244,4 @@ def _load_skops(file: Path, meta: dict):
         ) from None
     if type(pipeline) is not Pipeline:
         raise RunError(f"{file} does not hold a scikit-learn Pipeline: refusing a foreign file")
-    return HeadPipeline(
-        pipeline.steps,
-        model_path=meta.get("model_path"),
-        balance_classes=bool(meta.get("balance_classes")),
-        name=str(meta["head"]),
-    )
+    return HeadPipeline(pipeline.steps, **_pipeline_options(meta))

@@ -186,8 +186,7 @@ def validate_params(spec: HeadSpec, params: dict) -> None:
 
 
 def describe_heads() -> list[dict[str, Any]]:
-    """One row per head for ``tlx heads``: what it is, whether it is the default, exportable and
-    takes class weights, its sweep, and every parameter with its default and valid values."""
+    """One row per head for ``tlx heads``: what it is, its sweep, its parameters and their valid values."""
     rows = []
     for spec in _named():
         valid = spec.describe_params()

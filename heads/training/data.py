@@ -5,9 +5,10 @@ its image, so a fold keeps an image with its views)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from ...cache.features import Features, load_features, resolve_cache
 from ...cache.rows import CacheRows
 from ...errors import DatasetError, TlxError
 from .fusion import Fusion, load_fused
-from .split import split_rows
+from .split import split_indices
 
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
 
@@ -52,17 +53,16 @@ class TrainingData:
     meta: Features  # the cache's labels, paths, split and feature space; X stays on disk
     train: np.ndarray  # row numbers in the cache
     val: np.ndarray
+    test: np.ndarray  # the data's own test rows (a test/ folder): scored beside val, never chosen on
     split_info: dict
-    Xtr: np.ndarray | CacheRows  # a CacheRows when streamed
+    Xtr: np.ndarray | CacheRows  # CacheRows when streamed, as are Xva and Xte
     ytr: np.ndarray
-    Xva: np.ndarray | CacheRows  # a CacheRows when streamed
+    Xva: np.ndarray | CacheRows
     yva: np.ndarray
-    fusion: Fusion | None = None  # several caches side by side (``tlx.heads.training.fusion``)
-    # The data's own test rows (a test/ folder): scored beside val, never trained or chosen on.
-    test: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    Xte: np.ndarray | CacheRows | None = None
-    yte: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    duplicates: dict = field(default_factory=dict)  # train_val, cross_class (tlx.cache.duplicates)
+    Xte: np.ndarray | CacheRows
+    yte: np.ndarray
+    fusion: Fusion | None  # several caches side by side (``tlx.heads.training.fusion``)
+    duplicates: dict  # train_val, cross_class (tlx.cache.duplicates)
     # With views: the image (position in ``train``) of each row of Xtr; the first len(train) rows
     # are the center rows, in order. None: no views, one row per image.
     train_group: np.ndarray | None = None
@@ -71,10 +71,6 @@ class TrainingData:
     @property
     def streamed(self) -> bool:
         return isinstance(self.Xtr, CacheRows)
-
-    @property
-    def path(self) -> Path:
-        return self.meta.path
 
 
 def load_training_data(
@@ -89,42 +85,78 @@ def load_training_data(
     """``features``: a cache, a folder (its newest cache), None (the default folder), or a list of
     caches (two or more are fused). ``views``: train on views 1..N of the training images too
     (None: all the cache has). ``exclude``: files of images to leave out (:func:`drop_excluded`)."""
-    if isinstance(features, (list, tuple)):
-        if len(features) > 1:
-            if views:
-                raise TlxError("--views works with one cache, not fused ones: drop --views or fit on one --features")
-            return _load_fused(list(features), val_fraction, seed, max_memory, log, exclude)
-        features = features[0] if features else None
-    path = resolve_cache(features)
-    if features is None or Path(features).is_dir():
-        log(f"features: {path} (the most recent cache in {path.parent})")
-    meta = load_features(path, lazy=True)
+    fusion, wanted = None, 0
+    if isinstance(features, (list, tuple)) and len(features) > 1:
+        if views:
+            raise TlxError("--views works with one cache, not fused ones: drop --views or fit on one --features")
+        meta, fusion = load_fused(list(features), log)
+    else:
+        if isinstance(features, (list, tuple)):
+            features = features[0] if features else None
+        path = resolve_cache(features)
+        if features is None or Path(features).is_dir():
+            log(f"features: {path} (the most recent cache in {path.parent})")
+        meta = load_features(path, lazy=True)
+        wanted = meta.n_views if views is None else views
     train, val, test, split_info = _split(meta, val_fraction, seed, exclude, log)
-    assert isinstance(meta.X, CacheRows)
-    rows, val_rows, test_rows = meta.X.subset(train), meta.X.subset(val), meta.X.subset(test)
     limit = default_max_memory() if max_memory is None else max_memory
-    matrices: tuple = (rows, val_rows, test_rows)
-    wanted = meta.n_views if views is None else views
-    held_bytes = val_rows.nbytes + test_rows.nbytes
-    if rows.nbytes * (1 + wanted) + held_bytes <= limit:
-        matrices = (rows.to_array(), val_rows.to_array(), test_rows.to_array())
-    else:  # all stay on disk: the heads that stream read them one block at a time
-        log(
-            f"the {len(train)} training and {len(val) + len(test)} held-out rows take "
-            f"{(rows.nbytes + held_bytes) / 2**30:.2f} GiB, more than --max-memory "
-            f"{limit / 2**30:.2f} GiB: streaming them from {path} block by block"
-        )
-    data = _training_data(meta, (train, val, test), split_info, matrices)
+    if fusion is not None:
+        Xtr, Xva, Xte = _fused_matrices(meta, fusion, (train, val, test), limit)
+    else:
+        Xtr, Xva, Xte = _matrices(meta, (train, val, test), limit, wanted, log)
+    from ...cache.duplicates import count_duplicates
+
+    y = meta.y
+    duplicates = count_duplicates(meta.sha256, y, train, np.concatenate([val, test]))
+    data = TrainingData(
+        meta, train, val, test, split_info, Xtr, y[train], Xva, y[val], Xte, y[test], fusion, duplicates
+    )
     if wanted:
         _add_views(data, wanted)
     return data
 
 
-def _split(meta: Features, val_fraction: float, seed: int, exclude, log):
-    """``(train, val, test, split_info)``, without the excluded images, checked to be usable."""
-    train, val, test, split_info = split_rows(
-        meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
+def _matrices(meta: Features, sides: tuple, limit: int, wanted: int, log) -> tuple:
+    """The rows of train, val and test in memory, or all on disk (CacheRows) above ``limit``: the
+    heads that stream read them one block at a time."""
+    assert isinstance(meta.X, CacheRows)
+    rows, val_rows, test_rows = (meta.X.subset(side) for side in sides)
+    held_bytes = val_rows.nbytes + test_rows.nbytes
+    if rows.nbytes * (1 + wanted) + held_bytes <= limit:
+        return rows.to_array(), val_rows.to_array(), test_rows.to_array()
+    log(
+        f"the {len(sides[0])} training and {len(sides[1]) + len(sides[2])} held-out rows take "
+        f"{(rows.nbytes + held_bytes) / 2**30:.2f} GiB, more than --max-memory "
+        f"{limit / 2**30:.2f} GiB: streaming them from {meta.path} block by block"
     )
+    return rows, val_rows, test_rows
+
+
+def _fused_matrices(meta: Features, fusion: Fusion, sides: tuple, limit: int) -> tuple:
+    """The fused rows, standardized with the training rows only (val stays unseen)."""
+    X = meta.X
+    assert isinstance(X, np.ndarray)
+    if X.nbytes > limit:
+        raise TlxError(
+            f"the fused features take {X.nbytes / 2**30:.2f} GiB, more than --max-memory "
+            f"{limit / 2**30:.2f} GiB, and fused caches are not streamed: raise --max-memory or fit on one cache"
+        )
+    fusion.standardize(X, sides[0])
+    return tuple(X[side] for side in sides)
+
+
+def _split(meta: Features, val_fraction: float, seed: int, exclude, log):
+    """``(train, val, test, split_info)``, without the excluded images, checked to be usable; the
+    data's own train/test split is used as it is when there is no val."""
+    tags = np.asarray(list(meta.split), dtype=object)
+    test = np.flatnonzero(tags == "test")
+    split_info: dict = {"source": "data"}
+    if "train" in tags and "val" not in tags and len(test):
+        train, val = np.flatnonzero(tags == "train"), np.zeros(0, dtype=np.int64)
+    else:
+        train, val, split_info = split_indices(
+            meta.paths, meta.y, meta.split, val_fraction, seed, hashes=meta.sha256, classes=meta.classes
+        )
     kept = drop_excluded(meta, {"train": train, "val": val, "test": test}, split_info, exclude, log)
     train, val, test = kept["train"], kept["val"], kept["test"]
     # The val members themselves, so that `finetune --init-head` validates on exactly these images.
@@ -153,23 +185,6 @@ def _add_views(data: TrainingData, n: int) -> None:
     data.views = {"per_image": n, "recipe": got.recipe.get("name", ""), "n_rows": len(got)}
 
 
-def _load_fused(
-    features: list, val_fraction: float, seed: int, max_memory: int | None, log, exclude=None
-) -> TrainingData:
-    meta, fusion = load_fused(features, log)
-    assert isinstance(meta.X, np.ndarray)
-    train, val, test, split_info = _split(meta, val_fraction, seed, exclude, log)
-    limit = default_max_memory() if max_memory is None else max_memory
-    if meta.X.nbytes > limit:
-        raise TlxError(
-            f"the fused features take {meta.X.nbytes / 2**30:.2f} GiB, more than --max-memory "
-            f"{limit / 2**30:.2f} GiB, and fused caches are not streamed: raise --max-memory or fit on one cache"
-        )
-    fusion.standardize(meta.X, train)  # with the training rows only: val stays unseen
-    X = meta.X
-    return _training_data(meta, (train, val, test), split_info, (X[train], X[val], X[test]), fusion)
-
-
 def drop_excluded(meta: Features, sides: dict[str, np.ndarray], split_info: dict, exclude, log) -> dict:
     """``sides`` (side -> rows) without the images the ``exclude`` files list, recorded in
     ``split_info["excluded"]``. A file is ``tlx audit``'s audit.json, a JSON list of paths, or one
@@ -179,7 +194,8 @@ def drop_excluded(meta: Features, sides: dict[str, np.ndarray], split_info: dict
         return sides
     listed = _read_exclusions(exclude)
     root = Path(meta.dataset_root)
-    wanted = {p if not Path(p).is_absolute() else _relative(Path(p), root) for p in listed}
+    under_root = {p: Path(p).is_absolute() and Path(p).is_relative_to(root) for p in listed}
+    wanted = {Path(p).relative_to(root).as_posix() if inside else p for p, inside in under_root.items()}
     hit = np.array([p in wanted for p in meta.paths], dtype=bool)
     if listed and not hit.any():
         raise TlxError(
@@ -201,8 +217,6 @@ def drop_excluded(meta: Features, sides: dict[str, np.ndarray], split_info: dict
 
 
 def _read_exclusions(files) -> list[str]:
-    import json
-
     listed: list[str] = []
     for file in files:
         file = Path(file)
@@ -226,27 +240,6 @@ def _read_exclusions(files) -> list[str]:
             )
         listed += paths
     return listed
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
-def _training_data(meta: Features, sides: tuple, split_info: dict, matrices: tuple, fusion=None) -> TrainingData:
-    """The rows and matrices of train, val and test, with the copies that make held-out scores
-    dishonest counted."""
-    from ...cache.duplicates import count_duplicates
-
-    train, val, test = sides
-    Xtr, Xva, Xte = matrices
-    duplicates = count_duplicates(meta.sha256, meta.y, train, np.concatenate([val, test]))
-    y = meta.y
-    return TrainingData(
-        meta, train, val, split_info, Xtr, y[train], Xva, y[val], fusion, test, Xte, y[test], duplicates
-    )
 
 
 def check_training_set(meta: Features, train: np.ndarray, val: np.ndarray, test=()) -> None:

@@ -1,14 +1,12 @@
-"""``fit_heads``: load a cache once, split it, then for each head optionally sweep, fit it and
-write its run folder (``fit_head`` does one). Choices (the sweep's value, the ranking of several
-heads) are made without the held-out labels (``sweep.py``); each head is then refitted on the
-whole training split and scored on val, and on test when the data has a test/ split.
-"""
+"""``fit_heads``: load a cache once, split it, then for each head optionally sweep (choices are made
+without the held-out labels, ``sweep.py``), fit it on the whole training split and write its run
+folder, scored on val, and on test when the data has a test/ split."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from ..registry import (
     validate_params,
 )
 from .data import TrainingData, load_training_data, parse_memory
-from .sweep import SELECT_ON, Selection, SelectionError, plan_selection, plot_sweep, run_sweep, selection_score
+from .sweep import SELECT_ON, Selection, SelectionError, plan_selection, plot_sweep, run_sweep
 
 # fit-head --views default: 0 (center rows only). Measured on ants/bees (README, benchmarks/
 # accuracy.py), the views did not buy accuracy, so they are used only when asked for.
@@ -44,39 +42,26 @@ DEFAULT_VIEWS: int | None = 0
 SIDE_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "per_class", "confusion_matrix", "most_confused")
 
 
-# What FitResult.to_dict takes from the run's metrics.json record, after run, clf and val_accuracy.
-SUMMARY: tuple[str, ...] = (
-    "cv_accuracy",
-    "test_accuracy",
-    "fit_seconds",
-    "params",
-    "balanced_accuracy",
-    "macro_f1",
-    "n_train",
-)
-SUMMARY += ("n_val", "n_test", "n_train_views", "cache", "sweep", "selection", "duplicates")
+# What a FitResult reads from its metrics.json record as attributes, and what its --json line holds.
+ATTRIBUTES = ("clf", "val_accuracy", "cv_accuracy", "test_accuracy", "fit_seconds", "params")
+SUMMARY: tuple[str, ...] = (*ATTRIBUTES, "balanced_accuracy", "macro_f1", "n_train", "n_val", "n_test")
+SUMMARY += ("n_train_views", "cache", "sweep", "selection", "duplicates")
 
 
 @dataclass
 class FitResult:
+    """A fitted head's run folder and its metrics.json record (val_accuracy is None without val)."""
+
     run: Path
-    clf: str
-    val_accuracy: float | None  # None: the data has no val split (train + test)
-    fit_seconds: float
-    params: dict
-    metrics: dict = field(default_factory=dict)  # the whole metrics.json record
+    metrics: dict
 
-    @property
-    def cv_accuracy(self) -> float | None:
-        return self.metrics.get("cv_accuracy")
-
-    @property
-    def test_accuracy(self) -> float | None:
-        return self.metrics.get("test_accuracy")
+    def __getattr__(self, key: str) -> Any:
+        if key in ATTRIBUTES:
+            return self.metrics.get(key)
+        raise AttributeError(key)
 
     def to_dict(self) -> dict:
-        summary = {key: self.metrics.get(key) for key in SUMMARY}
-        return {"run": str(self.run), "clf": self.clf, "val_accuracy": self.val_accuracy, **summary}
+        return {"run": str(self.run), **{key: self.metrics.get(key) for key in SUMMARY}}
 
 
 def parse_heads(clf) -> list[str]:
@@ -112,15 +97,13 @@ def _params_for(spec: HeadSpec, items, sweep: bool, class_weight: str | None, se
             f"--param {spec.main_param}={chosen[spec.main_param]} and --sweep both set {spec.main_param}: "
             f"drop --sweep to fit with that value, or drop the --param to let the sweep choose it"
         )
-    if class_weight is not None:
-        if class_weight != "balanced":
-            raise ParamError(f"--class-weight must be 'balanced', got {class_weight!r}")
-        if not spec.supports_class_weight:
-            able = [n for n in list_heads() if get_head(n).supports_class_weight]
-            if several:
-                return chosen  # the option is for the heads that have it
-            raise ParamError(f"{spec.name} has no class weights: --class-weight works with {', '.join(able)}")
+    if class_weight not in (None, "balanced"):
+        raise ParamError(f"--class-weight must be 'balanced', got {class_weight!r}")
+    if class_weight and spec.supports_class_weight:
         chosen["class_weight"] = class_weight
+    elif class_weight and not several:  # with several heads, the option is for the heads that have it
+        able = [n for n in list_heads() if get_head(n).supports_class_weight]
+        raise ParamError(f"{spec.name} has no class weights: --class-weight works with {', '.join(able)}")
     validate_params(spec, chosen)  # before any data is read
     return chosen
 
@@ -200,7 +183,7 @@ def _fit_one(
             chosen[spec.main_param] = sweep_record["best"]
             best_score = max(sweep_record["scores"])
         else:
-            best_score = selection_score(spec, chosen, selection)
+            best_score = selection.score([spec.build(**chosen) for _ in range(selection.slots())])
         if selection.on == "cv":
             cv_accuracy = best_score
         sweep_seconds = time.perf_counter() - t0
@@ -229,7 +212,7 @@ def _fit_one(
     record["cv_accuracy"] = cv_accuracy
     record["selection"] = selection.record() if selection is not None else None
     write_metrics(run_dir, record)
-    return FitResult(run_dir, spec.name, record["val_accuracy"], fit_seconds, record["params"], record)
+    return FitResult(run_dir, record)
 
 
 def _evaluate(head, data: TrainingData, run_dir: Path, log) -> dict:
@@ -239,7 +222,7 @@ def _evaluate(head, data: TrainingData, run_dir: Path, log) -> dict:
     sides = {"val": (data.Xva, data.yva, data.val), "test": (data.Xte, data.yte, data.test)}
     scores: dict = {"val": None, "test": None}
     for side, (X, y, rows) in sides.items():
-        if X is None or not len(y):
+        if not len(y):
             continue
         proba = _full_proba(head, X, len(classes))
         scores[side] = compute_metrics(y, proba, classes)

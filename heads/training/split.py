@@ -62,26 +62,6 @@ def split_indices(
     return train, val, {"source": "seeded", "val_fraction": val_fraction, "seed": int(seed)}
 
 
-def split_rows(
-    paths: list[str],
-    labels: np.ndarray,
-    split: list[str],
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    *,
-    hashes: Sequence[str | None],
-    classes: list[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """``(train, val, test, info)``: as :func:`split_indices`, plus the rows tagged "test", and
-    the data's own train/test split used as it is when there is no val."""
-    tags = np.asarray(list(split), dtype=object)
-    test = np.flatnonzero(tags == "test")
-    if "train" in tags and "val" not in tags and len(test):
-        return np.flatnonzero(tags == "train"), np.zeros(0, dtype=np.int64), test, {"source": "data"}
-    train, val, info = split_indices(paths, labels, split, val_fraction, seed, hashes=hashes, classes=classes)
-    return train, val, test, info
-
-
 def _draw(seed: int, content_hash: str, path: str) -> float:
     """A number in [0, 1) that depends on the seed and the image alone."""
     key = f"{int(seed)}:{content_hash}" if content_hash else f"{int(seed)}:path:{path}"

@@ -57,21 +57,17 @@ class Selection:
     yva: np.ndarray | None = None
     folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
-    @property
-    def k(self) -> int:
-        return len(self.folds)
-
     def describe(self) -> str:
-        return f"{self.k}-fold CV on train" if self.on == "cv" else "val, optimistic"
+        return f"{len(self.folds)}-fold CV on train" if self.on == "cv" else "val, optimistic"
 
     def record(self) -> dict:
         if self.on == "cv":
-            return {"on": "cv", "folds": self.k, "grouped_by": "content", "optimistic": False}
+            return {"on": "cv", "folds": len(self.folds), "grouped_by": "content", "optimistic": False}
         return {"on": "val", "optimistic": True}
 
     def slots(self) -> int:
         """How many heads a score needs: one per fold, or one fitted on all of train."""
-        return self.k if self.on == "cv" else 1
+        return len(self.folds) if self.on == "cv" else 1
 
     def score(self, heads: list) -> float:
         """Accuracy of ``heads`` (as set: one per slot), fitted and scored as this selection says."""
@@ -90,7 +86,7 @@ def plan_selection(select_on: str, data, seed: int, why: str) -> Selection:
     if select_on == "val":
         if not len(data.yva):
             raise SelectionError(
-                f"--select-on val: {data.path} has no val images to choose on (only train and test): "
+                f"--select-on val: {data.meta.path} has no val images to choose on (only train and test): "
                 "use --select-on cv, which chooses on the training images alone"
             )
         return Selection("val", data.Xtr, data.ytr, data.Xva, data.yva)
@@ -146,12 +142,7 @@ def run_sweep(spec: HeadSpec, params: dict, selection: Selection, log=None) -> d
     return {"param": spec.main_param, "grid": grid, "scores": scores, "best": best, "selection": selection.describe()}
 
 
-def selection_score(spec: HeadSpec, params: dict, selection: Selection) -> float:
-    """The selection's score of one head with fixed parameters (what ranks several heads)."""
-    return selection.score([spec.build(**params) for _ in range(selection.slots())])
-
-
-def plot_sweep(record: dict, path, head: str = "") -> Path:
+def plot_sweep(record: dict, path: Path, head: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +162,6 @@ def plot_sweep(record: dict, path, head: str = "") -> Path:
     fig.tight_layout()
     write_atomic(path, lambda fh: fig.savefig(fh, dpi=100, format="png"), mode="wb")
     plt.close(fig)
-    return Path(path)
 
 
 def _rows(X, idx: np.ndarray):
