@@ -126,7 +126,7 @@ class ViewMaker:
                 out.append((center if center is not None else self.resize_crop(img)).flip(-1))
                 continue
             seed = view_seed(self.recipe_id, sha256, v)
-            box, flip = crop_box(*img.size, seed, self.recipe.min_scale, self.recipe.ratio)
+            box, flip = crop_box(img.width, img.height, seed, self.recipe.min_scale, self.recipe.ratio)
             view = img.resize((size, size), self.resize_crop.resample, box=box)
             if flip:
                 view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
