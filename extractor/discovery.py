@@ -11,11 +11,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.outputs import _CACHE_SUFFIXES, _HDF5_SIGNATURE, _IMAGE_SUFFIXES, is_run_folder
 from ..errors import DatasetError
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib"}
-)
+IMAGE_EXTENSIONS = frozenset(_IMAGE_SUFFIXES)
 SPLITS = ("train", "val", "test")
 # Folder names that mark the split layout DATA/<split>/<class>/<image>, and their canonical name.
 SPLIT_ALIASES = {**{split: split for split in SPLITS}, "training": "train", "valid": "val", "validation": "val"}
@@ -211,7 +210,6 @@ _OUTPUT_WORDS = {
     "cache-part": "a tlx cache's part folder",
 }
 _PLOTS = frozenset({"confusion.png", "top_losses.png", "sweep.png", "learning_curve.png"})
-_CACHE_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts", ".h5.views", ".h5.stat")
 
 
 def is_tlx_cache_index(path: Path) -> bool:
@@ -220,7 +218,7 @@ def is_tlx_cache_index(path: Path) -> bool:
         return False
     try:
         with open(path, "rb") as fh:
-            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+            if fh.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
                 return False
         from ..cache.h5format import read_attrs
 
@@ -249,8 +247,6 @@ def tlx_output_kind(folder: Path) -> str | None:
     """What tlx wrote ``folder`` as ("run", "runs", "cache", "cache-part", "demo"), or None: a cache
     folder holds only ``NAME.h5`` indexes (one of them tlx's) and their siblings, a demo folder
     ``digits/`` and a cache folder ``cache/``, a folder of runs only run folders."""
-    from ..common.outputs import is_run_folder
-
     if is_run_folder(folder, damaged=True):
         return "run"
     if folder.name.endswith(_CACHE_SUFFIXES[1:]) and (folder.parent / folder.name.rsplit(".", 1)[0]).is_file():
@@ -262,8 +258,7 @@ def tlx_output_kind(folder: Path) -> str | None:
         return "demo"
     if any(is_image_file(n) for n in names):
         return None  # images beside the runs: a folder to read (each run in it is skipped)
-    subdirs = [folder / n for n in names if (folder / n).is_dir()]
-    if subdirs and len(subdirs) == len(names) and all(is_run_folder(d, damaged=True) for d in subdirs):
+    if names and all((folder / n).is_dir() and is_run_folder(folder / n, damaged=True) for n in names):
         return "runs"
     return None
 
@@ -418,13 +413,8 @@ def _from_manifest(csv_path: Path) -> list[Item]:
         path, label, split = ((row.get(column) or "").strip() for column in ("path", "label", "split"))
         if not path or not label:
             raise DatasetError(f"{csv_path} line {line_no}: empty path or label; every row needs both")
-        p = Path(path)
-        if not p.is_absolute():
-            p = root / p
-        try:
-            rel = p.relative_to(root).as_posix()
-        except ValueError:
-            rel = p.as_posix()
+        p = root / path  # an absolute path stays as it is
+        rel = (p.relative_to(root) if p.is_relative_to(root) else p).as_posix()
         items.append(Item(rel, label, _manifest_split(csv_path, line_no, split)))
     return items
 

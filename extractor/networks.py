@@ -256,17 +256,16 @@ def torchvision_weights_file(arch: str, weights_enum) -> str:
 
     url = weights_enum.url
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-    if target.is_file():
-        return str(target)
-    try:
-        torch.hub.download_url_to_file(url, str(target), progress=False)
-        return str(target)
-    except Exception as exc:
-        raise WeightsUnavailableError(
-            f"torchvision:{arch} needs its pretrained weights {target.name}, not found at {target} and not "
-            f"downloadable ({type(exc).__name__}): "
-            f"download {url} to {target} (or set TORCH_HOME), or pass --weights FILE"
-        ) from None
+    if not target.is_file():
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=False)
+        except Exception as exc:
+            raise WeightsUnavailableError(
+                f"torchvision:{arch} needs its pretrained weights {target.name}, not found at {target} and not "
+                f"downloadable ({type(exc).__name__}): "
+                f"download {url} to {target} (or set TORCH_HOME), or pass --weights FILE"
+            ) from None
+    return str(target)
 
 
 def tiny_cnn_body() -> nn.Sequential:
