@@ -69,9 +69,8 @@ def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Ba
     """EfficientNet-Lite``variant``: timm's ``tf_efficientnet_lite<variant>`` with timm's
     preprocessing, its weights from the package (lukemelas's names, renamed key by key)."""
     import timm
-    import torch
 
-    from .networks import lukemelas_to_timm, timm_backbone, timm_preprocessing
+    from .networks import load_weights_file, lukemelas_to_timm, timm_backbone, timm_preprocessing
 
     model: Any = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     stage_sizes = [len(stage) for stage in model.blocks]
@@ -83,8 +82,7 @@ def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Ba
 
     if pretrained and weights is None:
         path = lite_weights_file(variant)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(lukemelas_to_timm(state, stage_sizes), strict=True)
+        model.load_state_dict(lukemelas_to_timm(load_weights_file(path), stage_sizes), strict=True)
         cfg = _pretrained(cfg, f"{LITE_WEIGHTS[variant]}:{Path(path).name}", path)
     else:
         cfg = _not_pretrained(model, cfg, weights, convert)
@@ -168,10 +166,9 @@ def tiny_cnn(weights=None, pretrained: bool = True) -> Backbone:
     from .networks import Backbone, sequential_stages, sha256_state_dict, tiny_cnn_body
 
     # The weights are a fixed function of a seed, so two processes build the same network.
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    model = tiny_cnn_body()
-    torch.random.set_rng_state(gen_state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = tiny_cnn_body()
     pre = Preprocessing(32, 0.875, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     cfg = BackboneCfg("tiny_cnn", "tlx:TinyCNN", 32, pre, "seed-0", "", "apache-2.0")
     if weights is not None:

@@ -174,6 +174,7 @@ def hf_weights_file(arch: str, pretrained_cfg) -> str:
         raise WeightsUnavailableError(f"timm:{arch} has no downloadable pretrained weights; pass --weights FILE")
     hub_id = hub_id.split("hf-hub:")[-1]
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.constants import HF_HUB_CACHE
 
     errors = []
     for filename in ("model.safetensors", "pytorch_model.bin"):
@@ -181,8 +182,6 @@ def hf_weights_file(arch: str, pretrained_cfg) -> str:
             return hf_hub_download(hub_id, filename)
         except Exception as exc:  # offline, missing file, gated repo ...
             errors.append(f"{filename}: {type(exc).__name__}")
-    from huggingface_hub.constants import HF_HUB_CACHE
-
     raise WeightsUnavailableError(
         f"timm:{arch} needs its pretrained weights from the Hugging Face repo {hub_id}, which are not in "
         f"{HF_HUB_CACHE} and could not be downloaded ({'; '.join(errors)}): download them on a machine with "
