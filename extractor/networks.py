@@ -160,10 +160,11 @@ def lukemelas_to_timm(state: dict[str, torch.Tensor], stage_sizes: list[int]) ->
             modules[f"_blocks.{index}.{old}"] = f"blocks.{stage}.{j}.{new}"
     renamed = {}
     for key, tensor in state.items():
-        module, _, param = key.rpartition(".")
+        parts = key.split(".", 3 if key.startswith("_blocks.") else 1)
+        module = ".".join(parts[:-1])  # the module's lukemelas name; the last part names the tensor in it
         if module not in modules:
             raise WeightsUnavailableError(f"EfficientNet-Lite weights: unexpected tensor {key!r}")
-        renamed[f"{modules[module]}.{param}"] = tensor
+        renamed[f"{modules[module]}.{parts[-1]}"] = tensor
     return renamed
 
 
