@@ -98,15 +98,10 @@ def crop_box(width: int, height: int, seed: int, min_scale: float, ratio: tuple[
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-            return (left, top, left + w, top + h), bool(rng.random() < 0.5)
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        h, w = height, round(height * ratio[1])
-    else:
-        w, h = width, height
-    top, left = (height - h) // 2, (width - w) // 2
+            break
+    else:  # the whole image, cut to the nearest ratio allowed
+        w, h = min(width, round(height * ratio[1])), min(height, round(width / ratio[0]))
+        top, left = (height - h) // 2, (width - w) // 2
     return (left, top, left + w, top + h), bool(rng.random() < 0.5)
 
 
@@ -115,8 +110,7 @@ class ViewMaker:
     input size. Built in the parent and pickled to the DataLoader workers."""
 
     def __init__(self, recipe: ViewRecipe, resize_crop):
-        self.recipe = recipe
-        self.recipe_id = recipe.id
+        self.recipe, self.recipe_id = recipe, recipe.id
         self.resize_crop = resize_crop  # the backbone's own ResizeCrop (size, interpolation)
 
     def __call__(self, img, sha256: str, views: list[int], center=None):
@@ -125,19 +119,16 @@ class ViewMaker:
         import torch
         from PIL import Image
 
+        size = self.resize_crop.crop
         out = []
         for v in views:
             if self.recipe.kind == "flip":
-                base = center if center is not None else self.resize_crop(img)
-                out.append(base.flip(-1))
+                out.append((center if center is not None else self.resize_crop(img)).flip(-1))
                 continue
             seed = view_seed(self.recipe_id, sha256, v)
-            width, height = img.size
-            box, flip = crop_box(width, height, seed, self.recipe.min_scale, self.recipe.ratio)
-            size = self.resize_crop.crop
+            box, flip = crop_box(img.width, img.height, seed, self.recipe.min_scale, self.recipe.ratio)
             view = img.resize((size, size), self.resize_crop.resample, box=box)
             if flip:
                 view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out.append(torch.from_numpy(np.asarray(view, dtype=np.uint8).copy()).permute(2, 0, 1))
-        size = self.resize_crop.crop
         return torch.stack(out) if out else torch.empty(0, 3, size, size, dtype=torch.uint8)

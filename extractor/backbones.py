@@ -1,7 +1,5 @@
-"""The built-in backbones, one registered builder each, returning a
-:class:`~tlx.extractor.networks.Backbone` (the network up to its final feature map, its config
-and its stages). torch, timm and torchvision are imported inside the builders, so listing the
-registry stays cheap. ``extractor/__init__.py`` imports this module to fill the registry."""
+"""The built-in backbones, one registered builder each, returning a :class:`~tlx.extractor.networks.Backbone`.
+torch, timm and torchvision are imported inside the builders, so listing the registry stays cheap."""
 
 from __future__ import annotations
 
@@ -50,10 +48,13 @@ def lite_weights_file(variant: int) -> str:
     return str(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
-def _from_file(model, cfg: BackboneCfg, weights, convert=None) -> BackboneCfg:
-    """Load ``--weights FILE`` into ``model``; the config then names the file and its hash."""
-    from .networks import load_into, load_weights_file
+def _not_pretrained(model, cfg: BackboneCfg, weights, convert=None) -> BackboneCfg:
+    """The config of weights other than the pretrained ones: ``--weights FILE`` loaded into ``model``
+    (named by the file and its hash), else the model's random init (named by its tensors' hash)."""
+    from .networks import load_into, load_weights_file, sha256_state_dict
 
+    if weights is None:
+        return replace(cfg, weights_id="random-init", weights_sha256=sha256_state_dict(model))
     state = load_weights_file(weights)
     load_into(model, convert(state) if convert else state, str(weights))
     return replace(cfg, weights_id=f"file:{Path(weights).name}", weights_sha256=sha256_file(weights))
@@ -64,19 +65,12 @@ def _pretrained(cfg: BackboneCfg, weights_id: str, path: str) -> BackboneCfg:
     return replace(cfg, weights_id=weights_id, weights_sha256=sha256_file(path), extra={"weights_file": str(path)})
 
 
-def _random_init(cfg: BackboneCfg, model) -> BackboneCfg:
-    from .networks import sha256_state_dict
-
-    return replace(cfg, weights_id="random-init", weights_sha256=sha256_state_dict(model))
-
-
 def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Backbone:
     """EfficientNet-Lite``variant``: timm's ``tf_efficientnet_lite<variant>`` with timm's
     preprocessing, its weights from the package (lukemelas's names, renamed key by key)."""
     import timm
-    import torch
 
-    from .networks import lukemelas_to_timm, timm_backbone, timm_preprocessing
+    from .networks import load_weights_file, lukemelas_to_timm, timm_backbone, timm_preprocessing
 
     model: Any = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     stage_sizes = [len(stage) for stage in model.blocks]
@@ -86,15 +80,12 @@ def efficientnet_lite(variant: int, weights=None, pretrained: bool = True) -> Ba
     def convert(state: dict) -> dict:
         return lukemelas_to_timm(state, stage_sizes) if any(k.startswith("_conv_stem") for k in state) else state
 
-    if weights is not None:
-        cfg = _from_file(model, cfg, weights, convert)
-    elif pretrained:
+    if pretrained and weights is None:
         path = lite_weights_file(variant)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(lukemelas_to_timm(state, stage_sizes), strict=True)
+        model.load_state_dict(lukemelas_to_timm(load_weights_file(path), stage_sizes), strict=True)
         cfg = _pretrained(cfg, f"{LITE_WEIGHTS[variant]}:{Path(path).name}", path)
     else:
-        cfg = _random_init(cfg, model)
+        cfg = _not_pretrained(model, cfg, weights, convert)
     return timm_backbone(model.eval(), cfg)
 
 
@@ -127,15 +118,13 @@ def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
     pcfg = dict(model.pretrained_cfg)
     architecture, license = f"timm:{pcfg.get('architecture', arch)}", str(pcfg.get("license", "unknown"))
     cfg = BackboneCfg(f"timm:{arch}", architecture, model.num_features, timm_preprocessing(pcfg), "", "", license)
-    if weights is not None:
-        cfg = _from_file(model, cfg, weights)
-    elif pretrained:
+    if pretrained and weights is None:
         path = hf_weights_file(arch, pcfg)
         # Let timm apply the model's own checkpoint filters (classifier remap, pos-embed resize...).
         model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": path})
         cfg = _pretrained(cfg, f"hf:{pcfg.get('hf_hub_id')}", path)
     else:
-        cfg = _random_init(cfg, model)
+        cfg = _not_pretrained(model, cfg, weights)
     return timm_backbone(model.eval(), cfg)
 
 
@@ -145,17 +134,9 @@ def timm_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
     lambda: "downloaded on first use (torch hub cache)",
 )
 def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backbone:
-    import torch
     import torchvision
 
-    from .networks import (
-        Backbone,
-        load_into,
-        load_weights_file,
-        sequential_stages,
-        torchvision_body,
-        torchvision_weights_file,
-    )
+    from .networks import load_into, load_weights_file, torchvision_backbone, torchvision_weights_file
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise UnknownBackboneError(
@@ -167,18 +148,13 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
     crop, resize = int(tf.crop_size[0]), int(tf.resize_size[0])
     pre = Preprocessing(crop, crop / resize, tf.interpolation.value, rgb(tf.mean), rgb(tf.std))
     cfg = BackboneCfg(f"torchvision:{arch}", f"torchvision:{arch}", 0, pre, "", "", "bsd-3-clause (torchvision)")
-    if weights is not None:
-        cfg = _from_file(model, cfg, weights)
-    elif pretrained:
+    if pretrained and weights is None:
         path = torchvision_weights_file(arch, weights_enum)
         load_into(model, load_weights_file(path), path)
         cfg = _pretrained(cfg, f"torchvision:{weights_enum}", path)
     else:
-        cfg = _random_init(cfg, model)
-    body, classifier = torchvision_body(model.eval(), arch)
-    with torch.inference_mode():
-        width = body(torch.zeros(1, 3, crop, crop)).shape[1]
-    return Backbone(replace(cfg, feature_dim=int(width)), body, sequential_stages(body), classifier)
+        cfg = _not_pretrained(model, cfg, weights)
+    return torchvision_backbone(model.eval(), arch, cfg)
 
 
 @register_backbone(
@@ -190,14 +166,13 @@ def tiny_cnn(weights=None, pretrained: bool = True) -> Backbone:
     from .networks import Backbone, sequential_stages, sha256_state_dict, tiny_cnn_body
 
     # The weights are a fixed function of a seed, so two processes build the same network.
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    model = tiny_cnn_body()
-    torch.random.set_rng_state(gen_state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = tiny_cnn_body()
     pre = Preprocessing(32, 0.875, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     cfg = BackboneCfg("tiny_cnn", "tlx:TinyCNN", 32, pre, "seed-0", "", "apache-2.0")
     if weights is not None:
-        cfg = _from_file(model, cfg, weights)
+        cfg = _not_pretrained(model, cfg, weights)
     else:
         cfg = replace(cfg, weights_sha256=sha256_state_dict(model))
     return Backbone(cfg, model.eval(), sequential_stages(model))

@@ -11,20 +11,13 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.outputs import _CACHE_SUFFIXES, _HDF5_SIGNATURE, _IMAGE_SUFFIXES, is_run_folder
 from ..errors import DatasetError
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib"}
-)
+IMAGE_EXTENSIONS = frozenset(_IMAGE_SUFFIXES)
+SPLITS = ("train", "val", "test")
 # Folder names that mark the split layout DATA/<split>/<class>/<image>, and their canonical name.
-SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-}
+SPLIT_ALIASES = {**{split: split for split in SPLITS}, "training": "train", "valid": "val", "validation": "val"}
 
 LAYOUT_HELP = (
     "expected an image folder DATA/<class>/<image>, a split folder DATA/train/<class>/<image> + "
@@ -106,13 +99,33 @@ class _Walker:
 
     def rel(self, path: str | Path) -> str:
         text = str(path)
-        if text == str(self.root):
-            return "."
-        rel = text[len(self.prefix) :] if text.startswith(self.prefix) else text
-        return rel.replace(os.sep, "/") if os.sep != "/" else rel
+        return "." if text == str(self.root) else text.removeprefix(self.prefix).replace(os.sep, "/")
 
-    def inside(self, real: str) -> bool:
-        return real == str(self.root) or real.startswith(self.prefix)
+    def class_dirs(self, folder: Path) -> list[Path]:
+        """Sub-folders that may hold data, leaving out (and saying so) tlx's own output and links to
+        another folder of the data (its images are read once, where they really sit)."""
+        kept: dict[str, Path] = {}  # real path -> the first sub-folder reaching it
+        for d in _subdirs(folder):
+            kind = tlx_output_kind(d)
+            real = os.path.realpath(d)
+            if kind is not None:
+                self.notes.append(_skipped_output(self.rel(d), d, kind))
+            elif d.is_symlink() and real.startswith(self.prefix):
+                self.notes.append(
+                    f"ignored {self.rel(d)}/: a link to {self.rel(real)}/ inside the data, not a class "
+                    "of its own (its images count once, where they are)"
+                )
+            elif real in kept:
+                self.notes.append(
+                    f"ignored {self.rel(d)}/: the same folder as {self.rel(kept[real])}/ (a link), "
+                    "not a class of its own"
+                )
+            else:
+                kept[real] = d
+        return list(kept.values())
+
+    def labelled(self, class_dirs: list[Path], split: str) -> Found:
+        return [(Item(self.rel(f.path), d.name, split), f) for d in class_dirs for f in self.walk(d)]
 
     def walk(self, folder: Path) -> list[_Found]:
         found: list[_Found] = []
@@ -163,7 +176,7 @@ class _Walker:
                 found.append(_Found(path, (-1, hash(path)), True))
             return
         if stat.S_ISDIR(st.st_mode):
-            if self.inside(real):
+            if real == str(self.root) or real.startswith(self.prefix):
                 self.inner_links.append(f"{self.rel(path)} -> {self.rel(real)}/")
             else:
                 stack.append(path)
@@ -197,7 +210,6 @@ _OUTPUT_WORDS = {
     "cache-part": "a tlx cache's part folder",
 }
 _PLOTS = frozenset({"confusion.png", "top_losses.png", "sweep.png", "learning_curve.png"})
-_CACHE_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts", ".h5.views", ".h5.stat")
 
 
 def is_tlx_cache_index(path: Path) -> bool:
@@ -206,7 +218,7 @@ def is_tlx_cache_index(path: Path) -> bool:
         return False
     try:
         with open(path, "rb") as fh:
-            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+            if fh.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
                 return False
         from ..cache.h5format import read_attrs
 
@@ -235,8 +247,6 @@ def tlx_output_kind(folder: Path) -> str | None:
     """What tlx wrote ``folder`` as ("run", "runs", "cache", "cache-part", "demo"), or None: a cache
     folder holds only ``NAME.h5`` indexes (one of them tlx's) and their siblings, a demo folder
     ``digits/`` and a cache folder ``cache/``, a folder of runs only run folders."""
-    from ..common.outputs import is_run_folder
-
     if is_run_folder(folder, damaged=True):
         return "run"
     if folder.name.endswith(_CACHE_SUFFIXES[1:]) and (folder.parent / folder.name.rsplit(".", 1)[0]).is_file():
@@ -248,18 +258,9 @@ def tlx_output_kind(folder: Path) -> str | None:
         return "demo"
     if any(is_image_file(n) for n in names):
         return None  # images beside the runs: a folder to read (each run in it is skipped)
-    subdirs = [folder / n for n in names if (folder / n).is_dir()]
-    if subdirs and len(subdirs) == len(names) and all(is_run_folder(d, damaged=True) for d in subdirs):
+    if names and all((folder / n).is_dir() and is_run_folder(folder / n, damaged=True) for n in names):
         return "runs"
     return None
-
-
-def _stray_images(folder: Path, kind: str) -> list[Path]:
-    """Images inside tlx output that tlx did not put there (a run's own plots are not stray)."""
-    if kind in ("cache-part", "demo"):
-        return []
-    images = walk_images(folder) if kind == "cache" else _walk_all(folder)
-    return [p for p in images if p.name not in _PLOTS or p.parent.parent.name == "checkpoints"]
 
 
 def _walk_all(folder: Path) -> list[Path]:
@@ -273,8 +274,10 @@ def _walk_all(folder: Path) -> list[Path]:
 
 def _skipped_output(rel: str, folder: Path, kind: str) -> str:
     """The note for tlx output left out of the data: a warning when images tlx did not write
-    sit inside it (they are not read: the user should know, and move them)."""
-    stray = _stray_images(folder, kind)
+    sit inside it (they are not read: the user should know, and move them). A run's own plots
+    are tlx's."""
+    images = [] if kind in ("cache-part", "demo") else walk_images(folder) if kind == "cache" else _walk_all(folder)
+    stray = [p for p in images if p.name not in _PLOTS or p.parent.parent.name == "checkpoints"]
     if not stray:
         return f"ignored {rel}/: {_OUTPUT_WORDS[kind]} (tlx's own output), not data"
     return (
@@ -306,54 +309,15 @@ def _loose_note(loose: list[Path], where: str, inside: str) -> str:
     return f"ignored {_plural(len(loose), 'image')} directly in {where} ({names}): not inside {inside}"
 
 
-def _data_subdirs(folder: Path, root: Path, notes: list[str]) -> list[Path]:
-    """Sub-folders that may hold data, leaving out (and saying so) tlx's own output and links to
-    another folder of the data (its images are read once, where they really sit)."""
-    keep: list[Path] = []
-    real_of: dict[str, str] = {}
-    for d in _subdirs(folder):
-        rel = d.relative_to(root).as_posix()
-        kind = tlx_output_kind(d)
-        if kind is not None:
-            notes.append(_skipped_output(rel, d, kind))
-            continue
-        real = os.path.realpath(d)
-        if d.is_symlink() and real.startswith(str(root).rstrip(os.sep) + os.sep):
-            notes.append(
-                f"ignored {rel}/: a link to {Path(real).relative_to(root).as_posix()}/ inside the data, not a class "
-                "of its own (its images count once, where they are)"
-            )
-            continue
-        if real in real_of:
-            notes.append(f"ignored {rel}/: the same folder as {real_of[real]}/ (a link), not a class of its own")
-            continue
-        real_of[real] = rel
-        keep.append(d)
-    return keep
-
-
-def _class_folder_items(root: Path, folder: Path, split: str, notes: list[str], walker: _Walker) -> Found:
-    items: Found = []
-    for class_dir in _data_subdirs(folder, root, notes):
-        for found in walker.walk(class_dir):
-            items.append((Item(walker.rel(found.path), class_dir.name, split), found))
-    loose = _loose_images(folder)
-    if loose and folder != root:
-        notes.append(_loose_note(loose, f"{folder.relative_to(root).as_posix()}/", "a class folder"))
-    return items
-
-
-def _one_per_file(found: list[tuple[Item, _Found]], notes: list[str]) -> list[Item]:
+def _one_per_file(found: Found, notes: list[str]) -> list[Item]:
     """One row per real file: a file reached twice (a link to it, a hard link) is kept where it
     really sits (the path that is not a link), else at its first path in sorted order."""
-    by_file: dict[tuple[int, int], list[tuple[Item, _Found]]] = {}
-    for item, f in found:
-        by_file.setdefault(f.key, []).append((item, f))
+    found.sort(key=lambda pair: (pair[1].key, pair[1].via_link, pair[0].relpath))
     items, dropped = [], []
-    for group in by_file.values():
-        group.sort(key=lambda pair: (pair[1].via_link, pair[0].relpath))
-        items.append(group[0][0])
-        dropped += [f"{item.relpath} (= {group[0][0].relpath})" for item, _ in group[1:]]
+    for _, group in itertools.groupby(found, key=lambda pair: pair[1].key):
+        kept, *others = (item for item, _ in group)
+        items.append(kept)
+        dropped += [f"{item.relpath} (= {kept.relpath})" for item in others]
     if dropped:
         notes.append(
             f"ignored {_plural(len(dropped), 'path')} to images already in the data (links or hard links; "
@@ -367,31 +331,30 @@ def _from_folders(root: Path) -> tuple[str, list[Item], list[str]]:
     Nothing else is turned into a class: stray entries are reported in the notes."""
     notes: list[str] = []
     walker = _Walker(root, notes)
-    top_notes: list[str] = []  # kept for the split layout; the class layout says the same itself
-    subdirs = _data_subdirs(root, root, top_notes)
+    subdirs = walker.class_dirs(root)
     loose = _loose_images(root)
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES and _subdirs(d)]
+    found: Found = []
     if split_dirs:
-        notes += top_notes
-        found: Found = []
         for split_dir in split_dirs:
-            found += _class_folder_items(root, split_dir, SPLIT_ALIASES[split_dir.name.lower()], notes, walker)
+            found += walker.labelled(walker.class_dirs(split_dir), SPLIT_ALIASES[split_dir.name.lower()])
+            if split_loose := _loose_images(split_dir):
+                notes.append(_loose_note(split_loose, f"{split_dir.name}/", "a class folder"))
         for d in (d for d in subdirs if d not in split_dirs):
             n = len(walk_images(d))
             why = "a split folder without class folders" if d.name.lower() in SPLIT_ALIASES else "not a split folder"
             notes.append(f"ignored {d.name}/ ({_plural(n, 'image')}): {why}; expected DATA/<split>/<class>/<image>")
-        items = _one_per_file(found, notes)
-        walker.report()
-        if loose:
-            notes.append(_loose_note(loose, "the data folder", "a split folder"))
-        return "split", items, notes
-    items = _one_per_file(_class_folder_items(root, root, "", notes, walker), notes)
+    else:
+        found = walker.labelled(subdirs, "")
+    items = _one_per_file(found, notes)
     walker.report()
-    if loose and not items:
+    if loose and not items and not split_dirs:
         are = "is" if len(loose) == 1 else "are"
         raise DatasetError(f"{root}: {_plural(len(loose), 'image')} {are} not inside class folders; {LAYOUT_HELP}")
     if loose:
-        notes.append(_loose_note(loose, "the data folder", "a class folder"))
+        notes.append(_loose_note(loose, "the data folder", "a split folder" if split_dirs else "a class folder"))
+    if split_dirs:
+        return "split", items, notes
     labels = sorted({it.label for it in items})
     if labels and all(label.lower() in SPLIT_ALIASES for label in labels):
         folders = ", ".join(f"{label}/" for label in labels)
@@ -450,13 +413,8 @@ def _from_manifest(csv_path: Path) -> list[Item]:
         path, label, split = ((row.get(column) or "").strip() for column in ("path", "label", "split"))
         if not path or not label:
             raise DatasetError(f"{csv_path} line {line_no}: empty path or label; every row needs both")
-        p = Path(path)
-        if not p.is_absolute():
-            p = root / p
-        try:
-            rel = p.relative_to(root).as_posix()
-        except ValueError:
-            rel = p.as_posix()
+        p = root / path  # an absolute path stays as it is
+        rel = (p.relative_to(root) if p.is_relative_to(root) else p).as_posix()
         items.append(Item(rel, label, _manifest_split(csv_path, line_no, split)))
     return items
 

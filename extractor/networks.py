@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,22 +153,18 @@ def lukemelas_to_timm(state: dict[str, torch.Tensor], stage_sizes: list[int]) ->
     """Rename a lukemelas state dict to timm's names: flat blocks (``_blocks.7._bn1.weight``) nest by
     stage (``blocks.3.1.bn2.weight``, ``stage_sizes`` blocks per stage). A key that fits no rule is
     refused by name, so a foreign file fails here rather than load into the wrong place."""
-    position = [(stage, j) for stage, size in enumerate(stage_sizes) for j in range(size)]
+    modules = dict(LUKEMELAS_TOP)  # each module's lukemelas name -> timm's
+    positions = [(stage, j) for stage, size in enumerate(stage_sizes) for j in range(size)]
+    for index, (stage, j) in enumerate(positions):
+        for old, new in (LUKEMELAS_DS_BLOCK if stage == 0 else LUKEMELAS_IR_BLOCK).items():
+            modules[f"_blocks.{index}.{old}"] = f"blocks.{stage}.{j}.{new}"
     renamed = {}
     for key, tensor in state.items():
-        module, _, rest = key.partition(".")
-        if module in LUKEMELAS_TOP:
-            renamed[f"{LUKEMELAS_TOP[module]}.{rest}"] = tensor
-            continue
-        index, _, leaf = rest.partition(".")
-        part, _, param = leaf.partition(".")
-        if module != "_blocks" or not index.isdigit() or int(index) >= len(position):
+        parts = key.split(".", 3 if key.startswith("_blocks.") else 1)
+        module = ".".join(parts[:-1])  # the module's lukemelas name; the last part names the tensor in it
+        if module not in modules:
             raise WeightsUnavailableError(f"EfficientNet-Lite weights: unexpected tensor {key!r}")
-        stage, j = position[int(index)]
-        names = LUKEMELAS_DS_BLOCK if stage == 0 else LUKEMELAS_IR_BLOCK
-        if part not in names:
-            raise WeightsUnavailableError(f"EfficientNet-Lite weights: unexpected tensor {key!r}")
-        renamed[f"blocks.{stage}.{j}.{names[part]}.{param}"] = tensor
+        renamed[f"{modules[module]}.{parts[-1]}"] = tensor
     return renamed
 
 
@@ -178,6 +175,7 @@ def hf_weights_file(arch: str, pretrained_cfg) -> str:
         raise WeightsUnavailableError(f"timm:{arch} has no downloadable pretrained weights; pass --weights FILE")
     hub_id = hub_id.split("hf-hub:")[-1]
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.constants import HF_HUB_CACHE
 
     errors = []
     for filename in ("model.safetensors", "pytorch_model.bin"):
@@ -185,8 +183,6 @@ def hf_weights_file(arch: str, pretrained_cfg) -> str:
             return hf_hub_download(hub_id, filename)
         except Exception as exc:  # offline, missing file, gated repo ...
             errors.append(f"{filename}: {type(exc).__name__}")
-    from huggingface_hub.constants import HF_HUB_CACHE
-
     raise WeightsUnavailableError(
         f"timm:{arch} needs its pretrained weights from the Hugging Face repo {hub_id}, which are not in "
         f"{HF_HUB_CACHE} and could not be downloaded ({'; '.join(errors)}): download them on a machine with "
@@ -194,15 +190,17 @@ def hf_weights_file(arch: str, pretrained_cfg) -> str:
     )
 
 
-def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module | None]:
-    """Split a torchvision classifier into (feature-map body, ImageNet classifier)."""
+def torchvision_backbone(model: nn.Module, arch: str, cfg: BackboneCfg) -> Backbone:
+    """A torchvision classifier split into its feature-map body (its width measured on a blank
+    image) and its ImageNet classifier."""
     names = [n for n, _ in model.named_children()]
-    if "avgpool" in names and "fc" in names:  # ResNet, ResNeXt, Wide ResNet, RegNet, ShuffleNet...
+    classifier: nn.Module | None
+    if "avgpool" in names and "fc" in names:  # ResNet, ResNeXt, Wide ResNet, RegNet...
         cut = names.index("avgpool")
         # nn.Sequential keeps names only from an OrderedDict (a plain dict is taken as one module)
         body = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if names.index(n) < cut))
-        return body, model.get_submodule("fc")
-    if "features" in names:  # VGG, AlexNet, MobileNet, EfficientNet, DenseNet, SqueezeNet, ConvNeXt...
+        classifier = model.get_submodule("fc")
+    elif "features" in names:  # VGG, AlexNet, MobileNet, EfficientNet, DenseNet, SqueezeNet, ConvNeXt...
         # The children of `features` become the body's own children, so each can be a stage.
         body = nn.Sequential(OrderedDict(model.get_submodule("features").named_children()))
         if arch.startswith("densenet"):  # DenseNet applies its final ReLU in forward()
@@ -211,11 +209,16 @@ def torchvision_body(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module 
         if isinstance(classifier, nn.Sequential):
             linears = [m for m in classifier if isinstance(m, nn.Linear)]
             classifier = linears[-1] if len(linears) == 1 else None
-        return body, classifier if isinstance(classifier, nn.Linear) else None
-    raise TlxError(
-        f"torchvision:{arch} has no convolutional feature map that tlx knows how to take "
-        "(supported: models with .features or avgpool+fc); use its timm version instead, e.g. timm:" + arch
-    )
+        classifier = classifier if isinstance(classifier, nn.Linear) else None
+    else:
+        raise TlxError(
+            f"torchvision:{arch} has no convolutional feature map that tlx knows how to take "
+            "(supported: models with .features or avgpool+fc); use its timm version instead, e.g. timm:" + arch
+        )
+    size = cfg.preprocessing.input_size
+    with torch.inference_mode():
+        width = body(torch.zeros(1, 3, size, size)).shape[1]
+    return Backbone(replace(cfg, feature_dim=int(width)), body, sequential_stages(body), classifier)
 
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
@@ -227,28 +230,25 @@ def sequential_stages(body: nn.Module) -> list[list[str]]:
     child with children (an inverted residual, a dense block, a Fire module) is a stage; single
     layers group up to the next pooling (VGG's conv blocks); a trailing lone norm (DenseNet's
     norm5) joins the last block rather than make `--unfreeze 1` train a norm layer alone."""
-    stages: list[list[str]] = []
+    stages: list[list[str]] = []  # empty ones included: Backbone drops them
     group: list[str] = []
     norms_only = True
     for name, child in body.named_children():
         params = [f"{name}.{p}" for p, _ in child.named_parameters()]
         if any(True for _ in child.children()):
-            if group:
-                stages.append(group)
+            stages += [group, params]
             group, norms_only = [], True
-            stages.append(params)
             continue
         group += params
         norms_only = norms_only and (not params or isinstance(child, _NORMS))
         if isinstance(child, _POOLS) and group:
             stages.append(group)
             group, norms_only = [], True
-    if group:
-        if stages and norms_only:
-            stages[-1] += group
-        else:
-            stages.append(group)
-    return [stage for stage in stages if stage]
+    if stages and norms_only:
+        stages[-1] += group
+    else:
+        stages.append(group)
+    return stages
 
 
 def torchvision_weights_file(arch: str, weights_enum) -> str:
@@ -256,25 +256,22 @@ def torchvision_weights_file(arch: str, weights_enum) -> str:
 
     url = weights_enum.url
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-    if target.is_file():
-        return str(target)
-    try:
-        torch.hub.download_url_to_file(url, str(target), progress=False)
-        return str(target)
-    except Exception as exc:
-        raise WeightsUnavailableError(
-            f"torchvision:{arch} needs its pretrained weights {target.name}, not found at {target} and not "
-            f"downloadable ({type(exc).__name__}): "
-            f"download {url} to {target} (or set TORCH_HOME), or pass --weights FILE"
-        ) from None
+    if not target.is_file():
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=False)
+        except Exception as exc:
+            raise WeightsUnavailableError(
+                f"torchvision:{arch} needs its pretrained weights {target.name}, not found at {target} and not "
+                f"downloadable ({type(exc).__name__}): "
+                f"download {url} to {target} (or set TORCH_HOME), or pass --weights FILE"
+            ) from None
+    return str(target)
 
 
-def tiny_cnn_body(width: int = 32) -> nn.Sequential:
+def tiny_cnn_body() -> nn.Sequential:
     """Three strided conv stages, 32-wide: a fast stand-in with the real interface."""
 
     def block(cin, cout):
         return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-    return nn.Sequential(
-        OrderedDict(stem=block(3, width // 4), stage1=block(width // 4, width // 2), stage2=block(width // 2, width))
-    )
+    return nn.Sequential(OrderedDict(stem=block(3, 8), stage1=block(8, 16), stage2=block(16, 32)))
