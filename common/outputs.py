@@ -13,10 +13,10 @@ from ..errors import TlxError
 
 # Signatures of the image formats tlx reads: JPEG, PNG, GIF, TIFF (both byte orders), BMP; and of HDF5.
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM")
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib")
 # What the cache writes beside an index ``NAME.h5`` (cache/h5format.py, cache/parts.py).
-_CACHE_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts", ".h5.views", ".h5.stat")
+CACHE_SUFFIXES = (".h5", ".h5.lock", ".h5.journal", ".h5.parts", ".h5.views", ".h5.stat")
 RUN_RECORDS = ("head.json", "finetune.json")  # what heads/io.py and finetune/report.py write beside metrics
 RUN_KINDS = ("head", "finetune")
 
@@ -37,7 +37,7 @@ def is_image(path: Path) -> bool:
     """An image by its name or by its first bytes (a photo renamed ``x.csv`` is still one)."""
     head = _head(path)
     webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
-    return path.suffix.lower() in _IMAGE_SUFFIXES or head.startswith(_IMAGE_SIGNATURES) or webp
+    return path.suffix.lower() in IMAGE_SUFFIXES or head.startswith(_IMAGE_SIGNATURES) or webp
 
 
 def is_run_folder(folder: Path, damaged: bool = True) -> bool:
@@ -62,7 +62,7 @@ def enclosing_run(path: Path) -> Path | None:
 
 def enclosing_cache(path: Path) -> Path | None:
     """The cache folder (``NAME.h5.parts`` and its siblings) that holds ``path``, if any."""
-    return next((f for f in [path, *path.parents] if f.name.endswith(_CACHE_SUFFIXES) and f.is_dir()), None)
+    return next((f for f in [path, *path.parents] if f.name.endswith(CACHE_SUFFIXES) and f.is_dir()), None)
 
 
 def check_output_file(out: Path, option: str, may_replace: Callable[[Path], bool]) -> None:
@@ -72,7 +72,7 @@ def check_output_file(out: Path, option: str, may_replace: Callable[[Path], bool
     real = out.resolve()
     fix = "choose a new file name"
     cache = enclosing_cache(real.parent)
-    if cache is not None or real.name.endswith(_CACHE_SUFFIXES):
+    if cache is not None or real.name.endswith(CACHE_SUFFIXES):
         raise OutputError(f"{option} {out} is inside the feature cache {cache or real}: {fix} outside it")
     if not os.path.lexists(out):
         return
@@ -86,7 +86,7 @@ def check_output_file(out: Path, option: str, may_replace: Callable[[Path], bool
         raise OutputError(f"{option} {out} exists and is not a regular file (a FIFO or a device): {fix}")
     if is_image(real):
         raise OutputError(f"{option} {out} is an image, maybe an input (a shell glob?); it was left as it is: {fix}")
-    if _head(real, len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+    if _head(real, len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
         raise OutputError(f"{option} {out} is an HDF5 file (a feature cache?); it was left as it is: {fix}")
     if may_replace(real):
         return

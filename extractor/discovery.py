@@ -11,10 +11,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.outputs import _CACHE_SUFFIXES, _HDF5_SIGNATURE, _IMAGE_SUFFIXES, is_run_folder
+from ..common.outputs import CACHE_SUFFIXES, HDF5_SIGNATURE, IMAGE_SUFFIXES, is_run_folder
 from ..errors import DatasetError
 
-IMAGE_EXTENSIONS = frozenset(_IMAGE_SUFFIXES)
+IMAGE_EXTENSIONS = frozenset(IMAGE_SUFFIXES)
 SPLITS = ("train", "val", "test")
 # Folder names that mark the split layout DATA/<split>/<class>/<image>, and their canonical name.
 SPLIT_ALIASES = {**{split: split for split in SPLITS}, "training": "train", "valid": "val", "validation": "val"}
@@ -218,7 +218,7 @@ def is_tlx_cache_index(path: Path) -> bool:
         return False
     try:
         with open(path, "rb") as fh:
-            if fh.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
+            if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
                 return False
         from ..cache.h5format import read_attrs
 
@@ -238,7 +238,7 @@ def _is_cache_folder(folder: Path, names: list[str]) -> bool:
     """Every entry belongs to a cache (``NAME.h5`` and its siblings), and one index is tlx's."""
     return (
         bool(names)
-        and all(n.endswith(_CACHE_SUFFIXES) for n in names)
+        and all(n.endswith(CACHE_SUFFIXES) for n in names)
         and any(is_tlx_cache_index(folder / n) for n in names if n.endswith(".h5"))
     )
 
@@ -249,7 +249,7 @@ def tlx_output_kind(folder: Path) -> str | None:
     ``digits/`` and a cache folder ``cache/``, a folder of runs only run folders."""
     if is_run_folder(folder, damaged=True):
         return "run"
-    if folder.name.endswith(_CACHE_SUFFIXES[1:]) and (folder.parent / folder.name.rsplit(".", 1)[0]).is_file():
+    if folder.name.endswith(CACHE_SUFFIXES[1:]) and (folder.parent / folder.name.rsplit(".", 1)[0]).is_file():
         return "cache-part"
     names = _names(folder)
     if _is_cache_folder(folder, names):
