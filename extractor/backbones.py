@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cache.space import Preprocessing, rgb
 from ..common.hashing import sha256_file
-from ..errors import WeightsUnavailableError
+from ..errors import TlxError, WeightsUnavailableError
 from .config import BackboneCfg
 from .registry import UnknownBackboneError, register_backbone, register_family
 
@@ -144,6 +144,12 @@ def torchvision_model(arch: str, weights=None, pretrained: bool = True) -> Backb
         )
     weights_enum = torchvision.models.get_model_weights(arch).DEFAULT
     model = torchvision.models.get_model(arch, weights=None)
+    if hasattr(model, "transform_input"):  # GoogLeNet, Inception v3: not a chain of stages
+        raise TlxError(
+            f"torchvision:{arch} cannot be split into a feature-map body: its forward() re-normalizes the "
+            "input and runs auxiliary classifiers between its stages; use a timm model instead (`tlx info "
+            "--backbones`), e.g. timm:inception_v3.tv_in1k, the same Inception v3 weights"
+        )
     tf = weights_enum.transforms()
     crop, resize = int(tf.crop_size[0]), int(tf.resize_size[0])
     pre = Preprocessing(crop, crop / resize, tf.interpolation.value, rgb(tf.mean), rgb(tf.std))

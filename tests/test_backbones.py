@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tlx.cache.space import FeatureSpace
-from tlx.errors import WeightsUnavailableError
+from tlx.errors import TlxError, WeightsUnavailableError
 from tlx.extractor.pooling import FeatureExtractor
 from tlx.extractor.registry import UnknownBackboneError, get_backbone, list_backbones
 
@@ -277,3 +277,11 @@ def test_torchvision_features_families_have_their_real_stages(arch):
     assert net.stages[-1][0] == first_of_last
     top = trainable_body_params(net.body, net.stages, 1)
     assert top == set(net.stages[-1]) and 0 < len(top) < len(params)  # --unfreeze 1 is not the whole network
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
+def test_torchvision_models_that_are_no_chain_of_stages_are_refused_in_one_line(arch):
+    # Their forward() re-normalizes the input and runs auxiliary heads between stages: a body
+    # cut from their children would compute other features, or crash on the first batch.
+    with pytest.raises(TlxError, match=f"torchvision:{arch} cannot be split.*timm"):
+        get_backbone(f"torchvision:{arch}").build(pretrained=False)
